@@ -1,0 +1,3 @@
+from gpudock.cli import main
+
+raise SystemExit(main())

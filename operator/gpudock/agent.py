@@ -1,0 +1,34 @@
+"""Starts kopf, standalone, with gpudock's handlers and the agent's settings."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import kopf
+
+from gpudock.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def run_agent(settings: Settings, *, verbose: bool = False) -> int:
+    """Run until SIGTERM or SIGINT; kopf stops gracefully on either."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if settings.kubeconfig:
+        # kopf's kubeconfig login reads $KUBECONFIG; the flag wins over in-cluster.
+        os.environ["KUBECONFIG"] = settings.kubeconfig
+    import gpudock.handlers  # noqa: F401  (registers the handlers with kopf)
+
+    logger.info("gpudock agent for node %s starting", settings.node_name)
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        memo=kopf.Memo(settings=settings),
+    )
+    logger.info("gpudock agent for node %s stopped", settings.node_name)
+    return 0

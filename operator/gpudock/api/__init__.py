@@ -1,0 +1,1 @@
+"""Typed models of the custom resources, parsed from raw Kubernetes dicts."""

@@ -1,0 +1,217 @@
+"""The GpuReplicaSet resource: spec and status models.
+
+``GpuReplicaSetSpec.parse`` turns ``body["spec"]`` into a frozen, normalized value; the
+CRD schema already refuses most bad input, the parser refuses the rest (and anything an
+older schema let through) with a :class:`~gpudock.errors.SpecError`.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpudock.api.conditions import Condition
+from gpudock.api.parsing import (
+    RawDict,
+    as_dict,
+    get_choice,
+    get_int,
+    get_list,
+    get_node_name,
+    get_optional_str,
+    get_str,
+)
+from gpudock.api.paths import is_clean_absolute_path
+from gpudock.errors import SpecError
+
+KIND = "GpuReplicaSet"
+PLURAL = "gpureplicasets"
+MAX_GPU_COUNT = 64
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+_ENV_NAME_RE = re.compile(ENV_NAME_PATTERN)
+
+
+class DesiredState(enum.StrEnum):
+    RUNNING = "Running"
+    PAUSED = "Paused"
+    STOPPED = "Stopped"
+
+
+class HistoryPolicy(enum.StrEnum):
+    RETAIN = "Retain"
+    PURGE = "Purge"
+
+
+class Protocol(enum.StrEnum):
+    TCP = "TCP"
+    UDP = "UDP"
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    container_port: int
+    protocol: Protocol = Protocol.TCP
+    host_port: int | None = None  # None: allocated from the node's range
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    mount_path: str
+    volume: str | None = None  # a SizedVolume in the same namespace
+    host_path: str | None = None  # only under the agent's allowed roots
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class GpuReplicaSetSpec:
+    node_name: str
+    image: str
+    command: tuple[str, ...] = ()
+    gpu_count: int = 0
+    env: tuple[EnvVar, ...] = ()
+    ports: tuple[PortSpec, ...] = ()
+    mounts: tuple[MountSpec, ...] = ()
+    state: DesiredState = DesiredState.RUNNING
+    revision_history_limit: int = 10
+    history_policy: HistoryPolicy = HistoryPolicy.RETAIN
+    rollback_to: int | None = None
+
+    @classmethod
+    def parse(cls, raw: RawDict) -> GpuReplicaSetSpec:
+        where = "spec"
+        command = tuple(get_list(raw, "command", where))
+        if not all(isinstance(arg, str) for arg in command):
+            raise SpecError("spec.command must be a list of strings")
+        rollback_raw = raw.get("rollbackTo")
+        rollback_to = (
+            None if rollback_raw is None
+            else get_int(as_dict(rollback_raw, "spec.rollbackTo"), "revision",
+                         "spec.rollbackTo", minimum=1)
+        )
+        return cls(
+            node_name=get_node_name(raw),
+            image=get_str(raw, "image", where),
+            command=command,
+            gpu_count=get_int(raw, "gpuCount", where, default=0, minimum=0,
+                              maximum=MAX_GPU_COUNT),
+            env=_parse_env(get_list(raw, "env", where)),
+            ports=_parse_ports(get_list(raw, "ports", where)),
+            mounts=_parse_mounts(get_list(raw, "mounts", where)),
+            state=DesiredState(get_choice(raw, "state", where,
+                                          tuple(DesiredState), DesiredState.RUNNING)),
+            revision_history_limit=get_int(raw, "revisionHistoryLimit", where, default=10,
+                                           minimum=0),
+            history_policy=HistoryPolicy(get_choice(raw, "historyPolicy", where,
+                                                    tuple(HistoryPolicy),
+                                                    HistoryPolicy.RETAIN)),
+            rollback_to=rollback_to,
+        )
+
+
+def _parse_env(items: list[Any]) -> tuple[EnvVar, ...]:
+    result: list[EnvVar] = []
+    for i, item in enumerate(items):
+        where = f"spec.env[{i}]"
+        entry = as_dict(item, where)
+        name = get_str(entry, "name", where)
+        if not _ENV_NAME_RE.match(name):
+            raise SpecError(f"{where}.name {name!r} is not a valid variable name")
+        value = entry.get("value", "")
+        if not isinstance(value, str):
+            raise SpecError(f"{where}.value must be a string, got {value!r}")
+        result.append(EnvVar(name, value))
+    names = [e.name for e in result]
+    if len(set(names)) != len(names):
+        raise SpecError("spec.env names must be unique")
+    return tuple(result)
+
+
+def _parse_ports(items: list[Any]) -> tuple[PortSpec, ...]:
+    result: list[PortSpec] = []
+    for i, item in enumerate(items):
+        where = f"spec.ports[{i}]"
+        entry = as_dict(item, where)
+        host_port = (
+            None if entry.get("hostPort") is None
+            else get_int(entry, "hostPort", where, minimum=1, maximum=65535)
+        )
+        result.append(PortSpec(
+            container_port=get_int(entry, "containerPort", where, minimum=1, maximum=65535),
+            protocol=Protocol(get_choice(entry, "protocol", where, tuple(Protocol),
+                                         Protocol.TCP)),
+            host_port=host_port,
+        ))
+    keys = [(p.container_port, p.protocol) for p in result]
+    if len(set(keys)) != len(keys):
+        raise SpecError("spec.ports must not list the same containerPort/protocol twice")
+    host_keys = [(p.host_port, p.protocol) for p in result if p.host_port is not None]
+    if len(set(host_keys)) != len(host_keys):
+        raise SpecError("spec.ports must not list the same hostPort/protocol twice")
+    return tuple(result)
+
+
+def _parse_mounts(items: list[Any]) -> tuple[MountSpec, ...]:
+    result: list[MountSpec] = []
+    for i, item in enumerate(items):
+        where = f"spec.mounts[{i}]"
+        entry = as_dict(item, where)
+        mount_path = get_str(entry, "mountPath", where)
+        volume = get_optional_str(entry, "volume", where)
+        host_path = get_optional_str(entry, "hostPath", where)
+        if (volume is None) == (host_path is None):
+            raise SpecError(f"{where} must set exactly one of volume and hostPath")
+        for key, path in (("mountPath", mount_path), ("hostPath", host_path)):
+            if path is not None and not is_clean_absolute_path(path):
+                raise SpecError(f"{where}.{key} {path!r} must be a clean absolute path")
+        read_only = entry.get("readOnly", False)
+        if not isinstance(read_only, bool):
+            raise SpecError(f"{where}.readOnly must be true or false")
+        result.append(MountSpec(mount_path, volume, host_path, read_only))
+    paths = [m.mount_path.rstrip("/") for m in result]
+    if len(set(paths)) != len(paths):
+        raise SpecError("spec.mounts must not use the same mountPath twice")
+    return tuple(result)
+
+
+@dataclass(frozen=True)
+class PortBinding:
+    container_port: int
+    host_port: int
+    protocol: Protocol = Protocol.TCP
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"containerPort": self.container_port, "hostPort": self.host_port,
+                "protocol": str(self.protocol)}
+
+
+@dataclass(frozen=True)
+class GpuReplicaSetStatus:
+    phase: str
+    observed_generation: int | None = None
+    revision: int | None = None
+    container_name: str | None = None
+    container_id: str | None = None
+    gpus: tuple[str, ...] = ()
+    ports: tuple[PortBinding, ...] = ()
+    conditions: tuple[Condition, ...] = field(default=())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The status as Kubernetes stores it (camelCase; absent values are null)."""
+        return {
+            "phase": self.phase,
+            "observedGeneration": self.observed_generation,
+            "revision": self.revision,
+            "containerName": self.container_name,
+            "containerID": self.container_id,
+            "gpus": list(self.gpus),
+            "ports": [p.to_dict() for p in self.ports],
+            "conditions": [c.to_dict() for c in self.conditions],
+        }

@@ -1,0 +1,74 @@
+"""Small typed readers for raw Kubernetes dicts; each failure is a SpecError."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from gpudock.errors import SpecError
+
+RawDict = Mapping[str, Any]
+
+# A DNS-1123 subdomain, as Kubernetes node and object names are.
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+_DNS_SUBDOMAIN_RE = re.compile(DNS_SUBDOMAIN_PATTERN)
+
+
+def get_node_name(raw: RawDict) -> str:
+    node_name = get_str(raw, "nodeName", "spec")
+    if not _DNS_SUBDOMAIN_RE.match(node_name) or len(node_name) > 253:
+        raise SpecError(f"spec.nodeName {node_name!r} is not a valid node name")
+    return node_name
+
+
+def get_str(raw: RawDict, key: str, where: str, *, default: str | None = None) -> str:
+    value = raw.get(key, default)
+    if not isinstance(value, str) or (default is None and value == ""):
+        raise SpecError(f"{where}.{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def get_optional_str(raw: RawDict, key: str, where: str) -> str | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or value == "":
+        raise SpecError(f"{where}.{key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def get_int(
+    raw: RawDict, key: str, where: str, *, default: int | None = None,
+    minimum: int | None = None, maximum: int | None = None,
+) -> int:
+    value = raw.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SpecError(f"{where}.{key} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise SpecError(f"{where}.{key} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SpecError(f"{where}.{key} must be <= {maximum}, got {value}")
+    return value
+
+
+def get_list(raw: RawDict, key: str, where: str) -> list[Any]:
+    value = raw.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError(f"{where}.{key} must be a list, got {value!r}")
+    return value
+
+
+def as_dict(value: Any, where: str) -> RawDict:
+    if not isinstance(value, Mapping):
+        raise SpecError(f"{where} must be an object, got {value!r}")
+    return value
+
+
+def get_choice(raw: RawDict, key: str, where: str, choices: tuple[str, ...], default: str) -> str:
+    value = raw.get(key, default)
+    if value not in choices:
+        raise SpecError(f"{where}.{key} must be one of {', '.join(choices)}, got {value!r}")
+    return str(value)

@@ -1,0 +1,42 @@
+"""The ``gpudock`` command: ``gpudock agent`` and friends."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from gpudock import __version__
+from gpudock.settings import SettingsError, add_agent_arguments, settings_from
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpudock", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"gpudock {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    agent = commands.add_parser(
+        "agent", help="run the node agent (kopf, standalone) for this node's resources")
+    add_agent_arguments(agent)
+    agent.add_argument("--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "agent":
+        try:
+            settings = settings_from(args)
+        except (SettingsError, ValueError) as exc:
+            parser.error(str(exc))
+        from gpudock.agent import run_agent  # kopf is imported only for the agent
+
+        return run_agent(settings, verbose=args.verbose)
+    parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse refuses
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig()
+    sys.exit(main())

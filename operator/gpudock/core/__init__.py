@@ -1,0 +1,1 @@
+"""The pure core: decisions from (desired, observed) with no I/O and no framework."""

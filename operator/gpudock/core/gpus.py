@@ -1,0 +1,20 @@
+"""GPU devices as the core sees them, and the seam every inventory backend fills."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class GpuDevice:
+    index: int
+    uuid: str  # "GPU-xxxxxxxx-...": the identity used everywhere (labels, allocation)
+    name: str = ""
+    memory_bytes: int = 0
+
+
+class GpuInventory(Protocol):
+    """Lists the node's GPUs. Implementations raise gpudock.errors on failure."""
+
+    def list_gpus(self) -> list[GpuDevice]: ...

@@ -1,0 +1,155 @@
+"""The agent's settings: one frozen object, read from flags or GPUDOCK_* variables.
+
+Every setting has a flag and an environment variable (``--node-name`` and
+``GPUDOCK_NODE_NAME``); a flag wins over the variable, the variable over the default.
+Repeatable flags (``--allowed-host-path``) take a ``:``-separated list in the variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpudock.api.paths import is_clean_absolute_path
+
+ENV_PREFIX = "GPUDOCK_"
+
+
+class GpuBackend(enum.StrEnum):
+    NVML = "nvml"
+    SIMULATED = "simulated"
+
+
+class GpuAttach(enum.StrEnum):
+    """How a container gets its GPUs."""
+
+    RUNTIME = "runtime"  # runtime "nvidia" + NVIDIA_VISIBLE_DEVICES (the default)
+    DEVICE_REQUESTS = "device-requests"  # Docker's --gpus (DeviceRequests)
+
+
+class SettingsError(ValueError):
+    """A flag or variable has a value the agent cannot use."""
+
+
+@dataclass(frozen=True)
+class PortRange:
+    first: int
+    last: int
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        try:
+            first_text, last_text = text.split("-")
+            first, last = int(first_text), int(last_text)
+        except ValueError as exc:
+            raise SettingsError(f"port range {text!r} must look like 40000-65535") from exc
+        if not 1 <= first <= last <= 65535:
+            raise SettingsError(f"port range {text!r} must satisfy 1 <= first <= last <= 65535")
+        return cls(first, last)
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.first <= port <= self.last
+
+
+@dataclass(frozen=True)
+class Settings:
+    node_name: str
+    kubeconfig: str | None = None  # None: in-cluster, then ~/.kube/config
+    docker_host: str | None = None  # None: the Docker SDK's default (DOCKER_HOST, socket)
+    gpu_backend: GpuBackend = GpuBackend.NVML
+    simulated_gpus: int = 0
+    nvml_library: str | None = None  # load this libnvidia-ml.so.1 first (tests, odd hosts)
+    gpu_attach: GpuAttach = GpuAttach.RUNTIME
+    store: str = ""  # "sqlite:PATH" or "etcd://HOST:PORT"; "" is sqlite under state_dir
+    port_range: PortRange = field(default_factory=lambda: PortRange(40000, 65535))
+    allowed_host_paths: tuple[str, ...] = ()
+    state_dir: Path = Path("/var/lib/gpudock")
+    resync_seconds: float = 30.0
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+
+    @property
+    def store_url(self) -> str:
+        return self.store or f"sqlite:{self.state_dir / 'revisions.sqlite3'}"
+
+
+def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the agent's flags; every default comes from the environment."""
+    parser.add_argument("--node-name", help="this node's name (default: the hostname)")
+    parser.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, "
+                        "then $KUBECONFIG or ~/.kube/config)")
+    parser.add_argument("--docker-host", help="Docker endpoint, e.g. unix:///run/docker.sock")
+    parser.add_argument("--gpu-backend", choices=[b.value for b in GpuBackend],
+                        help="where the GPU inventory comes from (default: nvml)")
+    parser.add_argument("--simulated-gpus", type=int,
+                        help="number of GPUs of the simulated backend (default: 8)")
+    parser.add_argument("--nvml-library", help="path of a libnvidia-ml.so.1 to load first")
+    parser.add_argument("--gpu-attach", choices=[a.value for a in GpuAttach],
+                        help="runtime (nvidia runtime + NVIDIA_VISIBLE_DEVICES, default) "
+                             "or device-requests (Docker's --gpus)")
+    parser.add_argument("--store", help="revision store: sqlite:PATH (default: "
+                        "<state-dir>/revisions.sqlite3) or etcd://HOST:PORT")
+    parser.add_argument("--port-range", help="host ports to allocate (default: 40000-65535)")
+    parser.add_argument("--allowed-host-path", action="append", default=None,
+                        help="a root under which hostPath mounts are allowed (repeatable; "
+                             "default: none)")
+    parser.add_argument("--state-dir", help="agent state directory (default: /var/lib/gpudock)")
+    parser.add_argument("--resync-seconds", type=float,
+                        help="period of the drift check (default: 30)")
+    parser.add_argument("--namespace", action="append", default=None,
+                        help="watch only this namespace (repeatable; default: all)")
+
+
+def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    """Combine parsed flags with GPUDOCK_* variables; raises SettingsError."""
+    env = os.environ if environ is None else environ
+
+    def pick(name: str) -> str | None:
+        value = getattr(args, name, None)
+        if value is None:
+            value = env.get(ENV_PREFIX + name.upper()) or None
+        return None if value is None else str(value)
+
+    def pick_list(name: str, env_name: str) -> tuple[str, ...]:
+        values: Sequence[str] | None = getattr(args, name, None)
+        if values is None:
+            raw = env.get(ENV_PREFIX + env_name, "")
+            values = [v for v in raw.split(":") if v]
+        return tuple(values)
+
+    backend = GpuBackend(pick("gpu_backend") or GpuBackend.NVML)
+    simulated = int(pick("simulated_gpus") or 8)
+    if simulated < 0:
+        raise SettingsError("--simulated-gpus must be >= 0")
+    allowed = pick_list("allowed_host_path", "ALLOWED_HOST_PATHS")
+    for root in allowed:
+        if not is_clean_absolute_path(root):
+            raise SettingsError(f"--allowed-host-path {root!r} must be a clean absolute path")
+    store = pick("store") or ""
+    if store and not (store.startswith("sqlite:") or store.startswith("etcd://")):
+        raise SettingsError(f"--store {store!r} must be sqlite:PATH or etcd://HOST:PORT")
+    resync = float(pick("resync_seconds") or 30.0)
+    if resync <= 0:
+        raise SettingsError("--resync-seconds must be > 0")
+    return Settings(
+        node_name=pick("node_name") or socket.gethostname(),
+        kubeconfig=pick("kubeconfig"),
+        docker_host=pick("docker_host"),
+        gpu_backend=backend,
+        simulated_gpus=simulated,
+        nvml_library=pick("nvml_library"),
+        gpu_attach=GpuAttach(pick("gpu_attach") or GpuAttach.RUNTIME),
+        store=store,
+        port_range=PortRange.parse(pick("port_range") or "40000-65535"),
+        allowed_host_paths=allowed,
+        state_dir=Path(pick("state_dir") or "/var/lib/gpudock"),
+        resync_seconds=resync,
+        namespaces=pick_list("namespace", "NAMESPACES"),
+    )

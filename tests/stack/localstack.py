@@ -1,0 +1,340 @@
+"""A real etcd + kube-apiserver + dockerd on this machine, started and torn down as one.
+
+Every stack has its own directory, free ports, Docker socket and bridge, so two stacks
+never collide and the machine's own Docker (if any) is never touched. ``stop()`` leaves
+no process, mount, loop device or bridge behind.
+
+Prerequisites come from ``tests/stack/install-prereqs.sh`` (apt packages, and
+kube-apiserver/kubectl built once and cached under $GPUDOCK_CACHE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shutil
+import ssl
+import subprocess
+import tarfile
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import docker
+
+from tests.stack.processes import ManagedProcess, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CACHE_DIR = Path(os.environ.get("GPUDOCK_CACHE", "/var/cache/gpudock"))
+KUBE_BIN_DIR = CACHE_DIR / "kubernetes-bin"
+ADMIN_TOKEN = "gpudock-admin-token"
+AGENT_TOKEN = "gpudock-agent-token"
+AGENT_USER = "gpudock-agent"
+
+# Test images, imported from a tarball of busybox (no registry is reachable here).
+BUSYBOX_IMAGE = "gpudock-test/busybox:1"
+# A stand-in under the name the examples use; like the real CUDA images it sets
+# NVIDIA_VISIBLE_DEVICES=all, which a 0-GPU container must not inherit.
+CUDA_LIKE_IMAGE = "nvidia/cuda:12.4.1-base-ubuntu22.04"
+
+
+class LocalStack:
+    def __init__(self, base_dir: Path | None = None) -> None:
+        self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="gpudock-stack-", dir="/tmp"))
+        self.processes: dict[str, ManagedProcess] = {}
+        self.etcd_port = 0
+        self.apiserver_port = 0
+        self.bridge = f"gd{random.getrandbits(32):08x}"
+        self._bridge_created = False
+        self.kubeconfig = self.base_dir / "kubeconfig"
+        self.agent_kubeconfig = self.base_dir / "agent-kubeconfig"
+        self.docker_socket = self.base_dir / "docker.sock"
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def docker_host(self) -> str:
+        return f"unix://{self.docker_socket}"
+
+    @property
+    def etcd_url(self) -> str:
+        return f"http://127.0.0.1:{self.etcd_port}"
+
+    @property
+    def kubectl_path(self) -> Path:
+        return KUBE_BIN_DIR / "kubectl"
+
+    def env(self) -> dict[str, str]:
+        """The environment for kubectl, docker and the agent against this stack."""
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["DOCKER_HOST"] = self.docker_host
+        env["PATH"] = f"{KUBE_BIN_DIR}:{env.get('PATH', '')}"
+        return env
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.kubectl_path), *args], input=input, capture_output=True, text=True,
+            env=self.env(), timeout=timeout, check=False,
+        )
+        if check and result.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)} failed:\n{result.stderr}")
+        return result
+
+    def kubectl_json(self, *args: str) -> dict[str, object]:
+        out = self.kubectl(*args, "-o", "json").stdout
+        value: dict[str, object] = json.loads(out)
+        return value
+
+    def docker_client(self) -> docker.DockerClient:
+        return docker.DockerClient(base_url=self.docker_host, timeout=60)
+
+    def start(self) -> LocalStack:
+        try:
+            self._check_prerequisites()
+            (self.base_dir / "logs").mkdir(parents=True, exist_ok=True)
+            self._start_etcd()
+            self._start_apiserver()
+            self._start_dockerd()
+            self._import_test_images()
+            self.apply_crds()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Tear everything down; safe to call twice and after a failed start."""
+        dockerd = self.processes.get("dockerd")
+        if dockerd is not None and dockerd.alive():
+            with contextlib.suppress(Exception):
+                client = self.docker_client()
+                for container in client.containers.list(all=True):
+                    container.remove(force=True)
+                client.close()
+        for name in ("dockerd", "kube-apiserver", "etcd"):
+            process = self.processes.pop(name, None)
+            if process is not None:
+                process.stop()
+        for process in self.processes.values():
+            process.stop()
+        self.processes.clear()
+        if self._bridge_created:
+            subprocess.run(["ip", "link", "delete", self.bridge], check=False,
+                           capture_output=True)
+            self._bridge_created = False
+        release_mounts_and_loops(self.base_dir)
+        shutil.rmtree(self.base_dir, ignore_errors=True)
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def apply_crds(self) -> None:
+        self.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                     "crd/gpureplicasets.gpudock.dev", "crd/sizedvolumes.gpudock.dev")
+        self.kubectl("apply", "-f", str(REPO_ROOT / "manifests" / "rbac.yaml"))
+        # The agent runs with the chart's ClusterRole, bound to its own user, so the
+        # tests prove the RBAC rules are enough.
+        self.kubectl("create", "clusterrolebinding", "gpudock-agent-local",
+                     "--clusterrole=gpudock-agent", f"--user={AGENT_USER}")
+
+    # ------------------------------------------------------------------ components
+    def _check_prerequisites(self) -> None:
+        needed = [KUBE_BIN_DIR / "kube-apiserver", KUBE_BIN_DIR / "kubectl"]
+        missing = [str(p) for p in needed if not p.exists()]
+        missing += [tool for tool in ("etcd", "dockerd", "busybox", "openssl", "ip")
+                    if shutil.which(tool) is None]
+        if missing:
+            raise RuntimeError(f"missing {', '.join(missing)}: run "
+                               "tests/stack/install-prereqs.sh first")
+
+    def _spawn(self, name: str, argv: Sequence[str]) -> ManagedProcess:
+        process = ManagedProcess(name, argv, self.base_dir / "logs" / f"{name}.log")
+        self.processes[name] = process
+        return process
+
+    def _start_etcd(self) -> None:
+        self.etcd_port, peer_port = free_port(), free_port()
+        peer = f"http://127.0.0.1:{peer_port}"
+        etcd = self._spawn("etcd", [
+            "etcd", "--name", "gpudock", "--data-dir", str(self.base_dir / "etcd"),
+            "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", f"gpudock={peer}", "--log-level", "warn",
+        ])
+        etcd.wait_until(lambda: _http_ok(f"{self.etcd_url}/health"), 60, "health")
+
+    def _start_apiserver(self) -> None:
+        pki = self.base_dir / "pki"
+        pki.mkdir()
+        sa_key = pki / "sa.key"
+        subprocess.run(["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True,
+                       capture_output=True)
+        tokens = pki / "tokens.csv"
+        tokens.write_text(f'{ADMIN_TOKEN},admin,1,"system:masters"\n'
+                          f"{AGENT_TOKEN},{AGENT_USER},2\n")
+        self.apiserver_port = free_port()
+        apiserver = self._spawn("kube-apiserver", [
+            str(KUBE_BIN_DIR / "kube-apiserver"),
+            f"--etcd-servers={self.etcd_url}", "--etcd-prefix=/registry-gpudock",
+            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+            f"--secure-port={self.apiserver_port}", f"--cert-dir={pki}",
+            f"--token-auth-file={tokens}", "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={sa_key}",
+            f"--service-account-signing-key-file={sa_key}",
+            "--service-cluster-ip-range=10.96.0.0/24",
+            "--disable-admission-plugins=ServiceAccount", "--v=1",
+        ])
+        server = f"https://127.0.0.1:{self.apiserver_port}"
+        apiserver.wait_until(lambda: _http_ok(f"{server}/readyz", token=ADMIN_TOKEN), 120,
+                             "readiness")
+        self.kubeconfig.write_text(_kubeconfig(server, "admin", ADMIN_TOKEN))
+        self.agent_kubeconfig.write_text(_kubeconfig(server, AGENT_USER, AGENT_TOKEN))
+
+    def _start_dockerd(self) -> None:
+        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+        self._bridge_created = True
+        subnet = _free_bridge_subnet()
+        subprocess.run(["ip", "addr", "add", f"{subnet}.1/24", "dev", self.bridge], check=True)
+        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+        dockerd = self._spawn("dockerd", [
+            "dockerd", "--data-root", str(self.base_dir / "docker"),
+            "--exec-root", str(self.base_dir / "docker-exec"),
+            "-H", self.docker_host, "--pidfile", str(self.base_dir / "docker.pid"),
+            "--add-runtime", "nvidia=/usr/sbin/runc", "--bridge", self.bridge,
+            "--iptables=false", "--ip-masq=false", "--ip6tables=false",
+        ])
+        dockerd.wait_until(self._docker_pings, 60, "API")
+
+    def _docker_pings(self) -> bool:
+        if not self.docker_socket.exists():
+            return False
+        try:
+            client = self.docker_client()
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except Exception:
+            return False
+
+    def _import_test_images(self) -> None:
+        tarball = self.base_dir / "busybox-rootfs.tar"
+        build_busybox_rootfs(tarball)
+        client = self.docker_client()
+        try:
+            api = client.api
+            api.import_image(str(tarball), repository=BUSYBOX_IMAGE.split(":")[0],
+                             tag=BUSYBOX_IMAGE.split(":")[1],
+                             changes=['CMD ["sleep", "infinity"]'])
+            repo, tag = CUDA_LIKE_IMAGE.rsplit(":", 1)
+            api.import_image(str(tarball), repository=repo, tag=tag, changes=[
+                "ENV NVIDIA_VISIBLE_DEVICES=all", "ENV NVIDIA_DRIVER_CAPABILITIES=all",
+                'CMD ["sleep", "infinity"]',
+            ])
+        finally:
+            client.close()
+
+
+# ---------------------------------------------------------------------- helpers
+def build_busybox_rootfs(tarball: Path) -> None:
+    """A tiny root filesystem: static busybox with a symlink per applet, a few files."""
+    busybox = shutil.which("busybox")
+    assert busybox is not None
+    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True,
+                             check=True).stdout.split()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for d in ("bin", "etc", "root", "tmp", "var", "proc", "sys", "dev"):
+            (root / d).mkdir()
+        shutil.copy2(busybox, root / "bin" / "busybox")
+        for applet in applets:
+            if applet != "busybox":
+                (root / "bin" / applet).symlink_to("busybox")
+        (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+        (root / "etc" / "group").write_text("root:x:0:\n")
+        (root / "etc" / "os-release").write_text('NAME="gpudock test busybox"\n')
+        with tarfile.open(tarball, "w") as tar:
+            tar.add(root, arcname=".")
+
+
+def release_mounts_and_loops(base_dir: Path) -> None:
+    """Unmount everything under ``base_dir`` (deepest first), detach its loop devices."""
+    prefix = str(base_dir)
+    with open("/proc/mounts") as mounts:
+        points = [line.split()[1] for line in mounts]
+    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+    listing = subprocess.run(["losetup", "-J", "-l"], capture_output=True, text=True,
+                             check=False).stdout
+    for device in json.loads(listing or '{"loopdevices": []}').get("loopdevices", []):
+        if str(device.get("back-file") or "").startswith(prefix):
+            subprocess.run(["losetup", "-d", device["name"]], check=False,
+                           capture_output=True)
+
+
+def _free_bridge_subnet() -> str:
+    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True,
+                            check=True).stdout
+    for _ in range(100):
+        subnet = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}"
+        if f"{subnet}." not in routes:
+            return subnet
+    raise RuntimeError("no free /24 for a Docker bridge")
+
+
+def _http_ok(url: str, token: str | None = None) -> bool:
+    request = urllib.request.Request(url)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(request, timeout=2, context=context) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _kubeconfig(server: str, user: str, token: str) -> str:
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "local",
+        "clusters": [{"name": "local", "cluster": {
+            "server": server, "insecure-skip-tls-verify": True}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "local", "context": {
+            "cluster": "local", "user": user, "namespace": "default"}}],
+    }, indent=2)
+
+
+@contextlib.contextmanager
+def running_stack() -> Iterator[LocalStack]:
+    stack = LocalStack()
+    with stack:
+        yield stack
+
+
+def wait_for(predicate: object, timeout: float = 60.0, interval: float = 0.5,
+             what: str = "condition") -> None:
+    """Poll a zero-argument callable until it returns a truthy value."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
