@@ -29,6 +29,7 @@ def run_agent(settings: Settings, *, verbose: bool = False) -> int:
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
         memo=kopf.Memo(settings=settings),
+        liveness_endpoint=settings.liveness_endpoint,
     )
     logger.info("gpudock agent for node %s stopped", settings.node_name)
     return 0

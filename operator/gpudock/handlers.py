@@ -16,7 +16,7 @@ from gpudock.settings import Settings
 GROUP, VERSION = "gpudock.dev", "v1alpha1"
 
 
-@kopf.on.login()  # type: ignore[arg-type]
+@kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """An explicit --kubeconfig wins; otherwise in-cluster first, then ~/.kube/config."""
     settings: Settings = kwargs["memo"].settings
@@ -26,8 +26,8 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @kopf.on.startup()
-def startup(memo: kopf.Memo, settings: kopf.OperatorSettings, logger: logging.Logger,
-            **_: Any) -> None:
+def startup(memo: Any, settings: kopf.OperatorSettings,
+            logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     agent: Settings = memo.settings
     settings.persistence.finalizer = "gpudock.dev/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)

@@ -74,6 +74,7 @@ class Settings:
     state_dir: Path = Path("/var/lib/gpudock")
     resync_seconds: float = 30.0
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    liveness_endpoint: str | None = None  # e.g. http://0.0.0.0:8080/healthz
 
     @property
     def store_url(self) -> str:
@@ -103,6 +104,8 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", help="agent state directory (default: /var/lib/gpudock)")
     parser.add_argument("--resync-seconds", type=float,
                         help="period of the drift check (default: 30)")
+    parser.add_argument("--liveness-endpoint",
+                        help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--namespace", action="append", default=None,
                         help="watch only this namespace (repeatable; default: all)")
 
@@ -152,4 +155,5 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         state_dir=Path(pick("state_dir") or "/var/lib/gpudock"),
         resync_seconds=resync,
         namespaces=pick_list("namespace", "NAMESPACES"),
+        liveness_endpoint=pick("liveness_endpoint"),
     )

@@ -3,7 +3,8 @@
 #   - Debian packages (dockerd, etcd, Go toolchain, busybox, e2fsprogs, gcc, ...)
 #   - kube-apiserver and kubectl built from Debian's `kubernetes` source package,
 #     cached outside the repo under $GPUDOCK_CACHE, keyed by the source version.
-#   - the gpudock package itself with its test extra (pip, editable).
+#   - the gpudock package with its test extra, editable, in a virtual environment
+#     ($GPUDOCK_VENV, default .venv in the repo).
 # Safe to run again: each step checks before it works.
 set -euo pipefail
 
@@ -73,9 +74,18 @@ else
 fi
 ln -sfn "$BIN_DIR" "$CACHE/kubernetes-bin"
 
-# --- the project ----------------------------------------------------------------
+# --- the project, in its own virtual environment -----------------------------------
+VENV="${GPUDOCK_VENV:-$REPO/.venv}"
 if [ "${GPUDOCK_SKIP_PIP:-0}" != 1 ]; then
-  log "pip: installing gpudock[test] (editable)"
-  python3 -m pip install -q --disable-pip-version-check -e "$REPO[test]"
+  stamp="$VENV/.gpudock-installed"
+  want="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    log "pip: gpudock[test] already installed in $VENV"
+  else
+    log "pip: installing gpudock[test] (editable) into $VENV"
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$REPO[test]"
+    echo "$want" >"$stamp"
+  fi
 fi
 log "ready"

@@ -3,6 +3,7 @@ stopped with SIGTERM and, if they linger, SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -80,7 +81,5 @@ class ManagedProcess:
             self.process.wait(10)
 
     def _signal_group(self, sig: int) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, sig)
-        except ProcessLookupError:
-            pass

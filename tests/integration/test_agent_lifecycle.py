@@ -1,0 +1,39 @@
+"""`gpudock agent` starts against the real stack with the chart's RBAC, handles the
+resources of its own node only, and stops cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.stack.agent_process import AgentProcess
+from tests.stack.localstack import LocalStack, wait_for
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "01-gpu-container.yaml"
+
+
+def _phase(stack: LocalStack, namespace: str, name: str) -> object:
+    status = stack.kubectl_json("get", "grs", name, "-n", namespace).get("status") or {}
+    assert isinstance(status, dict)
+    return status.get("phase")
+
+
+def test_agent_connects_handles_its_node_and_stops_on_sigterm(
+    stack: LocalStack, namespace: str,
+) -> None:
+    agent = AgentProcess(stack, gpus=2).start()
+    try:
+        assert "node gpu-node-1: 2 GPUs (simulated backend)" in agent.log()
+        stack.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
+        other = EXAMPLE.read_text().replace("gpu-node-1", "gpu-node-2").replace(
+            "name: knock", "name: elsewhere")
+        stack.kubectl("apply", "-n", namespace, "-f", "-", input=other)
+        wait_for(lambda: _phase(stack, namespace, "knock") is not None, 30,
+                 what="the agent to write status")
+    finally:
+        started = time.monotonic()
+        code = agent.stop()
+    assert code == 0, agent.log()
+    assert time.monotonic() - started < 15
+    assert "gpudock agent for node gpu-node-1 stopped" in agent.log()
+    assert _phase(stack, namespace, "elsewhere") is None  # another node's resource

@@ -1,0 +1,66 @@
+"""`gpudock agent` as a real child process against a LocalStack."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from collections.abc import Sequence
+
+from tests.stack.localstack import LocalStack
+from tests.stack.processes import ManagedProcess, free_port
+
+NODE_NAME = "gpu-node-1"
+
+
+class AgentProcess:
+    """The agent with simulated GPUs, the stack's RBAC-limited user and its own state."""
+
+    def __init__(self, stack: LocalStack, *, node_name: str = NODE_NAME, gpus: int = 8,
+                 extra_args: Sequence[str] = (), name: str = "agent") -> None:
+        self.stack = stack
+        self.node_name = node_name
+        self.state_dir = stack.base_dir / f"{name}-state"
+        self.state_dir.mkdir(exist_ok=True)
+        self.liveness = f"http://127.0.0.1:{free_port()}/healthz"
+        self.argv = [
+            sys.executable, "-m", "gpudock", "agent", "--node-name", node_name,
+            "--kubeconfig", str(stack.agent_kubeconfig), "--docker-host", stack.docker_host,
+            "--gpu-backend", "simulated", "--simulated-gpus", str(gpus),
+            "--state-dir", str(self.state_dir), "--liveness-endpoint", self.liveness,
+            *extra_args,
+        ]
+        self.log_path = stack.base_dir / "logs" / f"{name}.log"
+        self.process: ManagedProcess | None = None
+
+    def start(self) -> AgentProcess:
+        self.process = ManagedProcess("gpudock-agent", self.argv, self.log_path)
+        self.process.wait_until(self.healthy, 60, "liveness")
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.liveness, timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> int | None:
+        """SIGTERM, as Kubernetes stops a pod; returns the exit code."""
+        return self.process.stop() if self.process else None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process:
+            self.process.kill()
+
+    def __enter__(self) -> AgentProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,41 @@
+"""crds/ and the Python models share one grammar for sizes, paths and names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpudock.api.gpu_replica_set import ENV_NAME_PATTERN, MAX_GPU_COUNT
+from gpudock.api.parsing import DNS_SUBDOMAIN_PATTERN
+from gpudock.api.paths import ABSOLUTE_PATH_PATTERN
+from gpudock.api.quantity import SIZE_PATTERN
+
+CRDS = Path(__file__).resolve().parents[2] / "crds"
+
+
+def _schema(plural: str) -> dict[str, Any]:
+    crd = yaml.safe_load((CRDS / f"gpudock.dev_{plural}.yaml").read_text())
+    assert crd["spec"]["group"] == "gpudock.dev"
+    (version,) = crd["spec"]["versions"]
+    assert version["name"] == "v1alpha1"
+    schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return schema
+
+
+def test_gpu_replica_set_schema_matches_the_models() -> None:
+    spec = _schema("gpureplicasets")["properties"]
+    assert spec["nodeName"]["pattern"] == DNS_SUBDOMAIN_PATTERN
+    assert spec["gpuCount"]["maximum"] == MAX_GPU_COUNT
+    assert spec["env"]["items"]["properties"]["name"]["pattern"] == ENV_NAME_PATTERN
+    mount = spec["mounts"]["items"]["properties"]
+    assert mount["hostPath"]["pattern"] == ABSOLUTE_PATH_PATTERN
+    assert mount["mountPath"]["pattern"] == ABSOLUTE_PATH_PATTERN
+    assert spec["state"]["enum"] == ["Running", "Paused", "Stopped"]
+
+
+def test_sized_volume_schema_matches_the_models() -> None:
+    spec = _schema("sizedvolumes")["properties"]
+    assert spec["size"]["pattern"] == SIZE_PATTERN
+    assert spec["nodeName"]["pattern"] == DNS_SUBDOMAIN_PATTERN

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from gpudock.settings import (
+    GpuAttach,
+    GpuBackend,
+    PortRange,
+    Settings,
+    SettingsError,
+    add_agent_arguments,
+    settings_from,
+)
+
+
+def _parse(argv: list[str], env: dict[str, str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_agent_arguments(parser)
+    return settings_from(parser.parse_args(argv), env or {})
+
+
+def test_defaults() -> None:
+    settings = _parse(["--node-name", "n1"])
+    assert settings.gpu_backend is GpuBackend.NVML
+    assert settings.gpu_attach is GpuAttach.RUNTIME
+    assert settings.port_range == PortRange(40000, 65535)
+    assert settings.allowed_host_paths == ()
+    assert settings.store_url == "sqlite:/var/lib/gpudock/revisions.sqlite3"
+
+
+def test_environment_fills_what_flags_leave_out_and_flags_win() -> None:
+    env = {"GPUDOCK_NODE_NAME": "from-env", "GPUDOCK_GPU_BACKEND": "simulated",
+           "GPUDOCK_SIMULATED_GPUS": "3", "GPUDOCK_ALLOWED_HOST_PATHS": "/srv/a:/srv/b",
+           "GPUDOCK_STATE_DIR": "/tmp/x", "GPUDOCK_PORT_RANGE": "41000-41010"}
+    settings = _parse(["--node-name", "from-flag"], env)
+    assert settings.node_name == "from-flag"
+    assert settings.gpu_backend is GpuBackend.SIMULATED
+    assert settings.simulated_gpus == 3
+    assert settings.allowed_host_paths == ("/srv/a", "/srv/b")
+    assert settings.state_dir == Path("/tmp/x")
+    assert 41005 in settings.port_range
+    assert 41011 not in settings.port_range
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--port-range", "5-1"], "port range"),
+    (["--port-range", "abc"], "port range"),
+    (["--allowed-host-path", "relative"], "clean absolute path"),
+    (["--store", "redis://x"], "sqlite:PATH or etcd://"),
+    (["--simulated-gpus", "-1"], "simulated-gpus"),
+])
+def test_bad_settings_are_refused(argv: list[str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        _parse(["--node-name", "n1", *argv])
