@@ -29,8 +29,10 @@ def _svol(size: str) -> str:
 
 def test_crds_are_established_with_short_names(stack: LocalStack) -> None:
     names = stack.kubectl("api-resources", "--api-group=gpudock.dev").stdout
-    assert "gpureplicasets" in names and "grs" in names
-    assert "sizedvolumes" in names and "svol" in names
+    assert "gpureplicasets" in names
+    assert "grs" in names
+    assert "sizedvolumes" in names
+    assert "svol" in names
 
 
 def test_examples_are_accepted_and_defaulted(stack: LocalStack, namespace: str) -> None:

@@ -18,6 +18,7 @@ def test_container_with_nvidia_runtime_runs(stack: LocalStack) -> None:
         assert container.attrs["HostConfig"]["Runtime"] == "nvidia"
         assert "NVIDIA_VISIBLE_DEVICES=GPU-a,GPU-b" in container.attrs["Config"]["Env"]
         code, output = container.exec_run(["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"])
+        assert isinstance(output, bytes)
         assert (code, output.decode().strip()) == (0, "GPU-a,GPU-b")
     finally:
         container.remove(force=True)

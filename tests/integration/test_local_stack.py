@@ -43,7 +43,8 @@ def test_second_stack_runs_beside_and_tears_down_cleanly(stack: LocalStack) -> N
         mount_point = second.base_dir / "vol"
         mount_point.mkdir()
         subprocess.run(["mount", "-o", "loop", str(image), str(mount_point)], check=True)
-        assert _loop_devices_under(base) and _mounts_under(base)
+        assert _loop_devices_under(base)
+        assert _mounts_under(base)
         pids = [p.pid for p in second.processes.values()]
     finally:
         second.stop()
