@@ -1,7 +1,14 @@
-"""kopf registration: wires the adapters to the core. No decisions are made here."""
+"""kopf registration: wires the adapters to the reconcilers. No decisions are made here.
+
+Each GpuReplicaSet of this node gets a daemon that reconciles it level-based: at
+start (also after an agent restart), whenever its spec changes or another resource
+frees GPUs or ports, and every --resync-seconds to catch drift.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -9,11 +16,34 @@ import kopf
 
 from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.gpu_inventory import inventory_from_settings
+from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import gpu_replica_set, sized_volume
-from gpudock.errors import GpudockError, SpecError
+from gpudock.errors import GpudockError, SpecError, TransientError
+from gpudock.reconciler import Event, ReplicaSetReconciler
 from gpudock.settings import Settings
 
 GROUP, VERSION = "gpudock.dev", "v1alpha1"
+GRS = gpu_replica_set.PLURAL
+
+
+class Wakeups:
+    """One asyncio.Event per resource: set to make its daemon reconcile now."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, asyncio.Event] = {}
+
+    def event(self, uid: str) -> asyncio.Event:
+        return self._events.setdefault(uid, asyncio.Event())
+
+    def wake(self, uid: str) -> None:
+        self.event(uid).set()
+
+    def wake_all(self) -> None:
+        for event in self._events.values():
+            event.set()
+
+    def forget(self, uid: str) -> None:
+        self._events.pop(uid, None)
 
 
 @kopf.on.login()
@@ -35,48 +65,95 @@ def startup(memo: Any, settings: kopf.OperatorSettings,
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.INFO
     runtime = DockerRuntime(agent.docker_host)
-    memo.docker = runtime
-    memo.inventory = inventory_from_settings(agent)
+    inventory = inventory_from_settings(agent)
     try:
         logger.info("Docker %s at %s", runtime.version(), agent.docker_host or "default")
-        gpus = memo.inventory.list_gpus()
+        gpus = inventory.list_gpus()
     except GpudockError as exc:
         raise kopf.TemporaryError(str(exc), delay=5) from exc
     logger.info("node %s: %d GPUs (%s backend): %s", agent.node_name, len(gpus),
                 agent.gpu_backend, ", ".join(g.uuid for g in gpus))
+    memo.docker = runtime
+    memo.kube = KubeApi(agent.kubeconfig)
+    memo.replica_sets = ReplicaSetReconciler(agent, runtime, inventory, memo.kube)
+    memo.wakeups = Wakeups()
 
 
 @kopf.on.cleanup()
-def cleanup(memo: kopf.Memo, **_: Any) -> None:
+def cleanup(memo: Any, **_: Any) -> None:
     runtime = getattr(memo, "docker", None)
     if isinstance(runtime, DockerRuntime):
         runtime.close()
 
 
-def _on_this_node(spec: kopf.Spec, memo: kopf.Memo, **_: Any) -> bool:
+def _on_this_node(spec: kopf.Spec, memo: Any, **_: Any) -> bool:
     return bool(spec.get("nodeName") == memo.settings.node_name)
 
 
-@kopf.on.resume(GROUP, VERSION, gpu_replica_set.PLURAL, when=_on_this_node)
-@kopf.on.create(GROUP, VERSION, gpu_replica_set.PLURAL, when=_on_this_node)
-@kopf.on.update(GROUP, VERSION, gpu_replica_set.PLURAL, when=_on_this_node)
-def reconcile_gpu_replica_set(spec: kopf.Spec, meta: kopf.Meta, patch: kopf.Patch,
-                              **_: Any) -> None:
-    _validate(gpu_replica_set.GpuReplicaSetSpec.parse, spec, meta, patch)
+def _post(body: kopf.Body, events: list[Event]) -> None:
+    for event in events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+@kopf.daemon(GROUP, VERSION, GRS, when=_on_this_node, cancellation_timeout=120)
+async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: Any,
+                          logger: logging.Logger | logging.LoggerAdapter[Any],
+                          **_: Any) -> None:
+    uid = body["metadata"]["uid"]
+    wakeup = memo.wakeups.event(uid)
+    settings: Settings = memo.settings
+    try:
+        while not stopped:
+            wakeup.clear()
+            delay = settings.resync_seconds
+            try:
+                outcome = await asyncio.to_thread(memo.replica_sets.reconcile, dict(body))
+                if outcome is not None:
+                    _post(body, outcome.events)
+                    if outcome.status != {k: body.get("status", {}).get(k)
+                                          for k in outcome.status}:
+                        await asyncio.to_thread(memo.kube.patch_status, GRS,
+                                                body["metadata"]["namespace"],
+                                                body["metadata"]["name"], outcome.status)
+                    if any(e.reason in ("Removed", "RemovedStale", "PreviousRevisionRemoved")
+                           for e in outcome.events):
+                        memo.wakeups.wake_all()
+            except ObjectNotFoundError:
+                return
+            except TransientError as exc:
+                logger.warning("will retry in %.0fs: %s", exc.delay, exc)
+                delay = min(delay, exc.delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wakeup.wait(), timeout=delay)
+    finally:
+        memo.wakeups.forget(uid)
+
+
+@kopf.on.update(GROUP, VERSION, GRS, when=_on_this_node)
+def wake_on_change(body: kopf.Body, memo: Any, **_: Any) -> None:
+    """The daemon picks the new spec up from the live body; this makes it look now."""
+    memo.wakeups.wake(body["metadata"]["uid"])
+
+
+@kopf.on.delete(GROUP, VERSION, GRS, when=_on_this_node)
+async def delete_replica_set(body: kopf.Body, memo: Any, **_: Any) -> None:
+    try:
+        events = await asyncio.to_thread(memo.replica_sets.delete, dict(body))
+    except TransientError as exc:
+        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+    _post(body, events)
+    memo.wakeups.wake_all()  # its GPUs and ports are free: waiting resources may start
 
 
 @kopf.on.resume(GROUP, VERSION, sized_volume.PLURAL, when=_on_this_node)
 @kopf.on.create(GROUP, VERSION, sized_volume.PLURAL, when=_on_this_node)
 @kopf.on.update(GROUP, VERSION, sized_volume.PLURAL, when=_on_this_node)
-def reconcile_sized_volume(spec: kopf.Spec, meta: kopf.Meta, patch: kopf.Patch,
-                           **_: Any) -> None:
-    _validate(sized_volume.SizedVolumeSpec.parse, spec, meta, patch)
-
-
-def _validate(parse: Any, spec: kopf.Spec, meta: kopf.Meta, patch: kopf.Patch) -> None:
+def validate_sized_volume(spec: kopf.Spec, meta: kopf.Meta, patch: kopf.Patch,
+                          **_: Any) -> None:
+    """Volumes are not provisioned yet: validate, and say so in the status."""
     generation = meta.get("generation")
     try:
-        parse(dict(spec))
+        sized_volume.SizedVolumeSpec.parse(dict(spec))
     except SpecError as exc:
         patch.status["phase"] = "Failed"
         patch.status["observedGeneration"] = generation

@@ -1,20 +1,66 @@
-"""The node's Docker engine, through the Docker SDK; docker errors become gpudock's."""
+"""The node's Docker engine, through the Docker SDK.
+
+Every docker/requests exception is translated here: an unreachable engine becomes
+:class:`DockerUnavailableError` (transient), a request Docker refuses because of the
+spec (a host port in use, a missing bind source) becomes a :class:`UserError`.
+Volumes are never removed with a container.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar, cast
+
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 
-from gpudock.errors import TransientError
+from gpudock.api.gpu_replica_set import Protocol
+from gpudock.core import labels
+from gpudock.core.container_config import ContainerConfig
+from gpudock.core.observed import ObservedContainer, ResourceKey
+from gpudock.errors import TransientError, UserError
+
+T = TypeVar("T")
+STOP_TIMEOUT_SECONDS = 30
 
 
 class DockerUnavailableError(TransientError):
     """The Docker engine did not answer."""
 
 
+class ContainerGoneError(TransientError):
+    """The container vanished between observation and action; observe again."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, delay=1)
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        raise UserError("ImageNotPresent", f"{what}: {exc.explanation}") from exc
+    except docker.errors.NotFound as exc:
+        raise ContainerGoneError(f"{what}: {exc.explanation}") from exc
+    except docker.errors.APIError as exc:
+        text = str(exc.explanation or exc)
+        if "port is already allocated" in text or "address already in use" in text:
+            raise UserError("HostPortInUse", f"{what}: {text}") from exc
+        if "bind source path does not exist" in text:
+            raise UserError("HostPathMissing", f"{what}: {text}") from exc
+        if exc.is_server_error():
+            raise DockerUnavailableError(f"{what}: {text}") from exc
+        raise
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise DockerUnavailableError(f"{what}: cannot reach Docker: {exc}") from exc
+
+
 class DockerRuntime:
-    def __init__(self, docker_host: str | None = None, timeout: float = 60) -> None:
+    def __init__(self, docker_host: str | None = None, timeout: float = 120) -> None:
         self._docker_host = docker_host
         self._timeout = timeout
         self._client: docker.DockerClient | None = None
@@ -22,24 +68,136 @@ class DockerRuntime:
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            try:
-                if self._docker_host:
-                    self._client = docker.DockerClient(base_url=self._docker_host,
-                                                       timeout=int(self._timeout))
-                else:
-                    self._client = docker.from_env(timeout=int(self._timeout))
-            except docker.errors.DockerException as exc:
-                raise DockerUnavailableError(f"cannot reach Docker: {exc}") from exc
+            with _translated("connect"):
+                self._client = (
+                    docker.DockerClient(base_url=self._docker_host, timeout=int(self._timeout))
+                    if self._docker_host else docker.from_env(timeout=int(self._timeout)))
         return self._client
 
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        with _translated(what):
+            return fn()
+
     def version(self) -> str:
-        """The engine's version; raises DockerUnavailableError if it is unreachable."""
-        try:
-            return str(self.client.version()["Version"])
-        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-            raise DockerUnavailableError(f"cannot reach Docker: {exc}") from exc
+        return str(self._call("version", lambda: self.client.version()["Version"]))
 
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    # ------------------------------------------------------------------ observation
+    def list_containers(self) -> list[ObservedContainer]:
+        """Every container on the node; gpudock's carry their owner from the labels."""
+        api = self.client.api
+        summaries = self._call("list containers", lambda: api.containers(all=True))
+        result = []
+        for summary in summaries:
+            try:
+                with _translated("inspect"):
+                    attrs = api.inspect_container(summary["Id"])
+            except ContainerGoneError:
+                continue
+            result.append(_observed(attrs))
+        return result
+
+    def image_exists(self, image: str) -> bool:
+        try:
+            self._call("inspect image", lambda: self.client.api.inspect_image(image))
+        except UserError:
+            return False
+        return True
+
+    # ---------------------------------------------------------------------- actions
+    def create_and_start(self, config: ContainerConfig) -> str:
+        api = self.client.api
+        host_config = api.create_host_config(
+            port_bindings={f"{p.container_port}/{p.protocol.lower()}": [("", p.host_port)]
+                           for p in config.ports},
+            mounts=[docker.types.Mount(target=m.target, source=m.source,
+                                       type="volume" if m.is_volume else "bind",
+                                       read_only=m.read_only) for m in config.mounts],
+            runtime=config.runtime,
+            restart_policy={"Name": config.restart_policy},
+            device_requests=[docker.types.DeviceRequest(
+                driver="nvidia", device_ids=list(config.gpu_device_ids),
+                capabilities=[["gpu"]])] if config.gpu_device_ids else None,
+        )
+        created = self._call(f"create {config.name}", lambda: api.create_container(
+            config.image, command=list(config.command) if config.command else None,
+            name=config.name, environment=config.env, labels=config.labels,
+            ports=[(p.container_port, p.protocol.lower()) for p in config.ports],
+            host_config=host_config,
+        ))
+        container_id = str(created["Id"])
+        try:
+            self.start(container_id, config.name)
+        except UserError:
+            # Never leave a created-but-unstartable container holding GPUs and ports;
+            # it has no user data yet (it never ran).
+            self.remove(container_id, config.name)
+            raise
+        return container_id
+
+    def start(self, container_id: str, name: str) -> None:
+        self._call(f"start {name}", lambda: self.client.api.start(container_id))
+
+    def stop(self, container_id: str, name: str) -> None:
+        self._call(f"stop {name}", lambda: self.client.api.stop(
+            container_id, timeout=STOP_TIMEOUT_SECONDS))
+
+    def unpause(self, container_id: str, name: str) -> None:
+        self._call(f"unpause {name}", lambda: self.client.api.unpause(container_id))
+
+    def rename(self, container_id: str, new_name: str) -> None:
+        self._call(f"rename to {new_name}", lambda: self.client.api.rename(
+            container_id, new_name))
+
+    def set_restart_policy(self, container_id: str, name: str, policy: str) -> None:
+        self._call(f"update {name}", lambda: self.client.api.update_container(
+            container_id, restart_policy=cast(Any, {"Name": policy})))
+
+    def commit(self, container_id: str, name: str, image: str) -> None:
+        repository, tag = image.rsplit(":", 1)
+        self._call(f"commit {name}", lambda: self.client.api.commit(
+            container_id, repository=repository, tag=tag))
+
+    def remove(self, container_id: str, name: str) -> None:
+        """Remove the container (never its volumes); already gone is fine."""
+        with contextlib.suppress(ContainerGoneError):
+            self._call(f"remove {name}", lambda: self.client.api.remove_container(
+                container_id, force=True, v=False))
+
+    def exec(self, container_id: str, command: list[str]) -> tuple[int, str]:
+        api = self.client.api
+        exec_id = str(self._call("exec", lambda: api.exec_create(container_id, command))["Id"])
+        output = self._call("exec", lambda: api.exec_start(exec_id))
+        code = self._call("exec", lambda: api.exec_inspect(exec_id))["ExitCode"]
+        return int(code or 0), output.decode(errors="replace")
+
+
+def _observed(attrs: dict[str, Any]) -> ObservedContainer:
+    config_labels: dict[str, str] = attrs.get("Config", {}).get("Labels") or {}
+    owner = None
+    if config_labels.get(labels.KIND) == "GpuReplicaSet":
+        owner = ResourceKey(config_labels.get(labels.NAMESPACE, ""),
+                            config_labels.get(labels.NAME, ""))
+    bindings: dict[tuple[int, Protocol], int] = {}
+    for port_proto, hosts in (attrs.get("HostConfig", {}).get("PortBindings") or {}).items():
+        port, _, proto = port_proto.partition("/")
+        for host in hosts or ():
+            if host.get("HostPort"):
+                bindings[(int(port), Protocol(proto.upper() or "TCP"))] = int(host["HostPort"])
+    gpus = tuple(g for g in config_labels.get(labels.GPUS, "").split(",") if g)
+    try:
+        revision = int(config_labels.get(labels.REVISION, "0"))
+    except ValueError:
+        revision = 0
+    return ObservedContainer(
+        id=attrs["Id"], name=attrs.get("Name", "").lstrip("/"),
+        status=attrs.get("State", {}).get("Status", "unknown"),
+        owner=owner, uid=config_labels.get(labels.UID, ""), revision=revision, gpus=gpus,
+        spec_hash=config_labels.get(labels.SPEC_HASH, ""),
+        base_image=config_labels.get(labels.IMAGE, ""), port_bindings=bindings,
+        restart_policy=(attrs.get("HostConfig", {}).get("RestartPolicy") or {}).get("Name", ""),
+    )

@@ -1,0 +1,64 @@
+"""The few Kubernetes API calls the reconcilers make besides kopf's own: status
+patches, reading a SizedVolume. Errors become gpudock's tiers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, cast
+
+import kubernetes
+import kubernetes.client
+import kubernetes.config
+import urllib3.exceptions
+
+from gpudock.errors import TransientError
+
+GROUP, VERSION = "gpudock.dev", "v1alpha1"
+
+
+class KubeUnavailableError(TransientError):
+    """The API server did not answer or is busy."""
+
+
+class ObjectNotFoundError(Exception):
+    """The object does not exist (or no longer does)."""
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            raise ObjectNotFoundError(what) from exc
+        if exc.status in (409, 429) or (exc.status or 0) >= 500:
+            raise KubeUnavailableError(f"{what}: {exc.status} {exc.reason}", delay=2) from exc
+        raise
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise KubeUnavailableError(f"{what}: {exc}") from exc
+
+
+class KubeApi:
+    def __init__(self, kubeconfig: str | None) -> None:
+        if kubeconfig:
+            client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+        else:
+            try:
+                kubernetes.config.load_incluster_config()
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config()
+            client = kubernetes.client.ApiClient()
+        self._objects = kubernetes.client.CustomObjectsApi(client)
+
+    def patch_status(self, plural: str, namespace: str, name: str,
+                     status: dict[str, Any]) -> None:
+        with _translated(f"patch status of {plural} {namespace}/{name}"):
+            self._objects.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": status})
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        with _translated(f"get {plural} {namespace}/{name}"):
+            body = self._objects.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name)
+        return cast(dict[str, Any], body)

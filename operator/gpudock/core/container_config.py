@@ -1,0 +1,101 @@
+"""Pure builder: the Docker container a GpuReplicaSet revision should be.
+
+The adapter turns a :class:`ContainerConfig` into Docker SDK calls; nothing here talks
+to Docker, so what a container will look like is testable as plain data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, PortBinding
+from gpudock.core import labels
+from gpudock.core.observed import ResourceKey
+
+NVIDIA_RUNTIME = "nvidia"
+# "void" makes the NVIDIA runtime behave as plain runc: no GPU and no driver. It also
+# overrides an image's NVIDIA_VISIBLE_DEVICES=all, so a 0-GPU container sees nothing.
+NO_GPU = "void"
+RESTART_POLICY = "unless-stopped"  # a Docker restart brings running containers back
+KIND_LABEL_VALUE = "GpuReplicaSet"
+
+
+@dataclass(frozen=True)
+class BindMount:
+    source: str  # a host path or a Docker volume name
+    target: str
+    read_only: bool = False
+    is_volume: bool = False
+
+
+@dataclass(frozen=True)
+class ContainerConfig:
+    name: str
+    image: str
+    command: tuple[str, ...] | None
+    env: dict[str, str]
+    labels: dict[str, str]
+    ports: tuple[PortBinding, ...]
+    mounts: tuple[BindMount, ...]
+    runtime: str | None  # "nvidia", or None for Docker's default
+    gpu_device_ids: tuple[str, ...] = ()  # for Docker device requests (--gpus)
+    restart_policy: str = RESTART_POLICY
+    gpus: tuple[str, ...] = field(default=())
+
+
+def spec_hash(spec: GpuReplicaSetSpec) -> str:
+    """A digest of everything in the spec that shapes the container (not state, history
+    or rollback): equal hashes mean the container already matches the spec."""
+    shaping = {
+        "image": spec.image, "command": list(spec.command), "gpuCount": spec.gpu_count,
+        "env": [asdict(e) for e in spec.env],
+        "ports": [{"c": p.container_port, "p": str(p.protocol), "h": p.host_port}
+                  for p in spec.ports],
+        "mounts": [asdict(m) for m in spec.mounts],
+    }
+    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+    return digest[:16]
+
+
+def build_container_config(
+    key: ResourceKey, uid: str, spec: GpuReplicaSetSpec, *, revision: int,
+    gpus: tuple[str, ...], ports: tuple[PortBinding, ...], volume_names: dict[str, str],
+    use_device_requests: bool = False, image: str | None = None,
+) -> ContainerConfig:
+    """``volume_names`` maps a SizedVolume name to its current Docker volume;
+    ``image`` overrides the spec's (a preserved revision's disk)."""
+    env = {e.name: e.value for e in spec.env}
+    if use_device_requests:
+        env.pop("NVIDIA_VISIBLE_DEVICES", None)
+        if not gpus:
+            env["NVIDIA_VISIBLE_DEVICES"] = NO_GPU
+        runtime = None
+    else:
+        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpus) if gpus else NO_GPU
+        runtime = NVIDIA_RUNTIME if gpus else None
+    mounts = tuple(
+        BindMount(source=m.host_path, target=m.mount_path, read_only=m.read_only)
+        if m.host_path is not None
+        else BindMount(source=volume_names[m.volume or ""], target=m.mount_path,
+                       read_only=m.read_only, is_volume=True)
+        for m in spec.mounts
+    )
+    return ContainerConfig(
+        name=labels.object_name(key.namespace, key.name, revision),
+        image=image or spec.image,
+        command=spec.command or None,
+        env=env,
+        labels={
+            labels.NAMESPACE: key.namespace, labels.NAME: key.name,
+            labels.KIND: KIND_LABEL_VALUE, labels.REVISION: str(revision),
+            labels.UID: uid, labels.GPUS: ",".join(gpus), labels.SPEC_HASH: spec_hash(spec),
+            labels.IMAGE: spec.image,
+        },
+        ports=ports,
+        mounts=mounts,
+        runtime=runtime,
+        gpu_device_ids=gpus if use_device_requests else (),
+        gpus=gpus,
+    )

@@ -1,0 +1,48 @@
+"""What the agent observed on the node, as plain values the core can decide on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gpudock.api.gpu_replica_set import Protocol
+
+
+@dataclass(frozen=True)
+class ResourceKey:
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class HostPort:
+    port: int
+    protocol: Protocol = Protocol.TCP
+
+
+@dataclass(frozen=True)
+class ObservedContainer:
+    """A container on the node; ``owner`` is set for containers gpudock made."""
+
+    id: str
+    name: str
+    status: str  # Docker's: created, running, paused, restarting, exited, dead
+    owner: ResourceKey | None = None
+    uid: str = ""
+    revision: int = 0
+    gpus: tuple[str, ...] = ()
+    spec_hash: str = ""
+    base_image: str = ""  # the spec image its disk descends from
+    # (container port, protocol) -> host port, from HostConfig.PortBindings
+    port_bindings: dict[tuple[int, Protocol], int] = field(default_factory=dict)
+    restart_policy: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self.status in ("running", "restarting")
+
+    @property
+    def host_ports(self) -> set[HostPort]:
+        return {HostPort(host, proto) for (_, proto), host in self.port_bindings.items()}

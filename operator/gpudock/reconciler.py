@@ -1,0 +1,196 @@
+"""Runs one GpuReplicaSet to its spec: observe Docker, plan (pure core), act, repeat
+until the plan is empty; returns the status to write and the events to post.
+
+Observe-plan-act runs under the node lock (a thread lock plus an flock on the state
+dir), so allocation derived from Docker's labels is atomic on the node: two resources
+can never be given one GPU or one host port, whatever runs concurrently.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
+from gpudock.api import gpu_replica_set, sized_volume
+from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
+from gpudock.core import replica_set_plan as core
+from gpudock.core.conditions import with_transition_times
+from gpudock.core.gpus import GpuInventory
+from gpudock.core.observed import ResourceKey
+from gpudock.errors import SpecError, UserError
+from gpudock.settings import GpuAttach, Settings
+
+logger = logging.getLogger(__name__)
+MAX_PASSES = 5
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Outcome:
+    status: dict[str, Any]
+    events: list[Event] = field(default_factory=list)
+
+
+def _progressing_reason(status: Mapping[str, Any]) -> str | None:
+    for cond in status.get("conditions") or ():
+        if isinstance(cond, Mapping) and cond.get("type") == "Progressing":
+            return str(cond.get("reason"))
+    return None
+
+
+def _utc_now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ReplicaSetReconciler:
+    def __init__(self, settings: Settings, docker: DockerRuntime, inventory: GpuInventory,
+                 kube: KubeApi, clock: Callable[[], str] = _utc_now) -> None:
+        self._settings = settings
+        self._docker = docker
+        self._inventory = inventory
+        self._kube = kube
+        self._clock = clock
+        self._thread_lock = threading.Lock()
+        self._deleted: set[str] = set()
+
+    @contextlib.contextmanager
+    def node_lock(self) -> Iterator[None]:
+        """Held while observing and changing the node's containers."""
+        self._settings.state_dir.mkdir(parents=True, exist_ok=True)
+        with self._thread_lock, open(self._settings.state_dir / "node.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # ------------------------------------------------------------------------ reconcile
+    def reconcile(self, body: Mapping[str, Any]) -> Outcome | None:
+        """Converge one resource; None when it is being deleted (nothing to do)."""
+        meta, previous = body["metadata"], dict(body.get("status") or {})
+        key = ResourceKey(meta["namespace"], meta["name"])
+        generation = meta.get("generation")
+        try:
+            spec = GpuReplicaSetSpec.parse(body.get("spec") or {})
+        except SpecError as exc:
+            status = core.invalid_spec_status(generation, previous, exc)
+            return self._outcome(status, previous, [Event("Warning", exc.reason, exc.message)])
+        events: list[Event] = []
+        drift: str | None = None
+        with self.node_lock():
+            if meta.get("deletionTimestamp") or meta["uid"] in self._deleted:
+                return None
+            for _ in range(MAX_PASSES):
+                observation = self._observe(key, meta["uid"], generation, spec, previous)
+                plan = core.plan_replica_set(observation)
+                drift = drift or plan.drift
+                if not plan.actions:
+                    break
+                try:
+                    for action in plan.actions:
+                        events.append(self._execute(action))
+                except UserError as exc:
+                    plan = core.blocked_plan(
+                        self._observe(key, meta["uid"], generation, spec, previous), exc)
+                    break
+            else:
+                raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
+        if drift:
+            events.insert(0, Event("Warning", "DriftDetected", drift))
+        status = core.note_drift(plan.status, drift, previous)
+        problem = next((c for c in status.conditions if c.type == "Progressing"
+                        and not c.status and c.reason != "ReconcileComplete"), None)
+        if problem is not None and problem.reason != _progressing_reason(previous):
+            events.append(Event("Warning", problem.reason, problem.message))
+        return self._outcome(status, previous, events)
+
+    def _outcome(self, status: gpu_replica_set.GpuReplicaSetStatus,
+                 previous: Mapping[str, Any], events: list[Event]) -> Outcome:
+        timed = with_transition_times(status.conditions, previous.get("conditions") or (),
+                                      self._clock(), status.observed_generation)
+        raw = status.to_dict()
+        raw["conditions"] = [c.to_dict() for c in timed]
+        return Outcome(raw, events)
+
+    def _observe(self, key: ResourceKey, uid: str, generation: int | None,
+                 spec: GpuReplicaSetSpec, previous: Mapping[str, Any]) -> core.Observation:
+        return core.Observation(
+            key=key, uid=uid, generation=generation, spec=spec, previous_status=previous,
+            containers=tuple(self._docker.list_containers()),
+            inventory=tuple(g.uuid for g in self._inventory.list_gpus()),
+            port_range=(self._settings.port_range.first, self._settings.port_range.last),
+            allowed_host_paths=self._settings.allowed_host_paths,
+            image_present=self._docker.image_exists(spec.image),
+            volume_names={m.volume: self._volume_name(key.namespace, m.volume)
+                          for m in spec.mounts if m.volume is not None},
+            use_device_requests=self._settings.gpu_attach is GpuAttach.DEVICE_REQUESTS,
+        )
+
+    def _volume_name(self, namespace: str, name: str) -> str | None:
+        try:
+            body = self._kube.get(sized_volume.PLURAL, namespace, name)
+        except ObjectNotFoundError:
+            return None
+        status = body.get("status") or {}
+        return str(status["volumeName"]) if status.get("phase") == "Ready" and status.get(
+            "volumeName") else None
+
+    def _execute(self, action: core.Action) -> Event:
+        docker = self._docker
+        match action:
+            case core.CreateContainer(config=config, reason=reason):
+                docker.create_and_start(config)
+                gpus = ",".join(config.gpus) or "no GPU"
+                return Event("Normal", reason, f"container {config.name} started with {gpus}")
+            case core.StartContainer(container_id=cid, name=name, reason=reason):
+                docker.start(cid, name)
+                return Event("Normal", reason, f"container {name} started")
+            case core.StopContainer(container_id=cid, name=name):
+                docker.stop(cid, name)
+                return Event("Normal", "Stopped", f"container {name} stopped")
+            case core.CommitContainer(container_id=cid, name=name, image=image):
+                docker.commit(cid, name, image)
+                return Event("Normal", "Preserved", f"filesystem of {name} saved as {image}")
+            case core.RemoveContainer(container_id=cid, name=name, reason=reason):
+                docker.remove(cid, name)
+                return Event("Normal", reason, f"container {name} removed")
+            case core.RenameContainer(container_id=cid, old_name=old, new_name=new):
+                docker.rename(cid, new)
+                return Event("Normal", "Renamed", f"container {old} renamed back to {new}")
+            case core.UnpauseContainer(container_id=cid, name=name):
+                docker.unpause(cid, name)
+                return Event("Normal", "Unpaused", f"container {name} unpaused")
+            case core.SetRestartPolicy(container_id=cid, name=name, policy=policy):
+                docker.set_restart_policy(cid, name, policy)
+                return Event("Normal", "RestartPolicyRestored",
+                             f"restart policy of {name} set back to {policy}")
+        raise AssertionError(f"unknown action {action!r}")  # pragma: no cover
+
+    # --------------------------------------------------------------------------- delete
+    def delete(self, body: Mapping[str, Any]) -> list[Event]:
+        """Remove every container of the resource; fine when they are already gone."""
+        meta = body["metadata"]
+        key = ResourceKey(meta["namespace"], meta["name"])
+        events = []
+        with self.node_lock():
+            self._deleted.add(meta["uid"])
+            for container in self._docker.list_containers():
+                if container.owner == key:
+                    self._docker.remove(container.id, container.name)
+                    events.append(Event("Normal", "Removed",
+                                        f"container {container.name} removed"))
+        return events

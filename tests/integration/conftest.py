@@ -1,0 +1,36 @@
+"""Fixtures for the behaviour suites: the agent as a process, with a clean node after."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.stack.agent_process import AgentProcess
+from tests.stack.localstack import LocalStack, wait_for
+from tests.stack.resources import containers
+
+AgentFactory = Callable[..., AgentProcess]
+
+
+@pytest.fixture
+def start_agent(stack: LocalStack, namespace: str) -> Iterator[AgentFactory]:
+    """Start `gpudock agent` (simulated GPUs); afterwards delete the test's resources
+    through the agent, and clean the node so no test leaks into the next."""
+    started: list[AgentProcess] = []
+
+    def start(**kwargs: object) -> AgentProcess:
+        agent = AgentProcess(stack, name=f"agent-{namespace}-{len(started)}",
+                             **kwargs).start()  # type: ignore[arg-type]
+        started.append(agent)
+        return agent
+
+    yield start
+    if started and started[-1].process and started[-1].process.alive():
+        stack.kubectl("delete", "grs", "--all", "-n", namespace, "--timeout=90s")
+    for agent in started:
+        agent.stop()
+    leftovers = containers(stack, namespace)
+    for container in leftovers:  # never leak into the next test, even when this one failed
+        container.remove(force=True)
+    wait_for(lambda: not containers(stack, namespace), 30, what="no containers")

@@ -1,0 +1,56 @@
+"""Helpers to read GpuReplicaSets and their containers in tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import docker.models.containers
+
+from tests.stack.localstack import LocalStack
+
+GRS_LABEL = "gpudock.dev/kind=GpuReplicaSet"
+
+
+def grs(stack: LocalStack, namespace: str, name: str) -> dict[str, Any]:
+    return stack.kubectl_json("get", "grs", name, "-n", namespace)
+
+
+def status(stack: LocalStack, namespace: str, name: str) -> dict[str, Any]:
+    value = grs(stack, namespace, name).get("status") or {}
+    assert isinstance(value, dict)
+    return value
+
+
+def condition(stack: LocalStack, namespace: str, name: str, type_: str) -> dict[str, Any]:
+    for cond in status(stack, namespace, name).get("conditions") or ():
+        if cond.get("type") == type_:
+            return dict(cond)
+    return {}
+
+
+def all_statuses(stack: LocalStack, namespace: str) -> dict[str, dict[str, Any]]:
+    items = stack.kubectl_json("get", "grs", "-n", namespace)["items"]
+    assert isinstance(items, list)
+    return {item["metadata"]["name"]: item.get("status") or {} for item in items}
+
+
+def containers(stack: LocalStack, namespace: str | None = None,
+               ) -> list[docker.models.containers.Container]:
+    filters = [GRS_LABEL] + ([f"gpudock.dev/namespace={namespace}"] if namespace else [])
+    client = stack.docker_client()
+    try:
+        return list(client.containers.list(all=True, filters={"label": filters}))
+    finally:
+        client.close()
+
+
+def env_of(container: docker.models.containers.Container) -> dict[str, str]:
+    pairs = (item.split("=", 1) for item in container.attrs["Config"]["Env"] or ())
+    return {k: v for k, v in pairs}
+
+
+def gpu_replica_set(name: str, *, gpus: int = 1, image: str = "gpudock-test/busybox:1",
+                    node: str = "gpu-node-1", **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "gpudock.dev/v1alpha1", "kind": "GpuReplicaSet",
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "image": image, "gpuCount": gpus, **spec}}
