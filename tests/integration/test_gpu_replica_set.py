@@ -140,6 +140,7 @@ def test_zero_gpu_container_sees_no_gpu(
     assert container.attrs["HostConfig"]["Runtime"] != "nvidia"
     assert not container.attrs["HostConfig"].get("DeviceRequests")
     code, output = container.exec_run(["sh", "-c", "echo $NVIDIA_VISIBLE_DEVICES"])
+    assert isinstance(output, bytes)
     assert (code, output.decode().strip()) == (0, "void")
     assert status(stack, namespace, "cpu-only")["gpus"] == []
 
