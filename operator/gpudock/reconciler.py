@@ -17,19 +17,20 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.docker_runtime import DockerRuntime, HostPortBusyError
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import gpu_replica_set, sized_volume
-from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
+from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, Protocol
 from gpudock.core import replica_set_plan as core
 from gpudock.core.conditions import with_transition_times
 from gpudock.core.gpus import GpuInventory
-from gpudock.core.observed import ResourceKey
+from gpudock.core.observed import HostPort, ResourceKey
 from gpudock.errors import SpecError, UserError
 from gpudock.settings import GpuAttach, Settings
 
 logger = logging.getLogger(__name__)
 MAX_PASSES = 5
+MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class ReplicaSetReconciler:
         self._clock = clock
         self._thread_lock = threading.Lock()
         self._deleted: set[str] = set()
+        self._busy_ports: set[HostPort] = set()  # held outside Docker's view
 
     @contextlib.contextmanager
     def node_lock(self) -> Iterator[None]:
@@ -94,21 +96,31 @@ class ReplicaSetReconciler:
         with self.node_lock():
             if meta.get("deletionTimestamp") or meta["uid"] in self._deleted:
                 return None
-            for _ in range(MAX_PASSES):
+            passes = busy_ports_found = 0
+            while True:
                 observation = self._observe(key, meta["uid"], generation, spec, previous)
                 plan = core.plan_replica_set(observation)
                 drift = drift or plan.drift
                 if not plan.actions:
                     break
+                passes += 1
+                if passes > MAX_PASSES:
+                    raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
                 try:
                     for action in plan.actions:
                         events.append(self._execute(action))
+                except HostPortBusyError as exc:
+                    busy_ports_found += 1
+                    if busy_ports_found <= MAX_BUSY_PORTS and self._auto_port_busy(exc, spec):
+                        passes -= 1  # not a pass: plan again, skipping that port
+                        continue
+                    plan = core.blocked_plan(
+                        self._observe(key, meta["uid"], generation, spec, previous), exc)
+                    break
                 except UserError as exc:
                     plan = core.blocked_plan(
                         self._observe(key, meta["uid"], generation, spec, previous), exc)
                     break
-            else:
-                raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
         if drift:
             events.insert(0, Event("Warning", "DriftDetected", drift))
         status = core.note_drift(plan.status, drift, previous)
@@ -117,6 +129,14 @@ class ReplicaSetReconciler:
         if problem is not None and problem.reason != _progressing_reason(previous):
             events.append(Event("Warning", problem.reason, problem.message))
         return self._outcome(status, previous, events)
+
+    def _auto_port_busy(self, exc: HostPortBusyError, spec: GpuReplicaSetSpec) -> bool:
+        """Remember a port Docker could not bind; True when the allocator chose it (so
+        another one will do), False when the user asked for it explicitly."""
+        if exc.port is None or any(p.host_port == exc.port for p in spec.ports):
+            return False
+        self._busy_ports.update(HostPort(exc.port, proto) for proto in Protocol)
+        return True
 
     def _outcome(self, status: gpu_replica_set.GpuReplicaSetStatus,
                  previous: Mapping[str, Any], events: list[Event]) -> Outcome:
@@ -138,6 +158,7 @@ class ReplicaSetReconciler:
             volume_names={m.volume: self._volume_name(key.namespace, m.volume)
                           for m in spec.mounts if m.volume is not None},
             use_device_requests=self._settings.gpu_attach is GpuAttach.DEVICE_REQUESTS,
+            busy_host_ports=frozenset(self._busy_ports),
         )
 
     def _volume_name(self, namespace: str, name: str) -> str | None:

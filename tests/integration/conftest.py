@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
@@ -19,9 +19,11 @@ def start_agent(stack: LocalStack, namespace: str) -> Iterator[AgentFactory]:
     through the agent, and clean the node so no test leaks into the next."""
     started: list[AgentProcess] = []
 
-    def start(**kwargs: object) -> AgentProcess:
-        agent = AgentProcess(stack, name=f"agent-{namespace}-{len(started)}",
-                             **kwargs).start()  # type: ignore[arg-type]
+    def start(*, gpus: int = 8, extra_args: Sequence[str] = ()) -> AgentProcess:
+        # Watching only this test's namespace keeps tests apart; the GPUs and ports
+        # they hold are still derived from every container on the shared dockerd.
+        agent = AgentProcess(stack, name=f"agent-{namespace}-{len(started)}", gpus=gpus,
+                             extra_args=["--namespace", namespace, *extra_args]).start()
         started.append(agent)
         return agent
 

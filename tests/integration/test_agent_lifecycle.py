@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.stack.agent_process import AgentProcess
+from tests.integration.conftest import AgentFactory
 from tests.stack.localstack import LocalStack, wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "01-gpu-container.yaml"
@@ -19,9 +19,9 @@ def _phase(stack: LocalStack, namespace: str, name: str) -> object:
 
 
 def test_agent_connects_handles_its_node_and_stops_on_sigterm(
-    stack: LocalStack, namespace: str,
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
-    agent = AgentProcess(stack, gpus=2).start()
+    agent = start_agent(gpus=2)
     try:
         assert "node gpu-node-1: 2 GPUs (simulated backend)" in agent.log()
         stack.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
@@ -30,6 +30,7 @@ def test_agent_connects_handles_its_node_and_stops_on_sigterm(
         stack.kubectl("apply", "-n", namespace, "-f", "-", input=other)
         wait_for(lambda: _phase(stack, namespace, "knock") is not None, 30,
                  what="the agent to write status")
+        stack.kubectl("delete", "grs", "knock", "-n", namespace, "--timeout=60s")
     finally:
         started = time.monotonic()
         code = agent.stop()

@@ -186,3 +186,24 @@ def test_bad_input_gets_a_condition_and_no_container(
     finally:
         blocker.remove(force=True)
         client.close()
+
+
+def test_auto_port_held_outside_docker_is_skipped(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    import socket
+
+    from tests.stack.processes import free_port
+
+    first = free_port()
+    start_agent(extra_args=["--port-range", f"{first}-{first + 20}"])
+    holder = socket.socket()  # a process outside Docker listens on the first port
+    holder.bind(("0.0.0.0", first))
+    holder.listen()
+    try:
+        _apply(stack, namespace, gpu_replica_set("ssh", ports=[{"containerPort": 22}]))
+        wait_for(lambda: _phase_is(stack, namespace, "ssh", "Running"), 60, what="Running")
+        (binding,) = status(stack, namespace, "ssh")["ports"]
+        assert first < binding["hostPort"] <= first + 20
+    finally:
+        holder.close()

@@ -129,6 +129,10 @@ class LocalStack:
                            capture_output=True)
             self._bridge_created = False
         release_mounts_and_loops(self.base_dir)
+        keep = os.environ.get("GPUDOCK_KEEP_LOGS")  # a folder to keep the logs in
+        if keep and (self.base_dir / "logs").is_dir():
+            shutil.copytree(self.base_dir / "logs", Path(keep) / self.base_dir.name,
+                            dirs_exist_ok=True)
         shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def __enter__(self) -> LocalStack:

@@ -9,6 +9,7 @@ Volumes are never removed with a container.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -38,6 +39,17 @@ class ContainerGoneError(TransientError):
         super().__init__(message, delay=1)
 
 
+class HostPortBusyError(UserError):
+    """Docker could not bind a host port: something outside its view holds it."""
+
+    def __init__(self, message: str, port: int | None) -> None:
+        super().__init__("HostPortInUse", message)
+        self.port = port
+
+
+_BUSY_PORT_RE = re.compile(r":(\d+)(?:: bind: address already in use| failed: port is already)")
+
+
 @contextlib.contextmanager
 def _translated(what: str) -> Iterator[None]:
     try:
@@ -49,7 +61,9 @@ def _translated(what: str) -> Iterator[None]:
     except docker.errors.APIError as exc:
         text = str(exc.explanation or exc)
         if "port is already allocated" in text or "address already in use" in text:
-            raise UserError("HostPortInUse", f"{what}: {text}") from exc
+            match = _BUSY_PORT_RE.search(text)
+            raise HostPortBusyError(f"{what}: {text}",
+                                    int(match.group(1)) if match else None) from exc
         if "bind source path does not exist" in text:
             raise UserError("HostPathMissing", f"{what}: {text}") from exc
         if exc.is_server_error():

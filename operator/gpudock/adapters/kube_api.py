@@ -10,6 +10,7 @@ from typing import Any, cast
 import kubernetes
 import kubernetes.client
 import kubernetes.config
+import urllib3
 import urllib3.exceptions
 
 from gpudock.errors import TransientError
@@ -49,6 +50,10 @@ class KubeApi:
             except kubernetes.config.ConfigException:
                 kubernetes.config.load_kube_config()
             client = kubernetes.client.ApiClient()
+        if not client.configuration.verify_ssl:
+            # The kubeconfig asked for it (insecure-skip-tls-verify); say so once, in
+            # the log of start-up, not in a warning on every request.
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._objects = kubernetes.client.CustomObjectsApi(client)
 
     def patch_status(self, plural: str, namespace: str, name: str,

@@ -29,7 +29,7 @@ from gpudock.core.container_config import (
     build_container_config,
     spec_hash,
 )
-from gpudock.core.observed import ObservedContainer, ResourceKey
+from gpudock.core.observed import HostPort, ObservedContainer, ResourceKey
 from gpudock.errors import UserError
 
 
@@ -107,6 +107,9 @@ class Observation:
     allowed_host_paths: tuple[str, ...]
     image_present: bool
     volume_names: Mapping[str, str | None] = field(default_factory=dict)  # None: not ready
+    # Host ports Docker could not bind although no container holds them (another
+    # process on the node has them): never auto-allocated.
+    busy_host_ports: frozenset[HostPort] = frozenset()
     use_device_requests: bool = False
 
 
@@ -192,8 +195,8 @@ def _create(obs: Observation, current: ObservedContainer | None) -> Plan:
                         f"needs {spec.gpu_count} GPUs; {free} of {len(obs.inventory)} on "
                         f"node {spec.node_name} are free. Waiting for GPUs to be released")
     held_ports = _held_ports(current, obs.previous_status)
-    ports = allocate_ports(spec.ports, ledger.ports_held_by_others(key), *obs.port_range,
-                           held=held_ports)
+    ports = allocate_ports(spec.ports, ledger.ports_held_by_others(key) | obs.busy_host_ports,
+                           *obs.port_range, held=held_ports)
     if current is None:
         if not obs.image_present:
             raise _image_missing(spec.image)
