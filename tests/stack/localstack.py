@@ -21,7 +21,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -323,17 +323,9 @@ def _kubeconfig(server: str, user: str, token: str) -> str:
     }, indent=2)
 
 
-@contextlib.contextmanager
-def running_stack() -> Iterator[LocalStack]:
-    stack = LocalStack()
-    with stack:
-        yield stack
-
-
-def wait_for(predicate: object, timeout: float = 60.0, interval: float = 0.5,
+def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.5,
              what: str = "condition") -> None:
-    """Poll a zero-argument callable until it returns a truthy value."""
-    assert callable(predicate)
+    """Poll ``predicate`` until it returns a truthy value."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:
