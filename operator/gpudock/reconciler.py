@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
+import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -97,8 +98,11 @@ class ReplicaSetReconciler:
             if meta.get("deletionTimestamp") or meta["uid"] in self._deleted:
                 return None
             passes = busy_ports_found = 0
+            inventory = tuple(g.uuid for g in self._inventory.list_gpus())  # once per call
+            observe = functools.partial(self._observe, key, meta["uid"], generation, spec,
+                                        previous, inventory)
             while True:
-                observation = self._observe(key, meta["uid"], generation, spec, previous)
+                observation = observe()
                 plan = core.plan_replica_set(observation)
                 drift = drift or plan.drift
                 if not plan.actions:
@@ -114,12 +118,10 @@ class ReplicaSetReconciler:
                     if busy_ports_found <= MAX_BUSY_PORTS and self._auto_port_busy(exc, spec):
                         passes -= 1  # not a pass: plan again, skipping that port
                         continue
-                    plan = core.blocked_plan(
-                        self._observe(key, meta["uid"], generation, spec, previous), exc)
+                    plan = core.blocked_plan(observe(), exc)
                     break
                 except UserError as exc:
-                    plan = core.blocked_plan(
-                        self._observe(key, meta["uid"], generation, spec, previous), exc)
+                    plan = core.blocked_plan(observe(), exc)
                     break
         if drift:
             events.insert(0, Event("Warning", "DriftDetected", drift))
@@ -147,11 +149,12 @@ class ReplicaSetReconciler:
         return Outcome(raw, events)
 
     def _observe(self, key: ResourceKey, uid: str, generation: int | None,
-                 spec: GpuReplicaSetSpec, previous: Mapping[str, Any]) -> core.Observation:
+                 spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
+                 inventory: tuple[str, ...]) -> core.Observation:
         return core.Observation(
             key=key, uid=uid, generation=generation, spec=spec, previous_status=previous,
             containers=tuple(self._docker.list_containers()),
-            inventory=tuple(g.uuid for g in self._inventory.list_gpus()),
+            inventory=inventory,
             port_range=(self._settings.port_range.first, self._settings.port_range.last),
             allowed_host_paths=self._settings.allowed_host_paths,
             image_present=self._docker.image_exists(spec.image),
