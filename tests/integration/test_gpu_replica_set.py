@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from gpudock.adapters.simulated_gpus import SimulatedGpuInventory
 from tests.integration.conftest import AgentFactory
 from tests.stack.agent_process import NODE_NAME
 from tests.stack.localstack import BUSYBOX_IMAGE, LocalStack, wait_for
 from tests.stack.resources import (
     all_statuses,
+    apply,
     condition,
     containers,
     env_of,
@@ -22,11 +21,6 @@ from tests.stack.resources import (
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 NODE_GPUS = {g.uuid for g in SimulatedGpuInventory(NODE_NAME, 8).list_gpus()}
-
-
-def _apply(stack: LocalStack, namespace: str, *bodies: dict[str, object]) -> None:
-    stack.kubectl("apply", "-n", namespace, "-f", "-",
-                  input=yaml.safe_dump_all(bodies))
 
 
 def _phase_is(stack: LocalStack, namespace: str, name: str, phase: str) -> bool:
@@ -90,7 +84,7 @@ def test_twelve_one_gpu_resources_on_eight_gpus(
     stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
     start_agent(gpus=8)
-    _apply(stack, namespace, *(gpu_replica_set(f"r{i:02d}", gpus=1) for i in range(12)))
+    apply(stack, namespace, *(gpu_replica_set(f"r{i:02d}", gpus=1) for i in range(12)))
 
     def settled() -> bool:
         phases = [s.get("phase") for s in all_statuses(stack, namespace).values()]
@@ -155,7 +149,7 @@ def test_bad_input_gets_a_condition_and_no_container(
     blocker = client.containers.run(BUSYBOX_IMAGE, detach=True, name=f"{namespace}-blocker",
                                     ports={"80/tcp": 45123})
     try:
-        _apply(stack, namespace,
+        apply(stack, namespace,
                gpu_replica_set("outside", mounts=[{"hostPath": "/etc",
                                                    "mountPath": "/host-etc"}]),
                gpu_replica_set("no-image", image="example.com/not-here:1"),
@@ -201,7 +195,7 @@ def test_auto_port_held_outside_docker_is_skipped(
     holder.bind(("0.0.0.0", first))
     holder.listen()
     try:
-        _apply(stack, namespace, gpu_replica_set("ssh", ports=[{"containerPort": 22}]))
+        apply(stack, namespace, gpu_replica_set("ssh", ports=[{"containerPort": 22}]))
         wait_for(lambda: _phase_is(stack, namespace, "ssh", "Running"), 60, what="Running")
         (binding,) = status(stack, namespace, "ssh")["ports"]
         assert first < binding["hostPort"] <= first + 20

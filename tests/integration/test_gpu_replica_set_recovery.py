@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import yaml
-
 from tests.integration.conftest import AgentFactory
 from tests.stack.localstack import LocalStack, wait_for
-from tests.stack.resources import all_statuses, condition, containers, gpu_replica_set, status
-
-
-def _apply(stack: LocalStack, namespace: str, *bodies: dict[str, object]) -> None:
-    stack.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(bodies))
+from tests.stack.resources import (
+    all_statuses,
+    apply,
+    condition,
+    containers,
+    gpu_replica_set,
+    status,
+)
 
 
 def _all_running(stack: LocalStack, namespace: str, count: int) -> bool:
@@ -23,7 +24,7 @@ def test_container_removed_or_stopped_behind_the_agents_back_is_repaired(
     stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
     start_agent(extra_args=["--resync-seconds", "2"])
-    _apply(stack, namespace, gpu_replica_set("drift", gpus=2,
+    apply(stack, namespace, gpu_replica_set("drift", gpus=2,
                                              ports=[{"containerPort": 22}]))
     wait_for(lambda: _all_running(stack, namespace, 1), 60, what="Running")
     before = status(stack, namespace, "drift")
@@ -58,7 +59,7 @@ def test_agent_killed_and_restarted_adopts_what_runs(
     stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
     agent = start_agent(gpus=8)
-    _apply(stack, namespace, *(gpu_replica_set(f"a{i}", gpus=2) for i in range(3)),
+    apply(stack, namespace, *(gpu_replica_set(f"a{i}", gpus=2) for i in range(3)),
            gpu_replica_set("waiting", gpus=4))
     wait_for(lambda: [s.get("phase") for s in all_statuses(stack, namespace).values()]
              .count("Running") == 3, 60, what="3 Running")
@@ -95,7 +96,7 @@ def test_delete_removes_containers_and_frees_gpus_and_ports(
     stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
     start_agent(gpus=4)
-    _apply(stack, namespace, gpu_replica_set("one", gpus=2, ports=[{"containerPort": 22,
+    apply(stack, namespace, gpu_replica_set("one", gpus=2, ports=[{"containerPort": 22,
                                                                    "hostPort": 46001}]),
            gpu_replica_set("two", gpus=2))
     wait_for(lambda: _all_running(stack, namespace, 2), 60, what="Running")
@@ -105,7 +106,7 @@ def test_delete_removes_containers_and_frees_gpus_and_ports(
     assert containers(stack, namespace) == []
     assert stack.kubectl("get", "grs", "-n", namespace, "-o", "name").stdout.strip() == ""
     # Every GPU and the explicit host port are free again.
-    _apply(stack, namespace, gpu_replica_set("all", gpus=4, ports=[{"containerPort": 22,
+    apply(stack, namespace, gpu_replica_set("all", gpus=4, ports=[{"containerPort": 22,
                                                                     "hostPort": 46001}]))
     wait_for(lambda: _all_running(stack, namespace, 1), 60, what="the 4-GPU resource")
     assert len(status(stack, namespace, "all")["gpus"]) == 4

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import docker.models.containers
+import yaml
 
 from tests.stack.localstack import LocalStack
 
@@ -54,3 +55,8 @@ def gpu_replica_set(name: str, *, gpus: int = 1, image: str = "gpudock-test/busy
     return {"apiVersion": "gpudock.dev/v1alpha1", "kind": "GpuReplicaSet",
             "metadata": {"name": name},
             "spec": {"nodeName": node, "image": image, "gpuCount": gpus, **spec}}
+
+
+def apply(stack: LocalStack, namespace: str, *bodies: dict[str, Any]) -> None:
+    """`kubectl apply` of ``bodies`` in ``namespace``, as one YAML stream."""
+    stack.kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump_all(bodies))
