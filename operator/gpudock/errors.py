@@ -40,3 +40,7 @@ class SpecError(UserError):
 
     def __init__(self, message: str) -> None:
         super().__init__("InvalidSpec", message)
+
+
+class StoreUnavailableError(TransientError):
+    """The revision store (SQLite file or etcd) cannot be read or written right now."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpudock.api.conditions import Condition
@@ -116,6 +116,32 @@ class GpuReplicaSetSpec:
         )
 
 
+    def shape(self) -> dict[str, Any]:
+        """The fields that shape the container, normalized, in the resource's own
+        camelCase form: what a revision records, what a rollback writes back, what the
+        spec hash covers (state, history and rollback settings are not part of it)."""
+        return {
+            "image": self.image,
+            "command": list(self.command),
+            "gpuCount": self.gpu_count,
+            "env": [{"name": e.name, "value": e.value} for e in self.env],
+            "ports": [{"containerPort": p.container_port, "protocol": str(p.protocol),
+                       **({} if p.host_port is None else {"hostPort": p.host_port})}
+                      for p in self.ports],
+            "mounts": [{"mountPath": m.mount_path, "readOnly": m.read_only,
+                        **({"volume": m.volume} if m.volume is not None
+                           else {"hostPath": m.host_path})}
+                       for m in self.mounts],
+        }
+
+    def with_shape(self, shape: RawDict) -> GpuReplicaSetSpec:
+        """This spec with another revision's shape (a rollback); raises SpecError."""
+        other = GpuReplicaSetSpec.parse({**shape, "nodeName": self.node_name})
+        return replace(self, image=other.image, command=other.command,
+                       gpu_count=other.gpu_count, env=other.env, ports=other.ports,
+                       mounts=other.mounts, rollback_to=None)
+
+
 def _parse_env(items: list[Any]) -> tuple[EnvVar, ...]:
     result: list[EnvVar] = []
     for i, item in enumerate(items):
@@ -193,6 +219,23 @@ class PortBinding:
 
 
 @dataclass(frozen=True)
+class RevisionSummary:
+    """One line of ``status.history``: what ``gpudock history`` prints."""
+
+    revision: int
+    created_at: str
+    change_cause: str
+    image: str
+    gpu_count: int
+    rollback_of: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"revision": self.revision, "createdAt": self.created_at,
+                "changeCause": self.change_cause, "image": self.image,
+                "gpuCount": self.gpu_count, "rollbackOf": self.rollback_of}
+
+
+@dataclass(frozen=True)
 class GpuReplicaSetStatus:
     phase: str
     observed_generation: int | None = None
@@ -202,6 +245,7 @@ class GpuReplicaSetStatus:
     gpus: tuple[str, ...] = ()
     ports: tuple[PortBinding, ...] = ()
     conditions: tuple[Condition, ...] = field(default=())
+    history: tuple[RevisionSummary, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The status as Kubernetes stores it (camelCase; absent values are null)."""
@@ -214,4 +258,5 @@ class GpuReplicaSetStatus:
             "gpus": list(self.gpus),
             "ports": [p.to_dict() for p in self.ports],
             "conditions": [c.to_dict() for c in self.conditions],
+            "history": [h.to_dict() for h in self.history],
         }

@@ -1,0 +1,84 @@
+"""A revision record and the store interface both backends implement.
+
+Every spec change that needs a new container makes a revision. Its record says what
+the revision was (the normalized spec shape), where its container's disk started
+(``image``) and where its final disk is kept (``preserved_image``, once the container
+was stopped and committed), and which GPUs and host ports it had.
+
+Records are keyed ``<prefix>/GpuReplicaSet/<namespace>/<name>/<revision>``: one get
+reads a revision, one range read lists a resource's history. Nothing depends on a
+backend's own change history (etcd's MVCC), so compaction cannot lose a revision.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from gpudock.api.gpu_replica_set import PortBinding, Protocol as PortProtocol, RevisionSummary
+
+KIND = "GpuReplicaSet"
+REVISION_DIGITS = 10  # zero-padded, so keys sort in revision order
+
+
+@dataclass(frozen=True)
+class Revision:
+    namespace: str
+    name: str
+    revision: int
+    uid: str  # the incarnation of the resource that made it
+    spec: dict[str, Any]  # GpuReplicaSetSpec.shape()
+    image: str  # the image the revision's container starts from
+    container_name: str
+    gpus: tuple[str, ...]
+    ports: tuple[PortBinding, ...]
+    created_at: str
+    change_cause: str = ""  # the kubernetes.io/change-cause annotation
+    generation: int | None = None  # metadata.generation it was made for
+    rollback_of: int | None = None  # set when it restores revision N
+    preserved_image: str | None = None  # the revision's saved disk
+    preserved_from: str | None = None  # the container that disk was saved from
+
+    def summary(self) -> RevisionSummary:
+        return RevisionSummary(self.revision, self.created_at, self.change_cause,
+                               str(self.spec.get("image", "")),
+                               int(self.spec.get("gpuCount", 0)), self.rollback_of)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["ports"] = [p.to_dict() for p in self.ports]
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Revision:
+        data = json.loads(text)
+        data["gpus"] = tuple(data.get("gpus") or ())
+        data["ports"] = tuple(PortBinding(int(p["containerPort"]), int(p["hostPort"]),
+                                          PortProtocol(p.get("protocol", "TCP")))
+                              for p in data.get("ports") or ())
+        return cls(**data)
+
+
+def revision_key(prefix: str, namespace: str, name: str, revision: int | None = None) -> str:
+    """The key of one revision, or (revision None) the prefix of all of a resource's."""
+    base = f"{prefix.rstrip('/')}/{KIND}/{namespace}/{name}/"
+    return base if revision is None else f"{base}{revision:0{REVISION_DIGITS}d}"
+
+
+class RevisionStore(Protocol):
+    """Where revision records live. Errors reaching the backend are TransientErrors."""
+
+    def put(self, record: Revision) -> None: ...
+
+    def get(self, namespace: str, name: str, revision: int) -> Revision | None: ...
+
+    def list(self, namespace: str, name: str) -> list[Revision]:
+        """Every record of the resource name, oldest first."""
+        ...
+
+    def delete(self, namespace: str, name: str, revision: int) -> None: ...
+
+    def delete_all(self, namespace: str, name: str) -> None: ...
+
+    def close(self) -> None: ...
