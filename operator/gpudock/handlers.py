@@ -17,6 +17,7 @@ import kopf
 from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.gpu_inventory import inventory_from_settings
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
+from gpudock.adapters.revision_store import open_revision_store
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.errors import GpudockError, SpecError, TransientError
 from gpudock.reconciler import Event, ReplicaSetReconciler
@@ -24,6 +25,8 @@ from gpudock.settings import Settings
 
 GROUP, VERSION = "gpudock.dev", "v1alpha1"
 GRS = gpu_replica_set.PLURAL
+# Event reasons after which GPUs or ports may be free for a waiting resource.
+RELEASED = ("Removed", "RemovedStale", "PreviousRevisionRemoved", "Stopped", "HistoryPurged")
 
 
 class Wakeups:
@@ -64,18 +67,22 @@ def startup(memo: Any, settings: kopf.OperatorSettings,
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.INFO
-    runtime = DockerRuntime(agent.docker_host)
+    runtime = DockerRuntime(agent.docker_host, stop_timeout=agent.stop_timeout)
     inventory = inventory_from_settings(agent)
     try:
         logger.info("Docker %s at %s", runtime.version(), agent.docker_host or "default")
         gpus = inventory.list_gpus()
+        store = open_revision_store(agent.store_url)
+        store.list("", "")  # reachable now, or retry start-up
     except GpudockError as exc:
         raise kopf.TemporaryError(str(exc), delay=5) from exc
+    logger.info("revision store: %s", agent.store_url)
     logger.info("node %s: %d GPUs (%s backend): %s", agent.node_name, len(gpus),
                 agent.gpu_backend, ", ".join(g.uuid for g in gpus))
     memo.docker = runtime
     memo.kube = KubeApi(agent.kubeconfig)
-    memo.replica_sets = ReplicaSetReconciler(agent, runtime, inventory, memo.kube)
+    memo.store = store
+    memo.replica_sets = ReplicaSetReconciler(agent, runtime, inventory, memo.kube, store)
     memo.wakeups = Wakeups()
 
 
@@ -84,6 +91,9 @@ def cleanup(memo: Any, **_: Any) -> None:
     runtime = getattr(memo, "docker", None)
     if isinstance(runtime, DockerRuntime):
         runtime.close()
+    store = getattr(memo, "store", None)
+    if store is not None:
+        store.close()
 
 
 def _on_this_node(spec: kopf.Spec, memo: Any, **_: Any) -> bool:
@@ -115,8 +125,7 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
                         await asyncio.to_thread(memo.kube.patch_status, GRS,
                                                 body["metadata"]["namespace"],
                                                 body["metadata"]["name"], outcome.status)
-                    if any(e.reason in ("Removed", "RemovedStale", "PreviousRevisionRemoved")
-                           for e in outcome.events):
+                    if any(e.reason in RELEASED for e in outcome.events):
                         memo.wakeups.wake_all()
             except ObjectNotFoundError:
                 return

@@ -15,22 +15,26 @@ import functools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpudock.adapters.docker_runtime import DockerRuntime, HostPortBusyError
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import gpu_replica_set, sized_volume
-from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, Protocol
+from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy, Protocol
+from gpudock.core import replica_set_actions as act
 from gpudock.core import replica_set_plan as core
 from gpudock.core.conditions import with_transition_times
 from gpudock.core.gpus import GpuInventory
 from gpudock.core.observed import HostPort, ResourceKey
+from gpudock.core.replica_set_status import invalid_spec_status, note_drift
+from gpudock.core.revision import Revision, RevisionStore
 from gpudock.errors import SpecError, UserError
 from gpudock.settings import GpuAttach, Settings
 
 logger = logging.getLogger(__name__)
-MAX_PASSES = 5
+MAX_PASSES = 10  # a rollout takes 3 (save the disk, start the new, remove the old)
+CHANGE_CAUSE = "kubernetes.io/change-cause"
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
 
 
@@ -60,11 +64,13 @@ def _utc_now() -> str:
 
 class ReplicaSetReconciler:
     def __init__(self, settings: Settings, docker: DockerRuntime, inventory: GpuInventory,
-                 kube: KubeApi, clock: Callable[[], str] = _utc_now) -> None:
+                 kube: KubeApi, store: RevisionStore,
+                 clock: Callable[[], str] = _utc_now) -> None:
         self._settings = settings
         self._docker = docker
         self._inventory = inventory
         self._kube = kube
+        self._store = store
         self._clock = clock
         self._thread_lock = threading.Lock()
         self._deleted: set[str] = set()
@@ -90,7 +96,7 @@ class ReplicaSetReconciler:
         try:
             spec = GpuReplicaSetSpec.parse(body.get("spec") or {})
         except SpecError as exc:
-            status = core.invalid_spec_status(generation, previous, exc)
+            status = invalid_spec_status(generation, previous, exc)
             return self._outcome(status, previous, [Event("Warning", exc.reason, exc.message)])
         events: list[Event] = []
         drift: str | None = None
@@ -99,8 +105,9 @@ class ReplicaSetReconciler:
                 return None
             passes = busy_ports_found = 0
             inventory = tuple(g.uuid for g in self._inventory.list_gpus())  # once per call
+            cause = (meta.get("annotations") or {}).get(CHANGE_CAUSE, "")
             observe = functools.partial(self._observe, key, meta["uid"], generation, spec,
-                                        previous, inventory)
+                                        previous, inventory, cause)
             while True:
                 observation = observe()
                 plan = core.plan_replica_set(observation)
@@ -112,7 +119,10 @@ class ReplicaSetReconciler:
                     raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
                 try:
                     for action in plan.actions:
-                        events.append(self._execute(action))
+                        events += self._execute(key, action)
+                    if all(isinstance(a, act.PruneRevision) for a in plan.actions) or any(
+                            isinstance(a, act.WriteSpec) for a in plan.actions):
+                        break  # the resource changes (a new spec comes) or stays as it is
                 except HostPortBusyError as exc:
                     busy_ports_found += 1
                     if busy_ports_found <= MAX_BUSY_PORTS and self._auto_port_busy(exc, spec):
@@ -125,7 +135,7 @@ class ReplicaSetReconciler:
                     break
         if drift:
             events.insert(0, Event("Warning", "DriftDetected", drift))
-        status = core.note_drift(plan.status, drift, previous)
+        status = note_drift(plan.status, drift, previous)
         problem = next((c for c in status.conditions if c.type == "Progressing"
                         and not c.status and c.reason != "ReconcileComplete"), None)
         if problem is not None and problem.reason != _progressing_reason(previous):
@@ -150,14 +160,21 @@ class ReplicaSetReconciler:
 
     def _observe(self, key: ResourceKey, uid: str, generation: int | None,
                  spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
-                 inventory: tuple[str, ...]) -> core.Observation:
+                 inventory: tuple[str, ...], change_cause: str) -> core.Observation:
+        records = tuple(self._store.list(key.namespace, key.name))
+        base_images = {spec.image} | {str(r.spec.get("image")) for r in records
+                                      if r.spec.get("image")}
         return core.Observation(
             key=key, uid=uid, generation=generation, spec=spec, previous_status=previous,
             containers=tuple(self._docker.list_containers()),
             inventory=inventory,
             port_range=(self._settings.port_range.first, self._settings.port_range.last),
             allowed_host_paths=self._settings.allowed_host_paths,
-            image_present=self._docker.image_exists(spec.image),
+            images_present=frozenset(i for i in base_images if self._docker.image_exists(i)),
+            records=records,
+            preserved_tags=self._docker.preserved_tags(core.preserved_repository(key)),
+            change_cause=change_cause,
+            now=self._clock(),
             volume_names={m.volume: self._volume_name(key.namespace, m.volume)
                           for m in spec.mounts if m.volume is not None},
             use_device_requests=self._settings.gpu_attach is GpuAttach.DEVICE_REQUESTS,
@@ -173,48 +190,90 @@ class ReplicaSetReconciler:
         return str(status["volumeName"]) if status.get("phase") == "Ready" and status.get(
             "volumeName") else None
 
-    def _execute(self, action: core.Action) -> Event:
-        docker = self._docker
+    def _execute(self, key: ResourceKey, action: act.Action) -> list[Event]:
+        docker, store = self._docker, self._store
         match action:
-            case core.CreateContainer(config=config, reason=reason):
-                docker.create_and_start(config)
+            case act.StartRevision(record=record, config=config, start=start, reason=reason):
+                store.put(record)  # first: a crash after it leaves a record, no orphan
+                docker.create_and_start(config, start=start)
                 gpus = ",".join(config.gpus) or "no GPU"
-                return Event("Normal", reason, f"container {config.name} started with {gpus}")
-            case core.StartContainer(container_id=cid, name=name, reason=reason):
+                how = "started" if start else "created (not started: Paused)"
+                return [Event("Normal", reason, f"revision {record.revision}: container "
+                              f"{config.name} {how} with {gpus}")]
+            case act.RecordRevision(record=record, reason=reason):
+                store.put(record)
+                return [Event("Normal", reason, f"revision {record.revision} recorded")]
+            case act.PreserveDisk(container_id=cid, name=name, image=image, record=record):
+                return self._preserve(cid, name, image, record)
+            case act.StartContainer(container_id=cid, name=name, reason=reason):
                 docker.start(cid, name)
-                return Event("Normal", reason, f"container {name} started")
-            case core.StopContainer(container_id=cid, name=name):
+                return [Event("Normal", reason, f"container {name} started")]
+            case act.StopContainer(container_id=cid, name=name, reason=reason):
                 docker.stop(cid, name)
-                return Event("Normal", "Stopped", f"container {name} stopped")
-            case core.CommitContainer(container_id=cid, name=name, image=image):
-                docker.commit(cid, name, image)
-                return Event("Normal", "Preserved", f"filesystem of {name} saved as {image}")
-            case core.RemoveContainer(container_id=cid, name=name, reason=reason):
+                return [Event("Normal", reason, f"container {name} stopped")]
+            case act.RemoveContainer(container_id=cid, name=name, reason=reason):
                 docker.remove(cid, name)
-                return Event("Normal", reason, f"container {name} removed")
-            case core.RenameContainer(container_id=cid, old_name=old, new_name=new):
+                return [Event("Normal", reason, f"container {name} removed")]
+            case act.RenameContainer(container_id=cid, old_name=old, new_name=new):
                 docker.rename(cid, new)
-                return Event("Normal", "Renamed", f"container {old} renamed back to {new}")
-            case core.UnpauseContainer(container_id=cid, name=name):
+                return [Event("Normal", "Renamed", f"container {old} renamed back to {new}")]
+            case act.UnpauseContainer(container_id=cid, name=name):
                 docker.unpause(cid, name)
-                return Event("Normal", "Unpaused", f"container {name} unpaused")
-            case core.SetRestartPolicy(container_id=cid, name=name, policy=policy):
+                return [Event("Normal", "Unpaused", f"container {name} unpaused")]
+            case act.SetRestartPolicy(container_id=cid, name=name, policy=policy):
                 docker.set_restart_policy(cid, name, policy)
-                return Event("Normal", "RestartPolicyRestored",
-                             f"restart policy of {name} set back to {policy}")
+                return [Event("Normal", "RestartPolicyRestored",
+                              f"restart policy of {name} set back to {policy}")]
+            case act.WriteSpec(shape=shape, revision=revision):
+                self._kube.patch_spec(gpu_replica_set.PLURAL, key.namespace, key.name,
+                                      {**shape, "rollbackTo": None})
+                return [Event("Normal", "RolledBack", f"spec of revision {revision} "
+                              "written back; spec.rollbackTo cleared")]
+            case act.PruneRevision(record=record):
+                if record.preserved_image and not docker.remove_image(record.preserved_image):
+                    return []  # still in use; pruned on a later pass
+                store.delete(record.namespace, record.name, record.revision)
+                return [Event("Normal", "RevisionPruned", f"revision {record.revision} "
+                              "pruned (revisionHistoryLimit)")]
+            case act.PurgeHistory(namespace=namespace, name=name, images=images):
+                for image in sorted(images, reverse=True):
+                    docker.remove_image(image)
+                store.delete_all(namespace, name)
+                return [Event("Normal", "HistoryPurged", f"{len(images)} saved disks and "
+                              "every revision record removed (historyPolicy Purge)")]
         raise AssertionError(f"unknown action {action!r}")  # pragma: no cover
+
+    def _preserve(self, container_id: str, name: str, image: str,
+                  record: Revision | None) -> list[Event]:
+        """Commit a stopped container, flatten past the layer threshold, note it."""
+        self._docker.commit(container_id, name, image)
+        events = [Event("Normal", "DiskSaved", f"filesystem of {name} saved as {image}")]
+        layers = self._docker.layer_count(image)
+        if layers > self._settings.max_image_layers:
+            self._docker.flatten(container_id, name, image)
+            events.append(Event("Normal", "DiskFlattened", f"{image} had {layers} layers "
+                                f"(> {self._settings.max_image_layers}): flattened to one"))
+        if record is not None:
+            self._store.put(replace(record, preserved_image=image,
+                                    preserved_from=container_id))
+        return events
 
     # --------------------------------------------------------------------------- delete
     def delete(self, body: Mapping[str, Any]) -> list[Event]:
-        """Remove every container of the resource; fine when they are already gone."""
+        """Remove every container of the resource (fine when already gone); Retain saves
+        their disks first, Purge also removes the saved disks and records."""
         meta = body["metadata"]
         key = ResourceKey(meta["namespace"], meta["name"])
-        events = []
+        policy = HistoryPolicy.RETAIN
+        with contextlib.suppress(SpecError):
+            policy = GpuReplicaSetSpec.parse(body.get("spec") or {}).history_policy
+        events: list[Event] = []
         with self.node_lock():
             self._deleted.add(meta["uid"])
-            for container in self._docker.list_containers():
-                if container.owner == key:
-                    self._docker.remove(container.id, container.name)
-                    events.append(Event("Normal", "Removed",
-                                        f"container {container.name} removed"))
+            actions = core.plan_delete(
+                key, tuple(self._docker.list_containers()),
+                tuple(self._store.list(key.namespace, key.name)),
+                self._docker.preserved_tags(core.preserved_repository(key)), policy)
+            for action in actions:
+                events += self._execute(key, action)
         return events

@@ -74,6 +74,8 @@ class Settings:
     state_dir: Path = Path("/var/lib/gpudock")
     resync_seconds: float = 30.0
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    stop_timeout: float = 30.0  # seconds between SIGTERM and SIGKILL when stopping
+    max_image_layers: int = 100  # a saved disk with more layers is flattened to one
     liveness_endpoint: str | None = None  # e.g. http://0.0.0.0:8080/healthz
 
     @property
@@ -106,6 +108,13 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="period of the drift check (default: 30)")
     parser.add_argument("--liveness-endpoint",
                         help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--stop-timeout", type=float,
+                        help="seconds a container gets to exit after SIGTERM before it is "
+                             "killed, when stopped for a revision, Paused or Stopped "
+                             "(default: 30)")
+    parser.add_argument("--max-image-layers", type=int,
+                        help="flatten a saved disk (export + import) when its image has "
+                             "more layers than this (default: 100; overlay2 allows 125)")
     parser.add_argument("--namespace", action="append", default=None,
                         help="watch only this namespace (repeatable; default: all)")
 
@@ -138,6 +147,12 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     store = pick("store") or ""
     if store and not (store.startswith("sqlite:") or store.startswith("etcd://")):
         raise SettingsError(f"--store {store!r} must be sqlite:PATH or etcd://HOST:PORT")
+    stop_timeout = float(pick("stop_timeout") or 30.0)
+    if stop_timeout < 0:
+        raise SettingsError("--stop-timeout must be >= 0")
+    max_layers = int(pick("max_image_layers") or 100)
+    if not 1 <= max_layers <= 120:
+        raise SettingsError("--max-image-layers must be between 1 and 120")
     resync = float(pick("resync_seconds") or 30.0)
     if resync <= 0:
         raise SettingsError("--resync-seconds must be > 0")
@@ -156,4 +171,6 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         resync_seconds=resync,
         namespaces=pick_list("namespace", "NAMESPACES"),
         liveness_endpoint=pick("liveness_endpoint"),
+        stop_timeout=stop_timeout,
+        max_image_layers=max_layers,
     )

@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, PortBinding, PortSpec, Protocol
+from gpudock.core import replica_set_actions as act
 from gpudock.core import replica_set_plan as core
 from gpudock.core.allocation import HostPortInUseError, Ledger, allocate_gpus, allocate_ports
 from gpudock.core.container_config import build_container_config, spec_hash
 from gpudock.core.observed import HostPort, ObservedContainer, ResourceKey
+from gpudock.core.revision import Revision
 
 KEY = ResourceKey("team-a", "knock")
 GPUS = tuple(f"GPU-{i}" for i in range(4))
@@ -25,7 +27,7 @@ def _obs(spec: GpuReplicaSetSpec, *containers: ObservedContainer, **kw: Any) -> 
     base: dict[str, Any] = dict(
         key=KEY, uid="uid-1", generation=1, spec=spec, previous_status={},
         containers=containers, inventory=GPUS, port_range=(40000, 40010),
-        allowed_host_paths=("/srv",), image_present=True)
+        allowed_host_paths=("/srv",), images_present=frozenset({"img"}))
     base.update(kw)
     return core.Observation(**base)
 
@@ -39,6 +41,13 @@ def _mine(spec: GpuReplicaSetSpec, gpus: tuple[str, ...] = (), **kw: Any) -> Obs
     return ObservedContainer(**base)
 
 
+def _record(spec: GpuReplicaSetSpec, revision: int = 1) -> Revision:
+    return Revision(namespace=KEY.namespace, name=KEY.name, revision=revision, uid="uid-1",
+                    spec=spec.shape(), image=spec.image,
+                    container_name=f"team-a_knock-{revision}", gpus=(), ports=(),
+                    created_at="t")
+
+
 def _other(name: str, gpus: tuple[str, ...], **kw: Any) -> ObservedContainer:
     return ObservedContainer(id=name, name=name, status="running",
                              owner=ResourceKey("team-b", name), uid=name, revision=1,
@@ -50,7 +59,8 @@ def test_new_resource_gets_free_gpus_and_ports() -> None:
     plan = core.plan_replica_set(_obs(spec, _other("x", ("GPU-0",)),
                                       ))
     (action,) = plan.actions
-    assert isinstance(action, core.CreateContainer)
+    assert isinstance(action, act.StartRevision)
+    assert action.record.revision == 1
     assert action.config.gpus == ("GPU-1", "GPU-2")
     assert action.config.env["NVIDIA_VISIBLE_DEVICES"] == "GPU-1,GPU-2"
     assert action.config.runtime == "nvidia"
@@ -71,33 +81,33 @@ def test_not_enough_gpus_waits_with_a_reason() -> None:
 
 def test_matching_container_is_left_alone() -> None:
     spec = _spec(gpuCount=1)
-    plan = core.plan_replica_set(_obs(spec, _mine(spec, ("GPU-3",))))
+    plan = core.plan_replica_set(_obs(spec, _mine(spec, ("GPU-3",)), records=(_record(spec),)))
     assert plan.actions == ()
     assert plan.status.phase == "Running"
     assert plan.status.gpus == ("GPU-3",)
 
 
 @pytest.mark.parametrize(("change", "action_type"), [
-    ({"status": "exited"}, core.StartContainer),
-    ({"status": "paused"}, core.UnpauseContainer),
-    ({"name": "renamed"}, core.RenameContainer),
-    ({"restart_policy": "no"}, core.SetRestartPolicy),
+    ({"status": "exited"}, act.StartContainer),
+    ({"status": "paused"}, act.UnpauseContainer),
+    ({"name": "renamed"}, act.RenameContainer),
+    ({"restart_policy": "no"}, act.SetRestartPolicy),
 ])
 def test_drift_is_repaired(change: dict[str, Any], action_type: type) -> None:
     spec = _spec()
-    plan = core.plan_replica_set(_obs(spec, _mine(spec, **change)))
+    plan = core.plan_replica_set(_obs(spec, _mine(spec, **change), records=(_record(spec),)))
     (action,) = plan.actions
     assert isinstance(action, action_type)
     assert plan.drift
 
 
-def test_removed_container_is_recreated_with_the_same_gpus_and_ports() -> None:
+def test_removed_container_is_recreated_from_its_revision_with_its_gpus_and_ports() -> None:
     spec = _spec(gpuCount=1, ports=[{"containerPort": 22}])
-    previous = {"revision": 1, "containerID": "gone", "gpus": ["GPU-2"],
-                "ports": [{"containerPort": 22, "hostPort": 40007, "protocol": "TCP"}]}
-    plan = core.plan_replica_set(_obs(spec, previous_status=previous))
+    record = replace(_record(spec), gpus=("GPU-2",), ports=(PortBinding(22, 40007),))
+    plan = core.plan_replica_set(_obs(spec, records=(record,),
+                                      previous_status={"phase": "Running"}))
     (action,) = plan.actions
-    assert isinstance(action, core.CreateContainer)
+    assert isinstance(action, act.StartRevision)
     assert action.reason == "Recreated"
     assert action.config.gpus == ("GPU-2",)
     assert action.config.ports == (PortBinding(22, 40007),)
@@ -106,7 +116,7 @@ def test_removed_container_is_recreated_with_the_same_gpus_and_ports() -> None:
 
 @pytest.mark.parametrize(("spec_raw", "kw", "reason"), [
     ({"mounts": [{"hostPath": "/etc", "mountPath": "/x"}]}, {}, "HostPathNotAllowed"),
-    ({}, {"image_present": False}, "ImageNotPresent"),
+    ({}, {"images_present": frozenset()}, "ImageNotPresent"),
     ({"mounts": [{"volume": "data", "mountPath": "/x"}]}, {}, "VolumeNotReady"),
 ])
 def test_user_errors_give_a_condition_and_no_action(
@@ -138,18 +148,32 @@ def test_user_env_cannot_widen_the_visible_gpus() -> None:
     assert requested.gpu_device_ids == ("GPU-1",)
 
 
-def test_spec_change_rolls_out_a_revision_that_keeps_the_disk() -> None:
+def test_spec_change_first_saves_the_disk_then_starts_a_revision_from_it() -> None:
     old = _spec(gpuCount=1)
     new = replace(old, gpu_count=3)
-    plan = core.plan_replica_set(_obs(new, _mine(old, ("GPU-2",))))
-    kinds = [type(a) for a in plan.actions]
-    assert kinds == [core.StopContainer, core.CommitContainer, core.CreateContainer,
-                     core.RemoveContainer]
-    create = plan.actions[2]
-    assert isinstance(create, core.CreateContainer)
-    assert create.config.name == "team-a_knock-2"
-    assert create.config.gpus[0] == "GPU-2"  # growing keeps the GPU it had
-    assert create.config.image == core.preserved_image(KEY, 1)
+    running = _mine(old, ("GPU-2",))
+    plan = core.plan_replica_set(_obs(new, running, records=(_record(old),)))
+    assert [type(a) for a in plan.actions] == [act.StopContainer, act.PreserveDisk]
+    saved = replace(_record(old), preserved_image=core.preserved_image(KEY, 1),
+                    preserved_from="c1")
+    stopped = replace(running, status="exited")
+    plan = core.plan_replica_set(_obs(new, stopped, records=(saved,),
+                                      preserved_tags=frozenset({saved.preserved_image})))
+    (start,) = plan.actions
+    assert isinstance(start, act.StartRevision)
+    assert start.config.name == "team-a_knock-2"
+    assert start.config.gpus[0] == "GPU-2"  # growing keeps the GPU it had
+    assert start.config.image == core.preserved_image(KEY, 1)
+    assert start.record.revision == 2
+
+
+def test_not_enough_gpus_for_a_change_leaves_the_old_container_running() -> None:
+    old = _spec(gpuCount=1)
+    plan = core.plan_replica_set(_obs(replace(old, gpu_count=4), _mine(old, ("GPU-0",)),
+                                      _other("x", ("GPU-3",)), records=(_record(old),)))
+    assert plan.actions == ()
+    assert plan.status.phase == "Pending"
+    assert plan.status.conditions[0].status  # still Ready: the old container runs
 
 
 def test_gpu_allocation_keeps_held_gpus_and_never_hands_out_taken_ones() -> None:

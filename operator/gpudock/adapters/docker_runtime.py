@@ -9,6 +9,7 @@ Volumes are never removed with a container.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
@@ -20,12 +21,11 @@ import requests.exceptions
 
 from gpudock.api.gpu_replica_set import Protocol
 from gpudock.core import labels
-from gpudock.core.container_config import ContainerConfig
+from gpudock.core.container_config import ContainerConfig, exact_env
 from gpudock.core.observed import ObservedContainer, ResourceKey
 from gpudock.errors import TransientError, UserError
 
 T = TypeVar("T")
-STOP_TIMEOUT_SECONDS = 30
 
 
 class DockerUnavailableError(TransientError):
@@ -74,9 +74,11 @@ def _translated(what: str) -> Iterator[None]:
 
 
 class DockerRuntime:
-    def __init__(self, docker_host: str | None = None, timeout: float = 120) -> None:
+    def __init__(self, docker_host: str | None = None, timeout: float = 600,
+                 stop_timeout: float = 30) -> None:
         self._docker_host = docker_host
         self._timeout = timeout
+        self._stop_timeout = stop_timeout
         self._client: docker.DockerClient | None = None
 
     @property
@@ -122,9 +124,29 @@ class DockerRuntime:
             return False
         return True
 
+    def preserved_tags(self, repository: str) -> frozenset[str]:
+        """The tags (``repo:tag``) of the images in ``repository``."""
+        images = self._call("list images", lambda: self.client.api.images(name=repository))
+        return frozenset(tag for image in images for tag in image.get("RepoTags") or ()
+                         if tag.startswith(repository + ":"))
+
+    def layer_count(self, image: str) -> int:
+        attrs = self._call("inspect image", lambda: self.client.api.inspect_image(image))
+        return len(attrs.get("RootFS", {}).get("Layers") or ())
+
     # ---------------------------------------------------------------------- actions
-    def create_and_start(self, config: ContainerConfig) -> str:
+    def create_and_start(self, config: ContainerConfig, *, start: bool = True) -> str:
         api = self.client.api
+        env: list[str] | dict[str, str] = config.env
+        command: list[str] | None = list(config.command) if config.command else None
+        if config.base_image and config.image != config.base_image:
+            # A preserved disk: its image config still has the old revision's
+            # variables and command; start from the base image's instead.
+            base = self._image_config(config.base_image)
+            source = self._image_config(config.image)
+            env = exact_env(base.get("Env") or [], source.get("Env") or [], config.env)
+            if command is None:
+                command = base.get("Cmd")
         host_config = api.create_host_config(
             port_bindings={f"{p.container_port}/{p.protocol.lower()}": [("", p.host_port)]
                            for p in config.ports},
@@ -138,12 +160,14 @@ class DockerRuntime:
                 capabilities=[["gpu"]])] if config.gpu_device_ids else None,
         )
         created = self._call(f"create {config.name}", lambda: api.create_container(
-            config.image, command=list(config.command) if config.command else None,
-            name=config.name, environment=config.env, labels=config.labels,
+            config.image, command=command, name=config.name, environment=env,
+            labels=config.labels,
             ports=[(p.container_port, p.protocol.lower()) for p in config.ports],
             host_config=host_config,
         ))
         container_id = str(created["Id"])
+        if not start:
+            return container_id
         try:
             self.start(container_id, config.name)
         except UserError:
@@ -158,7 +182,7 @@ class DockerRuntime:
 
     def stop(self, container_id: str, name: str) -> None:
         self._call(f"stop {name}", lambda: self.client.api.stop(
-            container_id, timeout=STOP_TIMEOUT_SECONDS))
+            container_id, timeout=int(self._stop_timeout)))
 
     def unpause(self, container_id: str, name: str) -> None:
         self._call(f"unpause {name}", lambda: self.client.api.unpause(container_id))
@@ -171,10 +195,41 @@ class DockerRuntime:
         self._call(f"update {name}", lambda: self.client.api.update_container(
             container_id, restart_policy=cast(Any, {"Name": policy})))
 
+    def _image_config(self, image: str) -> dict[str, Any]:
+        attrs = self._call(f"inspect image {image}",
+                           lambda: self.client.api.inspect_image(image))
+        return dict(attrs.get("Config") or {})
+
     def commit(self, container_id: str, name: str, image: str) -> None:
+        """Save the container's filesystem (added, changed and deleted files)."""
         repository, tag = image.rsplit(":", 1)
         self._call(f"commit {name}", lambda: self.client.api.commit(
-            container_id, repository=repository, tag=tag))
+            container_id, repository=repository, tag=tag, pause=True,
+            message=f"gpudock: disk of {name} ({container_id})"))
+
+    def flatten(self, container_id: str, name: str, image: str) -> None:
+        """Replace ``image`` (committed from the container) with a one-layer image of
+        the container's filesystem and the same config: export + import."""
+        api = self.client.api
+        old_id = self._call("inspect image", lambda: api.inspect_image(image))["Id"]
+        changes = import_changes(self._image_config(image))
+        repository, tag = image.rsplit(":", 1)
+        self._call(f"flatten {name}", lambda: api.import_image(
+            src=api.export(container_id), repository=repository, tag=tag, changes=changes,
+            stream_src=True))
+        self.remove_image(old_id)  # the many-layer commit, now untagged
+
+    def remove_image(self, image: str) -> bool:
+        """Remove an image (or untag it); False when a container still uses it."""
+        try:
+            self._call(f"remove image {image}", lambda: self.client.api.remove_image(image))
+        except ContainerGoneError:
+            return True  # already gone
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                return False
+            raise
+        return True
 
     def remove(self, container_id: str, name: str) -> None:
         """Remove the container (never its volumes); already gone is fine."""
@@ -188,6 +243,33 @@ class DockerRuntime:
         output = self._call("exec", lambda: api.exec_start(exec_id))
         code = self._call("exec", lambda: api.exec_inspect(exec_id))["ExitCode"]
         return int(code or 0), output.decode(errors="replace")
+
+
+def import_changes(config: dict[str, Any]) -> list[str]:
+    """Dockerfile instructions that re-apply an image config to an imported rootfs."""
+    changes = [f"ENV {_env_instruction(entry)}" for entry in config.get("Env") or ()]
+    for key, instruction in (("Entrypoint", "ENTRYPOINT"), ("Cmd", "CMD")):
+        if config.get(key):
+            changes.append(f"{instruction} {json.dumps(config[key])}")
+    if config.get("WorkingDir"):
+        changes.append(f"WORKDIR {config['WorkingDir']}")
+    if config.get("User"):
+        changes.append(f"USER {config['User']}")
+    changes += [f"EXPOSE {port}" for port in sorted(config.get("ExposedPorts") or {})]
+    changes += [f"VOLUME {json.dumps([path])}" for path in sorted(config.get("Volumes") or {})]
+    changes += [f"LABEL {json.dumps(k)}={_quoted(v)}"
+                for k, v in sorted((config.get("Labels") or {}).items())]
+    return changes
+
+
+def _quoted(value: str) -> str:
+    """A double-quoted Dockerfile word: no variable expansion, escapes kept."""
+    return json.dumps(value, ensure_ascii=False).replace("$", "\\$")
+
+
+def _env_instruction(entry: str) -> str:
+    name, _, value = entry.partition("=")
+    return f"{name}={_quoted(value)}"
 
 
 def _observed(attrs: dict[str, Any]) -> ObservedContainer:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -76,10 +77,8 @@ class EtcdRevisionStore:
     def close(self) -> None:
         if self._loop.is_closed():
             return
-        try:
+        with contextlib.suppress(StoreUnavailableError):
             self._run("close", self._client.close())
-        except StoreUnavailableError:
-            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()

@@ -62,6 +62,13 @@ class KubeApi:
             self._objects.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, plural, name, {"status": status})
 
+    def patch_spec(self, plural: str, namespace: str, name: str,
+                   spec: dict[str, Any]) -> None:
+        """A JSON merge patch of the spec (lists are replaced, None removes a field)."""
+        with _translated(f"patch spec of {plural} {namespace}/{name}"):
+            self._objects.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, {"spec": spec})
+
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
         with _translated(f"get {plural} {namespace}/{name}"):
             body = self._objects.get_namespaced_custom_object(

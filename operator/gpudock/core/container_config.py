@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any
 
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, PortBinding
 from gpudock.core import labels
@@ -43,20 +44,36 @@ class ContainerConfig:
     gpu_device_ids: tuple[str, ...] = ()  # for Docker device requests (--gpus)
     restart_policy: str = RESTART_POLICY
     gpus: tuple[str, ...] = field(default=())
+    base_image: str = ""  # the spec's image; differs from image for a preserved disk
+
+
+def exact_env(base_env: list[str], source_env: list[str], wanted: dict[str, str]) -> list[str]:
+    """The env list that makes a container from a preserved image see exactly the
+    base image's variables overlaid with ``wanted``.
+
+    ``docker commit`` bakes the old container's variables into the image and Docker
+    merges an image's variables under the ones given at create, so a variable removed
+    from the spec would live on. An entry without ``=`` makes Docker drop the inherited
+    variable: every variable of ``source_env`` that should not be there gets one.
+    """
+    result: dict[str, str] = {}
+    for entry in base_env:
+        name, _, value = entry.partition("=")
+        result[name] = value
+    result.update(wanted)
+    inherited = {entry.partition("=")[0] for entry in source_env}
+    return [f"{k}={v}" for k, v in result.items()] + sorted(inherited - result.keys())
 
 
 def spec_hash(spec: GpuReplicaSetSpec) -> str:
     """A digest of everything in the spec that shapes the container (not state, history
     or rollback): equal hashes mean the container already matches the spec."""
-    shaping = {
-        "image": spec.image, "command": list(spec.command), "gpuCount": spec.gpu_count,
-        "env": [asdict(e) for e in spec.env],
-        "ports": [{"c": p.container_port, "p": str(p.protocol), "h": p.host_port}
-                  for p in spec.ports],
-        "mounts": [asdict(m) for m in spec.mounts],
-    }
-    digest = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
-    return digest[:16]
+    return shape_hash(spec.shape())
+
+
+def shape_hash(shape: dict[str, Any]) -> str:
+    """:func:`spec_hash` of a recorded revision's shape."""
+    return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build_container_config(
@@ -98,4 +115,5 @@ def build_container_config(
         runtime=runtime,
         gpu_device_ids=gpus if use_device_requests else (),
         gpus=gpus,
+        base_image=spec.image,
     )

@@ -1,99 +1,52 @@
 """The GpuReplicaSet decision: (desired, observed) -> actions + status.
 
-Pure: it reads an :class:`Observation` and returns a :class:`Plan`. The reconciler runs
-the actions, observes again and plans again until nothing is left to do, so the status
-it writes always describes what Docker really runs.
+Pure: it reads an :class:`Observation` (Docker's containers, the revision records, the
+saved disks) and returns a :class:`Plan`. The reconciler runs the actions, observes
+again and plans again until nothing is left to do. Every step is chosen from what is
+observed, never from memory, so an agent killed at any step picks up where it died:
+
+1. containers of an earlier resource of this name, or of an older revision: stop,
+   save the disk if not saved yet, remove;
+2. a spec change (or spec.rollbackTo): check GPUs/ports/image first, then stop the
+   container and save its disk as ``gpudock-preserved/<ns>_<name>:rev-N``, then record
+   revision N+1 and create its container from that image (the old one is removed by 1);
+3. a finished rollback: write the revision's spec back and clear spec.rollbackTo;
+4. state Stopped: save the disk and remove the container (GPUs and ports free);
+   Paused: stop it, keep it (GPUs and ports stay reserved); Running: keep it running.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gpudock.api.conditions import Condition, ConditionType
 from gpudock.api.gpu_replica_set import (
     DesiredState,
     GpuReplicaSetSpec,
     GpuReplicaSetStatus,
+    HistoryPolicy,
     PortBinding,
-    Protocol,
 )
 from gpudock.api.paths import is_under
 from gpudock.core import labels
+from gpudock.core import replica_set_actions as act
 from gpudock.core.allocation import Ledger, allocate_gpus, allocate_ports
-from gpudock.core.conditions import condition
 from gpudock.core.container_config import (
     RESTART_POLICY,
     ContainerConfig,
     build_container_config,
+    shape_hash,
     spec_hash,
 )
 from gpudock.core.observed import HostPort, ObservedContainer, ResourceKey
+from gpudock.core.replica_set_status import bindings_of, blocked_status, status
+from gpudock.core.revision import Revision
 from gpudock.errors import UserError
 
-
-# ----------------------------------------------------------------------------- actions
-@dataclass(frozen=True)
-class CreateContainer:
-    config: ContainerConfig
-    reason: str = "Created"
+PRESERVED_REPOSITORY = "gpudock-preserved"
 
 
-@dataclass(frozen=True)
-class StartContainer:
-    container_id: str
-    name: str
-    reason: str = "Started"
-
-
-@dataclass(frozen=True)
-class StopContainer:
-    container_id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class CommitContainer:
-    """Preserve a stopped container's filesystem (files added, changed and deleted)."""
-
-    container_id: str
-    name: str
-    image: str
-
-
-@dataclass(frozen=True)
-class RemoveContainer:
-    container_id: str
-    name: str
-    reason: str = "Removed"
-
-
-@dataclass(frozen=True)
-class RenameContainer:
-    container_id: str
-    old_name: str
-    new_name: str
-
-
-@dataclass(frozen=True)
-class UnpauseContainer:
-    container_id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class SetRestartPolicy:
-    container_id: str
-    name: str
-    policy: str
-
-
-Action = (CreateContainer | StartContainer | StopContainer | CommitContainer
-          | RemoveContainer | RenameContainer | UnpauseContainer | SetRestartPolicy)
-
-
-# ------------------------------------------------------------------------- input/output
 @dataclass(frozen=True)
 class Observation:
     key: ResourceKey
@@ -105,7 +58,11 @@ class Observation:
     inventory: tuple[str, ...]  # GPU UUIDs of the node, in index order
     port_range: tuple[int, int]
     allowed_host_paths: tuple[str, ...]
-    image_present: bool
+    images_present: frozenset[str]  # of the spec's and the records' base images
+    records: tuple[Revision, ...] = ()  # this name's revisions, oldest first
+    preserved_tags: frozenset[str] = frozenset()  # saved disks that exist
+    change_cause: str = ""
+    now: str = ""
     volume_names: Mapping[str, str | None] = field(default_factory=dict)  # None: not ready
     # Host ports Docker could not bind although no container holds them (another
     # process on the node has them): never auto-allocated.
@@ -115,39 +72,292 @@ class Observation:
 
 @dataclass(frozen=True)
 class Plan:
-    actions: tuple[Action, ...]
+    actions: tuple[act.Action, ...]
     status: GpuReplicaSetStatus
     drift: str | None = None  # what was found changed behind the agent's back
 
 
+@dataclass(frozen=True)
+class _Target:
+    """What the container should become: the spec, or a rollback's revision."""
+
+    spec: GpuReplicaSetSpec
+    cause: str
+    rollback_of: int | None = None
+    source: str | None = None  # the saved disk a rollback starts from
+
+    @property
+    def hash(self) -> str:
+        return spec_hash(self.spec)
+
+
+def preserved_repository(key: ResourceKey) -> str:
+    return f"{PRESERVED_REPOSITORY}/{key.namespace}_{key.name}"
+
+
 def preserved_image(key: ResourceKey, revision: int) -> str:
     """The image that keeps revision ``revision``'s disk."""
-    return f"gpudock-preserved/{key.namespace}_{key.name}:rev-{revision}"
+    return f"{preserved_repository(key)}:rev-{revision}"
 
 
+# --------------------------------------------------------------------------- the flow
 def plan_replica_set(obs: Observation) -> Plan:
-    key, spec = obs.key, obs.spec
-    mine = [c for c in obs.containers if c.owner == key]
-    stale = [c for c in mine if c.uid != obs.uid]  # left by an earlier, deleted incarnation
+    mine = [c for c in obs.containers if c.owner == obs.key]
+    stale = [c for c in mine if c.uid != obs.uid]  # an earlier resource of this name
     if stale:
-        return _progressing(obs, tuple(RemoveContainer(c.id, c.name, "RemovedStale")
-                                       for c in stale), "Cleaning", "removing stale containers")
+        retire = _retire_all(obs.key, obs.records, obs.preserved_tags, stale, "RemovedStale")
+        return _progress(obs, None, None, retire, "Cleaning",
+                         "saving and removing an earlier resource's containers")
     current = max(mine, key=lambda c: c.revision, default=None)
     older = [c for c in mine if current is not None and c.id != current.id]
-    if older:  # a finished rollout whose old container is still there
-        return _progressing(obs, tuple(RemoveContainer(c.id, c.name) for c in older),
-                            "RollingOut", "removing the previous revision's container")
+    record = _record_of(obs, current)
+    if older:  # a rollout whose new container exists: the old one goes
+        return _progress(obs, current, record,
+                         _retire_all(obs.key, obs.records, obs.preserved_tags, older,
+                                     "PreviousRevisionRemoved"),
+                         "RollingOut", "removing the previous revision's container")
     try:
-        _check_mounts(obs)
-        if current is not None and current.spec_hash == spec_hash(spec):
-            return _keep_running(obs, current)
-        return _create(obs, current)
+        target = _target(obs, record)
+        if target is None:
+            assert record is not None
+            assert record.rollback_of is not None
+            return _progress(obs, current, record,
+                             (act.WriteSpec(record.spec, record.rollback_of),),
+                             "RollingBack",
+                             f"writing revision {record.rollback_of}'s spec back")
+        if current is not None:
+            return _with_container(obs, current, record, target)
+        return _without_container(obs, record, target)
     except UserError as exc:
-        return _blocked(obs, exc, current)
+        return blocked_plan(obs, exc)
 
 
-def _check_mounts(obs: Observation) -> None:
-    for mount in obs.spec.mounts:
+def blocked_plan(obs: Observation, error: UserError) -> Plan:
+    """Nothing can be done until the user (or the node) changes something."""
+    current = max((c for c in obs.containers if c.owner == obs.key and c.uid == obs.uid),
+                  key=lambda c: c.revision, default=None)
+    return Plan((), blocked_status(obs.records, obs.generation, current,
+                                   _record_of(obs, current), obs.previous_status, error))
+
+
+def _record_of(obs: Observation, current: ObservedContainer | None) -> Revision | None:
+    """The record of the current revision: the container's, else the latest one this
+    resource made (a Stopped resource has no container)."""
+    mine = [r for r in obs.records if r.uid == obs.uid]
+    if current is not None:
+        return next((r for r in mine if r.revision == current.revision), None)
+    return mine[-1] if mine else None
+
+
+def _target(obs: Observation, record: Revision | None) -> _Target | None:
+    """None when the rollback asked for is done (only the spec is left to write)."""
+    wanted = obs.spec.rollback_to
+    if wanted is None:
+        return _Target(obs.spec, obs.change_cause)
+    if record is not None and record.rollback_of == wanted and \
+            record.generation == obs.generation:
+        return None
+    source = next((r for r in obs.records if r.revision == wanted), None)
+    if source is None:
+        known = ", ".join(str(r.revision) for r in obs.records) or "none"
+        raise UserError("RevisionNotFound", f"spec.rollbackTo.revision {wanted} does not "
+                        f"exist (recorded revisions: {known})")
+    if record is not None and wanted == record.revision:
+        raise UserError("RollbackToCurrent", f"revision {wanted} is the current revision; "
+                        "remove spec.rollbackTo")
+    if not source.preserved_image or source.preserved_image not in obs.preserved_tags:
+        raise UserError("RevisionDiskGone", f"the saved disk of revision {wanted} no "
+                        "longer exists; it cannot be restored")
+    return _Target(obs.spec.with_shape(source.spec), f"rolled back to revision {wanted}",
+                   rollback_of=wanted, source=source.preserved_image)
+
+
+def _with_container(obs: Observation, current: ObservedContainer, record: Revision | None,
+                    target: _Target) -> Plan:
+    if record is None:  # made before revisions were recorded: adopt it first
+        return _progress(obs, current, None, (act.RecordRevision(
+            _adopted(obs, current), "RevisionAdopted"),), "Recording",
+            f"recording {current.name} as revision {current.revision}")
+    if obs.spec.state is DesiredState.STOPPED:
+        return _progress(obs, current, record, _retire(obs.key, obs.preserved_tags, current,
+                                                       record, "Stopped"),
+                         "Stopping", f"saving the disk of {current.name} and releasing "
+                         "its GPUs and ports")
+    if current.spec_hash == target.hash and target.rollback_of is None:
+        return _keep(obs, current, record)
+    revision = current.revision + 1
+    same_base = current.base_image == target.spec.image
+    source = target.source or (preserved_image(obs.key, current.revision)
+                               if same_base else None)
+    # Everything the new revision needs is checked before the old container stops.
+    config = _container_for(obs, target.spec, revision, source, current.gpus,
+                            bindings_of(current))
+    if not _is_preserved(obs.preserved_tags, current, record):
+        return _progress(obs, current, record, _save(obs.key, current, record), "RollingOut",
+                         f"saving the disk of {current.name} for revision {revision}")
+    new = _new_record(obs, target, config)
+    return _progress(obs, current, record, (act.StartRevision(
+        new, config, start=obs.spec.state is DesiredState.RUNNING),), "RollingOut",
+        f"starting revision {revision}")
+
+
+def _without_container(obs: Observation, record: Revision | None, target: _Target) -> Plan:
+    running = obs.spec.state is DesiredState.RUNNING
+    if record is not None and shape_hash(record.spec) == target.hash and \
+            target.rollback_of is None:
+        if obs.spec.state is DesiredState.STOPPED:
+            return Plan(_prune(obs, record), status(obs.records, obs.generation, None,
+                                                    record, obs.previous_status, "Stopped"))
+        config = _container_for(obs, target.spec, record.revision, _disk_of(obs, record),
+                                record.gpus, record.ports)
+        again = replace(record, container_name=config.name, gpus=config.gpus,
+                        ports=config.ports)
+        resumed = obs.previous_status.get("phase") in ("Stopped", "Stopping")
+        return _progress(obs, None, record, (act.StartRevision(
+            again, config, start=running, reason="Resumed" if resumed else "Recreated"),),
+            "Creating", f"creating container {config.name}",
+            drift=None if resumed else "container was removed")
+    revision = (record.revision if record else max(
+        (r.revision for r in obs.records), default=0)) + 1
+    source = target.source
+    if source is None and record is not None and record.spec.get("image") == target.spec.image:
+        source = _disk_of(obs, record)
+    if obs.spec.state is DesiredState.STOPPED:  # applied now, started when Running
+        image = source or target.spec.image
+        new = _record(obs, target, revision, image, record.gpus if record else (),
+                      record.ports if record else ())
+        return _progress(obs, None, record, (act.RecordRevision(new),), "Recording",
+                         f"recording revision {revision} (not started: state Stopped)")
+    config = _container_for(obs, target.spec, revision, source, record.gpus if record
+                            else (), record.ports if record else ())
+    return _progress(obs, None, record, (act.StartRevision(
+        _new_record(obs, target, config), config, start=running,
+        reason="Created" if record is None else "RevisionStarted"),),
+        "Creating", f"creating container {config.name}")
+
+
+def _keep(obs: Observation, current: ObservedContainer, record: Revision) -> Plan:
+    expected = labels.object_name(obs.key.namespace, obs.key.name, current.revision)
+    actions: list[act.Action] = []
+    drift: list[str] = []
+    if current.name != expected:
+        actions.append(act.RenameContainer(current.id, current.name, expected))
+        drift.append(f"container was renamed to {current.name}")
+    if current.restart_policy != RESTART_POLICY:
+        actions.append(act.SetRestartPolicy(current.id, expected, RESTART_POLICY))
+        drift.append(f"restart policy was changed to {current.restart_policy or 'none'}")
+    if obs.spec.state is DesiredState.RUNNING:
+        if current.status == "paused":
+            actions.append(act.UnpauseContainer(current.id, expected))
+            drift.append("container was paused")
+        elif current.status == "created":
+            actions.append(act.StartContainer(current.id, expected))
+        elif not current.running:
+            resumed = obs.previous_status.get("phase") in ("Paused", "Pausing")
+            actions.append(act.StartContainer(current.id, expected,
+                                              "Resumed" if resumed else "Restarted"))
+            if not resumed:
+                drift.append(f"container was {current.status}")
+    elif current.running or current.status == "paused":  # Paused
+        actions.append(act.StopContainer(current.id, expected, "Paused"))
+    phase = "Running" if obs.spec.state is DesiredState.RUNNING else "Paused"
+    note = "; ".join(drift) or None
+    if actions:
+        return _progress(obs, current, record, tuple(actions), "Reconciling",
+                         f"bringing {expected} to state {obs.spec.state}", drift=note)
+    return Plan(_prune(obs, record), status(obs.records, obs.generation, current, record,
+                                            obs.previous_status, phase))
+
+
+# ------------------------------------------------------------------------------ steps
+def plan_delete(key: ResourceKey, containers: tuple[ObservedContainer, ...],
+                records: tuple[Revision, ...], preserved_tags: frozenset[str],
+                policy: HistoryPolicy) -> tuple[act.Action, ...]:
+    """Deleting the resource: Retain saves each container's disk (a later resource of
+    the same name can roll back to it) before removing it; Purge removes containers,
+    saved disks and records."""
+    mine = [c for c in containers if c.owner == key]
+    if policy is HistoryPolicy.PURGE:
+        return (*(act.RemoveContainer(c.id, c.name) for c in mine),
+                act.PurgeHistory(key.namespace, key.name, tuple(sorted(preserved_tags))))
+    return _retire_all(key, records, preserved_tags, mine, "Removed")
+
+
+def _retire_all(key: ResourceKey, records: tuple[Revision, ...], tags: frozenset[str],
+                containers: list[ObservedContainer], reason: str) -> tuple[act.Action, ...]:
+    actions: list[act.Action] = []
+    for container in containers:
+        record = next((r for r in records if r.revision == container.revision
+                       and r.uid == container.uid), None)
+        actions += _retire(key, tags, container, record, reason)
+    return tuple(actions)
+
+
+def _retire(key: ResourceKey, tags: frozenset[str], container: ObservedContainer,
+            record: Revision | None, reason: str) -> tuple[act.Action, ...]:
+    """Remove a container, its disk saved first unless it already is."""
+    saved = () if _is_preserved(tags, container, record) else _save(key, container, record)
+    return (*saved, act.RemoveContainer(container.id, container.name, reason))
+
+
+def _save(key: ResourceKey, container: ObservedContainer,
+          record: Revision | None) -> tuple[act.Action, ...]:
+    stop = (act.StopContainer(container.id, container.name),) if (
+        container.running or container.status == "paused") else ()
+    return (*stop, act.PreserveDisk(container.id, container.name,
+                                    preserved_image(key, container.revision), record))
+
+
+def _is_preserved(tags: frozenset[str], container: ObservedContainer,
+                  record: Revision | None) -> bool:
+    return (record is not None and record.preserved_from == container.id
+            and not container.running and record.preserved_image in tags)
+
+
+def _disk_of(obs: Observation, record: Revision) -> str | None:
+    """Where a revision's disk is: saved at its end, else where it started; None when
+    neither image is left (start from the spec's image)."""
+    for image in (record.preserved_image, record.image):
+        if image and (image in obs.preserved_tags or image in obs.images_present):
+            return image
+    return None
+
+
+def _prune(obs: Observation, record: Revision) -> tuple[act.Action, ...]:
+    """Records (and saved disks) past revisionHistoryLimit, oldest first; never the
+    disk the current container was made from."""
+    older = [r for r in obs.records if r.revision < record.revision]
+    excess = older[:max(0, len(older) - obs.spec.revision_history_limit)]
+    return tuple(act.PruneRevision(r) for r in excess if r.preserved_image != record.image)
+
+
+def _container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
+                   source: str | None, held_gpus: tuple[str, ...],
+                   held_ports: tuple[PortBinding, ...]) -> ContainerConfig:
+    """The container of a revision, with GPUs and ports allocated (the ones held first);
+    raises UserError when it cannot be made now."""
+    _check_mounts(obs, spec)
+    if spec.image not in obs.images_present:
+        raise UserError("ImageNotPresent", f"image {spec.image} is not on the node; load it "
+                        "there (gpudock never pulls)")
+    ledger = Ledger.from_containers(obs.containers)
+    taken = ledger.gpus_held_by_others(obs.key)
+    gpus = allocate_gpus(spec.gpu_count, obs.inventory, taken, held_gpus)
+    if gpus is None:
+        free = len(obs.inventory) - len(taken & set(obs.inventory))
+        raise UserError("InsufficientGPUs",
+                        f"needs {spec.gpu_count} GPUs; {free} of {len(obs.inventory)} on "
+                        f"node {spec.node_name} are free. Waiting for GPUs to be released")
+    ports = allocate_ports(spec.ports, ledger.ports_held_by_others(obs.key)
+                           | obs.busy_host_ports, *obs.port_range, held=held_ports)
+    return build_container_config(
+        obs.key, obs.uid, spec, revision=revision, gpus=gpus, ports=ports,
+        volume_names={n: v for n, v in obs.volume_names.items() if v},
+        use_device_requests=obs.use_device_requests, image=source)
+
+
+def _check_mounts(obs: Observation, spec: GpuReplicaSetSpec) -> None:
+    for mount in spec.mounts:
         if mount.host_path is not None and not any(
                 is_under(mount.host_path, root) for root in obs.allowed_host_paths):
             allowed = ", ".join(obs.allowed_host_paths) or "none"
@@ -159,194 +369,35 @@ def _check_mounts(obs: Observation) -> None:
                             f"SizedVolume {mount.volume} does not exist or is not ready yet")
 
 
-def _keep_running(obs: Observation, current: ObservedContainer) -> Plan:
-    expected = labels.object_name(obs.key.namespace, obs.key.name, current.revision)
-    actions: list[Action] = []
-    drift: list[str] = []
-    if current.name != expected:
-        actions.append(RenameContainer(current.id, current.name, expected))
-        drift.append(f"container was renamed to {current.name}")
-    if current.restart_policy != RESTART_POLICY:
-        actions.append(SetRestartPolicy(current.id, expected, RESTART_POLICY))
-        drift.append(f"restart policy was changed to {current.restart_policy or 'none'}")
-    if obs.spec.state is DesiredState.RUNNING:
-        if current.status == "paused":
-            actions.append(UnpauseContainer(current.id, expected))
-            drift.append("container was paused")
-        elif not current.running:
-            actions.append(StartContainer(current.id, expected, "Restarted"))
-            drift.append(f"container was {current.status}")
-    note = "; ".join(drift) or None
-    if actions:
-        return Plan(tuple(actions), _status(obs, current, "Starting", progressing=(
-            "Repairing", f"repairing drift: {note}")), drift=note)
-    return Plan((), _status(obs, current, "Running"))
+def _new_record(obs: Observation, target: _Target, config: ContainerConfig) -> Revision:
+    revision = int(config.labels[labels.REVISION])
+    return _record(obs, target, revision, config.image, config.gpus, config.ports)
 
 
-def _create(obs: Observation, current: ObservedContainer | None) -> Plan:
-    spec, key = obs.spec, obs.key
-    ledger = Ledger.from_containers(obs.containers)
-    held_gpus = current.gpus if current else tuple(obs.previous_status.get("gpus") or ())
-    gpus = allocate_gpus(spec.gpu_count, obs.inventory, ledger.gpus_held_by_others(key),
-                         held_gpus)
-    if gpus is None:
-        free = len(obs.inventory) - len(ledger.gpus_held_by_others(key) & set(obs.inventory))
-        raise UserError("InsufficientGPUs",
-                        f"needs {spec.gpu_count} GPUs; {free} of {len(obs.inventory)} on "
-                        f"node {spec.node_name} are free. Waiting for GPUs to be released")
-    held_ports = _held_ports(current, obs.previous_status)
-    ports = allocate_ports(spec.ports, ledger.ports_held_by_others(key) | obs.busy_host_ports,
-                           *obs.port_range, held=held_ports)
-    if current is None:
-        if not obs.image_present:
-            raise _image_missing(spec.image)
-        revision = int(obs.previous_status.get("revision") or 1)
-        config = build_container_config(
-            key, obs.uid, spec, revision=revision, gpus=gpus, ports=ports,
-            volume_names=_ready_volumes(obs), use_device_requests=obs.use_device_requests)
-        reason = "Recreated" if obs.previous_status.get("containerID") else "Created"
-        return Plan((CreateContainer(config, reason),),
-                    _status(obs, None, "Creating", progressing=("Creating",
-                            f"creating container {config.name}")),
-                    drift="container was removed" if reason == "Recreated" else None)
-    # The spec changed: a new revision that keeps the disk (a new image starts fresh).
-    revision = current.revision + 1
-    same_image_base = current.base_image == spec.image
-    if not same_image_base and not obs.image_present:
-        raise _image_missing(spec.image)
-    image = preserved_image(key, current.revision)
-    config = build_container_config(
-        key, obs.uid, spec, revision=revision, gpus=gpus, ports=ports,
-        volume_names=_ready_volumes(obs), use_device_requests=obs.use_device_requests,
-        image=image if same_image_base else None)
-    actions: list[Action] = [StopContainer(current.id, current.name),
-                             CommitContainer(current.id, current.name, image)]
-    actions += [CreateContainer(config, "RevisionCreated"),
-                RemoveContainer(current.id, current.name, "PreviousRevisionRemoved")]
-    return Plan(tuple(actions), _status(obs, current, "Updating", progressing=(
-        "RollingOut", f"rolling out revision {revision}")))
+def _record(obs: Observation, target: _Target, revision: int, image: str,
+            gpus: tuple[str, ...], ports: tuple[PortBinding, ...]) -> Revision:
+    return Revision(
+        namespace=obs.key.namespace, name=obs.key.name, revision=revision, uid=obs.uid,
+        spec=target.spec.shape(), image=image,
+        container_name=labels.object_name(obs.key.namespace, obs.key.name, revision),
+        gpus=gpus, ports=ports, created_at=obs.now, change_cause=target.cause,
+        generation=obs.generation, rollback_of=target.rollback_of)
 
 
-def _image_missing(image: str) -> UserError:
-    return UserError("ImageNotPresent",
-                     f"image {image} is not on the node; load it there (gpudock never pulls)")
+def _adopted(obs: Observation, container: ObservedContainer) -> Revision:
+    matches = container.spec_hash == spec_hash(obs.spec)
+    shape = obs.spec.shape() if matches else {"image": container.base_image}
+    return Revision(
+        namespace=obs.key.namespace, name=obs.key.name, revision=container.revision,
+        uid=obs.uid, spec=shape, image=container.base_image, container_name=container.name,
+        gpus=container.gpus, ports=bindings_of(container), created_at=obs.now,
+        change_cause=obs.change_cause if matches else "", generation=obs.generation)
 
 
-def _ready_volumes(obs: Observation) -> dict[str, str]:
-    return {name: vol for name, vol in obs.volume_names.items() if vol}
-
-
-def _held_ports(current: ObservedContainer | None,
-                previous_status: Mapping[str, Any]) -> tuple[PortBinding, ...]:
-    if current is not None:
-        return tuple(PortBinding(c, h, p) for (c, p), h in current.port_bindings.items())
-    held = []
-    for item in previous_status.get("ports") or ():
-        try:
-            held.append(PortBinding(int(item["containerPort"]), int(item["hostPort"]),
-                                    Protocol(item.get("protocol", "TCP"))))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return tuple(held)
-
-
-# ----------------------------------------------------------------------------- status
-def _progressing(obs: Observation, actions: tuple[Action, ...], reason: str,
-                 message: str) -> Plan:
-    return Plan(actions, _status(obs, None, "Pending", progressing=(reason, message)))
-
-
-def blocked_plan(obs: Observation, error: UserError) -> Plan:
-    """The plan when Docker itself refused an action for a reason the user must fix."""
-    current = max((c for c in obs.containers if c.owner == obs.key),
-                  key=lambda c: c.revision, default=None)
-    return _blocked(obs, error, current)
-
-
-def invalid_spec_status(generation: int | None, previous_status: Mapping[str, Any],
-                        error: UserError) -> GpuReplicaSetStatus:
-    """The spec cannot be parsed: say so, keep the rest of the status, change nothing."""
-    conditions = (
-        condition(ConditionType.READY, previous_status.get("phase") == "Running",
-                  error.reason, error.message),
-        condition(ConditionType.PROGRESSING, False, error.reason, error.message),
-        condition(ConditionType.DEGRADED, True, error.reason, error.message),
-    )
-    return GpuReplicaSetStatus(
-        phase="Failed", observed_generation=generation,
-        revision=previous_status.get("revision"),
-        container_name=previous_status.get("containerName"),
-        container_id=previous_status.get("containerID"),
-        gpus=tuple(previous_status.get("gpus") or ()),
-        ports=_held_ports(None, previous_status), conditions=conditions)
-
-
-def note_drift(status: GpuReplicaSetStatus, drift: str | None,
-               previous_status: Mapping[str, Any]) -> GpuReplicaSetStatus:
-    """Record repaired drift in the Degraded condition (status False, reason
-    DriftRepaired), and keep that note while nothing else happens to the resource."""
-    degraded = next((c for c in status.conditions if c.type == ConditionType.DEGRADED), None)
-    if degraded is None or degraded.status or degraded.reason != "AsExpected":
-        return status
-    if drift is None:
-        before = next((c for c in previous_status.get("conditions") or ()
-                       if isinstance(c, Mapping) and c.get("type") == "Degraded"), None)
-        if (before is None or before.get("reason") != "DriftRepaired"
-                or previous_status.get("observedGeneration") != status.observed_generation):
-            return status
-        drift_message = str(before.get("message", ""))
-    else:
-        drift_message = f"repaired: {drift}"
-    note = condition(ConditionType.DEGRADED, False, "DriftRepaired", drift_message)
-    return replace(status, conditions=tuple(note if c is degraded else c
-                                            for c in status.conditions))
-
-
-def _blocked(obs: Observation, error: UserError,
-             current: ObservedContainer | None) -> Plan:
-    waiting = error.reason in ("InsufficientGPUs", "VolumeNotReady")
-    phase = "Pending" if waiting else "Failed"
-    conditions = (
-        condition(ConditionType.READY, current is not None and current.running,
-                  error.reason, error.message),
-        condition(ConditionType.PROGRESSING, False, error.reason, error.message),
-        condition(ConditionType.DEGRADED, not waiting, error.reason, error.message),
-    )
-    return Plan((), _status_from(obs, current, phase, conditions))
-
-
-def _status(obs: Observation, current: ObservedContainer | None, phase: str,
-            progressing: tuple[str, str] | None = None) -> GpuReplicaSetStatus:
-    if progressing is None:
-        running = current is not None and current.running
-        conditions = (
-            condition(ConditionType.READY, running, "ContainerRunning" if running
-                      else "ContainerNotRunning",
-                      f"container {current.name} is {current.status}" if current
-                      else "no container"),
-            condition(ConditionType.PROGRESSING, False, "ReconcileComplete",
-                      "the container matches the spec"),
-            condition(ConditionType.DEGRADED, False, "AsExpected", "nothing to report"),
-        )
-    else:
-        reason, message = progressing
-        conditions = (
-            condition(ConditionType.READY, False, reason, message),
-            condition(ConditionType.PROGRESSING, True, reason, message),
-            condition(ConditionType.DEGRADED, False, "AsExpected", "nothing to report"),
-        )
-    return _status_from(obs, current, phase, conditions)
-
-
-def _status_from(obs: Observation, current: ObservedContainer | None, phase: str,
-                 conditions: Sequence[Condition]) -> GpuReplicaSetStatus:
-    return GpuReplicaSetStatus(
-        phase=phase,
-        observed_generation=obs.generation,
-        revision=current.revision if current else obs.previous_status.get("revision"),
-        container_name=current.name if current else None,
-        container_id=current.id if current else None,
-        gpus=current.gpus if current else (),
-        ports=tuple(sorted(_held_ports(current, {}), key=lambda b: b.container_port)),
-        conditions=tuple(conditions),
-    )
+def _progress(obs: Observation, current: ObservedContainer | None, record: Revision | None,
+              actions: tuple[act.Action, ...], reason: str, message: str,
+              drift: str | None = None) -> Plan:
+    phase = {"RollingOut": "Updating", "RollingBack": "Updating", "Stopping": "Stopping",
+             "Recording": "Updating", "Creating": "Creating"}.get(reason, "Reconciling")
+    return Plan(actions, status(obs.records, obs.generation, current, record,
+                                obs.previous_status, phase, (reason, message)), drift)

@@ -16,7 +16,8 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from gpudock.api.gpu_replica_set import PortBinding, Protocol as PortProtocol, RevisionSummary
+from gpudock.api.gpu_replica_set import PortBinding, RevisionSummary
+from gpudock.api.gpu_replica_set import Protocol as PortProtocol
 
 KIND = "GpuReplicaSet"
 REVISION_DIGITS = 10  # zero-padded, so keys sort in revision order

@@ -1,0 +1,112 @@
+"""The steps a GpuReplicaSet plan asks for. Each is idempotent: run twice, or resumed
+after a crash, it leaves the node as running it once would."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gpudock.core.container_config import ContainerConfig
+from gpudock.core.revision import Revision
+
+
+@dataclass(frozen=True)
+class StartRevision:
+    """Record the revision, then create its container (and start it unless Paused)."""
+
+    record: Revision
+    config: ContainerConfig
+    start: bool = True
+    reason: str = "RevisionStarted"
+
+
+@dataclass(frozen=True)
+class RecordRevision:
+    """Write a revision record only (a change made while Stopped, an adopted container)."""
+
+    record: Revision
+    reason: str = "RevisionRecorded"
+
+
+@dataclass(frozen=True)
+class PreserveDisk:
+    """Save a stopped container's filesystem as ``image`` (docker commit, flattened past
+    the layer threshold) and note it in the revision's record, when there is one."""
+
+    container_id: str
+    name: str
+    image: str
+    record: Revision | None
+
+
+@dataclass(frozen=True)
+class StartContainer:
+    container_id: str
+    name: str
+    reason: str = "Started"
+
+
+@dataclass(frozen=True)
+class StopContainer:
+    container_id: str
+    name: str
+    reason: str = "Stopped"
+
+
+@dataclass(frozen=True)
+class RemoveContainer:
+    container_id: str
+    name: str
+    reason: str = "Removed"
+
+
+@dataclass(frozen=True)
+class RenameContainer:
+    container_id: str
+    old_name: str
+    new_name: str
+
+
+@dataclass(frozen=True)
+class UnpauseContainer:
+    container_id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class SetRestartPolicy:
+    container_id: str
+    name: str
+    policy: str
+
+
+@dataclass(frozen=True)
+class WriteSpec:
+    """Write a revision's shape into the resource's spec and clear spec.rollbackTo."""
+
+    shape: dict[str, Any]
+    revision: int
+
+
+@dataclass(frozen=True)
+class PruneRevision:
+    """Forget a revision past revisionHistoryLimit: its saved disk, then its record."""
+
+    record: Revision
+
+
+@dataclass(frozen=True)
+class PurgeHistory:
+    """historyPolicy Purge on delete: every record and saved disk of the name."""
+
+    namespace: str
+    name: str
+    images: tuple[str, ...]
+
+
+Action = (StartRevision | RecordRevision | PreserveDisk | StartContainer | StopContainer
+          | RemoveContainer | RenameContainer | UnpauseContainer | SetRestartPolicy
+          | WriteSpec | PruneRevision | PurgeHistory)
+
+# Steps after which GPUs or host ports may have become free for another resource.
+RELEASING = (RemoveContainer, PurgeHistory)
