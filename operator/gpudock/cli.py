@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gpudock import __version__
+from gpudock import __version__, rollout_commands
 from gpudock.settings import SettingsError, add_agent_arguments, settings_from
 
 
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
         "agent", help="run the node agent (kopf, standalone) for this node's resources")
     add_agent_arguments(agent)
     agent.add_argument("--verbose", action="store_true", help="debug logging")
+    rollout_commands.add_arguments(commands)
     return parser
 
 
@@ -33,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gpudock.agent import run_agent  # kopf is imported only for the agent
 
         return run_agent(settings, verbose=args.verbose)
+    if args.command in ("history", "rollback"):
+        return rollout_commands.run(args)
     parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse refuses
     return 2
 

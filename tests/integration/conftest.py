@@ -23,6 +23,7 @@ def start_agent(stack: LocalStack, namespace: str) -> Iterator[AgentFactory]:
         # Watching only this test's namespace keeps tests apart; the GPUs and ports
         # they hold are still derived from every container on the shared dockerd.
         agent = AgentProcess(stack, name=f"agent-{namespace}-{len(started)}", gpus=gpus,
+                             state=f"agent-{namespace}",
                              extra_args=["--namespace", namespace, *extra_args]).start()
         started.append(agent)
         return agent

@@ -16,10 +16,13 @@ class AgentProcess:
     """The agent with simulated GPUs, the stack's RBAC-limited user and its own state."""
 
     def __init__(self, stack: LocalStack, *, node_name: str = NODE_NAME, gpus: int = 8,
-                 extra_args: Sequence[str] = (), name: str = "agent") -> None:
+                 extra_args: Sequence[str] = (), name: str = "agent",
+                 state: str | None = None) -> None:
         self.stack = stack
         self.node_name = node_name
-        self.state_dir = stack.base_dir / f"{name}-state"
+        # Agents given the same ``state`` share a state dir (and so the SQLite store),
+        # as a restarted agent on the same node does.
+        self.state_dir = stack.base_dir / f"{state or name}-state"
         self.state_dir.mkdir(exist_ok=True)
         self.liveness = f"http://127.0.0.1:{free_port()}/healthz"
         self.argv = [
@@ -27,7 +30,7 @@ class AgentProcess:
             "--kubeconfig", str(stack.agent_kubeconfig), "--docker-host", stack.docker_host,
             "--gpu-backend", "simulated", "--simulated-gpus", str(gpus),
             "--state-dir", str(self.state_dir), "--liveness-endpoint", self.liveness,
-            *extra_args,
+            "--stop-timeout", "5", *extra_args,
         ]
         self.log_path = stack.base_dir / "logs" / f"{name}.log"
         self.process: ManagedProcess | None = None

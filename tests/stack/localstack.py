@@ -38,6 +38,8 @@ AGENT_USER = "gpudock-agent"
 
 # Test images, imported from a tarball of busybox (no registry is reachable here).
 BUSYBOX_IMAGE = "gpudock-test/busybox:1"
+# Their command exits on SIGTERM (PID 1 ignores it otherwise), so a stop is instant.
+IDLE_COMMAND = ["sh", "-c", "trap 'exit 0' TERM; sleep infinity & wait"]
 # A stand-in under the name the examples use; like the real CUDA images it sets
 # NVIDIA_VISIBLE_DEVICES=all, which a 0-GPU container must not inherit.
 CUDA_LIKE_IMAGE = "nvidia/cuda:12.4.1-base-ubuntu22.04"
@@ -241,11 +243,11 @@ class LocalStack:
             api = client.api
             api.import_image(str(tarball), repository=BUSYBOX_IMAGE.split(":")[0],
                              tag=BUSYBOX_IMAGE.split(":")[1],
-                             changes=['CMD ["sleep", "infinity"]'])
+                             changes=[f"CMD {json.dumps(IDLE_COMMAND)}"])
             repo, tag = CUDA_LIKE_IMAGE.rsplit(":", 1)
             api.import_image(str(tarball), repository=repo, tag=tag, changes=[
                 "ENV NVIDIA_VISIBLE_DEVICES=all", "ENV NVIDIA_DRIVER_CAPABILITIES=all",
-                'CMD ["sleep", "infinity"]',
+                f"CMD {json.dumps(IDLE_COMMAND)}",
             ])
         finally:
             client.close()

@@ -41,15 +41,21 @@ def _translated(what: str) -> Iterator[None]:
 
 
 class KubeApi:
-    def __init__(self, kubeconfig: str | None) -> None:
-        if kubeconfig:
-            client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
-        else:
-            try:
+    def __init__(self, kubeconfig: str | None, *, in_cluster: bool = True) -> None:
+        """``kubeconfig`` wins; else in-cluster (when allowed), else the default
+        kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+        self.default_namespace = "default"
+        try:
+            if not kubeconfig and in_cluster:
                 kubernetes.config.load_incluster_config()
-            except kubernetes.config.ConfigException:
-                kubernetes.config.load_kube_config()
-            client = kubernetes.client.ApiClient()
+                client = kubernetes.client.ApiClient()
+            else:
+                raise kubernetes.config.ConfigException("use a kubeconfig")
+        except kubernetes.config.ConfigException:
+            client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
+            _, active = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
+            self.default_namespace = (active or {}).get("context", {}).get(
+                "namespace") or "default"
         if not client.configuration.verify_ssl:
             # The kubeconfig asked for it (insecure-skip-tls-verify); say so once, in
             # the log of start-up, not in a warning on every request.

@@ -231,7 +231,9 @@ class RevisionSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"revision": self.revision, "createdAt": self.created_at,
-                "changeCause": self.change_cause, "image": self.image,
+                # An empty string reaches the API server as null (as for a
+                # condition's message), so "no change-cause" is null outright.
+                "changeCause": self.change_cause or None, "image": self.image,
                 "gpuCount": self.gpu_count, "rollbackOf": self.rollback_of}
 
 

@@ -1,0 +1,90 @@
+"""``gpudock history`` and ``gpudock rollback``: work from any kubeconfig.
+
+History is read from the resource's ``status.history``, which the agent mirrors from
+its revision store; a rollback sets ``spec.rollbackTo`` and the agent does the rest
+(a new revision with the old spec and disk, then the spec written back).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any, TextIO
+
+from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
+from gpudock.api.gpu_replica_set import PLURAL
+from gpudock.errors import GpudockError
+
+
+def add_arguments(commands: Any) -> None:
+    history = commands.add_parser("history", help="list a GpuReplicaSet's revisions")
+    rollback = commands.add_parser("rollback", help="roll a GpuReplicaSet back to an "
+                                   "earlier revision (its spec and its disk)")
+    rollback.add_argument("--to-revision", type=int, required=True, metavar="N")
+    rollback.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                          help="wait this long for the rollback to finish (default: no)")
+    for parser in (history, rollback):
+        parser.add_argument("name", help="the GpuReplicaSet")
+        parser.add_argument("-n", "--namespace", help="default: the kubeconfig's")
+        parser.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config")
+
+
+def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    kube = KubeApi(args.kubeconfig, in_cluster=False)
+    namespace = args.namespace or kube.default_namespace
+    try:
+        if args.command == "history":
+            return _history(kube, namespace, args.name, out)
+        return _rollback(kube, namespace, args.name, args.to_revision, args.wait, out)
+    except ObjectNotFoundError:
+        print(f"error: gpureplicaset {namespace}/{args.name} not found", file=sys.stderr)
+    except GpudockError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    return 1
+
+
+def _history(kube: KubeApi, namespace: str, name: str, out: TextIO) -> int:
+    status = kube.get(PLURAL, namespace, name).get("status") or {}
+    current = status.get("revision")
+    rows = [("REVISION", "CREATED", "GPUS", "IMAGE", "CHANGE-CAUSE")]
+    for item in status.get("history") or ():
+        mark = " (current)" if item.get("revision") == current else ""
+        cause = item.get("changeCause") or "<none>"
+        rows.append((f"{item.get('revision')}{mark}", str(item.get("createdAt", "")),
+                     str(item.get("gpuCount", "")), str(item.get("image", "")), cause))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]), file=out)
+    return 0
+
+
+def _rollback(kube: KubeApi, namespace: str, name: str, revision: int, wait: float,
+              out: TextIO) -> int:
+    if revision < 1:
+        print("error: --to-revision must be >= 1", file=sys.stderr)
+        return 2
+    before = (kube.get(PLURAL, namespace, name).get("status") or {}).get("revision")
+    kube.patch_spec(PLURAL, namespace, name, {"rollbackTo": {"revision": revision}})
+    print(f"gpureplicaset {namespace}/{name}: rollback to revision {revision} requested",
+          file=out)
+    deadline = time.monotonic() + wait
+    while wait > 0:
+        body = kube.get(PLURAL, namespace, name)
+        status = body.get("status") or {}
+        seen = status.get("observedGeneration") == body["metadata"].get("generation")
+        problem = next((c for c in status.get("conditions") or ()
+                        if c.get("type") == "Degraded" and c.get("status") == "True"), None)
+        if seen and problem is not None and body["spec"].get("rollbackTo"):
+            print(f"error: {problem.get('reason')}: {problem.get('message')}", file=sys.stderr)
+            return 1
+        if seen and not body["spec"].get("rollbackTo") and status.get("revision") != before:
+            print(f"rolled back: now revision {status.get('revision')} "
+                  f"(phase {status.get('phase')})", file=out)
+            return 0
+        if time.monotonic() > deadline:
+            print(f"error: not done after {wait:.0f}s", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    return 0
