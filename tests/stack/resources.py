@@ -46,7 +46,9 @@ def containers(stack: LocalStack, namespace: str | None = None,
 
 
 def env_of(container: docker.models.containers.Container) -> dict[str, str]:
-    pairs = (item.split("=", 1) for item in container.attrs["Config"]["Env"] or ())
+    """The container's variables (an entry without "=" unsets an image's variable)."""
+    pairs = (item.split("=", 1) for item in container.attrs["Config"]["Env"] or ()
+             if "=" in item)
     return {k: v for k, v in pairs}
 
 
