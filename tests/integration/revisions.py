@@ -21,20 +21,25 @@ def sh(container: docker.models.containers.Container, script: str) -> str:
     return output.decode()
 
 
-def only_container(stack: LocalStack, namespace: str) -> docker.models.containers.Container:
-    found = containers(stack, namespace)
+def only_container(stack: LocalStack, namespace: str,
+                   name: str | None = None) -> docker.models.containers.Container:
+    """The one container (of resource ``name``, when given) in the namespace."""
+    found = [c for c in containers(stack, namespace)
+             if name is None or c.labels["gpudock.dev/name"] == name]
     assert len(found) == 1, [c.name for c in found]
     return found[0]
 
 
-def touch_the_disk(stack: LocalStack, namespace: str, content: str = "v1") -> None:
+def touch_the_disk(stack: LocalStack, namespace: str, content: str = "v1",
+                   name: str | None = None) -> None:
     """What a user does in a GPU container: install something, remove something."""
-    sh(only_container(stack, namespace), f"mkdir -p /root && echo {content} > {MARKER} "
-       f"&& rm -f {DELETED}")
+    sh(only_container(stack, namespace, name),
+       f"mkdir -p /root && echo {content} > {MARKER} && rm -f {DELETED}")
 
 
-def assert_disk_kept(stack: LocalStack, namespace: str, content: str = "v1") -> None:
-    container = only_container(stack, namespace)
+def assert_disk_kept(stack: LocalStack, namespace: str, content: str = "v1",
+                     name: str | None = None) -> None:
+    container = only_container(stack, namespace, name)
     assert sh(container, f"cat {MARKER}").strip() == content
     assert sh(container, f"test -e {DELETED} && echo present || echo gone").strip() == "gone"
 
