@@ -7,11 +7,17 @@ from typing import Any
 
 import pytest
 
-from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, PortBinding, PortSpec, Protocol
+from gpudock.api.gpu_replica_set import (
+    GpuReplicaSetSpec,
+    HistoryPolicy,
+    PortBinding,
+    PortSpec,
+    Protocol,
+)
 from gpudock.core import replica_set_actions as act
 from gpudock.core import replica_set_plan as core
 from gpudock.core.allocation import HostPortInUseError, Ledger, allocate_gpus, allocate_ports
-from gpudock.core.container_config import build_container_config, spec_hash
+from gpudock.core.container_config import build_container_config, exact_env, spec_hash
 from gpudock.core.observed import HostPort, ObservedContainer, ResourceKey
 from gpudock.core.revision import Revision
 
@@ -200,3 +206,58 @@ def test_port_allocation() -> None:
                      PortBinding(53, 40000, Protocol.UDP))
     with pytest.raises(HostPortInUseError, match="40001/TCP"):
         allocate_ports((PortSpec(22, host_port=40001),), {HostPort(40001)}, 40000, 40010)
+
+
+def _saved(spec: GpuReplicaSetSpec, revision: int) -> Revision:
+    image = core.preserved_image(KEY, revision)
+    return replace(_record(spec, revision), preserved_image=image,
+                   preserved_from=f"c{revision}", image=core.preserved_image(KEY, revision - 1))
+
+
+def test_history_past_the_limit_is_pruned_but_never_the_current_source() -> None:
+    spec = _spec(revisionHistoryLimit=0)
+    records = tuple(_saved(spec, r) for r in range(1, 5))  # revision 4 is current
+    current = _mine(spec, revision=4, name="team-a_knock-4")
+    plan = core.plan_replica_set(_obs(spec, current, records=records))
+    pruned = [a.record.revision for a in plan.actions if isinstance(a, act.PruneRevision)]
+    assert pruned == [1, 2]  # 3 is kept: revision 4's container started from its disk
+    assert [h.revision for h in plan.status.history] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("policy", ["Retain", "Purge"])
+def test_delete_saves_the_disk_or_purges(policy: str) -> None:
+    spec = _spec()
+    running = _mine(spec)
+    tags = frozenset({core.preserved_image(KEY, 1)})
+    actions = core.plan_delete(KEY, (running, _other("x", ())), (_record(spec),), tags,
+                               HistoryPolicy(policy))
+    kinds = [type(a) for a in actions]
+    if policy == "Retain":
+        assert kinds == [act.StopContainer, act.PreserveDisk, act.RemoveContainer]
+    else:
+        assert kinds == [act.RemoveContainer, act.PurgeHistory]
+
+
+def test_rollback_needs_a_saved_disk_and_starts_from_it() -> None:
+    old, new = _spec(gpuCount=1), _spec(gpuCount=2)
+    first, second = _saved(old, 1), replace(_record(new, 2), image=core.preserved_image(KEY, 1))
+    wanted = replace(new, rollback_to=1)
+    current = _mine(new, revision=2, name="team-a_knock-2")
+    gone = core.plan_replica_set(_obs(wanted, current, records=(first, second)))
+    assert {c.reason for c in gone.status.conditions} == {"RevisionDiskGone"}
+    saved = replace(second, preserved_image=core.preserved_image(KEY, 2), preserved_from="c1")
+    stopped = replace(current, status="exited")
+    plan = core.plan_replica_set(_obs(wanted, stopped, records=(first, saved),
+                                      preserved_tags=frozenset({first.preserved_image or "",
+                                                                saved.preserved_image or ""})))
+    (start,) = plan.actions
+    assert isinstance(start, act.StartRevision)
+    assert start.record.rollback_of == 1
+    assert start.record.spec == old.shape()
+    assert start.config.image == first.preserved_image
+
+
+def test_exact_env_unsets_what_a_saved_disk_inherited() -> None:
+    env = exact_env(["PATH=/bin", "CUDA=12"], ["PATH=/bin", "CUDA=12", "OLD=1", "KEEP=0"],
+                    {"KEEP": "1"})
+    assert env == ["PATH=/bin", "CUDA=12", "KEEP=1", "OLD"]
