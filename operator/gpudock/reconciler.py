@@ -120,9 +120,13 @@ class ReplicaSetReconciler:
                 try:
                     for action in plan.actions:
                         events += self._execute(key, action)
-                    if all(isinstance(a, act.PruneRevision) for a in plan.actions) or any(
-                            isinstance(a, act.WriteSpec) for a in plan.actions):
-                        break  # the resource changes (a new spec comes) or stays as it is
+                    if any(isinstance(a, act.WriteSpec) for a in plan.actions):
+                        break  # the spec changes: the next reconcile takes it from there
+                    if all(isinstance(a, act.PruneRevision) for a in plan.actions):
+                        # Report the history as it is now; a prune that could not be
+                        # done (an image still in use) is tried again next time.
+                        plan = core.plan_replica_set(observe())
+                        break
                 except HostPortBusyError as exc:
                     busy_ports_found += 1
                     if busy_ports_found <= MAX_BUSY_PORTS and self._auto_port_busy(exc, spec):

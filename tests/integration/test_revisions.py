@@ -183,20 +183,26 @@ def test_paused_keeps_gpus_stopped_frees_them_running_keeps_the_disk(
 def test_ten_updates_with_a_layer_threshold_of_three(
     stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
+    """Also: revisionHistoryLimit 3 prunes older records and their saved disks."""
     start_agent(gpus=2, extra_args=["--max-image-layers", "3"])
-    apply_spec(stack, namespace, "box", "first", gpus=1)
+    apply_spec(stack, namespace, "box", "first", gpus=1, revisionHistoryLimit=3)
     wait_settled(stack, namespace, "box", revision=1)
     touch_the_disk(stack, namespace)
     client = stack.docker_client()
     try:
         for update in range(1, 11):
             apply_spec(stack, namespace, "box", f"update {update}", gpus=1,
-                       env=[{"name": "UPDATE", "value": str(update)}])
+                       revisionHistoryLimit=3, env=[{"name": "UPDATE", "value": str(update)}])
             wait_settled(stack, namespace, "box", revision=update + 1)
             assert_disk_kept(stack, namespace)
             sh(only_container(stack, namespace), f"echo {update} >> /root/log")
             image = client.images.get(f"gpudock-preserved/{namespace}_box:rev-{update}")
             assert len(image.attrs["RootFS"]["Layers"]) <= 3
+        history = wait_settled(stack, namespace, "box", revision=11)["history"]
+        assert [h["revision"] for h in history] == [8, 9, 10, 11]
+        tags = {t for i in client.images.list(name=f"gpudock-preserved/{namespace}_box")
+                for t in i.tags}
+        assert tags == {f"gpudock-preserved/{namespace}_box:rev-{r}" for r in (8, 9, 10)}
     finally:
         client.close()
     container = only_container(stack, namespace)
