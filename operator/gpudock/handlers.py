@@ -25,8 +25,6 @@ from gpudock.settings import Settings
 
 GROUP, VERSION = "gpudock.dev", "v1alpha1"
 GRS = gpu_replica_set.PLURAL
-# Event reasons after which GPUs or ports may be free for a waiting resource.
-RELEASED = ("Removed", "RemovedStale", "PreviousRevisionRemoved", "Stopped", "HistoryPurged")
 
 
 class Wakeups:
@@ -125,7 +123,7 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
                         await asyncio.to_thread(memo.kube.patch_status, GRS,
                                                 body["metadata"]["namespace"],
                                                 body["metadata"]["name"], outcome.status)
-                    if any(e.reason in RELEASED for e in outcome.events):
+                    if outcome.released:
                         memo.wakeups.wake_all()
             except ObjectNotFoundError:
                 return

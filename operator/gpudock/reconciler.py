@@ -49,6 +49,7 @@ class Event:
 class Outcome:
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
+    released: bool = False  # GPUs or ports may be free now: wake waiting resources
 
 
 def _progressing_reason(status: Mapping[str, Any]) -> str | None:
@@ -100,6 +101,7 @@ class ReplicaSetReconciler:
             return self._outcome(status, previous, [Event("Warning", exc.reason, exc.message)])
         events: list[Event] = []
         drift: str | None = None
+        released = False
         with self.node_lock():
             if meta.get("deletionTimestamp") or meta["uid"] in self._deleted:
                 return None
@@ -120,6 +122,7 @@ class ReplicaSetReconciler:
                 try:
                     for action in plan.actions:
                         events += self._execute(key, action)
+                        released = released or isinstance(action, act.RELEASING)
                     if any(isinstance(a, act.WriteSpec) for a in plan.actions):
                         break  # the spec changes: the next reconcile takes it from there
                     if all(isinstance(a, act.PruneRevision) for a in plan.actions):
@@ -144,7 +147,7 @@ class ReplicaSetReconciler:
                         and not c.status and c.reason != "ReconcileComplete"), None)
         if problem is not None and problem.reason != _progressing_reason(previous):
             events.append(Event("Warning", problem.reason, problem.message))
-        return self._outcome(status, previous, events)
+        return self._outcome(status, previous, events, released)
 
     def _auto_port_busy(self, exc: HostPortBusyError, spec: GpuReplicaSetSpec) -> bool:
         """Remember a port Docker could not bind; True when the allocator chose it (so
@@ -155,12 +158,13 @@ class ReplicaSetReconciler:
         return True
 
     def _outcome(self, status: gpu_replica_set.GpuReplicaSetStatus,
-                 previous: Mapping[str, Any], events: list[Event]) -> Outcome:
+                 previous: Mapping[str, Any], events: list[Event],
+                 released: bool = False) -> Outcome:
         timed = with_transition_times(status.conditions, previous.get("conditions") or (),
                                       self._clock(), status.observed_generation)
         raw = status.to_dict()
         raw["conditions"] = [c.to_dict() for c in timed]
-        return Outcome(raw, events)
+        return Outcome(raw, events, released)
 
     def _observe(self, key: ResourceKey, uid: str, generation: int | None,
                  spec: GpuReplicaSetSpec, previous: Mapping[str, Any],

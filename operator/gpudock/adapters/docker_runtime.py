@@ -117,9 +117,13 @@ class DockerRuntime:
             result.append(_observed(attrs))
         return result
 
+    def _inspect_image(self, image: str) -> dict[str, Any]:
+        return dict(self._call(f"inspect image {image}",
+                               lambda: self.client.api.inspect_image(image)))
+
     def image_exists(self, image: str) -> bool:
         try:
-            self._call("inspect image", lambda: self.client.api.inspect_image(image))
+            self._inspect_image(image)
         except UserError:
             return False
         return True
@@ -131,8 +135,7 @@ class DockerRuntime:
                          if tag.startswith(repository + ":"))
 
     def layer_count(self, image: str) -> int:
-        attrs = self._call("inspect image", lambda: self.client.api.inspect_image(image))
-        return len(attrs.get("RootFS", {}).get("Layers") or ())
+        return len(self._inspect_image(image).get("RootFS", {}).get("Layers") or ())
 
     # ---------------------------------------------------------------------- actions
     def create_and_start(self, config: ContainerConfig, *, start: bool = True) -> str:
@@ -142,8 +145,8 @@ class DockerRuntime:
         if config.base_image and config.image != config.base_image:
             # A preserved disk: its image config still has the old revision's
             # variables and command; start from the base image's instead.
-            base = self._image_config(config.base_image)
-            source = self._image_config(config.image)
+            base = self._inspect_image(config.base_image).get("Config") or {}
+            source = self._inspect_image(config.image).get("Config") or {}
             env = exact_env(base.get("Env") or [], source.get("Env") or [], config.env)
             if command is None:
                 command = base.get("Cmd")
@@ -195,11 +198,6 @@ class DockerRuntime:
         self._call(f"update {name}", lambda: self.client.api.update_container(
             container_id, restart_policy=cast(Any, {"Name": policy})))
 
-    def _image_config(self, image: str) -> dict[str, Any]:
-        attrs = self._call(f"inspect image {image}",
-                           lambda: self.client.api.inspect_image(image))
-        return dict(attrs.get("Config") or {})
-
     def commit(self, container_id: str, name: str, image: str) -> None:
         """Save the container's filesystem (added, changed and deleted files)."""
         repository, tag = image.rsplit(":", 1)
@@ -211,13 +209,13 @@ class DockerRuntime:
         """Replace ``image`` (committed from the container) with a one-layer image of
         the container's filesystem and the same config: export + import."""
         api = self.client.api
-        old_id = self._call("inspect image", lambda: api.inspect_image(image))["Id"]
-        changes = import_changes(self._image_config(image))
+        committed = self._inspect_image(image)
+        changes = import_changes(committed.get("Config") or {})
         repository, tag = image.rsplit(":", 1)
         self._call(f"flatten {name}", lambda: api.import_image(
             src=api.export(container_id), repository=repository, tag=tag, changes=changes,
             stream_src=True))
-        self.remove_image(old_id)  # the many-layer commit, now untagged
+        self.remove_image(committed["Id"])  # the many-layer commit, now untagged
 
     def remove_image(self, image: str) -> bool:
         """Remove an image (or untag it); False when a container still uses it."""

@@ -108,5 +108,6 @@ Action = (StartRevision | RecordRevision | PreserveDisk | StartContainer | StopC
           | RemoveContainer | RenameContainer | UnpauseContainer | SetRestartPolicy
           | WriteSpec | PruneRevision | PurgeHistory)
 
-# Steps after which GPUs or host ports may have become free for another resource.
-RELEASING = (RemoveContainer, PurgeHistory)
+# Steps after which GPUs or host ports may have become free for another resource (a
+# stopped container still holds them: only removing one frees them).
+RELEASING = (RemoveContainer,)

@@ -108,7 +108,7 @@ def plan_replica_set(obs: Observation) -> Plan:
         retire = _retire_all(obs.key, obs.records, obs.preserved_tags, stale, "RemovedStale")
         return _progress(obs, None, None, retire, "Cleaning",
                          "saving and removing an earlier resource's containers")
-    current = max(mine, key=lambda c: c.revision, default=None)
+    current = _current(obs)
     older = [c for c in mine if current is not None and c.id != current.id]
     record = _record_of(obs, current)
     if older:  # a rollout whose new container exists: the old one goes
@@ -134,10 +134,16 @@ def plan_replica_set(obs: Observation) -> Plan:
 
 def blocked_plan(obs: Observation, error: UserError) -> Plan:
     """Nothing can be done until the user (or the node) changes something."""
-    current = max((c for c in obs.containers if c.owner == obs.key and c.uid == obs.uid),
-                  key=lambda c: c.revision, default=None)
+    current = _current(obs)
     return Plan((), blocked_status(obs.records, obs.generation, current,
                                    _record_of(obs, current), obs.previous_status, error))
+
+
+def _current(obs: Observation) -> ObservedContainer | None:
+    """This resource's container of the highest revision (older ones are leftovers of a
+    rollout, removed by the plan)."""
+    return max((c for c in obs.containers if c.owner == obs.key and c.uid == obs.uid),
+               key=lambda c: c.revision, default=None)
 
 
 def _record_of(obs: Observation, current: ObservedContainer | None) -> Revision | None:
@@ -195,7 +201,7 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
     if not _is_preserved(obs.preserved_tags, current, record):
         return _progress(obs, current, record, _save(obs.key, current, record), "RollingOut",
                          f"saving the disk of {current.name} for revision {revision}")
-    new = _new_record(obs, target, config)
+    new = _record(obs, target, revision, config.image, config.gpus, config.ports)
     return _progress(obs, current, record, (act.StartRevision(
         new, config, start=obs.spec.state is DesiredState.RUNNING),), "RollingOut",
         f"starting revision {revision}")
@@ -231,7 +237,8 @@ def _without_container(obs: Observation, record: Revision | None, target: _Targe
     config = _container_for(obs, target.spec, revision, source, record.gpus if record
                             else (), record.ports if record else ())
     return _progress(obs, None, record, (act.StartRevision(
-        _new_record(obs, target, config), config, start=running,
+        _record(obs, target, revision, config.image, config.gpus, config.ports), config,
+        start=running,
         reason="Created" if record is None else "RevisionStarted"),),
         "Creating", f"creating container {config.name}")
 
@@ -367,11 +374,6 @@ def _check_mounts(obs: Observation, spec: GpuReplicaSetSpec) -> None:
         if mount.volume is not None and not obs.volume_names.get(mount.volume):
             raise UserError("VolumeNotReady",
                             f"SizedVolume {mount.volume} does not exist or is not ready yet")
-
-
-def _new_record(obs: Observation, target: _Target, config: ContainerConfig) -> Revision:
-    revision = int(config.labels[labels.REVISION])
-    return _record(obs, target, revision, config.image, config.gpus, config.ports)
 
 
 def _record(obs: Observation, target: _Target, revision: int, image: str,

@@ -46,9 +46,8 @@ def status(history: Sequence[Revision], generation: int | None,
         )
     else:
         running = current is not None and current.running
-        if running:
-            ready = ("ContainerRunning", f"container {current.name} is running" if current
-                     else "")
+        if current is not None and running:
+            ready = ("ContainerRunning", f"container {current.name} is running")
         elif phase in IDLE_READY:
             ready = IDLE_READY[phase]
         else:
