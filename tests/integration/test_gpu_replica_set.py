@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import docker.models.containers
+
 from gpudock.adapters.simulated_gpus import SimulatedGpuInventory
 from tests.integration.conftest import AgentFactory
 from tests.stack.agent_process import NODE_NAME
@@ -27,13 +29,20 @@ def _phase_is(stack: LocalStack, namespace: str, name: str, phase: str) -> bool:
     return status(stack, namespace, name).get("phase") == phase
 
 
+def _run_example(stack: LocalStack, namespace: str, start_agent: AgentFactory, example: str,
+                 name: str) -> docker.models.containers.Container:
+    """Start an agent, apply an example, wait until it runs; its one container."""
+    start_agent()
+    stack.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / example))
+    wait_for(lambda: _phase_is(stack, namespace, name, "Running"), 60, what="Running")
+    (container,) = containers(stack, namespace)
+    return container
+
+
 def test_example_runs_with_two_gpus_and_two_ports(
     stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
-    start_agent()
-    stack.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "01-gpu-container.yaml"))
-    wait_for(lambda: _phase_is(stack, namespace, "knock", "Running"), 60, what="Running")
-    (container,) = containers(stack, namespace)
+    container = _run_example(stack, namespace, start_agent, "01-gpu-container.yaml", "knock")
     assert container.name == f"{namespace}_knock-1"
     assert container.status == "running"
     attrs = container.attrs
@@ -123,10 +132,8 @@ def test_twelve_one_gpu_resources_on_eight_gpus(
 def test_zero_gpu_container_sees_no_gpu(
     stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
-    start_agent()
-    stack.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "03-cpu-only-container.yaml"))
-    wait_for(lambda: _phase_is(stack, namespace, "cpu-only", "Running"), 60, what="Running")
-    (container,) = containers(stack, namespace)
+    container = _run_example(stack, namespace, start_agent, "03-cpu-only-container.yaml",
+                             "cpu-only")
     image_env = stack.docker_client().images.get(container.attrs["Config"]["Image"]).attrs[
         "Config"]["Env"]
     assert "NVIDIA_VISIBLE_DEVICES=all" in image_env  # the image asks for every GPU
