@@ -29,6 +29,7 @@ from gpudock.core.gpus import GpuInventory
 from gpudock.core.observed import HostPort, ResourceKey
 from gpudock.core.replica_set_status import invalid_spec_status, note_drift
 from gpudock.core.revision import Revision, RevisionStore
+from gpudock.crash_points import CrashPoints
 from gpudock.errors import SpecError, UserError
 from gpudock.settings import GpuAttach, Settings
 
@@ -76,6 +77,7 @@ class ReplicaSetReconciler:
         self._thread_lock = threading.Lock()
         self._deleted: set[str] = set()
         self._busy_ports: set[HostPort] = set()  # held outside Docker's view
+        self._crash = CrashPoints(settings.crash_at)
 
     @contextlib.contextmanager
     def node_lock(self) -> Iterator[None]:
@@ -199,10 +201,18 @@ class ReplicaSetReconciler:
             "volumeName") else None
 
     def _execute(self, key: ResourceKey, action: act.Action) -> list[Event]:
+        step = type(action).__name__
+        self._crash.reach(f"{step}.before")
+        events = self._run_step(key, action)
+        self._crash.reach(f"{step}.after")
+        return events
+
+    def _run_step(self, key: ResourceKey, action: act.Action) -> list[Event]:
         docker, store = self._docker, self._store
         match action:
             case act.StartRevision(record=record, config=config, start=start, reason=reason):
                 store.put(record)  # first: a crash after it leaves a record, no orphan
+                self._crash.reach("StartRevision.recorded")
                 docker.create_and_start(config, start=start)
                 gpus = ",".join(config.gpus) or "no GPU"
                 how = "started" if start else "created (not started: Paused)"
@@ -255,10 +265,12 @@ class ReplicaSetReconciler:
                   record: Revision | None) -> list[Event]:
         """Commit a stopped container, flatten past the layer threshold, note it."""
         self._docker.commit(container_id, name, image)
+        self._crash.reach("PreserveDisk.committed")
         events = [Event("Normal", "DiskSaved", f"filesystem of {name} saved as {image}")]
         layers = self._docker.layer_count(image)
         if layers > self._settings.max_image_layers:
             self._docker.flatten(container_id, name, image)
+            self._crash.reach("PreserveDisk.flattened")
             events.append(Event("Normal", "DiskFlattened", f"{image} had {layers} layers "
                                 f"(> {self._settings.max_image_layers}): flattened to one"))
         if record is not None:

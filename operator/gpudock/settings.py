@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpudock import crash_points
 from gpudock.api.paths import is_clean_absolute_path
 
 ENV_PREFIX = "GPUDOCK_"
@@ -77,6 +78,7 @@ class Settings:
     stop_timeout: float = 30.0  # seconds between SIGTERM and SIGKILL when stopping
     max_image_layers: int = 100  # a saved disk with more layers is flattened to one
     liveness_endpoint: str | None = None  # e.g. http://0.0.0.0:8080/healthz
+    crash_at: tuple[str, ...] = ()  # crash tests: SIGKILL itself at these points
 
     @property
     def store_url(self) -> str:
@@ -117,6 +119,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                              "more layers than this (default: 100; overlay2 allows 125)")
     parser.add_argument("--namespace", action="append", default=None,
                         help="watch only this namespace (repeatable; default: all)")
+    parser.add_argument("--crash-at", action="append", default=None, metavar="POINT",
+                        help="for crash tests: SIGKILL the agent the first time it reaches "
+                             "POINT, e.g. PreserveDisk.committed (repeatable; default: "
+                             "none; see docs/revisions.md)")
 
 
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
@@ -153,6 +159,10 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     max_layers = int(pick("max_image_layers") or 100)
     if not 1 <= max_layers <= 120:
         raise SettingsError("--max-image-layers must be between 1 and 120")
+    try:
+        crash_at = crash_points.check(pick_list("crash_at", "CRASH_AT"))
+    except crash_points.UnknownCrashPointError as exc:
+        raise SettingsError(str(exc)) from exc
     resync = float(pick("resync_seconds") or 30.0)
     if resync <= 0:
         raise SettingsError("--resync-seconds must be > 0")
@@ -173,4 +183,5 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         liveness_endpoint=pick("liveness_endpoint"),
         stop_timeout=stop_timeout,
         max_image_layers=max_layers,
+        crash_at=crash_at,
     )

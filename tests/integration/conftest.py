@@ -29,6 +29,9 @@ def start_agent(stack: LocalStack, namespace: str) -> Iterator[AgentFactory]:
         return agent
 
     yield start
+    if started and "--crash-at" in started[-1].argv:
+        started[-1].stop()
+        start()  # one that deletes without dying halfway
     if started and started[-1].process and started[-1].process.alive():
         stack.kubectl("delete", "grs", "--all", "-n", namespace, "--timeout=90s")
     for agent in started:

@@ -1,13 +1,17 @@
-"""Crash trials: the agent is SIGKILLed at random points of an update and restarted;
-each time the resource converges with the user's files intact, one container, and no
-GPU held twice. GPUDOCK_CRASH_TRIALS and GPUDOCK_CRASH_SEED set the count and seed."""
+"""Crash trials: the agent is SIGKILLed in the middle of an update and restarted; each
+time the resource converges with the user's files intact, one container, and no GPU
+held twice. One test kills it at every crash point of an update, rollback, stop and
+resume (--crash-at); the other at random moments (GPUDOCK_CRASH_TRIALS and
+GPUDOCK_CRASH_SEED set the count and seed)."""
 
 from __future__ import annotations
 
 import os
 import random
+import signal
 import time
 from collections import Counter
+from typing import Any
 
 from tests.integration.conftest import AgentFactory
 from tests.integration.revisions import (
@@ -18,7 +22,7 @@ from tests.integration.revisions import (
     wait_settled,
 )
 from tests.stack.localstack import LocalStack
-from tests.stack.resources import containers
+from tests.stack.resources import containers, grs
 
 TRIALS = int(os.environ.get("GPUDOCK_CRASH_TRIALS", "24"))
 
@@ -30,6 +34,90 @@ def _rollout_state(stack: LocalStack, namespace: str, old: int) -> str:
     return " ".join(sorted(
         f"{'old' if int(c.labels['gpudock.dev/revision']) == old else 'new'}:{c.status}"
         for c in mine)) or "no container"
+
+
+def _assert_no_gpu_held_twice(stack: LocalStack, namespace: str) -> None:
+    held = [g for c in containers(stack, namespace)
+            for g in c.labels["gpudock.dev/gpus"].split(",") if g]
+    assert len(held) == len(set(held)), held
+
+
+# Each crash point with the change that passes through it. An update is: stop the old
+# container, save its disk (commit, flatten past the layer threshold, note it), record
+# and start the new revision, remove the old container; a rollback adds writing the
+# revision's spec back; Stopped saves and removes; Running again re-creates.
+CRASH_POINTS = (
+    ("StopContainer.before", "update"),  # the old container still runs
+    ("StopContainer.after", "update"),
+    ("PreserveDisk.committed", "update"),
+    ("PreserveDisk.flattened", "update"),  # the agent runs with --max-image-layers 1
+    ("PreserveDisk.after", "update"),
+    ("StartRevision.recorded", "update"),
+    ("StartRevision.after", "update"),  # two containers: the old (saved) and the new
+    ("RemoveContainer.after", "update"),
+    ("StartRevision.after", "rollback"),
+    ("WriteSpec.before", "rollback"),
+    ("WriteSpec.after", "rollback"),  # the spec is written, the status is not
+    ("PreserveDisk.after", "stop"),
+    ("StartRevision.recorded", "resume"),
+    ("RemoveContainer.after", "stop"),
+    ("StartRevision.after", "resume"),
+)
+
+
+def test_agent_killed_at_every_step_converges(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    agent = start_agent(gpus=3)
+    apply_spec(stack, namespace, "other", "neighbour", gpus=1)  # competes for the GPUs
+    spec: dict[str, Any] = {"gpus": 1}
+    apply_spec(stack, namespace, "box", "first", **spec)
+    wait_settled(stack, namespace, "box", revision=1)
+    wait_settled(stack, namespace, "other", revision=1)
+    touch_the_disk(stack, namespace, "r1", name="box")
+    revision, disks, specs = 1, {1: "r1"}, {1: spec}  # disk content and spec by revision
+    for trial, (point, change) in enumerate(CRASH_POINTS, start=1):
+        agent.stop()
+        layers = ["--max-image-layers", "1"] if point == "PreserveDisk.flattened" else []
+        agent = start_agent(gpus=3, extra_args=["--crash-at", point, *layers])
+        phase, disk = "Running", disks[revision]
+        if change == "update":
+            spec = {"gpus": 1 + trial % 2, "env": [{"name": "TRIAL", "value": str(trial)}]}
+            apply_spec(stack, namespace, "box", f"trial {trial}", **spec)
+            revision += 1
+            specs[revision] = spec
+        elif change == "rollback":
+            target = revision - 1
+            stack.kubectl("patch", "grs", "box", "-n", namespace, "--type=merge", "-p",
+                          f'{{"spec": {{"rollbackTo": {{"revision": {target}}}}}}}')
+            revision += 1
+            disk, spec = disks[target], specs[target]
+            specs[revision] = spec
+        else:
+            phase = "Stopped" if change == "stop" else "Running"
+            spec = {**spec, "state": phase}
+            apply_spec(stack, namespace, "box", f"trial {trial}", **spec)
+        code = agent.wait_exit(90)
+        assert code == -signal.SIGKILL, f"{point}: the agent did not die there ({code})"
+        assert f"crash point {point} reached" in agent.log()
+        at_kill = _rollout_state(stack, namespace, old=revision - (change in (
+            "update", "rollback")))
+        agent = start_agent(gpus=3)
+        status = wait_settled(stack, namespace, "box", phase=phase, revision=revision)
+        _assert_no_gpu_held_twice(stack, namespace)
+        print(f"trial {trial:2d} killed at {point:24s} ({change:8s}) with {at_kill}")
+        if phase == "Stopped":
+            assert status["gpus"] == []
+            assert not [c for c in containers(stack, namespace)
+                        if c.labels["gpudock.dev/name"] == "box"]
+            continue
+        assert only_container(stack, namespace, "box").status == "running"
+        assert len(status["gpus"]) == spec["gpus"]
+        assert_disk_kept(stack, namespace, disk, name="box")
+        if change == "rollback":
+            assert "rollbackTo" not in grs(stack, namespace, "box")["spec"]
+        disks[revision] = f"r{revision}"
+        touch_the_disk(stack, namespace, disks[revision], name="box")
 
 
 def test_agent_killed_during_updates_always_converges(
@@ -55,9 +143,7 @@ def test_agent_killed_during_updates_always_converges(
         box = only_container(stack, namespace, "box")  # exactly one
         assert box.status == "running"
         assert len(status["gpus"]) == 1 + trial % 2
-        held = [g for c in containers(stack, namespace)
-                for g in c.labels["gpudock.dev/gpus"].split(",") if g]
-        assert len(held) == len(set(held)), held  # no GPU held twice
+        _assert_no_gpu_held_twice(stack, namespace)
         assert_disk_kept(stack, namespace, name="box")
     print(f"\ncrash trials: {TRIALS} (seed {seed}); the update's state at each kill:")
     for state, count in sorted(at_kill.items()):

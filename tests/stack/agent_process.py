@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import urllib.request
 from collections.abc import Sequence
 
@@ -56,6 +57,14 @@ class AgentProcess:
     def stop(self) -> int | None:
         """SIGTERM, as Kubernetes stops a pod; returns the exit code."""
         return self.process.stop() if self.process else None
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """Wait for the agent to exit by itself; its exit code (None: still running)."""
+        deadline = time.monotonic() + timeout
+        while self.process and self.process.alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return None if self.process is None or self.process.alive() else \
+            self.process.process.returncode
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""

@@ -51,7 +51,18 @@ def test_environment_fills_what_flags_leave_out_and_flags_win() -> None:
     (["--allowed-host-path", "relative"], "clean absolute path"),
     (["--store", "redis://x"], "sqlite:PATH or etcd://"),
     (["--simulated-gpus", "-1"], "simulated-gpus"),
+    (["--max-image-layers", "121"], "between 1 and 120"),
+    (["--crash-at", "PreserveDisk.middle"], "unknown crash point 'PreserveDisk.middle'"),
 ])
 def test_bad_settings_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):
         _parse(["--node-name", "n1", *argv])
+
+
+def test_crash_points_come_from_flags_or_the_environment() -> None:
+    assert _parse(["--node-name", "n1"]).crash_at == ()
+    env = {"GPUDOCK_CRASH_AT": "StopContainer.after:PreserveDisk.committed"}
+    assert _parse(["--node-name", "n1"], env).crash_at == (
+        "StopContainer.after", "PreserveDisk.committed")
+    assert _parse(["--node-name", "n1", "--crash-at", "WriteSpec.before"], env).crash_at == (
+        "WriteSpec.before",)

@@ -1,0 +1,58 @@
+"""Named points in the agent's work where it can be made to die, so the crash tests hit
+every step of an update on purpose instead of by luck.
+
+``--crash-at POINT`` (``GPUDOCK_CRASH_AT``): the first time the agent reaches POINT it
+SIGKILLs itself, as an OOM kill or a power cut would: no cleanup, no status write.
+Off unless set; it exists for tests and for anyone who wants to check the recovery of
+their own node. A point is ``<Step>.before`` or ``<Step>.after`` for every step a plan
+can ask for (the classes of :mod:`gpudock.core.replica_set_actions`), or one of the
+moments inside a step listed in :data:`INSIDE_STEPS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import typing
+
+from gpudock.core import replica_set_actions as act
+
+logger = logging.getLogger(__name__)
+
+STEPS = tuple(step.__name__ for step in typing.get_args(act.Action))
+INSIDE_STEPS = (
+    "PreserveDisk.committed",  # the commit is done, the record not yet updated
+    "PreserveDisk.flattened",  # the export + import is done, the record not yet updated
+    "StartRevision.recorded",  # the new revision is recorded, its container not created
+)
+POINTS = frozenset({f"{step}.{when}" for step in STEPS for when in ("before", "after")}
+                   | set(INSIDE_STEPS))
+
+
+class UnknownCrashPointError(ValueError):
+    pass
+
+
+def check(points: typing.Iterable[str]) -> tuple[str, ...]:
+    """The points, checked; raises UnknownCrashPointError naming the first unknown."""
+    checked = tuple(points)
+    for point in checked:
+        if point not in POINTS:
+            raise UnknownCrashPointError(
+                f"unknown crash point {point!r}; known: {', '.join(sorted(POINTS))}")
+    return checked
+
+
+class CrashPoints:
+    def __init__(self, armed: typing.Iterable[str] = ()) -> None:
+        self._armed = frozenset(check(armed))
+
+    def reach(self, point: str) -> None:
+        """Die here when ``point`` is armed; otherwise nothing."""
+        assert point in POINTS, point
+        if point in self._armed:
+            logger.critical("crash point %s reached: SIGKILL", point)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
