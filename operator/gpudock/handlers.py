@@ -20,7 +20,7 @@ from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.errors import GpudockError, SpecError, TransientError
-from gpudock.reconciler import Event, ReplicaSetReconciler
+from gpudock.reconciler import Event, Outcome, ReplicaSetReconciler
 from gpudock.settings import Settings
 
 GROUP, VERSION = "gpudock.dev", "v1alpha1"
@@ -110,19 +110,28 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
     uid = body["metadata"]["uid"]
     wakeup = memo.wakeups.event(uid)
     settings: Settings = memo.settings
+    shown: dict[str, Any] = {}  # the status written in this pass (the body may lag)
+
+    def show(outcome: Outcome) -> None:
+        """Post the events, write the status unless the resource already has it."""
+        nonlocal shown
+        _post(body, outcome.events)
+        current = shown or body.get("status") or {}
+        if outcome.status != {k: current.get(k) for k in outcome.status}:
+            memo.kube.patch_status(GRS, body["metadata"]["namespace"],
+                                   body["metadata"]["name"], outcome.status)
+            shown = outcome.status
+
     try:
         while not stopped:
             wakeup.clear()
             delay = settings.resync_seconds
+            shown = {}
             try:
-                outcome = await asyncio.to_thread(memo.replica_sets.reconcile, dict(body))
+                outcome = await asyncio.to_thread(memo.replica_sets.reconcile, dict(body),
+                                                  show)
                 if outcome is not None:
-                    _post(body, outcome.events)
-                    if outcome.status != {k: body.get("status", {}).get(k)
-                                          for k in outcome.status}:
-                        await asyncio.to_thread(memo.kube.patch_status, GRS,
-                                                body["metadata"]["namespace"],
-                                                body["metadata"]["name"], outcome.status)
+                    await asyncio.to_thread(show, outcome)
                     if outcome.released:
                         memo.wakeups.wake_all()
             except ObjectNotFoundError:

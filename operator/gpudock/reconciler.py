@@ -91,8 +91,13 @@ class ReplicaSetReconciler:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------------ reconcile
-    def reconcile(self, body: Mapping[str, Any]) -> Outcome | None:
-        """Converge one resource; None when it is being deleted (nothing to do)."""
+    def reconcile(self, body: Mapping[str, Any],
+                  progress: Callable[[Outcome], None] | None = None) -> Outcome | None:
+        """Converge one resource; None when it is being deleted (nothing to do).
+
+        ``progress`` is shown each pass's status (Progressing, with what is being done)
+        and the events so far before the pass's steps run, so a long rollout (a stop
+        timeout, a commit of a big disk) is visible while it happens."""
         meta, previous = body["metadata"], dict(body.get("status") or {})
         key = ResourceKey(meta["namespace"], meta["name"])
         generation = meta.get("generation")
@@ -104,6 +109,7 @@ class ReplicaSetReconciler:
         events: list[Event] = []
         drift: str | None = None
         released = False
+        shown = previous  # the status last shown (for the conditions' transition times)
         with self.node_lock():
             if meta.get("deletionTimestamp") or meta["uid"] in self._deleted:
                 return None
@@ -115,12 +121,18 @@ class ReplicaSetReconciler:
             while True:
                 observation = observe()
                 plan = core.plan_replica_set(observation)
-                drift = drift or plan.drift
+                if plan.drift and not drift:
+                    drift = plan.drift
+                    events.append(Event("Warning", "DriftDetected", drift))
                 if not plan.actions:
                     break
                 passes += 1
                 if passes > MAX_PASSES:
                     raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
+                if progress is not None:
+                    now = self._outcome(plan.status, shown, events)
+                    progress(now)
+                    shown, events = now.status, []
                 try:
                     for action in plan.actions:
                         events += self._execute(key, action)
@@ -142,14 +154,12 @@ class ReplicaSetReconciler:
                 except UserError as exc:
                     plan = core.blocked_plan(observe(), exc)
                     break
-        if drift:
-            events.insert(0, Event("Warning", "DriftDetected", drift))
         status = note_drift(plan.status, drift, previous)
         problem = next((c for c in status.conditions if c.type == "Progressing"
                         and not c.status and c.reason != "ReconcileComplete"), None)
         if problem is not None and problem.reason != _progressing_reason(previous):
             events.append(Event("Warning", problem.reason, problem.message))
-        return self._outcome(status, previous, events, released)
+        return self._outcome(status, shown, events, released)
 
     def _auto_port_busy(self, exc: HostPortBusyError, spec: GpuReplicaSetSpec) -> bool:
         """Remember a port Docker could not bind; True when the allocator chose it (so

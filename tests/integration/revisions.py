@@ -69,5 +69,5 @@ def wait_settled(stack: LocalStack, namespace: str, name: str, *, phase: str = "
 
     wait_for(settled, timeout, what=f"{namespace}/{name} {phase} at revision {revision}")
     status = settled()
-    assert status is not None
+    assert status is not None, grs(stack, namespace, name)  # and it stays so
     return status

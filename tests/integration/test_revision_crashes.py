@@ -125,6 +125,7 @@ def test_agent_killed_during_updates_always_converges(
 ) -> None:
     seed = int(os.environ.get("GPUDOCK_CRASH_SEED", str(int(time.time()))))
     rng = random.Random(seed)
+    print(f"\ncrash trials: seed {seed}")
     agent = start_agent(gpus=3)
     apply_spec(stack, namespace, "other", "neighbour", gpus=1)  # competes for the GPUs
     apply_spec(stack, namespace, "box", "first", gpus=1)
@@ -145,6 +146,6 @@ def test_agent_killed_during_updates_always_converges(
         assert len(status["gpus"]) == 1 + trial % 2
         _assert_no_gpu_held_twice(stack, namespace)
         assert_disk_kept(stack, namespace, name="box")
-    print(f"\ncrash trials: {TRIALS} (seed {seed}); the update's state at each kill:")
+    print(f"crash trials: {TRIALS} (seed {seed}); the update's state at each kill:")
     for state, count in sorted(at_kill.items()):
         print(f"  {count:3d}  {state}")

@@ -4,8 +4,10 @@ kube-apiserver."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,14 @@ from tests.integration.revisions import (
     wait_settled,
 )
 from tests.stack.localstack import LocalStack, wait_for
-from tests.stack.resources import condition, containers, env_of, grs, status
+from tests.stack.resources import (
+    condition,
+    containers,
+    env_of,
+    event_reasons,
+    grs,
+    status,
+)
 
 PORTS = [{"containerPort": 22}]
 
@@ -79,6 +88,52 @@ def test_spec_changes_keep_the_disk(stack: LocalStack, namespace: str,
     history = grs(stack, namespace, "box")["status"]["history"]
     assert [h["revision"] for h in history] == [1, 2, 3, 4, 5, 6]
     assert [h["changeCause"] for h in history] == ["first"] + [c for c, _ in changes]
+
+
+def _statuses_written(watch: str) -> list[dict[str, Any]]:
+    """The statuses in the output of `kubectl get -w -o json` (one object per write)."""
+    decoder, found, at = json.JSONDecoder(), [], 0
+    while at < len(watch):
+        if watch[at].isspace():
+            at += 1
+            continue
+        body, at = decoder.raw_decode(watch, at)
+        found.append(body.get("status") or {})
+    return found
+
+
+def test_a_rollout_shows_progressing_then_ready_and_an_event_per_step(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    start_agent(gpus=2)
+    apply_spec(stack, namespace, "box", "first", gpus=1)
+    wait_settled(stack, namespace, "box", revision=1)
+    watch = subprocess.Popen(
+        [str(stack.kubectl_path), "get", "grs", "box", "-n", namespace, "-w", "-o", "json"],
+        stdout=subprocess.PIPE, text=True, env=stack.env())
+    try:
+        generation = apply_spec(stack, namespace, "box", "grow", gpus=2)
+        wait_settled(stack, namespace, "box", revision=2)
+        time.sleep(1)  # the watch prints the last write
+    finally:
+        watch.terminate()
+    written = [s for s in _statuses_written(watch.communicate(timeout=10)[0])
+               if s.get("observedGeneration") == generation]
+
+    def progressing(s: dict[str, Any]) -> dict[str, Any]:
+        return next(c for c in s["conditions"] if c["type"] == "Progressing")
+
+    steps = [progressing(s)["message"] for s in written if progressing(s)["status"] == "True"]
+    assert steps == ["saving the disk of " f"{namespace}_box-1 for revision 2",
+                     "starting revision 2", "removing the previous revision's container"]
+    assert all(s["phase"] == "Updating" for s in written[:-1])
+    last = written[-1]
+    assert (last["phase"], last["revision"], len(last["gpus"])) == ("Running", 2, 2)
+    assert {c["type"]: c["status"] for c in last["conditions"]} == {
+        "Ready": "True", "Progressing": "False", "Degraded": "False"}
+    wait_for(lambda: {"Stopped", "DiskSaved", "RevisionStarted",
+                      "PreviousRevisionRemoved"} <= set(event_reasons(stack, namespace, "box")),
+             30, what="an event per step")
 
 
 def test_unchanged_spec_makes_no_revision(stack: LocalStack, namespace: str,

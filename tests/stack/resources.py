@@ -29,6 +29,14 @@ def condition(stack: LocalStack, namespace: str, name: str, type_: str) -> dict[
     return {}
 
 
+def event_reasons(stack: LocalStack, namespace: str, name: str) -> list[str]:
+    """The reasons of the Events posted about resource ``name``."""
+    items = stack.kubectl_json("get", "events", "-n", namespace, "--field-selector",
+                               f"involvedObject.name={name}")["items"]
+    assert isinstance(items, list)
+    return [str(item["reason"]) for item in items]
+
+
 def all_statuses(stack: LocalStack, namespace: str) -> dict[str, dict[str, Any]]:
     items = stack.kubectl_json("get", "grs", "-n", namespace)["items"]
     assert isinstance(items, list)
