@@ -25,6 +25,7 @@ INSIDE_STEPS = (
     "PreserveDisk.committed",  # the commit is done, the record not yet updated
     "PreserveDisk.flattened",  # the export + import is done, the record not yet updated
     "StartRevision.recorded",  # the new revision is recorded, its container not created
+    "PruneRevision.imageRemoved",  # the saved disk is removed, the record not yet
 )
 POINTS = frozenset({f"{step}.{when}" for step in STEPS for when in ("before", "after")}
                    | set(INSIDE_STEPS))

@@ -260,6 +260,7 @@ class ReplicaSetReconciler:
             case act.PruneRevision(record=record):
                 if record.preserved_image and not docker.remove_image(record.preserved_image):
                     return []  # still in use; pruned on a later pass
+                self._crash.reach("PruneRevision.imageRemoved")
                 store.delete(record.namespace, record.name, record.revision)
                 return [Event("Normal", "RevisionPruned", f"revision {record.revision} "
                               "pruned (revisionHistoryLimit)")]

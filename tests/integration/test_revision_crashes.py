@@ -55,6 +55,7 @@ CRASH_POINTS = (
     ("StartRevision.recorded", "update"),
     ("StartRevision.after", "update"),  # two containers: the old (saved) and the new
     ("RemoveContainer.after", "update"),
+    ("PruneRevision.imageRemoved", "update"),  # revisionHistoryLimit 1: each update prunes
     ("StartRevision.after", "rollback"),
     ("WriteSpec.before", "rollback"),
     ("WriteSpec.after", "rollback"),  # the spec is written, the status is not
@@ -70,7 +71,7 @@ def test_agent_killed_at_every_step_converges(
 ) -> None:
     agent = start_agent(gpus=3)
     apply_spec(stack, namespace, "other", "neighbour", gpus=1)  # competes for the GPUs
-    spec: dict[str, Any] = {"gpus": 1}
+    spec: dict[str, Any] = {"gpus": 1, "revisionHistoryLimit": 1}
     apply_spec(stack, namespace, "box", "first", **spec)
     wait_settled(stack, namespace, "box", revision=1)
     wait_settled(stack, namespace, "other", revision=1)
@@ -82,7 +83,8 @@ def test_agent_killed_at_every_step_converges(
         agent = start_agent(gpus=3, extra_args=["--crash-at", point, *layers])
         phase, disk = "Running", disks[revision]
         if change == "update":
-            spec = {"gpus": 1 + trial % 2, "env": [{"name": "TRIAL", "value": str(trial)}]}
+            spec = {"gpus": 1 + trial % 2, "env": [{"name": "TRIAL", "value": str(trial)}],
+                    "revisionHistoryLimit": 1}
             apply_spec(stack, namespace, "box", f"trial {trial}", **spec)
             revision += 1
             specs[revision] = spec

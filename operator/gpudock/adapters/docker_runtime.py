@@ -218,16 +218,21 @@ class DockerRuntime:
         self.remove_image(committed["Id"])  # the many-layer commit, now untagged
 
     def remove_image(self, image: str) -> bool:
-        """Remove an image (or untag it); False when a container still uses it."""
-        try:
-            self._call(f"remove image {image}", lambda: self.client.api.remove_image(image))
-        except ContainerGoneError:
-            return True  # already gone
-        except docker.errors.APIError as exc:
-            if exc.status_code == 409:
-                return False
-            raise
-        return True
+        """Remove an image (or untag it); True when it is gone, already gone included
+        (a crash between removing it and noting that), False when a container still
+        uses it."""
+        def remove() -> bool:
+            try:
+                self.client.api.remove_image(image)
+            except docker.errors.NotFound:  # ImageNotFound is one
+                return True
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    return False
+                raise
+            return True
+
+        return self._call(f"remove image {image}", remove)
 
     def remove(self, container_id: str, name: str) -> None:
         """Remove the container (never its volumes); already gone is fine."""
