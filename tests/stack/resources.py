@@ -48,7 +48,10 @@ def containers(stack: LocalStack, namespace: str | None = None,
     filters = [GRS_LABEL] + ([f"gpudock.dev/namespace={namespace}"] if namespace else [])
     client = stack.docker_client()
     try:
-        return list(client.containers.list(all=True, filters={"label": filters}))
+        # ignore_removed: one can go between listing and inspecting (a removal that a
+        # killed agent asked for still finishes).
+        return list(client.containers.list(all=True, filters={"label": filters},
+                                           ignore_removed=True))
     finally:
         client.close()
 
