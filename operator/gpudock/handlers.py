@@ -18,12 +18,11 @@ from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.gpu_inventory import inventory_from_settings
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.adapters.revision_store import open_revision_store
-from gpudock.api import gpu_replica_set, sized_volume
+from gpudock.api import GROUP, VERSION, gpu_replica_set, sized_volume
 from gpudock.errors import GpudockError, SpecError, TransientError
 from gpudock.reconciler import Event, Outcome, ReplicaSetReconciler
 from gpudock.settings import Settings
 
-GROUP, VERSION = "gpudock.dev", "v1alpha1"
 GRS = gpu_replica_set.PLURAL
 
 

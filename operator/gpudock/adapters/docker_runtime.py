@@ -19,6 +19,7 @@ import docker.errors
 import docker.types
 import requests.exceptions
 
+from gpudock.api import gpu_replica_set
 from gpudock.api.gpu_replica_set import Protocol
 from gpudock.core import labels
 from gpudock.core.container_config import ContainerConfig, exact_env
@@ -278,7 +279,7 @@ def _env_instruction(entry: str) -> str:
 def _observed(attrs: dict[str, Any]) -> ObservedContainer:
     config_labels: dict[str, str] = attrs.get("Config", {}).get("Labels") or {}
     owner = None
-    if config_labels.get(labels.KIND) == "GpuReplicaSet":
+    if config_labels.get(labels.KIND) == gpu_replica_set.KIND:
         owner = ResourceKey(config_labels.get(labels.NAMESPACE, ""),
                             config_labels.get(labels.NAME, ""))
     bindings: dict[tuple[int, Protocol], int] = {}

@@ -13,9 +13,8 @@ import kubernetes.config
 import urllib3
 import urllib3.exceptions
 
+from gpudock.api import GROUP, VERSION
 from gpudock.errors import TransientError
-
-GROUP, VERSION = "gpudock.dev", "v1alpha1"
 
 
 class KubeUnavailableError(TransientError):

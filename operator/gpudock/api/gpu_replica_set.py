@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -216,6 +217,12 @@ class PortBinding:
     def to_dict(self) -> dict[str, Any]:
         return {"containerPort": self.container_port, "hostPort": self.host_port,
                 "protocol": str(self.protocol)}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> PortBinding:
+        """The inverse of :meth:`to_dict`; KeyError/TypeError/ValueError when malformed."""
+        return cls(int(raw["containerPort"]), int(raw["hostPort"]),
+                   Protocol(raw.get("protocol", "TCP")))
 
 
 @dataclass(frozen=True)

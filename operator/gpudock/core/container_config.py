@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpudock.api import gpu_replica_set
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, PortBinding
 from gpudock.core import labels
 from gpudock.core.observed import ResourceKey
@@ -20,7 +21,6 @@ NVIDIA_RUNTIME = "nvidia"
 # overrides an image's NVIDIA_VISIBLE_DEVICES=all, so a 0-GPU container sees nothing.
 NO_GPU = "void"
 RESTART_POLICY = "unless-stopped"  # a Docker restart brings running containers back
-KIND_LABEL_VALUE = "GpuReplicaSet"
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def build_container_config(
         env=env,
         labels={
             labels.NAMESPACE: key.namespace, labels.NAME: key.name,
-            labels.KIND: KIND_LABEL_VALUE, labels.REVISION: str(revision),
+            labels.KIND: gpu_replica_set.KIND, labels.REVISION: str(revision),
             labels.UID: uid, labels.GPUS: ",".join(gpus), labels.SPEC_HASH: spec_hash(spec),
             labels.IMAGE: spec.image,
         },

@@ -11,7 +11,6 @@ from gpudock.api.conditions import Condition, ConditionType
 from gpudock.api.gpu_replica_set import (
     GpuReplicaSetStatus,
     PortBinding,
-    Protocol,
     RevisionSummary,
 )
 from gpudock.core.conditions import condition
@@ -119,8 +118,7 @@ def _raw_ports(items: Sequence[Any]) -> tuple[PortBinding, ...]:
     held = []
     for item in items:
         try:
-            held.append(PortBinding(int(item["containerPort"]), int(item["hostPort"]),
-                                    Protocol(item.get("protocol", "TCP"))))
+            held.append(PortBinding.from_dict(item))
         except (KeyError, TypeError, ValueError):
             continue
     return tuple(held)

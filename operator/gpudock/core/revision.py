@@ -16,10 +16,10 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from gpudock.api import gpu_replica_set
 from gpudock.api.gpu_replica_set import PortBinding, RevisionSummary
-from gpudock.api.gpu_replica_set import Protocol as PortProtocol
 
-KIND = "GpuReplicaSet"
+KIND = gpu_replica_set.KIND
 REVISION_DIGITS = 10  # zero-padded, so keys sort in revision order
 
 
@@ -55,9 +55,7 @@ class Revision:
     def from_json(cls, text: str | bytes) -> Revision:
         data = json.loads(text)
         data["gpus"] = tuple(data.get("gpus") or ())
-        data["ports"] = tuple(PortBinding(int(p["containerPort"]), int(p["hostPort"]),
-                                          PortProtocol(p.get("protocol", "TCP")))
-                              for p in data.get("ports") or ())
+        data["ports"] = tuple(PortBinding.from_dict(p) for p in data.get("ports") or ())
         return cls(**data)
 
 
