@@ -19,7 +19,9 @@ from gpudock.core import replica_set_plan as core
 from gpudock.core.allocation import HostPortInUseError, Ledger, allocate_gpus, allocate_ports
 from gpudock.core.container_config import build_container_config, exact_env, spec_hash
 from gpudock.core.observed import HostPort, ObservedContainer, ResourceKey
+from gpudock.core.replica_set_status import invalid_spec_status
 from gpudock.core.revision import Revision
+from gpudock.errors import SpecError
 
 KEY = ResourceKey("team-a", "knock")
 GPUS = tuple(f"GPU-{i}" for i in range(4))
@@ -261,3 +263,13 @@ def test_exact_env_unsets_what_a_saved_disk_inherited() -> None:
     env = exact_env(["PATH=/bin", "CUDA=12"], ["PATH=/bin", "CUDA=12", "OLD=1", "KEEP=0"],
                     {"KEEP": "1"})
     assert env == ["PATH=/bin", "CUDA=12", "KEEP=1", "OLD"]
+
+
+def test_an_invalid_spec_keeps_the_previous_history_as_it_was() -> None:
+    history = [{"revision": 1, "createdAt": "t1", "changeCause": None, "image": "img",
+                "gpuCount": 1, "rollbackOf": None},
+               {"revision": 2, "createdAt": "t2", "changeCause": "grow", "image": "img",
+                "gpuCount": 2, "rollbackOf": None}]
+    status = invalid_spec_status(3, {"phase": "Running", "revision": 2, "history": history},
+                                 SpecError("spec.gpuCount: bad"))
+    assert [h.to_dict() for h in status.history] == history  # null stays null, not "None"

@@ -130,7 +130,7 @@ def _raw_history(items: Sequence[Any]) -> list[RevisionSummary]:
         try:
             result.append(RevisionSummary(
                 int(item["revision"]), str(item.get("createdAt", "")),
-                str(item.get("changeCause", "")), str(item.get("image", "")),
+                str(item.get("changeCause") or ""), str(item.get("image", "")),
                 int(item.get("gpuCount", 0)), item.get("rollbackOf")))
         except (KeyError, TypeError, ValueError):
             continue
