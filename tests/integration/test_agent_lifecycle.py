@@ -8,14 +8,9 @@ from pathlib import Path
 
 from tests.integration.conftest import AgentFactory
 from tests.stack.localstack import LocalStack, wait_for
+from tests.stack.resources import status
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "01-gpu-container.yaml"
-
-
-def _phase(stack: LocalStack, namespace: str, name: str) -> object:
-    status = stack.kubectl_json("get", "grs", name, "-n", namespace).get("status") or {}
-    assert isinstance(status, dict)
-    return status.get("phase")
 
 
 def test_agent_connects_handles_its_node_and_stops_on_sigterm(
@@ -28,7 +23,7 @@ def test_agent_connects_handles_its_node_and_stops_on_sigterm(
         other = EXAMPLE.read_text().replace("gpu-node-1", "gpu-node-2").replace(
             "name: knock", "name: elsewhere")
         stack.kubectl("apply", "-n", namespace, "-f", "-", input=other)
-        wait_for(lambda: _phase(stack, namespace, "knock") is not None, 30,
+        wait_for(lambda: status(stack, namespace, "knock").get("phase") is not None, 30,
                  what="the agent to write status")
         stack.kubectl("delete", "grs", "knock", "-n", namespace, "--timeout=60s")
     finally:
@@ -37,4 +32,4 @@ def test_agent_connects_handles_its_node_and_stops_on_sigterm(
     assert code == 0, agent.log()
     assert time.monotonic() - started < 15
     assert "gpudock agent for node gpu-node-1 stopped" in agent.log()
-    assert _phase(stack, namespace, "elsewhere") is None  # another node's resource
+    assert status(stack, namespace, "elsewhere").get("phase") is None  # another node's resource

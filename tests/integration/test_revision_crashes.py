@@ -22,7 +22,7 @@ from tests.integration.revisions import (
     wait_settled,
 )
 from tests.stack.localstack import LocalStack
-from tests.stack.resources import containers, grs
+from tests.stack.resources import containers, gpus_in_use, grs
 
 TRIALS = int(os.environ.get("GPUDOCK_CRASH_TRIALS", "24"))
 
@@ -37,8 +37,7 @@ def _rollout_state(stack: LocalStack, namespace: str, old: int) -> str:
 
 
 def _assert_no_gpu_held_twice(stack: LocalStack, namespace: str) -> None:
-    held = [g for c in containers(stack, namespace)
-            for g in c.labels["gpudock.dev/gpus"].split(",") if g]
+    held = gpus_in_use(stack, namespace)
     assert len(held) == len(set(held)), held
 
 

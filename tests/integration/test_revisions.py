@@ -29,17 +29,12 @@ from tests.stack.resources import (
     containers,
     env_of,
     event_reasons,
+    gpus_in_use,
     grs,
     status,
 )
 
 PORTS = [{"containerPort": 22}]
-
-
-def _gpus_in_use(stack: LocalStack) -> list[str]:
-    """Every GPU label of every gpudock container on the node (duplicates kept)."""
-    return [g for c in containers(stack) for g in
-            (c.labels.get("gpudock.dev/gpus") or "").split(",") if g]
 
 
 @pytest.mark.parametrize("stopped_by_hand", [False, True], ids=["running", "stopped-by-hand"])
@@ -80,7 +75,7 @@ def test_spec_changes_keep_the_disk(stack: LocalStack, namespace: str,
         held = now["gpus"]
         assert env_of(container)["NVIDIA_VISIBLE_DEVICES"] == (",".join(held) or "void")
         assert [p["hostPort"] for p in now["ports"]] == [host_port]
-        assert sorted(_gpus_in_use(stack)) == sorted(held)
+        assert sorted(gpus_in_use(stack)) == sorted(held)
     env = sh(only_container(stack, namespace), "env")
     assert "KEPT=2" in env
     assert "DROPPED" not in env  # a variable removed from the spec is gone

@@ -56,6 +56,12 @@ def containers(stack: LocalStack, namespace: str | None = None,
         client.close()
 
 
+def gpus_in_use(stack: LocalStack, namespace: str | None = None) -> list[str]:
+    """The GPU labels of every gpudock container (in ``namespace``), duplicates kept."""
+    return [g for c in containers(stack, namespace)
+            for g in (c.labels.get("gpudock.dev/gpus") or "").split(",") if g]
+
+
 def env_of(container: docker.models.containers.Container) -> dict[str, str]:
     """The container's variables (an entry without "=" unsets an image's variable)."""
     pairs = (item.split("=", 1) for item in container.attrs["Config"]["Env"] or ()
