@@ -243,6 +243,13 @@ class RevisionSummary:
                 "changeCause": self.change_cause or None, "image": self.image,
                 "gpuCount": self.gpu_count, "rollbackOf": self.rollback_of}
 
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> RevisionSummary:
+        """The inverse of :meth:`to_dict`; KeyError/TypeError/ValueError when malformed."""
+        return cls(int(raw["revision"]), str(raw.get("createdAt", "")),
+                   str(raw.get("changeCause") or ""), str(raw.get("image", "")),
+                   int(raw.get("gpuCount", 0)), raw.get("rollbackOf"))
+
 
 @dataclass(frozen=True)
 class GpuReplicaSetStatus:

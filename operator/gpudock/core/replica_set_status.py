@@ -128,10 +128,7 @@ def _raw_history(items: Sequence[Any]) -> list[RevisionSummary]:
     result = []
     for item in items:
         try:
-            result.append(RevisionSummary(
-                int(item["revision"]), str(item.get("createdAt", "")),
-                str(item.get("changeCause") or ""), str(item.get("image", "")),
-                int(item.get("gpuCount", 0)), item.get("rollbackOf")))
+            result.append(RevisionSummary.from_dict(item))
         except (KeyError, TypeError, ValueError):
             continue
     return result
