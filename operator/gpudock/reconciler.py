@@ -18,13 +18,16 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gpudock.adapters import host_paths
 from gpudock.adapters.docker_runtime import DockerRuntime, HostPortBusyError
+from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy, Protocol
 from gpudock.core import replica_set_actions as act
 from gpudock.core import replica_set_plan as core
 from gpudock.core.conditions import with_transition_times
+from gpudock.core.container_config import ContainerConfig
 from gpudock.core.gpus import GpuInventory
 from gpudock.core.observed import HostPort, ResourceKey
 from gpudock.core.replica_set_status import invalid_spec_status, note_drift
@@ -78,6 +81,8 @@ class ReplicaSetReconciler:
         self._deleted: set[str] = set()
         self._busy_ports: set[HostPort] = set()  # held outside Docker's view
         self._crash = CrashPoints(settings.crash_at)
+        self._host_paths = HostPathPolicy(settings.allowed_host_paths,
+                                          settings.read_only_host_paths)
 
     @contextlib.contextmanager
     def node_lock(self) -> Iterator[None]:
@@ -184,12 +189,20 @@ class ReplicaSetReconciler:
         records = tuple(self._store.list(key.namespace, key.name))
         base_images = {spec.image} | {str(r.spec.get("image")) for r in records
                                       if r.spec.get("image")}
+        image = self._docker.image_info(spec.image)
+        explicit = self._settings.explicit_port_range
         return core.Observation(
             key=key, uid=uid, generation=generation, spec=spec, previous_status=previous,
             containers=tuple(self._docker.list_containers()),
             inventory=inventory,
             port_range=(self._settings.port_range.first, self._settings.port_range.last),
-            allowed_host_paths=self._settings.allowed_host_paths,
+            allowed_host_paths=(*self._settings.allowed_host_paths,
+                                *self._settings.read_only_host_paths),
+            host_paths={(m.host_path, m.read_only): self._resolve(m.host_path, m.read_only)
+                        for m in spec.mounts if m.host_path is not None},
+            images={spec.image: image} if image is not None else {},
+            explicit_port_range=(explicit.first, explicit.last),
+            node_name=self._settings.node_name,
             images_present=frozenset(i for i in base_images if self._docker.image_exists(i)),
             records=records,
             preserved_tags=self._docker.preserved_tags(core.preserved_repository(key)),
@@ -200,6 +213,24 @@ class ReplicaSetReconciler:
             use_device_requests=self._settings.gpu_attach is GpuAttach.DEVICE_REQUESTS,
             busy_host_ports=frozenset(self._busy_ports),
         )
+
+    def _resolve(self, path: str, read_only: bool) -> str | UserError:
+        try:
+            return self._host_paths.resolve(path, read_only=read_only)
+        except UserError as exc:
+            return exc
+
+    def _checked_again(self, config: ContainerConfig) -> ContainerConfig:
+        """Resolve every bind source once more just before Docker mounts it (the
+        plan's check may be a pass old) and note what it is, for the check after
+        start; raises UserError when it no longer passes."""
+        mounts = []
+        for mount in config.mounts:
+            if not mount.is_volume:
+                real = self._host_paths.resolve(mount.source, read_only=mount.read_only)
+                mount = replace(mount, source=real, identity=host_paths.identity(real))
+            mounts.append(mount)
+        return replace(config, mounts=tuple(mounts))
 
     def _volume_name(self, namespace: str, name: str) -> str | None:
         try:
@@ -223,7 +254,7 @@ class ReplicaSetReconciler:
             case act.StartRevision(record=record, config=config, start=start, reason=reason):
                 store.put(record)  # first: a crash after it leaves a record, no orphan
                 self._crash.reach("StartRevision.recorded")
-                docker.create_and_start(config, start=start)
+                docker.create_and_start(self._checked_again(config), start=start)
                 gpus = ",".join(config.gpus) or "no GPU"
                 how = "started" if start else "created (not started: Paused)"
                 return [Event("Normal", reason, f"revision {record.revision}: container "
@@ -267,9 +298,11 @@ class ReplicaSetReconciler:
             case act.PurgeHistory(namespace=namespace, name=name, images=images):
                 for image in sorted(images, reverse=True):
                     docker.remove_image(image)
+                volumes = docker.remove_volumes(namespace, name)
                 store.delete_all(namespace, name)
-                return [Event("Normal", "HistoryPurged", f"{len(images)} saved disks and "
-                              "every revision record removed (historyPolicy Purge)")]
+                return [Event("Normal", "HistoryPurged", f"{len(images)} saved disks, "
+                              f"{volumes} image volumes and every revision record removed "
+                              "(historyPolicy Purge)")]
         raise AssertionError(f"unknown action {action!r}")  # pragma: no cover
 
     def _preserve(self, container_id: str, name: str, image: str,

@@ -72,6 +72,8 @@ class Settings:
     store: str = ""  # "sqlite:PATH" or "etcd://HOST:PORT"; "" is sqlite under state_dir
     port_range: PortRange = field(default_factory=lambda: PortRange(40000, 65535))
     allowed_host_paths: tuple[str, ...] = ()
+    read_only_host_paths: tuple[str, ...] = ()  # allowed too, for readOnly mounts only
+    allowed_host_ports: PortRange | None = None  # explicit hostPorts; None: port_range
     state_dir: Path = Path("/var/lib/gpudock")
     resync_seconds: float = 30.0
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
@@ -79,6 +81,11 @@ class Settings:
     max_image_layers: int = 100  # a saved disk with more layers is flattened to one
     liveness_endpoint: str | None = None  # e.g. http://0.0.0.0:8080/healthz
     crash_at: tuple[str, ...] = ()  # crash tests: SIGKILL itself at these points
+
+    @property
+    def explicit_port_range(self) -> PortRange:
+        """Where an explicit spec hostPort may lie."""
+        return self.allowed_host_ports or self.port_range
 
     @property
     def store_url(self) -> str:
@@ -105,6 +112,12 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allowed-host-path", action="append", default=None,
                         help="a root under which hostPath mounts are allowed (repeatable; "
                              "default: none)")
+    parser.add_argument("--read-only-host-path", action="append", default=None,
+                        help="a root under which hostPath mounts are allowed read-only "
+                             "(repeatable; default: none)")
+    parser.add_argument("--allowed-host-ports",
+                        help="where an explicit spec hostPort may lie, e.g. 1024-65535 "
+                             "(default: the --port-range)")
     parser.add_argument("--state-dir", help="agent state directory (default: /var/lib/gpudock)")
     parser.add_argument("--resync-seconds", type=float,
                         help="period of the drift check (default: 30)")
@@ -147,9 +160,12 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     if simulated < 0:
         raise SettingsError("--simulated-gpus must be >= 0")
     allowed = pick_list("allowed_host_path", "ALLOWED_HOST_PATHS")
-    for root in allowed:
-        if not is_clean_absolute_path(root):
-            raise SettingsError(f"--allowed-host-path {root!r} must be a clean absolute path")
+    read_only = pick_list("read_only_host_path", "READ_ONLY_HOST_PATHS")
+    for flag, roots in (("--allowed-host-path", allowed), ("--read-only-host-path", read_only)):
+        for root in roots:
+            if not is_clean_absolute_path(root):
+                raise SettingsError(f"{flag} {root!r} must be a clean absolute path")
+    explicit_ports = pick("allowed_host_ports")
     store = pick("store") or ""
     if store and not (store.startswith("sqlite:") or store.startswith("etcd://")):
         raise SettingsError(f"--store {store!r} must be sqlite:PATH or etcd://HOST:PORT")
@@ -177,6 +193,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         store=store,
         port_range=PortRange.parse(pick("port_range") or "40000-65535"),
         allowed_host_paths=allowed,
+        read_only_host_paths=read_only,
+        allowed_host_ports=PortRange.parse(explicit_ports) if explicit_ports else None,
         state_dir=Path(pick("state_dir") or "/var/lib/gpudock"),
         resync_seconds=resync,
         namespaces=pick_list("namespace", "NAMESPACES"),

@@ -7,7 +7,16 @@ from typing import Any
 
 import yaml
 
-from gpudock.api.gpu_replica_set import ENV_NAME_PATTERN, MAX_GPU_COUNT
+from gpudock.api.gpu_replica_set import (
+    ENV_NAME_PATTERN,
+    HOSTNAME_PATTERN,
+    IP_PATTERN,
+    MAX_COMMAND_ITEMS,
+    MAX_ENV_ITEMS,
+    MAX_GPU_COUNT,
+    MAX_HOST_ALIASES,
+    MAX_VALUE_LENGTH,
+)
 from gpudock.api.parsing import DNS_SUBDOMAIN_PATTERN
 from gpudock.api.paths import ABSOLUTE_PATH_PATTERN
 from gpudock.api.quantity import SIZE_PATTERN
@@ -33,6 +42,22 @@ def test_gpu_replica_set_schema_matches_the_models() -> None:
     assert mount["hostPath"]["pattern"] == ABSOLUTE_PATH_PATTERN
     assert mount["mountPath"]["pattern"] == ABSOLUTE_PATH_PATTERN
     assert spec["state"]["enum"] == ["Running", "Paused", "Stopped"]
+
+
+def test_gpu_replica_set_schema_bounds_match_the_models() -> None:
+    """#14.9: the sizes the schema admits are the ones the parser and Docker accept."""
+    spec = _schema("gpureplicasets")["properties"]
+    assert spec["env"]["maxItems"] == MAX_ENV_ITEMS
+    assert spec["env"]["items"]["properties"]["value"]["maxLength"] == MAX_VALUE_LENGTH
+    assert spec["command"]["maxItems"] == MAX_COMMAND_ITEMS
+    assert spec["command"]["items"]["maxLength"] == MAX_VALUE_LENGTH
+    aliases = spec["hostAliases"]
+    assert aliases["maxItems"] == MAX_HOST_ALIASES
+    assert aliases["items"]["properties"]["ip"]["pattern"] == IP_PATTERN
+    assert aliases["items"]["properties"]["hostnames"]["items"]["pattern"] == HOSTNAME_PATTERN
+    dns = spec["dnsConfig"]["properties"]
+    assert dns["nameservers"]["items"]["pattern"] == IP_PATTERN
+    assert dns["searches"]["items"]["pattern"] == HOSTNAME_PATTERN
 
 
 def test_sized_volume_schema_matches_the_models() -> None:

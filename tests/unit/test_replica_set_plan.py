@@ -180,8 +180,9 @@ def test_not_enough_gpus_for_a_change_leaves_the_old_container_running() -> None
     plan = core.plan_replica_set(_obs(replace(old, gpu_count=4), _mine(old, ("GPU-0",)),
                                       _other("x", ("GPU-3",)), records=(_record(old),)))
     assert plan.actions == ()
-    assert plan.status.phase == "Pending"
+    assert plan.status.phase == "Running"  # the old container still serves
     assert plan.status.conditions[0].status  # still Ready: the old container runs
+    assert plan.status.conditions[1].reason == "InsufficientGPUs"  # the change waits
 
 
 def test_gpu_allocation_keeps_held_gpus_and_never_hands_out_taken_ones() -> None:

@@ -9,8 +9,11 @@ Volumes are never removed with a container.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import os
 import re
+import stat
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -23,7 +26,7 @@ from gpudock.api import gpu_replica_set
 from gpudock.api.gpu_replica_set import Protocol
 from gpudock.core import labels
 from gpudock.core.container_config import ContainerConfig, exact_env
-from gpudock.core.observed import ObservedContainer, ResourceKey
+from gpudock.core.observed import ImageInfo, ObservedContainer, ResourceKey
 from gpudock.errors import TransientError, UserError
 
 T = TypeVar("T")
@@ -48,6 +51,13 @@ class HostPortBusyError(UserError):
         self.port = port
 
 
+class DiskFullError(UserError):
+    """Docker (or the agent) ran out of disk space."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("DiskFull", message)
+
+
 _BUSY_PORT_RE = re.compile(r":(\d+)(?:: bind: address already in use| failed: port is already)")
 
 
@@ -67,6 +77,8 @@ def _translated(what: str) -> Iterator[None]:
                                     int(match.group(1)) if match else None) from exc
         if "bind source path does not exist" in text:
             raise UserError("HostPathMissing", f"{what}: {text}") from exc
+        if "no space left on device" in text:
+            raise DiskFullError(f"{what}: {text}") from exc
         if exc.is_server_error():
             raise DockerUnavailableError(f"{what}: {text}") from exc
         raise
@@ -135,6 +147,22 @@ class DockerRuntime:
         return frozenset(tag for image in images for tag in image.get("RepoTags") or ()
                          if tag.startswith(repository + ":"))
 
+    def image_info(self, image: str) -> ImageInfo | None:
+        """What Docker says of ``image`` (a tag, an ID or a digest); None when absent."""
+        try:
+            attrs = self._inspect_image(image)
+        except UserError:
+            return None
+        config = attrs.get("Config") or {}
+        found = config.get("Labels") or {}
+        owner = None
+        if found.get(labels.KIND) == gpu_replica_set.KIND:
+            owner = (found.get(labels.NAMESPACE, ""), found.get(labels.NAME, ""),
+                     found.get(labels.UID, ""))
+        return ImageInfo(id=str(attrs.get("Id", "")),
+                         repo_tags=tuple(attrs.get("RepoTags") or ()), owner=owner,
+                         volumes=tuple(sorted(config.get("Volumes") or {})))
+
     def layer_count(self, image: str) -> int:
         return len(self._inspect_image(image).get("RootFS", {}).get("Layers") or ())
 
@@ -151,12 +179,21 @@ class DockerRuntime:
             env = exact_env(base.get("Env") or [], source.get("Env") or [], config.env)
             if command is None:
                 command = base.get("Cmd")
+        for volume in config.image_volumes:  # labelled, so Purge finds them
+            self._call(f"create volume {volume.source}", functools.partial(
+                api.create_volume, volume.source, labels=config.volume_labels))
+        dns = config.dns
         host_config = api.create_host_config(
             port_bindings={f"{p.container_port}/{p.protocol.lower()}": [("", p.host_port)]
                            for p in config.ports},
             mounts=[docker.types.Mount(target=m.target, source=m.source,
                                        type="volume" if m.is_volume else "bind",
-                                       read_only=m.read_only) for m in config.mounts],
+                                       read_only=m.read_only)
+                    for m in (*config.mounts, *config.image_volumes)],
+            extra_hosts=list(config.extra_hosts) or None,
+            dns=list(dns.nameservers) or None if dns else None,
+            dns_search=list(dns.searches) or None if dns else None,
+            dns_opt=list(dns.options) or None if dns else None,
             runtime=config.runtime,
             restart_policy={"Name": config.restart_policy},
             device_requests=[docker.types.DeviceRequest(
@@ -165,7 +202,7 @@ class DockerRuntime:
         )
         created = self._call(f"create {config.name}", lambda: api.create_container(
             config.image, command=command, name=config.name, environment=env,
-            labels=config.labels,
+            labels=config.labels, hostname=config.hostname or None,
             ports=[(p.container_port, p.protocol.lower()) for p in config.ports],
             host_config=host_config,
         ))
@@ -174,12 +211,36 @@ class DockerRuntime:
             return container_id
         try:
             self.start(container_id, config.name)
+            self._verify_bind_mounts(container_id, config)
         except UserError:
             # Never leave a created-but-unstartable container holding GPUs and ports;
             # it has no user data yet (it never ran).
             self.remove(container_id, config.name)
             raise
         return container_id
+
+    def _verify_bind_mounts(self, container_id: str, config: ContainerConfig) -> None:
+        """The directory the container really got is the one that was checked: a path
+        swapped for a symlink between the check and the mount is caught here (the
+        container is then removed). Needs the container's /proc entry; skipped where
+        the agent cannot see it (docs/security.md)."""
+        checked = [m for m in config.mounts if m.identity is not None]
+        if not checked:
+            return
+        state = self._call(f"inspect {config.name}", lambda: self.client.api.inspect_container(
+            container_id)).get("State") or {}
+        root = f"/proc/{state.get('Pid') or 0}/root"
+        for mount in checked:
+            try:
+                info = os.lstat(root + mount.target)
+            except OSError:
+                continue  # no view of the container's filesystem from here
+            if stat.S_ISLNK(info.st_mode):
+                continue  # the image has a symlink there; Docker mounted its target
+            if (info.st_dev, info.st_ino) != mount.identity:
+                raise UserError("HostPathChanged", f"hostPath {mount.source} changed "
+                                "between its check and the mount (a symlink was swapped "
+                                "in?); the container was removed")
 
     def start(self, container_id: str, name: str) -> None:
         self._call(f"start {name}", lambda: self.client.api.start(container_id))
@@ -234,6 +295,22 @@ class DockerRuntime:
             return True
 
         return self._call(f"remove image {image}", remove)
+
+    def remove_volumes(self, namespace: str, name: str) -> int:
+        """Remove the Docker volumes gpudock made for a resource's image VOLUMEs;
+        returns how many were removed (one still in use stays)."""
+        api = self.client.api
+        found = self._call("list volumes", lambda: api.volumes(filters={"label": [
+            f"{labels.NAMESPACE}={namespace}", f"{labels.NAME}={name}"]}))
+        removed = 0
+        for volume in (found or {}).get("Volumes") or ():
+            try:
+                self._call(f"remove volume {volume['Name']}",
+                           functools.partial(api.remove_volume, volume["Name"]))
+                removed += 1
+            except (UserError, docker.errors.APIError, ContainerGoneError):
+                continue
+        return removed
 
     def remove(self, container_id: str, name: str) -> None:
         """Remove the container (never its volumes); already gone is fine."""
@@ -293,6 +370,8 @@ def _observed(attrs: dict[str, Any]) -> ObservedContainer:
         revision = int(config_labels.get(labels.REVISION, "0"))
     except ValueError:
         revision = 0
+    volumes = {str(m.get("Destination")): str(m.get("Name")) for m in attrs.get("Mounts") or ()
+               if m.get("Type") == "volume" and m.get("Name")}
     return ObservedContainer(
         id=attrs["Id"], name=attrs.get("Name", "").lstrip("/"),
         status=attrs.get("State", {}).get("Status", "unknown"),
@@ -300,4 +379,5 @@ def _observed(attrs: dict[str, Any]) -> ObservedContainer:
         spec_hash=config_labels.get(labels.SPEC_HASH, ""),
         base_image=config_labels.get(labels.IMAGE, ""), port_bindings=bindings,
         restart_policy=(attrs.get("HostConfig", {}).get("RestartPolicy") or {}).get("Name", ""),
+        node=config_labels.get(labels.NODE, ""), volumes=volumes,
     )

@@ -30,8 +30,21 @@ from gpudock.errors import SpecError
 KIND = "GpuReplicaSet"
 PLURAL = "gpureplicasets"
 MAX_GPU_COUNT = 64
+# Bounds on what a spec may carry (the CRD schema says the same per item; the totals
+# only the parser can check). One value stays far below Linux's 128 KiB limit on a
+# single environment string, all of them together below what execve accepts.
+MAX_ENV_ITEMS = 256
+MAX_VALUE_LENGTH = 32768  # one env value or command argument
+MAX_COMMAND_ITEMS = 256
+MAX_TOTAL_BYTES = 131072  # env names + values + command arguments together
+MAX_HOST_ALIASES = 64
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 _ENV_NAME_RE = re.compile(ENV_NAME_PATTERN)
+IP_PATTERN = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*)$"
+_IP_RE = re.compile(IP_PATTERN)
+_LABEL = r"[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?"
+HOSTNAME_PATTERN = rf"^{_LABEL}(\.{_LABEL})*$"
+_HOSTNAME_RE = re.compile(HOSTNAME_PATTERN)
 
 
 class DesiredState(enum.StrEnum):
@@ -72,6 +85,23 @@ class MountSpec:
 
 
 @dataclass(frozen=True)
+class HostAlias:
+    """An /etc/hosts entry, as a pod's spec.hostAliases."""
+
+    ip: str
+    hostnames: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DnsConfig:
+    """Extra resolver settings, as a pod's spec.dnsConfig (options as name[:value])."""
+
+    nameservers: tuple[str, ...] = ()
+    searches: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GpuReplicaSetSpec:
     node_name: str
     image: str
@@ -84,6 +114,8 @@ class GpuReplicaSetSpec:
     revision_history_limit: int = 10
     history_policy: HistoryPolicy = HistoryPolicy.RETAIN
     rollback_to: int | None = None
+    host_aliases: tuple[HostAlias, ...] = ()
+    dns: DnsConfig | None = None
 
     @classmethod
     def parse(cls, raw: RawDict) -> GpuReplicaSetSpec:
@@ -91,6 +123,9 @@ class GpuReplicaSetSpec:
         command = tuple(get_list(raw, "command", where))
         if not all(isinstance(arg, str) for arg in command):
             raise SpecError("spec.command must be a list of strings")
+        if len(command) > MAX_COMMAND_ITEMS or any(len(a) > MAX_VALUE_LENGTH for a in command):
+            raise SpecError(f"spec.command may have at most {MAX_COMMAND_ITEMS} arguments "
+                            f"of at most {MAX_VALUE_LENGTH} characters")
         rollback_raw = raw.get("rollbackTo")
         rollback_to = (
             None if rollback_raw is None
@@ -114,7 +149,18 @@ class GpuReplicaSetSpec:
                                                     tuple(HistoryPolicy),
                                                     HistoryPolicy.RETAIN)),
             rollback_to=rollback_to,
-        )
+            host_aliases=_parse_host_aliases(get_list(raw, "hostAliases", where)),
+            dns=_parse_dns(raw.get("dnsConfig")),
+        )._checked_size()
+
+    def _checked_size(self) -> GpuReplicaSetSpec:
+        total = sum(len(e.name.encode()) + len(e.value.encode()) for e in self.env) + \
+            sum(len(a.encode()) for a in self.command)
+        if total > MAX_TOTAL_BYTES:
+            raise SpecError(f"spec.env and spec.command hold {total} bytes together; at "
+                            f"most {MAX_TOTAL_BYTES} are allowed (keep large data in a "
+                            "file on a volume)")
+        return self
 
 
     def shape(self) -> dict[str, Any]:
@@ -133,6 +179,14 @@ class GpuReplicaSetSpec:
                         **({"volume": m.volume} if m.volume is not None
                            else {"hostPath": m.host_path})}
                        for m in self.mounts],
+            # Added later: only in the shape when set, so a container made before these
+            # fields existed still matches its spec (no restart on an agent upgrade).
+            **({"hostAliases": [{"ip": a.ip, "hostnames": list(a.hostnames)}
+                                for a in self.host_aliases]} if self.host_aliases else {}),
+            **({"dnsConfig": {"nameservers": list(self.dns.nameservers),
+                              "searches": list(self.dns.searches),
+                              "options": [_dns_option_dict(o) for o in self.dns.options]}}
+               if self.dns is not None else {}),
         }
 
     def with_shape(self, shape: RawDict) -> GpuReplicaSetSpec:
@@ -140,10 +194,56 @@ class GpuReplicaSetSpec:
         other = GpuReplicaSetSpec.parse({**shape, "nodeName": self.node_name})
         return replace(self, image=other.image, command=other.command,
                        gpu_count=other.gpu_count, env=other.env, ports=other.ports,
-                       mounts=other.mounts, rollback_to=None)
+                       mounts=other.mounts, rollback_to=None,
+                       host_aliases=other.host_aliases, dns=other.dns)
+
+
+def _dns_option_dict(option: str) -> dict[str, str]:
+    name, sep, value = option.partition(":")
+    return {"name": name, **({"value": value} if sep else {})}
+
+
+def _parse_host_aliases(items: list[Any]) -> tuple[HostAlias, ...]:
+    if len(items) > MAX_HOST_ALIASES:
+        raise SpecError(f"spec.hostAliases has {len(items)} entries; at most "
+                        f"{MAX_HOST_ALIASES} are allowed")
+    result = []
+    for i, item in enumerate(items):
+        where = f"spec.hostAliases[{i}]"
+        entry = as_dict(item, where)
+        ip = get_str(entry, "ip", where)
+        if not _IP_RE.match(ip):
+            raise SpecError(f"{where}.ip {ip!r} is not an IP address")
+        names = get_list(entry, "hostnames", where)
+        if not names or not all(isinstance(n, str) and _HOSTNAME_RE.match(n) for n in names):
+            raise SpecError(f"{where}.hostnames must be a non-empty list of host names")
+        result.append(HostAlias(ip, tuple(names)))
+    return tuple(result)
+
+
+def _parse_dns(raw: Any) -> DnsConfig | None:
+    if raw is None:
+        return None
+    entry = as_dict(raw, "spec.dnsConfig")
+    nameservers = get_list(entry, "nameservers", "spec.dnsConfig")
+    searches = get_list(entry, "searches", "spec.dnsConfig")
+    if not all(isinstance(n, str) and _IP_RE.match(n) for n in nameservers):
+        raise SpecError("spec.dnsConfig.nameservers must be IP addresses")
+    if not all(isinstance(n, str) and _HOSTNAME_RE.match(n) for n in searches):
+        raise SpecError("spec.dnsConfig.searches must be domain names")
+    options = []
+    for i, item in enumerate(get_list(entry, "options", "spec.dnsConfig")):
+        option = as_dict(item, f"spec.dnsConfig.options[{i}]")
+        name = get_str(option, "name", f"spec.dnsConfig.options[{i}]")
+        value = option.get("value")
+        options.append(name if value is None else f"{name}:{value}")
+    return DnsConfig(tuple(nameservers), tuple(searches), tuple(options))
 
 
 def _parse_env(items: list[Any]) -> tuple[EnvVar, ...]:
+    if len(items) > MAX_ENV_ITEMS:
+        raise SpecError(f"spec.env has {len(items)} entries; at most {MAX_ENV_ITEMS} "
+                        "are allowed")
     result: list[EnvVar] = []
     for i, item in enumerate(items):
         where = f"spec.env[{i}]"
@@ -154,6 +254,9 @@ def _parse_env(items: list[Any]) -> tuple[EnvVar, ...]:
         value = entry.get("value", "")
         if not isinstance(value, str):
             raise SpecError(f"{where}.value must be a string, got {value!r}")
+        if len(value) > MAX_VALUE_LENGTH:
+            raise SpecError(f"{where}.value has {len(value)} characters; at most "
+                            f"{MAX_VALUE_LENGTH} are allowed")
         result.append(EnvVar(name, value))
     names = [e.name for e in result]
     if len(set(names)) != len(names):

@@ -29,6 +29,16 @@ class BindMount:
     target: str
     read_only: bool = False
     is_volume: bool = False
+    # (device, inode) of a bind source when it was checked; the adapter compares it
+    # with what the started container really has mounted.
+    identity: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class DnsSettings:
+    nameservers: tuple[str, ...] = ()
+    searches: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()  # "name" or "name:value", as Docker's --dns-option
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,13 @@ class ContainerConfig:
     restart_policy: str = RESTART_POLICY
     gpus: tuple[str, ...] = field(default=())
     base_image: str = ""  # the spec's image; differs from image for a preserved disk
+    hostname: str = ""
+    # Docker volume per image VOLUME path not covered by a mount: the same volume in
+    # every revision, so files written there carry over (docs/revisions.md).
+    image_volumes: tuple[BindMount, ...] = ()
+    volume_labels: dict[str, str] = field(default_factory=dict)
+    extra_hosts: tuple[str, ...] = ()  # "hostname:ip", from spec.hostAliases
+    dns: DnsSettings | None = None
 
 
 def exact_env(base_env: list[str], source_env: list[str], wanted: dict[str, str]) -> list[str]:
@@ -80,9 +97,16 @@ def build_container_config(
     key: ResourceKey, uid: str, spec: GpuReplicaSetSpec, *, revision: int,
     gpus: tuple[str, ...], ports: tuple[PortBinding, ...], volume_names: dict[str, str],
     use_device_requests: bool = False, image: str | None = None,
+    host_paths: dict[str, str] | None = None, image_volumes: tuple[str, ...] = (),
+    carried_volumes: dict[str, str] | None = None, node_name: str = "",
 ) -> ContainerConfig:
     """``volume_names`` maps a SizedVolume name to its current Docker volume;
-    ``image`` overrides the spec's (a preserved revision's disk)."""
+    ``image`` overrides the spec's (a preserved revision's disk); ``host_paths`` maps a
+    hostPath to the real path to mount; ``image_volumes`` are the image's VOLUME
+    paths; ``carried_volumes`` maps such a path to the volume the previous revision
+    had there (an anonymous one, made before gpudock named them)."""
+    resolved = host_paths or {}
+    carried = carried_volumes or {}
     env = {e.name: e.value for e in spec.env}
     if use_device_requests:
         env.pop("NVIDIA_VISIBLE_DEVICES", None)
@@ -93,12 +117,18 @@ def build_container_config(
         env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpus) if gpus else NO_GPU
         runtime = NVIDIA_RUNTIME if gpus else None
     mounts = tuple(
-        BindMount(source=m.host_path, target=m.mount_path, read_only=m.read_only)
+        BindMount(source=resolved.get(m.host_path, m.host_path), target=m.mount_path,
+                  read_only=m.read_only)
         if m.host_path is not None
         else BindMount(source=volume_names[m.volume or ""], target=m.mount_path,
                        read_only=m.read_only, is_volume=True)
         for m in spec.mounts
     )
+    mounted = {m.mount_path.rstrip("/") for m in spec.mounts}
+    owned = {labels.NAMESPACE: key.namespace, labels.NAME: key.name,
+             labels.KIND: gpu_replica_set.KIND, labels.UID: uid}
+    if node_name:
+        owned[labels.NODE] = node_name
     return ContainerConfig(
         name=labels.object_name(key.namespace, key.name, revision),
         image=image or spec.image,
@@ -108,7 +138,7 @@ def build_container_config(
             labels.NAMESPACE: key.namespace, labels.NAME: key.name,
             labels.KIND: gpu_replica_set.KIND, labels.REVISION: str(revision),
             labels.UID: uid, labels.GPUS: ",".join(gpus), labels.SPEC_HASH: spec_hash(spec),
-            labels.IMAGE: spec.image,
+            labels.IMAGE: spec.image, **({labels.NODE: node_name} if node_name else {}),
         },
         ports=ports,
         mounts=mounts,
@@ -116,4 +146,14 @@ def build_container_config(
         gpu_device_ids=gpus if use_device_requests else (),
         gpus=gpus,
         base_image=spec.image,
+        hostname=labels.hostname(key.name),
+        image_volumes=tuple(
+            BindMount(source=carried.get(path) or labels.volume_name(
+                key.namespace, key.name, uid, path), target=path, is_volume=True)
+            for path in sorted(set(image_volumes)) if path.rstrip("/") not in mounted),
+        volume_labels=owned,
+        extra_hosts=tuple(f"{name}:{alias.ip}" for alias in spec.host_aliases
+                          for name in alias.hostnames),
+        dns=DnsSettings(spec.dns.nameservers, spec.dns.searches, spec.dns.options)
+        if spec.dns is not None else None,
     )

@@ -1,6 +1,14 @@
-"""The labels gpudock puts on every Docker object it owns, and the names it gives them."""
+"""The labels gpudock puts on every Docker object it owns, and the names it gives them.
+
+Docker's limits are narrower than Kubernetes': an image reference is at most 255
+characters and a hostname at most 63. Every name here is derived so that the longest
+namespace (63) and name (253) the API server admits still fit; the human names stay in
+the labels.
+"""
 
 from __future__ import annotations
+
+import hashlib
 
 PREFIX = "gpudock.dev/"
 NAMESPACE = PREFIX + "namespace"
@@ -8,12 +16,47 @@ NAME = PREFIX + "name"
 KIND = PREFIX + "kind"
 REVISION = PREFIX + "revision"
 UID = PREFIX + "uid"
+NODE = PREFIX + "node"  # the node whose agent owns the object
 GPUS = PREFIX + "gpus"  # comma-separated UUIDs; "" for none
 SPEC_HASH = PREFIX + "spec-hash"  # which spec the container was made for
 IMAGE = PREFIX + "image"  # the spec's image the container's disk descends from
+VOLUME_PATH = PREFIX + "volume-path"  # on an image VOLUME's Docker volume: its path
+
+# "gpudock-preserved/" (18) + base + ":rev-NNNNNNNNNN" (14) must stay within 255.
+MAX_BASE_LENGTH = 200
+MAX_HOSTNAME_LENGTH = 63
+
+
+def _digest(text: str, length: int = 10) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def base_name(namespace: str, name: str) -> str:
+    """``<namespace>_<name>``: ``_`` never occurs in Kubernetes names, so two namespaces
+    never collide. Past :data:`MAX_BASE_LENGTH` the name is cut and a digest of the
+    full pair appended, so it stays unique and fits Docker's reference limit."""
+    full = f"{namespace}_{name}"
+    if len(full) <= MAX_BASE_LENGTH:
+        return full
+    cut = full[:MAX_BASE_LENGTH - 11].rstrip("-.")
+    return f"{cut}-{_digest(full)}"
 
 
 def object_name(namespace: str, name: str, revision: int) -> str:
-    """``<namespace>_<name>-<revision>``: ``_`` never occurs in Kubernetes names, so two
-    namespaces never collide."""
-    return f"{namespace}_{name}-{revision}"
+    """``<namespace>_<name>-<revision>`` (see :func:`base_name` for long names)."""
+    return f"{base_name(namespace, name)}-{revision}"
+
+
+def hostname(name: str) -> str:
+    """The container's hostname: the resource's name, the same in every revision; a
+    name longer than a hostname may be is cut and given a digest."""
+    if len(name) <= MAX_HOSTNAME_LENGTH:
+        return name
+    return f"{name[:MAX_HOSTNAME_LENGTH - 11].rstrip('-.')}-{_digest(name)}"
+
+
+def volume_name(namespace: str, name: str, uid: str, path: str) -> str:
+    """The Docker volume that holds an image VOLUME at ``path`` for this resource in
+    every revision (Docker would otherwise make a new anonymous one each time). The
+    UID is part of it: a later resource of the same name never gets these files."""
+    return f"{base_name(namespace, name)}-vol-{_digest(uid + ':' + path, 12)}"

@@ -38,6 +38,8 @@ class ObservedContainer:
     # (container port, protocol) -> host port, from HostConfig.PortBindings
     port_bindings: dict[tuple[int, Protocol], int] = field(default_factory=dict)
     restart_policy: str = ""
+    node: str = ""  # the gpudock.dev/node label ("" on containers made before it)
+    volumes: dict[str, str] = field(default_factory=dict)  # mount path -> Docker volume
 
     @property
     def running(self) -> bool:
@@ -46,3 +48,14 @@ class ObservedContainer:
     @property
     def host_ports(self) -> set[HostPort]:
         return {HostPort(host, proto) for (_, proto), host in self.port_bindings.items()}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What Docker says of an image: its ID, tags and the gpudock owner its labels name
+    (a saved disk carries its container's labels), if any."""
+
+    id: str
+    repo_tags: tuple[str, ...] = ()
+    owner: tuple[str, str, str] | None = None  # (namespace, name, uid)
+    volumes: tuple[str, ...] = ()  # the image config's VOLUME paths

@@ -39,7 +39,7 @@ from gpudock.core.container_config import (
     shape_hash,
     spec_hash,
 )
-from gpudock.core.observed import HostPort, ObservedContainer, ResourceKey
+from gpudock.core.observed import HostPort, ImageInfo, ObservedContainer, ResourceKey
 from gpudock.core.replica_set_status import bindings_of, blocked_status, status
 from gpudock.core.revision import Revision
 from gpudock.errors import UserError
@@ -64,6 +64,14 @@ class Observation:
     change_cause: str = ""
     now: str = ""
     volume_names: Mapping[str, str | None] = field(default_factory=dict)  # None: not ready
+    # (hostPath, readOnly) -> the real path to mount, or why the node refuses it
+    # (adapters/host_paths.py resolved it on the host).
+    host_paths: Mapping[tuple[str, bool], str | UserError] = field(default_factory=dict)
+    # What Docker says of the spec's image (absent: not on the node).
+    images: Mapping[str, ImageInfo] = field(default_factory=dict)
+    # Explicit hostPorts must lie here (None: the node's port_range).
+    explicit_port_range: tuple[int, int] | None = None
+    node_name: str = ""  # this agent's node, labelled on what it creates
     # Host ports Docker could not bind although no container holds them (another
     # process on the node has them): never auto-allocated.
     busy_host_ports: frozenset[HostPort] = frozenset()
@@ -92,7 +100,18 @@ class _Target:
 
 
 def preserved_repository(key: ResourceKey) -> str:
-    return f"{PRESERVED_REPOSITORY}/{key.namespace}_{key.name}"
+    return f"{PRESERVED_REPOSITORY}/{labels.base_name(key.namespace, key.name)}"
+
+
+def is_reserved_reference(image: str) -> bool:
+    """True for a reference into the agent's own repository, however it is written
+    (``docker.io/``, ``library/``, a tag or a digest)."""
+    name = image.lower()
+    for prefix in ("docker.io/", "index.docker.io/", "registry-1.docker.io/", "library/"):
+        name = name.removeprefix(prefix)
+    return name.startswith(PRESERVED_REPOSITORY + "/") or name.startswith(
+        PRESERVED_REPOSITORY + ":") or name.startswith(PRESERVED_REPOSITORY + "@") or \
+        name == PRESERVED_REPOSITORY
 
 
 def preserved_image(key: ResourceKey, revision: int) -> str:
@@ -108,6 +127,12 @@ def plan_replica_set(obs: Observation) -> Plan:
         retire = _retire_all(obs.key, obs.records, obs.preserved_tags, stale, "RemovedStale")
         return _progress(obs, None, None, retire, "Cleaning",
                          "saving and removing an earlier resource's containers")
+    if obs.node_name and obs.spec.node_name != obs.node_name:
+        return blocked_plan(obs, UserError("NodeNameChanged", (
+            f"spec.nodeName was changed to {obs.spec.node_name}, but this resource's "
+            f"container and disk are on node {obs.node_name}; moving an instance between "
+            f"nodes is not supported yet. Set spec.nodeName back to {obs.node_name} "
+            "(nothing was changed meanwhile)")))
     current = _current(obs)
     older = [c for c in mine if current is not None and c.id != current.id]
     record = _record_of(obs, current)
@@ -197,7 +222,7 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
                                if same_base else None)
     # Everything the new revision needs is checked before the old container stops.
     config = _container_for(obs, target.spec, revision, source, current.gpus,
-                            bindings_of(current))
+                            bindings_of(current), carried_volumes=current.volumes)
     if not _is_preserved(obs.preserved_tags, current, record):
         return _progress(obs, current, record, _save(obs.key, current, record), "RollingOut",
                          f"saving the disk of {current.name} for revision {revision}")
@@ -340,13 +365,16 @@ def _prune(obs: Observation, record: Revision) -> tuple[act.Action, ...]:
 
 def _container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
                    source: str | None, held_gpus: tuple[str, ...],
-                   held_ports: tuple[PortBinding, ...]) -> ContainerConfig:
+                   held_ports: tuple[PortBinding, ...],
+                   carried_volumes: Mapping[str, str] | None = None) -> ContainerConfig:
     """The container of a revision, with GPUs and ports allocated (the ones held first);
     raises UserError when it cannot be made now."""
-    _check_mounts(obs, spec)
+    host_paths = _check_mounts(obs, spec)
     if spec.image not in obs.images_present:
         raise UserError("ImageNotPresent", f"image {spec.image} is not on the node; load it "
                         "there (gpudock never pulls)")
+    _check_image_owner(obs, spec.image)
+    _check_explicit_ports(obs, spec)
     ledger = Ledger.from_containers(obs.containers)
     taken = ledger.gpus_held_by_others(obs.key)
     gpus = allocate_gpus(spec.gpu_count, obs.inventory, taken, held_gpus)
@@ -360,20 +388,54 @@ def _container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
     return build_container_config(
         obs.key, obs.uid, spec, revision=revision, gpus=gpus, ports=ports,
         volume_names={n: v for n, v in obs.volume_names.items() if v},
-        use_device_requests=obs.use_device_requests, image=source)
+        host_paths=host_paths, use_device_requests=obs.use_device_requests, image=source,
+        image_volumes=obs.images[spec.image].volumes if spec.image in obs.images else (),
+        carried_volumes=dict(carried_volumes or {}), node_name=obs.node_name)
 
 
-def _check_mounts(obs: Observation, spec: GpuReplicaSetSpec) -> None:
+def _check_mounts(obs: Observation, spec: GpuReplicaSetSpec) -> dict[str, str]:
+    """Each hostPath's real path on the host; raises UserError for the first mount the
+    node refuses (outside the allowed roots, missing, ...) or a volume not ready."""
+    resolved: dict[str, str] = {}
     for mount in spec.mounts:
-        if mount.host_path is not None and not any(
-                is_under(mount.host_path, root) for root in obs.allowed_host_paths):
-            allowed = ", ".join(obs.allowed_host_paths) or "none"
-            raise UserError("HostPathNotAllowed",
-                            f"hostPath {mount.host_path} is not under an allowed root "
-                            f"(allowed: {allowed})")
+        if mount.host_path is not None:
+            if not any(is_under(mount.host_path, root) for root in obs.allowed_host_paths):
+                allowed = ", ".join(obs.allowed_host_paths) or "none"
+                raise UserError("HostPathNotAllowed",
+                                f"hostPath {mount.host_path} is not under an allowed root "
+                                f"(allowed: {allowed})")
+            verdict = obs.host_paths.get((mount.host_path, mount.read_only))
+            if isinstance(verdict, UserError):
+                raise verdict
+            resolved[mount.host_path] = verdict or mount.host_path
         if mount.volume is not None and not obs.volume_names.get(mount.volume):
             raise UserError("VolumeNotReady",
                             f"SizedVolume {mount.volume} does not exist or is not ready yet")
+    return resolved
+
+
+def _check_image_owner(obs: Observation, image: str) -> None:
+    """The agent's own images (saved disks) are never a user's image, except for the
+    resource they belong to: refused by repository, and by the labels every saved disk
+    carries, which also catch an image ID or another tag of the same image."""
+    info = obs.images.get(image)
+    owner = info.owner if info is not None else None
+    mine = owner == (obs.key.namespace, obs.key.name, obs.uid)
+    reserved = is_reserved_reference(image) or owner is not None or (
+        info is not None and any(is_reserved_reference(t) for t in info.repo_tags))
+    if reserved and not mine:
+        raise UserError("ReservedImage", f"image {image} is a disk saved by gpudock for "
+                        "another resource; it cannot be used as an image (use an "
+                        "ImageCommit to make an image of your own)")
+
+
+def _check_explicit_ports(obs: Observation, spec: GpuReplicaSetSpec) -> None:
+    first, last = obs.explicit_port_range or obs.port_range
+    for port in spec.ports:
+        if port.host_port is not None and not first <= port.host_port <= last:
+            raise UserError("HostPortNotAllowed", f"hostPort {port.host_port} is outside "
+                            f"the host ports this node allows ({first}-{last}); omit "
+                            "hostPort to get one from the node's range")
 
 
 def _record(obs: Observation, target: _Target, revision: int, image: str,

@@ -66,14 +66,17 @@ def blocked_status(history: Sequence[Revision], generation: int | None,
                    current: ObservedContainer | None, record: Revision | None,
                    previous_status: Mapping[str, Any], error: UserError) -> GpuReplicaSetStatus:
     waiting = error.reason in WAITING_REASONS
+    serving = current is not None and current.running
     conditions = (
         condition(ConditionType.READY, current is not None and current.running,
                   error.reason, error.message),
         condition(ConditionType.PROGRESSING, False, error.reason, error.message),
         condition(ConditionType.DEGRADED, not waiting, error.reason, error.message),
     )
-    return status_with(history, generation, current, record, previous_status,
-                       "Pending" if waiting else "Failed", conditions)
+    # A change that cannot be applied does not make a serving instance look down.
+    phase = "Running" if serving else "Pending" if waiting else "Failed"
+    return status_with(history, generation, current, record, previous_status, phase,
+                       conditions)
 
 
 def status_with(history: Sequence[Revision], generation: int | None,

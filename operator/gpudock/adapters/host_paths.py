@@ -1,0 +1,89 @@
+"""The node's hostPath policy, checked against the real filesystem.
+
+A hostPath in a spec is only a string; what Docker mounts is whatever that string
+resolves to on the host when the container is created. A tenant who can write into an
+allowed directory can plant a symlink there (``ok/hostroot -> /``), so the check must
+resolve every symlink and ``..`` first and then decide on the resolved path:
+
+* the resolved path must be an allowed root or lie under one (roots are resolved too);
+* it must not cross a mount point below that root (a bind mount of something else);
+* under a read-only root the mount must be ``readOnly: true``;
+* it must exist (Docker would refuse it only after the old container was stopped).
+
+The resolved path is what the container config gives Docker, so a symlink swapped in
+after the check cannot redirect the mount to the place the symlink pointed at before.
+What remains (a directory on the resolved path replaced by a symlink between this check
+and runc's mount, a window of milliseconds) is caught after start by
+:func:`identity` (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gpudock.api.paths import is_under
+from gpudock.errors import UserError
+
+
+@dataclass(frozen=True)
+class HostPathPolicy:
+    allowed_roots: tuple[str, ...] = ()
+    read_only_roots: tuple[str, ...] = ()  # also allowed, but only for readOnly mounts
+
+    def resolve(self, path: str, *, read_only: bool) -> str:
+        """The real path Docker should mount for ``path``; raises UserError."""
+        roots = [(r, False) for r in self.allowed_roots] + \
+            [(r, True) for r in self.read_only_roots]
+        if not any(is_under(path, root) for root, _ in roots):
+            listed = ", ".join(r for r, _ in roots) or "none"
+            raise UserError("HostPathNotAllowed", f"hostPath {path} is not under an "
+                            f"allowed root (allowed: {listed})")
+        real = os.path.realpath(path)
+        if not os.path.lexists(real):
+            raise UserError("HostPathMissing", f"hostPath {path} does not exist on the "
+                            "node; create it there first")
+        inside = [(os.path.realpath(root), ro) for root, ro in roots
+                  if is_under(real, os.path.realpath(root))]
+        if not inside:
+            raise UserError("HostPathNotAllowed", f"hostPath {path} resolves to {real}, "
+                            "which is outside every allowed root (a symlink or '..' "
+                            "leads out)")
+        # The most specific root decides (a read-only root inside a writable one).
+        root, root_read_only = max(inside, key=lambda item: len(item[0]))
+        crossed = _mount_points_between(root, real)
+        if crossed:
+            raise UserError("HostPathCrossesMount", f"hostPath {path} ({real}) crosses "
+                            f"the mount point {crossed[0]} below the allowed root {root}; "
+                            "list that mount as an allowed root to permit it")
+        if root_read_only and not read_only:
+            raise UserError("HostPathReadOnly", f"hostPath {path} is under the read-only "
+                            f"root {root}: set readOnly: true")
+        return real
+
+
+def identity(path: str) -> tuple[int, int]:
+    """(device, inode) of ``path`` without following a final symlink."""
+    info = os.lstat(path)
+    return info.st_dev, info.st_ino
+
+
+def _mount_points_between(root: str, path: str) -> list[str]:
+    """Mount points strictly below ``root`` on the way to ``path`` (inclusive)."""
+    return [point for point in _mount_points()
+            if point != root and is_under(point, root) and is_under(path, point)]
+
+
+def _mount_points(mountinfo: str = "/proc/self/mountinfo") -> Sequence[str]:
+    try:
+        with open(mountinfo) as handle:
+            lines = handle.readlines()
+    except OSError:  # pragma: no cover - every Linux has it
+        return ()
+    # Field 5 is the mount point, with spaces and the like written as octal escapes.
+    return [_unescape(line.split()[4]) for line in lines if len(line.split()) > 4]
+
+
+def _unescape(text: str) -> str:
+    return text.encode().decode("unicode_escape") if "\\" in text else text

@@ -1,0 +1,43 @@
+"""Which node's agent owns a resource: its finalizer says so.
+
+Every agent watches every resource, so the finalizer cannot be one name shared by all:
+kopf removes its finalizer from any resource that none of its handlers match, and each
+agent would strip the finalizer of every other node's resources. Each agent uses its
+own, ``node.gpudock.dev/<node>``, and that finalizer is also the record of which node
+holds the resource's container: an agent keeps handling a resource that carries its
+finalizer even after ``spec.nodeName`` changed (it refuses the move with a condition
+and still handles the delete), and an agent leaves alone a resource that another
+node's agent has bound (docs/gpu-replica-set.md, "Moving to another node").
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+FINALIZER_PREFIX = "node.gpudock.dev/"
+LEGACY_FINALIZER = "gpudock.dev/finalizer"  # one name for every agent, before 0.2
+_MAX_NAME = 63  # the part after "/" of a qualified name
+
+
+def node_finalizer(node_name: str) -> str:
+    if len(node_name) <= _MAX_NAME:
+        return FINALIZER_PREFIX + node_name
+    digest = hashlib.sha256(node_name.encode()).hexdigest()[:10]
+    return f"{FINALIZER_PREFIX}{node_name[:_MAX_NAME - 11].rstrip('-.')}-{digest}"
+
+
+def handled_here(spec_node: object, finalizers: Iterable[str], node_name: str) -> bool:
+    """This node's agent handles the resource: it carries this node's finalizer, or it
+    names this node and no other node's agent has bound it yet."""
+    mine = node_finalizer(node_name)
+    held = [f for f in finalizers if f.startswith(FINALIZER_PREFIX)]
+    if mine in held:
+        return True
+    return spec_node == node_name and not held
+
+
+def bound_elsewhere(finalizers: Iterable[str], node_name: str) -> list[str]:
+    """The finalizers of other nodes' agents on the resource."""
+    mine = node_finalizer(node_name)
+    return [f for f in finalizers if f.startswith(FINALIZER_PREFIX) and f != mine]
