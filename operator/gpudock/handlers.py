@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
 from typing import Any
 
@@ -18,7 +20,7 @@ from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.gpu_inventory import inventory_from_settings
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.adapters.revision_store import open_revision_store
-from gpudock.api import GROUP, VERSION, gpu_replica_set, sized_volume
+from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
 from gpudock.errors import GpudockError, SpecError, TransientError
 from gpudock.reconciler import Event, Outcome, ReplicaSetReconciler
 from gpudock.settings import Settings
@@ -59,9 +61,9 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 def startup(memo: Any, settings: kopf.OperatorSettings,
             logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     agent: Settings = memo.settings
-    settings.persistence.finalizer = "gpudock.dev/finalizer"
+    settings.persistence.finalizer = ownership.node_finalizer(agent.node_name)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.INFO
     runtime = DockerRuntime(agent.docker_host, stop_timeout=agent.stop_timeout)
@@ -83,8 +85,53 @@ def startup(memo: Any, settings: kopf.OperatorSettings,
     memo.wakeups = Wakeups()
 
 
+@kopf.on.startup()
+async def start_orphan_sweep(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
+                             **_: Any) -> None:
+    memo.sweeper = asyncio.create_task(_sweep_orphans(memo, logger))
+
+
+async def _sweep_orphans(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
+                         ) -> None:
+    """Every --resync-seconds: save and remove this node's containers whose resource
+    is gone (ReplicaSetReconciler.sweep_orphans); waiting resources may start then."""
+    def lookup(namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return memo.kube.get(GRS, namespace, name)  # type: ignore[no-any-return]
+        except ObjectNotFoundError:
+            return None
+
+    while True:
+        try:
+            swept = await asyncio.to_thread(memo.replica_sets.sweep_orphans, lookup)
+        except GpudockError as exc:
+            logger.warning("orphan sweep: will retry: %s", exc)
+            swept = []
+        for line in swept:
+            logger.warning("orphaned container: %s", line)
+        if swept:
+            memo.wakeups.wake_all()
+        await asyncio.sleep(memo.settings.resync_seconds)
+
+
+class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's last-handled-configuration annotation, holding a digest of the resource's
+    essence instead of the essence itself. The handlers never read the diff (an update
+    only wakes the resource's daemon), and a spec near the schema's bounds would not
+    fit the API server's 256 KiB limit on annotations: every patch of kopf's would be
+    refused, and with it the removal of the finalizer on delete."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        encoded = json.dumps(essence, sort_keys=True, separators=(",", ":"), default=str)
+        return {"spec": {"sha256": hashlib.sha256(encoded.encode()).hexdigest()}}
+
+
 @kopf.on.cleanup()
 def cleanup(memo: Any, **_: Any) -> None:
+    sweeper = getattr(memo, "sweeper", None)
+    if sweeper is not None:
+        sweeper.cancel()
     runtime = getattr(memo, "docker", None)
     if isinstance(runtime, DockerRuntime):
         runtime.close()
@@ -93,8 +140,20 @@ def cleanup(memo: Any, **_: Any) -> None:
         store.close()
 
 
-def _on_this_node(spec: kopf.Spec, memo: Any, **_: Any) -> bool:
-    return bool(spec.get("nodeName") == memo.settings.node_name)
+def _on_this_node(spec: kopf.Spec, meta: kopf.Meta, memo: Any, **_: Any) -> bool:
+    """Resources this node's agent handles (api/ownership.py): those bound to it by
+    its finalizer, and new ones that name it."""
+    return ownership.handled_here(spec.get("nodeName"), meta.get("finalizers") or (),
+                                  memo.settings.node_name)
+
+
+def _drop_legacy_finalizer(memo: Any, body: kopf.Body) -> None:
+    """Resources made by an agent before 0.2 carry the finalizer every agent shared;
+    once this node's own is there, the old one goes (else deletes would hang)."""
+    finalizers = body["metadata"].get("finalizers") or ()
+    if ownership.LEGACY_FINALIZER in finalizers:
+        memo.kube.remove_finalizer(GRS, body["metadata"]["namespace"],
+                                   body["metadata"]["name"], ownership.LEGACY_FINALIZER)
 
 
 def _post(body: kopf.Body, events: list[Event]) -> None:
@@ -127,6 +186,7 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
             delay = settings.resync_seconds
             shown = {}
             try:
+                await asyncio.to_thread(_drop_legacy_finalizer, memo, body)
                 outcome = await asyncio.to_thread(memo.replica_sets.reconcile, dict(body),
                                                   show)
                 if outcome is not None:
@@ -157,6 +217,8 @@ async def delete_replica_set(body: kopf.Body, memo: Any, **_: Any) -> None:
     except TransientError as exc:
         raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
     _post(body, events)
+    with contextlib.suppress(ObjectNotFoundError):
+        await asyncio.to_thread(_drop_legacy_finalizer, memo, body)
     memo.wakeups.wake_all()  # its GPUs and ports are free: waiting resources may start
 
 

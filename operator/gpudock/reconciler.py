@@ -22,7 +22,7 @@ from gpudock.adapters import host_paths
 from gpudock.adapters.docker_runtime import DockerRuntime, HostPortBusyError
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
-from gpudock.api import gpu_replica_set, sized_volume
+from gpudock.api import gpu_replica_set, ownership, sized_volume
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy, Protocol
 from gpudock.core import replica_set_actions as act
 from gpudock.core import replica_set_plan as core
@@ -341,3 +341,40 @@ class ReplicaSetReconciler:
             for action in actions:
                 events += self._execute(key, action)
         return events
+
+    # ---------------------------------------------------------------------- orphans
+    def sweep_orphans(self, lookup: Callable[[str, str], Mapping[str, Any] | None],
+                      ) -> list[str]:
+        """Containers of this node whose resource is gone (deleted while no agent of
+        this node handled it) or was replaced by a resource another node handles:
+        their disks are saved (as historyPolicy Retain does) and they are removed, so
+        their GPUs and ports come back. ``lookup`` returns the resource or None.
+        Only containers labelled with this node, in the watched namespaces."""
+        node, watched = self._settings.node_name, self._settings.namespaces
+        with self.node_lock():
+            found = {(c.owner, c.uid) for c in self._docker.list_containers()
+                     if c.owner is not None and c.node == node
+                     and (not watched or c.owner.namespace in watched)}
+        orphans = []
+        for owner, uid in sorted(found, key=str):
+            assert owner is not None
+            body = lookup(owner.namespace, owner.name)  # outside the lock: API I/O
+            meta = (body or {}).get("metadata") or {}
+            if body is None or (meta.get("uid") != uid and not ownership.handled_here(
+                    (body.get("spec") or {}).get("nodeName"), meta.get("finalizers") or (),
+                    node)):
+                orphans.append((owner, uid))
+        done = []
+        for key, uid in orphans:
+            with self.node_lock():
+                containers = tuple(c for c in self._docker.list_containers()
+                                   if c.owner == key and c.uid == uid)
+                actions = core.plan_delete(
+                    key, containers, tuple(self._store.list(key.namespace, key.name)),
+                    self._docker.preserved_tags(core.preserved_repository(key)),
+                    HistoryPolicy.RETAIN)
+                for action in actions:
+                    self._execute(key, action)
+            done.append(f"{key} (uid {uid}): resource gone; {len(containers)} container(s) "
+                        "saved and removed")
+        return done

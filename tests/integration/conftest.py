@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import pytest
 
-from tests.stack.agent_process import AgentProcess
+from tests.stack.agent_process import NODE_NAME, AgentProcess
 from tests.stack.localstack import LocalStack, wait_for
 from tests.stack.resources import containers
 
@@ -19,11 +19,12 @@ def start_agent(stack: LocalStack, namespace: str) -> Iterator[AgentFactory]:
     through the agent, and clean the node so no test leaks into the next."""
     started: list[AgentProcess] = []
 
-    def start(*, gpus: int = 8, extra_args: Sequence[str] = ()) -> AgentProcess:
+    def start(*, gpus: int = 8, extra_args: Sequence[str] = (),
+              node_name: str = NODE_NAME) -> AgentProcess:
         # Watching only this test's namespace keeps tests apart; the GPUs and ports
         # they hold are still derived from every container on the shared dockerd.
         agent = AgentProcess(stack, name=f"agent-{namespace}-{len(started)}", gpus=gpus,
-                             state=f"agent-{namespace}",
+                             state=f"agent-{namespace}-{node_name}", node_name=node_name,
                              extra_args=["--namespace", namespace, *extra_args]).start()
         started.append(agent)
         return agent

@@ -41,15 +41,14 @@ class HostPathPolicy:
             raise UserError("HostPathNotAllowed", f"hostPath {path} is not under an "
                             f"allowed root (allowed: {listed})")
         real = os.path.realpath(path)
+        inside = [(os.path.realpath(root), ro) for root, ro in roots
+                  if is_under(real, os.path.realpath(root))]
+        if not inside:  # said before "missing": no probing of the host's tree
+            raise UserError("HostPathNotAllowed", f"hostPath {path} leads outside every "
+                            "allowed root (through a symlink or '..')")
         if not os.path.lexists(real):
             raise UserError("HostPathMissing", f"hostPath {path} does not exist on the "
                             "node; create it there first")
-        inside = [(os.path.realpath(root), ro) for root, ro in roots
-                  if is_under(real, os.path.realpath(root))]
-        if not inside:
-            raise UserError("HostPathNotAllowed", f"hostPath {path} resolves to {real}, "
-                            "which is outside every allowed root (a symlink or '..' "
-                            "leads out)")
         # The most specific root decides (a read-only root inside a writable one).
         root, root_read_only = max(inside, key=lambda item: len(item[0]))
         crossed = _mount_points_between(root, real)

@@ -79,3 +79,18 @@ class KubeApi:
             body = self._objects.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, name)
         return cast(dict[str, Any], body)
+
+    def remove_finalizer(self, plural: str, namespace: str, name: str,
+                         finalizer: str) -> None:
+        """Remove one finalizer (fine when it is not there); a concurrent change of the
+        list is a conflict, retried later."""
+        body = self.get(plural, namespace, name)
+        meta = body.get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or ())
+        if finalizer not in finalizers:
+            return
+        finalizers.remove(finalizer)
+        with _translated(f"remove finalizer {finalizer} of {plural} {namespace}/{name}"):
+            self._objects.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, {"metadata": {
+                    "finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}})

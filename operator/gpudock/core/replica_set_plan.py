@@ -370,10 +370,10 @@ def _container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
     """The container of a revision, with GPUs and ports allocated (the ones held first);
     raises UserError when it cannot be made now."""
     host_paths = _check_mounts(obs, spec)
+    _check_image_owner(obs, spec.image)
     if spec.image not in obs.images_present:
         raise UserError("ImageNotPresent", f"image {spec.image} is not on the node; load it "
                         "there (gpudock never pulls)")
-    _check_image_owner(obs, spec.image)
     _check_explicit_ports(obs, spec)
     ledger = Ledger.from_containers(obs.containers)
     taken = ledger.gpus_held_by_others(obs.key)
