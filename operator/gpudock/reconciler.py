@@ -13,13 +13,14 @@ import datetime
 import fcntl
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpudock.adapters import host_paths
-from gpudock.adapters.docker_runtime import DockerRuntime, HostPortBusyError
+from gpudock.adapters.docker_runtime import DiskFullError, DockerRuntime, HostPortBusyError
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import gpu_replica_set, ownership, sized_volume
@@ -40,6 +41,12 @@ logger = logging.getLogger(__name__)
 MAX_PASSES = 10  # a rollout takes 3 (save the disk, start the new, remove the old)
 CHANGE_CAUSE = "kubernetes.io/change-cause"
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
+SAVE_MARGIN = 64 * 2**20  # room a save needs beyond its writable layer
+STATE_MARGIN = 16 * 2**20  # room the revision store needs in the state dir
+
+
+def _mib(count: int) -> str:
+    return f"{count / 2**20:.0f} MiB"
 
 
 @dataclass(frozen=True)
@@ -263,11 +270,20 @@ class ReplicaSetReconciler:
                 store.put(record)
                 return [Event("Normal", reason, f"revision {record.revision} recorded")]
             case act.PreserveDisk(container_id=cid, name=name, image=image, record=record):
-                return self._preserve(cid, name, image, record)
+                try:
+                    return self._preserve(cid, name, image, record)
+                except DiskFullError:
+                    # The previous revision goes back to serving; what the failed save
+                    # wrote is removed. The next try is refused before the stop.
+                    docker.remove_dangling_images(key.namespace, key.name)
+                    docker.start(cid, name)
+                    raise
             case act.StartContainer(container_id=cid, name=name, reason=reason):
                 docker.start(cid, name)
                 return [Event("Normal", reason, f"container {name} started")]
-            case act.StopContainer(container_id=cid, name=name, reason=reason):
+            case act.StopContainer(container_id=cid, name=name, reason=reason, saving=saving):
+                if saving:
+                    self._check_room(cid, name)
                 docker.stop(cid, name)
                 return [Event("Normal", reason, f"container {name} stopped")]
             case act.RemoveContainer(container_id=cid, name=name, reason=reason):
@@ -304,6 +320,21 @@ class ReplicaSetReconciler:
                               f"{volumes} image volumes and every revision record removed "
                               "(historyPolicy Purge)")]
         raise AssertionError(f"unknown action {action!r}")  # pragma: no cover
+
+    def _check_room(self, container_id: str, name: str) -> None:
+        """Refuse to stop a container for a save that cannot fit: the saved disk needs
+        about its writable layer's size in Docker's root, the record a little room in
+        the state dir. Raises DiskFullError while the container still runs."""
+        needed = int(self._docker.writable_layer_bytes(container_id) * 1.05) + SAVE_MARGIN
+        free = self._docker.free_bytes()
+        if free is not None and free < needed:
+            raise DiskFullError(f"saving the disk of {name} needs about {_mib(needed)} in "
+                                f"Docker's root directory; {_mib(free)} are free. Free "
+                                "some space on the node; the instance keeps running")
+        state = os.statvfs(self._settings.state_dir)
+        if state.f_bavail * state.f_frsize < STATE_MARGIN:
+            raise DiskFullError(f"the agent's state directory {self._settings.state_dir} "
+                                "is full; the instance keeps running")
 
     def _preserve(self, container_id: str, name: str, image: str,
                   record: Revision | None) -> list[Event]:

@@ -163,6 +163,33 @@ class DockerRuntime:
                          repo_tags=tuple(attrs.get("RepoTags") or ()), owner=owner,
                          volumes=tuple(sorted(config.get("Volumes") or {})))
 
+    def writable_layer_bytes(self, container_id: str) -> int:
+        """The size of the container's own files (its writable layer)."""
+        found = self._call("measure container", lambda: self.client.api.containers(
+            all=True, size=True, filters={"id": container_id}))
+        return int(found[0].get("SizeRw") or 0) if found else 0
+
+    def free_bytes(self) -> int | None:
+        """Free space in Docker's root directory, where a saved disk is written; None
+        when the agent cannot see that directory (then no estimate is made)."""
+        root = self._call("info", lambda: self.client.info()).get("DockerRootDir")
+        try:
+            info = os.statvfs(str(root))
+        except (OSError, TypeError):
+            return None
+        return info.f_bavail * info.f_frsize
+
+    def remove_dangling_images(self, namespace: str, name: str) -> int:
+        """Remove untagged images a failed save of this resource left behind (a saved
+        disk carries the container's labels); returns how many."""
+        api = self.client.api
+        found = self._call("list images", lambda: api.images(filters={
+            "dangling": True, "label": [f"{labels.NAMESPACE}={namespace}",
+                                        f"{labels.NAME}={name}"]}))
+        for image in found:
+            self.remove_image(image["Id"])
+        return len(found)
+
     def layer_count(self, image: str) -> int:
         return len(self._inspect_image(image).get("RootFS", {}).get("Layers") or ())
 

@@ -51,6 +51,7 @@ class StopContainer:
     container_id: str
     name: str
     reason: str = "Stopped"
+    saving: bool = False  # its disk is saved next: check there is room before stopping
 
 
 @dataclass(frozen=True)

@@ -334,7 +334,7 @@ def _retire(key: ResourceKey, tags: frozenset[str], container: ObservedContainer
 
 def _save(key: ResourceKey, container: ObservedContainer,
           record: Revision | None) -> tuple[act.Action, ...]:
-    stop = (act.StopContainer(container.id, container.name),) if (
+    stop = (act.StopContainer(container.id, container.name, saving=True),) if (
         container.running or container.status == "paused") else ()
     return (*stop, act.PreserveDisk(container.id, container.name,
                                     preserved_image(key, container.revision), record))
