@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -348,3 +349,40 @@ def test_14_9_oversized_specs_are_refused_and_never_block_delete(
     assert time.monotonic() - started < 30
     assert " 422" not in agent.log()
     assert "Traceback" not in agent.log()
+
+
+# ------------------------------------------------------------------- 10: a full disk
+def test_14_10_a_full_disk_keeps_the_previous_revision_running(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    start_agent(extra_args=["--resync-seconds", "2"])
+    apply_spec(stack, namespace, "full", "v1", gpus=1)
+    wait_settled(stack, namespace, "full", revision=1)
+    touch_the_disk(stack, namespace, "before-full")
+    sh(only_container(stack, namespace, "full"),
+       "dd if=/dev/zero of=/root/big bs=1M count=300 2>/dev/null")
+    before = only_container(stack, namespace, "full").id
+    filler = stack.docker_root / "gpudock-test-filler"
+    info = os.statvfs(stack.docker_root)
+    with open(filler, "wb") as handle:  # leave about 150 MiB free: less than 300 MiB
+        os.posix_fallocate(handle.fileno(), 0, info.f_bavail * info.f_frsize - 150 * 2**20)
+    try:
+        apply_spec(stack, namespace, "full", "v2", gpus=2)
+        message = _wait_reason(stack, namespace, "full", "DiskFull")
+        assert "the instance keeps running" in message
+        time.sleep(5)  # a few resyncs: it stays so, no retry loop stops it
+        (container,) = containers(stack, namespace)
+        assert container.id == before
+        assert container.status == "running"
+        assert status(stack, namespace, "full")["phase"] == "Running"
+        client = stack.docker_client()
+        assert client.images.list(name=f"gpudock-preserved/{namespace}_full") == []
+        assert client.images.list(filters={"dangling": True, "label":
+                                           f"gpudock.dev/namespace={namespace}"}) == []
+        client.close()
+    finally:
+        filler.unlink()
+    wait_settled(stack, namespace, "full", revision=2)  # space again: the update goes on
+    assert_disk_kept(stack, namespace, "before-full")
+    size = sh(only_container(stack, namespace, "full"), "wc -c < /root/big").strip()
+    assert size == str(300 * 2**20)

@@ -158,7 +158,8 @@ class LocalStack:
     def _check_prerequisites(self) -> None:
         needed = [KUBE_BIN_DIR / "kube-apiserver", KUBE_BIN_DIR / "kubectl"]
         missing = [str(p) for p in needed if not p.exists()]
-        missing += [tool for tool in ("etcd", "dockerd", "busybox", "openssl", "ip")
+        missing += [tool for tool in ("etcd", "dockerd", "busybox", "openssl", "ip",
+                                      "mkfs.ext4")
                     if shutil.which(tool) is None]
         if missing:
             raise RuntimeError(f"missing {', '.join(missing)}: run "
@@ -214,14 +215,32 @@ class LocalStack:
         subnet = _free_bridge_subnet()
         subprocess.run(["ip", "addr", "add", f"{subnet}.1/24", "dev", self.bridge], check=True)
         subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
+        self._mount_docker_root()
         dockerd = self._spawn("dockerd", [
-            "dockerd", "--data-root", str(self.base_dir / "docker"),
+            "dockerd", "--data-root", str(self.docker_root),
             "--exec-root", str(self.base_dir / "docker-exec"),
             "-H", self.docker_host, "--pidfile", str(self.base_dir / "docker.pid"),
             "--add-runtime", "nvidia=/usr/sbin/runc", "--bridge", self.bridge,
             "--iptables=false", "--ip-masq=false", "--ip6tables=false",
         ])
         dockerd.wait_until(self._docker_pings, 60, "API")
+
+    @property
+    def docker_root(self) -> Path:
+        return self.base_dir / "docker"
+
+    def _mount_docker_root(self) -> None:
+        """Docker's root on a filesystem of its own (a sparse ext4 image, loop-mounted;
+        GPUDOCK_DOCKER_ROOT_GIB, default 20), so a test can fill it for real without
+        touching the machine's disk. stop() unmounts it and detaches the loop device."""
+        image = self.base_dir / "docker-root.img"
+        with open(image, "wb") as handle:
+            handle.truncate(int(os.environ.get("GPUDOCK_DOCKER_ROOT_GIB", "20")) * 2**30)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True,
+                       capture_output=True)
+        self.docker_root.mkdir()
+        subprocess.run(["mount", "-o", "loop", str(image), str(self.docker_root)],
+                       check=True, capture_output=True)
 
     def _docker_pings(self) -> bool:
         if not self.docker_socket.exists():
