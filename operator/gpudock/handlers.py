@@ -104,8 +104,8 @@ async def _sweep_orphans(memo: Any, logger: logging.Logger | logging.LoggerAdapt
     while True:
         try:
             swept = await asyncio.to_thread(memo.replica_sets.sweep_orphans, lookup)
-        except GpudockError as exc:
-            logger.warning("orphan sweep: will retry: %s", exc)
+        except Exception as exc:  # the sweep must outlive any one failure
+            logger.warning("orphan sweep failed, will retry: %s", exc)
             swept = []
         for line in swept:
             logger.warning("orphaned container: %s", line)

@@ -259,9 +259,10 @@ class ReplicaSetReconciler:
         docker, store = self._docker, self._store
         match action:
             case act.StartRevision(record=record, config=config, start=start, reason=reason):
+                checked = self._checked_again(config)  # refused: no record is left
                 store.put(record)  # first: a crash after it leaves a record, no orphan
                 self._crash.reach("StartRevision.recorded")
-                docker.create_and_start(self._checked_again(config), start=start)
+                docker.create_and_start(checked, start=start)
                 gpus = ",".join(config.gpus) or "no GPU"
                 how = "started" if start else "created (not started: Paused)"
                 return [Event("Normal", reason, f"revision {record.revision}: container "
