@@ -425,8 +425,7 @@ def _check_image_owner(obs: Observation, image: str) -> None:
         info is not None and any(is_reserved_reference(t) for t in info.repo_tags))
     if reserved and not mine:
         raise UserError("ReservedImage", f"image {image} is a disk saved by gpudock for "
-                        "another resource; it cannot be used as an image (use an "
-                        "ImageCommit to make an image of your own)")
+                        "another resource; only that resource may use it")
 
 
 def _check_explicit_ports(obs: Observation, spec: GpuReplicaSetSpec) -> None:
