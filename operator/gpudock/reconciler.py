@@ -210,7 +210,9 @@ class ReplicaSetReconciler:
             images={spec.image: image} if image is not None else {},
             explicit_port_range=(explicit.first, explicit.last),
             node_name=self._settings.node_name,
-            images_present=frozenset(i for i in base_images if self._docker.image_exists(i)),
+            # The spec's image was inspected above; the records' images only here.
+            images_present=frozenset({spec.image} if image is not None else ()) | {
+                i for i in base_images - {spec.image} if self._docker.image_exists(i)},
             records=records,
             preserved_tags=self._docker.preserved_tags(core.preserved_repository(key)),
             change_cause=change_cause,

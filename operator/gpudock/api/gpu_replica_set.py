@@ -138,7 +138,7 @@ class GpuReplicaSetSpec:
             command=command,
             gpu_count=get_int(raw, "gpuCount", where, default=0, minimum=0,
                               maximum=MAX_GPU_COUNT),
-            env=_parse_env(get_list(raw, "env", where)),
+            env=_parse_env(get_list(raw, "env", where, max_items=MAX_ENV_ITEMS)),
             ports=_parse_ports(get_list(raw, "ports", where)),
             mounts=_parse_mounts(get_list(raw, "mounts", where)),
             state=DesiredState(get_choice(raw, "state", where,
@@ -149,7 +149,8 @@ class GpuReplicaSetSpec:
                                                     tuple(HistoryPolicy),
                                                     HistoryPolicy.RETAIN)),
             rollback_to=rollback_to,
-            host_aliases=_parse_host_aliases(get_list(raw, "hostAliases", where)),
+            host_aliases=_parse_host_aliases(get_list(raw, "hostAliases", where,
+                                                      max_items=MAX_HOST_ALIASES)),
             dns=_parse_dns(raw.get("dnsConfig")),
         )._checked_size()
 
@@ -204,9 +205,6 @@ def _dns_option_dict(option: str) -> dict[str, str]:
 
 
 def _parse_host_aliases(items: list[Any]) -> tuple[HostAlias, ...]:
-    if len(items) > MAX_HOST_ALIASES:
-        raise SpecError(f"spec.hostAliases has {len(items)} entries; at most "
-                        f"{MAX_HOST_ALIASES} are allowed")
     result = []
     for i, item in enumerate(items):
         where = f"spec.hostAliases[{i}]"
@@ -241,9 +239,6 @@ def _parse_dns(raw: Any) -> DnsConfig | None:
 
 
 def _parse_env(items: list[Any]) -> tuple[EnvVar, ...]:
-    if len(items) > MAX_ENV_ITEMS:
-        raise SpecError(f"spec.env has {len(items)} entries; at most {MAX_ENV_ITEMS} "
-                        "are allowed")
     result: list[EnvVar] = []
     for i, item in enumerate(items):
         where = f"spec.env[{i}]"

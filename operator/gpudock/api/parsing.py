@@ -52,12 +52,16 @@ def get_int(
     return value
 
 
-def get_list(raw: RawDict, key: str, where: str) -> list[Any]:
+def get_list(raw: RawDict, key: str, where: str, *,
+             max_items: int | None = None) -> list[Any]:
     value = raw.get(key)
     if value is None:
         return []
     if not isinstance(value, list):
         raise SpecError(f"{where}.{key} must be a list, got {value!r}")
+    if max_items is not None and len(value) > max_items:
+        raise SpecError(f"{where}.{key} has {len(value)} entries; at most {max_items} "
+                        "are allowed")
     return value
 
 
