@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gpudock.adapters import host_paths
+from gpudock.adapters import host_paths, host_ports
 from gpudock.adapters.docker_runtime import DiskFullError, DockerRuntime, HostPortBusyError
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
@@ -40,6 +40,12 @@ from gpudock.settings import GpuAttach, Settings
 logger = logging.getLogger(__name__)
 MAX_PASSES = 10  # a rollout takes 3 (save the disk, start the new, remove the old)
 CHANGE_CAUSE = "kubernetes.io/change-cause"
+ADOPT_HISTORY = "gpudock.dev/adopt-history"  # annotation: the deleted resource's UID
+# Docker's refusals of a new revision's container: it never ran; the revision is
+# marked failed and the previous one runs again (not retried until the spec changes).
+REFUSED_REVISION = frozenset({"ContainerCreateFailed", "ContainerStartFailed",
+                              "CommandNotFound", "HostPathMissing", "ImageNotPresent",
+                              "HostPortInUse"})
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
 SAVE_MARGIN = 64 * 2**20  # room a save needs beyond its writable layer
 STATE_MARGIN = 16 * 2**20  # room the revision store needs in the state dir
@@ -61,6 +67,7 @@ class Outcome:
     status: dict[str, Any]
     events: list[Event] = field(default_factory=list)
     released: bool = False  # GPUs or ports may be free now: wake waiting resources
+    recheck_after: float | None = None  # reconcile again this soon, whatever happens
 
 
 def _progressing_reason(status: Mapping[str, Any]) -> str | None:
@@ -127,9 +134,11 @@ class ReplicaSetReconciler:
                 return None
             passes = busy_ports_found = 0
             inventory = tuple(g.uuid for g in self._inventory.list_gpus())  # once per call
-            cause = (meta.get("annotations") or {}).get(CHANGE_CAUSE, "")
+            annotations = meta.get("annotations") or {}
             observe = functools.partial(self._observe, key, meta["uid"], generation, spec,
-                                        previous, inventory, cause)
+                                        previous, inventory,
+                                        annotations.get(CHANGE_CAUSE, ""),
+                                        annotations.get(ADOPT_HISTORY, ""))
             while True:
                 observation = observe()
                 plan = core.plan_replica_set(observation)
@@ -145,7 +154,9 @@ class ReplicaSetReconciler:
                     now = self._outcome(plan.status, shown, events)
                     progress(now)
                     shown, events = now.status, []
+                action: act.Action | None = None
                 try:
+                    self._preflight(key, meta["uid"], observation, plan)
                     for action in plan.actions:
                         events += self._execute(key, action)
                         released = released or isinstance(action, act.RELEASING)
@@ -159,11 +170,18 @@ class ReplicaSetReconciler:
                 except HostPortBusyError as exc:
                     busy_ports_found += 1
                     if busy_ports_found <= MAX_BUSY_PORTS and self._auto_port_busy(exc, spec):
+                        events.append(Event("Normal", "HostPortSkipped", (
+                            f"host port {exc.port} is held by another process on the "
+                            "node; another one from the range is used")))
                         passes -= 1  # not a pass: plan again, skipping that port
                         continue
+                    if self._revision_refused(action, exc):
+                        continue  # plan again: the previous revision runs again
                     plan = core.blocked_plan(observe(), exc)
                     break
                 except UserError as exc:
+                    if self._revision_refused(action, exc):
+                        continue
                     plan = core.blocked_plan(observe(), exc)
                     break
         status = note_drift(plan.status, drift, previous)
@@ -171,7 +189,49 @@ class ReplicaSetReconciler:
                         and not c.status and c.reason != "ReconcileComplete"), None)
         if problem is not None and problem.reason != _progressing_reason(previous):
             events.append(Event("Warning", problem.reason, problem.message))
-        return self._outcome(status, shown, events, released)
+        outcome = self._outcome(status, shown, events, released)
+        outcome.recheck_after = plan.recheck_after
+        return outcome
+
+    def _revision_refused(self, action: act.Action | None, exc: UserError) -> bool:
+        """Docker refused the container of a revision that never ran: mark the
+        revision failed (history shows it so, and the same change is not tried again
+        until the spec changes); True when it was, so the previous revision can run
+        again. A revision that ran before (a resume) is not marked."""
+        if not isinstance(action, act.StartRevision) or exc.reason not in REFUSED_REVISION:
+            return False
+        if action.record.container_id is not None:
+            return False
+        self._store.put(replace(action.record, failed=f"{exc.reason}: {exc.message}"))
+        return True
+
+    def _preflight(self, key: ResourceKey, uid: str, observation: core.Observation,
+                   plan: core.Plan) -> None:
+        """What can be known of a new container before anything is stopped for it:
+        its host ports are free on the node, and its command exists where the disk
+        carries over (asked of the running container). Raises UserError."""
+        configs = [a.config for a in plan.actions if isinstance(a, act.StartRevision)]
+        if plan.next_config is not None:
+            configs.append(plan.next_config)
+        held = {p for c in observation.containers for p in c.host_ports}
+        for config in configs:
+            for port in config.ports:
+                if HostPort(port.host_port, port.protocol) not in held and \
+                        host_ports.is_busy(port.host_port, port.protocol):
+                    raise HostPortBusyError(
+                        f"host port {port.host_port}/{port.protocol} is held by another "
+                        "process on the node; nothing was changed", port.host_port)
+        current = core.current_container(observation)
+        new = plan.next_config
+        if new is None or current is None or not current.running or not new.command:
+            return
+        if new.image != core.preserved_image(key, current.revision):
+            return  # another image: its files cannot be looked at before it runs
+        if self._docker.command_missing(
+                current.id, new.command[0], [f"{k}={v}" for k, v in new.env.items()]):
+            raise UserError("CommandNotFound", f"command {new.command[0]!r} is not in "
+                            f"the container's filesystem (checked in {current.name} "
+                            "before stopping it); nothing was changed")
 
     def _auto_port_busy(self, exc: HostPortBusyError, spec: GpuReplicaSetSpec) -> bool:
         """Remember a port Docker could not bind; True when the allocator chose it (so
@@ -192,8 +252,13 @@ class ReplicaSetReconciler:
 
     def _observe(self, key: ResourceKey, uid: str, generation: int | None,
                  spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
-                 inventory: tuple[str, ...], change_cause: str) -> core.Observation:
+                 inventory: tuple[str, ...], change_cause: str,
+                 adopt_uid: str) -> core.Observation:
         records = tuple(self._store.list(key.namespace, key.name))
+        adoptable: tuple[Revision, ...] = ()
+        if adopt_uid and adopt_uid != uid and not any(r.uid == uid for r in records):
+            adoptable = tuple(self._store.list(key.namespace,
+                                               core.retained_name(key.name, adopt_uid)))
         base_images = {spec.image} | {str(r.spec.get("image")) for r in records
                                       if r.spec.get("image")}
         image = self._docker.image_info(spec.image)
@@ -221,6 +286,9 @@ class ReplicaSetReconciler:
                           for m in spec.mounts if m.volume is not None},
             use_device_requests=self._settings.gpu_attach is GpuAttach.DEVICE_REQUESTS,
             busy_host_ports=frozenset(self._busy_ports),
+            adoptable=adoptable,
+            retained_tags=self._docker.preserved_tags(core.retained_repository(key))
+            if adoptable else frozenset(),
         )
 
     def _resolve(self, path: str, read_only: bool) -> str | UserError:
@@ -264,7 +332,9 @@ class ReplicaSetReconciler:
                 checked = self._checked_again(config)  # refused: no record is left
                 store.put(record)  # first: a crash after it leaves a record, no orphan
                 self._crash.reach("StartRevision.recorded")
-                docker.create_and_start(checked, start=start)
+                container_id = docker.create_and_start(checked, start=start)
+                if start:  # it ran: a later disappearance is drift, not a new start
+                    store.put(replace(record, container_id=container_id))
                 gpus = ",".join(config.gpus) or "no GPU"
                 how = "started" if start else "created (not started: Paused)"
                 return [Event("Normal", reason, f"revision {record.revision}: container "
@@ -281,12 +351,17 @@ class ReplicaSetReconciler:
                     docker.remove_dangling_images(key.namespace, key.name)
                     docker.start(cid, name)
                     raise
-            case act.StartContainer(container_id=cid, name=name, reason=reason):
+            case act.StartContainer(container_id=cid, name=name, reason=reason, note=note):
                 docker.start(cid, name)
+                if note is not None:
+                    store.put(note)
                 return [Event("Normal", reason, f"container {name} started")]
-            case act.StopContainer(container_id=cid, name=name, reason=reason, saving=saving):
+            case act.StopContainer(container_id=cid, name=name, reason=reason, saving=saving,
+                                   note=note):
                 if saving:
                     self._check_room(cid, name)
+                if note is not None:  # first: a stop the record does not know is drift
+                    store.put(note)
                 docker.stop(cid, name)
                 return [Event("Normal", reason, f"container {name} stopped")]
             case act.RemoveContainer(container_id=cid, name=name, reason=reason):
@@ -314,6 +389,17 @@ class ReplicaSetReconciler:
                 store.delete(record.namespace, record.name, record.revision)
                 return [Event("Normal", "RevisionPruned", f"revision {record.revision} "
                               "pruned (revisionHistoryLimit)")]
+            case act.MoveHistory(retags=retags, records=records, removed=removed,
+                                 reason=reason, message=message):
+                for source, target in retags:
+                    docker.tag_image(source, target)
+                for record in records:
+                    store.put(record)
+                for record in removed:
+                    store.delete(record.namespace, record.name, record.revision)
+                for source, _ in retags:
+                    docker.remove_image(source)  # only the tag: the image has its new one
+                return [Event("Normal", reason, message)]
             case act.PurgeHistory(namespace=namespace, name=name, images=images):
                 for image in sorted(images, reverse=True):
                     docker.remove_image(image)

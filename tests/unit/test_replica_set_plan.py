@@ -111,15 +111,31 @@ def test_drift_is_repaired(change: dict[str, Any], action_type: type) -> None:
 
 def test_removed_container_is_recreated_from_its_revision_with_its_gpus_and_ports() -> None:
     spec = _spec(gpuCount=1, ports=[{"containerPort": 22}])
-    record = replace(_record(spec), gpus=("GPU-2",), ports=(PortBinding(22, 40007),))
-    plan = core.plan_replica_set(_obs(spec, records=(record,),
-                                      previous_status={"phase": "Running"}))
+    record = replace(_record(spec), gpus=("GPU-2",), ports=(PortBinding(22, 40007),),
+                     container_id="c1")
+    plan = core.plan_replica_set(_obs(spec, records=(record,)))
     (action,) = plan.actions
     assert isinstance(action, act.StartRevision)
     assert action.reason == "Recreated"
     assert action.config.gpus == ("GPU-2",)
     assert action.config.ports == (PortBinding(22, 40007),)
     assert plan.drift == "container was removed"
+
+
+@pytest.mark.parametrize(("recorded", "reason"), [
+    ({}, "RevisionStarted"),  # its container never ran (a refused port, a crash)
+    ({"container_id": "c1", "preserved_from": "c1"}, "Resumed"),  # the agent removed it
+])
+def test_a_container_the_agent_removed_itself_is_no_drift_6(recorded: dict[str, Any],
+                                                            reason: str) -> None:
+    spec = _spec(gpuCount=1)
+    record = replace(_record(spec), **recorded)
+    # Whatever the status last said: the decision is the record's.
+    plan = core.plan_replica_set(_obs(spec, records=(record,),
+                                      previous_status={"phase": "Running"}))
+    (action,) = plan.actions
+    assert isinstance(action, act.StartRevision)
+    assert (action.reason, plan.drift) == (reason, None)
 
 
 @pytest.mark.parametrize(("spec_raw", "kw", "reason"), [
@@ -132,7 +148,12 @@ def test_user_errors_give_a_condition_and_no_action(
 ) -> None:
     plan = core.plan_replica_set(_obs(_spec(**spec_raw), **kw))
     assert plan.actions == ()
-    assert {c.reason for c in plan.status.conditions} == {reason}
+    conditions = {c.type: (c.status, c.reason) for c in plan.status.conditions}
+    waiting = reason == "VolumeNotReady"  # the node's to resolve, not the user's
+    assert conditions == {"Ready": (False, reason), "Progressing": (waiting, reason),
+                          "Degraded": (not waiting, "AsExpected" if waiting else reason)}
+    assert (plan.status.phase, plan.status.reason) == (
+        "Pending" if waiting else "Failed", reason)
 
 
 def test_zero_gpus_sees_no_gpu_in_either_attach_mode() -> None:
@@ -247,7 +268,11 @@ def test_rollback_needs_a_saved_disk_and_starts_from_it() -> None:
     wanted = replace(new, rollback_to=1)
     current = _mine(new, revision=2, name="team-a_knock-2")
     gone = core.plan_replica_set(_obs(wanted, current, records=(first, second)))
-    assert {c.reason for c in gone.status.conditions} == {"RevisionDiskGone"}
+    # The instance serves on: Ready stays True, the refused rollback is Degraded.
+    assert {c.type: (c.status, c.reason) for c in gone.status.conditions} == {
+        "Ready": (True, "ContainerRunning"), "Progressing": (False, "RevisionDiskGone"),
+        "Degraded": (True, "RevisionDiskGone")}
+    assert (gone.status.phase, gone.status.reason) == ("Running", "RevisionDiskGone")
     saved = replace(second, preserved_image=core.preserved_image(KEY, 2), preserved_from="c1")
     stopped = replace(current, status="exited")
     plan = core.plan_replica_set(_obs(wanted, stopped, records=(first, saved),
@@ -268,9 +293,9 @@ def test_exact_env_unsets_what_a_saved_disk_inherited() -> None:
 
 def test_an_invalid_spec_keeps_the_previous_history_as_it_was() -> None:
     history = [{"revision": 1, "createdAt": "t1", "changeCause": None, "image": "img",
-                "gpuCount": 1, "rollbackOf": None},
+                "gpuCount": 1, "rollbackOf": None, "failed": None},
                {"revision": 2, "createdAt": "t2", "changeCause": "grow", "image": "img",
-                "gpuCount": 2, "rollbackOf": None}]
+                "gpuCount": 2, "rollbackOf": None, "failed": None}]
     status = invalid_spec_status(3, {"phase": "Running", "revision": 2, "history": history},
                                  SpecError("spec.gpuCount: bad"))
     assert [h.to_dict() for h in status.history] == history  # null stays null, not "None"

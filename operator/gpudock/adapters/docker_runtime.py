@@ -27,7 +27,7 @@ from gpudock.api.gpu_replica_set import Protocol
 from gpudock.core import labels
 from gpudock.core.container_config import ContainerConfig, exact_env
 from gpudock.core.observed import ImageInfo, ObservedContainer, ResourceKey
-from gpudock.errors import TransientError, UserError
+from gpudock.errors import GpudockError, TransientError, UserError
 
 T = TypeVar("T")
 
@@ -61,8 +61,48 @@ class DiskFullError(UserError):
 _BUSY_PORT_RE = re.compile(r":(\d+)(?:: bind: address already in use| failed: port is already)")
 
 
+# Docker gives a status code, not a kind, for most refusals; these few are told
+# apart by their message because nothing else names them.
+_PORT_BUSY_TEXT = ("port is already allocated", "address already in use")
+_EXEC_FAILED_RE = re.compile(r'exec: "[^"]*": (?:executable file not found|stat [^:]*: no '
+                             r"such file or directory|permission denied)")
+_RUNTIME_REFUSED_TEXT = "OCI runtime create failed"  # runc refused the container's config
+
+
+class Step:
+    """The condition reason Docker's refusal of a step is reported under."""
+
+    CREATE = "ContainerCreateFailed"
+    START = "ContainerStartFailed"
+    OTHER = "DockerRequestFailed"
+
+
+def _refusal(what: str, step: str, exc: docker.errors.APIError) -> Exception:
+    """What an API error means: the user's to fix (a UserError with Docker's own
+    words), or Docker being unwell (transient)."""
+    text = str(exc.explanation or exc)
+    code = exc.status_code or 0
+    if any(busy in text for busy in _PORT_BUSY_TEXT):
+        match = _BUSY_PORT_RE.search(text)
+        return HostPortBusyError(f"{what}: {text}", int(match.group(1)) if match else None)
+    if "no space left on device" in text:
+        return DiskFullError(f"{what}: {text}")
+    if "bind source path does not exist" in text:
+        return UserError("HostPathMissing", f"{what}: {text}")
+    if step == Step.START and _EXEC_FAILED_RE.search(text):
+        return UserError("CommandNotFound", f"{what}: the command cannot be run in the "
+                         f"image: {text}")
+    if 400 <= code < 500:
+        return UserError(step, f"{what}: {text}")
+    if step in (Step.CREATE, Step.START) and _RUNTIME_REFUSED_TEXT in text:
+        # The runtime refused this container (a mount over /proc, a NUL in an env
+        # value): it would refuse it again on every retry.
+        return UserError(step, f"{what}: {text}")
+    return DockerUnavailableError(f"{what}: Docker failed (HTTP {code}): {text}")
+
+
 @contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
+def _translated(what: str, step: str = Step.OTHER) -> Iterator[None]:
     try:
         yield
     except docker.errors.ImageNotFound as exc:
@@ -70,18 +110,7 @@ def _translated(what: str) -> Iterator[None]:
     except docker.errors.NotFound as exc:
         raise ContainerGoneError(f"{what}: {exc.explanation}") from exc
     except docker.errors.APIError as exc:
-        text = str(exc.explanation or exc)
-        if "port is already allocated" in text or "address already in use" in text:
-            match = _BUSY_PORT_RE.search(text)
-            raise HostPortBusyError(f"{what}: {text}",
-                                    int(match.group(1)) if match else None) from exc
-        if "bind source path does not exist" in text:
-            raise UserError("HostPathMissing", f"{what}: {text}") from exc
-        if "no space left on device" in text:
-            raise DiskFullError(f"{what}: {text}") from exc
-        if exc.is_server_error():
-            raise DockerUnavailableError(f"{what}: {text}") from exc
-        raise
+        raise _refusal(what, step, exc) from exc
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise DockerUnavailableError(f"{what}: cannot reach Docker: {exc}") from exc
 
@@ -103,8 +132,8 @@ class DockerRuntime:
                     if self._docker_host else docker.from_env(timeout=int(self._timeout)))
         return self._client
 
-    def _call(self, what: str, fn: Callable[[], T]) -> T:
-        with _translated(what):
+    def _call(self, what: str, fn: Callable[[], T], step: str = Step.OTHER) -> T:
+        with _translated(what, step):
             return fn()
 
     def version(self) -> str:
@@ -232,17 +261,18 @@ class DockerRuntime:
             labels=config.labels, hostname=config.hostname or None,
             ports=[(p.container_port, p.protocol.lower()) for p in config.ports],
             host_config=host_config,
-        ))
+        ), Step.CREATE)
         container_id = str(created["Id"])
         if not start:
             return container_id
         try:
-            self.start(container_id, config.name)
+            self._call(f"start {config.name}", lambda: api.start(container_id), Step.START)
             self._verify_bind_mounts(container_id, config)
-        except UserError:
+        except Exception:
             # Never leave a created-but-unstartable container holding GPUs and ports;
             # it has no user data yet (it never ran).
-            self.remove(container_id, config.name)
+            with contextlib.suppress(GpudockError):
+                self.remove(container_id, config.name)
             raise
         return container_id
 
@@ -270,7 +300,7 @@ class DockerRuntime:
                                 "in?); the container was removed")
 
     def start(self, container_id: str, name: str) -> None:
-        self._call(f"start {name}", lambda: self.client.api.start(container_id))
+        self._call(f"start {name}", lambda: self.client.api.start(container_id), Step.START)
 
     def stop(self, container_id: str, name: str) -> None:
         self._call(f"stop {name}", lambda: self.client.api.stop(
@@ -345,9 +375,36 @@ class DockerRuntime:
             self._call(f"remove {name}", lambda: self.client.api.remove_container(
                 container_id, force=True, v=False))
 
-    def exec(self, container_id: str, command: list[str]) -> tuple[int, str]:
+    def tag_image(self, source: str, target: str) -> bool:
+        """Give the image ``source`` names the tag ``target`` as well; False when
+        ``source`` does not exist (a crash after a re-tag removed it: nothing to do)."""
+        repository, tag = target.rsplit(":", 1)
+        try:
+            self._call(f"tag {source} as {target}", lambda: self.client.api.tag(
+                source, repository, tag, force=True))
+        except UserError:
+            return False
+        return True
+
+    def command_missing(self, container_id: str, command: str,
+                        env: list[str]) -> bool | None:
+        """Whether ``command`` cannot be found in a running container's filesystem
+        with its PATH from ``env`` (True: it is missing, False: it is there, None:
+        cannot tell, e.g. the image has no shell)."""
+        path = next((e.split("=", 1)[1] for e in env if e.startswith("PATH=")), None)
+        probe = ["sh", "-c", 'command -v "$1" >/dev/null 2>&1 || exit 100', "sh", command]
+        try:
+            code, _ = self.exec(container_id, probe,
+                                environment=[f"PATH={path}"] if path else None)
+        except GpudockError:
+            return None
+        return {0: False, 100: True}.get(code)
+
+    def exec(self, container_id: str, command: list[str],
+             environment: list[str] | None = None) -> tuple[int, str]:
         api = self.client.api
-        exec_id = str(self._call("exec", lambda: api.exec_create(container_id, command))["Id"])
+        exec_id = str(self._call("exec", lambda: api.exec_create(
+            container_id, command, environment=environment))["Id"])
         output = self._call("exec", lambda: api.exec_start(exec_id))
         code = self._call("exec", lambda: api.exec_inspect(exec_id))["ExitCode"]
         return int(code or 0), output.decode(errors="replace")
@@ -399,12 +456,26 @@ def _observed(attrs: dict[str, Any]) -> ObservedContainer:
         revision = 0
     volumes = {str(m.get("Destination")): str(m.get("Name")) for m in attrs.get("Mounts") or ()
                if m.get("Type") == "volume" and m.get("Name")}
+    state = attrs.get("State") or {}
     return ObservedContainer(
         id=attrs["Id"], name=attrs.get("Name", "").lstrip("/"),
-        status=attrs.get("State", {}).get("Status", "unknown"),
+        status=state.get("Status", "unknown"),
         owner=owner, uid=config_labels.get(labels.UID, ""), revision=revision, gpus=gpus,
         spec_hash=config_labels.get(labels.SPEC_HASH, ""),
         base_image=config_labels.get(labels.IMAGE, ""), port_bindings=bindings,
         restart_policy=(attrs.get("HostConfig", {}).get("RestartPolicy") or {}).get("Name", ""),
         node=config_labels.get(labels.NODE, ""), volumes=volumes,
+        exit_code=int(state.get("ExitCode") or 0),
+        restart_count=int(attrs.get("RestartCount") or 0),
+        oom_killed=bool(state.get("OOMKilled")),
+        started_at=_docker_time(state.get("StartedAt")),
+        finished_at=_docker_time(state.get("FinishedAt")),
     )
+
+
+def _docker_time(value: Any) -> str:
+    """Docker's time stamp to whole-second RFC 3339 UTC; "" for its zero time."""
+    text = str(value or "")
+    if not text or text.startswith("0001-"):
+        return ""
+    return text[:19] + "Z"

@@ -190,6 +190,12 @@ class GpuReplicaSetSpec:
                if self.dns is not None else {}),
         }
 
+    def matches(self, recorded: Mapping[str, Any]) -> bool:
+        """True when a revision recorded with shape ``recorded`` (by any version of
+        the agent) is this spec's shape: fields the record lacks count as their
+        default, so a field added later does not make every container differ."""
+        return _essential(recorded) == _essential(self.shape())
+
     def with_shape(self, shape: RawDict) -> GpuReplicaSetSpec:
         """This spec with another revision's shape (a rollback); raises SpecError."""
         other = GpuReplicaSetSpec.parse({**shape, "nodeName": self.node_name})
@@ -197,6 +203,20 @@ class GpuReplicaSetSpec:
                        gpu_count=other.gpu_count, env=other.env, ports=other.ports,
                        mounts=other.mounts, rollback_to=None,
                        host_aliases=other.host_aliases, dns=other.dns)
+
+
+# What each shape field is when a spec leaves it out. A field added in a later version
+# must be listed with its default, so records and containers made before it existed
+# still match a spec that leaves it at that default (no restart on an agent upgrade).
+SHAPE_DEFAULTS: dict[str, Any] = {
+    "command": [], "gpuCount": 0, "env": [], "ports": [], "mounts": [],
+    "hostAliases": [], "dnsConfig": None,
+}
+
+
+def _essential(shape: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in shape.items()
+            if k not in SHAPE_DEFAULTS or v != SHAPE_DEFAULTS[k]}
 
 
 def _dns_option_dict(option: str) -> dict[str, str]:
@@ -333,20 +353,23 @@ class RevisionSummary:
     image: str
     gpu_count: int
     rollback_of: int | None = None
+    failed: str | None = None  # why its container never ran ("Reason: message")
 
     def to_dict(self) -> dict[str, Any]:
         return {"revision": self.revision, "createdAt": self.created_at,
                 # An empty string reaches the API server as null (as for a
                 # condition's message), so "no change-cause" is null outright.
                 "changeCause": self.change_cause or None, "image": self.image,
-                "gpuCount": self.gpu_count, "rollbackOf": self.rollback_of}
+                "gpuCount": self.gpu_count, "rollbackOf": self.rollback_of,
+                "failed": self.failed}
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> RevisionSummary:
         """The inverse of :meth:`to_dict`; KeyError/TypeError/ValueError when malformed."""
         return cls(int(raw["revision"]), str(raw.get("createdAt", "")),
                    str(raw.get("changeCause") or ""), str(raw.get("image", "")),
-                   int(raw.get("gpuCount", 0)), raw.get("rollbackOf"))
+                   int(raw.get("gpuCount", 0)), raw.get("rollbackOf"),
+                   raw.get("failed"))
 
 
 @dataclass(frozen=True)
@@ -360,17 +383,38 @@ class GpuReplicaSetStatus:
     ports: tuple[PortBinding, ...] = ()
     conditions: tuple[Condition, ...] = field(default=())
     history: tuple[RevisionSummary, ...] = ()
+    reason: str | None = None  # the reason of the condition that matters (REASON column)
+    process: ProcessStatus | None = None  # of the current container, when there is one
 
     def to_dict(self) -> dict[str, Any]:
         """The status as Kubernetes stores it (camelCase; absent values are null)."""
+        process = self.process or ProcessStatus()
         return {
             "phase": self.phase,
+            "reason": self.reason,
             "observedGeneration": self.observed_generation,
             "revision": self.revision,
             "containerName": self.container_name,
             "containerID": self.container_id,
             "gpus": list(self.gpus),
+            "gpuCount": len(self.gpus),
             "ports": [p.to_dict() for p in self.ports],
+            "restartCount": process.restart_count,
+            "lastExitCode": process.last_exit_code,
+            "oomKilled": process.oom_killed,
+            "startedAt": process.started_at,
             "conditions": [c.to_dict() for c in self.conditions],
             "history": [h.to_dict() for h in self.history],
         }
+
+
+@dataclass(frozen=True)
+class ProcessStatus:
+    """How the container's process fares: restarts by Docker's restart policy since
+    the agent last started it, the last exit (None when it never exited), whether the
+    kernel killed it for memory, when it last started."""
+
+    restart_count: int = 0
+    last_exit_code: int | None = None
+    oom_killed: bool = False
+    started_at: str | None = None

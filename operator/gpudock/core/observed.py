@@ -40,6 +40,14 @@ class ObservedContainer:
     restart_policy: str = ""
     node: str = ""  # the gpudock.dev/node label ("" on containers made before it)
     volumes: dict[str, str] = field(default_factory=dict)  # mount path -> Docker volume
+    # What Docker says of the process: the last exit, restarts by the restart policy
+    # since the container was last started, when it last started and finished
+    # (RFC 3339 with Docker's nanoseconds; "" when never).
+    exit_code: int = 0
+    restart_count: int = 0
+    oom_killed: bool = False
+    started_at: str = ""
+    finished_at: str = ""
 
     @property
     def running(self) -> bool:

@@ -44,6 +44,7 @@ class StartContainer:
     container_id: str
     name: str
     reason: str = "Started"
+    note: Revision | None = None  # the record as it is once the container runs
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class StopContainer:
     name: str
     reason: str = "Stopped"
     saving: bool = False  # its disk is saved next: check there is room before stopping
+    note: Revision | None = None  # the record as it is once the container is stopped
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,20 @@ class PruneRevision:
 
 
 @dataclass(frozen=True)
+class MoveHistory:
+    """Re-key revision records (an earlier resource's history set aside as retained,
+    or a retained history adopted): saved disks tagged under their new names first,
+    then the records written under their new keys, then the old keys and tags
+    removed. Each step is idempotent, so a crash anywhere repeats harmlessly."""
+
+    retags: tuple[tuple[str, str], ...]  # (existing tag, new tag)
+    records: tuple[Revision, ...]  # as they are to be stored
+    removed: tuple[Revision, ...]  # the records whose keys go
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class PurgeHistory:
     """historyPolicy Purge on delete: every record and saved disk of the name."""
 
@@ -107,7 +123,7 @@ class PurgeHistory:
 
 Action = (StartRevision | RecordRevision | PreserveDisk | StartContainer | StopContainer
           | RemoveContainer | RenameContainer | UnpauseContainer | SetRestartPolicy
-          | WriteSpec | PruneRevision | PurgeHistory)
+          | WriteSpec | PruneRevision | MoveHistory | PurgeHistory)
 
 # Steps after which GPUs or host ports may have become free for another resource (a
 # stopped container still holds them: only removing one frees them).

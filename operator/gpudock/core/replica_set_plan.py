@@ -31,16 +31,16 @@ from gpudock.api.gpu_replica_set import (
 from gpudock.api.paths import is_under
 from gpudock.core import labels
 from gpudock.core import replica_set_actions as act
+from gpudock.core import replica_set_status as status
 from gpudock.core.allocation import Ledger, allocate_gpus, allocate_ports
 from gpudock.core.container_config import (
     RESTART_POLICY,
     ContainerConfig,
     build_container_config,
-    shape_hash,
     spec_hash,
 )
 from gpudock.core.observed import HostPort, ImageInfo, ObservedContainer, ResourceKey
-from gpudock.core.replica_set_status import bindings_of, blocked_status, status
+from gpudock.core.replica_set_status import Seen, bindings_of
 from gpudock.core.revision import Revision
 from gpudock.errors import UserError
 
@@ -76,6 +76,14 @@ class Observation:
     # process on the node has them): never auto-allocated.
     busy_host_ports: frozenset[HostPort] = frozenset()
     use_device_requests: bool = False
+    # A retained history this resource asked to adopt (the gpudock.dev/adopt-history
+    # annotation names the deleted resource's UID), as set aside; its saved disks.
+    adoptable: tuple[Revision, ...] = ()
+    retained_tags: frozenset[str] = frozenset()
+
+    @property
+    def own_records(self) -> tuple[Revision, ...]:
+        return tuple(r for r in self.records if r.uid == self.uid)
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,10 @@ class Plan:
     actions: tuple[act.Action, ...]
     status: GpuReplicaSetStatus
     drift: str | None = None  # what was found changed behind the agent's back
+    # The container the next pass creates, when this pass stops a serving one for
+    # it: what can be checked of it is checked before the stop.
+    next_config: ContainerConfig | None = None
+    recheck_after: float | None = None  # observe again then, even if nothing happens
 
 
 @dataclass(frozen=True)
@@ -93,10 +105,6 @@ class _Target:
     cause: str
     rollback_of: int | None = None
     source: str | None = None  # the saved disk a rollback starts from
-
-    @property
-    def hash(self) -> str:
-        return spec_hash(self.spec)
 
 
 def preserved_repository(key: ResourceKey) -> str:
@@ -119,6 +127,18 @@ def preserved_image(key: ResourceKey, revision: int) -> str:
     return f"{preserved_repository(key)}:rev-{revision}"
 
 
+def retained_repository(key: ResourceKey) -> str:
+    """Where the saved disks of deleted resources of this name are kept ("__" never
+    occurs in a base name, so no resource's own repository is ever this one)."""
+    return f"{preserved_repository(key)}__retained"
+
+
+def retained_name(name: str, uid: str) -> str:
+    """The store name a deleted resource's history is kept under ("@" never occurs
+    in a Kubernetes name)."""
+    return f"{name}@{uid}"
+
+
 # --------------------------------------------------------------------------- the flow
 def plan_replica_set(obs: Observation) -> Plan:
     mine = [c for c in obs.containers if c.owner == obs.key]
@@ -127,13 +147,19 @@ def plan_replica_set(obs: Observation) -> Plan:
         retire = _retire_all(obs.key, obs.records, obs.preserved_tags, stale, "RemovedStale")
         return _progress(obs, None, None, retire, "Cleaning",
                          "saving and removing an earlier resource's containers")
+    if len(obs.own_records) < len(obs.records):
+        return _progress(obs, None, None, (_set_aside(obs),), "Cleaning",
+                         "keeping the history of an earlier resource of this name apart")
+    if obs.adoptable and not obs.records:
+        return _progress(obs, None, None, (_adopt(obs),), "Adopting",
+                         "adopting the retained history of the deleted resource")
     if obs.node_name and obs.spec.node_name != obs.node_name:
         return blocked_plan(obs, UserError("NodeNameChanged", (
             f"spec.nodeName was changed to {obs.spec.node_name}, but this resource's "
             f"container and disk are on node {obs.node_name}; moving an instance between "
             f"nodes is not supported yet. Set spec.nodeName back to {obs.node_name} "
             "(nothing was changed meanwhile)")))
-    current = _current(obs)
+    current = current_container(obs)
     older = [c for c in mine if current is not None and c.id != current.id]
     record = _record_of(obs, current)
     if older:  # a rollout whose new container exists: the old one goes
@@ -159,12 +185,23 @@ def plan_replica_set(obs: Observation) -> Plan:
 
 def blocked_plan(obs: Observation, error: UserError) -> Plan:
     """Nothing can be done until the user (or the node) changes something."""
-    current = _current(obs)
-    return Plan((), blocked_status(obs.records, obs.generation, current,
-                                   _record_of(obs, current), obs.previous_status, error))
+    current = current_container(obs)
+    seen = _seen(obs, current, _record_of(obs, current))
+    return Plan((), status.blocked(seen, error), recheck_after=_recheck(obs, current))
 
 
-def _current(obs: Observation) -> ObservedContainer | None:
+def _seen(obs: Observation, current: ObservedContainer | None,
+          record: Revision | None) -> Seen:
+    return Seen(obs.records, obs.generation, current, record, obs.previous_status, obs.now)
+
+
+def _recheck(obs: Observation, current: ObservedContainer | None) -> float | None:
+    """A container restarted by Docker counts as serving once it has run a while:
+    look again then."""
+    return status.unsettled_for(current, obs.now) if current is not None else None
+
+
+def current_container(obs: Observation) -> ObservedContainer | None:
     """This resource's container of the highest revision (older ones are leftovers of a
     rollout, removed by the plan)."""
     return max((c for c in obs.containers if c.owner == obs.key and c.uid == obs.uid),
@@ -173,8 +210,9 @@ def _current(obs: Observation) -> ObservedContainer | None:
 
 def _record_of(obs: Observation, current: ObservedContainer | None) -> Revision | None:
     """The record of the current revision: the container's, else the latest one this
-    resource made (a Stopped resource has no container)."""
-    mine = [r for r in obs.records if r.uid == obs.uid]
+    resource made (a Stopped resource has no container). Failed revisions never ran:
+    they are nobody's current record."""
+    mine = [r for r in obs.own_records if not r.failed]
     if current is not None:
         return next((r for r in mine if r.revision == current.revision), None)
     return mine[-1] if mine else None
@@ -189,10 +227,12 @@ def _target(obs: Observation, record: Revision | None) -> _Target | None:
             record.generation == obs.generation:
         return None
     source = next((r for r in obs.records if r.revision == wanted), None)
-    if source is None:
-        known = ", ".join(str(r.revision) for r in obs.records) or "none"
-        raise UserError("RevisionNotFound", f"spec.rollbackTo.revision {wanted} does not "
-                        f"exist (recorded revisions: {known})")
+    if source is None or source.failed:
+        known = ", ".join(str(r.revision) for r in obs.records if not r.failed) or "none"
+        never = " (it never ran)" if source is not None else ""
+        raise UserError("RevisionNotFound", f"spec.rollbackTo.revision {wanted} cannot be "
+                        f"restored{never}; revisions that can: {known}. Remove "
+                        "spec.rollbackTo or pick one of them; nothing was changed")
     if record is not None and wanted == record.revision:
         raise UserError("RollbackToCurrent", f"revision {wanted} is the current revision; "
                         "remove spec.rollbackTo")
@@ -214,9 +254,12 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
                                                        record, "Stopped"),
                          "Stopping", f"saving the disk of {current.name} and releasing "
                          "its GPUs and ports")
-    if current.spec_hash == target.hash and target.rollback_of is None:
+    if target.rollback_of is None and target.spec.matches(record.spec):
         return _keep(obs, current, record)
-    revision = current.revision + 1
+    failed = _failed_attempt(obs, record, target)
+    if failed is not None:  # the change was tried and Docker refused it
+        return _keep(obs, current, record, failed)
+    revision = _next_revision(obs, current.revision)
     same_base = current.base_image == target.spec.image
     source = target.source or (preserved_image(obs.key, current.revision)
                                if same_base else None)
@@ -224,8 +267,10 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
     config = _container_for(obs, target.spec, revision, source, current.gpus,
                             bindings_of(current), carried_volumes=current.volumes)
     if not _is_preserved(obs.preserved_tags, current, record):
-        return _progress(obs, current, record, _save(obs.key, current, record), "RollingOut",
-                         f"saving the disk of {current.name} for revision {revision}")
+        plan = _progress(obs, current, record, _save(obs.key, current, record),
+                         "RollingOut", f"saving the disk of {current.name} for revision "
+                         f"{revision}")
+        return replace(plan, next_config=config)
     new = _record(obs, target, revision, config.image, config.gpus, config.ports)
     return _progress(obs, current, record, (act.StartRevision(
         new, config, start=obs.spec.state is DesiredState.RUNNING),), "RollingOut",
@@ -234,22 +279,29 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
 
 def _without_container(obs: Observation, record: Revision | None, target: _Target) -> Plan:
     running = obs.spec.state is DesiredState.RUNNING
-    if record is not None and shape_hash(record.spec) == target.hash and \
+    if record is not None and target.spec.matches(record.spec) and \
             target.rollback_of is None:
         if obs.spec.state is DesiredState.STOPPED:
-            return Plan(_prune(obs, record), status(obs.records, obs.generation, None,
-                                                    record, obs.previous_status, "Stopped"))
+            return Plan(_prune(obs, record), status.settled(_seen(obs, None, record),
+                                                            "Stopped"))
         config = _container_for(obs, target.spec, record.revision, _disk_of(obs, record),
                                 record.gpus, record.ports)
         again = replace(record, container_name=config.name, gpus=config.gpus,
                         ports=config.ports)
-        resumed = obs.previous_status.get("phase") in ("Stopped", "Stopping")
+        # Whether its container went behind the agent's back is in the record: one
+        # that ran and was not saved and removed by the agent (state Stopped).
+        ran = record.container_id is not None
+        retired = ran and record.preserved_from == record.container_id
+        reason = "Resumed" if retired else "Recreated" if ran else "RevisionStarted"
         return _progress(obs, None, record, (act.StartRevision(
-            again, config, start=running, reason="Resumed" if resumed else "Recreated"),),
+            again, config, start=running, reason=reason),),
             "Creating", f"creating container {config.name}",
-            drift=None if resumed else "container was removed")
-    revision = (record.revision if record else max(
-        (r.revision for r in obs.records), default=0)) + 1
+            drift="container was removed" if ran and not retired else None)
+    if _failed_attempt(obs, record, target) is not None:
+        failed = _failed_attempt(obs, record, target)
+        assert failed is not None
+        return blocked_plan(obs, _failure(failed, None))
+    revision = _next_revision(obs, record.revision if record else 0)
     source = target.source
     if source is None and record is not None and record.spec.get("image") == target.spec.image:
         source = _disk_of(obs, record)
@@ -268,7 +320,10 @@ def _without_container(obs: Observation, record: Revision | None, target: _Targe
         "Creating", f"creating container {config.name}")
 
 
-def _keep(obs: Observation, current: ObservedContainer, record: Revision) -> Plan:
+def _keep(obs: Observation, current: ObservedContainer, record: Revision,
+          failed: Revision | None = None) -> Plan:
+    """The container already is the revision to run (or, after a failed change, the
+    one to run again): repair what drifted, bring it to spec.state."""
     expected = labels.object_name(obs.key.namespace, obs.key.name, current.revision)
     actions: list[act.Action] = []
     drift: list[str] = []
@@ -285,20 +340,94 @@ def _keep(obs: Observation, current: ObservedContainer, record: Revision) -> Pla
         elif current.status == "created":
             actions.append(act.StartContainer(current.id, expected))
         elif not current.running:
-            resumed = obs.previous_status.get("phase") in ("Paused", "Pausing")
-            actions.append(act.StartContainer(current.id, expected,
-                                              "Resumed" if resumed else "Restarted"))
-            if not resumed:
-                drift.append(f"container was {current.status}")
+            # Stopped by the agent (state Paused, or for a save) or behind its back:
+            # the record says which.
+            paused = record.paused_container == current.id
+            saved = record.preserved_from == current.id
+            reason = ("Resumed" if paused else "PreviousRevisionRestored" if failed
+                      else "Restarted")
+            actions.append(act.StartContainer(current.id, expected, reason, note=replace(
+                record, paused_container=None) if paused else None))
+            if not (paused or saved):
+                drift.append(f"container had {current.status} (exit code "
+                             f"{current.exit_code})")
     elif current.running or current.status == "paused":  # Paused
-        actions.append(act.StopContainer(current.id, expected, "Paused"))
-    phase = "Running" if obs.spec.state is DesiredState.RUNNING else "Paused"
+        actions.append(act.StopContainer(current.id, expected, "Paused",
+                                         note=replace(record, paused_container=current.id)))
     note = "; ".join(drift) or None
+    if failed is not None:
+        error = _failure(failed, record)
+        if actions:
+            return replace(_progress(obs, current, record, tuple(actions), "Reconciling",
+                                     error.message), drift=note)
+        return blocked_plan(obs, error)
     if actions:
         return _progress(obs, current, record, tuple(actions), "Reconciling",
                          f"bringing {expected} to state {obs.spec.state}", drift=note)
-    return Plan(_prune(obs, record), status(obs.records, obs.generation, current, record,
-                                            obs.previous_status, phase))
+    return Plan(_prune(obs, record), status.settled(_seen(obs, current, record),
+                                                    str(obs.spec.state)),
+                recheck_after=_recheck(obs, current))
+
+
+def _failed_attempt(obs: Observation, record: Revision | None,
+                    target: _Target) -> Revision | None:
+    """The revision that already tried this very change (same spec generation and
+    shape) and that Docker refused to run: not tried again until the spec changes."""
+    after = record.revision if record is not None else 0
+    return next((r for r in reversed(obs.own_records) if r.failed and r.revision > after
+                 and r.generation == obs.generation and r.rollback_of == target.rollback_of
+                 and target.spec.matches(r.spec)), None)
+
+
+def _failure(failed: Revision, record: Revision | None) -> UserError:
+    reason, _, message = (failed.failed or "").partition(": ")
+    keeps = (f"; revision {record.revision} keeps running" if record is not None
+             else "")
+    return UserError(reason or "ContainerStartFailed",
+                     f"revision {failed.revision} could not be started: {message}{keeps}. "
+                     "Change the spec to try again")
+
+
+def _next_revision(obs: Observation, base: int) -> int:
+    """The number of a new revision: after ``base`` and after every failed attempt
+    (a revision that never ran keeps its number in the history)."""
+    failed = (r.revision for r in obs.own_records if r.failed)
+    return max(base, *failed, 0) + 1
+
+
+def _set_aside(obs: Observation) -> act.MoveHistory:
+    """An earlier resource's records (it was deleted with historyPolicy Retain) go
+    under ``<name>@<uid>`` and its saved disks into the retained repository, so this
+    resource starts at revision 1 and never sees them unless it adopts them."""
+    foreign = [r for r in obs.records if r.uid != obs.uid]
+    repository = retained_repository(obs.key)
+    retags = {tag: f"{repository}:{r.uid}-rev-{tag.rsplit('rev-', 1)[-1]}"
+              for r in foreign for tag in (r.preserved_image, r.image)
+              if tag and tag in obs.preserved_tags}
+    moved = tuple(replace(r, name=retained_name(r.name, r.uid),
+                          preserved_image=retags.get(r.preserved_image or "",
+                                                     r.preserved_image),
+                          image=retags.get(r.image, r.image)) for r in foreign)
+    return act.MoveHistory(tuple(sorted(retags.items())), moved, tuple(foreign),
+                           "HistoryRetainedApart", f"{len(foreign)} revision(s) of an "
+                           "earlier resource of this name kept apart (retained history; "
+                           "adopt it with the gpudock.dev/adopt-history annotation)")
+
+
+def _adopt(obs: Observation) -> act.MoveHistory:
+    """The retained history named by the annotation becomes this resource's own: its
+    records under this name and UID, its saved disks under this resource's tags."""
+    retags = {tag: preserved_image(obs.key, int(tag.rsplit("rev-", 1)[-1]))
+              for r in obs.adoptable for tag in (r.preserved_image, r.image)
+              if tag and tag in obs.retained_tags}
+    adopted = tuple(replace(r, name=obs.key.name, uid=obs.uid,
+                            preserved_image=retags.get(r.preserved_image or "",
+                                                       r.preserved_image),
+                            image=retags.get(r.image, r.image), container_id=None,
+                            paused_container=None) for r in obs.adoptable)
+    return act.MoveHistory(tuple(sorted(retags.items())), adopted, obs.adoptable,
+                           "HistoryAdopted", f"{len(adopted)} revision(s) of the deleted "
+                           f"resource (uid {obs.adoptable[0].uid}) adopted")
 
 
 # ------------------------------------------------------------------------------ steps
@@ -375,14 +504,19 @@ def _container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
         raise UserError("ImageNotPresent", f"image {spec.image} is not on the node; load it "
                         "there (gpudock never pulls)")
     _check_explicit_ports(obs, spec)
+    if spec.gpu_count > len(obs.inventory):
+        raise UserError("ExceedsNodeCapacity",
+                        f"asks for {_gpus(spec.gpu_count)}; node {spec.node_name} has "
+                        f"{_gpus(len(obs.inventory))} in all")
     ledger = Ledger.from_containers(obs.containers)
     taken = ledger.gpus_held_by_others(obs.key)
     gpus = allocate_gpus(spec.gpu_count, obs.inventory, taken, held_gpus)
     if gpus is None:
         free = len(obs.inventory) - len(taken & set(obs.inventory))
         raise UserError("InsufficientGPUs",
-                        f"needs {spec.gpu_count} GPUs; {free} of {len(obs.inventory)} on "
-                        f"node {spec.node_name} are free. Waiting for GPUs to be released")
+                        f"needs {_gpus(spec.gpu_count)}; {free} of {len(obs.inventory)} "
+                        f"on node {spec.node_name} are free. Waiting for GPUs to be "
+                        "released")
     ports = allocate_ports(spec.ports, ledger.ports_held_by_others(obs.key)
                            | obs.busy_host_ports, *obs.port_range, held=held_ports)
     return build_container_config(
@@ -391,6 +525,10 @@ def _container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
         host_paths=host_paths, use_device_requests=obs.use_device_requests, image=source,
         image_volumes=obs.images[spec.image].volumes if spec.image in obs.images else (),
         carried_volumes=dict(carried_volumes or {}), node_name=obs.node_name)
+
+
+def _gpus(count: int) -> str:
+    return f"{count} GPU" if count == 1 else f"{count} GPUs"
 
 
 def _check_mounts(obs: Observation, spec: GpuReplicaSetSpec) -> dict[str, str]:
@@ -462,5 +600,5 @@ def _progress(obs: Observation, current: ObservedContainer | None, record: Revis
               drift: str | None = None) -> Plan:
     phase = {"RollingOut": "Updating", "RollingBack": "Updating", "Stopping": "Stopping",
              "Recording": "Updating", "Creating": "Creating"}.get(reason, "Reconciling")
-    return Plan(actions, status(obs.records, obs.generation, current, record,
-                                obs.previous_status, phase, (reason, message)), drift)
+    return Plan(actions, status.progressing(_seen(obs, current, record), phase, reason,
+                                            message), drift)

@@ -1,16 +1,33 @@
 """The GpuReplicaSet status a plan reports: phase, conditions, current revision,
-GPUs, ports and the revision history (for ``gpudock history``)."""
+GPUs, ports, how the container's process fares, and the revision history.
+
+The rules, once (docs/gpu-replica-set.md has them as a table):
+
+* **Ready** is about the instance serving: True only while the container runs and
+  is not crash-looping under spec.state Running.
+* **Progressing** is about a change being applied: True while the agent works on
+  one or waits for the node (GPUs, a volume); False when done (ReconcileComplete) or
+  when the change cannot be applied (the reason says why).
+* **Degraded** is about what needs the user: True for a change that cannot be
+  applied, a failed update, a crash loop; False otherwise (DriftRepaired notes what
+  the agent put right).
+* **phase** says what the container does: Running, CrashLoop, Paused, Stopped, or
+  a step under way (Creating, Updating, Stopping, Reconciling); Pending or Failed only
+  while nothing serves.
+"""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gpudock.api.conditions import Condition, ConditionType
 from gpudock.api.gpu_replica_set import (
     GpuReplicaSetStatus,
     PortBinding,
+    ProcessStatus,
     RevisionSummary,
 )
 from gpudock.core.conditions import condition
@@ -18,13 +35,33 @@ from gpudock.core.observed import ObservedContainer
 from gpudock.core.revision import Revision
 from gpudock.errors import UserError
 
+# Waiting for the node, not for the user: the change is applied by itself later.
 WAITING_REASONS = ("InsufficientGPUs", "VolumeNotReady")
-IDLE_READY = {
+# A container must run this long after a restart by Docker before it counts as
+# serving again (the kubelet's rule for restarted containers, about).
+STABLE_SECONDS = 10
+IDLE = {
     "Paused": ("Paused", "spec.state is Paused: the container is stopped; its GPUs and "
                "host ports stay reserved"),
     "Stopped": ("Stopped", "spec.state is Stopped: the disk is saved; GPUs and host ports "
                 "are released"),
 }
+_COMPLETE = ("ReconcileComplete", "the container matches the spec")
+_AS_EXPECTED = ("AsExpected", "nothing to report")
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What a status is made from: the records, the current container and its
+    record, the status last written (only for what it cannot observe: nothing a
+    decision rests on) and the time of the observation."""
+
+    history: Sequence[Revision]
+    generation: int | None
+    current: ObservedContainer | None
+    record: Revision | None
+    previous_status: Mapping[str, Any]
+    now: str = ""
 
 
 def bindings_of(container: ObservedContainer) -> tuple[PortBinding, ...]:
@@ -32,89 +69,172 @@ def bindings_of(container: ObservedContainer) -> tuple[PortBinding, ...]:
                         key=lambda b: (b.container_port, b.protocol)))
 
 
-def status(history: Sequence[Revision], generation: int | None,
-           current: ObservedContainer | None, record: Revision | None,
-           previous_status: Mapping[str, Any], phase: str,
-           progressing: tuple[str, str] | None = None) -> GpuReplicaSetStatus:
-    if progressing is not None:
-        reason, message = progressing
-        conditions = (
-            condition(ConditionType.READY, False, reason, message),
-            condition(ConditionType.PROGRESSING, True, reason, message),
-            condition(ConditionType.DEGRADED, False, "AsExpected", "nothing to report"),
-        )
-    else:
-        running = current is not None and current.running
-        if current is not None and running:
-            ready = ("ContainerRunning", f"container {current.name} is running")
-        elif phase in IDLE_READY:
-            ready = IDLE_READY[phase]
-        else:
-            ready = ("ContainerNotRunning", f"container {current.name} is {current.status}"
-                     if current else "no container")
-        conditions = (
-            condition(ConditionType.READY, running, *ready),
-            condition(ConditionType.PROGRESSING, False, "ReconcileComplete",
-                      "the container matches the spec"),
-            condition(ConditionType.DEGRADED, False, "AsExpected", "nothing to report"),
-        )
-    return status_with(history, generation, current, record, previous_status, phase,
-                       conditions)
+def _seconds_between(earlier: str, later: str) -> float | None:
+    try:
+        first = datetime.datetime.fromisoformat(earlier.replace("Z", "+00:00"))
+        second = datetime.datetime.fromisoformat(later.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (second - first).total_seconds()
 
 
-def blocked_status(history: Sequence[Revision], generation: int | None,
-                   current: ObservedContainer | None, record: Revision | None,
-                   previous_status: Mapping[str, Any], error: UserError) -> GpuReplicaSetStatus:
+def unsettled_for(container: ObservedContainer, now: str) -> float | None:
+    """Seconds until a container restarted by Docker counts as serving again; None
+    when it is not in that window."""
+    if container.status != "running" or container.restart_count == 0:
+        return None
+    since = _seconds_between(container.started_at, now)
+    if since is None or since >= STABLE_SECONDS:
+        return None
+    return STABLE_SECONDS - max(since, 0.0)
+
+
+def crash_looping(container: ObservedContainer | None, now: str) -> bool:
+    return container is not None and (container.status == "restarting" or unsettled_for(
+        container, now) is not None)
+
+
+def serving(container: ObservedContainer | None, now: str) -> bool:
+    return container is not None and container.status == "running" and not crash_looping(
+        container, now)
+
+
+def _crash_message(container: ObservedContainer) -> str:
+    how = "was killed for memory (OOMKilled)" if container.oom_killed else \
+        f"exited with code {container.exit_code}"
+    return (f"container {container.name} {how} and was restarted {container.restart_count} "
+            f"time(s) by Docker; last start {container.started_at or 'unknown'}")
+
+
+def _ready(seen: Seen, idle: str | None = None,
+           otherwise: tuple[str, str] | None = None) -> Condition:
+    current = seen.current
+    if serving(current, seen.now):
+        assert current is not None
+        return condition(ConditionType.READY, True, "ContainerRunning",
+                         f"container {current.name} is running")
+    if idle in IDLE:
+        return condition(ConditionType.READY, False, *IDLE[idle])
+    if current is not None and crash_looping(current, seen.now):
+        return condition(ConditionType.READY, False, "CrashLoop", _crash_message(current))
+    if otherwise is not None:
+        return condition(ConditionType.READY, False, *otherwise)
+    return condition(ConditionType.READY, False, "ContainerNotRunning",
+                     f"container {current.name} is {current.status}" if current
+                     else "no container")
+
+
+def _container_phase(seen: Seen) -> str | None:
+    if serving(seen.current, seen.now):
+        return "Running"
+    if crash_looping(seen.current, seen.now):
+        return "CrashLoop"
+    return None
+
+
+def settled(seen: Seen, state: str) -> GpuReplicaSetStatus:
+    """Nothing left to do: the container is in spec.state (Running, Paused, Stopped)."""
+    current = seen.current
+    degraded = condition(ConditionType.DEGRADED, False, *_AS_EXPECTED)
+    phase = state
+    if state == "Running" and crash_looping(current, seen.now):
+        assert current is not None
+        degraded = condition(ConditionType.DEGRADED, True, "CrashLoop",
+                             _crash_message(current))
+        phase = "CrashLoop"
+    conditions = (_ready(seen, idle=state),
+                  condition(ConditionType.PROGRESSING, False, *_COMPLETE), degraded)
+    return _assembled(seen, phase, conditions)
+
+
+def progressing(seen: Seen, phase: str, reason: str, message: str) -> GpuReplicaSetStatus:
+    """A step is being applied."""
+    conditions = (_ready(seen, otherwise=(reason, message)),
+                  condition(ConditionType.PROGRESSING, True, reason, message),
+                  condition(ConditionType.DEGRADED, False, *_AS_EXPECTED))
+    return _assembled(seen, phase, conditions)
+
+
+def blocked(seen: Seen, error: UserError) -> GpuReplicaSetStatus:
+    """The change cannot be applied now: waiting for the node (GPUs, a volume), or
+    the user must change something. A serving instance keeps serving and says so."""
     waiting = error.reason in WAITING_REASONS
-    serving = current is not None and current.running
     conditions = (
-        condition(ConditionType.READY, current is not None and current.running,
-                  error.reason, error.message),
-        condition(ConditionType.PROGRESSING, False, error.reason, error.message),
-        condition(ConditionType.DEGRADED, not waiting, error.reason, error.message),
+        _ready(seen, otherwise=(error.reason, error.message)),
+        condition(ConditionType.PROGRESSING, waiting, error.reason, error.message),
+        condition(ConditionType.DEGRADED, not waiting,
+                  *((error.reason, error.message) if not waiting else _AS_EXPECTED)),
     )
-    # A change that cannot be applied does not make a serving instance look down.
-    phase = "Running" if serving else "Pending" if waiting else "Failed"
-    return status_with(history, generation, current, record, previous_status, phase,
-                       conditions)
+    phase = _container_phase(seen) or ("Pending" if waiting else "Failed")
+    return _assembled(seen, phase, conditions)
 
 
-def status_with(history: Sequence[Revision], generation: int | None,
-                current: ObservedContainer | None, record: Revision | None,
-                previous_status: Mapping[str, Any], phase: str,
-                conditions: Sequence[Condition]) -> GpuReplicaSetStatus:
+def _assembled(seen: Seen, phase: str,
+               conditions: Sequence[Condition]) -> GpuReplicaSetStatus:
+    current, record = seen.current, seen.record
     revision = (current.revision if current else record.revision if record
-                else previous_status.get("revision"))
+                else seen.previous_status.get("revision"))
     return GpuReplicaSetStatus(
         phase=phase,
-        observed_generation=generation,
+        observed_generation=seen.generation,
         revision=revision,
         container_name=current.name if current else None,
         container_id=current.id if current else None,
         gpus=current.gpus if current else (),
         ports=bindings_of(current) if current else (),
         conditions=tuple(conditions),
-        history=tuple(r.summary() for r in history),
+        history=tuple(r.summary() for r in seen.history),
+        reason=headline(conditions, phase),
+        process=_process(current),
     )
+
+
+def _process(current: ObservedContainer | None) -> ProcessStatus | None:
+    if current is None:
+        return None
+    exited = bool(current.finished_at) or current.restart_count > 0
+    return ProcessStatus(current.restart_count, current.exit_code if exited else None,
+                         current.oom_killed, current.started_at or None)
+
+
+def headline(conditions: Sequence[Condition], phase: str) -> str | None:
+    """The one reason worth a column: what needs the user, else the change under
+    way, else why it does not serve (not for Paused or Stopped: asked for)."""
+    by_type = {c.type: c for c in conditions}
+    degraded = by_type.get(ConditionType.DEGRADED)
+    progress = by_type.get(ConditionType.PROGRESSING)
+    ready = by_type.get(ConditionType.READY)
+    if degraded is not None and degraded.status:
+        return degraded.reason
+    if progress is not None and progress.status:
+        return progress.reason
+    if ready is not None and not ready.status and phase not in IDLE:
+        return ready.reason
+    return None
 
 
 def invalid_spec_status(generation: int | None, previous_status: Mapping[str, Any],
                         error: UserError) -> GpuReplicaSetStatus:
-    """The spec cannot be parsed: say so, keep the rest of the status, change nothing."""
+    """The spec cannot be parsed: say so, keep the rest of the status (what the
+    container was last seen doing), change nothing."""
+    was_running = previous_status.get("phase") == "Running"
     conditions = (
-        condition(ConditionType.READY, previous_status.get("phase") == "Running",
-                  error.reason, error.message),
+        condition(ConditionType.READY, was_running,
+                  "ContainerRunning" if was_running else error.reason,
+                  "the container keeps running as before" if was_running else error.message),
         condition(ConditionType.PROGRESSING, False, error.reason, error.message),
         condition(ConditionType.DEGRADED, True, error.reason, error.message),
     )
+    phase = str(previous_status.get("phase")) if was_running else "Failed"
     return GpuReplicaSetStatus(
-        phase="Failed", observed_generation=generation,
+        phase=phase, observed_generation=generation,
         revision=previous_status.get("revision"),
         container_name=previous_status.get("containerName"),
         container_id=previous_status.get("containerID"),
         gpus=tuple(previous_status.get("gpus") or ()),
         ports=_raw_ports(previous_status.get("ports") or ()), conditions=conditions,
-        history=tuple(_raw_history(previous_status.get("history") or ())))
+        history=tuple(_raw_history(previous_status.get("history") or ())),
+        reason=error.reason)
 
 
 def _raw_ports(items: Sequence[Any]) -> tuple[PortBinding, ...]:

@@ -13,7 +13,7 @@ backend's own change history (etcd's MVCC), so compaction cannot lose a revision
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 from gpudock.api import gpu_replica_set
@@ -40,11 +40,22 @@ class Revision:
     rollback_of: int | None = None  # set when it restores revision N
     preserved_image: str | None = None  # the revision's saved disk
     preserved_from: str | None = None  # the container that disk was saved from
+    # The container the agent last started for this revision: when it is gone and was
+    # not saved and removed by the agent (preserved_from), it was removed behind the
+    # agent's back (drift).
+    container_id: str | None = None
+    # The container the agent stopped for spec.state Paused (so its being stopped is
+    # not drift when the resource runs again).
+    paused_container: str | None = None
+    # Docker refused to run the revision's container ("Reason: message"): it never
+    # ran, is not retried until the spec changes, and cannot be rolled back to.
+    failed: str | None = None
 
     def summary(self) -> RevisionSummary:
         return RevisionSummary(self.revision, self.created_at, self.change_cause,
                                str(self.spec.get("image", "")),
-                               int(self.spec.get("gpuCount", 0)), self.rollback_of)
+                               int(self.spec.get("gpuCount", 0)), self.rollback_of,
+                               self.failed)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -54,6 +65,8 @@ class Revision:
     @classmethod
     def from_json(cls, text: str | bytes) -> Revision:
         data = json.loads(text)
+        known = {f.name for f in fields(cls)}
+        data = {k: v for k, v in data.items() if k in known}  # a newer agent's record
         data["gpus"] = tuple(data.get("gpus") or ())
         data["ports"] = tuple(PortBinding.from_dict(p) for p in data.get("ports") or ())
         return cls(**data)
