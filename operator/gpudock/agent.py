@@ -18,6 +18,8 @@ def run_agent(settings: Settings, *, verbose: bool = False) -> int:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per liveness probe says nothing; failures still show.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     if settings.kubeconfig:
         # kopf's kubeconfig login reads $KUBECONFIG; the flag wins over in-cluster.
         os.environ["KUBECONFIG"] = settings.kubeconfig

@@ -1,4 +1,4 @@
-"""The ``gpudock`` command: ``gpudock agent`` and friends."""
+"""The gpudock command: the node agent, and a GpuReplicaSet's history and rollback."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gpudock import __version__, rollout_commands
+from gpudock import __version__, retained_commands, rollout_commands
 from gpudock.settings import SettingsError, add_agent_arguments, settings_from
 
 
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_agent_arguments(agent)
     agent.add_argument("--verbose", action="store_true", help="debug logging")
     rollout_commands.add_arguments(commands)
+    retained_commands.add_arguments(commands)
     return parser
 
 
@@ -36,6 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_agent(settings, verbose=args.verbose)
     if args.command in ("history", "rollback"):
         return rollout_commands.run(args)
+    if args.command == "purge":
+        return retained_commands.run_purge(args)
     parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse refuses
     return 2
 

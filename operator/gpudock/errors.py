@@ -19,7 +19,10 @@ class GpudockError(Exception):
 
 
 class TransientError(GpudockError):
-    """A dependency is unreachable or busy; retry later."""
+    """A dependency is unreachable or busy; retry later. ``reason`` names it in the
+    condition that shows the wait."""
+
+    reason = "Retrying"
 
     def __init__(self, message: str, *, delay: float = 10.0) -> None:
         super().__init__(message)
@@ -44,3 +47,5 @@ class SpecError(UserError):
 
 class StoreUnavailableError(TransientError):
     """The revision store (SQLite file or etcd) cannot be read or written right now."""
+
+    reason = "RevisionStoreUnavailable"

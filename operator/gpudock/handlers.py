@@ -16,11 +16,13 @@ from typing import Any
 
 import kopf
 
+from gpudock import node_health
 from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.gpu_inventory import inventory_from_settings
-from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
+from gpudock.adapters.kube_api import KubeApi, KubeUnavailableError, ObjectNotFoundError
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
+from gpudock.core.replica_set_status import waiting_on
 from gpudock.errors import GpudockError, SpecError, TransientError
 from gpudock.reconciler import Event, Outcome, ReplicaSetReconciler
 from gpudock.settings import Settings
@@ -66,6 +68,8 @@ def startup(memo: Any, settings: kopf.OperatorSettings,
     settings.persistence.diffbase_storage = DigestDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
     settings.posting.level = logging.INFO
+    settings.posting.reporting_component = "gpudock-agent"
+    settings.posting.reporting_instance = agent.node_name
     runtime = DockerRuntime(agent.docker_host, stop_timeout=agent.stop_timeout)
     inventory = inventory_from_settings(agent)
     try:
@@ -79,6 +83,7 @@ def startup(memo: Any, settings: kopf.OperatorSettings,
     logger.info("node %s: %d GPUs (%s backend): %s", agent.node_name, len(gpus),
                 agent.gpu_backend, ", ".join(g.uuid for g in gpus))
     memo.docker = runtime
+    memo.inventory = inventory
     memo.kube = KubeApi(agent.kubeconfig)
     memo.store = store
     memo.replica_sets = ReplicaSetReconciler(agent, runtime, inventory, memo.kube, store)
@@ -89,6 +94,22 @@ def startup(memo: Any, settings: kopf.OperatorSettings,
 async def start_orphan_sweep(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
                              **_: Any) -> None:
     memo.sweeper = asyncio.create_task(_sweep_orphans(memo, logger))
+    memo.heartbeat = asyncio.create_task(_heartbeat(memo, logger))
+
+
+async def _heartbeat(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
+                     ) -> None:
+    """Every --heartbeat-seconds: this node's GpuNode, then the resources of nodes
+    whose agent is silent or absent (node_health.py)."""
+    while True:
+        try:
+            await asyncio.to_thread(node_health.beat, memo.settings, memo.replica_sets.now(),
+                                    memo.docker, memo.inventory, memo.kube)
+            await asyncio.to_thread(node_health.flag_unserved, memo.settings,
+                                    memo.replica_sets.now(), memo.kube)
+        except Exception as exc:  # the heartbeat must outlive any one failure
+            logger.warning("node heartbeat failed, will retry: %s", exc)
+        await asyncio.sleep(memo.settings.heartbeat_seconds)
 
 
 async def _sweep_orphans(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
@@ -129,9 +150,9 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
 @kopf.on.cleanup()
 def cleanup(memo: Any, **_: Any) -> None:
-    sweeper = getattr(memo, "sweeper", None)
-    if sweeper is not None:
-        sweeper.cancel()
+    for task in (getattr(memo, "sweeper", None), getattr(memo, "heartbeat", None)):
+        if task is not None:
+            task.cancel()
     runtime = getattr(memo, "docker", None)
     if isinstance(runtime, DockerRuntime):
         runtime.close()
@@ -169,22 +190,29 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
     wakeup = memo.wakeups.event(uid)
     settings: Settings = memo.settings
     shown: dict[str, Any] = {}  # the status written in this pass (the body may lag)
+    unsent = False  # a status write failed: try again soon
 
     def show(outcome: Outcome) -> None:
-        """Post the events, write the status unless the resource already has it."""
-        nonlocal shown
-        _post(body, outcome.events)
-        current = shown or body.get("status") or {}
-        if outcome.status != {k: current.get(k) for k in outcome.status}:
-            memo.kube.patch_status(GRS, body["metadata"]["namespace"],
-                                   body["metadata"]["name"], outcome.status)
-            shown = outcome.status
+        """Post the events, write the status unless the resource already has it. The
+        API server being away does not stop the work on the node: the status
+        catches up on a later pass."""
+        nonlocal shown, unsent
+        try:
+            _post(body, outcome.events)
+            current = shown or body.get("status") or {}
+            if outcome.status != {k: current.get(k) for k in outcome.status}:
+                memo.kube.patch_status(GRS, body["metadata"]["namespace"],
+                                       body["metadata"]["name"], outcome.status)
+                shown = outcome.status
+        except KubeUnavailableError as exc:
+            logger.warning("status not written (will catch up): %s", exc)
+            unsent = True
 
     try:
         while not stopped:
             wakeup.clear()
             delay = settings.resync_seconds
-            shown = {}
+            shown, unsent = {}, False
             try:
                 await asyncio.to_thread(_drop_legacy_finalizer, memo, body)
                 outcome = await asyncio.to_thread(memo.replica_sets.reconcile, dict(body),
@@ -193,15 +221,44 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
                     await asyncio.to_thread(show, outcome)
                     if outcome.released:
                         memo.wakeups.wake_all()
+                    delay = min(delay, outcome.recheck_after or delay)
             except ObjectNotFoundError:
                 return
             except TransientError as exc:
                 logger.warning("will retry in %.0fs: %s", exc.delay, exc)
                 delay = min(delay, exc.delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wakeup.wait(), timeout=delay)
+                await asyncio.to_thread(_show_waiting, memo, body, exc)
+            if unsent:
+                delay = min(delay, STATUS_RETRY_SECONDS)
+            await _sleep(wakeup, stopped, delay)
     finally:
         memo.wakeups.forget(uid)
+
+
+STATUS_RETRY_SECONDS = 5.0
+
+
+async def _sleep(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, delay: float) -> None:
+    """Until the resource is woken (its spec changed, GPUs were freed), kopf stops
+    the daemon (the resource is being deleted, the agent exits) or ``delay`` passes."""
+    woken = asyncio.ensure_future(wakeup.wait())
+    ending = asyncio.ensure_future(stopped.wait(delay))
+    try:
+        await asyncio.wait((woken, ending), timeout=delay,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+        ending.cancel()
+
+
+def _show_waiting(memo: Any, body: kopf.Body, exc: TransientError) -> None:
+    """Docker or the revision store does not answer: say so in the status (when the
+    API server does), keeping the rest of what it says."""
+    status = waiting_on(body.get("status") or {}, exc.reason, str(exc),
+                        memo.replica_sets.now())
+    with contextlib.suppress(KubeUnavailableError, ObjectNotFoundError):
+        memo.kube.patch_status(GRS, body["metadata"]["namespace"], body["metadata"]["name"],
+                               status)
 
 
 @kopf.on.update(GROUP, VERSION, GRS, when=_on_this_node)

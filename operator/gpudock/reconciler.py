@@ -98,6 +98,9 @@ class ReplicaSetReconciler:
         self._host_paths = HostPathPolicy(settings.allowed_host_paths,
                                           settings.read_only_host_paths)
 
+    def now(self) -> str:
+        return self._clock()
+
     @contextlib.contextmanager
     def node_lock(self) -> Iterator[None]:
         """Held while observing and changing the node's containers."""

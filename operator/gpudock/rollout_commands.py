@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any, TextIO
 
+from gpudock import retained_commands
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api.gpu_replica_set import PLURAL
 from gpudock.errors import GpudockError
@@ -21,9 +22,15 @@ def add_arguments(commands: Any) -> None:
     history = commands.add_parser("history", help="list a GpuReplicaSet's revisions")
     rollback = commands.add_parser("rollback", help="roll a GpuReplicaSet back to an "
                                    "earlier revision (its spec and its disk)")
-    rollback.add_argument("--to-revision", type=int, required=True, metavar="N")
+    rollback.add_argument("--to-revision", type=int, required=True, metavar="N",
+                          help="the revision to restore (see gpudock history NAME); it "
+                          "must have run and must not be the current one")
     rollback.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                           help="wait this long for the rollback to finish (default: no)")
+    history.add_argument("--retained", action="store_true",
+                         help="list the histories deleted resources of this name left "
+                         "on the node (run on the node; see gpudock purge)")
+    retained_commands.add_node_arguments(history)
     for parser in (history, rollback):
         parser.add_argument("name", help="the GpuReplicaSet")
         parser.add_argument("-n", "--namespace", help="default: the kubeconfig's")
@@ -31,6 +38,8 @@ def add_arguments(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    if args.command == "history" and args.retained:
+        return retained_commands.run_history(args, out)
     kube = KubeApi(args.kubeconfig, in_cluster=False)
     namespace = args.namespace or kube.default_namespace
     try:
@@ -47,17 +56,35 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 def _history(kube: KubeApi, namespace: str, name: str, out: TextIO) -> int:
     status = kube.get(PLURAL, namespace, name).get("status") or {}
     current = status.get("revision")
-    rows = [("REVISION", "CREATED", "GPUS", "IMAGE", "CHANGE-CAUSE")]
+    rows: list[tuple[str, ...]] = [("REVISION", "CREATED", "GPUS", "IMAGE", "CHANGE-CAUSE")]
     for item in status.get("history") or ():
         mark = " (current)" if item.get("revision") == current else ""
+        if item.get("failed"):  # its container never ran
+            mark = " (failed)"
         cause = item.get("changeCause") or "<none>"
+        if item.get("failed"):
+            cause = f"{cause}; never ran: {item['failed']}"
         rows.append((f"{item.get('revision')}{mark}", str(item.get("createdAt", "")),
                      str(item.get("gpuCount", "")), str(item.get("image", "")), cause))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        print("  ".join([*cells, row[-1]]), file=out)
+    retained_commands.table(rows, out)
     return 0
+
+
+def rollback_refusal(status: dict[str, Any], revision: int) -> str | None:
+    """Why a rollback to ``revision`` cannot be done, from the resource's
+    status.history (the agent refuses the same, later, if the CLI is bypassed)."""
+    history = {item.get("revision"): item for item in status.get("history") or ()
+               if isinstance(item, dict)}
+    usable = ", ".join(str(r) for r, item in sorted(history.items())
+                       if not item.get("failed") and r != status.get("revision")) or "none"
+    if revision not in history:
+        return f"revision {revision} does not exist (revisions to roll back to: {usable})"
+    if history[revision].get("failed"):
+        return (f"revision {revision} never ran ({history[revision]['failed']}); "
+                f"revisions to roll back to: {usable}")
+    if revision == status.get("revision"):
+        return f"revision {revision} is the current revision"
+    return None
 
 
 def _rollback(kube: KubeApi, namespace: str, name: str, revision: int, wait: float,
@@ -65,7 +92,12 @@ def _rollback(kube: KubeApi, namespace: str, name: str, revision: int, wait: flo
     if revision < 1:
         print("error: --to-revision must be >= 1", file=sys.stderr)
         return 2
-    before = (kube.get(PLURAL, namespace, name).get("status") or {}).get("revision")
+    status = kube.get(PLURAL, namespace, name).get("status") or {}
+    before = status.get("revision")
+    refusal = rollback_refusal(status, revision)
+    if refusal is not None:
+        print(f"error: {refusal}; nothing was changed", file=sys.stderr)
+        return 1
     kube.patch_spec(PLURAL, namespace, name, {"rollbackTo": {"revision": revision}})
     print(f"gpureplicaset {namespace}/{name}: rollback to revision {revision} requested",
           file=out)

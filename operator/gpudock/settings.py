@@ -76,6 +76,7 @@ class Settings:
     allowed_host_ports: PortRange | None = None  # explicit hostPorts; None: port_range
     state_dir: Path = Path("/var/lib/gpudock")
     resync_seconds: float = 30.0
+    heartbeat_seconds: float = 30.0  # GpuNode status; a node silent 3x this is NotReady
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     stop_timeout: float = 30.0  # seconds between SIGTERM and SIGKILL when stopping
     max_image_layers: int = 100  # a saved disk with more layers is flattened to one
@@ -121,6 +122,9 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", help="agent state directory (default: /var/lib/gpudock)")
     parser.add_argument("--resync-seconds", type=float,
                         help="period of the drift check (default: 30)")
+    parser.add_argument("--heartbeat-seconds", type=float,
+                        help="period of this node's GpuNode heartbeat; a node silent for "
+                             "3 periods is NodeNotReady on its resources (default: 30)")
     parser.add_argument("--liveness-endpoint",
                         help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--stop-timeout", type=float,
@@ -182,6 +186,9 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     resync = float(pick("resync_seconds") or 30.0)
     if resync <= 0:
         raise SettingsError("--resync-seconds must be > 0")
+    heartbeat = float(pick("heartbeat_seconds") or 30.0)
+    if heartbeat <= 0:
+        raise SettingsError("--heartbeat-seconds must be > 0")
     return Settings(
         node_name=pick("node_name") or socket.gethostname(),
         kubeconfig=pick("kubeconfig"),
@@ -197,6 +204,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         allowed_host_ports=PortRange.parse(explicit_ports) if explicit_ports else None,
         state_dir=Path(pick("state_dir") or "/var/lib/gpudock"),
         resync_seconds=resync,
+        heartbeat_seconds=heartbeat,
         namespaces=pick_list("namespace", "NAMESPACES"),
         liveness_endpoint=pick("liveness_endpoint"),
         stop_timeout=stop_timeout,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import pytest
 
@@ -20,12 +20,14 @@ def start_agent(stack: LocalStack, namespace: str) -> Iterator[AgentFactory]:
     started: list[AgentProcess] = []
 
     def start(*, gpus: int = 8, extra_args: Sequence[str] = (),
-              node_name: str = NODE_NAME) -> AgentProcess:
+              node_name: str = NODE_NAME,
+              env: Mapping[str, str] | None = None) -> AgentProcess:
         # Watching only this test's namespace keeps tests apart; the GPUs and ports
         # they hold are still derived from every container on the shared dockerd.
         agent = AgentProcess(stack, name=f"agent-{namespace}-{len(started)}", gpus=gpus,
                              state=f"agent-{namespace}-{node_name}", node_name=node_name,
-                             extra_args=["--namespace", namespace, *extra_args]).start()
+                             extra_args=["--namespace", namespace, *extra_args],
+                             env=env).start()
         started.append(agent)
         return agent
 

@@ -49,7 +49,8 @@ def test_examples_are_accepted_and_defaulted(stack: LocalStack, namespace: str) 
     svol = stack.kubectl_json("get", "svol", "data", "-n", namespace)
     assert svol["spec"] == {"nodeName": "gpu-node-1", "size": "1Gi"}
     table = stack.kubectl("get", "grs", "-n", namespace).stdout.splitlines()
-    assert table[0].split() == ["NAME", "NODE", "GPUS", "STATE", "PHASE", "REVISION", "AGE"]
+    assert table[0].split() == ["NAME", "NODE", "GPUS", "STATE", "PHASE", "REASON", "RESTARTS",
+                                "REVISION", "AGE"]
     svol_table = stack.kubectl("get", "svol", "-n", namespace).stdout.splitlines()
     assert svol_table[0].split() == ["NAME", "NODE", "SIZE", "USED", "PHASE", "AGE"]
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from tests.stack.localstack import LocalStack
 from tests.stack.processes import ManagedProcess, free_port
@@ -18,7 +19,7 @@ class AgentProcess:
 
     def __init__(self, stack: LocalStack, *, node_name: str = NODE_NAME, gpus: int = 8,
                  extra_args: Sequence[str] = (), name: str = "agent",
-                 state: str | None = None) -> None:
+                 state: str | None = None, env: Mapping[str, str] | None = None) -> None:
         self.stack = stack
         self.node_name = node_name
         # Agents given the same ``state`` share a state dir (and so the SQLite store),
@@ -35,9 +36,10 @@ class AgentProcess:
         ]
         self.log_path = stack.base_dir / "logs" / f"{name}.log"
         self.process: ManagedProcess | None = None
+        self.env = {**os.environ, **env} if env else None
 
     def start(self) -> AgentProcess:
-        self.process = ManagedProcess("gpudock-agent", self.argv, self.log_path)
+        self.process = ManagedProcess("gpudock-agent", self.argv, self.log_path, self.env)
         self.process.wait_until(self.healthy, 60, "liveness")
         return self
 

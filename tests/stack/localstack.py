@@ -51,6 +51,7 @@ class LocalStack:
         self.processes: dict[str, ManagedProcess] = {}
         self.etcd_port = 0
         self.apiserver_port = 0
+        self._apiserver_argv: list[str] = []
         self.bridge = f"gd{random.getrandbits(32):08x}"
         self._bridge_created = False
         self.kubeconfig = self.base_dir / "kubeconfig"
@@ -166,7 +167,10 @@ class LocalStack:
                                "tests/stack/install-prereqs.sh first")
 
     def _spawn(self, name: str, argv: Sequence[str]) -> ManagedProcess:
-        process = ManagedProcess(name, argv, self.base_dir / "logs" / f"{name}.log")
+        log = self.base_dir / "logs" / f"{name}.log"
+        if name in self.processes or log.exists():  # started again: keep the first log
+            log = log.with_name(f"{name}-{time.monotonic_ns()}.log")
+        process = ManagedProcess(name, argv, log)
         self.processes[name] = process
         return process
 
@@ -191,7 +195,7 @@ class LocalStack:
         tokens.write_text(f'{ADMIN_TOKEN},admin,1,"system:masters"\n'
                           f"{AGENT_TOKEN},{AGENT_USER},2\n")
         self.apiserver_port = free_port()
-        apiserver = self._spawn("kube-apiserver", [
+        self._apiserver_argv = [
             str(KUBE_BIN_DIR / "kube-apiserver"),
             f"--etcd-servers={self.etcd_url}", "--etcd-prefix=/registry-gpudock",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
@@ -202,12 +206,24 @@ class LocalStack:
             f"--service-account-signing-key-file={sa_key}",
             "--service-cluster-ip-range=10.96.0.0/24",
             "--disable-admission-plugins=ServiceAccount", "--v=1",
-        ])
+        ]
+        self.start_apiserver_again()
+        server = f"https://127.0.0.1:{self.apiserver_port}"
+        self.kubeconfig.write_text(_kubeconfig(server, "admin", ADMIN_TOKEN))
+        self.agent_kubeconfig.write_text(_kubeconfig(server, AGENT_USER, AGENT_TOKEN))
+
+    def stop_apiserver(self) -> None:
+        """Take the API server away (its etcd keeps the objects), as an outage does."""
+        process = self.processes.pop("kube-apiserver", None)
+        if process is not None:
+            process.stop()
+
+    def start_apiserver_again(self) -> None:
+        """Start the API server (again) on the same port and certificates."""
+        apiserver = self._spawn("kube-apiserver", self._apiserver_argv)
         server = f"https://127.0.0.1:{self.apiserver_port}"
         apiserver.wait_until(lambda: _http_ok(f"{server}/readyz", token=ADMIN_TOKEN), 120,
                              "readiness")
-        self.kubeconfig.write_text(_kubeconfig(server, "admin", ADMIN_TOKEN))
-        self.agent_kubeconfig.write_text(_kubeconfig(server, AGENT_USER, AGENT_TOKEN))
 
     def _start_dockerd(self) -> None:
         subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)

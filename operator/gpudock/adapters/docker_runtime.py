@@ -33,7 +33,9 @@ T = TypeVar("T")
 
 
 class DockerUnavailableError(TransientError):
-    """The Docker engine did not answer."""
+    """The Docker engine did not answer, or failed on its side."""
+
+    reason = "DockerUnavailable"
 
 
 class ContainerGoneError(TransientError):
@@ -218,6 +220,27 @@ class DockerRuntime:
         for image in found:
             self.remove_image(image["Id"])
         return len(found)
+
+    def disk_use(self) -> dict[str, int]:
+        """Bytes each tagged image holds that no other image shares (what removing
+        it would free), by tag."""
+        images = self._call("disk use", lambda: self.client.api.df()).get("Images") or ()
+        return {tag: max(int(i.get("Size") or 0) - max(int(i.get("SharedSize") or 0), 0), 0)
+                for i in images for tag in i.get("RepoTags") or ()}
+
+    def remove_volumes_of(self, namespace: str, name: str, uid: str) -> int:
+        """Remove the image-VOLUME volumes one incarnation (UID) of a resource made."""
+        api = self.client.api
+        found = self._call("list volumes", lambda: api.volumes(filters={"label": [
+            f"{labels.NAMESPACE}={namespace}", f"{labels.NAME}={name}",
+            f"{labels.UID}={uid}"]}))
+        removed = 0
+        for volume in (found or {}).get("Volumes") or ():
+            with contextlib.suppress(UserError, ContainerGoneError):
+                self._call(f"remove volume {volume['Name']}",
+                           functools.partial(api.remove_volume, volume["Name"]))
+                removed += 1
+        return removed
 
     def layer_count(self, image: str) -> int:
         return len(self._inspect_image(image).get("RootFS", {}).get("Layers") or ())

@@ -63,6 +63,12 @@ class EtcdRevisionStore:
         found = self._run("get", self._client.get(self._key(namespace, name, revision)))
         return None if found is None else Revision.from_json(found.value)
 
+    def list_retained(self, namespace: str, name: str) -> list[Revision]:
+        prefix = self._key(namespace, name)[:-1] + b"@"  # every "<name>@<uid>/"
+        found = self._run("list retained", self._client.get_prefix(prefix))
+        records = [Revision.from_json(kv.value) for kv in found]
+        return sorted(records, key=lambda r: (r.name, r.revision))
+
     def list(self, namespace: str, name: str) -> list[Revision]:
         found = self._run("list", self._client.get_prefix(self._key(namespace, name)))
         records = [Revision.from_json(kv.value) for kv in found]

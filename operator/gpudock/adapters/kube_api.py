@@ -20,6 +20,8 @@ from gpudock.errors import TransientError
 class KubeUnavailableError(TransientError):
     """The API server did not answer or is busy."""
 
+    reason = "ApiServerUnavailable"
+
 
 class ObjectNotFoundError(Exception):
     """The object does not exist (or no longer does)."""
@@ -73,6 +75,41 @@ class KubeApi:
         with _translated(f"patch spec of {plural} {namespace}/{name}"):
             self._objects.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, name, {"spec": spec})
+
+    def list_objects(self, plural: str,
+                     namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Every object of a namespaced kind, in ``namespaces`` (empty: all)."""
+        found: list[dict[str, Any]] = []
+        with _translated(f"list {plural}"):
+            if not namespaces:
+                reply = self._objects.list_cluster_custom_object(GROUP, VERSION, plural)
+                found += cast(dict[str, Any], reply).get("items") or []
+            for namespace in namespaces:
+                reply = self._objects.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, plural)
+                found += cast(dict[str, Any], reply).get("items") or []
+        return found
+
+    def get_cluster(self, plural: str, name: str) -> dict[str, Any]:
+        """A cluster-scoped object (GpuNode); ObjectNotFoundError when absent."""
+        with _translated(f"get {plural} {name}"):
+            body = self._objects.get_cluster_custom_object(GROUP, VERSION, plural, name)
+        return cast(dict[str, Any], body)
+
+    def write_cluster_status(self, plural: str, kind: str, name: str,
+                             status: dict[str, Any]) -> None:
+        """Create the cluster-scoped object if it is missing, then patch its status."""
+        try:
+            self.get_cluster(plural, name)
+        except ObjectNotFoundError:
+            created = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind,
+                       "metadata": {"name": name}, "spec": {}}
+            # A conflict (another writer made it meanwhile) is fine.
+            with contextlib.suppress(KubeUnavailableError), _translated(f"create {name}"):
+                self._objects.create_cluster_custom_object(GROUP, VERSION, plural, created)
+        with _translated(f"patch status of {plural} {name}"):
+            self._objects.patch_cluster_custom_object_status(
+                GROUP, VERSION, plural, name, {"status": status})
 
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
         with _translated(f"get {plural} {namespace}/{name}"):

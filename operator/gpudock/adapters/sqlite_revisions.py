@@ -58,6 +58,15 @@ class SqliteRevisionStore:
                 "AND revision=?", (KIND, namespace, name, revision)).fetchone()
         return None if row is None else Revision.from_json(row[0])
 
+    def list_retained(self, namespace: str, name: str) -> list[Revision]:
+        prefix = f"{name}@"
+        with self._lock, self._translated("list retained"):
+            rows = self._db.execute(
+                "SELECT record FROM revisions WHERE kind=? AND namespace=? AND "
+                "substr(name, 1, ?)=? ORDER BY name, revision",
+                (KIND, namespace, len(prefix), prefix)).fetchall()
+        return [Revision.from_json(row[0]) for row in rows]
+
     def list(self, namespace: str, name: str) -> list[Revision]:
         with self._lock, self._translated("list"):
             rows = self._db.execute(

@@ -257,6 +257,19 @@ def _raw_history(items: Sequence[Any]) -> list[RevisionSummary]:
     return result
 
 
+def waiting_on(previous_status: Mapping[str, Any], reason: str, message: str,
+               now: str) -> dict[str, Any]:
+    """A dependency (Docker, the revision store) does not answer: nothing could be
+    observed, so the status last written stays, and Progressing says what is awaited."""
+    kept = [dict(c) for c in previous_status.get("conditions") or ()
+            if isinstance(c, Mapping) and c.get("type") != ConditionType.PROGRESSING]
+    waiting = condition(ConditionType.PROGRESSING, False, reason, message)
+    return {"conditions": [*kept, {**waiting.to_dict(), "lastTransitionTime": now,
+                                   "observedGeneration": previous_status.get(
+                                       "observedGeneration")}],
+            "reason": reason}
+
+
 def note_drift(status: GpuReplicaSetStatus, drift: str | None,
                previous_status: Mapping[str, Any]) -> GpuReplicaSetStatus:
     """Record repaired drift in the Degraded condition (status False, reason

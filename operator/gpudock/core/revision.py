@@ -85,6 +85,11 @@ class RevisionStore(Protocol):
 
     def get(self, namespace: str, name: str, revision: int) -> Revision | None: ...
 
+    def list_retained(self, namespace: str, name: str) -> list[Revision]:
+        """The records of deleted resources of this name that were set apart
+        (stored under ``<name>@<uid>``), by UID then revision."""
+        ...
+
     def list(self, namespace: str, name: str) -> list[Revision]:
         """Every record of the resource name, oldest first."""
         ...

@@ -1,0 +1,94 @@
+"""A node's GpuNode status, and what a resource of a silent or unknown node says.
+
+The GpuNode is the node's heartbeat and inventory, made from the same truth the
+allocator uses (the GPUs NVML lists, the labels of the containers Docker runs), never
+from a bookkeeping of its own. Any agent can tell from it that another node is gone:
+a resource whose node has no GpuNode, or one not written for STALE_HEARTBEATS
+periods, gets that said in its status (NodeNotFound, NodeNotReady), so it never
+keeps an empty or stale status that looks fine.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from gpudock.core.gpus import GpuDevice
+from gpudock.core.observed import ObservedContainer
+
+STALE_HEARTBEATS = 3
+
+
+def gpu_node_status(devices: Sequence[GpuDevice], containers: Sequence[ObservedContainer],
+                    port_range: tuple[int, int], version: str, now: str) -> dict[str, Any]:
+    holders = {gpu: c for c in containers if c.owner is not None for gpu in c.gpus}
+    gpus = []
+    for device in devices:
+        holder = holders.get(device.uuid)
+        gpus.append({
+            "index": device.index, "uuid": device.uuid, "model": device.name,
+            "memoryMiB": device.memory_bytes // 2**20, "health": "Healthy",
+            "holder": None if holder is None or holder.owner is None else {
+                "namespace": holder.owner.namespace, "name": holder.owner.name,
+                "revision": holder.revision},
+        })
+    first, last = port_range
+    used = {p.port for c in containers for p in c.host_ports if first <= p.port <= last}
+    allocated = sum(1 for g in gpus if g["holder"] is not None)
+    return {
+        "gpus": gpus, "gpusTotal": len(gpus), "gpusAllocated": allocated,
+        "gpusFree": len(gpus) - allocated,
+        "ports": {"range": f"{first}-{last}", "used": len(used),
+                  "free": last - first + 1 - len(used)},
+        "agentVersion": version, "heartbeatTime": now,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "AgentHeartbeat",
+                        "message": f"the gpudock agent wrote this at {now}",
+                        "lastTransitionTime": now}],
+    }
+
+
+def _parsed(stamp: str) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def node_verdict(node_name: str, gpu_node: Mapping[str, Any] | None, now: str,
+                 heartbeat_seconds: float) -> tuple[str, str] | None:
+    """Why a resource of ``node_name`` cannot be served now (reason, message), or
+    None when the node's agent is alive."""
+    if gpu_node is None:
+        return ("NodeNotFound", f"no gpudock agent runs on node {node_name} (it has no "
+                "GpuNode); check spec.nodeName, or install the agent on that node")
+    beat = str((gpu_node.get("status") or {}).get("heartbeatTime") or "")
+    last, current = _parsed(beat), _parsed(now)
+    if last is None or current is None:
+        return ("NodeNotReady", f"the gpudock agent of node {node_name} has not "
+                "reported yet")
+    silent = (current - last).total_seconds()
+    if silent > STALE_HEARTBEATS * heartbeat_seconds:
+        return ("NodeNotReady", f"the gpudock agent of node {node_name} was last seen "
+                f"at {beat} ({silent:.0f}s ago); what its containers do now is unknown")
+    return None
+
+
+def unreachable_status(previous: Mapping[str, Any], reason: str, message: str,
+                       now: str) -> dict[str, Any] | None:
+    """The status of a resource whose node cannot serve it (NodeNotFound: nothing
+    was ever made; NodeNotReady: whatever runs there is not known, so Ready is
+    Unknown, as Kubernetes says of a silent node's pods). None when it says so."""
+    ready_before = next((c for c in previous.get("conditions") or ()
+                         if isinstance(c, Mapping) and c.get("type") == "Ready"), {})
+    if ready_before.get("reason") == reason:
+        return None
+    ready = "False" if reason == "NodeNotFound" else "Unknown"
+    conditions = [
+        {"type": "Ready", "status": ready, "reason": reason, "message": message},
+        {"type": "Progressing", "status": "False", "reason": reason, "message": message},
+        {"type": "Degraded", "status": "True", "reason": reason, "message": message},
+    ]
+    return {"phase": "Pending" if reason == "NodeNotFound" else "Unknown",
+            "reason": reason,
+            "conditions": [{**c, "lastTransitionTime": now} for c in conditions]}

@@ -1,0 +1,68 @@
+"""The node's heartbeat (its GpuNode) and the cluster-level check every agent makes:
+a resource whose node has no agent, or a silent one, says so in its status.
+
+Every agent makes the check for the namespaces it watches; they write the same
+thing, and only when the resource does not say it already, so there is no fight.
+A resource bound to a live agent is never touched here: that agent writes its status.
+"""
+
+from __future__ import annotations
+
+from gpudock import __version__
+from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
+from gpudock.api import gpu_replica_set, ownership, sized_volume
+from gpudock.core.gpu_node import gpu_node_status, node_verdict, unreachable_status
+from gpudock.core.gpus import GpuInventory
+from gpudock.settings import Settings
+
+KIND = "GpuNode"
+PLURAL = "gpunodes"
+
+
+def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInventory,
+         kube: KubeApi) -> None:
+    status = gpu_node_status(inventory.list_gpus(), docker.list_containers(),
+                             (settings.port_range.first, settings.port_range.last),
+                             __version__, now)
+    kube.write_cluster_status(PLURAL, KIND, settings.node_name, status)
+
+
+def flag_unserved(settings: Settings, now: str, kube: KubeApi) -> list[str]:
+    """Write NodeNotFound / NodeNotReady on the watched resources whose node cannot
+    serve them; returns what was written, for the log."""
+    nodes: dict[str, tuple[str, str] | None] = {}
+    written = []
+    for plural in (gpu_replica_set.PLURAL, sized_volume.PLURAL):
+        for body in kube.list_objects(plural, settings.namespaces):
+            meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+            node = spec.get("nodeName")
+            if not isinstance(node, str) or node == settings.node_name:
+                continue
+            bound = [f for f in meta.get("finalizers") or ()
+                     if f.startswith(ownership.FINALIZER_PREFIX)]
+            if bound and ownership.node_finalizer(node) not in bound:
+                continue  # held by another node than it names: that node's affair
+            if node not in nodes:
+                nodes[node] = _verdict(kube, node, now, settings.heartbeat_seconds)
+            verdict = nodes[node]
+            if verdict is None:
+                continue
+            status = unreachable_status(body.get("status") or {}, *verdict, now)
+            if status is None:
+                continue
+            try:
+                kube.patch_status(plural, meta["namespace"], meta["name"], status)
+            except ObjectNotFoundError:
+                continue
+            written.append(f"{plural} {meta['namespace']}/{meta['name']}: {verdict[0]}")
+    return written
+
+
+def _verdict(kube: KubeApi, node: str, now: str,
+             heartbeat_seconds: float) -> tuple[str, str] | None:
+    try:
+        gpu_node = kube.get_cluster(PLURAL, node)
+    except ObjectNotFoundError:
+        return node_verdict(node, None, now, heartbeat_seconds)
+    return node_verdict(node, gpu_node, now, heartbeat_seconds)

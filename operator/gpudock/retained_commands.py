@@ -1,0 +1,132 @@
+"""``gpudock history --retained NAME`` and ``gpudock purge NAME``: the histories that
+deleted resources (historyPolicy Retain) left on a node.
+
+They live in the node's revision store and Docker engine, so these commands run on
+the node (or anywhere that reaches its store and Docker: ``--store``,
+``--docker-host``, with the agent's defaults and GPUDOCK_* variables). The live
+resource of the name, if any, is asked of the API server: its own history is never
+listed here nor purged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
+from gpudock.adapters.revision_store import open_revision_store
+from gpudock.api.gpu_replica_set import PLURAL
+from gpudock.core.observed import ResourceKey
+from gpudock.core.replica_set_plan import retained_repository
+from gpudock.core.revision import Revision, RevisionStore
+from gpudock.errors import GpudockError
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--store", default=os.environ.get("GPUDOCK_STORE", ""),
+                        help="the agent's revision store (default: its SQLite file "
+                        "under --state-dir)")
+    parser.add_argument("--state-dir", default=os.environ.get("GPUDOCK_STATE_DIR",
+                                                              "/var/lib/gpudock"),
+                        help="the agent's state directory (default /var/lib/gpudock)")
+    parser.add_argument("--docker-host", default=os.environ.get("GPUDOCK_DOCKER_HOST"),
+                        help="the node's Docker (default: $DOCKER_HOST or its socket)")
+
+
+def add_arguments(commands: Any) -> None:
+    purge = commands.add_parser("purge", help="remove the retained history (records "
+                                "and saved disks) of deleted resources of a name")
+    purge.add_argument("name", help="the GpuReplicaSet name")
+    purge.add_argument("--uid", help="only the history of this deleted resource")
+    purge.add_argument("-n", "--namespace", help="default: the kubeconfig's")
+    purge.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config")
+    add_node_arguments(purge)
+
+
+def _open(args: argparse.Namespace) -> tuple[KubeApi, str, RevisionStore, DockerRuntime]:
+    kube = KubeApi(args.kubeconfig, in_cluster=False)
+    store_url = args.store or f"sqlite:{Path(args.state_dir) / 'revisions.sqlite3'}"
+    return (kube, args.namespace or kube.default_namespace, open_revision_store(store_url),
+            DockerRuntime(args.docker_host))
+
+
+def retained(kube: KubeApi, store: RevisionStore, namespace: str,
+             name: str) -> dict[str, list[Revision]]:
+    """UID -> records, for every deleted resource of this name with history left."""
+    try:
+        live = kube.get(PLURAL, namespace, name)["metadata"]["uid"]
+    except ObjectNotFoundError:
+        live = None
+    found: dict[str, list[Revision]] = defaultdict(list)
+    for record in [*store.list(namespace, name), *store.list_retained(namespace, name)]:
+        if record.uid != live:
+            found[record.uid].append(record)
+    return dict(found)
+
+
+def run_history(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    kube, namespace, store, docker = _open(args)
+    try:
+        histories = retained(kube, store, namespace, args.name)
+        use = docker.disk_use()
+        rows = [("UID", "REVISIONS", "LAST CHANGE", "SAVED DISKS", "UNIQUE BYTES")]
+        for uid, records in sorted(histories.items()):
+            disks = {r.preserved_image for r in records if r.preserved_image in use}
+            rows.append((uid, ",".join(str(r.revision) for r in records),
+                         records[-1].created_at, str(len(disks)),
+                         str(sum(use[d] for d in disks if d))))
+        table(rows, out)
+        if not histories:
+            print(f"no retained history for {namespace}/{args.name}", file=out)
+        return 0
+    except GpudockError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+        docker.close()
+
+
+def run_purge(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    kube, namespace, store, docker = _open(args)
+    try:
+        histories = retained(kube, store, namespace, args.name)
+        if args.uid is not None and args.uid not in histories:
+            print(f"error: no retained history of {namespace}/{args.name} with uid "
+                  f"{args.uid} (retained: {', '.join(sorted(histories)) or 'none'})",
+                  file=sys.stderr)
+            return 1
+        key = ResourceKey(namespace, args.name)
+        for uid, records in sorted(histories.items()):
+            if args.uid is not None and uid != args.uid:
+                continue
+            images = {image for r in records for image in (r.preserved_image, r.image)
+                      if image and (image.startswith(retained_repository(key) + ":")
+                                    or image == r.preserved_image)}
+            for image in sorted(images, reverse=True):  # later disks build on earlier
+                docker.remove_image(image)
+            volumes = docker.remove_volumes_of(namespace, args.name, uid)
+            for record in records:
+                store.delete(record.namespace, record.name, record.revision)
+            print(f"purged uid {uid}: {len(records)} revision(s), {len(images)} saved "
+                  f"disk(s), {volumes} volume(s)", file=out)
+        return 0
+    except GpudockError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+        docker.close()
+
+
+def table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]), file=out)
