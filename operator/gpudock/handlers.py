@@ -190,33 +190,39 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
     wakeup = memo.wakeups.event(uid)
     settings: Settings = memo.settings
     shown: dict[str, Any] = {}  # the status written in this pass (the body may lag)
-    unsent = False  # a status write failed: try again soon
+    # What could not be written while the API server was away: the next pass starts
+    # from that status (so a repair it notes is not forgotten) and posts the events.
+    carried: dict[str, Any] = {}
+    unsent: list[Event] = []
 
     def show(outcome: Outcome) -> None:
         """Post the events, write the status unless the resource already has it. The
-        API server being away does not stop the work on the node: the status
-        catches up on a later pass."""
-        nonlocal shown, unsent
+        API server being away does not stop the work on the node: the status and
+        the events catch up on a later pass."""
+        nonlocal shown, carried, unsent
+        unsent += outcome.events
         try:
-            _post(body, outcome.events)
+            _post(body, unsent)
+            unsent = []
             current = shown or body.get("status") or {}
             if outcome.status != {k: current.get(k) for k in outcome.status}:
                 memo.kube.patch_status(GRS, body["metadata"]["namespace"],
                                        body["metadata"]["name"], outcome.status)
                 shown = outcome.status
+            carried = {}
         except KubeUnavailableError as exc:
             logger.warning("status not written (will catch up): %s", exc)
-            unsent = True
+            carried = outcome.status
 
     try:
         while not stopped:
             wakeup.clear()
             delay = settings.resync_seconds
-            shown, unsent = {}, False
+            shown = {}
+            view = {**body, "status": carried} if carried else dict(body)
             try:
                 await asyncio.to_thread(_drop_legacy_finalizer, memo, body)
-                outcome = await asyncio.to_thread(memo.replica_sets.reconcile, dict(body),
-                                                  show)
+                outcome = await asyncio.to_thread(memo.replica_sets.reconcile, view, show)
                 if outcome is not None:
                     await asyncio.to_thread(show, outcome)
                     if outcome.released:
@@ -228,7 +234,7 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
                 logger.warning("will retry in %.0fs: %s", exc.delay, exc)
                 delay = min(delay, exc.delay)
                 await asyncio.to_thread(_show_waiting, memo, body, exc)
-            if unsent:
+            if carried or unsent:
                 delay = min(delay, STATUS_RETRY_SECONDS)
             await _sleep(wakeup, stopped, delay)
     finally:

@@ -36,6 +36,12 @@ def _translated(what: str) -> Iterator[None]:
             raise ObjectNotFoundError(what) from exc
         if exc.status in (409, 429) or (exc.status or 0) >= 500:
             raise KubeUnavailableError(f"{what}: {exc.status} {exc.reason}", delay=2) from exc
+        if exc.status in (401, 403):
+            # The agent's RBAC is wrong (a persistent state, fixed by the admin: retry
+            # slowly), or the API server has just started and not loaded it yet.
+            raise KubeUnavailableError(f"{what}: {exc.status} {exc.reason}: the agent's "
+                                       "credentials or RBAC (manifests/rbac.yaml) do not "
+                                       "allow it", delay=10) from exc
         raise
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise KubeUnavailableError(f"{what}: {exc}") from exc
