@@ -205,7 +205,8 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
             _post(body, unsent)
             unsent = []
             current = shown or body.get("status") or {}
-            if outcome.status != {k: current.get(k) for k in outcome.status}:
+            if _without_nulls(outcome.status) != _without_nulls(
+                    {k: current.get(k) for k in outcome.status}):
                 memo.kube.patch_status(GRS, body["metadata"]["namespace"],
                                        body["metadata"]["name"], outcome.status)
                 shown = outcome.status
@@ -242,6 +243,16 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
 
 
 STATUS_RETRY_SECONDS = 5.0
+
+
+def _without_nulls(value: Any) -> Any:
+    """The API server drops null fields from what it stores: compare without them,
+    or every pass would write the same status again."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
 
 
 async def _sleep(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, delay: float) -> None:

@@ -336,8 +336,8 @@ class ReplicaSetReconciler:
                 store.put(record)  # first: a crash after it leaves a record, no orphan
                 self._crash.reach("StartRevision.recorded")
                 container_id = docker.create_and_start(checked, start=start)
-                if start:  # it ran: a later disappearance is drift, not a new start
-                    store.put(replace(record, container_id=container_id))
+                # Made by the agent: a later disappearance is drift, not a new start.
+                store.put(replace(record, container_id=container_id))
                 gpus = ",".join(config.gpus) or "no GPU"
                 how = "started" if start else "created (not started: Paused)"
                 return [Event("Normal", reason, f"revision {record.revision}: container "

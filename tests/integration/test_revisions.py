@@ -286,10 +286,14 @@ def test_history_policy_on_delete(stack: LocalStack, namespace: str,
         return
     assert records == [1, 2]
     assert len(saved) == 2  # the last disk was saved on delete
-    # A later resource of the same name continues the numbering and can restore it.
+    # Retained, but not handed to a later resource of the same name: that one starts
+    # on its own (adopting it is #9's test_9_8), and the retained disks stay.
     apply_spec(stack, namespace, "box", "again", gpus=1)
-    wait_settled(stack, namespace, "box", revision=3)
-    stack.kubectl("patch", "grs", "box", "-n", namespace, "--type=merge",
-                  "-p", '{"spec": {"rollbackTo": {"revision": 2}}}')
-    wait_settled(stack, namespace, "box", revision=4)
-    assert_disk_kept(stack, namespace, "kept")
+    fresh = wait_settled(stack, namespace, "box", revision=1)
+    assert [h["revision"] for h in fresh["history"]] == [1]
+    store = SqliteRevisionStore(agent.state_dir / "revisions.sqlite3")
+    try:
+        retained = [r.revision for r in store.list_retained(namespace, "box")]
+    finally:
+        store.close()
+    assert retained == [1, 2]
