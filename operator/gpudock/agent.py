@@ -23,7 +23,8 @@ def run_agent(settings: Settings, *, verbose: bool = False) -> int:
     if settings.kubeconfig:
         # kopf's kubeconfig login reads $KUBECONFIG; the flag wins over in-cluster.
         os.environ["KUBECONFIG"] = settings.kubeconfig
-    import gpudock.handlers  # noqa: F401  (registers the handlers with kopf)
+    import gpudock.handlers
+    import gpudock.request_handlers  # noqa: F401
 
     logger.info("gpudock agent for node %s starting", settings.node_name)
     kopf.run(

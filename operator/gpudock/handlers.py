@@ -16,11 +16,12 @@ from typing import Any
 
 import kopf
 
-from gpudock import node_health
+from gpudock import metrics, node_health
 from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.gpu_inventory import inventory_from_settings
 from gpudock.adapters.kube_api import KubeApi, KubeUnavailableError, ObjectNotFoundError
 from gpudock.adapters.revision_store import open_revision_store
+from gpudock.adapters.timed_store import TimedRevisionStore
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
 from gpudock.core.replica_set_status import waiting_on
 from gpudock.errors import GpudockError, SpecError, TransientError
@@ -75,7 +76,7 @@ def startup(memo: Any, settings: kopf.OperatorSettings,
     try:
         logger.info("Docker %s at %s", runtime.version(), agent.docker_host or "default")
         gpus = inventory.list_gpus()
-        store = open_revision_store(agent.store_url)
+        store = TimedRevisionStore(open_revision_store(agent.store_url))
         store.list("", "")  # reachable now, or retry start-up
     except GpudockError as exc:
         raise kopf.TemporaryError(str(exc), delay=5) from exc
@@ -88,20 +89,27 @@ def startup(memo: Any, settings: kopf.OperatorSettings,
     memo.store = store
     memo.replica_sets = ReplicaSetReconciler(agent, runtime, inventory, memo.kube, store)
     memo.wakeups = Wakeups()
+    memo.phases = {}  # uid -> phase of this agent's GpuReplicaSets (metrics)
+    if agent.metrics_port:
+        metrics.serve(agent.metrics_port)
+        logger.info("Prometheus metrics on port %d", agent.metrics_port)
 
 
 @kopf.on.startup()
 async def start_orphan_sweep(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
                              **_: Any) -> None:
     memo.sweeper = asyncio.create_task(_sweep_orphans(memo, logger))
+    memo.node_changed = asyncio.Event()
     memo.heartbeat = asyncio.create_task(_heartbeat(memo, logger))
 
 
 async def _heartbeat(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
                      ) -> None:
-    """Every --heartbeat-seconds: this node's GpuNode, then the resources of nodes
+    """This node's GpuNode when something on the node changed (a GPU or port taken
+    or freed), and every --heartbeat-seconds anyway; then the resources of nodes
     whose agent is silent or absent (node_health.py)."""
     while True:
+        memo.node_changed.clear()
         try:
             await asyncio.to_thread(node_health.beat, memo.settings, memo.replica_sets.now(),
                                     memo.docker, memo.inventory, memo.kube)
@@ -109,7 +117,13 @@ async def _heartbeat(memo: Any, logger: logging.Logger | logging.LoggerAdapter[A
                                     memo.replica_sets.now(), memo.kube)
         except Exception as exc:  # the heartbeat must outlive any one failure
             logger.warning("node heartbeat failed, will retry: %s", exc)
-        await asyncio.sleep(memo.settings.heartbeat_seconds)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(memo.node_changed.wait(),
+                                   timeout=memo.settings.heartbeat_seconds)
+        await asyncio.sleep(NODE_WRITE_GAP_SECONDS)  # many changes at once: one write
+
+
+NODE_WRITE_GAP_SECONDS = 1.0
 
 
 async def _sweep_orphans(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
@@ -132,6 +146,7 @@ async def _sweep_orphans(memo: Any, logger: logging.Logger | logging.LoggerAdapt
             logger.warning("orphaned container: %s", line)
         if swept:
             memo.wakeups.wake_all()
+            memo.node_changed.set()
         await asyncio.sleep(memo.settings.resync_seconds)
 
 
@@ -223,23 +238,41 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
             view = {**body, "status": carried} if carried else dict(body)
             try:
                 await asyncio.to_thread(_drop_legacy_finalizer, memo, body)
-                outcome = await asyncio.to_thread(memo.replica_sets.reconcile, view, show)
+                with metrics.timed(metrics.RECONCILE_SECONDS, gpu_replica_set.KIND):
+                    outcome = await asyncio.to_thread(memo.replica_sets.reconcile, view,
+                                                      show)
                 if outcome is not None:
                     await asyncio.to_thread(show, outcome)
                     if outcome.released:
                         memo.wakeups.wake_all()
+                    if outcome.released or outcome.events:
+                        memo.node_changed.set()
                     delay = min(delay, outcome.recheck_after or delay)
+                    _count(memo, uid, outcome.status)
             except ObjectNotFoundError:
                 return
             except TransientError as exc:
                 logger.warning("will retry in %.0fs: %s", exc.delay, exc)
                 delay = min(delay, exc.delay)
+                metrics.RECONCILE_ERRORS.labels(gpu_replica_set.KIND, exc.reason).inc()
                 await asyncio.to_thread(_show_waiting, memo, body, exc)
             if carried or unsent:
                 delay = min(delay, STATUS_RETRY_SECONDS)
             await _sleep(wakeup, stopped, delay)
     finally:
         memo.wakeups.forget(uid)
+        memo.phases.pop(uid, None)
+        metrics.set_phases(gpu_replica_set.KIND, memo.phases)
+
+
+def _count(memo: Any, uid: str, status: dict[str, Any]) -> None:
+    """The resource's phase for the gauge, and its problem for the error counter."""
+    memo.phases[uid] = str(status.get("phase"))
+    metrics.set_phases(gpu_replica_set.KIND, memo.phases)
+    degraded = next((c for c in status.get("conditions") or ()
+                     if c.get("type") == "Degraded" and c.get("status") == "True"), None)
+    if degraded is not None:
+        metrics.RECONCILE_ERRORS.labels(gpu_replica_set.KIND, degraded["reason"]).inc()
 
 
 STATUS_RETRY_SECONDS = 5.0
@@ -294,6 +327,7 @@ async def delete_replica_set(body: kopf.Body, memo: Any, **_: Any) -> None:
     with contextlib.suppress(ObjectNotFoundError):
         await asyncio.to_thread(_drop_legacy_finalizer, memo, body)
     memo.wakeups.wake_all()  # its GPUs and ports are free: waiting resources may start
+    memo.node_changed.set()
 
 
 @kopf.on.resume(GROUP, VERSION, sized_volume.PLURAL, when=_on_this_node)

@@ -8,7 +8,7 @@ A resource bound to a live agent is never touched here: that agent writes its st
 
 from __future__ import annotations
 
-from gpudock import __version__
+from gpudock import __version__, metrics
 from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import gpu_replica_set, ownership, sized_volume
@@ -26,6 +26,8 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
                              (settings.port_range.first, settings.port_range.last),
                              __version__, now)
     kube.write_cluster_status(PLURAL, KIND, settings.node_name, status)
+    metrics.GPUS_TOTAL.labels(settings.node_name).set(status["gpusTotal"])
+    metrics.GPUS_ALLOCATED.labels(settings.node_name).set(status["gpusAllocated"])
 
 
 def flag_unserved(settings: Settings, now: str, kube: KubeApi) -> list[str]:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gpudock import metrics
 from gpudock.adapters import host_paths, host_ports
 from gpudock.adapters.docker_runtime import DiskFullError, DockerRuntime, HostPortBusyError
 from gpudock.adapters.host_paths import HostPathPolicy
@@ -324,7 +325,8 @@ class ReplicaSetReconciler:
     def _execute(self, key: ResourceKey, action: act.Action) -> list[Event]:
         step = type(action).__name__
         self._crash.reach(f"{step}.before")
-        events = self._run_step(key, action)
+        with metrics.timed(metrics.STEP_SECONDS, step):
+            events = self._run_step(key, action)
         self._crash.reach(f"{step}.after")
         return events
 

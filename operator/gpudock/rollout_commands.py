@@ -44,8 +44,8 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     namespace = args.namespace or kube.default_namespace
     try:
         if args.command == "history":
-            return _history(kube, namespace, args.name, out)
-        return _rollback(kube, namespace, args.name, args.to_revision, args.wait, out)
+            return history(kube, namespace, args.name, out)
+        return rollback(kube, namespace, args.name, args.to_revision, args.wait, out)
     except ObjectNotFoundError:
         print(f"error: gpureplicaset {namespace}/{args.name} not found", file=sys.stderr)
     except GpudockError as exc:
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     return 1
 
 
-def _history(kube: KubeApi, namespace: str, name: str, out: TextIO) -> int:
+def history(kube: KubeApi, namespace: str, name: str, out: TextIO) -> int:
     status = kube.get(PLURAL, namespace, name).get("status") or {}
     current = status.get("revision")
     rows: list[tuple[str, ...]] = [("REVISION", "CREATED", "GPUS", "IMAGE", "CHANGE-CAUSE")]
@@ -87,7 +87,7 @@ def rollback_refusal(status: dict[str, Any], revision: int) -> str | None:
     return None
 
 
-def _rollback(kube: KubeApi, namespace: str, name: str, revision: int, wait: float,
+def rollback(kube: KubeApi, namespace: str, name: str, revision: int, wait: float,
               out: TextIO) -> int:
     if revision < 1:
         print("error: --to-revision must be >= 1", file=sys.stderr)

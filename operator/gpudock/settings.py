@@ -77,6 +77,7 @@ class Settings:
     state_dir: Path = Path("/var/lib/gpudock")
     resync_seconds: float = 30.0
     heartbeat_seconds: float = 30.0  # GpuNode status; a node silent 3x this is NotReady
+    metrics_port: int = 0  # Prometheus metrics; 0: off
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     stop_timeout: float = 30.0  # seconds between SIGTERM and SIGKILL when stopping
     max_image_layers: int = 100  # a saved disk with more layers is flattened to one
@@ -125,6 +126,9 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat-seconds", type=float,
                         help="period of this node's GpuNode heartbeat; a node silent for "
                              "3 periods is NodeNotReady on its resources (default: 30)")
+    parser.add_argument("--metrics-port", type=int,
+                        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics "
+                             "(default: 0, off)")
     parser.add_argument("--liveness-endpoint",
                         help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--stop-timeout", type=float,
@@ -186,6 +190,9 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     resync = float(pick("resync_seconds") or 30.0)
     if resync <= 0:
         raise SettingsError("--resync-seconds must be > 0")
+    metrics_port = int(pick("metrics_port") or 0)
+    if not 0 <= metrics_port <= 65535:
+        raise SettingsError("--metrics-port must be 0 (off) or a port")
     heartbeat = float(pick("heartbeat_seconds") or 30.0)
     if heartbeat <= 0:
         raise SettingsError("--heartbeat-seconds must be > 0")
@@ -205,6 +212,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         state_dir=Path(pick("state_dir") or "/var/lib/gpudock"),
         resync_seconds=resync,
         heartbeat_seconds=heartbeat,
+        metrics_port=metrics_port,
         namespaces=pick_list("namespace", "NAMESPACES"),
         liveness_endpoint=pick("liveness_endpoint"),
         stop_timeout=stop_timeout,

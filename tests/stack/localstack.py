@@ -17,6 +17,7 @@ import random
 import shutil
 import ssl
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -76,7 +77,8 @@ class LocalStack:
         env = dict(os.environ)
         env["KUBECONFIG"] = str(self.kubeconfig)
         env["DOCKER_HOST"] = self.docker_host
-        env["PATH"] = f"{KUBE_BIN_DIR}:{env.get('PATH', '')}"
+        # kubectl, and the package's own executables (the kubectl-gpudock plugin).
+        env["PATH"] = f"{KUBE_BIN_DIR}:{Path(sys.executable).parent}:{env.get('PATH', '')}"
         return env
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,

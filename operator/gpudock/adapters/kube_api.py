@@ -48,9 +48,11 @@ def _translated(what: str) -> Iterator[None]:
 
 
 class KubeApi:
-    def __init__(self, kubeconfig: str | None, *, in_cluster: bool = True) -> None:
+    def __init__(self, kubeconfig: str | None, *, in_cluster: bool = True,
+                 context: str | None = None) -> None:
         """``kubeconfig`` wins; else in-cluster (when allowed), else the default
-        kubeconfig ($KUBECONFIG or ~/.kube/config)."""
+        kubeconfig ($KUBECONFIG or ~/.kube/config), at ``context`` (default: its
+        current one)."""
         self.default_namespace = "default"
         try:
             if not kubeconfig and in_cluster:
@@ -59,8 +61,12 @@ class KubeApi:
             else:
                 raise kubernetes.config.ConfigException("use a kubeconfig")
         except kubernetes.config.ConfigException:
-            client = kubernetes.config.new_client_from_config(config_file=kubeconfig)
-            _, active = kubernetes.config.list_kube_config_contexts(config_file=kubeconfig)
+            client = kubernetes.config.new_client_from_config(config_file=kubeconfig,
+                                                              context=context)
+            contexts, active = kubernetes.config.list_kube_config_contexts(
+                config_file=kubeconfig)
+            if context is not None:
+                active = next((c for c in contexts if c.get("name") == context), active)
             self.default_namespace = (active or {}).get("context", {}).get(
                 "namespace") or "default"
         if not client.configuration.verify_ssl:
@@ -96,6 +102,12 @@ class KubeApi:
                 found += cast(dict[str, Any], reply).get("items") or []
         return found
 
+    def list_cluster(self, plural: str) -> list[dict[str, Any]]:
+        """Every object of a cluster-scoped kind (GpuNodes)."""
+        with _translated(f"list {plural}"):
+            reply = self._objects.list_cluster_custom_object(GROUP, VERSION, plural)
+        return list(cast(dict[str, Any], reply).get("items") or [])
+
     def get_cluster(self, plural: str, name: str) -> dict[str, Any]:
         """A cluster-scoped object (GpuNode); ObjectNotFoundError when absent."""
         with _translated(f"get {plural} {name}"):
@@ -116,6 +128,19 @@ class KubeApi:
         with _translated(f"patch status of {plural} {name}"):
             self._objects.patch_cluster_custom_object_status(
                 GROUP, VERSION, plural, name, {"status": status})
+
+    def delete(self, plural: str, namespace: str, name: str) -> None:
+        """Delete an object; already gone is fine."""
+        with contextlib.suppress(ObjectNotFoundError), _translated(
+                f"delete {plural} {namespace}/{name}"):
+            self._objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural,
+                                                          name)
+
+    def create(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        with _translated(f"create {plural} in {namespace}"):
+            created = self._objects.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, body)
+        return cast(dict[str, Any], created)
 
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
         with _translated(f"get {plural} {namespace}/{name}"):

@@ -138,7 +138,7 @@ class GpuReplicaSetSpec:
             command=command,
             gpu_count=get_int(raw, "gpuCount", where, default=0, minimum=0,
                               maximum=MAX_GPU_COUNT),
-            env=_parse_env(get_list(raw, "env", where, max_items=MAX_ENV_ITEMS)),
+            env=parse_env(get_list(raw, "env", where, max_items=MAX_ENV_ITEMS)),
             ports=_parse_ports(get_list(raw, "ports", where)),
             mounts=_parse_mounts(get_list(raw, "mounts", where)),
             state=DesiredState(get_choice(raw, "state", where,
@@ -258,7 +258,7 @@ def _parse_dns(raw: Any) -> DnsConfig | None:
     return DnsConfig(tuple(nameservers), tuple(searches), tuple(options))
 
 
-def _parse_env(items: list[Any]) -> tuple[EnvVar, ...]:
+def parse_env(items: list[Any]) -> tuple[EnvVar, ...]:
     result: list[EnvVar] = []
     for i, item in enumerate(items):
         where = f"spec.env[{i}]"

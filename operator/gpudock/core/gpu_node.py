@@ -35,12 +35,16 @@ def gpu_node_status(devices: Sequence[GpuDevice], containers: Sequence[ObservedC
         })
     first, last = port_range
     used = {p.port for c in containers for p in c.host_ports if first <= p.port <= last}
+    bindings = sorted(({"hostPort": p.port, "protocol": str(p.protocol), "holder": {
+        "namespace": c.owner.namespace, "name": c.owner.name}} for c in containers
+        if c.owner is not None for p in c.host_ports), key=lambda b: (
+        b["hostPort"], b["protocol"]))
     allocated = sum(1 for g in gpus if g["holder"] is not None)
     return {
         "gpus": gpus, "gpusTotal": len(gpus), "gpusAllocated": allocated,
         "gpusFree": len(gpus) - allocated,
         "ports": {"range": f"{first}-{last}", "used": len(used),
-                  "free": last - first + 1 - len(used)},
+                  "free": last - first + 1 - len(used), "bindings": bindings},
         "agentVersion": version, "heartbeatTime": now,
         "conditions": [{"type": "Ready", "status": "True", "reason": "AgentHeartbeat",
                         "message": f"the gpudock agent wrote this at {now}",

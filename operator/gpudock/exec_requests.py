@@ -1,0 +1,133 @@
+"""Runs ExecRequests: a command in a GpuReplicaSet's running container, its exit code
+and output kept in the request's status.
+
+The agent that holds the GpuReplicaSet runs it (api/ownership.py); a request whose
+GpuReplicaSet does not exist is failed by any agent (they write the same). Finished
+requests are deleted ttlSecondsAfterFinished after completion, by the agent that ran
+them.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gpudock import metrics
+from gpudock.adapters.container_exec import run_in_container
+from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
+from gpudock.api import exec_request, gpu_replica_set, ownership
+from gpudock.api.exec_request import OUTPUT_LIMIT, ExecRequestSpec
+from gpudock.core.observed import ObservedContainer, ResourceKey
+from gpudock.errors import SpecError, UserError
+from gpudock.settings import Settings
+
+FINISHED = ("Completed", "Failed")
+Status = dict[str, Any]
+
+
+def _conditions(ready: bool, reason: str, message: str, now: str) -> list[dict[str, Any]]:
+    return [{"type": "Complete", "status": "True" if ready else "False", "reason": reason,
+             "message": message, "lastTransitionTime": now}]
+
+
+def failed(reason: str, message: str, now: str, node: str,
+           started: str | None = None) -> Status:
+    return {"phase": "Failed", "reason": reason, "node": node, "startTime": started or now,
+            "completionTime": now, "conditions": _conditions(False, reason, message, now)}
+
+
+def target_of(body: Mapping[str, Any], kube: KubeApi) -> dict[str, Any] | None:
+    """The GpuReplicaSet a request names, or None when there is none."""
+    meta, spec = body["metadata"], body.get("spec") or {}
+    try:
+        return kube.get(gpu_replica_set.PLURAL, meta["namespace"],
+                        str(spec.get("replicaSetName", "")))
+    except ObjectNotFoundError:
+        return None
+
+
+def handled_here(target: Mapping[str, Any], node: str) -> bool:
+    meta = target.get("metadata") or {}
+    return ownership.handled_here((target.get("spec") or {}).get("nodeName"),
+                                  meta.get("finalizers") or (), node)
+
+
+def current_container(docker: DockerRuntime, target: Mapping[str, Any],
+                      ) -> ObservedContainer | None:
+    meta = target["metadata"]
+    key = ResourceKey(meta["namespace"], meta["name"])
+    return max((c for c in docker.list_containers()
+                if c.owner == key and c.uid == meta["uid"]),
+               key=lambda c: c.revision, default=None)
+
+
+def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
+        docker: DockerRuntime, now: Callable[[], str],
+        started: Callable[[Status], None]) -> Status:
+    """Run the request against its (existing, local) target; the final status.
+    ``started`` is shown the Running status before the command starts."""
+    node = settings.node_name
+    try:
+        spec = ExecRequestSpec.parse(body.get("spec") or {})
+    except SpecError as exc:
+        return failed(exc.reason, exc.message, now(), node)
+    state = (target.get("spec") or {}).get("state", "Running")
+    if state != "Running":
+        return failed("ReplicaSetNotRunning", f"GpuReplicaSet {spec.replica_set_name} is "
+                      f"{state}: nothing runs to execute in", now(), node)
+    container = current_container(docker, target)
+    if container is None or container.status != "running":
+        how = container.status if container else "missing"
+        return failed("ContainerNotRunning", f"the container of GpuReplicaSet "
+                      f"{spec.replica_set_name} is {how}", now(), node)
+    begun = now()
+    started({"phase": "Running", "reason": None, "node": node, "startTime": begun,
+             "containerName": container.name,
+             "conditions": _conditions(False, "Running", f"running in {container.name}",
+                                       begun)})
+    try:
+        with metrics.timed(metrics.EXEC_SECONDS):
+            result = run_in_container(
+                settings.docker_host, container.id, spec.command,
+                working_dir=spec.working_dir, env={e.name: e.value for e in spec.env},
+                timeout=spec.timeout_seconds, limit=OUTPUT_LIMIT)
+    except UserError as exc:
+        return failed(exc.reason, exc.message, now(), node, begun)
+    output = {"stdout": result.stdout.decode(errors="replace"),
+              "stderr": result.stderr.decode(errors="replace"),
+              "stdoutTruncated": result.stdout_cut, "stderrTruncated": result.stderr_cut}
+    end = now()
+    if result.timed_out:
+        message = (f"the command ran past timeoutSeconds {spec.timeout_seconds} and was "
+                   "killed with every process it started")
+        return {**failed("DeadlineExceeded", message, end, node, begun), **output,
+                "exitCode": None}
+    return {"phase": "Completed", "reason": None, "node": node, "startTime": begun,
+            "completionTime": end, "exitCode": result.exit_code, **output,
+            "conditions": _conditions(True, "Completed",
+                                      f"the command exited with code {result.exit_code}",
+                                      end)}
+
+
+def expires_in(body: Mapping[str, Any], now: str) -> float | None:
+    """Seconds until a finished request is to be deleted (<= 0: now); None when it
+    is not finished."""
+    status = body.get("status") or {}
+    if status.get("phase") not in FINISHED or not status.get("completionTime"):
+        return None
+    ttl = (body.get("spec") or {}).get("ttlSecondsAfterFinished",
+                                       exec_request.DEFAULT_TTL_SECONDS)
+    done = _parsed(str(status["completionTime"]))
+    current = _parsed(now)
+    if done is None or current is None or not isinstance(ttl, int):
+        return None
+    return ttl - (current - done).total_seconds()
+
+
+def _parsed(stamp: str) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None

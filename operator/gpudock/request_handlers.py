@@ -1,0 +1,121 @@
+"""kopf registration of the one-shot request kinds (ExecRequest): wires events to
+exec_requests.py. No decisions are made here.
+
+Requests are followed with kopf's event handler, not its create handler: every
+agent sees every request, and kopf's record of what it handled is one annotation
+shared by all agents, so the first agent to look would mark a request handled for
+the one that holds its GpuReplicaSet. The event handler keeps no record (and adds no
+finalizer); which requests this agent runs or is running is kept in memory, and a
+request it was running when it restarted is failed as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from gpudock import exec_requests
+from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
+from gpudock.api import GROUP, VERSION, exec_request
+from gpudock.errors import GpudockError
+
+EXEC = exec_request.PLURAL
+
+
+@kopf.on.startup()
+def request_memory(memo: Any, **_: Any) -> None:
+    memo.requests_running = set()  # uids this agent runs now
+    memo.requests_done = set()  # uids this agent ran (their older events may follow)
+    memo.requests_expiring = {}  # uid -> the task that deletes it after its TTL
+
+
+@kopf.on.event(GROUP, VERSION, EXEC)
+async def exec_request_seen(body: kopf.Body, memo: Any, type: str | None,
+                            logger: logging.Logger | logging.LoggerAdapter[Any],
+                            **_: Any) -> None:
+    meta, status = body["metadata"], body.get("status") or {}
+    uid, node = meta["uid"], memo.settings.node_name
+    if type == "DELETED":
+        memo.requests_done.discard(uid)
+        memo.requests_expiring.pop(uid, None)
+        return
+    if meta.get("deletionTimestamp") or uid in memo.requests_running:
+        return
+    if status.get("phase") in exec_requests.FINISHED:
+        if status.get("node") == node and uid not in memo.requests_expiring:
+            memo.requests_expiring[uid] = asyncio.create_task(_expire(memo, dict(body)))
+        return
+    if uid in memo.requests_done:
+        return  # an event from before this agent's own final status
+    if status.get("phase") == "Running":
+        if status.get("node") == node:  # this agent ran it and was restarted meanwhile
+            await _write(memo, body, exec_requests.failed(
+                "AgentRestarted", "the agent restarted while the command ran; whether it "
+                "finished is not known (run it again if it is safe to)",
+                memo.replica_sets.now(), node, status.get("startTime")), logger)
+        return
+    memo.requests_running.add(uid)
+    try:
+        if await _run(memo, body, logger):
+            memo.requests_done.add(uid)
+    finally:
+        memo.requests_running.discard(uid)
+
+
+async def _run(memo: Any, body: kopf.Body,
+               logger: logging.Logger | logging.LoggerAdapter[Any]) -> bool:
+    """True when this agent wrote the request's final status."""
+    node, now = memo.settings.node_name, memo.replica_sets.now
+    try:
+        target = await asyncio.to_thread(exec_requests.target_of, body, memo.kube)
+        if target is None:
+            name = (body.get("spec") or {}).get("replicaSetName")
+            await _write(memo, body, exec_requests.failed(
+                "ReplicaSetNotFound", f"GpuReplicaSet {name} does not exist in namespace "
+                f"{body['metadata']['namespace']}", now(), node), logger)
+            return True
+        if not exec_requests.handled_here(target, node):
+            return False  # the agent of its node runs it
+
+        def started(status: dict[str, Any]) -> None:
+            memo.kube.patch_status(EXEC, body["metadata"]["namespace"],
+                                   body["metadata"]["name"], status)
+
+        final = await asyncio.to_thread(exec_requests.run, dict(body), target,
+                                        memo.settings, memo.docker, now, started)
+    except GpudockError as exc:
+        logger.warning("exec request not run, will retry on its next event: %s", exc)
+        return False
+    await _write(memo, body, final, logger)
+    return True
+
+
+async def _write(memo: Any, body: kopf.Body, status: dict[str, Any],
+                 logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+    try:
+        await asyncio.to_thread(memo.kube.patch_status, EXEC, body["metadata"]["namespace"],
+                                body["metadata"]["name"], status)
+    except ObjectNotFoundError:
+        return
+    except KubeUnavailableError as exc:
+        logger.warning("exec request status not written: %s", exc)
+        return
+    reason = status.get("reason") or status.get("phase")
+    kopf.event(body, type="Warning" if status.get("phase") == "Failed" else "Normal",
+               reason=str(reason), message=str(status["conditions"][0]["message"]))
+
+
+async def _expire(memo: Any, body: dict[str, Any]) -> None:
+    """Delete a finished request once its ttlSecondsAfterFinished has passed."""
+    meta = body["metadata"]
+    try:
+        wait = exec_requests.expires_in(body, memo.replica_sets.now())
+        if wait is None:
+            return
+        await asyncio.sleep(max(wait, 0))
+        await asyncio.to_thread(memo.kube.delete, EXEC, meta["namespace"], meta["name"])
+    except GpudockError:
+        memo.requests_expiring.pop(meta["uid"], None)  # tried again on its next event

@@ -1,0 +1,160 @@
+"""#12 against the real stack: every node's GPUs and ports (GpuNode), running a
+command in an instance (ExecRequest, `kubectl gpudock exec`), and metrics."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import urllib.request
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import AgentFactory
+from tests.integration.revisions import apply_spec, only_container, sh, wait_settled
+from tests.stack.localstack import LocalStack, wait_for
+from tests.stack.processes import free_port
+from tests.stack.resources import apply, containers, gpu_replica_set, status
+
+
+def _gpu_node(stack: LocalStack, name: str) -> dict[str, Any]:
+    found = stack.kubectl("get", "gpunode", name, "-o", "json", check=False)
+    if found.returncode != 0:
+        return {}
+    import json
+    body: dict[str, Any] = json.loads(found.stdout)
+    return dict(body.get("status") or {})
+
+
+def _plugin(stack: LocalStack, namespace: str, *args: str,
+            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`kubectl gpudock ...`: kubectl finds the plugin on PATH, as a user's would."""
+    return stack.kubectl("gpudock", "-n", namespace, *args, check=False, timeout=timeout)
+
+
+def test_12_gpu_nodes_show_holders_and_ports_from_docker(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    start_agent(gpus=8, extra_args=["--heartbeat-seconds", "60"])  # changes, not the beat
+    apply(stack, namespace, gpu_replica_set("one", gpus=1, ports=[{"containerPort": 22}]),
+          gpu_replica_set("two", gpus=2), gpu_replica_set("none", gpus=0))
+    for name in ("one", "two", "none"):
+        wait_settled(stack, namespace, name)
+    wait_for(lambda: _gpu_node(stack, "gpu-node-1").get("gpusFree") == 5, 30,
+             what="GpuNode gpu-node-1 with 5 free")
+    node = _gpu_node(stack, "gpu-node-1")
+    assert node["gpusTotal"] == 8
+    assert node["gpusAllocated"] == 3
+    held = {g["uuid"]: (g["holder"]["namespace"], g["holder"]["name"])
+            for g in node["gpus"] if g.get("holder")}
+    in_docker = {gpu: (c.labels["gpudock.dev/namespace"], c.labels["gpudock.dev/name"])
+                 for c in containers(stack, namespace)
+                 for gpu in c.labels["gpudock.dev/gpus"].split(",") if gpu}
+    assert held == in_docker
+    port = status(stack, namespace, "one")["ports"][0]["hostPort"]
+    bindings = {(b["hostPort"], b["holder"]["name"]) for b in node["ports"]["bindings"]}
+    assert (port, "one") in bindings
+    row = stack.kubectl("get", "gpunodes", "gpu-node-1").stdout.splitlines()[1].split()
+    assert row[:3] == ["gpu-node-1", "8", "5"]
+
+    stack.kubectl("delete", "grs", "two", "-n", namespace, "--timeout=30s")
+    wait_for(lambda: _gpu_node(stack, "gpu-node-1").get("gpusFree") == 7, 30,
+             what="the deleted one's GPUs free again")
+    lines = _plugin(stack, namespace, "nodes").stdout.splitlines()
+    mine = [line for line in lines if line.startswith("gpu-node-1 ")]
+    assert len(mine) == 8
+    assert sum(f"{namespace}/one" in line for line in mine) == 1
+    ports = _plugin(stack, namespace, "ports", "gpu-node-1").stdout
+    assert f"{port}" in ports
+    assert f"{namespace}/one" in ports
+
+    # Another node's agent keeps its own GpuNode, and only that.
+    start_agent(gpus=4, node_name="gpu-node-2", extra_args=["--heartbeat-seconds", "60"])
+    wait_for(lambda: _gpu_node(stack, "gpu-node-2").get("gpusTotal") == 4, 30,
+             what="GpuNode gpu-node-2")
+    assert _gpu_node(stack, "gpu-node-1")["gpusTotal"] == 8
+
+
+def test_12_kubectl_gpudock_exec_keeps_streams_and_exit_codes(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    start_agent()
+    apply_spec(stack, namespace, "box", "first")
+    wait_settled(stack, namespace, "box")
+    ran = _plugin(stack, namespace, "exec", "box", "--",
+                  "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (ran.returncode, ran.stdout, ran.stderr) == (3, "out\n", "err\n")
+
+    big = _plugin(stack, namespace, "exec", "box", "--", "sh", "-c",
+                  "head -c 1048576 /dev/zero | tr '\\0' a")
+    assert big.returncode == 0
+    assert len(big.stdout) == 64 * 1024
+    assert "stdout was cut at 64 KiB" in big.stderr
+
+    started = time.monotonic()
+    slow = _plugin(stack, namespace, "exec", "box", "--timeout", "2", "--", "sleep", "300")
+    assert slow.returncode == 124
+    assert "DeadlineExceeded" in slow.stderr
+    assert time.monotonic() - started < 60
+    assert "sleep 300" not in sh(only_container(stack, namespace), "ps -o args")
+
+    apply_spec(stack, namespace, "box", "stop", state="Stopped")
+    wait_settled(stack, namespace, "box", phase="Stopped")
+    stopped = _plugin(stack, namespace, "exec", "box", "--", "true")
+    assert stopped.returncode == 1
+    assert "ReplicaSetNotRunning" in stopped.stderr
+    missing = _plugin(stack, namespace, "exec", "nobody", "--", "true")
+    assert "ReplicaSetNotFound" in missing.stderr
+
+
+def test_12_finished_exec_requests_go_after_their_ttl(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    start_agent()
+    apply_spec(stack, namespace, "box", "first")
+    wait_settled(stack, namespace, "box")
+    apply(stack, namespace, {
+        "apiVersion": "gpudock.dev/v1alpha1", "kind": "ExecRequest",
+        "metadata": {"name": "short"},
+        "spec": {"replicaSetName": "box", "command": ["true"],
+                 "ttlSecondsAfterFinished": 5}})
+    wait_for(lambda: stack.kubectl("get", "execrequest", "short", "-n", namespace,
+                                   "-o", "jsonpath={.status.phase}",
+                                   check=False).stdout == "Completed", 30, what="Completed")
+    wait_for(lambda: stack.kubectl("get", "execrequest", "short", "-n", namespace,
+                                   check=False).returncode != 0, 30, what="deleted by TTL")
+
+
+def test_12_metrics_are_prometheus_and_match_the_gpu_node(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    port = free_port()
+    start_agent(gpus=8, extra_args=["--metrics-port", str(port)])
+    apply(stack, namespace, gpu_replica_set("a", gpus=2), gpu_replica_set("b", gpus=1))
+    wait_settled(stack, namespace, "a")
+    wait_settled(stack, namespace, "b")
+    wait_for(lambda: _gpu_node(stack, "gpu-node-1").get("gpusAllocated") == 3, 30,
+             what="GpuNode with 3 allocated")
+
+    def scrape() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+            text = reply.read().decode()
+        samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples.setdefault(sample.name, {})[
+                    tuple(sorted(sample.labels.items()))] = sample.value
+        return samples
+
+    wait_for(lambda: scrape().get("gpudock_gpus_allocated", {}).get(
+        (("node", "gpu-node-1"),)) == 3, 30, what="metrics with 3 GPUs allocated")
+    samples = scrape()
+    node = _gpu_node(stack, "gpu-node-1")
+    assert samples["gpudock_gpus_total"][(("node", "gpu-node-1"),)] == node["gpusTotal"]
+    assert samples["gpudock_resources"][(("kind", "GpuReplicaSet"), ("phase", "Running"))] == 2
+    count = samples["gpudock_reconcile_duration_seconds_count"][(("kind", "GpuReplicaSet"),)]
+    assert count >= 2
+    assert samples["gpudock_rollout_step_duration_seconds_count"][
+        (("step", "StartRevision"),)] >= 2
+    assert any(k == (("operation", "put"),)
+               for k in samples["gpudock_revision_store_duration_seconds_count"])
