@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from gpudock import rollout_commands
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
-from gpudock.api import GROUP, VERSION, exec_request
+from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.errors import GpudockError
 from gpudock.node_health import PLURAL as GPU_NODES
 from gpudock.retained_commands import table
@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="kill the command after this long (default 60)")
     run.add_argument("argv", nargs="*", metavar="-- COMMAND [ARG...]",
                      help="everything after -- is the command")
+    commit = commands.add_parser("commit", help="save a GpuReplicaSet's running "
+                                 "container as an image (an ImageCommit); prints its ID")
+    commit.add_argument("name", help="the GpuReplicaSet")
+    commit.add_argument("image", help="repository:tag to make (never overwritten)")
+    commit.add_argument("--no-pause", action="store_true",
+                        help="do not pause the container during the commit")
+    commit.add_argument("--timeout", type=float, default=1800, metavar="SECONDS")
     history = commands.add_parser("history", help="a GpuReplicaSet's revisions")
     history.add_argument("name")
     rollback = commands.add_parser("rollback", help="roll a GpuReplicaSet back (spec and "
@@ -59,13 +66,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
         at = words.index("--")
         words, command = words[:at], words[at + 1:]
     args = build_parser().parse_args(words)
-    args.argv = [*args.argv, *command]
+    args.argv = [*getattr(args, "argv", []), *command]
     try:
         kube = KubeApi(args.kubeconfig, in_cluster=False, context=args.context)
         namespace = args.namespace or kube.default_namespace
         match args.command:
             case "exec":
                 return _exec(kube, namespace, args, out, err)
+            case "commit":
+                return _commit(kube, namespace, args, out, err)
             case "history":
                 return rollout_commands.history(kube, namespace, args.name, out)
             case "rollback":
@@ -82,6 +91,43 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
     return 1
 
 
+def _wait(kube: KubeApi, plural: str, namespace: str, name: str, finished: tuple[str, ...],
+          timeout: float) -> dict[str, Any] | None:
+    """The request's status once finished; None when it is not done in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = kube.get(plural, namespace, name).get("status") or {}
+        if status.get("phase") in finished:
+            return dict(status)
+        time.sleep(0.3)
+    return None
+
+
+def _problem(status: dict[str, Any]) -> str:
+    message = (status.get("conditions") or [{}])[0].get("message", "")
+    return f"{status.get('reason')}: {message}"
+
+
+def _commit(kube: KubeApi, namespace: str, args: argparse.Namespace, out: TextIO,
+            err: TextIO) -> int:
+    created = kube.create(image_commit.PLURAL, namespace, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": image_commit.KIND,
+        "metadata": {"generateName": f"{args.name[:40]}-commit-"},
+        "spec": {"replicaSetName": args.name, "image": args.image,
+                 "pause": not args.no_pause}})
+    name = created["metadata"]["name"]
+    status = _wait(kube, image_commit.PLURAL, namespace, name, ("Succeeded", "Failed"),
+                   args.timeout)
+    if status is None:
+        print(f"error: imagecommit {name} did not finish in {args.timeout:.0f}s", file=err)
+        return 1
+    if status["phase"] == "Failed":
+        print(f"error: {_problem(status)}", file=err)
+        return 1
+    print(status.get("imageID"), file=out)
+    return 0
+
+
 def _exec(kube: KubeApi, namespace: str, args: argparse.Namespace, out: TextIO,
           err: TextIO) -> int:
     command = list(args.argv)
@@ -94,17 +140,11 @@ def _exec(kube: KubeApi, namespace: str, args: argparse.Namespace, out: TextIO,
         "spec": {"replicaSetName": args.name, "command": command,
                  "timeoutSeconds": args.timeout}})
     name = created["metadata"]["name"]
-    deadline = time.monotonic() + args.timeout + 60
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        status = kube.get(exec_request.PLURAL, namespace, name).get("status") or {}
-        if status.get("phase") in ("Completed", "Failed"):
-            break
-        time.sleep(0.3)
-    else:
-        print(f"error: execrequest {name} did not finish (phase "
-              f"{status.get('phase', 'Pending')}); is the agent of its node running?",
-              file=err)
+    status = _wait(kube, exec_request.PLURAL, namespace, name, ("Completed", "Failed"),
+                   args.timeout + 60)
+    if status is None:
+        print(f"error: execrequest {name} did not finish; is the agent of its node "
+              "running?", file=err)
         return 1
     out.write(status.get("stdout") or "")
     err.write(status.get("stderr") or "")
@@ -112,8 +152,7 @@ def _exec(kube: KubeApi, namespace: str, args: argparse.Namespace, out: TextIO,
         if status.get(f"{stream}Truncated"):
             print(f"(kubectl gpudock: {stream} was cut at 64 KiB)", file=err)
     if status["phase"] == "Failed":
-        message = (status.get("conditions") or [{}])[0].get("message", "")
-        print(f"error: {status.get('reason')}: {message}", file=err)
+        print(f"error: {_problem(status)}", file=err)
         return DEADLINE_EXIT if status.get("reason") == "DeadlineExceeded" else 1
     return int(status.get("exitCode") or 0)
 

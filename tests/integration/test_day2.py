@@ -11,10 +11,17 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import AgentFactory
-from tests.integration.revisions import apply_spec, only_container, sh, wait_settled
+from tests.integration.revisions import (
+    MARKER,
+    apply_spec,
+    only_container,
+    sh,
+    touch_the_disk,
+    wait_settled,
+)
 from tests.stack.localstack import LocalStack, wait_for
 from tests.stack.processes import free_port
-from tests.stack.resources import apply, containers, gpu_replica_set, status
+from tests.stack.resources import apply, containers, env_of, gpu_replica_set, status
 
 
 def _gpu_node(stack: LocalStack, name: str) -> dict[str, Any]:
@@ -158,3 +165,48 @@ def test_12_metrics_are_prometheus_and_match_the_gpu_node(
         (("step", "StartRevision"),)] >= 2
     assert any(k == (("operation", "put"),)
                for k in samples["gpudock_revision_store_duration_seconds_count"])
+
+
+def test_12_image_commit_saves_a_running_container_without_its_instance(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    start_agent(gpus=4)
+    apply_spec(stack, namespace, "src", "first", gpus=1)
+    wait_settled(stack, namespace, "src")
+    touch_the_disk(stack, namespace, "committed")
+    before = status(stack, namespace, "src")
+    image = f"{namespace}/saved:v1"
+    done = _plugin(stack, namespace, "commit", "src", image)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("sha256:")
+    after = status(stack, namespace, "src")
+    assert (after["containerID"], after["revision"]) == (before["containerID"],
+                                                          before["revision"])
+    client = stack.docker_client()
+    try:
+        config = client.images.get(image).attrs["Config"]
+        assert not [k for k in config.get("Labels") or {} if k.startswith("gpudock.dev/")]
+        assert not [e for e in config.get("Env") or () if "GPU-" in e]
+        files = client.containers.run(image, ["sh", "-c", f"cat {MARKER}; test -e "
+                                              "/etc/os-release && echo present || echo gone"],
+                                      remove=True).decode().split()
+        assert files == ["committed", "gone"]
+    finally:
+        client.close()
+    # Instances made from it get exactly their own GPUs.
+    apply(stack, namespace, gpu_replica_set("zero", gpus=0, image=image),
+          gpu_replica_set("one", gpus=1, image=image))
+    wait_settled(stack, namespace, "zero")
+    wait_settled(stack, namespace, "one")
+    seen = {name: env_of(only_container(stack, namespace, name))["NVIDIA_VISIBLE_DEVICES"]
+            for name in ("zero", "one")}
+    assert seen["zero"] == "void"
+    assert seen["one"] == status(stack, namespace, "one")["gpus"][0]
+    assert seen["one"] != before["gpus"][0]
+
+    again = _plugin(stack, namespace, "commit", "src", image)
+    assert again.returncode == 1
+    assert "ImageTagTaken" in again.stderr
+    missing = _plugin(stack, namespace, "commit", "nobody", f"{namespace}/other:v1")
+    assert missing.returncode == 1
+    assert "ReplicaSetNotFound" in missing.stderr

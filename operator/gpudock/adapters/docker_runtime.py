@@ -398,6 +398,28 @@ class DockerRuntime:
             self._call(f"remove {name}", lambda: self.client.api.remove_container(
                 container_id, force=True, v=False))
 
+    def load_image(self, chunks: Iterator[bytes], what: str) -> None:
+        """``docker load`` of a tar stream given as chunks."""
+        def load() -> None:
+            for _ in self.client.api.load_image(chunks, quiet=True):
+                pass
+
+        self._call(what, load)
+
+    def commit_to(self, container_id: str, name: str, image: str, *, pause: bool) -> None:
+        """``docker commit`` of a container that keeps running (paused during the
+        commit when ``pause``), to ``image`` (repository:tag)."""
+        repository, tag = image.rsplit(":", 1)
+        self._call(f"commit {name}", lambda: self.client.api.commit(
+            container_id, repository=repository, tag=tag, pause=pause,
+            message=f"committed from {name}"))
+
+    def image_config(self, image: str) -> tuple[str, int, dict[str, Any]]:
+        """An image's ID, size and config (None-free)."""
+        attrs = self._inspect_image(image)
+        return str(attrs.get("Id", "")), int(attrs.get("Size") or 0), dict(
+            attrs.get("Config") or {})
+
     def tag_image(self, source: str, target: str) -> bool:
         """Give the image ``source`` names the tag ``target`` as well; False when
         ``source`` does not exist (a crash after a re-tag removed it: nothing to do)."""

@@ -1,0 +1,107 @@
+"""Runs ImageCommits: a GpuReplicaSet's running container saved as a clean image.
+
+The container keeps running (paused for the commit when spec.pause, as docker commit
+does by default), with the same ID and revision. The image keeps the container's
+filesystem and its image config, without what belongs to the running instance:
+none of gpudock's labels, and NVIDIA_VISIBLE_DEVICES as the base image had it (not
+the instance's GPUs), so a GpuReplicaSet started from it gets exactly its own GPUs.
+An existing tag is never overwritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gpudock import metrics
+from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.image_commit import rewrite_image
+from gpudock.api.image_commit import ImageCommitSpec
+from gpudock.core import labels
+from gpudock.core.replica_set_plan import is_reserved_reference
+from gpudock.errors import SpecError, UserError
+from gpudock.exec_requests import current_container, failed
+from gpudock.settings import Settings
+
+GPU_VARIABLE = "NVIDIA_VISIBLE_DEVICES"
+Status = dict[str, Any]
+
+
+def clean_config(config: dict[str, Any], base_env: list[str]) -> dict[str, Any]:
+    """The committed config without the instance: gpudock's labels dropped, the GPU
+    variable as in the base image (dropped when the base has none)."""
+    base_gpus = next((e for e in base_env if e.split("=", 1)[0] == GPU_VARIABLE), None)
+    env = [e for e in config.get("Env") or () if "=" in e
+           and e.split("=", 1)[0] != GPU_VARIABLE]
+    if base_gpus is not None:
+        env.append(base_gpus)
+    kept = {k: v for k, v in (config.get("Labels") or {}).items()
+            if not k.startswith(labels.PREFIX)}
+    return {**config, "Env": env, "Labels": kept or None}
+
+
+def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
+        docker: DockerRuntime, now: Callable[[], str],
+        started: Callable[[Status], None]) -> Status:
+    node = settings.node_name
+    status = body.get("status") or {}
+    try:
+        spec = ImageCommitSpec.parse(body.get("spec") or {})
+    except SpecError as exc:
+        return failed(exc.reason, exc.message, now(), node)
+    if is_reserved_reference(spec.image):
+        return failed("ReservedImage", f"{spec.image} is in gpudock's own repository",
+                      now(), node)
+    existing = docker.image_info(spec.image)
+    if existing is not None and existing.id != status.get("imageID"):
+        return failed("ImageTagTaken", f"image {spec.image} exists already (not made by "
+                      "this ImageCommit); pick another tag, nothing was changed", now(), node)
+    state = (target.get("spec") or {}).get("state", "Running")
+    container = current_container(docker, target)
+    if state != "Running" or container is None or container.status != "running":
+        how = state if state != "Running" else (container.status if container else "missing")
+        return failed("ContainerNotRunning", f"GpuReplicaSet {spec.replica_set_name} is "
+                      f"{how}: only a running container is committed", now(), node)
+    begun = now()
+    started({"phase": "Running", "node": node, "startTime": begun,
+             "revision": container.revision,
+             "conditions": [{"type": "Complete", "status": "False", "reason": "Committing",
+                             "message": f"committing {container.name}",
+                             "lastTransitionTime": begun}]})
+    scratch = f"gpudock-commit-scratch/{labels.base_name(*_key(body))}:{body['metadata']['uid']}"
+    try:
+        with metrics.timed(metrics.COMMIT_SECONDS):
+            docker.commit_to(container.id, container.name, scratch, pause=spec.pause)
+            _, _, base = docker.image_config(container.base_image)
+            rewrite_image(docker, scratch, spec.image,
+                          lambda config: clean_config(config, list(base.get("Env") or ())))
+    except UserError as exc:
+        return failed(exc.reason, exc.message, now(), node, begun)
+    finally:
+        docker.remove_image(scratch)
+    image_id, size, _ = docker.image_config(spec.image)
+    end = now()
+    return {"phase": "Succeeded", "node": node, "startTime": begun, "completionTime": end,
+            "imageID": image_id, "sizeBytes": size, "revision": container.revision,
+            "conditions": [{"type": "Complete", "status": "True", "reason": "Committed",
+                            "message": f"{container.name} saved as {spec.image}",
+                            "lastTransitionTime": end}]}
+
+
+def _key(body: Mapping[str, Any]) -> tuple[str, str]:
+    return body["metadata"]["namespace"], body["metadata"]["name"]
+
+
+def remove_on_delete(body: Mapping[str, Any], docker: DockerRuntime) -> bool:
+    """deletionPolicy Delete: remove the image (only the one this commit made)."""
+    status = body.get("status") or {}
+    try:
+        spec = ImageCommitSpec.parse(body.get("spec") or {})
+    except SpecError:
+        return False
+    if spec.deletion_policy != "Delete" or status.get("phase") != "Succeeded":
+        return False
+    info = docker.image_info(spec.image)
+    if info is None or info.id != status.get("imageID"):
+        return False
+    return docker.remove_image(spec.image)
