@@ -210,3 +210,36 @@ def test_12_image_commit_saves_a_running_container_without_its_instance(
     missing = _plugin(stack, namespace, "commit", "nobody", f"{namespace}/other:v1")
     assert missing.returncode == 1
     assert "ReplicaSetNotFound" in missing.stderr
+
+
+def test_12_view_reads_nodes_and_commits_but_not_exec_output_edit_runs_both(
+    stack: LocalStack, namespace: str,
+) -> None:
+    """Checked by the real API server's RBAC, for users bound to the roles of
+    manifests/user-roles.yaml (kubectl impersonates them)."""
+    for user, role in (("alice-viewer", "gpudock-view"), ("bob-editor", "gpudock-edit")):
+        stack.kubectl("create", "clusterrolebinding", f"{user}-{namespace}",
+                      f"--clusterrole={role}", f"--user={user}")
+    try:
+        def can(user: str, verb: str, resource: str) -> bool:
+            answer = stack.kubectl("auth", "can-i", verb, resource, "-n", namespace,
+                                   f"--as={user}", check=False).stdout.strip()
+            return answer == "yes"
+
+        assert can("alice-viewer", "list", "gpunodes.gpudock.dev")
+        assert can("alice-viewer", "get", "imagecommits.gpudock.dev")
+        assert not can("alice-viewer", "create", "execrequests.gpudock.dev")
+        assert not can("alice-viewer", "get", "execrequests.gpudock.dev")
+        assert not can("alice-viewer", "create", "imagecommits.gpudock.dev")
+        assert can("bob-editor", "create", "execrequests.gpudock.dev")
+        assert can("bob-editor", "create", "imagecommits.gpudock.dev")
+        listed = stack.kubectl("get", "gpunodes", "--as=alice-viewer", check=False)
+        assert listed.returncode == 0, listed.stderr
+        refused = stack.kubectl("get", "execrequests", "-n", namespace,
+                                "--as=alice-viewer", check=False)
+        assert refused.returncode != 0
+        assert "forbidden" in refused.stderr
+    finally:
+        for user in ("alice-viewer", "bob-editor"):
+            stack.kubectl("delete", "clusterrolebinding", f"{user}-{namespace}",
+                          check=False)

@@ -150,8 +150,11 @@ class LocalStack:
     def apply_crds(self) -> None:
         self.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     "crd/gpureplicasets.gpudock.dev", "crd/sizedvolumes.gpudock.dev")
-        self.kubectl("apply", "-f", str(REPO_ROOT / "manifests" / "rbac.yaml"))
+                     *(f"crd/{plural}.gpudock.dev" for plural in (
+                         "gpureplicasets", "sizedvolumes", "gpunodes", "execrequests",
+                         "imagecommits")))
+        for manifest in ("rbac.yaml", "user-roles.yaml"):
+            self.kubectl("apply", "-f", str(REPO_ROOT / "manifests" / manifest))
         # The agent runs with the chart's ClusterRole, bound to its own user, so the
         # tests prove the RBAC rules are enough.
         self.kubectl("create", "clusterrolebinding", "gpudock-agent-local",
