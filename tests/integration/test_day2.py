@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -243,3 +244,33 @@ def test_12_view_reads_nodes_and_commits_but_not_exec_output_edit_runs_both(
         for user in ("alice-viewer", "bob-editor"):
             stack.kubectl("delete", "clusterrolebinding", f"{user}-{namespace}",
                           check=False)
+
+
+def test_12_the_day2_examples_run(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    start_agent()
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    stack.kubectl("apply", "-n", namespace, "-f", str(examples / "03-cpu-only-container.yaml"))
+    wait_settled(stack, namespace, "cpu-only")
+    for example in ("04-exec-request.yaml", "05-image-commit.yaml"):
+        stack.kubectl("apply", "-n", namespace, "-f", str(examples / example))
+
+    def phase(kind: str, name: str) -> str:
+        return stack.kubectl("get", kind, name, "-n", namespace, "-o",
+                             "jsonpath={.status.phase}", check=False).stdout
+
+    wait_for(lambda: phase("execrequest", "hello") == "Completed", 30, what="hello ran")
+    hello = stack.kubectl_json("get", "execrequest", "hello", "-n", namespace)["status"]
+    assert hello["stdout"].startswith("hello from cpu-only")  # type: ignore[index]
+    assert hello["stderr"] == "and a warning\n"  # type: ignore[index]
+    wait_for(lambda: phase("imagecommit", "cpu-only-saved") == "Succeeded", 60,
+             what="the commit")
+    client = stack.docker_client()
+    try:
+        assert client.images.get("gpudock-examples/cpu-only:saved")
+        stack.kubectl("delete", "imagecommit", "cpu-only-saved", "-n", namespace)
+        wait_for(lambda: not client.images.list(name="gpudock-examples/cpu-only"), 30,
+                 what="the image removed with its ImageCommit (deletionPolicy Delete)")
+    finally:
+        client.close()
