@@ -64,3 +64,14 @@ def test_sized_volume_schema_matches_the_models() -> None:
     spec = _schema("sizedvolumes")["properties"]
     assert spec["size"]["pattern"] == SIZE_PATTERN
     assert spec["nodeName"]["pattern"] == DNS_SUBDOMAIN_PATTERN
+
+
+def test_request_kinds_match_their_models() -> None:
+    from gpudock.api.exec_request import MAX_TIMEOUT_SECONDS
+    from gpudock.api.image_commit import IMAGE_PATTERN
+
+    commit = _schema("imagecommits")["properties"]
+    assert commit["image"]["pattern"] == IMAGE_PATTERN
+    run = _schema("execrequests")["properties"]
+    assert run["timeoutSeconds"]["maximum"] == MAX_TIMEOUT_SECONDS
+    assert run["command"]["maxItems"] == MAX_COMMAND_ITEMS
