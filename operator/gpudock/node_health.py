@@ -8,12 +8,16 @@ A resource bound to a live agent is never touched here: that agent writes its st
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 from gpudock import __version__, metrics
 from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
-from gpudock.api import gpu_replica_set, ownership, sized_volume
+from gpudock.api import exec_request, gpu_replica_set, image_commit, ownership, sized_volume
 from gpudock.core.gpu_node import gpu_node_status, node_verdict, unreachable_status
 from gpudock.core.gpus import GpuInventory
+from gpudock.exec_requests import failed
 from gpudock.settings import Settings
 
 KIND = "GpuNode"
@@ -25,6 +29,11 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
     status = gpu_node_status(inventory.list_gpus(), docker.list_containers(),
                              (settings.port_range.first, settings.port_range.last),
                              __version__, now)
+    # SizedVolumes are not provisioned yet (#10): no backend; the space is the state
+    # dir's, where the default (loopfile) backend will keep its files.
+    state = os.statvfs(settings.state_dir) if settings.state_dir.exists() else None
+    status["volumes"] = {"backend": "none",
+                         "freeBytes": state.f_bavail * state.f_frsize if state else None}
     kube.write_cluster_status(PLURAL, KIND, settings.node_name, status)
     metrics.GPUS_TOTAL.labels(settings.node_name).set(status["gpusTotal"])
     metrics.GPUS_ALLOCATED.labels(settings.node_name).set(status["gpusAllocated"])
@@ -32,11 +41,16 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
 
 def flag_unserved(settings: Settings, now: str, kube: KubeApi) -> list[str]:
     """Write NodeNotFound / NodeNotReady on the watched resources whose node cannot
-    serve them; returns what was written, for the log."""
+    serve them, and fail the requests (ExecRequest, ImageCommit) not yet taken whose
+    GpuReplicaSet is on such a node; returns what was written, for the log."""
     nodes: dict[str, tuple[str, str] | None] = {}
     written = []
+    replica_sets: dict[tuple[str, str], str] = {}
     for plural in (gpu_replica_set.PLURAL, sized_volume.PLURAL):
         for body in kube.list_objects(plural, settings.namespaces):
+            if plural == gpu_replica_set.PLURAL:
+                replica_sets[(body["metadata"]["namespace"], body["metadata"]["name"])] = \
+                    str((body.get("spec") or {}).get("nodeName"))
             meta, spec = body.get("metadata") or {}, body.get("spec") or {}
             node = spec.get("nodeName")
             if not isinstance(node, str) or node == settings.node_name:
@@ -58,6 +72,23 @@ def flag_unserved(settings: Settings, now: str, kube: KubeApi) -> list[str]:
             except ObjectNotFoundError:
                 continue
             written.append(f"{plural} {meta['namespace']}/{meta['name']}: {verdict[0]}")
+    for plural in (exec_request.PLURAL, image_commit.PLURAL):
+        for body in kube.list_objects(plural, settings.namespaces):
+            meta = body["metadata"]
+            if (body.get("status") or {}).get("phase"):
+                continue  # taken by an agent already
+            node = replica_sets.get((meta["namespace"],
+                                     str((body.get("spec") or {}).get("replicaSetName"))))
+            if node is None or node == settings.node_name:
+                continue  # no GpuReplicaSet: its agent-less failure is written elsewhere
+            if node not in nodes:
+                nodes[node] = _verdict(kube, node, now, settings.heartbeat_seconds)
+            verdict = nodes[node]
+            if verdict is not None:
+                with contextlib.suppress(ObjectNotFoundError):
+                    kube.patch_status(plural, meta["namespace"], meta["name"],
+                                      failed(*verdict, now, settings.node_name))
+                written.append(f"{plural} {meta['namespace']}/{meta['name']}: {verdict[0]}")
     return written
 
 

@@ -274,3 +274,14 @@ def test_12_the_day2_examples_run(
                  what="the image removed with its ImageCommit (deletionPolicy Delete)")
     finally:
         client.close()
+
+
+def test_12_a_request_for_an_instance_on_a_node_without_agent_fails_clearly(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    start_agent(extra_args=["--heartbeat-seconds", "1"])
+    apply(stack, namespace, gpu_replica_set("far", node="no-such-node"))
+    ran = _plugin(stack, namespace, "exec", "far", "--", "true")
+    assert ran.returncode == 1
+    assert "NodeNotFound" in ran.stderr
+    assert _gpu_node(stack, "gpu-node-1")["volumes"]["backend"] == "none"

@@ -55,12 +55,15 @@ class NvmlGpuInventory:
     @staticmethod
     def _device(index: int) -> GpuDevice:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
-        return GpuDevice(
-            index=index,
-            uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
-            name=_text(pynvml.nvmlDeviceGetName(handle)),
-            memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total),
-        )
+        uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
+        try:
+            return GpuDevice(
+                index=index, uuid=uuid, name=_text(pynvml.nvmlDeviceGetName(handle)),
+                memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total))
+        except pynvml.NVMLError as exc:  # listed, but it does not answer
+            lost = isinstance(exc, pynvml.NVMLError_GpuIsLost)
+            return GpuDevice(index=index, uuid=uuid,
+                             health="Lost" if lost else "Unhealthy")
 
 
 def _text(value: str | bytes) -> str:

@@ -28,7 +28,7 @@ def gpu_node_status(devices: Sequence[GpuDevice], containers: Sequence[ObservedC
         holder = holders.get(device.uuid)
         gpus.append({
             "index": device.index, "uuid": device.uuid, "model": device.name,
-            "memoryMiB": device.memory_bytes // 2**20, "health": "Healthy",
+            "memoryMiB": device.memory_bytes // 2**20, "health": device.health,
             "holder": None if holder is None or holder.owner is None else {
                 "namespace": holder.owner.namespace, "name": holder.owner.name,
                 "revision": holder.revision},

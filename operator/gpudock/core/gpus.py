@@ -12,6 +12,9 @@ class GpuDevice:
     uuid: str  # "GPU-xxxxxxxx-...": the identity used everywhere (labels, allocation)
     name: str = ""
     memory_bytes: int = 0
+    # What the inventory could tell at listing: Healthy (it answered), Unhealthy or
+    # Lost (NVML's queries for it failed, GPU_IS_LOST for the latter).
+    health: str = "Healthy"
 
 
 class GpuInventory(Protocol):
