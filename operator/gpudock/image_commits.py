@@ -68,7 +68,7 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
              "conditions": [{"type": "Complete", "status": "False", "reason": "Committing",
                              "message": f"committing {container.name}",
                              "lastTransitionTime": begun}]})
-    scratch = f"gpudock-commit-scratch/{labels.base_name(*_key(body))}:{body['metadata']['uid']}"
+    scratch = scratch_tag(body)
     try:
         with metrics.timed(metrics.COMMIT_SECONDS):
             docker.commit_to(container.id, container.name, scratch, pause=spec.pause)
@@ -88,8 +88,16 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
                             "lastTransitionTime": end}]}
 
 
-def _key(body: Mapping[str, Any]) -> tuple[str, str]:
-    return body["metadata"]["namespace"], body["metadata"]["name"]
+def scratch_tag(body: Mapping[str, Any]) -> str:
+    """Where the raw commit goes before its config is cleaned (removed after)."""
+    meta = body["metadata"]
+    return (f"gpudock-commit-scratch/{labels.base_name(meta['namespace'], meta['name'])}:"
+            f"{meta['uid']}")
+
+
+def forget_scratch(body: Mapping[str, Any], docker: DockerRuntime) -> None:
+    """A commit cut short by an agent restart may have left its scratch image."""
+    docker.remove_image(scratch_tag(body))
 
 
 def remove_on_delete(body: Mapping[str, Any], docker: DockerRuntime) -> bool:

@@ -31,10 +31,13 @@ class RequestKind:
     finished: tuple[str, ...]
     run: Callable[..., dict[str, Any]]
     expires: bool  # deleted ttlSecondsAfterFinished after it finished
+    # What a run cut short by an agent restart may have left on the node.
+    tidy: Callable[..., None] | None = None
 
 
 EXEC = RequestKind(exec_request.PLURAL, exec_requests.FINISHED, exec_requests.run, True)
-COMMIT = RequestKind(image_commit.PLURAL, ("Succeeded", "Failed"), image_commits.run, False)
+COMMIT = RequestKind(image_commit.PLURAL, ("Succeeded", "Failed"), image_commits.run, False,
+                     image_commits.forget_scratch)
 
 
 @kopf.on.startup()
@@ -84,6 +87,11 @@ async def _seen(kind: RequestKind, body: kopf.Body, memo: Any, type: str | None,
         return  # an event from before this agent's own final status
     if status.get("phase") == "Running":
         if status.get("node") == node:  # this agent ran it and was restarted meanwhile
+            if kind.tidy is not None:
+                try:
+                    await asyncio.to_thread(kind.tidy, dict(body), memo.docker)
+                except GpudockError as exc:
+                    logger.warning("%s: leftovers not removed: %s", kind.plural, exc)
             await _write(memo, kind, body, exec_requests.failed(
                 "AgentRestarted", "the agent restarted while it ran; whether it "
                 "finished is not known (run it again if it is safe to)",
