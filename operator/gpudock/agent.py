@@ -24,7 +24,8 @@ def run_agent(settings: Settings, *, verbose: bool = False) -> int:
         # kopf's kubeconfig login reads $KUBECONFIG; the flag wins over in-cluster.
         os.environ["KUBECONFIG"] = settings.kubeconfig
     import gpudock.handlers
-    import gpudock.request_handlers  # noqa: F401
+    import gpudock.request_handlers
+    import gpudock.volume_handlers  # noqa: F401
 
     logger.info("gpudock agent for node %s starting", settings.node_name)
     kopf.run(

@@ -16,15 +16,15 @@ from typing import Any
 
 import kopf
 
-from gpudock import metrics, node_health
+from gpudock import metrics, node_health, volume_handlers
 from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.gpu_inventory import inventory_from_settings
 from gpudock.adapters.kube_api import KubeApi, KubeUnavailableError, ObjectNotFoundError
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.adapters.timed_store import TimedRevisionStore
-from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
+from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership
 from gpudock.core.replica_set_status import waiting_on
-from gpudock.errors import GpudockError, SpecError, TransientError
+from gpudock.errors import GpudockError, TransientError
 from gpudock.reconciler import Event, Outcome, ReplicaSetReconciler
 from gpudock.settings import Settings
 
@@ -89,6 +89,7 @@ def startup(memo: Any, settings: kopf.OperatorSettings,
     memo.store = store
     memo.replica_sets = ReplicaSetReconciler(agent, runtime, inventory, memo.kube, store)
     memo.wakeups = Wakeups()
+    memo.volumes = volume_handlers.volume_reconciler(memo)
     memo.phases = {}  # uid -> phase of this agent's GpuReplicaSets (metrics)
     if agent.metrics_port:
         metrics.serve(agent.metrics_port)
@@ -328,22 +329,3 @@ async def delete_replica_set(body: kopf.Body, memo: Any, **_: Any) -> None:
         await asyncio.to_thread(_drop_legacy_finalizer, memo, body)
     memo.wakeups.wake_all()  # its GPUs and ports are free: waiting resources may start
     memo.node_changed.set()
-
-
-@kopf.on.resume(GROUP, VERSION, sized_volume.PLURAL, when=_on_this_node)
-@kopf.on.create(GROUP, VERSION, sized_volume.PLURAL, when=_on_this_node)
-@kopf.on.update(GROUP, VERSION, sized_volume.PLURAL, when=_on_this_node)
-def validate_sized_volume(spec: kopf.Spec, meta: kopf.Meta, patch: kopf.Patch,
-                          **_: Any) -> None:
-    """Volumes are not provisioned yet: validate, and say so in the status."""
-    generation = meta.get("generation")
-    try:
-        sized_volume.SizedVolumeSpec.parse(dict(spec))
-    except SpecError as exc:
-        patch.status["phase"] = "Failed"
-        patch.status["observedGeneration"] = generation
-        patch.status["conditions"] = [{"type": "Degraded", "status": "True",
-                                       "reason": exc.reason, "message": exc.message}]
-        return
-    patch.status["phase"] = "Pending"
-    patch.status["observedGeneration"] = generation

@@ -60,6 +60,9 @@ class PortRange:
         return isinstance(port, int) and self.first <= port <= self.last
 
 
+VOLUME_BACKENDS = ("loopfile", "btrfs", "xfs-quota", "copy")
+
+
 @dataclass(frozen=True)
 class Settings:
     node_name: str
@@ -78,6 +81,12 @@ class Settings:
     resync_seconds: float = 30.0
     heartbeat_seconds: float = 30.0  # GpuNode status; a node silent 3x this is NotReady
     metrics_port: int = 0  # Prometheus metrics; 0: off
+    volume_backend: str = "loopfile"  # SizedVolume backend for new volumes
+    volume_root: Path | None = None  # where volumes live; None: <state_dir>/volumes
+
+    @property
+    def volumes_at(self) -> Path:
+        return self.volume_root or self.state_dir / "volumes"
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     stop_timeout: float = 30.0  # seconds between SIGTERM and SIGKILL when stopping
     max_image_layers: int = 100  # a saved disk with more layers is flattened to one
@@ -126,6 +135,11 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat-seconds", type=float,
                         help="period of this node's GpuNode heartbeat; a node silent for "
                              "3 periods is NodeNotReady on its resources (default: 30)")
+    parser.add_argument("--volume-backend", choices=list(VOLUME_BACKENDS),
+                        help="SizedVolume backend of this node (default: loopfile; the "
+                             "others are not built yet)")
+    parser.add_argument("--volume-root",
+                        help="where SizedVolumes live (default: <state-dir>/volumes)")
     parser.add_argument("--metrics-port", type=int,
                         help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics "
                              "(default: 0, off)")
@@ -190,6 +204,13 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     resync = float(pick("resync_seconds") or 30.0)
     if resync <= 0:
         raise SettingsError("--resync-seconds must be > 0")
+    volume_backend = pick("volume_backend") or "loopfile"
+    if volume_backend not in VOLUME_BACKENDS:
+        raise SettingsError(f"--volume-backend must be one of {', '.join(VOLUME_BACKENDS)}")
+    if volume_backend != "loopfile":
+        raise SettingsError(f"--volume-backend {volume_backend} is not built yet; use "
+                            "loopfile")
+    volume_root = pick("volume_root")
     metrics_port = int(pick("metrics_port") or 0)
     if not 0 <= metrics_port <= 65535:
         raise SettingsError("--metrics-port must be 0 (off) or a port")
@@ -213,6 +234,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         resync_seconds=resync,
         heartbeat_seconds=heartbeat,
         metrics_port=metrics_port,
+        volume_backend=volume_backend,
+        volume_root=Path(volume_root) if volume_root else None,
         namespaces=pick_list("namespace", "NAMESPACES"),
         liveness_endpoint=pick("liveness_endpoint"),
         stop_timeout=stop_timeout,

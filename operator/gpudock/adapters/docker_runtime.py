@@ -420,6 +420,25 @@ class DockerRuntime:
         return str(attrs.get("Id", "")), int(attrs.get("Size") or 0), dict(
             attrs.get("Config") or {})
 
+    def volume_exists(self, name: str) -> bool:
+        try:
+            self._call(f"inspect volume {name}", lambda: self.client.api.inspect_volume(name))
+        except (UserError, ContainerGoneError):
+            return False
+        return True
+
+    def create_bind_volume(self, name: str, path: str) -> None:
+        """A Docker volume (local driver) that binds a host directory."""
+        self._call(f"create volume {name}", lambda: self.client.api.create_volume(
+            name, driver="local", driver_opts={"type": "none", "o": "bind", "device": path},
+            labels={labels.KIND: "SizedVolume"}))
+
+    def remove_volume(self, name: str) -> None:
+        """Remove a Docker volume; already gone is fine."""
+        with contextlib.suppress(ContainerGoneError):
+            self._call(f"remove volume {name}",
+                       functools.partial(self.client.api.remove_volume, name))
+
     def tag_image(self, source: str, target: str) -> bool:
         """Give the image ``source`` names the tag ``target`` as well; False when
         ``source`` does not exist (a crash after a re-tag removed it: nothing to do)."""

@@ -333,6 +333,13 @@ def _keep(obs: Observation, current: ObservedContainer, record: Revision,
     if current.restart_policy != RESTART_POLICY:
         actions.append(act.SetRestartPolicy(current.id, expected, RESTART_POLICY))
         drift.append(f"restart policy was changed to {current.restart_policy or 'none'}")
+    waiting = [m.volume for m in obs.spec.mounts
+               if m.volume is not None and not obs.volume_names.get(m.volume)]
+    if obs.spec.state is DesiredState.RUNNING and waiting and not current.running:
+        # A volume it mounts is being resized (its agent stopped it) or not there.
+        return blocked_plan(obs, UserError("VolumeNotReady", f"SizedVolume {waiting[0]} "
+                                           "is not ready (being resized?); the container "
+                                           "starts when it is"))
     if obs.spec.state is DesiredState.RUNNING:
         if current.status == "paused":
             actions.append(act.UnpauseContainer(current.id, expected))

@@ -1,0 +1,188 @@
+"""The loopfile volume backend: one sparse image file per volume, formatted ext4 and
+loop-mounted under the volume root; a Docker volume binds the mount.
+
+Works on any Linux host. The file's size is the hard limit (a write past it fails
+with "No space left on device", and df inside shows it). Growing is online (the file
+grows, the loop device is told, the filesystem is resized while mounted); shrinking
+needs the filesystem unmounted (its users stopped): check, shrink, truncate, mount.
+After an agent or host restart, attach() mounts what is no longer mounted.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from gpudock.core.volumes import BackendState
+from gpudock.errors import TransientError, UserError
+
+BLOCK = 4096
+
+
+class VolumeToolError(TransientError):
+    reason = "VolumeBackendFailed"
+
+
+def _run(*argv: str) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise VolumeToolError(f"{argv[0]}: {exc}") from exc
+    if done.returncode != 0:
+        raise VolumeToolError(f"{' '.join(argv)}: {done.stderr.strip() or done.stdout.strip()}")
+    return done.stdout
+
+
+class LoopfileBackend:
+    name = "loopfile"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _image(self, volume: str) -> Path:
+        return self.root / "images" / f"{volume}.ext4"
+
+    def path(self, volume: str) -> Path:
+        """Where the volume's filesystem is mounted (what the Docker volume binds)."""
+        return self.root / "mounts" / volume
+
+    def _device(self, volume: str) -> str | None:
+        """The loop device the mount point sits on, or None when not mounted."""
+        target = str(self.path(volume))
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            if fields[4] == target:
+                return line.split(" - ", 1)[1].split()[1]
+        return None
+
+    def state(self, volume: str) -> BackendState | None:
+        image = self._image(volume)
+        if not image.exists():
+            return None
+        device = self._device(volume)
+        capacity = used = 0
+        if device is not None:
+            info = os.statvfs(self.path(volume))
+            capacity = info.f_blocks * info.f_frsize
+            used = (info.f_blocks - info.f_bfree) * info.f_frsize
+        # The filesystem's own size is the limit (the file may be larger after a grow
+        # cut short): that is what a resize changes.
+        return BackendState(size_bytes=self._filesystem_bytes(device or str(image)),
+                            attached=device is not None, capacity_bytes=capacity,
+                            used_bytes=used)
+
+    @staticmethod
+    def _filesystem_bytes(device: str) -> int:
+        fields = dict(line.split(":", 1) for line in _run("dumpe2fs", "-h", device)
+                      .splitlines() if ":" in line)
+        return int(fields["Block count"].strip()) * int(fields["Block size"].strip())
+
+    def free_bytes(self) -> int:
+        self.root.mkdir(parents=True, exist_ok=True)
+        info = os.statvfs(self.root)
+        return info.f_bavail * info.f_frsize
+
+    def create(self, volume: str, size_bytes: int) -> None:
+        image = self._image(volume)
+        image.parent.mkdir(parents=True, exist_ok=True)
+        partial = image.with_suffix(".new")
+        with open(partial, "wb") as handle:
+            handle.truncate(_blocks(size_bytes))
+        _run("mkfs.ext4", "-q", "-F", "-m", "0", "-b", str(BLOCK), "-E", "root_owner=0:0",
+             str(partial))
+        partial.rename(image)  # whole or not there: a crash leaves no half volume
+
+    def attach(self, volume: str) -> None:
+        if self._device(volume) is not None:
+            return
+        self.path(volume).mkdir(parents=True, exist_ok=True)
+        _run("mount", "-o", "loop", str(self._image(volume)), str(self.path(volume)))
+
+    def grow_online(self, volume: str, size_bytes: int) -> bool:
+        """Larger file, loop device refreshed, filesystem resized while mounted;
+        False when the kernel refuses an online resize to the agent (it needs
+        CAP_SYS_RESOURCE): then the volume is to be resized offline."""
+        device = self._device(volume)
+        if device is None:
+            raise VolumeToolError(f"volume {volume} is not attached")
+        with open(self._image(volume), "r+b") as handle:
+            if os.fstat(handle.fileno()).st_size < _blocks(size_bytes):
+                handle.truncate(_blocks(size_bytes))
+        _run("losetup", "-c", device)
+        try:
+            _run("resize2fs", device)
+        except VolumeToolError as exc:
+            if "Permission denied to resize" in str(exc):
+                return False
+            raise
+        return True
+
+    def _minimum_file(self, volume: str) -> Path:
+        return self._image(volume).with_suffix(".minimum")
+
+    def minimum_bytes(self, volume: str) -> int:
+        """The smallest the filesystem can be shrunk to: its data and its own
+        metadata, with a margin; never less than what resize2fs said the last time
+        it looked at the unmounted filesystem (kept beside the image), because its
+        estimate on a mounted one can be far too low."""
+        state = self.state(volume)
+        if state is None:
+            return 0
+        os.sync()
+        overhead = state.size_bytes - state.capacity_bytes
+        estimate = int((state.used_bytes + overhead) * 1.05) + 4 * 2**20
+        try:
+            measured = int(self._minimum_file(volume).read_text())
+        except (OSError, ValueError):
+            measured = 0
+        return max(estimate, measured)
+
+    def resize_offline(self, volume: str, size_bytes: int) -> None:
+        """Shrink, or grow where online is refused; its users are stopped: unmount,
+        check, resize, set the file's size, mount."""
+        if self._device(volume) is not None:
+            _run("umount", str(self.path(volume)))
+        image = str(self._image(volume))
+        try:
+            subprocess.run(["e2fsck", "-f", "-y", image], capture_output=True, timeout=600,
+                           check=False)  # 1: corrected, still fine to resize
+            least = int(_run("resize2fs", "-P", image).strip().rsplit(":", 1)[1]) * BLOCK
+            self._minimum_file(volume).write_text(str(least))
+            if _blocks(size_bytes) < least:
+                raise UserError("ShrinkBelowUsage", f"the filesystem needs at least "
+                                f"{least // 2**20} MiB for its data and its own metadata; "
+                                "nothing was changed")
+            with open(image, "r+b") as handle:  # grow: the room first
+                if os.fstat(handle.fileno()).st_size < _blocks(size_bytes):
+                    handle.truncate(_blocks(size_bytes))
+            _run("resize2fs", image, f"{_blocks(size_bytes) // 1024}K")
+            with open(image, "r+b") as handle:  # shrink: the file after
+                handle.truncate(_blocks(size_bytes))
+        finally:
+            self.attach(volume)
+
+    def detach(self, volume: str) -> None:
+        if self._device(volume) is not None:
+            _run("umount", str(self.path(volume)))
+
+    def delete(self, volume: str) -> None:
+        self.detach(volume)
+        for leftover in (self._image(volume), self._image(volume).with_suffix(".new"),
+                         self._minimum_file(volume)):
+            leftover.unlink(missing_ok=True)
+        if self.path(volume).exists():
+            self.path(volume).rmdir()
+
+
+def _blocks(size_bytes: int) -> int:
+    """A size rounded down to whole filesystem blocks (at least one)."""
+    return max(size_bytes // BLOCK, 1) * BLOCK
+
+
+def check_root(root: Path) -> None:
+    """The loopfile backend needs a writable root and the ext4 tools."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError("VolumeRootUnusable", f"volume root {root}: {exc}") from exc
