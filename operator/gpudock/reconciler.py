@@ -319,8 +319,12 @@ class ReplicaSetReconciler:
         except ObjectNotFoundError:
             return None
         status = body.get("status") or {}
-        return str(status["volumeName"]) if status.get("phase") == "Ready" and status.get(
-            "volumeName") else None
+        volume = status.get("volumeName")
+        if status.get("phase") != "Ready" or not volume:
+            return None
+        # The status may be older than a restart: it is used only if Docker and the
+        # node say the volume is there and mounted now.
+        return str(volume) if self._docker.volume_mounted(str(volume)) else None
 
     def _execute(self, key: ResourceKey, action: act.Action) -> list[Event]:
         step = type(action).__name__

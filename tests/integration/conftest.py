@@ -37,6 +37,9 @@ def start_agent(stack: LocalStack, namespace: str) -> Iterator[AgentFactory]:
         start()  # one that deletes without dying halfway
     if started and started[-1].process and started[-1].process.alive():
         stack.kubectl("delete", "grs", "--all", "-n", namespace, "--timeout=90s")
+        # Volumes after their users: their mounts and loop devices go now, not at the
+        # end of the session.
+        stack.kubectl("delete", "svol", "--all", "-n", namespace, "--timeout=60s")
     for agent in started:
         agent.stop()
     leftovers = containers(stack, namespace)

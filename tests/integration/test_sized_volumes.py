@@ -11,7 +11,7 @@ from tests.integration.conftest import AgentFactory
 from tests.integration.revisions import only_container, sh, wait_settled
 from tests.stack.agent_process import AgentProcess
 from tests.stack.localstack import LocalStack, wait_for
-from tests.stack.resources import apply, condition, gpu_replica_set, status
+from tests.stack.resources import apply, gpu_replica_set, status
 
 MiB = 2**20
 
@@ -143,8 +143,9 @@ def test_10_volumes_are_attached_again_after_a_restart(
         if ident in line:
             subprocess.run(["umount", line.split()[4]], check=True)
     start_agent(extra_args=["--resync-seconds", "2"])
-    wait_for(lambda: condition(stack, namespace, "user", "Ready").get("status") == "True",
-             60, what="the consumer running again")
+    wait_for(lambda: only_container(stack, namespace, "user").status == "running", 60,
+             what="the consumer running again")
+    assert [m for m in _mounts_of(stack) if ident in m]  # on the volume, not the dir below
     assert _in(stack, namespace, "cat /data/file")[1].strip() == "kept"
 
 

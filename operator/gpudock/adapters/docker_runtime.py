@@ -427,6 +427,20 @@ class DockerRuntime:
             return False
         return True
 
+    def volume_mounted(self, name: str) -> bool:
+        """A Docker volume exists and, when it binds a host directory (a SizedVolume),
+        that directory is a mount point now: a bind of an unmounted directory would
+        give a container the empty directory below instead of the volume."""
+        try:
+            info = self._call(f"inspect volume {name}",
+                              lambda: self.client.api.inspect_volume(name))
+        except (UserError, ContainerGoneError):
+            return False
+        options = info.get("Options") or {}
+        if options.get("type") == "none" and "bind" in str(options.get("o", "")):
+            return os.path.ismount(str(options.get("device", "")))
+        return True
+
     def create_bind_volume(self, name: str, path: str) -> None:
         """A Docker volume (local driver) that binds a host directory."""
         self._call(f"create volume {name}", lambda: self.client.api.create_volume(
