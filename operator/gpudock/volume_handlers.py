@@ -50,19 +50,22 @@ async def run_sized_volume(body: kopf.Body, stopped: kopf.DaemonStopped, memo: A
                            **_: Any) -> None:
     uid = body["metadata"]["uid"]
     wakeup = memo.wakeups.event(uid)
+    first = True  # after a restart it may have been attached again: wake its users
     try:
         while not stopped:
             wakeup.clear()
             delay = memo.settings.resync_seconds
             if body["metadata"].get("deletionTimestamp"):
                 return
+            before = (body.get("status") or {}).get("phase")
             try:
                 status = await asyncio.to_thread(
                     memo.volumes.reconcile, dict(body),
                     lambda now: _write(memo, body, now, logger))
                 await asyncio.to_thread(_write, memo, body, status, logger)
-                if status.get("phase") == "Ready":
+                if status.get("phase") == "Ready" and (before != "Ready" or first):
                     memo.wakeups.wake_all()  # instances waiting for it may start
+                first = False
             except TransientError as exc:
                 logger.warning("volume: will retry in %.0fs: %s", exc.delay, exc)
                 delay = min(delay, exc.delay)

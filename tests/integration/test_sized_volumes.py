@@ -58,7 +58,8 @@ def test_10_loopfile_has_a_hard_limit_and_grows_online(
     small = _ready_with(stack, namespace, "data", 64 * MiB)
     assert small["backend"] == "loopfile"
     assert 50 * MiB < small["capacityBytes"] <= 64 * MiB
-    assert small["consumers"] == ["user"]
+    wait_for(lambda: _svol(stack, namespace, "data").get("consumers") == ["user"], 30,
+             what="the volume listing its user (refreshed each resync)")
     code, out = _in(stack, namespace, "dd if=/dev/zero of=/data/big bs=1M count=80 2>&1")
     assert code != 0
     assert "No space left" in out
@@ -152,14 +153,16 @@ def test_10_volumes_are_attached_again_after_a_restart(
 def test_10_the_volume_example_is_mounted_by_the_instance_example(
     stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
-    start_agent()
+    start_agent(extra_args=["--resync-seconds", "2"])
     examples = Path(__file__).resolve().parents[2] / "examples"
     for example in ("02-sized-volume.yaml", "06-volume-user.yaml"):
         stack.kubectl("apply", "-n", namespace, "-f", str(examples / example))
-    ready = _ready_with(stack, namespace, "data", 2**30)
+    _ready_with(stack, namespace, "data", 2**30)
     wait_settled(stack, namespace, "notebook")
     shown = sh(only_container(stack, namespace, "notebook"), "df -m /root/data | tail -1")
     assert 900 <= int(shown.split()[1]) <= 1024
     row = stack.kubectl("get", "svol", "data", "-n", namespace).stdout.splitlines()[1]
     assert "Ready" in row.split()
-    assert ready["consumers"] == ["notebook"]
+    # Its users are what Docker shows mounting it, refreshed at each resync.
+    wait_for(lambda: _svol(stack, namespace, "data").get("consumers") == ["notebook"], 30,
+             what="the volume listing its user")
