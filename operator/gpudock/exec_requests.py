@@ -9,7 +9,6 @@ them.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,7 +18,8 @@ from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import exec_request, gpu_replica_set, ownership
 from gpudock.api.exec_request import OUTPUT_LIMIT, ExecRequestSpec
-from gpudock.core.observed import ObservedContainer, ResourceKey
+from gpudock.core.observed import ObservedContainer, ResourceKey, current_of
+from gpudock.core.times import seconds_between
 from gpudock.errors import SpecError, UserError
 from gpudock.settings import Settings
 
@@ -57,10 +57,8 @@ def handled_here(target: Mapping[str, Any], node: str) -> bool:
 def current_container(docker: DockerRuntime, target: Mapping[str, Any],
                       ) -> ObservedContainer | None:
     meta = target["metadata"]
-    key = ResourceKey(meta["namespace"], meta["name"])
-    return max((c for c in docker.list_containers()
-                if c.owner == key and c.uid == meta["uid"]),
-               key=lambda c: c.revision, default=None)
+    return current_of(tuple(docker.list_containers()),
+                      ResourceKey(meta["namespace"], meta["name"]), meta["uid"])
 
 
 def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
@@ -119,15 +117,7 @@ def expires_in(body: Mapping[str, Any], now: str) -> float | None:
         return None
     ttl = (body.get("spec") or {}).get("ttlSecondsAfterFinished",
                                        exec_request.DEFAULT_TTL_SECONDS)
-    done = _parsed(str(status["completionTime"]))
-    current = _parsed(now)
-    if done is None or current is None or not isinstance(ttl, int):
+    since = seconds_between(str(status["completionTime"]), now)
+    if since is None or not isinstance(ttl, int):
         return None
-    return ttl - (current - done).total_seconds()
-
-
-def _parsed(stamp: str) -> datetime.datetime | None:
-    try:
-        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
+    return ttl - since

@@ -14,7 +14,7 @@ import argparse
 import os
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -70,9 +70,24 @@ def retained(kube: KubeApi, store: RevisionStore, namespace: str,
     return dict(found)
 
 
-def run_history(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def _on_node(args: argparse.Namespace,
+             work: Callable[[KubeApi, str, RevisionStore, DockerRuntime], int]) -> int:
+    """Run ``work`` with the API server, the node's revision store and its Docker;
+    a gpudock error is printed (exit 1); the store and Docker are closed after."""
     kube, namespace, store, docker = _open(args)
     try:
+        return work(kube, namespace, store, docker)
+    except GpudockError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+        docker.close()
+
+
+def run_history(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    def work(kube: KubeApi, namespace: str, store: RevisionStore,
+             docker: DockerRuntime) -> int:
         histories = retained(kube, store, namespace, args.name)
         use = docker.disk_use()
         rows = [("UID", "REVISIONS", "LAST CHANGE", "SAVED DISKS", "UNIQUE BYTES")]
@@ -85,17 +100,13 @@ def run_history(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         if not histories:
             print(f"no retained history for {namespace}/{args.name}", file=out)
         return 0
-    except GpudockError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-        docker.close()
+
+    return _on_node(args, work)
 
 
 def run_purge(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
-    kube, namespace, store, docker = _open(args)
-    try:
+    def work(kube: KubeApi, namespace: str, store: RevisionStore,
+             docker: DockerRuntime) -> int:
         histories = retained(kube, store, namespace, args.name)
         if args.uid is not None and args.uid not in histories:
             print(f"error: no retained history of {namespace}/{args.name} with uid "
@@ -111,18 +122,14 @@ def run_purge(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                                     or image == r.preserved_image)}
             for image in sorted(images, reverse=True):  # later disks build on earlier
                 docker.remove_image(image)
-            volumes = docker.remove_volumes_of(namespace, args.name, uid)
+            volumes = docker.remove_volumes(namespace, args.name, uid)
             for record in records:
                 store.delete(record.namespace, record.name, record.revision)
             print(f"purged uid {uid}: {len(records)} revision(s), {len(images)} saved "
                   f"disk(s), {volumes} volume(s)", file=out)
         return 0
-    except GpudockError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
-        docker.close()
+
+    return _on_node(args, work)
 
 
 def table(rows: Sequence[tuple[str, ...]], out: TextIO) -> None:

@@ -228,20 +228,6 @@ class DockerRuntime:
         return {tag: max(int(i.get("Size") or 0) - max(int(i.get("SharedSize") or 0), 0), 0)
                 for i in images for tag in i.get("RepoTags") or ()}
 
-    def remove_volumes_of(self, namespace: str, name: str, uid: str) -> int:
-        """Remove the image-VOLUME volumes one incarnation (UID) of a resource made."""
-        api = self.client.api
-        found = self._call("list volumes", lambda: api.volumes(filters={"label": [
-            f"{labels.NAMESPACE}={namespace}", f"{labels.NAME}={name}",
-            f"{labels.UID}={uid}"]}))
-        removed = 0
-        for volume in (found or {}).get("Volumes") or ():
-            with contextlib.suppress(UserError, ContainerGoneError):
-                self._call(f"remove volume {volume['Name']}",
-                           functools.partial(api.remove_volume, volume["Name"]))
-                removed += 1
-        return removed
-
     def layer_count(self, image: str) -> int:
         return len(self._inspect_image(image).get("RootFS", {}).get("Layers") or ())
 
@@ -376,20 +362,20 @@ class DockerRuntime:
 
         return self._call(f"remove image {image}", remove)
 
-    def remove_volumes(self, namespace: str, name: str) -> int:
-        """Remove the Docker volumes gpudock made for a resource's image VOLUMEs;
-        returns how many were removed (one still in use stays)."""
+    def remove_volumes(self, namespace: str, name: str, uid: str | None = None) -> int:
+        """Remove the Docker volumes gpudock made for a resource's image VOLUMEs (of
+        one incarnation only, when ``uid`` is given); returns how many were removed
+        (one still in use stays)."""
         api = self.client.api
-        found = self._call("list volumes", lambda: api.volumes(filters={"label": [
-            f"{labels.NAMESPACE}={namespace}", f"{labels.NAME}={name}"]}))
+        wanted = [f"{labels.NAMESPACE}={namespace}", f"{labels.NAME}={name}",
+                  *([f"{labels.UID}={uid}"] if uid is not None else [])]
+        found = self._call("list volumes", lambda: api.volumes(filters={"label": wanted}))
         removed = 0
         for volume in (found or {}).get("Volumes") or ():
-            try:
+            with contextlib.suppress(UserError, ContainerGoneError):
                 self._call(f"remove volume {volume['Name']}",
                            functools.partial(api.remove_volume, volume["Name"]))
                 removed += 1
-            except (UserError, docker.errors.APIError, ContainerGoneError):
-                continue
         return removed
 
     def remove(self, container_id: str, name: str) -> None:

@@ -91,11 +91,10 @@ class KubeApi:
     def list_objects(self, plural: str,
                      namespaces: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """Every object of a namespaced kind, in ``namespaces`` (empty: all)."""
+        if not namespaces:
+            return self.list_cluster(plural)  # the same call serves a namespaced kind
         found: list[dict[str, Any]] = []
         with _translated(f"list {plural}"):
-            if not namespaces:
-                reply = self._objects.list_cluster_custom_object(GROUP, VERSION, plural)
-                found += cast(dict[str, Any], reply).get("items") or []
             for namespace in namespaces:
                 reply = self._objects.list_namespaced_custom_object(
                     GROUP, VERSION, namespace, plural)

@@ -10,12 +10,12 @@ keeps an empty or stale status that looks fine.
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gpudock.core.gpus import GpuDevice
 from gpudock.core.observed import ObservedContainer
+from gpudock.core.times import seconds_between
 
 STALE_HEARTBEATS = 3
 
@@ -52,13 +52,6 @@ def gpu_node_status(devices: Sequence[GpuDevice], containers: Sequence[ObservedC
     }
 
 
-def _parsed(stamp: str) -> datetime.datetime | None:
-    try:
-        return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def node_verdict(node_name: str, gpu_node: Mapping[str, Any] | None, now: str,
                  heartbeat_seconds: float) -> tuple[str, str] | None:
     """Why a resource of ``node_name`` cannot be served now (reason, message), or
@@ -67,11 +60,10 @@ def node_verdict(node_name: str, gpu_node: Mapping[str, Any] | None, now: str,
         return ("NodeNotFound", f"no gpudock agent runs on node {node_name} (it has no "
                 "GpuNode); check spec.nodeName, or install the agent on that node")
     beat = str((gpu_node.get("status") or {}).get("heartbeatTime") or "")
-    last, current = _parsed(beat), _parsed(now)
-    if last is None or current is None:
+    silent = seconds_between(beat, now)
+    if silent is None:
         return ("NodeNotReady", f"the gpudock agent of node {node_name} has not "
                 "reported yet")
-    silent = (current - last).total_seconds()
     if silent > STALE_HEARTBEATS * heartbeat_seconds:
         return ("NodeNotReady", f"the gpudock agent of node {node_name} was last seen "
                 f"at {beat} ({silent:.0f}s ago); what its containers do now is unknown")

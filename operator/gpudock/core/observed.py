@@ -67,3 +67,11 @@ class ImageInfo:
     repo_tags: tuple[str, ...] = ()
     owner: tuple[str, str, str] | None = None  # (namespace, name, uid)
     volumes: tuple[str, ...] = ()  # the image config's VOLUME paths
+
+
+def current_of(containers: tuple[ObservedContainer, ...], key: ResourceKey,
+               uid: str) -> ObservedContainer | None:
+    """A resource's container of the highest revision (older ones are leftovers of a
+    rollout)."""
+    return max((c for c in containers if c.owner == key and c.uid == uid),
+               key=lambda c: c.revision, default=None)

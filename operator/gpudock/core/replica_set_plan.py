@@ -39,7 +39,13 @@ from gpudock.core.container_config import (
     build_container_config,
     spec_hash,
 )
-from gpudock.core.observed import HostPort, ImageInfo, ObservedContainer, ResourceKey
+from gpudock.core.observed import (
+    HostPort,
+    ImageInfo,
+    ObservedContainer,
+    ResourceKey,
+    current_of,
+)
 from gpudock.core.replica_set_status import Seen, bindings_of
 from gpudock.core.revision import Revision
 from gpudock.errors import UserError
@@ -202,10 +208,7 @@ def _recheck(obs: Observation, current: ObservedContainer | None) -> float | Non
 
 
 def current_container(obs: Observation) -> ObservedContainer | None:
-    """This resource's container of the highest revision (older ones are leftovers of a
-    rollout, removed by the plan)."""
-    return max((c for c in obs.containers if c.owner == obs.key and c.uid == obs.uid),
-               key=lambda c: c.revision, default=None)
+    return current_of(obs.containers, obs.key, obs.uid)
 
 
 def _record_of(obs: Observation, current: ObservedContainer | None) -> Revision | None:
@@ -297,9 +300,8 @@ def _without_container(obs: Observation, record: Revision | None, target: _Targe
             again, config, start=running, reason=reason),),
             "Creating", f"creating container {config.name}",
             drift="container was removed" if ran and not retired else None)
-    if _failed_attempt(obs, record, target) is not None:
-        failed = _failed_attempt(obs, record, target)
-        assert failed is not None
+    failed = _failed_attempt(obs, record, target)
+    if failed is not None:
         return blocked_plan(obs, _failure(failed, None))
     revision = _next_revision(obs, record.revision if record else 0)
     source = target.source

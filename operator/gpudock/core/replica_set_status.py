@@ -18,7 +18,6 @@ The rules, once (docs/gpu-replica-set.md has them as a table):
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -33,6 +32,7 @@ from gpudock.api.gpu_replica_set import (
 from gpudock.core.conditions import condition
 from gpudock.core.observed import ObservedContainer
 from gpudock.core.revision import Revision
+from gpudock.core.times import seconds_between
 from gpudock.errors import UserError
 
 # Waiting for the node, not for the user: the change is applied by itself later.
@@ -69,21 +69,12 @@ def bindings_of(container: ObservedContainer) -> tuple[PortBinding, ...]:
                         key=lambda b: (b.container_port, b.protocol)))
 
 
-def _seconds_between(earlier: str, later: str) -> float | None:
-    try:
-        first = datetime.datetime.fromisoformat(earlier.replace("Z", "+00:00"))
-        second = datetime.datetime.fromisoformat(later.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (second - first).total_seconds()
-
-
 def unsettled_for(container: ObservedContainer, now: str) -> float | None:
     """Seconds until a container restarted by Docker counts as serving again; None
     when it is not in that window."""
     if container.status != "running" or container.restart_count == 0:
         return None
-    since = _seconds_between(container.started_at, now)
+    since = seconds_between(container.started_at, now)
     if since is None or since >= STABLE_SECONDS:
         return None
     return STABLE_SECONDS - max(since, 0.0)
