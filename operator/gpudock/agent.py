@@ -7,6 +7,9 @@ import os
 
 import kopf
 
+from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.volume_backends import open_volume_backend
+from gpudock.errors import GpudockError
 from gpudock.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -28,6 +31,13 @@ def run_agent(settings: Settings, *, verbose: bool = False) -> int:
     import gpudock.volume_handlers  # noqa: F401
 
     logger.info("gpudock agent for node %s starting", settings.node_name)
+    try:  # a volume root the backend cannot use is refused now, not at first volume
+        open_volume_backend(settings.volume_backend, settings.volumes_at,
+                            DockerRuntime(settings.docker_host)).check()
+    except GpudockError as exc:
+        logger.critical("cannot start: --volume-backend %s: %s", settings.volume_backend,
+                        exc)
+        return 2
     kopf.run(
         standalone=True,
         clusterwide=not settings.namespaces,

@@ -5,7 +5,8 @@ every step of an update on purpose instead of by luck.
 SIGKILLs itself, as an OOM kill or a power cut would: no cleanup, no status write.
 Off unless set; it exists for tests and for anyone who wants to check the recovery of
 their own node. A point is ``<Step>.before`` or ``<Step>.after`` for every step a plan
-can ask for (the classes of :mod:`gpudock.core.replica_set_actions`), or one of the
+can ask for (the classes of :mod:`gpudock.core.replica_set_actions` and
+:mod:`gpudock.core.volumes`), or one of the
 moments inside a step listed in :data:`INSIDE_STEPS`.
 """
 
@@ -17,15 +18,20 @@ import signal
 import typing
 
 from gpudock.core import replica_set_actions as act
+from gpudock.core import volumes
 
 logger = logging.getLogger(__name__)
 
-STEPS = tuple(step.__name__ for step in typing.get_args(act.Action))
+STEPS = tuple(step.__name__ for step in (*typing.get_args(act.Action),
+                                         *typing.get_args(volumes.VolumeAction)))
 INSIDE_STEPS = (
     "PreserveDisk.committed",  # the commit is done, the record not yet updated
     "PreserveDisk.flattened",  # the export + import is done, the record not yet updated
     "StartRevision.recorded",  # the new revision is recorded, its container not created
     "PruneRevision.imageRemoved",  # the saved disk is removed, the record not yet
+    "ResizeVolume.usersStopped",  # a volume's users stopped, not resized yet
+    "MoveVolume.usersStopped",  # the copy backend: users stopped, nothing copied
+    "MoveVolume.copied",  # copied and checked, the record not switched yet
 )
 POINTS = frozenset({f"{step}.{when}" for step in STEPS for when in ("before", "after")}
                    | set(INSIDE_STEPS))

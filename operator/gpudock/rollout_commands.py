@@ -2,7 +2,9 @@
 
 History is read from the resource's ``status.history``, which the agent mirrors from
 its revision store; a rollback sets ``spec.rollbackTo`` and the agent does the rest
-(a new revision with the old spec and disk, then the spec written back).
+(a new revision with the old spec and disk, then the spec written back). NAME is a
+GpuReplicaSet, or ``svol/NAME`` for a SizedVolume's sizes (a volume is resized by
+its spec.size, not rolled back).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any, TextIO
 
 from gpudock import retained_commands
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
+from gpudock.api import sized_volume
 from gpudock.api.gpu_replica_set import PLURAL
+from gpudock.api.quantity import format_size
 from gpudock.errors import GpudockError
 
 
@@ -32,7 +36,7 @@ def add_arguments(commands: Any) -> None:
                          "on the node (run on the node; see gpudock purge)")
     retained_commands.add_node_arguments(history)
     for parser in (history, rollback):
-        parser.add_argument("name", help="the GpuReplicaSet")
+        parser.add_argument("name", help="the GpuReplicaSet (history: or svol/NAME)")
         parser.add_argument("-n", "--namespace", help="default: the kubeconfig's")
         parser.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config")
 
@@ -42,6 +46,21 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return retained_commands.run_history(args, out)
     kube = KubeApi(args.kubeconfig, in_cluster=False)
     namespace = args.namespace or kube.default_namespace
+    kind, _, volume = args.name.rpartition("/")
+    if kind in VOLUME_KINDS:
+        if args.command != "history":
+            print("error: a SizedVolume is not rolled back: set its spec.size",
+                  file=sys.stderr)
+            return 2
+        try:
+            return volume_history(kube, namespace, volume, out)
+        except ObjectNotFoundError:
+            print(f"error: sizedvolume {namespace}/{volume} not found", file=sys.stderr)
+            return 1
+    if kind not in ("", "grs", "gpureplicaset", "gpureplicasets"):
+        print(f"error: {args.name}: give a GpuReplicaSet or svol/NAME", file=sys.stderr)
+        return 2
+    args.name = volume
     try:
         if args.command == "history":
             return history(kube, namespace, args.name, out)
@@ -66,6 +85,22 @@ def history(kube: KubeApi, namespace: str, name: str, out: TextIO) -> int:
             cause = f"{cause}; never ran: {item['failed']}"
         rows.append((f"{item.get('revision')}{mark}", str(item.get("createdAt", "")),
                      str(item.get("gpuCount", "")), str(item.get("image", "")), cause))
+    retained_commands.table(rows, out)
+    return 0
+
+
+VOLUME_KINDS = ("svol", "sizedvolume", "sizedvolumes")
+
+
+def volume_history(kube: KubeApi, namespace: str, name: str, out: TextIO) -> int:
+    status = kube.get(sized_volume.PLURAL, namespace, name).get("status") or {}
+    rows: list[tuple[str, ...]] = [("REVISION", "CREATED", "SIZE", "VOLUME",
+                                    "CHANGE-CAUSE")]
+    for item in status.get("history") or ():
+        mark = " (current)" if item.get("revision") == status.get("revision") else ""
+        rows.append((f"{item.get('revision')}{mark}", str(item.get("createdAt", "")),
+                     format_size(int(item.get("sizeBytes") or 0)),
+                     str(item.get("volumeName", "")), item.get("changeCause") or "<none>"))
     retained_commands.table(rows, out)
     return 0
 

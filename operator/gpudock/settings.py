@@ -207,9 +207,6 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     volume_backend = pick("volume_backend") or "loopfile"
     if volume_backend not in VOLUME_BACKENDS:
         raise SettingsError(f"--volume-backend must be one of {', '.join(VOLUME_BACKENDS)}")
-    if volume_backend != "loopfile":
-        raise SettingsError(f"--volume-backend {volume_backend} is not built yet; use "
-                            "loopfile")
     volume_root = pick("volume_root")
     metrics_port = int(pick("metrics_port") or 0)
     if not 0 <= metrics_port <= 65535:

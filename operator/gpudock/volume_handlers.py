@@ -13,8 +13,8 @@ from typing import Any
 import kopf
 
 from gpudock.adapters.kube_api import KubeUnavailableError
-from gpudock.adapters.loopfile_volumes import LoopfileBackend
 from gpudock.api import GROUP, VERSION, ownership, sized_volume
+from gpudock.crash_points import CrashPoints
 from gpudock.errors import TransientError
 from gpudock.settings import Settings
 from gpudock.volume_reconciler import VolumeReconciler
@@ -26,8 +26,9 @@ IN_USE_RETRY_SECONDS = 5
 def volume_reconciler(memo: Any) -> VolumeReconciler:
     """Made at start-up (handlers.startup), once Docker is reachable."""
     settings: Settings = memo.settings
-    return VolumeReconciler(LoopfileBackend(settings.volumes_at), memo.docker,
-                            memo.replica_sets.now)
+    return VolumeReconciler(settings.volume_backend, settings.volumes_at, memo.docker,
+                            memo.store, memo.replica_sets.now,
+                            CrashPoints(settings.crash_at))
 
 
 def _on_this_node(spec: kopf.Spec, meta: kopf.Meta, memo: Any, **_: Any) -> bool:

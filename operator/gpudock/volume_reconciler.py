@@ -1,9 +1,12 @@
-"""Runs one SizedVolume to its spec: observe the backend and Docker, plan
-(core/volumes.py), act, repeat until the plan is empty; returns the status.
+"""Runs one SizedVolume to its spec: observe the records, the backend and Docker,
+plan (core/volumes.py), act, repeat until the plan is empty; returns the status.
 
-Volume steps do not take the node lock (a shrink's check and resize of a big
-filesystem would stall every other resource); the GpuReplicaSets that mount a
-volume see it not Ready while it is resized and do not start their containers.
+The backend of a volume is the one its records name (with the root it had), so
+changing --volume-backend or --volume-root later never strands an existing volume;
+new volumes get the node's. Volume steps do not take the node lock (a check and
+resize of a big filesystem, or a copy, would stall every other resource); the
+GpuReplicaSets that mount a volume see it not Ready while it is resized and do not
+start their containers meanwhile.
 """
 
 from __future__ import annotations
@@ -11,32 +14,47 @@ from __future__ import annotations
 import datetime
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+from gpudock.adapters.copy_volumes import CopyBackend
 from gpudock.adapters.docker_runtime import DockerRuntime
-from gpudock.adapters.loopfile_volumes import LoopfileBackend
+from gpudock.adapters.volume_backends import VolumeBackend, open_volume_backend
 from gpudock.api.sized_volume import SizedVolumeSpec
 from gpudock.core import volumes as core
 from gpudock.core.conditions import with_transition_times
-from gpudock.core.labels import base_name
-from gpudock.core.observed import ResourceKey
+from gpudock.core.observed import ObservedContainer, ResourceKey
+from gpudock.core.revision import RevisionStore
+from gpudock.core.volume_revision import VolumeRevision
+from gpudock.crash_points import CrashPoints
 from gpudock.errors import SpecError, UserError
 
 logger = logging.getLogger(__name__)
-MAX_PASSES = 8
-
-
-def volume_id(namespace: str, name: str, uid: str) -> str:
-    """The backend's and Docker's name of a volume: one per incarnation (UID)."""
-    return f"{base_name(namespace, name)}-svol-{uid[:8]}"
+MAX_PASSES = 12
 
 
 class VolumeReconciler:
-    def __init__(self, backend: LoopfileBackend, docker: DockerRuntime,
-                 clock: Callable[[], str]) -> None:
-        self._backend = backend
+    def __init__(self, backend: str, root: Path, docker: DockerRuntime,
+                 store: RevisionStore, clock: Callable[[], str],
+                 crash: CrashPoints | None = None) -> None:
+        self._default = (backend, str(root))
         self._docker = docker
+        self._store = store
         self._clock = clock
+        self._crash = crash or CrashPoints()
+        self._backends: dict[tuple[str, str], VolumeBackend] = {}
+
+    def backend(self, name: str, root: str) -> VolumeBackend:
+        """The backend a volume's record names (opened and checked once)."""
+        if (name, root) not in self._backends:
+            backend = open_volume_backend(name, Path(root), self._docker)
+            backend.check()
+            self._backends[(name, root)] = backend
+        return self._backends[(name, root)]
+
+    def check_default(self) -> None:
+        """Refuse at start a --volume-backend the node cannot serve."""
+        self.backend(*self._default)
 
     def reconcile(self, body: Mapping[str, Any],
                   progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -48,14 +66,14 @@ class VolumeReconciler:
             return self._timed({"phase": "Failed", "reason": exc.reason, "conditions": [
                 {"type": "Degraded", "status": "True", "reason": exc.reason,
                  "message": exc.message}]}, previous, meta.get("generation"))
-        ident = volume_id(key.namespace, key.name, meta["uid"])
         minimum = False
         for _ in range(MAX_PASSES):
-            obs = self._observe(key, meta, spec, ident, minimum)
+            obs = self._observe(key, meta, spec, minimum)
             plan = core.plan_volume(obs)
             if plan.needs_minimum and not minimum:
                 minimum = True
                 continue
+            minimum = False
             status = self._timed(plan.status, previous, meta.get("generation"))
             if not plan.actions:
                 return status
@@ -63,61 +81,121 @@ class VolumeReconciler:
             previous = status
             try:
                 for action in plan.actions:
-                    self._run(action)
+                    self._execute(obs, action)
             except UserError as exc:
-                after = self._observe(key, meta, spec, ident, False)
+                after = self._observe(key, meta, spec, False)
                 return self._timed(core.refused(after, exc.reason, exc.message), previous,
                                    meta.get("generation"))
         raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
 
-    def _observe(self, key: ResourceKey, meta: Mapping[str, Any], spec: SizedVolumeSpec,
-                 ident: str, minimum: bool) -> core.VolumeObservation:
-        state = self._backend.state(ident)
-        return core.VolumeObservation(
-            key=key, uid=meta["uid"], generation=meta.get("generation"),
-            size_bytes=spec.size_bytes, backend=self._backend.name, volume_id=ident,
-            state=state, docker_volume_exists=self._docker.volume_exists(ident),
-            consumers=core.consumers_of(tuple(self._docker.list_containers()), ident),
-            free_bytes=self._backend.free_bytes() if state is None else None,
-            minimum_bytes=self._backend.minimum_bytes(ident) if minimum and state else None)
+    def _records(self, key: ResourceKey, uid: str) -> tuple[VolumeRevision, ...]:
+        return tuple(r for r in self._store.list_volume(key.namespace, key.name)
+                     if r.uid == uid)
 
-    def _run(self, action: core.VolumeAction) -> None:
-        backend, docker = self._backend, self._docker
+    def _observe(self, key: ResourceKey, meta: Mapping[str, Any], spec: SizedVolumeSpec,
+                 minimum: bool) -> core.VolumeObservation:
+        uid = meta["uid"]
+        records = self._records(key, uid)
+        latest = core.current_record(records)
+        name, root = (latest.backend, latest.root) if latest else self._default
+        backend = self.backend(name, root)
+        ident = latest.volume_id if latest else core.volume_id(key, uid, name)
+        state = backend.state(ident)
+        containers = tuple(self._docker.list_containers())
+        earlier = tuple(dict.fromkeys(r.volume_id for r in records if r.volume_id != ident))
+        return core.VolumeObservation(
+            key=key, uid=uid, generation=meta.get("generation"),
+            size_bytes=spec.size_bytes,
+            backend=core.Backend(name, root, backend.online_shrink, backend.moves_on_resize),
+            records=records, volume_id=ident, state=state,
+            docker_volume_exists=self._docker.volume_exists(ident),
+            consumers=core.consumers_of(containers, ident),
+            earlier=tuple((v, core.consumers_of(containers, v)) for v in earlier
+                          if self._docker.volume_exists(v)),
+            free_bytes=backend.free_bytes() if latest is None else None,
+            minimum_bytes=backend.minimum_bytes(ident) if minimum and state else None,
+            now=self._clock())
+
+    def _execute(self, obs: core.VolumeObservation, action: core.VolumeAction) -> None:
+        step = type(action).__name__
+        self._crash.reach(f"{step}.before")
+        self._run(obs, action)
+        self._crash.reach(f"{step}.after")
+
+    def _run(self, obs: core.VolumeObservation, action: core.VolumeAction) -> None:
+        backend, docker = self.backend(obs.backend.name, obs.backend.root), self._docker
         match action:
+            case core.RecordVolume(record=record):
+                self._store.put_volume(record)
             case core.CreateVolume(volume_id=ident, size_bytes=size):
                 backend.create(ident, size)
             case core.AttachVolume(volume_id=ident):
                 backend.attach(ident)
             case core.CreateDockerVolume(volume_id=ident):
-                docker.create_bind_volume(ident, str(backend.path(ident)))
-            case core.GrowVolume(volume_id=ident, size_bytes=size, consumers=users):
-                if not backend.grow_online(ident, size):
-                    logger.warning("volume %s: online grow refused by the kernel (the "
-                                   "agent lacks CAP_SYS_RESOURCE); growing offline", ident)
-                    self._offline(ident, size, users)
-            case core.ShrinkVolume(volume_id=ident, size_bytes=size, consumers=users):
-                self._offline(ident, size, users)
+                docker.create_volume(ident, backend.docker_options(ident) or {})
+            case core.ResizeVolume(volume_id=ident, size_bytes=size, online=online,
+                                   consumers=users):
+                if not (online and backend.resize_online(ident, size)):
+                    if online:
+                        logger.warning("volume %s: online resize refused by the kernel "
+                                       "(the agent lacks CAP_SYS_RESOURCE); resizing "
+                                       "offline", ident)
+                    self._offline(backend, ident, size, users)
+            case core.MoveVolume():
+                self._move(backend, action)
+            case core.RemoveDockerVolume(volume_id=ident):
+                backend.delete(ident)
 
-    def _offline(self, ident: str, size: int, users: tuple[tuple[str, str], ...]) -> None:
-        """Resize with the volume's users stopped, started again whatever happens."""
+    def _offline(self, backend: VolumeBackend, ident: str, size: int,
+                 users: tuple[tuple[str, str], ...]) -> None:
+        """Resize with the volume's users stopped, started again whatever happens
+        (after a crash meanwhile their GpuReplicaSets start them once it is Ready)."""
         for cid, name in users:
             self._docker.stop(cid, name)
+        self._crash.reach("ResizeVolume.usersStopped")
         try:
-            self._backend.resize_offline(ident, size)
+            backend.resize_offline(ident, size)
         finally:
             for cid, name in users:
                 self._docker.start(cid, name)
 
+    def _move(self, backend: VolumeBackend, move: core.MoveVolume) -> None:
+        """The copy backend's resize. Until the record is written the old volume is
+        the volume (a crash before: the copy starts over); a copy that fails leaves
+        it as it was and starts its users again."""
+        assert isinstance(backend, CopyBackend)
+        for cid, name in move.consumers:
+            self._docker.stop(cid, name)
+        self._crash.reach("MoveVolume.usersStopped")
+        try:
+            backend.copy(move.source, move.target, move.size_bytes)
+        except BaseException:
+            backend.delete(move.target)
+            for cid, name in move.consumers:
+                self._docker.start(cid, name)
+            raise
+        self._crash.reach("MoveVolume.copied")
+        self._store.put_volume(move.record)
+
     def delete(self, body: Mapping[str, Any]) -> list[str]:
-        """Remove the volume; returns the containers that still use it (then nothing
-        is removed and the caller tries again later)."""
+        """Remove the volume, every Docker volume it had and its records; returns the
+        containers that still use one (then nothing is removed; try again later)."""
         meta = body["metadata"]
-        ident = volume_id(meta["namespace"], meta["name"], meta["uid"])
-        users = core.consumers_of(tuple(self._docker.list_containers()), ident)
+        key = ResourceKey(meta["namespace"], meta["name"])
+        records = self._records(key, meta["uid"])
+        default = core.volume_id(key, meta["uid"], self._default[0])
+        volumes = list(dict.fromkeys([*(r.volume_id for r in records), default]))
+        containers = tuple(self._docker.list_containers())
+        users: list[ObservedContainer] = [
+            c for v in volumes for c in core.consumers_of(containers, v)]
         if users:
-            return [c.name for c in users]
-        self._docker.remove_volume(ident)
-        self._backend.delete(ident)
+            return sorted({c.name for c in users})
+        places = {r.volume_id: (r.backend, r.root) for r in records} or {
+            default: self._default}
+        for ident, (name, root) in places.items():
+            self._docker.remove_volume(ident)
+            self.backend(name, root).delete(ident)
+        self._store.delete_volume_all(key.namespace, key.name)
         return []
 
     def _timed(self, status: dict[str, Any], previous: Mapping[str, Any],

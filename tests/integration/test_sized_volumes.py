@@ -1,14 +1,20 @@
 """#10 against the real stack: SizedVolumes on the loopfile backend (real loop
-devices, ext4, Docker volumes), mounted by GpuReplicaSets. Test names carry #10."""
+devices, ext4), on btrfs (a real loop-mounted btrfs with qgroups) and on the copy
+backend (plain Docker volumes), mounted by GpuReplicaSets. Test names carry #10."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.integration.conftest import AgentFactory
 from tests.integration.revisions import only_container, sh, wait_settled
+from tests.stack import filesystems
 from tests.stack.agent_process import AgentProcess
 from tests.stack.localstack import LocalStack, wait_for
 from tests.stack.resources import apply, gpu_replica_set, status
@@ -25,7 +31,6 @@ def _svol(stack: LocalStack, namespace: str, name: str) -> dict[str, Any]:
     found = stack.kubectl("get", "svol", name, "-n", namespace, "-o", "json", check=False)
     if found.returncode != 0:
         return {}
-    import json
     return dict(json.loads(found.stdout).get("status") or {})
 
 
@@ -43,64 +48,152 @@ def _in(stack: LocalStack, namespace: str, script: str) -> tuple[int, str]:
 
 
 def _start(stack: LocalStack, namespace: str, start_agent: AgentFactory,
-           size: str) -> tuple[str, AgentProcess]:
-    agent = start_agent(extra_args=["--resync-seconds", "2"])
+           size: str, backend: list[str] | None = None) -> tuple[str, AgentProcess]:
+    agent = start_agent(extra_args=["--resync-seconds", "2", *(backend or [])])
     apply(stack, namespace, _volume("data", size),
           gpu_replica_set("user", mounts=[{"volume": "data", "mountPath": "/data"}]))
     wait_settled(stack, namespace, "user")
     return str(status(stack, namespace, "user")["containerID"]), agent
 
 
-def test_10_loopfile_has_a_hard_limit_and_grows_online(
-    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+def _resize(stack: LocalStack, namespace: str, size: str) -> None:
+    stack.kubectl("patch", "svol", "data", "-n", namespace, "--type=merge",
+                  "-p", json.dumps({"spec": {"size": size}}))
+
+
+@pytest.fixture(params=["loopfile", "btrfs"])
+def backend(request: pytest.FixtureRequest, stack: LocalStack) -> Iterator[list[str]]:
+    """The agent's flags for a backend that resizes in place (btrfs: on a loop-mounted
+    btrfs of its own, unmounted after the test's volumes are gone)."""
+    if request.param == "loopfile":
+        yield []
+        return
+    with filesystems.btrfs(stack.base_dir) as root:
+        yield ["--volume-backend", "btrfs", "--volume-root", str(root)]
+
+
+def test_10_a_hard_limit_and_an_online_grow(
+    stack: LocalStack, backend: list[str], namespace: str, start_agent: AgentFactory,
 ) -> None:
-    container_id, _ = _start(stack, namespace, start_agent, "64Mi")
+    container_id, _ = _start(stack, namespace, start_agent, "64Mi", backend)
     small = _ready_with(stack, namespace, "data", 64 * MiB)
-    assert small["backend"] == "loopfile"
+    btrfs = "btrfs" in backend
+    assert small["backend"] == ("btrfs" if btrfs else "loopfile")
     assert 50 * MiB < small["capacityBytes"] <= 64 * MiB
+    assert small["revision"] == 1
     wait_for(lambda: _svol(stack, namespace, "data").get("consumers") == ["user"], 30,
              what="the volume listing its user (refreshed each resync)")
     code, out = _in(stack, namespace, "dd if=/dev/zero of=/data/big bs=1M count=80 2>&1")
     assert code != 0
-    assert "No space left" in out
-    code, out = _in(stack, namespace, "df -m /data | tail -1")
-    assert 50 <= int(out.split()[1]) <= 64  # df inside shows the limit
-    _in(stack, namespace, "rm -f /data/big; dd if=/dev/urandom of=/data/keep bs=1M "
+    assert ("Disk quota exceeded" if btrfs else "No space left") in out
+    if not btrfs:  # a qgroup limit is not a filesystem size: df shows the whole btrfs
+        code, out = _in(stack, namespace, "df -m /data | tail -1")
+        assert 50 <= int(out.split()[1]) <= 64  # df inside shows the limit
+    _in(stack, namespace, "rm -f /data/big; sync; dd if=/dev/urandom of=/data/keep bs=1M "
         "count=20 2>/dev/null; sha256sum /data/keep > /data/keep.sum")
 
-    stack.kubectl("patch", "svol", "data", "-n", namespace, "--type=merge",
-                  "-p", '{"spec": {"size": "256Mi"}}')
+    _resize(stack, namespace, "256Mi")
     grown = _ready_with(stack, namespace, "data", 256 * MiB)
     assert grown["capacityBytes"] > 200 * MiB
     assert status(stack, namespace, "user")["containerID"] == container_id  # no restart
     assert _in(stack, namespace, "sha256sum -c /data/keep.sum")[0] == 0
     code, out = _in(stack, namespace, "dd if=/dev/zero of=/data/more bs=1M count=150 2>&1")
     assert code == 0, out
+    wait_for(lambda: _svol(stack, namespace, "data").get("revision") == 2, 30,
+             what="the size change recorded as revision 2")
+    history = subprocess.run(
+        ["gpudock", "history", "svol/data", "-n", namespace,
+         "--kubeconfig", str(stack.kubeconfig)],
+        capture_output=True, text=True, env=stack.env(), check=True).stdout
+    assert "resized to 256Mi" in history, history
 
 
-def test_10_loopfile_shrinks_with_the_data_kept_and_refuses_below_usage(
-    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+def test_10_shrinks_with_the_data_kept_and_refuses_below_usage(
+    stack: LocalStack, backend: list[str], namespace: str, start_agent: AgentFactory,
 ) -> None:
-    _start(stack, namespace, start_agent, "256Mi")
+    container_id, _ = _start(stack, namespace, start_agent, "256Mi", backend)
     _ready_with(stack, namespace, "data", 256 * MiB)
     _in(stack, namespace, "dd if=/dev/urandom of=/data/keep bs=1M count=100 2>/dev/null; "
         "sha256sum /data/keep > /data/keep.sum")
-    stack.kubectl("patch", "svol", "data", "-n", namespace, "--type=merge",
-                  "-p", '{"spec": {"size": "32Mi"}}')
+    _resize(stack, namespace, "32Mi")
     wait_for(lambda: _svol(stack, namespace, "data").get("reason") == "ShrinkBelowUsage",
              60, what="ShrinkBelowUsage")
     refused = _svol(stack, namespace, "data")
     assert refused["sizeBytes"] == 256 * MiB  # nothing changed
+    assert refused["revision"] == 1
     degraded = next(c for c in refused["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True"
     assert _in(stack, namespace, "sha256sum -c /data/keep.sum")[0] == 0
 
-    stack.kubectl("patch", "svol", "data", "-n", namespace, "--type=merge",
-                  "-p", '{"spec": {"size": "192Mi"}}')
+    _resize(stack, namespace, "192Mi")
     shrunk = _ready_with(stack, namespace, "data", 192 * MiB)
     assert shrunk["capacityBytes"] <= 192 * MiB
     wait_settled(stack, namespace, "user")  # its consumer running again
+    assert status(stack, namespace, "user")["containerID"] == container_id
     assert _in(stack, namespace, "sha256sum -c /data/keep.sum")[0] == 0
+    if "btrfs" in backend:  # a limit change: room for exactly what the limit allows
+        code, out = _in(stack, namespace, "dd if=/dev/zero of=/data/more bs=1M count=120 "
+                        "2>&1")
+        assert code != 0
+        assert "Disk quota exceeded" in out
+
+
+# What the copy test writes into the volume, and how it reads back every property a
+# copy must keep (owners, modes, times, sizes, link counts, symlink targets, sums).
+FILL = (
+    "mkdir -p /data/dir && echo hello > /data/dir/file && chown 1234:5678 /data/dir/file"
+    " && chmod 0640 /data/dir/file && chmod 0751 /data/dir && ln -s dir/file /data/link"
+    " && ln /data/dir/file /data/hard && truncate -s 200M /data/sparse"
+    " && echo tail >> /data/sparse && dd if=/dev/urandom of=/data/blob bs=1M count=20"
+    " 2>/dev/null && touch -d '2001-02-03 04:05:06' /data/blob && echo on-root > /root/mark")
+READ = ("cd /data && for f in dir dir/file link hard sparse blob; do stat -c "
+        "'%n %u %g %a %s %h %Y %F %N' $f; done && sha256sum dir/file hard sparse blob && "
+        "[ $(stat -c %i dir/file) = $(stat -c %i hard) ] && echo hardlinked && "
+        "[ $(( $(stat -c %b sparse) * 512 )) -lt $(( 10 * 1024 * 1024 )) ] && echo sparse")
+
+
+def test_10_the_copy_backend_moves_the_data_to_a_new_volume(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    _start(stack, namespace, start_agent, "64Mi", ["--volume-backend", "copy"])
+    first = _ready_with(stack, namespace, "data", 64 * MiB)
+    assert first["volumeName"] == f"{namespace}_data-1"
+    code, out = _in(stack, namespace, FILL)
+    assert code == 0, out
+    before = _in(stack, namespace, READ)[1]
+    assert "hardlinked" in before
+    assert "sparse" in before
+    grs_revision = status(stack, namespace, "user")["revision"]
+
+    _resize(stack, namespace, "40Mi")  # the data (~21Mi on disk) fits
+    moved = _ready_with(stack, namespace, "data", 40 * MiB)
+    assert moved["volumeName"] == f"{namespace}_data-2"
+    wait_settled(stack, namespace, "user", revision=grs_revision + 1)
+    assert _in(stack, namespace, READ)[1] == before  # every property kept
+    assert _in(stack, namespace, "cat /root/mark")[1].strip() == "on-root"  # its own disk
+    client = stack.docker_client()
+    try:
+        wait_for(lambda: f"{namespace}_data-1" not in {v.name for v in client.volumes.list()},
+                 30, what="the old volume removed once nothing mounts it")
+    finally:
+        client.close()
+    _resize(stack, namespace, "8Mi")  # below what it holds
+    wait_for(lambda: _svol(stack, namespace, "data").get("reason") == "ShrinkBelowUsage",
+             60, what="ShrinkBelowUsage")
+    assert _svol(stack, namespace, "data")["volumeName"] == f"{namespace}_data-2"
+
+
+def test_10_a_backend_the_root_cannot_serve_is_refused_at_start(
+    stack: LocalStack, namespace: str,
+) -> None:
+    agent = AgentProcess(stack, name=f"refused-{namespace}", extra_args=[
+        "--namespace", namespace, "--volume-backend", "btrfs", "--volume-root",
+        str(stack.base_dir)])
+    done = subprocess.run(agent.argv, capture_output=True, text=True, timeout=60,
+                          env=agent.env)
+    assert done.returncode == 2
+    assert f"--volume-root {stack.base_dir} is on" in done.stderr
+    assert "not btrfs" in done.stderr
 
 
 def _mounts_of(stack: LocalStack) -> list[str]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the local stack and the tests need, idempotently:
-#   - Debian packages (dockerd, etcd, Go toolchain, busybox, e2fsprogs, gcc, ...)
+#   - Debian packages (dockerd, etcd, Go toolchain, busybox, e2fsprogs, btrfs-progs, gcc, ...)
 #   - kube-apiserver and kubectl built from Debian's `kubernetes` source package,
 #     cached outside the repo under $GPUDOCK_CACHE, keyed by the source version.
 #   - the gpudock package with its test extra, editable, in a virtual environment
@@ -11,7 +11,7 @@ set -euo pipefail
 CACHE="${GPUDOCK_CACHE:-/var/cache/gpudock}"
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 APT_PACKAGES=(docker.io etcd-server golang-go rsync jq golang-github-modern-go-reflect2-dev
-              busybox-static e2fsprogs gcc make dpkg-dev)
+              busybox-static e2fsprogs btrfs-progs gcc make dpkg-dev)
 log() { printf '[install-prereqs] %s\n' "$*" >&2; }
 
 export DEBIAN_FRONTEND=noninteractive

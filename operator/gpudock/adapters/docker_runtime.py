@@ -427,11 +427,22 @@ class DockerRuntime:
             return os.path.ismount(str(options.get("device", "")))
         return True
 
-    def create_bind_volume(self, name: str, path: str) -> None:
-        """A Docker volume (local driver) that binds a host directory."""
+    def create_volume(self, name: str, options: dict[str, str],
+                      extra_labels: dict[str, str] | None = None) -> None:
+        """A Docker volume of the local driver with these driver options (a bind of
+        a host directory, a size, or none); one that exists already is kept."""
         self._call(f"create volume {name}", lambda: self.client.api.create_volume(
-            name, driver="local", driver_opts={"type": "none", "o": "bind", "device": path},
-            labels={labels.KIND: "SizedVolume"}))
+            name, driver="local", driver_opts=options,
+            labels={labels.KIND: "SizedVolume", **(extra_labels or {})}))
+
+    def volume_info(self, name: str) -> dict[str, Any] | None:
+        """Docker's inspect of a volume (Mountpoint, Options, Labels), None if gone."""
+        try:
+            info = self._call(f"inspect volume {name}",
+                              lambda: self.client.api.inspect_volume(name))
+        except (UserError, ContainerGoneError):
+            return None
+        return dict(info or {})
 
     def remove_volume(self, name: str) -> None:
         """Remove a Docker volume; already gone is fine."""

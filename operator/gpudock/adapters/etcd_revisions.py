@@ -9,6 +9,7 @@ asks etcd for an old MVCC revision, so compaction never breaks them.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import contextlib
 import threading
@@ -18,7 +19,9 @@ from typing import Any, TypeVar
 import aetcd
 import aetcd.exceptions
 
+from gpudock.core import volume_revision
 from gpudock.core.revision import Revision, revision_key
+from gpudock.core.volume_revision import VolumeRevision
 from gpudock.errors import StoreUnavailableError
 
 T = TypeVar("T")
@@ -79,6 +82,24 @@ class EtcdRevisionStore:
 
     def delete_all(self, namespace: str, name: str) -> None:
         self._run("delete all", self._client.delete_prefix(self._key(namespace, name)))
+
+    def _volume_key(self, namespace: str, name: str, revision: int | None = None) -> bytes:
+        return revision_key(self.prefix, namespace, name, revision,
+                            kind=volume_revision.KIND).encode()
+
+    def put_volume(self, record: VolumeRevision) -> None:
+        key = self._volume_key(record.namespace, record.name, record.revision)
+        self._run("put volume", self._client.put(key, record.to_json().encode()))
+
+    def list_volume(self, namespace: str, name: str) -> builtins.list[VolumeRevision]:
+        found = self._run("list volume",
+                          self._client.get_prefix(self._volume_key(namespace, name)))
+        return sorted((VolumeRevision.from_json(kv.value) for kv in found),
+                      key=lambda r: r.revision)
+
+    def delete_volume_all(self, namespace: str, name: str) -> None:
+        self._run("delete volume",
+                  self._client.delete_prefix(self._volume_key(namespace, name)))
 
     def close(self) -> None:
         if self._loop.is_closed():

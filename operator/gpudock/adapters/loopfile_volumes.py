@@ -14,31 +14,31 @@ import os
 import subprocess
 from pathlib import Path
 
+from gpudock.adapters.volume_backends import VolumeToolError, bind_options
+from gpudock.adapters.volume_backends import run_tool as _run
 from gpudock.core.volumes import BackendState
-from gpudock.errors import TransientError, UserError
+from gpudock.errors import UserError
 
 BLOCK = 4096
 
 
-class VolumeToolError(TransientError):
-    reason = "VolumeBackendFailed"
-
-
-def _run(*argv: str) -> str:
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise VolumeToolError(f"{argv[0]}: {exc}") from exc
-    if done.returncode != 0:
-        raise VolumeToolError(f"{' '.join(argv)}: {done.stderr.strip() or done.stdout.strip()}")
-    return done.stdout
-
-
 class LoopfileBackend:
     name = "loopfile"
+    online_shrink = False
+    moves_on_resize = False
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def check(self) -> None:
+        """A writable root (the ext4 tools come with the agent)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError("VolumeRootUnusable", f"volume root {self.root}: {exc}") from exc
+
+    def docker_options(self, volume: str) -> dict[str, str] | None:
+        return bind_options(self.path(volume))
 
     def _image(self, volume: str) -> Path:
         return self.root / "images" / f"{volume}.ext4"
@@ -99,11 +99,15 @@ class LoopfileBackend:
         self.path(volume).mkdir(parents=True, exist_ok=True)
         _run("mount", "-o", "loop", str(self._image(volume)), str(self.path(volume)))
 
-    def grow_online(self, volume: str, size_bytes: int) -> bool:
-        """Larger file, loop device refreshed, filesystem resized while mounted;
+    def resize_online(self, volume: str, size_bytes: int) -> bool:
+        """Grow: larger file, loop device refreshed, filesystem resized while mounted;
         False when the kernel refuses an online resize to the agent (it needs
-        CAP_SYS_RESOURCE): then the volume is to be resized offline."""
+        CAP_SYS_RESOURCE): then the volume is to be resized offline. A shrink is
+        always offline (ext4 cannot shrink mounted)."""
         device = self._device(volume)
+        state = self.state(volume)
+        if state is not None and size_bytes < state.size_bytes:
+            return False
         if device is None:
             raise VolumeToolError(f"volume {volume} is not attached")
         with open(self._image(volume), "r+b") as handle:
@@ -178,11 +182,3 @@ class LoopfileBackend:
 def _blocks(size_bytes: int) -> int:
     """A size rounded down to whole filesystem blocks (at least one)."""
     return max(size_bytes // BLOCK, 1) * BLOCK
-
-
-def check_root(root: Path) -> None:
-    """The loopfile backend needs a writable root and the ext4 tools."""
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError("VolumeRootUnusable", f"volume root {root}: {exc}") from exc

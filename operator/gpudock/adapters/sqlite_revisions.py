@@ -7,13 +7,16 @@ the agent or the machine. SQLite errors (disk full, locked, I/O) are transient.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from gpudock.core import volume_revision
 from gpudock.core.revision import KIND, Revision
+from gpudock.core.volume_revision import VolumeRevision
 from gpudock.errors import StoreUnavailableError
 
 SCHEMA = """
@@ -84,6 +87,25 @@ class SqliteRevisionStore:
         with self._lock, self._translated("delete all"):
             self._db.execute("DELETE FROM revisions WHERE kind=? AND namespace=? AND name=?",
                              (KIND, namespace, name))
+
+    def put_volume(self, record: VolumeRevision) -> None:
+        with self._lock, self._translated("put volume"):
+            self._db.execute(
+                "INSERT OR REPLACE INTO revisions VALUES (?, ?, ?, ?, ?)",
+                (volume_revision.KIND, record.namespace, record.name, record.revision,
+                 record.to_json()))
+
+    def list_volume(self, namespace: str, name: str) -> builtins.list[VolumeRevision]:
+        with self._lock, self._translated("list volume"):
+            rows = self._db.execute(
+                "SELECT record FROM revisions WHERE kind=? AND namespace=? AND name=? "
+                "ORDER BY revision", (volume_revision.KIND, namespace, name)).fetchall()
+        return [VolumeRevision.from_json(row[0]) for row in rows]
+
+    def delete_volume_all(self, namespace: str, name: str) -> None:
+        with self._lock, self._translated("delete volume"):
+            self._db.execute("DELETE FROM revisions WHERE kind=? AND namespace=? AND name=?",
+                             (volume_revision.KIND, namespace, name))
 
     def close(self) -> None:
         with self._lock:

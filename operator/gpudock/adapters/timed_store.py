@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import builtins
+
 from gpudock.core.revision import Revision, RevisionStore
+from gpudock.core.volume_revision import VolumeRevision
 from gpudock.metrics import STORE_SECONDS, timed_call
 
 
@@ -31,6 +34,17 @@ class TimedRevisionStore:
     def delete_all(self, namespace: str, name: str) -> None:
         timed_call(STORE_SECONDS, "delete_all",
                    lambda: self._store.delete_all(namespace, name))
+
+    def put_volume(self, record: VolumeRevision) -> None:
+        timed_call(STORE_SECONDS, "put_volume", lambda: self._store.put_volume(record))
+
+    def list_volume(self, namespace: str, name: str) -> builtins.list[VolumeRevision]:
+        return timed_call(STORE_SECONDS, "list_volume",
+                          lambda: self._store.list_volume(namespace, name))
+
+    def delete_volume_all(self, namespace: str, name: str) -> None:
+        timed_call(STORE_SECONDS, "delete_volume_all",
+                   lambda: self._store.delete_volume_all(namespace, name))
 
     def close(self) -> None:
         self._store.close()

@@ -257,8 +257,11 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
                                                        record, "Stopped"),
                          "Stopping", f"saving the disk of {current.name} and releasing "
                          "its GPUs and ports")
+    moved = _moved_volume(obs, current)
     if target.rollback_of is None and target.spec.matches(record.spec):
-        return _keep(obs, current, record)
+        if moved is None:
+            return _keep(obs, current, record)
+        target = replace(target, cause=moved)
     failed = _failed_attempt(obs, record, target)
     if failed is not None:  # the change was tried and Docker refused it
         return _keep(obs, current, record, failed)
@@ -376,6 +379,18 @@ def _keep(obs: Observation, current: ObservedContainer, record: Revision,
     return Plan(_prune(obs, record), status.settled(_seen(obs, current, record),
                                                     str(obs.spec.state)),
                 recheck_after=_recheck(obs, current))
+
+
+def _moved_volume(obs: Observation, current: ObservedContainer) -> str | None:
+    """Why the container must move to a new revision although its spec is the same:
+    a SizedVolume it mounts now lives in another Docker volume (the copy backend
+    resized it). None when every volume it mounts is where the volume is now."""
+    for mount in obs.spec.mounts:
+        now = obs.volume_names.get(mount.volume or "")
+        mounted = current.volumes.get(mount.mount_path)
+        if mount.volume is not None and now and mounted and mounted != now:
+            return f"SizedVolume {mount.volume} moved to Docker volume {now}"
+    return None
 
 
 def _failed_attempt(obs: Observation, record: Revision | None,

@@ -12,12 +12,14 @@ backend's own change history (etcd's MVCC), so compaction cannot lose a revision
 
 from __future__ import annotations
 
+import builtins
 import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 from gpudock.api import gpu_replica_set
 from gpudock.api.gpu_replica_set import PortBinding, RevisionSummary
+from gpudock.core.volume_revision import VolumeRevision
 
 KIND = gpu_replica_set.KIND
 REVISION_DIGITS = 10  # zero-padded, so keys sort in revision order
@@ -72,9 +74,10 @@ class Revision:
         return cls(**data)
 
 
-def revision_key(prefix: str, namespace: str, name: str, revision: int | None = None) -> str:
+def revision_key(prefix: str, namespace: str, name: str, revision: int | None = None,
+                 kind: str = KIND) -> str:
     """The key of one revision, or (revision None) the prefix of all of a resource's."""
-    base = f"{prefix.rstrip('/')}/{KIND}/{namespace}/{name}/"
+    base = f"{prefix.rstrip('/')}/{kind}/{namespace}/{name}/"
     return base if revision is None else f"{base}{revision:0{REVISION_DIGITS}d}"
 
 
@@ -97,5 +100,13 @@ class RevisionStore(Protocol):
     def delete(self, namespace: str, name: str, revision: int) -> None: ...
 
     def delete_all(self, namespace: str, name: str) -> None: ...
+
+    def put_volume(self, record: VolumeRevision) -> None: ...
+
+    def list_volume(self, namespace: str, name: str) -> builtins.list[VolumeRevision]:
+        """Every record of the SizedVolume name, oldest first."""
+        ...
+
+    def delete_volume_all(self, namespace: str, name: str) -> None: ...
 
     def close(self) -> None: ...

@@ -1,26 +1,33 @@
-"""The SizedVolume decision: (desired size, what the backend and Docker show) ->
-actions + status. Pure, level-based, like the GpuReplicaSet plan: every step is
-chosen from what is observed, so an agent killed at any step picks up from there.
+"""The SizedVolume decision: (desired size, the records, what the backend and Docker
+show) -> actions + status. Pure, level-based, like the GpuReplicaSet plan: every
+step is chosen from what is observed and recorded, so an agent killed at any step
+picks up from there.
 
+0. no record yet: record revision 1 (the backend, its root, the Docker volume);
 1. no volume yet: create it (refused when the backing filesystem has not the room);
 2. not attached (after an agent or host restart): attach it;
-3. no Docker volume: create the Docker volume that binds it;
-4. a size change: grow (online), or shrink: refused with ShrinkBelowUsage when the
-   data and the filesystem's own overhead do not fit, else its users are stopped,
-   the volume shrunk, and they are started again;
-5. Ready: capacity and used bytes as measured now.
+3. no Docker volume: create the Docker volume that serves it;
+4. a size change, refused with ShrinkBelowUsage when what the volume holds does not
+   fit; else a resize in place (online, or with its users stopped where the backend
+   needs that), or for the copy backend a move: a new Docker volume, the data
+   copied and checked, the record switched to it (the GpuReplicaSets that mount it
+   roll to a new revision on the new volume);
+5. a size that is real but not recorded: record it as the next revision;
+6. an earlier volume of the copy backend nobody mounts any more: remove it;
+7. Ready: capacity and used bytes as measured now.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gpudock.api.conditions import ConditionType
 from gpudock.api.quantity import format_size
 from gpudock.core.conditions import condition
+from gpudock.core.labels import base_name
 from gpudock.core.observed import ObservedContainer, ResourceKey
+from gpudock.core.volume_revision import VolumeRevision
 
 
 @dataclass(frozen=True)
@@ -35,18 +42,38 @@ class BackendState:
 
 
 @dataclass(frozen=True)
+class Backend:
+    """The backend that holds (or will hold) the volume, and what it can do."""
+
+    name: str
+    root: str
+    online_shrink: bool = False  # a shrink is a limit change (no consumer stopped)
+    moves_on_resize: bool = False  # a resize is a copy into a new Docker volume
+
+
+@dataclass(frozen=True)
 class VolumeObservation:
     key: ResourceKey
     uid: str
     generation: int | None
     size_bytes: int  # spec.size
-    backend: str
-    volume_id: str  # the backend's and Docker's name for it
+    backend: Backend  # the recorded one; the node's --volume-backend for a new volume
+    records: tuple[VolumeRevision, ...]  # this volume's (this UID's), oldest first
+    volume_id: str  # the current Docker volume (and the backend's name for it)
     state: BackendState | None
     docker_volume_exists: bool
     consumers: tuple[ObservedContainer, ...] = ()  # containers that mount it
+    # Earlier Docker volumes of the copy backend still there, with the containers
+    # that mount them.
+    earlier: tuple[tuple[str, tuple[ObservedContainer, ...]], ...] = ()
     free_bytes: int | None = None  # room left where volumes live
     minimum_bytes: int | None = None  # the smallest it can shrink to (when asked)
+    now: str = ""
+
+
+@dataclass(frozen=True)
+class RecordVolume:
+    record: VolumeRevision
 
 
 @dataclass(frozen=True)
@@ -66,22 +93,36 @@ class CreateDockerVolume:
 
 
 @dataclass(frozen=True)
-class GrowVolume:
-    """Online where the backend can; else offline with ``consumers`` stopped."""
+class ResizeVolume:
+    """In place: online when ``online`` (and the backend manages it), else with the
+    running ``consumers`` (container ID, name) stopped and started again."""
 
     volume_id: str
     size_bytes: int
+    online: bool
     consumers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
-class ShrinkVolume:
-    volume_id: str
+class MoveVolume:
+    """The copy backend's resize: make ``target``, stop the running ``consumers``,
+    copy and check, then ``record`` (which names ``target``) switches to it. The
+    consumers are left stopped: their GpuReplicaSets roll to the new volume."""
+
+    source: str
+    target: str
     size_bytes: int
-    consumers: tuple[tuple[str, str], ...]  # (container ID, name) to stop and start
+    consumers: tuple[tuple[str, str], ...]
+    record: VolumeRevision
 
 
-VolumeAction = CreateVolume | AttachVolume | CreateDockerVolume | GrowVolume | ShrinkVolume
+@dataclass(frozen=True)
+class RemoveDockerVolume:
+    volume_id: str  # an earlier volume of the copy backend that nobody mounts
+
+
+VolumeAction = (RecordVolume | CreateVolume | AttachVolume | CreateDockerVolume
+                | ResizeVolume | MoveVolume | RemoveDockerVolume)
 
 
 @dataclass(frozen=True)
@@ -91,13 +132,42 @@ class VolumePlan:
     needs_minimum: bool = False  # observe again with minimum_bytes (a shrink is asked)
 
 
+def volume_id(key: ResourceKey, uid: str, backend: str, revision: int = 1) -> str:
+    """The Docker volume of a volume's revision: ``<ns>_<name>-<revision>`` for the
+    copy backend (a new one per size), else one per incarnation (UID)."""
+    if backend == "copy":
+        return f"{base_name(key.namespace, key.name)}-{revision}"
+    return f"{base_name(key.namespace, key.name)}-svol-{uid[:8]}"
+
+
+def current_record(records: tuple[VolumeRevision, ...]) -> VolumeRevision | None:
+    return records[-1] if records else None
+
+
+def _next_record(obs: VolumeObservation, cause: str,
+                 volume: str | None = None) -> VolumeRevision:
+    latest = current_record(obs.records)
+    revision = latest.revision + 1 if latest else 1
+    return VolumeRevision(
+        namespace=obs.key.namespace, name=obs.key.name, revision=revision, uid=obs.uid,
+        backend=obs.backend.name, root=obs.backend.root,
+        volume_id=volume or obs.volume_id, size_bytes=obs.size_bytes, created_at=obs.now,
+        change_cause=cause, generation=obs.generation)
+
+
 def plan_volume(obs: VolumeObservation) -> VolumePlan:
     state = obs.state
-    if state is None:
+    latest = current_record(obs.records)
+    if latest is None:
         if obs.free_bytes is not None and obs.size_bytes > obs.free_bytes:
             return VolumePlan((), _status(obs, "Failed", problem=(
                 "InsufficientSpace", f"{format_size(obs.size_bytes)} asked; "
-                f"{format_size(obs.free_bytes)} free where volumes live on the node")))
+                f"{format_size(obs.free_bytes)} free where volumes live on the node; "
+                "nothing was created")))
+        return _steps(obs, (RecordVolume(_next_record(obs, "created")),), "Pending",
+                      "Creating", f"recording a {format_size(obs.size_bytes)} volume on "
+                      f"the {obs.backend.name} backend")
+    if state is None:
         return _steps(obs, (CreateVolume(obs.volume_id, obs.size_bytes),), "Pending",
                       "Creating", f"creating a {format_size(obs.size_bytes)} volume")
     if not state.attached:
@@ -108,22 +178,47 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
                       f"creating Docker volume {obs.volume_id}")
     users = tuple((c.id, c.name) for c in obs.consumers if c.running)
     wanted = _block_floor(obs.size_bytes)  # filesystems come in whole blocks
-    if wanted > state.size_bytes:
-        return _steps(obs, (GrowVolume(obs.volume_id, obs.size_bytes, users),), "Resizing",
-                      "Growing", f"growing to {format_size(obs.size_bytes)}")
-    if wanted < state.size_bytes:
-        if obs.minimum_bytes is None:
-            return VolumePlan((), _status(obs, "Ready"), needs_minimum=True)
-        if obs.size_bytes < obs.minimum_bytes:
-            return VolumePlan((), _status(obs, "Ready", problem=(
-                "ShrinkBelowUsage", f"{format_size(obs.size_bytes)} cannot hold what the "
-                f"volume has: its data and the filesystem's own need "
-                f"{format_size(obs.minimum_bytes)} ({format_size(state.used_bytes)} used); "
-                "nothing was changed")))
-        return _steps(obs, (ShrinkVolume(obs.volume_id, obs.size_bytes, users),),
-                      "Resizing", "Shrinking", f"shrinking to {format_size(obs.size_bytes)}"
-                      + (f"; {len(users)} container(s) stopped meanwhile" if users else ""))
+    have = _block_floor(state.size_bytes)
+    if wanted != have:
+        grow = wanted > have
+        if not grow or obs.backend.moves_on_resize:
+            if obs.minimum_bytes is None:
+                return VolumePlan((), _status(obs, "Ready"), needs_minimum=True)
+            if obs.size_bytes < obs.minimum_bytes:
+                return VolumePlan((), _status(obs, "Ready", problem=(
+                    "ShrinkBelowUsage", f"{format_size(obs.size_bytes)} cannot hold what "
+                    f"the volume has: its data and the filesystem's own need "
+                    f"{format_size(obs.minimum_bytes)} ({format_size(state.used_bytes)} "
+                    "used); nothing was changed")))
+        verb = "growing" if grow else "shrinking"
+        if obs.backend.moves_on_resize:
+            target = volume_id(obs.key, obs.uid, obs.backend.name, latest.revision + 1)
+            every = tuple((c.id, c.name) for c in obs.consumers)
+            return _steps(obs, (MoveVolume(obs.volume_id, target, obs.size_bytes, users,
+                                           _next_record(obs, _cause(obs), target)),),
+                          "Resizing", "Copying", f"{verb} to {format_size(obs.size_bytes)}:"
+                          f" copying into Docker volume {target}"
+                          + (f"; {len(every)} container(s) stopped meanwhile"
+                             if every else ""))
+        online = grow or obs.backend.online_shrink
+        return _steps(obs, (ResizeVolume(obs.volume_id, obs.size_bytes, online, users),),
+                      "Resizing", "Growing" if grow else "Shrinking",
+                      f"{verb} to {format_size(obs.size_bytes)}"
+                      + ("" if online or not users
+                         else f"; {len(users)} container(s) stopped meanwhile"))
+    if _block_floor(latest.size_bytes) != have:  # resized, not recorded yet
+        return _steps(obs, (RecordVolume(_next_record(obs, _cause(obs))),), "Ready",
+                      "Recording", "recording the new size")
+    unused = tuple(RemoveDockerVolume(v) for v, users in obs.earlier if not users)
+    if unused:
+        return _steps(obs, unused, "Ready", "RemovingEarlierVolume",
+                      f"removing earlier Docker volume(s) "
+                      f"{', '.join(a.volume_id for a in unused)}")
     return VolumePlan((), _status(obs, "Ready"))
+
+
+def _cause(obs: VolumeObservation) -> str:
+    return f"resized to {format_size(obs.size_bytes)}"
 
 
 def refused(obs: VolumeObservation, reason: str, message: str) -> dict[str, Any]:
@@ -154,15 +249,19 @@ def _status(obs: VolumeObservation, phase: str, *, progress: tuple[str, str] | N
         condition(ConditionType.DEGRADED, problem is not None,
                   *(problem or ("AsExpected", "nothing to report"))),
     )
-    capacity = state.capacity_bytes if state and state.attached else None
-    used = state.used_bytes if state and state.attached else None
+    attached = state is not None and state.attached
+    capacity = state.capacity_bytes if state and attached else None
+    used = state.used_bytes if state and attached else None
+    latest = current_record(obs.records)
     return {
         "phase": phase,
         "reason": (problem or progress or (None, None))[0],
         "observedGeneration": obs.generation,
-        "backend": obs.backend,
-        "volumeName": obs.volume_id if ready or (state and state.attached
-                                                 and obs.docker_volume_exists) else None,
+        "backend": obs.backend.name,
+        "volumeName": obs.volume_id if ready or (attached and obs.docker_volume_exists)
+        else None,
+        "revision": latest.revision if latest else None,
+        "history": [r.summary() for r in obs.records],
         "sizeBytes": state.size_bytes if state else None,
         "capacity": format_size(capacity) if capacity is not None else None,
         "capacityBytes": capacity,
@@ -174,10 +273,5 @@ def _status(obs: VolumeObservation, phase: str, *, progress: tuple[str, str] | N
 
 
 def consumers_of(containers: tuple[ObservedContainer, ...],
-                 volume_id: str) -> tuple[ObservedContainer, ...]:
-    return tuple(c for c in containers if volume_id in c.volumes.values())
-
-
-def previous_reason(previous: Mapping[str, Any]) -> str | None:
-    value = previous.get("reason")
-    return str(value) if value else None
+                 volume: str) -> tuple[ObservedContainer, ...]:
+    return tuple(c for c in containers if volume in c.volumes.values())
