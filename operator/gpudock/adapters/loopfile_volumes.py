@@ -10,8 +10,9 @@ After an agent or host restart, attach() mounts what is no longer mounted.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from gpudock.adapters.volume_backends import VolumeToolError, bind_options
@@ -94,10 +95,41 @@ class LoopfileBackend:
         partial.rename(image)  # whole or not there: a crash leaves no half volume
 
     def attach(self, volume: str) -> None:
+        """Mount it (again); an offline resize a crash cut short is undone first."""
         if self._device(volume) is not None:
             return
+        self._undo_interrupted_resize(volume)
         self.path(volume).mkdir(parents=True, exist_ok=True)
         _run("mount", "-o", "loop", str(self._image(volume)), str(self.path(volume)))
+
+    def _undo_file(self, volume: str) -> Path:
+        return self._image(volume).with_suffix(".undo")
+
+    @contextlib.contextmanager
+    def _loop_device(self, volume: str) -> Iterator[str]:
+        """The unmounted image on a loop device of its own: resize2fs given the file
+        itself would truncate it on a shrink, and the undo file could not bring back
+        a tail already cut off."""
+        image = str(self._image(volume))
+        for line in _run("losetup", "-j", image).splitlines():  # left by a crash
+            _run("losetup", "-d", line.split(":", 1)[0])
+        device = _run("losetup", "--find", "--show", image).strip()
+        try:
+            yield device
+        finally:
+            _run("losetup", "-d", device)
+
+    def _undo_interrupted_resize(self, volume: str) -> None:
+        """resize2fs writes every block it changes to an undo file first, and the file
+        is removed only once the resize is done: one still there means the resize
+        was cut short, and e2undo puts the filesystem back as it was before it (the
+        image file is never made smaller before that)."""
+        undo = self._undo_file(volume)
+        if not undo.exists():
+            return
+        with self._loop_device(volume) as device:
+            _run("e2undo", str(undo), device)
+        undo.unlink()
 
     def resize_online(self, volume: str, size_bytes: int) -> bool:
         """Grow: larger file, loop device refreshed, filesystem resized while mounted;
@@ -144,23 +176,29 @@ class LoopfileBackend:
 
     def resize_offline(self, volume: str, size_bytes: int) -> None:
         """Shrink, or grow where online is refused; its users are stopped: unmount,
-        check, resize, set the file's size, mount."""
+        check, resize with an undo file, set the file's size, mount. Killed at any
+        point, attach() undoes a half-done resize and the plan asks for it again."""
         if self._device(volume) is not None:
             _run("umount", str(self.path(volume)))
-        image = str(self._image(volume))
+        image, undo = self._image(volume), self._undo_file(volume)
         try:
-            subprocess.run(["e2fsck", "-f", "-y", image], capture_output=True, timeout=600,
-                           check=False)  # 1: corrected, still fine to resize
-            least = int(_run("resize2fs", "-P", image).strip().rsplit(":", 1)[1]) * BLOCK
-            self._minimum_file(volume).write_text(str(least))
-            if _blocks(size_bytes) < least:
-                raise UserError("ShrinkBelowUsage", f"the filesystem needs at least "
-                                f"{least // 2**20} MiB for its data and its own metadata; "
-                                "nothing was changed")
-            with open(image, "r+b") as handle:  # grow: the room first
-                if os.fstat(handle.fileno()).st_size < _blocks(size_bytes):
-                    handle.truncate(_blocks(size_bytes))
-            _run("resize2fs", image, f"{_blocks(size_bytes) // 1024}K")
+            self._undo_interrupted_resize(volume)
+            with self._loop_device(volume) as device:
+                _run("e2fsck", "-f", "-y", device, ok=(0, 1))  # 1: corrected, fine
+                least = int(_run("resize2fs", "-P", device).strip().rsplit(":", 1)[1]) \
+                    * BLOCK
+                self._minimum_file(volume).write_text(str(least))
+                if _blocks(size_bytes) < least:
+                    raise UserError("ShrinkBelowUsage", f"the filesystem needs at least "
+                                    f"{least // 2**20} MiB for its data and its own "
+                                    "metadata; nothing was changed")
+                with open(image, "r+b") as handle:  # grow: the room first
+                    if os.fstat(handle.fileno()).st_size < _blocks(size_bytes):
+                        handle.truncate(_blocks(size_bytes))
+                _run("losetup", "-c", device)
+                undo.unlink(missing_ok=True)
+                _run("resize2fs", "-z", str(undo), device, f"{_blocks(size_bytes) // 1024}K")
+            undo.unlink()  # done: nothing to undo any more
             with open(image, "r+b") as handle:  # shrink: the file after
                 handle.truncate(_blocks(size_bytes))
         finally:
@@ -173,7 +211,7 @@ class LoopfileBackend:
     def delete(self, volume: str) -> None:
         self.detach(volume)
         for leftover in (self._image(volume), self._image(volume).with_suffix(".new"),
-                         self._minimum_file(volume)):
+                         self._minimum_file(volume), self._undo_file(volume)):
             leftover.unlink(missing_ok=True)
         if self.path(volume).exists():
             self.path(volume).rmdir()

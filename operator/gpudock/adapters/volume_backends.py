@@ -28,14 +28,16 @@ class VolumeToolError(TransientError):
     reason = "VolumeBackendFailed"
 
 
-def run_tool(*argv: str, timeout: float = 600) -> str:
-    """Run a storage tool; its output, or VolumeToolError with what it said."""
+def run_tool(*argv: str, timeout: float = 600, ok: tuple[int, ...] = (0,)) -> str:
+    """Run a storage tool; its output, or VolumeToolError with what it said. The tool
+    dies with the agent (as it would with the agent's pod): a tool left running by a
+    killed agent would race the restarted agent's recovery of the same volume."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              check=False)
+        done = subprocess.run(["setpriv", "--pdeathsig", "KILL", "--", *argv],
+                              capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise VolumeToolError(f"{argv[0]}: {exc}") from exc
-    if done.returncode != 0:
+    if done.returncode not in ok:
         raise VolumeToolError(f"{' '.join(argv)}: {done.stderr.strip() or done.stdout.strip()}")
     return done.stdout
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gpudock.api.conditions import ConditionType
-from gpudock.api.quantity import format_size
+from gpudock.api.quantity import format_size, format_size_approx
 from gpudock.core.conditions import condition
 from gpudock.core.labels import base_name
 from gpudock.core.observed import ObservedContainer, ResourceKey
@@ -162,7 +162,7 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
         if obs.free_bytes is not None and obs.size_bytes > obs.free_bytes:
             return VolumePlan((), _status(obs, "Failed", problem=(
                 "InsufficientSpace", f"{format_size(obs.size_bytes)} asked; "
-                f"{format_size(obs.free_bytes)} free where volumes live on the node; "
+                f"{format_size_approx(obs.free_bytes)} free where volumes live on the node; "
                 "nothing was created")))
         return _steps(obs, (RecordVolume(_next_record(obs, "created")),), "Pending",
                       "Creating", f"recording a {format_size(obs.size_bytes)} volume on "
@@ -188,8 +188,8 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
                 return VolumePlan((), _status(obs, "Ready", problem=(
                     "ShrinkBelowUsage", f"{format_size(obs.size_bytes)} cannot hold what "
                     f"the volume has: its data and the filesystem's own need "
-                    f"{format_size(obs.minimum_bytes)} ({format_size(state.used_bytes)} "
-                    "used); nothing was changed")))
+                    f"{format_size_approx(obs.minimum_bytes)} "
+                    f"({format_size_approx(state.used_bytes)} used); nothing was changed")))
         verb = "growing" if grow else "shrinking"
         if obs.backend.moves_on_resize:
             target = volume_id(obs.key, obs.uid, obs.backend.name, latest.revision + 1)
