@@ -59,8 +59,8 @@ def test_10_agent_killed_at_each_volume_step_converges(
                                         "--crash-at", point])
         stack.kubectl("patch", "svol", "data", "-n", namespace, "--type=merge",
                       "-p", json.dumps({"spec": {"size": f"{size}Mi"}}))
-        code = agent.wait_exit(90)
-        assert code == -signal.SIGKILL, f"{point}: the agent did not die there ({code})"
+        died = agent.wait_exit(90)
+        assert died == -signal.SIGKILL, f"{point}: the agent did not die there ({died})"
         agent = start_agent(extra_args=["--resync-seconds", "2", *flags])
         _ready_with(stack, namespace, "data", size * MiB)
         wait_settled(stack, namespace, "user")
