@@ -202,9 +202,9 @@ def _mounts_of(stack: LocalStack) -> list[str]:
 
 
 def test_10_delete_waits_while_mounted_and_leaves_nothing(
-    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+    stack: LocalStack, backend: list[str], namespace: str, start_agent: AgentFactory,
 ) -> None:
-    _start(stack, namespace, start_agent, "32Mi")
+    _start(stack, namespace, start_agent, "32Mi", backend)
     ident = _ready_with(stack, namespace, "data", 32 * MiB)["volumeName"]
     stack.kubectl("delete", "svol", "data", "-n", namespace, "--wait=false")
     wait_for(lambda: _svol(stack, namespace, "data").get("reason") == "VolumeInUse", 30,
@@ -222,6 +222,12 @@ def test_10_delete_waits_while_mounted_and_leaves_nothing(
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     assert ident not in loops
     assert not list(stack.base_dir.glob(f"**/volumes/images/{ident}*"))
+    if "btrfs" in backend:
+        root = backend[backend.index("--volume-root") + 1]
+        assert not (Path(root) / ident).exists()
+        qgroups = subprocess.run(["btrfs", "qgroup", "show", "--raw", root],
+                                 capture_output=True, text=True, check=True).stdout
+        assert [line.split()[0] for line in qgroups.splitlines()[2:]] == ["0/5"], qgroups
 
 
 def test_10_volumes_are_attached_again_after_a_restart(
