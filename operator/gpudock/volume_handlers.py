@@ -62,7 +62,9 @@ async def run_sized_volume(body: kopf.Body, stopped: kopf.DaemonStopped, memo: A
             try:
                 status = await asyncio.to_thread(
                     memo.volumes.reconcile, dict(body),
-                    lambda now: _write(memo, body, now, logger))
+                    lambda now: _write(memo, body, now, logger),
+                    lambda kind, reason, message: kopf.event(
+                        body, type=kind, reason=reason, message=message))
                 await asyncio.to_thread(_write, memo, body, status, logger)
                 if status.get("phase") == "Ready" and (before != "Ready" or first):
                     memo.wakeups.wake_all()  # instances waiting for it may start

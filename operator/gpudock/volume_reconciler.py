@@ -57,7 +57,11 @@ class VolumeReconciler:
         self.backend(*self._default)
 
     def reconcile(self, body: Mapping[str, Any],
-                  progress: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+                  progress: Callable[[dict[str, Any]], None],
+                  event: Callable[[str, str, str], None] = lambda *_: None,
+                  ) -> dict[str, Any]:
+        """Converge; ``progress`` gets each status before a step is taken, ``event``
+        (type, reason, message) each step done and each refusal first seen."""
         meta, previous = body["metadata"], dict(body.get("status") or {})
         key = ResourceKey(meta["namespace"], meta["name"])
         try:
@@ -76,14 +80,19 @@ class VolumeReconciler:
             minimum = False
             status = self._timed(plan.status, previous, meta.get("generation"))
             if not plan.actions:
+                problem = _problem(status)
+                if problem is not None and problem != _problem(previous):
+                    event("Warning", *problem)
                 return status
             progress(status)
             previous = status
             try:
                 for action in plan.actions:
                     self._execute(obs, action)
+                    event("Normal", *core.describe(action))
             except UserError as exc:
                 after = self._observe(key, meta, spec, False)
+                event("Warning", exc.reason, exc.message)
                 return self._timed(core.refused(after, exc.reason, exc.message), previous,
                                    meta.get("generation"))
         raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
@@ -206,6 +215,14 @@ class VolumeReconciler:
                                           self._clock(), generation)
             status = {**status, "conditions": [c.to_dict() for c in timed]}
         return status
+
+
+def _problem(status: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The Degraded condition's (reason, message) when it is True."""
+    found = next((c for c in status.get("conditions") or ()
+                  if isinstance(c, dict) and c.get("type") == "Degraded"
+                  and c.get("status") == "True"), None)
+    return (str(found.get("reason")), str(found.get("message"))) if found else None
 
 
 def utc_now() -> str:

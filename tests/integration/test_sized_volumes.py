@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from tests.integration.revisions import only_container, sh, wait_settled
 from tests.stack import filesystems
 from tests.stack.agent_process import AgentProcess
 from tests.stack.localstack import LocalStack, wait_for
-from tests.stack.resources import apply, gpu_replica_set, status
+from tests.stack.resources import apply, event_reasons, gpu_replica_set, status
 
 MiB = 2**20
 
@@ -106,6 +107,9 @@ def test_10_a_hard_limit_and_an_online_grow(
          "--kubeconfig", str(stack.kubeconfig)],
         capture_output=True, text=True, env=stack.env(), check=True).stdout
     assert "resized to 256Mi" in history, history
+    wait_for(lambda: {"VolumeCreated", "DockerVolumeCreated", "VolumeResized",
+                      "RevisionRecorded"} <= set(event_reasons(stack, namespace, "data")),
+             30, what=f"an Event per step (now {event_reasons(stack, namespace, 'data')})")
 
 
 def test_10_shrinks_with_the_data_kept_and_refuses_below_usage(
@@ -124,6 +128,10 @@ def test_10_shrinks_with_the_data_kept_and_refuses_below_usage(
     degraded = next(c for c in refused["conditions"] if c["type"] == "Degraded")
     assert degraded["status"] == "True"
     assert _in(stack, namespace, "sha256sum -c /data/keep.sum")[0] == 0
+    wait_for(lambda: event_reasons(stack, namespace, "data").count("ShrinkBelowUsage") == 1,
+             30, what="a Warning for the refusal")
+    time.sleep(5)  # two more resyncs: still one (not one per resync)
+    assert event_reasons(stack, namespace, "data").count("ShrinkBelowUsage") == 1
 
     _resize(stack, namespace, "192Mi")
     shrunk = _ready_with(stack, namespace, "data", 192 * MiB)

@@ -217,6 +217,30 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
     return VolumePlan((), _status(obs, "Ready"))
 
 
+def describe(action: VolumeAction) -> tuple[str, str]:
+    """The Kubernetes Event (reason, message) a step done posts."""
+    match action:
+        case RecordVolume(record=r):
+            return "RevisionRecorded", (f"revision {r.revision}: {r.change_cause} "
+                                        f"({format_size(r.size_bytes)} on {r.backend})")
+        case CreateVolume(volume_id=v, size_bytes=size):
+            return "VolumeCreated", f"created {v} ({format_size(size)})"
+        case AttachVolume(volume_id=v):
+            return "VolumeAttached", f"attached {v} again"
+        case CreateDockerVolume(volume_id=v):
+            return "DockerVolumeCreated", f"created Docker volume {v}"
+        case ResizeVolume(size_bytes=size, online=online, consumers=users):
+            how = "online" if online or not users else \
+                f"with {len(users)} container(s) stopped meanwhile"
+            return "VolumeResized", f"resized to {format_size(size)} ({how})"
+        case MoveVolume(source=old, target=new, size_bytes=size):
+            return "VolumeMoved", (f"copied {old} into {new} ({format_size(size)}) and "
+                                   "checked the copy; its users move to the new volume")
+        case RemoveDockerVolume(volume_id=v):
+            return "EarlierVolumeRemoved", f"removed {v} (nothing mounts it any more)"
+    raise AssertionError(action)  # pragma: no cover - every action is matched
+
+
 def _cause(obs: VolumeObservation) -> str:
     return f"resized to {format_size(obs.size_bytes)}"
 
