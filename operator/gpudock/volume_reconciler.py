@@ -80,9 +80,9 @@ class VolumeReconciler:
             minimum = False
             status = self._timed(plan.status, previous, meta.get("generation"))
             if not plan.actions:
-                problem = _problem(status)
-                if problem is not None and problem != _problem(previous):
-                    event("Warning", *problem)
+                problem, before = _problem(status), _problem(previous)
+                if problem is not None and (before is None or problem[0] != before[0]):
+                    event("Warning", *problem)  # once, not at every resync
                 return status
             progress(status)
             previous = status
