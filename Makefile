@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export GPUDOCK_VENV := $(VENV)
 
-.PHONY: run test prereqs check
+.PHONY: run test prereqs check bench-volumes
 run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foreground
 	$(PY) -m tests.stack up
 
@@ -17,3 +17,6 @@ check: prereqs  ## the static checks alone
 	$(PY) -m ruff check operator tests
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
+
+bench-volumes: prereqs  ## SizedVolume grow/shrink time per backend, copy vs cp -a (prints a table)
+	$(PY) -m tests.bench.volume_resize
