@@ -14,8 +14,10 @@ import kopf
 
 from gpudock.adapters.kube_api import KubeUnavailableError
 from gpudock.api import GROUP, VERSION, ownership, sized_volume
+from gpudock.core.replica_set_status import waiting_on
+from gpudock.core.volumes import unusable
 from gpudock.crash_points import CrashPoints
-from gpudock.errors import TransientError
+from gpudock.errors import TransientError, UserError
 from gpudock.settings import Settings
 from gpudock.volume_reconciler import VolumeReconciler
 
@@ -72,6 +74,14 @@ async def run_sized_volume(body: kopf.Body, stopped: kopf.DaemonStopped, memo: A
             except TransientError as exc:
                 logger.warning("volume: will retry in %.0fs: %s", exc.delay, exc)
                 delay = min(delay, exc.delay)
+                await asyncio.to_thread(_write, memo, body, waiting_on(
+                    body.get("status") or {}, exc.reason, str(exc),
+                    memo.replica_sets.now()), logger)
+            except UserError as exc:  # e.g. its backend's root is not mounted any more
+                logger.warning("volume: %s", exc)
+                await asyncio.to_thread(_write, memo, body, unusable(
+                    body.get("status") or {}, exc.reason, exc.message,
+                    memo.replica_sets.now()), logger)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=delay)
     finally:

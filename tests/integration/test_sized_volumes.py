@@ -273,3 +273,30 @@ def test_10_the_volume_example_is_mounted_by_the_instance_example(
     # Its users are what Docker shows mounting it, refreshed at each resync.
     wait_for(lambda: _svol(stack, namespace, "data").get("consumers") == ["notebook"], 30,
              what="the volume listing its user")
+
+
+def test_10_a_volume_whose_root_is_gone_says_so_and_recovers(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    with filesystems.btrfs(stack.base_dir) as root:
+        flags = ["--resync-seconds", "2", "--volume-backend", "btrfs", "--volume-root",
+                 str(root)]
+        agent = start_agent(extra_args=flags)
+        apply(stack, namespace, _volume("data", "32Mi"))
+        _ready_with(stack, namespace, "data", 32 * MiB)
+        agent.stop()
+        subprocess.run(["umount", str(root)], check=True)  # what a failed disk leaves
+        # The node's default backend is fine: the agent starts, and the volume's own
+        # (recorded) backend is the one that cannot serve it.
+        start_agent(extra_args=["--resync-seconds", "2"])
+        wait_for(lambda: _svol(stack, namespace, "data").get("reason")
+                 == "VolumeRootUnusable", 30, what="VolumeRootUnusable")
+        broken = _svol(stack, namespace, "data")
+        assert broken["phase"] == "Failed"
+        ready = next(c for c in broken["conditions"] if c["type"] == "Ready")
+        assert ready["status"] == "False"
+        assert "not btrfs" in ready["message"]
+        subprocess.run(["mount", "-o", "loop", str(root.with_suffix(".img")), str(root)],
+                       check=True)
+        _ready_with(stack, namespace, "data", 32 * MiB)
+        stack.kubectl("delete", "svol", "data", "-n", namespace, "--timeout=60s")

@@ -71,15 +71,16 @@ class CopyBackend:
                         "new volume, never in place")
 
     def copy(self, source: str, target: str, size_bytes: int) -> None:
-        """Make ``target`` (emptied when a copy was cut short), copy ``source`` into
-        it and check the copy; ``source`` is never written."""
+        """Make ``target`` afresh (one a cut-short copy left, perhaps for another
+        size, is removed first: it was never the volume), copy ``source`` into it and
+        check the copy; ``source`` is never written."""
         if source == target:
             raise VolumeToolError(f"refusing to copy volume {source} onto itself")
+        self.delete(target)
         self.create(target, size_bytes)
         into, out_of = self.directory(target), self.directory(source)
         if into is None or out_of is None:
             raise VolumeToolError(f"Docker volume {source} or {target} has no directory")
-        tree_copy.empty(into)
         tree_copy.copy_tree(out_of, into)
         tree_copy.verify_copy(out_of, into)
 

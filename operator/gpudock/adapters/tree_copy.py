@@ -12,22 +12,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import stat
 from pathlib import Path
 
 from gpudock.adapters.volume_backends import VolumeToolError, run_tool
 
 CHUNK = 1 << 20
-
-
-def empty(directory: Path) -> None:
-    """Remove what a directory holds (a copy cut short), keeping the directory."""
-    for entry in directory.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
 
 
 def copy_tree(source: Path, target: Path) -> None:

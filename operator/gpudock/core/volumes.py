@@ -19,6 +19,7 @@ picks up from there.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,6 +250,18 @@ def refused(obs: VolumeObservation, reason: str, message: str) -> dict[str, Any]
     """The status when the backend refused a change (nothing was changed)."""
     return _status(obs, "Ready" if obs.state and obs.state.attached else "Failed",
                    problem=(reason, message))
+
+
+def unusable(previous: Mapping[str, Any], reason: str, message: str,
+             now: str) -> dict[str, Any]:
+    """The volume's backend cannot serve it now (its root gone, not btrfs any more):
+    not Ready, Degraded with the reason; the rest of the last status is kept."""
+    kept = {k: v for k, v in previous.items() if k != "conditions"}
+    conditions = (condition(ConditionType.READY, False, reason, message),
+                  condition(ConditionType.PROGRESSING, False, reason, message),
+                  condition(ConditionType.DEGRADED, True, reason, message))
+    return {**kept, "phase": "Failed", "reason": reason, "conditions": [
+        {**c.to_dict(), "lastTransitionTime": now} for c in conditions]}
 
 
 def _block_floor(size: int) -> int:
