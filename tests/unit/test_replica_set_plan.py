@@ -299,3 +299,26 @@ def test_an_invalid_spec_keeps_the_previous_history_as_it_was() -> None:
     status = invalid_spec_status(3, {"phase": "Running", "revision": 2, "history": history},
                                  SpecError("spec.gpuCount: bad"))
     assert [h.to_dict() for h in status.history] == history  # null stays null, not "None"
+
+
+def test_a_sized_volume_moved_to_another_docker_volume_rolls_to_a_new_revision() -> None:
+    spec = _spec(mounts=[{"volume": "data", "mountPath": "/data"}])
+    stopped = _mine(spec, status="exited", volumes={"/data": "team-a_data-1"})
+    record = _record(spec)
+    same = core.plan_replica_set(_obs(spec, replace(stopped, status="running"),
+                                      records=(record,),
+                                      volume_names={"data": "team-a_data-1"}))
+    assert same.actions == ()  # where the volume is: nothing to do
+    moved = core.plan_replica_set(_obs(spec, stopped, records=(record,),
+                                       volume_names={"data": "team-a_data-2"}))
+    assert [type(a) for a in moved.actions] == [act.PreserveDisk]  # its disk first
+    saved = replace(record, preserved_image=core.preserved_image(KEY, 1),
+                    preserved_from="c1")
+    plan = core.plan_replica_set(_obs(spec, stopped, records=(saved,),
+                                      volume_names={"data": "team-a_data-2"},
+                                      preserved_tags=frozenset({saved.preserved_image})))
+    (start,) = plan.actions
+    assert isinstance(start, act.StartRevision)
+    assert start.record.revision == 2
+    assert start.record.change_cause == "SizedVolume data moved to Docker volume team-a_data-2"
+    assert [m.source for m in start.config.mounts] == ["team-a_data-2"]
