@@ -8,7 +8,7 @@ from pathlib import Path
 
 from tests.integration.conftest import AgentFactory
 from tests.stack.localstack import LocalStack, wait_for
-from tests.stack.resources import status
+from tests.stack.resources import containers, status
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "01-gpu-container.yaml"
 
@@ -32,4 +32,15 @@ def test_agent_connects_handles_its_node_and_stops_on_sigterm(
     assert code == 0, agent.log()
     assert time.monotonic() - started < 15
     assert "gpudock agent for node gpu-node-1 stopped" in agent.log()
-    assert status(stack, namespace, "elsewhere").get("phase") is None  # another node's resource
+    # Another node's resource is not handled here: no container, no finalizer of this
+    # node. The only thing an agent may write on it is that no agent serves its node
+    # (NodeNotFound, docs/gpu-replica-set.md), once it has looked for that node.
+    elsewhere = status(stack, namespace, "elsewhere")
+    assert elsewhere.get("reason") in (None, "NodeNotFound"), elsewhere
+    assert elsewhere.get("phase") in (None, "Pending"), elsewhere
+    assert not [c for c in containers(stack, namespace)
+                if c.labels.get("gpudock.dev/name") == "elsewhere"]
+    meta = stack.kubectl_json("get", "grs", "elsewhere", "-n", namespace)["metadata"]
+    assert isinstance(meta, dict)
+    finalizers = meta.get("finalizers") or []
+    assert not [f for f in finalizers if "gpu-node-1" in f], finalizers
