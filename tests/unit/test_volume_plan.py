@@ -39,12 +39,16 @@ def _attached(size: int, used: int = 10 * MiB) -> core.BackendState:
 
 def test_the_steps_in_order() -> None:
     first = core.plan_volume(_obs(64 * MiB, None, records=(), free_bytes=10**12))
-    assert first.actions == (core.RecordVolume(replace(
-        _record(), created_at="t1", change_cause="created", generation=1)),)
+    unmade = replace(_record(), created_at="t1", change_cause="created", generation=1,
+                     made=False)
+    assert first.actions == (core.RecordVolume(unmade),)
     room = core.plan_volume(_obs(64 * MiB, None, records=(), free_bytes=MiB))
     assert (room.actions, room.status["reason"]) == ((), "InsufficientSpace")
-    assert core.plan_volume(_obs(64 * MiB, None)).actions == (
+    assert core.plan_volume(_obs(64 * MiB, None, records=(unmade,))).actions == (
         core.CreateVolume("ns_data-svol-u", 64 * MiB),)
+    assert core.plan_volume(_obs(64 * MiB, _attached(64 * MiB),
+                                 records=(unmade,))).actions == (
+        core.RecordVolume(replace(unmade, made=True)),)
     detached = core.BackendState(64 * MiB, False)
     assert core.plan_volume(_obs(64 * MiB, detached)).actions == (
         core.AttachVolume("ns_data-svol-u"),)
@@ -54,6 +58,13 @@ def test_the_steps_in_order() -> None:
     ready = core.plan_volume(_obs(64 * MiB, _attached(64 * MiB)))
     assert (ready.actions, ready.status["phase"], ready.status["volumeName"],
             ready.status["revision"]) == ((), "Ready", "ns_data-svol-u", 1)
+
+
+def test_a_volume_made_and_gone_is_lost_not_made_again_empty() -> None:
+    lost = core.plan_volume(_obs(64 * MiB, None))  # its record says it was made
+    assert lost.actions == ()
+    assert (lost.status["phase"], lost.status["reason"]) == ("Failed", "VolumeLost")
+    assert "not mounted" in lost.status["conditions"][2].message
 
 
 def test_grow_and_shrink_in_place() -> None:

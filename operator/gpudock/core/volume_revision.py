@@ -4,7 +4,8 @@ Kept in the same revision store as GpuReplicaSet revisions (kind ``SizedVolume``
 The latest record says where the volume lives now: its backend and that backend's
 root (so changing --volume-backend or --volume-root never strands an existing
 volume) and its Docker volume (the copy backend makes a new one per revision).
-Record 1 is written before the volume is made; a later one once its size is real.
+Record 1 is written before the volume is made (and marked made after); a later one
+once its size is real.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ class VolumeRevision:
     created_at: str
     change_cause: str = ""
     generation: int | None = None
+    # Revision 1 is written before the volume is made (False), and again once it is:
+    # a volume its records say was made and that is not there is lost, never made
+    # again empty as if nothing had happened.
+    made: bool = True
 
     def summary(self) -> dict[str, object]:
         """The entry of status.history."""

@@ -4,7 +4,9 @@ step is chosen from what is observed and recorded, so an agent killed at any ste
 picks up from there.
 
 0. no record yet: record revision 1 (the backend, its root, the Docker volume);
-1. no volume yet: create it (refused when the backing filesystem has not the room);
+1. no volume yet: create it (refused when the backing filesystem has not the room),
+   then mark revision 1 made; a volume marked made that is not there is lost
+   (VolumeLost), never made again empty;
 2. not attached (after an agent or host restart): attach it;
 3. no Docker volume: create the Docker volume that serves it;
 4. a size change, refused with ShrinkBelowUsage when what the volume holds does not
@@ -20,7 +22,7 @@ picks up from there.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpudock.api.conditions import ConditionType
@@ -145,15 +147,15 @@ def current_record(records: tuple[VolumeRevision, ...]) -> VolumeRevision | None
     return records[-1] if records else None
 
 
-def _next_record(obs: VolumeObservation, cause: str,
-                 volume: str | None = None) -> VolumeRevision:
+def _next_record(obs: VolumeObservation, cause: str, volume: str | None = None,
+                 made: bool = True) -> VolumeRevision:
     latest = current_record(obs.records)
     revision = latest.revision + 1 if latest else 1
     return VolumeRevision(
         namespace=obs.key.namespace, name=obs.key.name, revision=revision, uid=obs.uid,
         backend=obs.backend.name, root=obs.backend.root,
         volume_id=volume or obs.volume_id, size_bytes=obs.size_bytes, created_at=obs.now,
-        change_cause=cause, generation=obs.generation)
+        change_cause=cause, generation=obs.generation, made=made)
 
 
 def plan_volume(obs: VolumeObservation) -> VolumePlan:
@@ -165,12 +167,22 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
                 "InsufficientSpace", f"{format_size(obs.size_bytes)} asked; "
                 f"{format_size_approx(obs.free_bytes)} free where volumes live on the node; "
                 "nothing was created")))
-        return _steps(obs, (RecordVolume(_next_record(obs, "created")),), "Pending",
+        return _steps(obs, (RecordVolume(_next_record(obs, "created", made=False)),),
+                      "Pending",
                       "Creating", f"recording a {format_size(obs.size_bytes)} volume on "
                       f"the {obs.backend.name} backend")
     if state is None:
+        if latest.made:
+            return VolumePlan((), _status(obs, "Failed", problem=(
+                "VolumeLost", f"{obs.volume_id} was made on the {obs.backend.name} backend "
+                f"(under {obs.backend.root}) and is not there now: removed outside gpudock,"
+                " or its filesystem is not mounted. Nothing is made in its place (that "
+                "would be an empty volume); when it is back it is used again")))
         return _steps(obs, (CreateVolume(obs.volume_id, obs.size_bytes),), "Pending",
                       "Creating", f"creating a {format_size(obs.size_bytes)} volume")
+    if not latest.made:
+        return _steps(obs, (RecordVolume(replace(latest, made=True)),), "Pending",
+                      "Creating", "noting that the volume was made")
     if not state.attached:
         return _steps(obs, (AttachVolume(obs.volume_id),), "Pending", "Attaching",
                       "attaching the volume (after a restart it is mounted again)")
