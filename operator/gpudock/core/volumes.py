@@ -206,13 +206,12 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
         verb = "growing" if grow else "shrinking"
         if obs.backend.moves_on_resize:
             target = volume_id(obs.key, obs.uid, obs.backend.name, latest.revision + 1)
-            every = tuple((c.id, c.name) for c in obs.consumers)
             return _steps(obs, (MoveVolume(obs.volume_id, target, obs.size_bytes, users,
                                            _next_record(obs, _cause(obs), target)),),
                           "Resizing", "Copying", f"{verb} to {format_size(obs.size_bytes)}:"
                           f" copying into Docker volume {target}"
-                          + (f"; {len(every)} container(s) stopped meanwhile"
-                             if every else ""))
+                          + (f"; {len(users)} container(s) stopped meanwhile"
+                             if users else ""))
         online = grow or obs.backend.online_shrink
         return _steps(obs, (ResizeVolume(obs.volume_id, obs.size_bytes, online, users),),
                       "Resizing", "Growing" if grow else "Shrinking",
