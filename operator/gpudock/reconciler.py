@@ -13,7 +13,6 @@ import datetime
 import fcntl
 import functools
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +21,7 @@ from typing import Any
 from gpudock import metrics
 from gpudock.adapters import host_paths, host_ports
 from gpudock.adapters.docker_runtime import DiskFullError, DockerRuntime, HostPortBusyError
+from gpudock.adapters.filesystem_info import free_bytes
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import gpu_replica_set, ownership, sized_volume
@@ -429,8 +429,7 @@ class ReplicaSetReconciler:
             raise DiskFullError(f"saving the disk of {name} needs about {_mib(needed)} in "
                                 f"Docker's root directory; {_mib(free)} are free. Free "
                                 "some space on the node; the instance keeps running")
-        state = os.statvfs(self._settings.state_dir)
-        if state.f_bavail * state.f_frsize < STATE_MARGIN:
+        if free_bytes(self._settings.state_dir) < STATE_MARGIN:
             raise DiskFullError(f"the agent's state directory {self._settings.state_dir} "
                                 "is full; the instance keeps running")
 

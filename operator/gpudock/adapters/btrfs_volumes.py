@@ -9,15 +9,10 @@ are off; a root that is not btrfs is refused at start.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from gpudock.adapters.volume_backends import (
-    VolumeToolError,
-    bind_options,
-    mount_of,
-    run_tool,
-)
+from gpudock.adapters.filesystem_info import free_bytes, mount_of
+from gpudock.adapters.volume_backends import VolumeToolError, bind_options, run_tool
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
@@ -51,8 +46,7 @@ class BtrfsBackend:
         return bind_options(self.path(volume))
 
     def free_bytes(self) -> int:
-        info = os.statvfs(self.root)
-        return info.f_bavail * info.f_frsize
+        return free_bytes(self.root)
 
     def _subvolume_id(self, volume: str) -> int | None:
         path = self.path(volume)

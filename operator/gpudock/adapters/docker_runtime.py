@@ -22,6 +22,7 @@ import docker.errors
 import docker.types
 import requests.exceptions
 
+from gpudock.adapters.filesystem_info import free_bytes
 from gpudock.api import gpu_replica_set
 from gpudock.api.gpu_replica_set import Protocol
 from gpudock.core import labels
@@ -205,10 +206,9 @@ class DockerRuntime:
         when the agent cannot see that directory (then no estimate is made)."""
         root = self._call("info", lambda: self.client.info()).get("DockerRootDir")
         try:
-            info = os.statvfs(str(root))
+            return free_bytes(str(root))
         except (OSError, TypeError):
             return None
-        return info.f_bavail * info.f_frsize
 
     def remove_dangling_images(self, namespace: str, name: str) -> int:
         """Remove untagged images a failed save of this resource left behind (a saved

@@ -23,6 +23,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gpudock.adapters.filesystem_info import mounts
 from gpudock.api.paths import is_under
 from gpudock.errors import UserError
 
@@ -74,15 +75,5 @@ def _mount_points_between(root: str, path: str) -> list[str]:
             if point != root and is_under(point, root) and is_under(path, point)]
 
 
-def _mount_points(mountinfo: str = "/proc/self/mountinfo") -> Sequence[str]:
-    try:
-        with open(mountinfo) as handle:
-            lines = handle.readlines()
-    except OSError:  # pragma: no cover - every Linux has it
-        return ()
-    # Field 5 is the mount point, with spaces and the like written as octal escapes.
-    return [_unescape(line.split()[4]) for line in lines if len(line.split()) > 4]
-
-
-def _unescape(text: str) -> str:
-    return text.encode().decode("unicode_escape") if "\\" in text else text
+def _mount_points() -> Sequence[str]:
+    return [m.mount_point for m in mounts()]

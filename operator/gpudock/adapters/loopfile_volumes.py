@@ -15,6 +15,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from gpudock.adapters.filesystem_info import free_bytes, mounts
 from gpudock.adapters.volume_backends import VolumeToolError, bind_options
 from gpudock.adapters.volume_backends import run_tool as _run
 from gpudock.core.volumes import BackendState
@@ -51,11 +52,7 @@ class LoopfileBackend:
     def _device(self, volume: str) -> str | None:
         """The loop device the mount point sits on, or None when not mounted."""
         target = str(self.path(volume))
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            fields = line.split()
-            if fields[4] == target:
-                return line.split(" - ", 1)[1].split()[1]
-        return None
+        return next((m.source for m in mounts() if m.mount_point == target), None)
 
     def state(self, volume: str) -> BackendState | None:
         image = self._image(volume)
@@ -81,8 +78,7 @@ class LoopfileBackend:
 
     def free_bytes(self) -> int:
         self.root.mkdir(parents=True, exist_ok=True)
-        info = os.statvfs(self.root)
-        return info.f_bavail * info.f_frsize
+        return free_bytes(self.root)
 
     def create(self, volume: str, size_bytes: int) -> None:
         image = self._image(volume)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -45,31 +44,6 @@ def run_tool(*argv: str, timeout: float = 600, ok: tuple[int, ...] = (0,)) -> st
 def bind_options(path: Path) -> dict[str, str]:
     """The local driver's options for a Docker volume that binds a host directory."""
     return {"type": "none", "o": "bind", "device": str(path)}
-
-
-@dataclass(frozen=True)
-class MountInfo:
-    mount_point: str
-    fstype: str
-    options: frozenset[str]  # the mount's and the filesystem's options together
-
-
-def mount_of(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> MountInfo:
-    """The mount a path lives on (the longest mount point above its real path)."""
-    real = os.path.realpath(path)
-    best: MountInfo | None = None
-    for line in mountinfo.read_text().splitlines():
-        head, _, tail = line.partition(" - ")
-        fields, rest = head.split(), tail.split()
-        point = fields[4].replace("\\040", " ")
-        inside = real == point or real.startswith(point.rstrip("/") + "/")
-        if inside and (best is None or len(point) >= len(best.mount_point)):
-            options = set(fields[5].split(",")) | set(rest[2].split(",") if len(rest) > 2
-                                                       else ())
-            best = MountInfo(point, rest[0], frozenset(options))
-    if best is None:
-        raise UserError("VolumeRootUnusable", f"{path}: not on any mounted filesystem")
-    return best
 
 
 def tree_bytes(path: Path) -> int:

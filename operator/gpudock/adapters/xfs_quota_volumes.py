@@ -13,12 +13,12 @@ line). The agent refuses at start when the root is not XFS with project quota.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from gpudock.adapters.docker_runtime import DockerRuntime
-from gpudock.adapters.volume_backends import VolumeToolError, mount_of, run_tool
+from gpudock.adapters.filesystem_info import free_bytes, mount_of
+from gpudock.adapters.volume_backends import VolumeToolError, run_tool
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
@@ -53,8 +53,7 @@ class XfsQuotaBackend:
         return None  # the backend's volume is the Docker volume
 
     def free_bytes(self) -> int:
-        info = os.statvfs(self.root)
-        return info.f_bavail * info.f_frsize
+        return free_bytes(self.root)
 
     def _directory(self, volume: str) -> str | None:
         info = self._docker.volume_info(volume)
