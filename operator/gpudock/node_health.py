@@ -9,14 +9,15 @@ A resource bound to a live agent is never touched here: that agent writes its st
 from __future__ import annotations
 
 import contextlib
-import os
 
 from gpudock import __version__, metrics
 from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
+from gpudock.adapters.volume_backends import open_volume_backend
 from gpudock.api import exec_request, gpu_replica_set, image_commit, ownership, sized_volume
 from gpudock.core.gpu_node import gpu_node_status, node_verdict, unreachable_status
 from gpudock.core.gpus import GpuInventory
+from gpudock.errors import GpudockError
 from gpudock.exec_requests import failed
 from gpudock.settings import Settings
 
@@ -29,11 +30,13 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
     status = gpu_node_status(inventory.list_gpus(), docker.list_containers(),
                              (settings.port_range.first, settings.port_range.last),
                              __version__, now)
-    # SizedVolumes are not provisioned yet (#10): no backend; the space is the state
-    # dir's, where the default (loopfile) backend will keep its files.
-    state = os.statvfs(settings.state_dir) if settings.state_dir.exists() else None
-    status["volumes"] = {"backend": "none",
-                         "freeBytes": state.f_bavail * state.f_frsize if state else None}
+    # New SizedVolumes go to the node's backend; the room is where it makes them.
+    try:
+        free: int | None = open_volume_backend(settings.volume_backend,
+                                               settings.volumes_at, docker).free_bytes()
+    except (OSError, GpudockError):
+        free = None
+    status["volumes"] = {"backend": settings.volume_backend, "freeBytes": free}
     kube.write_cluster_status(PLURAL, KIND, settings.node_name, status)
     metrics.GPUS_TOTAL.labels(settings.node_name).set(status["gpusTotal"])
     metrics.GPUS_ALLOCATED.labels(settings.node_name).set(status["gpusAllocated"])
