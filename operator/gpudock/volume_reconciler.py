@@ -52,10 +52,6 @@ class VolumeReconciler:
             self._backends[(name, root)] = backend
         return self._backends[(name, root)]
 
-    def check_default(self) -> None:
-        """Refuse at start a --volume-backend the node cannot serve."""
-        self.backend(*self._default)
-
     def reconcile(self, body: Mapping[str, Any],
                   progress: Callable[[dict[str, Any]], None],
                   event: Callable[[str, str, str], None] = lambda *_: None,
