@@ -46,27 +46,26 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         return retained_commands.run_history(args, out)
     kube = KubeApi(args.kubeconfig, in_cluster=False)
     namespace = args.namespace or kube.default_namespace
-    kind, _, volume = args.name.rpartition("/")
+    kind, _, name = args.name.rpartition("/")
     if kind in VOLUME_KINDS:
         if args.command != "history":
             print("error: a SizedVolume is not rolled back: set its spec.size",
                   file=sys.stderr)
             return 2
         try:
-            return volume_history(kube, namespace, volume, out)
+            return volume_history(kube, namespace, name, out)
         except ObjectNotFoundError:
-            print(f"error: sizedvolume {namespace}/{volume} not found", file=sys.stderr)
+            print(f"error: sizedvolume {namespace}/{name} not found", file=sys.stderr)
             return 1
     if kind not in ("", "grs", "gpureplicaset", "gpureplicasets"):
         print(f"error: {args.name}: give a GpuReplicaSet or svol/NAME", file=sys.stderr)
         return 2
-    args.name = volume
     try:
         if args.command == "history":
-            return history(kube, namespace, args.name, out)
-        return rollback(kube, namespace, args.name, args.to_revision, args.wait, out)
+            return history(kube, namespace, name, out)
+        return rollback(kube, namespace, name, args.to_revision, args.wait, out)
     except ObjectNotFoundError:
-        print(f"error: gpureplicaset {namespace}/{args.name} not found", file=sys.stderr)
+        print(f"error: gpureplicaset {namespace}/{name} not found", file=sys.stderr)
     except GpudockError as exc:
         print(f"error: {exc}", file=sys.stderr)
     return 1

@@ -14,6 +14,7 @@ import argparse
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from pathlib import Path
 from gpudock.adapters import tree_copy
 from gpudock.adapters.btrfs_volumes import BtrfsBackend
 from gpudock.adapters.loopfile_volumes import LoopfileBackend
+from gpudock.retained_commands import table
 from tests.stack import filesystems
 
 MiB = 2**20
@@ -115,9 +117,7 @@ def main() -> None:
             rows.append((f"{data} MiB", f"{lg:.2f}s", f"{ls:.2f}s", f"{bg:.3f}s",
                          f"{bs:.3f}s", f"{bare:.2f}s", f"{copied + verified:.2f}s",
                          f"{verified:.2f}s", f"{(copied + verified) / bare:.2f}x"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    table(rows, sys.stdout)
 
 
 if __name__ == "__main__":
