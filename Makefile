@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export GPUDOCK_VENV := $(VENV)
 
-.PHONY: run test prereqs check bench-volumes
+.PHONY: run test prereqs check bench-volumes image chart-lint manifests helm-install helm-upgrade helm-uninstall
 run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foreground
 	$(PY) -m tests.stack up
 
@@ -20,3 +20,22 @@ check: prereqs  ## the static checks alone
 
 bench-volumes: prereqs  ## SizedVolume grow/shrink time per backend, copy vs cp -a (prints a table)
 	$(PY) -m tests.bench.volume_resize
+
+image: prereqs  ## the agent image gpudock/agent:<version> in $$DOCKER_HOST's engine (cached)
+	bash image/build.sh
+
+chart-lint: prereqs  ## helm lint of Chart/ (helm-python-sdk) and manifests/ against its render
+	$(PY) -m tests.stack.helm_chart lint
+	$(PY) -m tests.stack.helm_chart check-manifests
+
+manifests: prereqs  ## render manifests/ from Chart/ with default values
+	$(PY) -m tests.stack.helm_chart manifests
+
+helm-install: prereqs  ## install Chart/ into $$KUBECONFIG's cluster (VALUES=file for values)
+	$(PY) -m tests.stack.helm_chart install $(if $(VALUES),--values $(VALUES))
+
+helm-upgrade: prereqs  ## upgrade the release (VALUES=file); apply Chart/crds/ first on a new version
+	$(PY) -m tests.stack.helm_chart upgrade $(if $(VALUES),--values $(VALUES))
+
+helm-uninstall: prereqs  ## remove the release; CRDs, resources and containers stay
+	$(PY) -m tests.stack.helm_chart uninstall

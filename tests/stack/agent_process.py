@@ -8,10 +8,10 @@ import time
 import urllib.request
 from collections.abc import Mapping, Sequence
 
-from tests.stack.localstack import LocalStack
+from tests.stack.localstack import NODE_NAME, LocalStack
 from tests.stack.processes import ManagedProcess, free_port
 
-NODE_NAME = "gpu-node-1"
+__all__ = ["NODE_NAME", "AgentProcess"]
 
 
 class AgentProcess:

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything the local stack and the tests need, idempotently:
 #   - Debian packages (dockerd, etcd, Go toolchain, busybox, e2fsprogs, btrfs-progs, gcc, ...)
-#   - kube-apiserver and kubectl built from Debian's `kubernetes` source package,
-#     cached outside the repo under $GPUDOCK_CACHE, keyed by the source version.
+#   - kube-apiserver, kubectl, kubelet, kube-controller-manager, kube-scheduler and the
+#     pause binary built from Debian's `kubernetes` source package, cached outside the
+#     repo under $GPUDOCK_CACHE, keyed by the source version.
 #   - the gpudock package with its test extra, editable, in a virtual environment
 #     ($GPUDOCK_VENV, default .venv in the repo).
 # Safe to run again: each step checks before it works.
@@ -11,7 +12,7 @@ set -euo pipefail
 CACHE="${GPUDOCK_CACHE:-/var/cache/gpudock}"
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 APT_PACKAGES=(docker.io etcd-server golang-go rsync jq golang-github-modern-go-reflect2-dev
-              busybox-static e2fsprogs btrfs-progs gcc make dpkg-dev)
+              busybox-static e2fsprogs btrfs-progs gcc make dpkg-dev debootstrap iptables)
 log() { printf '[install-prereqs] %s\n' "$*" >&2; }
 
 export DEBIAN_FRONTEND=noninteractive
@@ -30,7 +31,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# --- kube-apiserver + kubectl from Debian's kubernetes source -----------------------
+# --- Kubernetes binaries from Debian's kubernetes source ----------------------------
+# kube-apiserver and kubectl for every test; kubelet, kube-controller-manager and
+# kube-scheduler for the real node (tests/stack/node.py). Only missing ones are built.
 # deb-src twin of the deb entries, so `apt-get source` can find the package.
 SRC_LIST=/etc/apt/sources.list.d/gpudock-deb-src.sources
 if [ ! -f "$SRC_LIST" ]; then
@@ -46,13 +49,16 @@ if [ ! -f "$version_file" ]; then
 fi
 K8S_VERSION="$(cat "$version_file")"
 BIN_DIR="$CACHE/kubernetes-$K8S_VERSION/bin"
-if [ -x "$BIN_DIR/kube-apiserver" ] && [ -x "$BIN_DIR/kubectl" ]; then
-  log "kube-apiserver and kubectl $K8S_VERSION: cached in $BIN_DIR"
+K8S_COMMANDS=(kube-apiserver kubectl kubelet kube-controller-manager kube-scheduler)
+want=()
+for c in "${K8S_COMMANDS[@]}"; do [ -x "$BIN_DIR/$c" ] || want+=("$c"); done
+if [ "${#want[@]}" = 0 ] && [ -x "$BIN_DIR/pause" ]; then
+  log "kubernetes $K8S_VERSION (${K8S_COMMANDS[*]}): cached in $BIN_DIR"
 else
   start=$(date +%s)
   BUILD="$CACHE/build-$K8S_VERSION"
   rm -rf "$BUILD"; mkdir -p "$BUILD"
-  log "building kube-apiserver and kubectl $K8S_VERSION in $BUILD (several minutes)"
+  log "building ${want[*]} $K8S_VERSION in $BUILD (cold: up to 25 minutes on 2 cores)"
   apt_update_once
   (cd "$BUILD" && apt-get source --download-only -qq "kubernetes=$K8S_VERSION" >/dev/null)
   orig=$(ls "$BUILD"/kubernetes_*.orig.tar.* | head -n1)
@@ -62,13 +68,23 @@ else
   # Go 1.19 + the vendored reflect2 crash on the first custom resource; use Debian's.
   rm -rf vendor/github.com/modern-go/reflect2
   cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 vendor/github.com/modern-go/reflect2
+  # These VMs lack CAP_SYS_RESOURCE: runc cannot set the negative OOM score (-998) that
+  # dockershim asks for pod sandboxes. 0 keeps them ordinary (Guaranteed pods get 0 in 1.20).
+  sandbox=pkg/kubelet/dockershim/docker_sandbox.go
+  sed -i -e 's/^\(\s*defaultSandboxOOMAdj\s*int\s*=\s*\)-998/\10/' "$sandbox"
+  grep -Eq 'defaultSandboxOOMAdj\s+int\s*=\s*0$' "$sandbox" \
+    || { log "could not patch $sandbox"; exit 1; }
   mkdir -p .go/src/k8s.io && ln -sfn ../../.. .go/src/k8s.io/kubernetes
-  env GOPATH="$PWD/.go" GOCACHE="$CACHE/go-build-cache" CGO_ENABLED=0 \
-      make WHAT="cmd/kube-apiserver cmd/kubectl" >"$BUILD/build.log" 2>&1 \
-      || { tail -n 50 "$BUILD/build.log" >&2; exit 1; }
-  mkdir -p "$BIN_DIR.tmp"
-  cp _output/bin/kube-apiserver _output/bin/kubectl "$BIN_DIR.tmp/"
-  rm -rf "$BIN_DIR"; mv "$BIN_DIR.tmp" "$BIN_DIR"
+  targets=""; for c in ${want[@]+"${want[@]}"}; do targets="$targets cmd/$c"; done
+  if [ -n "$targets" ]; then
+    env GOPATH="$PWD/.go" CGO_ENABLED=0 \
+        make WHAT="${targets# }" >"$BUILD/build.log" 2>&1 \
+        || { tail -n 50 "$BUILD/build.log" >&2; exit 1; }
+  fi
+  # the pause container of pod sandboxes, from the same tree (tests/stack/node.py)
+  mkdir -p "$BIN_DIR"
+  gcc -Os -static -o "$BIN_DIR/pause.tmp" build/pause/linux/pause.c && mv "$BIN_DIR/pause.tmp" "$BIN_DIR/pause"
+  for c in ${want[@]+"${want[@]}"}; do cp _output/bin/"$c" "$BIN_DIR/$c.tmp" && mv "$BIN_DIR/$c.tmp" "$BIN_DIR/$c"; done
   cd /; rm -rf "$BUILD"
   log "built in $(( $(date +%s) - start ))s"
 fi

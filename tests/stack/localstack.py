@@ -28,11 +28,13 @@ from types import TracebackType
 
 import docker
 
+from tests.stack.node import KubeNode
 from tests.stack.processes import ManagedProcess, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(os.environ.get("GPUDOCK_CACHE", "/var/cache/gpudock"))
 KUBE_BIN_DIR = CACHE_DIR / "kubernetes-bin"
+NODE_NAME = "gpu-node-1"  # the node the examples name; the agent's and the kubelet's
 ADMIN_TOKEN = "gpudock-admin-token"
 AGENT_TOKEN = "gpudock-agent-token"
 AGENT_USER = "gpudock-agent"
@@ -47,7 +49,10 @@ CUDA_LIKE_IMAGE = "nvidia/cuda:12.4.1-base-ubuntu22.04"
 
 
 class LocalStack:
-    def __init__(self, base_dir: Path | None = None) -> None:
+    """``node=True`` adds a real node (tests/stack/node.py): kubelet, controller-manager
+    and scheduler, so pods (the agent's DaemonSet) run on the stack's dockerd."""
+
+    def __init__(self, base_dir: Path | None = None, *, node: bool = False) -> None:
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="gpudock-stack-", dir="/tmp"))
         self.processes: dict[str, ManagedProcess] = {}
         self.etcd_port = 0
@@ -58,6 +63,9 @@ class LocalStack:
         self.kubeconfig = self.base_dir / "kubeconfig"
         self.agent_kubeconfig = self.base_dir / "agent-kubeconfig"
         self.docker_socket = self.base_dir / "docker.sock"
+        self.bridge_ip = ""
+        self.with_node = node
+        self.node: KubeNode | None = None
 
     # ------------------------------------------------------------------ public API
     @property
@@ -108,6 +116,8 @@ class LocalStack:
             self._start_dockerd()
             self._import_test_images()
             self.apply_crds()
+            if self.with_node:
+                self.node = KubeNode(self, NODE_NAME).start()
         except BaseException:
             self.stop()
             raise
@@ -115,6 +125,8 @@ class LocalStack:
 
     def stop(self) -> None:
         """Tear everything down; safe to call twice and after a failed start."""
+        if self.node is not None:
+            self.node.stop_processes()
         dockerd = self.processes.get("dockerd")
         if dockerd is not None and dockerd.alive():
             with contextlib.suppress(Exception):
@@ -129,6 +141,9 @@ class LocalStack:
         for process in self.processes.values():
             process.stop()
         self.processes.clear()
+        if self.node is not None:
+            self.node.undo_machine_changes()
+            self.node = None
         if self._bridge_created:
             subprocess.run(["ip", "link", "delete", self.bridge], check=False,
                            capture_output=True)
@@ -163,6 +178,9 @@ class LocalStack:
     # ------------------------------------------------------------------ components
     def _check_prerequisites(self) -> None:
         needed = [KUBE_BIN_DIR / "kube-apiserver", KUBE_BIN_DIR / "kubectl"]
+        if self.with_node:
+            needed += [KUBE_BIN_DIR / name for name in (
+                "kubelet", "kube-controller-manager", "kube-scheduler", "pause")]
         missing = [str(p) for p in needed if not p.exists()]
         missing += [tool for tool in ("etcd", "dockerd", "busybox", "openssl", "ip",
                                       "mkfs.ext4")
@@ -171,7 +189,7 @@ class LocalStack:
             raise RuntimeError(f"missing {', '.join(missing)}: run "
                                "tests/stack/install-prereqs.sh first")
 
-    def _spawn(self, name: str, argv: Sequence[str]) -> ManagedProcess:
+    def spawn(self, name: str, argv: Sequence[str]) -> ManagedProcess:
         log = self.base_dir / "logs" / f"{name}.log"
         if name in self.processes or log.exists():  # started again: keep the first log
             log = log.with_name(f"{name}-{time.monotonic_ns()}.log")
@@ -182,7 +200,7 @@ class LocalStack:
     def _start_etcd(self) -> None:
         self.etcd_port, peer_port = free_port(), free_port()
         peer = f"http://127.0.0.1:{peer_port}"
-        etcd = self._spawn("etcd", [
+        etcd = self.spawn("etcd", [
             "etcd", "--name", "gpudock", "--data-dir", str(self.base_dir / "etcd"),
             "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
@@ -210,8 +228,14 @@ class LocalStack:
             f"--service-account-key-file={sa_key}",
             f"--service-account-signing-key-file={sa_key}",
             "--service-cluster-ip-range=10.96.0.0/24",
-            "--disable-admission-plugins=ServiceAccount", "--v=1",
+            "--v=1",
         ]
+        if self.with_node:  # pods get service-account tokens; the agent is privileged
+            # InternalIP: no DNS lookup of the node's name (nothing may leave the machine)
+            self._apiserver_argv += ["--allow-privileged=true",
+                                     "--kubelet-preferred-address-types=InternalIP"]
+        else:
+            self._apiserver_argv.append("--disable-admission-plugins=ServiceAccount")
         self.start_apiserver_again()
         server = f"https://127.0.0.1:{self.apiserver_port}"
         self.kubeconfig.write_text(_kubeconfig(server, "admin", ADMIN_TOKEN))
@@ -225,7 +249,7 @@ class LocalStack:
 
     def start_apiserver_again(self) -> None:
         """Start the API server (again) on the same port and certificates."""
-        apiserver = self._spawn("kube-apiserver", self._apiserver_argv)
+        apiserver = self.spawn("kube-apiserver", self._apiserver_argv)
         server = f"https://127.0.0.1:{self.apiserver_port}"
         apiserver.wait_until(lambda: _http_ok(f"{server}/readyz", token=ADMIN_TOKEN), 120,
                              "readiness")
@@ -234,10 +258,12 @@ class LocalStack:
         subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
         self._bridge_created = True
         subnet = _free_bridge_subnet()
-        subprocess.run(["ip", "addr", "add", f"{subnet}.1/24", "dev", self.bridge], check=True)
+        self.bridge_ip = f"{subnet}.1"
+        subprocess.run(["ip", "addr", "add", f"{self.bridge_ip}/24", "dev", self.bridge],
+                       check=True)
         subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
         self._mount_docker_root()
-        dockerd = self._spawn("dockerd", [
+        dockerd = self.spawn("dockerd", [
             "dockerd", "--data-root", str(self.docker_root),
             "--exec-root", str(self.base_dir / "docker-exec"),
             "-H", self.docker_host, "--pidfile", str(self.base_dir / "docker.pid"),
@@ -262,6 +288,17 @@ class LocalStack:
         self.docker_root.mkdir()
         subprocess.run(["mount", "-o", "loop", str(image), str(self.docker_root)],
                        check=True, capture_output=True)
+        if self.with_node:  # the agent's pod mounts it with HostToContainer propagation
+            subprocess.run(["mount", "--make-shared", str(self.docker_root)], check=True)
+
+    def shared_dir(self, name: str) -> Path:
+        """A directory under the stack that is a shared mount of its own, so a pod can
+        mount it with Bidirectional propagation (this machine's / is private)."""
+        path = self.base_dir / name
+        path.mkdir(exist_ok=True)
+        subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+        subprocess.run(["mount", "--make-shared", str(path)], check=True)
+        return path
 
     def _docker_pings(self) -> bool:
         if not self.docker_socket.exists():

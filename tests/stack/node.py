@@ -1,0 +1,210 @@
+"""A real Kubernetes node for a LocalStack: kubelet (dockershim on the stack's own
+dockerd), kube-controller-manager and kube-scheduler, built from the same Debian
+source as kube-apiserver (tests/stack/install-prereqs.sh).
+
+Machine-wide changes, each undone by ``stop()`` (also after a failed start):
+  - iptables: FORWARD from the stack's bridge to anything but itself is dropped, and
+    the host's own packets to the service range (where nothing answers: no kube-proxy)
+    too, so no packet leaves the machine. The rules carry a comment naming this stack
+    and only rules with that comment are removed.
+  - sysctls the kubelet sets (vm.overcommit_memory, kernel.panic, kernel.panic_on_oops)
+    are saved before it starts and written back.
+  - a cgroup per v1 hierarchy (the kubelet's --cgroup-root), removed bottom-up.
+  - /var/lib/kubelet/device-plugins, /var/log/pods and /var/log/containers, which the
+    kubelet makes whatever its --root-dir: removed if this node made them. So only one
+    node runs on a machine at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tests.stack.processes import free_port
+
+if TYPE_CHECKING:
+    from tests.stack.localstack import LocalStack
+
+PAUSE_IMAGE = "gpudock-test/pause:1"
+SERVICE_RANGE = "10.96.0.0/24"
+KUBELET_SYSCTLS = ("vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops")
+KUBELET_HOST_DIRS = (Path("/var/lib/kubelet"), Path("/var/log/pods"),
+                     Path("/var/log/containers"))
+NODE_LABEL = "gpudock.dev/gpu-node=true"
+
+
+class KubeNode:
+    def __init__(self, stack: LocalStack, name: str) -> None:
+        self.stack = stack
+        self.name = name
+        self.base = stack.base_dir / "node"
+        self.cgroup_root = f"gpudock-{stack.bridge}"
+        self.comment = f"gpudock-stack {stack.base_dir.name}"
+        self.kubelet_port = 0
+        self._sysctls: dict[str, str] = {}
+        self._made_dirs: list[Path] = []
+        self._rules: list[list[str]] = []
+        self._cgroups: list[Path] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> KubeNode:
+        try:
+            self.base.mkdir()
+            self._drop_traffic_leaving_the_machine()
+            self._save_sysctls()
+            self._make_cgroups()
+            self._import_pause_image()
+            self._start_controller_manager()
+            self._start_scheduler()
+            self._start_kubelet()
+            self._wait_ready()
+        except BaseException:
+            self.stop_processes()
+            self.undo_machine_changes()
+            raise
+        return self
+
+    def stop_processes(self) -> None:
+        """Stop the kubelet first, so nothing restarts the pods being removed."""
+        for name in ("kubelet", "kube-scheduler", "kube-controller-manager"):
+            process = self.stack.processes.pop(name, None)
+            if process is not None:
+                process.stop()
+
+    def undo_machine_changes(self) -> None:
+        """Once no container of the node is left: cgroups, sysctls, rules, host dirs."""
+        for cgroup in sorted(self._cgroups, key=lambda p: len(p.parts), reverse=True):
+            _remove_cgroup_tree(cgroup)
+        self._cgroups.clear()
+        for key, value in self._sysctls.items():
+            subprocess.run(["sysctl", "-q", "-w", f"{key}={value}"], check=False)
+        self._sysctls.clear()
+        for rule in self._rules:
+            subprocess.run(["iptables", "-D", *rule], check=False, capture_output=True)
+        self._rules.clear()
+        for made in self._made_dirs:
+            shutil.rmtree(made, ignore_errors=True)
+        self._made_dirs.clear()
+
+    # ------------------------------------------------------------------ steps
+    def _drop_traffic_leaving_the_machine(self) -> None:
+        bridge = self.stack.bridge
+        tag = ["-m", "comment", "--comment", self.comment]
+        for rule in (["FORWARD", "-i", bridge, "!", "-o", bridge, *tag, "-j", "DROP"],
+                     ["OUTPUT", "-d", SERVICE_RANGE, *tag, "-j", "DROP"]):
+            subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
+            self._rules.append(rule)
+
+    def _save_sysctls(self) -> None:
+        for key in KUBELET_SYSCTLS:
+            self._sysctls[key] = subprocess.run(
+                ["sysctl", "-n", key], capture_output=True, text=True, check=True).stdout.strip()
+        for directory in KUBELET_HOST_DIRS:
+            if not directory.exists():
+                self._made_dirs.append(directory)
+
+    def _make_cgroups(self) -> None:
+        """The kubelet's cgroupfs driver wants --cgroup-root in every v1 hierarchy."""
+        with open("/proc/self/mountinfo") as mountinfo:
+            points = {line.split(" - ")[0].split()[4] for line in mountinfo
+                      if line.split(" - ")[1].startswith("cgroup ")}
+        for point in sorted(points):
+            cgroup = Path(point) / self.cgroup_root
+            cgroup.mkdir(exist_ok=True)
+            self._cgroups.append(cgroup)
+
+    def _import_pause_image(self) -> None:
+        """The pod sandbox's image: the pause binary the prerequisites built."""
+        from tests.stack.localstack import KUBE_BIN_DIR
+
+        with tempfile.TemporaryDirectory() as tmp:
+            tarball = Path(tmp) / "pause.tar"
+            with tarfile.open(tarball, "w") as tar:
+                tar.add(KUBE_BIN_DIR / "pause", arcname="pause")
+            client = self.stack.docker_client()
+            try:
+                repository, tag = PAUSE_IMAGE.split(":")
+                client.api.import_image(str(tarball), repository=repository, tag=tag,
+                                        changes=['ENTRYPOINT ["/pause"]'])
+            finally:
+                client.close()
+
+    def _start_controller_manager(self) -> None:
+        from tests.stack.localstack import KUBE_BIN_DIR
+
+        pki = self.stack.base_dir / "pki"
+        self.stack.spawn("kube-controller-manager", [
+            str(KUBE_BIN_DIR / "kube-controller-manager"),
+            f"--kubeconfig={self.stack.kubeconfig}", "--leader-elect=false",
+            "--port=0", "--secure-port=0",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--root-ca-file={pki / 'apiserver.crt'}", "--v=1",
+        ])
+
+    def _start_scheduler(self) -> None:
+        from tests.stack.localstack import KUBE_BIN_DIR
+
+        self.stack.spawn("kube-scheduler", [
+            str(KUBE_BIN_DIR / "kube-scheduler"), f"--kubeconfig={self.stack.kubeconfig}",
+            "--leader-elect=false", "--port=0", "--secure-port=0", "--v=1",
+        ])
+
+    def _start_kubelet(self) -> None:
+        from tests.stack.localstack import KUBE_BIN_DIR
+
+        self.kubelet_port = free_port()
+        ip = self.stack.bridge_ip
+        self.stack.spawn("kubelet", [
+            str(KUBE_BIN_DIR / "kubelet"), f"--kubeconfig={self.stack.kubeconfig}",
+            f"--hostname-override={self.name}", f"--node-ip={ip}", f"--address={ip}",
+            f"--port={self.kubelet_port}", "--healthz-port=0", "--read-only-port=0",
+            "--container-runtime=docker", f"--docker-endpoint={self.stack.docker_host}",
+            f"--pod-infra-container-image={PAUSE_IMAGE}",
+            "--cgroup-driver=cgroupfs", f"--cgroup-root=/{self.cgroup_root}",
+            "--fail-swap-on=false", "--oom-score-adj=0",
+            f"--root-dir={self.base / 'kubelet'}", f"--cert-dir={self.base / 'pki'}",
+            f"--volume-plugin-dir={self.base / 'volume-plugins'}",
+            f"--experimental-dockershim-root-directory={self.base / 'dockershim'}",
+            "--make-iptables-util-chains=false", f"--node-labels={NODE_LABEL}",
+            # The stack's dockerd also holds gpudock's saved disks (images no pod uses):
+            # the kubelet's image garbage collection must never remove them.
+            "--image-gc-high-threshold=100", "--image-gc-low-threshold=99",
+            "--eviction-hard=memory.available<100Mi,nodefs.available<1%,imagefs.available<1%",
+            "--sync-frequency=10s", "--v=1",
+        ])
+
+    def _wait_ready(self) -> None:
+        from tests.stack.localstack import wait_for
+
+        def ready() -> bool:
+            found = self.stack.kubectl("get", "node", self.name, "-o", "json", check=False)
+            if found.returncode != 0:
+                return False
+            conditions = json.loads(found.stdout).get("status", {}).get("conditions", [])
+            return any(c.get("type") == "Ready" and c.get("status") == "True"
+                       for c in conditions)
+
+        for name in ("kubelet", "kube-controller-manager", "kube-scheduler"):
+            process = self.stack.processes[name]
+            if not process.alive():
+                raise RuntimeError(f"{name} exited:\n{process.log_tail()}")
+        wait_for(ready, 90, 1, f"node {self.name} Ready")
+
+
+def _remove_cgroup_tree(cgroup: Path) -> None:
+    """rmdir a cgroup and its children, deepest first (a cgroup's files cannot be
+    removed, only its directory once it has no process and no child)."""
+    if not cgroup.is_dir():
+        return
+    children = sorted((Path(root) for root, _, _ in os.walk(cgroup)),
+                      key=lambda p: len(p.parts), reverse=True)
+    for child in children:
+        with contextlib.suppress(OSError):
+            child.rmdir()
