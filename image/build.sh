@@ -92,7 +92,6 @@ docker import \
   --change 'CMD ["agent"]' \
   --change 'ENV PATH=/opt/gpudock/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
   --change 'ENV PYTHONUNBUFFERED=1' \
-  --change 'STOPSIGNAL SIGTERM' \
   --change "LABEL dev.gpudock.input-hash=$app_key" \
   --change "LABEL org.opencontainers.image.version=$VERSION" \
   --change 'LABEL org.opencontainers.image.title=gpudock-agent' \

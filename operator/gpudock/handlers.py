@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -19,7 +21,12 @@ import kopf
 from gpudock import metrics, node_health, volume_handlers
 from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.gpu_inventory import inventory_from_settings
-from gpudock.adapters.kube_api import KubeApi, KubeUnavailableError, ObjectNotFoundError
+from gpudock.adapters.kube_api import (
+    KubeApi,
+    KubeUnavailableError,
+    ObjectNotFoundError,
+    in_cluster_server,
+)
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.adapters.timed_store import TimedRevisionStore
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership
@@ -57,7 +64,14 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     settings: Settings = kwargs["memo"].settings
     if settings.kubeconfig:
         return kopf.login_with_kubeconfig(**kwargs)
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    in_cluster = kopf.login_with_service_account(**kwargs)
+    if in_cluster is None:
+        return kopf.login_with_kubeconfig(**kwargs)
+    # kopf names the server kubernetes.default.svc, which a host-network pod resolves
+    # only through cluster DNS; the address the kubelet injects needs no DNS (as
+    # client-go's and the kubernetes client's in-cluster configs use it).
+    server = in_cluster_server(os.environ)
+    return dataclasses.replace(in_cluster, server=server) if server else in_cluster
 
 
 @kopf.on.startup()

@@ -9,14 +9,18 @@ and uninstall act on the cluster that $KUBECONFIG names.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from helm_python import chart as helm_chart
 from helm_python.config import Config
+
+if TYPE_CHECKING:
+    from tests.stack.localstack import LocalStack
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "Chart"
@@ -88,6 +92,31 @@ def helm(kubeconfig: str | Path | None = None, namespace: str = NAMESPACE) -> Co
                   namespace=namespace)
 
 
+def local_stack_values(stack: LocalStack, state_dir: Path, **agent: Any) -> dict[str, Any]:
+    """Values that run the chart's agent on a LocalStack's node: the image built into
+    its dockerd (never pulled), that dockerd's socket and root, simulated GPUs, and the
+    API server where the host network reaches it (there is no kube-proxy)."""
+    return {
+        "image": {"pullPolicy": "Never"},
+        "docker": {"socket": str(stack.docker_socket), "dataRoot": str(stack.docker_root)},
+        "agent": {"gpuBackend": "simulated", "stateDir": str(state_dir),
+                  "stopTimeout": 5, **agent},
+        "apiServer": {"host": "127.0.0.1", "port": str(stack.apiserver_port)},
+    }
+
+
+def build_image(stack: LocalStack) -> None:
+    """``image/build.sh`` into the stack's dockerd (cached: seconds after the first)."""
+    subprocess.run(["bash", str(REPO_ROOT / "image" / "build.sh")], env=stack.env(),
+                   check=True)
+
+
+def release_status(release: Mapping[str, Any]) -> str:
+    """A release's status ("deployed", ...): the SDK returns a summary or a release."""
+    summary = release.get("summary", release)
+    return str(summary.get("status") or summary.get("info", {}).get("status"))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.stack.helm_chart")
     parser.add_argument("command", choices=["lint", "manifests", "check-manifests", "install",
@@ -120,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         client.uninstall(RELEASE)
         print(f"release {RELEASE} uninstalled (CRDs and resources kept)")
         return 0
-    print(f"release {release.get('name')} revision {release.get('version')}: "
-          f"{release.get('info', {}).get('status')}")
+    print(f"release {RELEASE}: {release_status(release)}")
     return 0
 
 

@@ -66,6 +66,7 @@ class LocalStack:
         self.bridge_ip = ""
         self.with_node = node
         self.node: KubeNode | None = None
+        self._shared: set[Path] = set()
 
     # ------------------------------------------------------------------ public API
     @property
@@ -168,6 +169,8 @@ class LocalStack:
                      *(f"crd/{plural}.gpudock.dev" for plural in (
                          "gpureplicasets", "sizedvolumes", "gpunodes", "execrequests",
                          "imagecommits")))
+        if self.with_node:  # the chart's release brings (and owns) the RBAC
+            return
         for manifest in ("rbac.yaml", "user-roles.yaml"):
             self.kubectl("apply", "-f", str(REPO_ROOT / "manifests" / manifest))
         # The agent runs with the chart's ClusterRole, bound to its own user, so the
@@ -263,11 +266,19 @@ class LocalStack:
                        check=True)
         subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
         self._mount_docker_root()
+        runtime = ["--add-runtime", "nvidia=/usr/sbin/runc"]
+        if self.with_node:  # the agent's pod is privileged: see tests/stack/runc_wrapper.py
+            wrapper = self.base_dir / "runc-wrapper"
+            wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} "
+                               f"{REPO_ROOT / 'tests/stack/runc_wrapper.py'} \"$@\"\n")
+            wrapper.chmod(0o755)
+            runtime = ["--add-runtime", f"nvidia={wrapper}", "--add-runtime",
+                       f"gpudock-runc={wrapper}", "--default-runtime", "gpudock-runc"]
         dockerd = self.spawn("dockerd", [
             "dockerd", "--data-root", str(self.docker_root),
             "--exec-root", str(self.base_dir / "docker-exec"),
             "-H", self.docker_host, "--pidfile", str(self.base_dir / "docker.pid"),
-            "--add-runtime", "nvidia=/usr/sbin/runc", "--bridge", self.bridge,
+            *runtime, "--bridge", self.bridge,
             "--iptables=false", "--ip-masq=false", "--ip6tables=false",
         ])
         dockerd.wait_until(self._docker_pings, 60, "API")
@@ -295,9 +306,11 @@ class LocalStack:
         """A directory under the stack that is a shared mount of its own, so a pod can
         mount it with Bidirectional propagation (this machine's / is private)."""
         path = self.base_dir / name
-        path.mkdir(exist_ok=True)
-        subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
-        subprocess.run(["mount", "--make-shared", str(path)], check=True)
+        if path not in self._shared:
+            path.mkdir(exist_ok=True)
+            subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+            subprocess.run(["mount", "--make-shared", str(path)], check=True)
+            self._shared.add(path)
         return path
 
     def _docker_pings(self) -> bool:

@@ -4,7 +4,7 @@ patches, reading a SizedVolume. Errors become gpudock's tiers."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
 import kubernetes
@@ -25,6 +25,16 @@ class KubeUnavailableError(TransientError):
 
 class ObjectNotFoundError(Exception):
     """The object does not exist (or no longer does)."""
+
+
+def in_cluster_server(environ: Mapping[str, str]) -> str | None:
+    """The API server's URL from KUBERNETES_SERVICE_HOST/PORT (None when unset), the
+    in-cluster address the kubelet gives every pod and Helm values can override."""
+    host = environ.get("KUBERNETES_SERVICE_HOST", "")
+    port = environ.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 @contextlib.contextmanager
