@@ -111,10 +111,11 @@ class KubeNode:
                 self._made_dirs.append(directory)
 
     def _make_cgroups(self) -> None:
-        """The kubelet's cgroupfs driver wants --cgroup-root in every v1 hierarchy."""
+        """The kubelet's cgroupfs driver wants --cgroup-root in every v1 hierarchy; runc
+        makes pods' cgroups in the unified (v2) one too, so all are removed at stop."""
         with open("/proc/self/mountinfo") as mountinfo:
             points = {line.split(" - ")[0].split()[4] for line in mountinfo
-                      if line.split(" - ")[1].startswith("cgroup ")}
+                      if line.split(" - ")[1].split()[0] in ("cgroup", "cgroup2")}
         for point in sorted(points):
             cgroup = Path(point) / self.cgroup_root
             cgroup.mkdir(exist_ok=True)

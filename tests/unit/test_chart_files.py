@@ -79,10 +79,12 @@ def test_values_become_agent_settings_and_host_mounts() -> None:
     assert container["args"] == ["agent", "--resync-seconds", "60"]
     assert container["image"] == "gpudock/agent:dev"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
-    assert mounts["/data"]["readOnly"] and mounts["/models"]["readOnly"]
+    assert mounts["/data"]["readOnly"]
+    assert mounts["/models"]["readOnly"]
     assert mounts["/mnt/vol"]["mountPropagation"] == "Bidirectional"
     assert mounts["/var/lib/gpudock"]["mountPropagation"] == "Bidirectional"
-    assert pod["hostNetwork"] and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["hostNetwork"]
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert pod["containers"][0]["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == \
         "spec.nodeName"
 
