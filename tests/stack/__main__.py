@@ -1,5 +1,10 @@
 """``python -m tests.stack up``: the local stack with the agent and the examples, in the
-foreground until Ctrl-C (or SIGTERM), then everything is torn down."""
+foreground until Ctrl-C (or SIGTERM), then everything is torn down.
+
+By default the stack runs a real node (kubelet on the stack's dockerd), the agent image
+is built into that dockerd and Chart/ is installed with Helm's engine, so the agent is
+the DaemonSet's pod, as on a cluster. ``--agent-process`` runs the agent as a plain
+process instead (no kubelet; what most tests do)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,14 @@ from pathlib import Path
 from types import FrameType
 
 from tests.stack.agent_process import NODE_NAME, AgentProcess
+from tests.stack.helm_chart import (
+    CHART_DIR,
+    NAMESPACE,
+    RELEASE,
+    build_image,
+    helm,
+    local_stack_values,
+)
 from tests.stack.localstack import KUBE_BIN_DIR, REPO_ROOT, LocalStack
 
 
@@ -20,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     up = commands.add_parser("up", help="run the stack, the agent and the examples")
     up.add_argument("--gpus", type=int, default=8, help="simulated GPUs (default 8)")
     up.add_argument("--no-examples", action="store_true", help="do not apply examples/")
+    up.add_argument("--agent-process", action="store_true",
+                    help="run the agent as a process, without a kubelet and the chart")
     args = parser.parse_args(argv)
 
     stopping = False
@@ -30,32 +45,45 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    with LocalStack() as stack:
-        allowed = stack.base_dir / "host-paths"
-        allowed.mkdir()
-        agent = AgentProcess(stack, gpus=args.gpus,
-                             extra_args=["--allowed-host-path", str(allowed)]).start()
+    with LocalStack(node=not args.agent_process) as stack:
+        allowed = stack.shared_dir("host-paths")
+        agent = None
+        if args.agent_process:
+            agent = AgentProcess(stack, gpus=args.gpus,
+                                 extra_args=["--allowed-host-path", str(allowed)]).start()
+            where = f"the agent process (log: {agent.log_path})"
+        else:
+            build_image(stack)
+            helm(stack.kubeconfig).install(
+                str(CHART_DIR), RELEASE, local_stack_values(
+                    stack, stack.shared_dir("agent-pod-state"), simulatedGpus=args.gpus,
+                    allowedHostPaths=[str(allowed)]),
+                namespace=NAMESPACE, create_namespace=True, wait="watcher", timeout=300)
+            where = (f"the agent DaemonSet's pod (kubectl -n {NAMESPACE} logs "
+                     f"ds/gpudock-agent)")
         try:
             if not args.no_examples:
                 for example in sorted((REPO_ROOT / "examples").glob("*.yaml")):
                     print(stack.kubectl("apply", "-f", str(example)).stdout.strip())
-            _print_banner(stack, agent, allowed)
+            _print_banner(stack, args.gpus, allowed, where)
             while not stopping:
-                if not agent.healthy() and agent.process and not agent.process.alive():
+                if agent and agent.process and not agent.process.alive():
                     print(f"the agent exited:\n{agent.process.log_tail()}", file=sys.stderr)
                     return 1
                 time.sleep(1)
         finally:
             print("stopping the agent and tearing the stack down ...")
-            agent.stop()
+            if agent:
+                agent.stop()
     print("done: no process, mount or container left behind")
     return 0
 
 
-def _print_banner(stack: LocalStack, agent: AgentProcess, allowed: Path) -> None:
+def _print_banner(stack: LocalStack, gpus: int, allowed: Path, where: str) -> None:
+    node = ", kubelet, controller-manager, scheduler" if stack.with_node else ""
     print(f"""
-gpudock local stack is up: etcd, kube-apiserver, dockerd and the agent for node
-{NODE_NAME} with {agent.argv[agent.argv.index('--simulated-gpus') + 1]} simulated GPUs.
+gpudock local stack is up: etcd, kube-apiserver, dockerd{node}, and the agent for node
+{NODE_NAME} with {gpus} simulated GPUs as {where}.
 In another shell:
 
   export KUBECONFIG={stack.kubeconfig}
@@ -67,7 +95,7 @@ In another shell:
   docker ps --format '{{{{.Names}}}} {{{{.Status}}}} {{{{.Ports}}}}'
   kubectl apply -f {REPO_ROOT / 'examples'}
 
-hostPath mounts are allowed under {allowed}. Agent log: {agent.log_path}
+hostPath mounts are allowed under {allowed}.
 Press Ctrl-C to stop; everything is removed.
 """, flush=True)
 
