@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 import kopf
 
@@ -17,7 +18,8 @@ logger = logging.getLogger(__name__)
 
 def run_agent(settings: Settings, *, verbose: bool = False) -> int:
     """Run until SIGTERM or SIGINT; kopf stops gracefully on either."""
-    logging.basicConfig(
+    logging.basicConfig(  # stdout: what `kubectl logs` and journald collect
+        stream=sys.stdout,
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
