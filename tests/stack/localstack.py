@@ -22,7 +22,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -30,6 +30,7 @@ import docker
 
 from tests.stack.node import KubeNode
 from tests.stack.processes import ManagedProcess, free_port
+from tests.stack.processes import wait_for as wait_for  # tests import it from here
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = Path(os.environ.get("GPUDOCK_CACHE", "/var/cache/gpudock"))
@@ -413,16 +414,3 @@ def _kubeconfig(server: str, user: str, token: str) -> str:
         "contexts": [{"name": "local", "context": {
             "cluster": "local", "user": user, "namespace": "default"}}],
     }, indent=2)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.5,
-             what: str = "condition") -> None:
-    """Poll ``predicate`` until it returns a truthy value."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

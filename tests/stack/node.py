@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tests.stack.processes import free_port
+from tests.stack.processes import free_port, wait_for
 
 if TYPE_CHECKING:
     from tests.stack.localstack import LocalStack
@@ -48,6 +48,7 @@ class KubeNode:
         self.cgroup_root = f"gpudock-{stack.bridge}"
         self.comment = f"gpudock-stack {stack.base_dir.name}"
         self.kubelet_port = 0
+        self.bin_dir = stack.kubectl_path.parent  # the cached Kubernetes binaries
         self._sysctls: dict[str, str] = {}
         self._made_dirs: list[Path] = []
         self._rules: list[list[str]] = []
@@ -123,12 +124,10 @@ class KubeNode:
 
     def _import_pause_image(self) -> None:
         """The pod sandbox's image: the pause binary the prerequisites built."""
-        from tests.stack.localstack import KUBE_BIN_DIR
-
         with tempfile.TemporaryDirectory() as tmp:
             tarball = Path(tmp) / "pause.tar"
             with tarfile.open(tarball, "w") as tar:
-                tar.add(KUBE_BIN_DIR / "pause", arcname="pause")
+                tar.add(self.bin_dir / "pause", arcname="pause")
             client = self.stack.docker_client()
             try:
                 repository, tag = PAUSE_IMAGE.split(":")
@@ -138,11 +137,9 @@ class KubeNode:
                 client.close()
 
     def _start_controller_manager(self) -> None:
-        from tests.stack.localstack import KUBE_BIN_DIR
-
         pki = self.stack.base_dir / "pki"
         self.stack.spawn("kube-controller-manager", [
-            str(KUBE_BIN_DIR / "kube-controller-manager"),
+            str(self.bin_dir / "kube-controller-manager"),
             f"--kubeconfig={self.stack.kubeconfig}", "--leader-elect=false",
             "--port=0", "--secure-port=0",
             f"--service-account-private-key-file={pki / 'sa.key'}",
@@ -150,20 +147,16 @@ class KubeNode:
         ])
 
     def _start_scheduler(self) -> None:
-        from tests.stack.localstack import KUBE_BIN_DIR
-
         self.stack.spawn("kube-scheduler", [
-            str(KUBE_BIN_DIR / "kube-scheduler"), f"--kubeconfig={self.stack.kubeconfig}",
+            str(self.bin_dir / "kube-scheduler"), f"--kubeconfig={self.stack.kubeconfig}",
             "--leader-elect=false", "--port=0", "--secure-port=0", "--v=1",
         ])
 
     def _start_kubelet(self) -> None:
-        from tests.stack.localstack import KUBE_BIN_DIR
-
         self.kubelet_port = free_port()
         ip = self.stack.bridge_ip
         self.stack.spawn("kubelet", [
-            str(KUBE_BIN_DIR / "kubelet"), f"--kubeconfig={self.stack.kubeconfig}",
+            str(self.bin_dir / "kubelet"), f"--kubeconfig={self.stack.kubeconfig}",
             f"--hostname-override={self.name}", f"--node-ip={ip}", f"--address={ip}",
             f"--port={self.kubelet_port}", "--healthz-port=0", "--read-only-port=0",
             "--container-runtime=docker", f"--docker-endpoint={self.stack.docker_host}",
@@ -182,8 +175,6 @@ class KubeNode:
         ])
 
     def _wait_ready(self) -> None:
-        from tests.stack.localstack import wait_for
-
         def ready() -> bool:
             found = self.stack.kubectl("get", "node", self.name, "-o", "json", check=False)
             if found.returncode != 0:
