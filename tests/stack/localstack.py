@@ -232,12 +232,12 @@ class LocalStack:
             f"--service-account-key-file={sa_key}",
             f"--service-account-signing-key-file={sa_key}",
             "--service-cluster-ip-range=10.96.0.0/24",
+            "--allow-privileged=true",  # the agent's DaemonSet is privileged
             "--v=1",
         ]
-        if self.with_node:  # pods get service-account tokens; the agent is privileged
+        if self.with_node:  # pods get service-account tokens
             # InternalIP: no DNS lookup of the node's name (nothing may leave the machine)
-            self._apiserver_argv += ["--allow-privileged=true",
-                                     "--kubelet-preferred-address-types=InternalIP"]
+            self._apiserver_argv += ["--kubelet-preferred-address-types=InternalIP"]
         else:
             self._apiserver_argv.append("--disable-admission-plugins=ServiceAccount")
         self.start_apiserver_again()
