@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.revisions import wait_settled
 from tests.stack.helm_chart import (
     CHART_DIR,
     NAMESPACE,
@@ -24,15 +25,12 @@ from tests.stack.helm_chart import (
     render,
 )
 from tests.stack.localstack import REPO_ROOT, LocalStack, wait_for
+from tests.stack.resources import apply, grs, status
 
 pytestmark = [pytest.mark.stack, pytest.mark.node]
 READY_BOUND_S = 120  # a fresh agent pod: image present, so start + kopf login + first pass
 EXAMPLE = REPO_ROOT / "examples" / "01-gpu-container.yaml"
 TENANT = "tenant-a"
-
-
-def values(cluster: LocalStack, **agent: Any) -> dict[str, Any]:
-    return local_stack_values(cluster, cluster.shared_dir("agent-pod-state"), **agent)
 
 
 def agent_pods(cluster: LocalStack) -> list[dict[str, Any]]:
@@ -54,21 +52,6 @@ def ready_agent_pod(cluster: LocalStack, other_than: str = "") -> dict[str, Any]
         return len(found) == 1
     wait_for(ready, READY_BOUND_S, 1, "the agent pod Running and Ready")
     return found[0]
-
-
-def grs(cluster: LocalStack, name: str, namespace: str = TENANT) -> dict[str, Any]:
-    return cluster.kubectl_json("get", "grs", name, "-n", namespace)
-
-
-def wait_grs_phase(cluster: LocalStack, name: str, phase: str, namespace: str = TENANT,
-                   timeout: float = 60) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-
-    def reached() -> bool:
-        seen.update(grs(cluster, name, namespace))
-        return bool(seen.get("status", {}).get("phase") == phase)
-    wait_for(reached, timeout, 1, f"grs/{name} {phase} (status: {seen.get('status')})")
-    return seen
 
 
 def container_state(cluster: LocalStack, container_id: str) -> dict[str, Any]:
@@ -99,7 +82,7 @@ def test_install_runs_the_agent_pod_which_runs_an_example_on_the_nodes_dockerd(
         cluster: LocalStack) -> None:
     started = time.monotonic()
     release = helm(cluster.kubeconfig).install(
-        str(CHART_DIR), RELEASE, values(cluster), namespace=NAMESPACE,
+        str(CHART_DIR), RELEASE, local_stack_values(cluster), namespace=NAMESPACE,
         create_namespace=True, wait="watcher", timeout=READY_BOUND_S)
     assert release_status(release) == "deployed", release
     pod = ready_agent_pod(cluster)
@@ -116,7 +99,7 @@ def test_install_runs_the_agent_pod_which_runs_an_example_on_the_nodes_dockerd(
     cluster.kubectl("create", "namespace", TENANT)
     cluster.kubectl("apply", "-n", TENANT, "-f", str(EXAMPLE))
     name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
-    status = wait_grs_phase(cluster, name, "Running")["status"]
+    status = wait_settled(cluster, TENANT, name)
     state = container_state(cluster, status["containerID"])
     assert state["State"]["Running"]
     assert state["Config"]["Labels"]["gpudock.dev/name"] == name
@@ -129,15 +112,15 @@ def test_install_runs_the_agent_pod_which_runs_an_example_on_the_nodes_dockerd(
 
 def test_upgrade_rolls_the_agent_and_leaves_the_instance_running(cluster: LocalStack) -> None:
     name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
-    before = grs(cluster, name)["status"]
+    before = status(cluster, TENANT, name)
     old_pod = ready_agent_pod(cluster)
     helm(cluster.kubeconfig).upgrade(
-        str(CHART_DIR), RELEASE, values(cluster, portRange="41000-41999"),
+        str(CHART_DIR), RELEASE, local_stack_values(cluster, portRange="41000-41999"),
         namespace=NAMESPACE, wait="watcher", timeout=READY_BOUND_S)
     new_pod = ready_agent_pod(cluster, other_than=old_pod["metadata"]["uid"])
     env = {e["name"]: e.get("value") for e in new_pod["spec"]["containers"][0]["env"]}
     assert env["GPUDOCK_PORT_RANGE"] == "41000-41999"
-    after = wait_grs_phase(cluster, name, "Running")["status"]
+    after = wait_settled(cluster, TENANT, name)
     assert after["containerID"] == before["containerID"]
     assert container_state(cluster, after["containerID"])["State"]["StartedAt"] == \
         container_state(cluster, before["containerID"])["State"]["StartedAt"]
@@ -145,14 +128,14 @@ def test_upgrade_rolls_the_agent_and_leaves_the_instance_running(cluster: LocalS
     for state, phase in (("Paused", "Paused"), ("Running", "Running")):
         cluster.kubectl("patch", "grs", name, "-n", TENANT, "--type=merge",
                         "-p", json.dumps({"spec": {"state": state}}))
-        assert wait_grs_phase(cluster, name, phase)["status"]["containerID"] == \
+        assert wait_settled(cluster, TENANT, name, phase=phase)["containerID"] == \
             before["containerID"]
     assert "Traceback" not in pod_logs(cluster, new_pod)
 
 
 def test_deleted_agent_pod_comes_back_and_the_instances_stay(cluster: LocalStack) -> None:
     name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
-    before = grs(cluster, name)["status"]["containerID"]
+    before = status(cluster, TENANT, name)["containerID"]
     pod = ready_agent_pod(cluster)
     started = time.monotonic()
     cluster.kubectl("delete", "pod", "-n", NAMESPACE, pod["metadata"]["name"],
@@ -162,14 +145,14 @@ def test_deleted_agent_pod_comes_back_and_the_instances_stay(cluster: LocalStack
     grace = pod["spec"]["terminationGracePeriodSeconds"]
     assert stopped_in < grace / 2, f"the agent took {stopped_in:.0f}s to stop on SIGTERM"
     ready_agent_pod(cluster, other_than=pod["metadata"]["uid"])
-    assert wait_grs_phase(cluster, name, "Running")["status"]["containerID"] == before
+    assert wait_settled(cluster, TENANT, name)["containerID"] == before
     assert container_state(cluster, before)["State"]["Running"]
 
 
 def test_uninstall_keeps_crds_resources_and_containers_and_reinstall_adopts(
         cluster: LocalStack) -> None:
     name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
-    container = grs(cluster, name)["status"]["containerID"]
+    container = status(cluster, TENANT, name)["containerID"]
     helm(cluster.kubeconfig).uninstall(RELEASE, wait="watcher", timeout=120)
     wait_for(lambda: not agent_pods(cluster), 90, 1, "the agent pod gone")
     for kind, object_name in (("daemonset", "gpudock-agent"),
@@ -179,17 +162,17 @@ def test_uninstall_keeps_crds_resources_and_containers_and_reinstall_adopts(
                               ("clusterrole", "gpudock-view")):
         found = cluster.kubectl("get", kind, object_name, "-n", NAMESPACE, check=False)
         assert found.returncode != 0, f"{kind}/{object_name} left after uninstall"
-    for crd in (Path(CHART_DIR / "crds").glob("*.yaml")):
+    for crd in (CHART_DIR / "crds").glob("*.yaml"):
         crd_name = yaml.safe_load(crd.read_text())["metadata"]["name"]
         cluster.kubectl("get", "crd", crd_name)
-    assert grs(cluster, name)["metadata"]["name"] == name
+    assert grs(cluster, TENANT, name)["metadata"]["name"] == name
     assert container_state(cluster, container)["State"]["Running"]
 
     helm(cluster.kubeconfig).install(
-        str(CHART_DIR), RELEASE, values(cluster), namespace=NAMESPACE,
+        str(CHART_DIR), RELEASE, local_stack_values(cluster), namespace=NAMESPACE,
         wait="watcher", timeout=READY_BOUND_S)
     pod = ready_agent_pod(cluster)
-    assert wait_grs_phase(cluster, name, "Running")["status"]["containerID"] == container
+    assert wait_settled(cluster, TENANT, name)["containerID"] == container
     assert "Traceback" not in pod_logs(cluster, pod)
 
 
@@ -201,8 +184,8 @@ def test_deleting_a_namespace_with_instances_completes_and_removes_them(
         manifest = yaml.safe_load((REPO_ROOT / "examples" / "03-cpu-only-container.yaml")
                                   .read_text())
         manifest["metadata"]["name"] = f"doomed-{index}"
-        cluster.kubectl("apply", "-n", doomed, "-f", "-", input=yaml.safe_dump(manifest))
-    ids = [wait_grs_phase(cluster, f"doomed-{i}", "Running", doomed)["status"]["containerID"]
+        apply(cluster, doomed, manifest)
+    ids = [wait_settled(cluster, doomed, f"doomed-{i}")["containerID"]
            for i in range(2)]
     started = time.monotonic()
     cluster.kubectl("delete", "namespace", doomed, "--timeout=120s", timeout=130)

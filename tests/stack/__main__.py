@@ -56,8 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             build_image(stack)
             helm(stack.kubeconfig).install(
                 str(CHART_DIR), RELEASE, local_stack_values(
-                    stack, stack.shared_dir("agent-pod-state"), simulatedGpus=args.gpus,
-                    allowedHostPaths=[str(allowed)]),
+                    stack, simulatedGpus=args.gpus, allowedHostPaths=[str(allowed)]),
                 namespace=NAMESPACE, create_namespace=True, wait="watcher", timeout=300)
             where = (f"the agent DaemonSet's pod (kubectl -n {NAMESPACE} logs "
                      f"ds/gpudock-agent)")

@@ -92,10 +92,12 @@ def helm(kubeconfig: str | Path | None = None, namespace: str = NAMESPACE) -> Co
                   namespace=namespace)
 
 
-def local_stack_values(stack: LocalStack, state_dir: Path, **agent: Any) -> dict[str, Any]:
+def local_stack_values(stack: LocalStack, **agent: Any) -> dict[str, Any]:
     """Values that run the chart's agent on a LocalStack's node: the image built into
-    its dockerd (never pulled), that dockerd's socket and root, simulated GPUs, and the
-    API server where the host network reaches it (there is no kube-proxy)."""
+    its dockerd (never pulled), that dockerd's socket and root, a state dir the pod can
+    mount with Bidirectional propagation, simulated GPUs, and the API server where the
+    host network reaches it (there is no kube-proxy)."""
+    state_dir = stack.shared_dir("agent-pod-state")
     return {
         "image": {"pullPolicy": "Never"},
         "docker": {"socket": str(stack.docker_socket), "dataRoot": str(stack.docker_root)},
