@@ -8,6 +8,7 @@ frees GPUs or ports, and every --resync-seconds to catch drift.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -110,9 +111,19 @@ def startup(memo: Any, settings: kopf.OperatorSettings,
         logger.info("Prometheus metrics on port %d", agent.metrics_port)
 
 
+# Each reconcile and each Docker call runs in a worker thread. asyncio's default pool
+# (cores + 4 threads) would let a few slow steps (stops waiting out their timeout,
+# disk saves) of some resources hold every thread while the others wait: the pool is
+# sized for every resource of a busy node to have its step running at once. Threads
+# are made only when needed.
+WORKER_THREADS = 256
+
+
 @kopf.on.startup()
 async def start_orphan_sweep(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
                              **_: Any) -> None:
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="gpudock"))
     memo.sweeper = asyncio.create_task(_sweep_orphans(memo, logger))
     memo.node_changed = asyncio.Event()
     memo.heartbeat = asyncio.create_task(_heartbeat(memo, logger))

@@ -1,20 +1,21 @@
 """Runs one GpuReplicaSet to its spec: observe Docker, plan (pure core), act, repeat
 until the plan is empty; returns the status to write and the events to post.
 
-Observe-plan-act runs under the node lock (a thread lock plus an flock on the state
-dir), so allocation derived from Docker's labels is atomic on the node: two resources
-can never be given one GPU or one host port, whatever runs concurrently.
+Each resource's reconcile holds that resource's lock (node_locks.py). A pass that
+creates a container (the only step that takes GPUs or host ports) observes, plans and
+creates under the node lock too, so allocation derived from Docker's labels is atomic:
+two resources can never be given one GPU or one host port. Every other pass (stopping,
+saving a disk, removing) runs without the node lock, so it never stalls another
+resource; the next pass observes the node afresh.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import fcntl
 import functools
 import logging
-import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,6 +37,7 @@ from gpudock.core.replica_set_status import invalid_spec_status, note_drift
 from gpudock.core.revision import Revision, RevisionStore
 from gpudock.crash_points import CrashPoints
 from gpudock.errors import SpecError, UserError
+from gpudock.node_locks import NodeLocks
 from gpudock.settings import GpuAttach, Settings
 
 logger = logging.getLogger(__name__)
@@ -92,7 +94,7 @@ class ReplicaSetReconciler:
         self._kube = kube
         self._store = store
         self._clock = clock
-        self._thread_lock = threading.Lock()
+        self._locks = NodeLocks(settings.state_dir)
         self._deleted: set[str] = set()
         self._busy_ports: set[HostPort] = set()  # held outside Docker's view
         self._crash = CrashPoints(settings.crash_at)
@@ -101,17 +103,6 @@ class ReplicaSetReconciler:
 
     def now(self) -> str:
         return self._clock()
-
-    @contextlib.contextmanager
-    def node_lock(self) -> Iterator[None]:
-        """Held while observing and changing the node's containers."""
-        self._settings.state_dir.mkdir(parents=True, exist_ok=True)
-        with self._thread_lock, open(self._settings.state_dir / "node.lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------------------ reconcile
     def reconcile(self, body: Mapping[str, Any],
@@ -133,7 +124,7 @@ class ReplicaSetReconciler:
         drift: str | None = None
         released = False
         shown = previous  # the status last shown (for the conditions' transition times)
-        with self.node_lock():
+        with self._locks.resource(key):
             if meta.get("deletionTimestamp") or meta["uid"] in self._deleted:
                 return None
             passes = busy_ports_found = 0
@@ -144,50 +135,55 @@ class ReplicaSetReconciler:
                                         annotations.get(CHANGE_CAUSE, ""),
                                         annotations.get(ADOPT_HISTORY, ""))
             while True:
-                observation = observe()
-                plan = core.plan_replica_set(observation)
-                if plan.drift and not drift:
-                    drift = plan.drift
-                    events.append(Event("Warning", "DriftDetected", drift))
-                if not plan.actions:
-                    break
-                passes += 1
-                if passes > MAX_PASSES:
-                    raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
-                if progress is not None:
-                    now = self._outcome(plan.status, shown, events)
-                    progress(now)
-                    shown, events = now.status, []
-                action: act.Action | None = None
-                try:
-                    self._preflight(key, meta["uid"], observation, plan)
-                    for action in plan.actions:
-                        events += self._execute(key, action)
-                        released = released or isinstance(action, act.RELEASING)
-                    if any(isinstance(a, act.WriteSpec) for a in plan.actions):
-                        break  # the spec changes: the next reconcile takes it from there
-                    if all(isinstance(a, act.PruneRevision) for a in plan.actions):
-                        # Report the history as it is now; a prune that could not be
-                        # done (an image still in use) is tried again next time.
-                        plan = core.plan_replica_set(observe())
+                with contextlib.ExitStack() as node_lock:
+                    node_lock.enter_context(self._locks.node())
+                    observation = observe()
+                    plan = core.plan_replica_set(observation)
+                    if plan.drift and not drift:
+                        drift = plan.drift
+                        events.append(Event("Warning", "DriftDetected", drift))
+                    if not plan.actions:
                         break
-                except HostPortBusyError as exc:
-                    busy_ports_found += 1
-                    if busy_ports_found <= MAX_BUSY_PORTS and self._auto_port_busy(exc, spec):
-                        events.append(Event("Normal", "HostPortSkipped", (
-                            f"host port {exc.port} is held by another process on the "
-                            "node; another one from the range is used")))
-                        passes -= 1  # not a pass: plan again, skipping that port
-                        continue
-                    if self._revision_refused(action, exc):
-                        continue  # plan again: the previous revision runs again
-                    plan = core.blocked_plan(observe(), exc)
-                    break
-                except UserError as exc:
-                    if self._revision_refused(action, exc):
-                        continue
-                    plan = core.blocked_plan(observe(), exc)
-                    break
+                    passes += 1
+                    if passes > MAX_PASSES:
+                        raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
+                    if not any(isinstance(a, act.ALLOCATING) for a in plan.actions):
+                        node_lock.close()  # nothing taken: the steps need no node lock
+                        if progress is not None:  # API I/O: never under the node lock
+                            now = self._outcome(plan.status, shown, events)
+                            progress(now)
+                            shown, events = now.status, []
+                    action: act.Action | None = None
+                    try:
+                        self._preflight(key, meta["uid"], observation, plan)
+                        for action in plan.actions:
+                            events += self._execute(key, action)
+                            released = released or isinstance(action, act.RELEASING)
+                        if any(isinstance(a, act.WriteSpec) for a in plan.actions):
+                            break  # the spec changes: the next reconcile takes it from there
+                        if all(isinstance(a, act.PruneRevision) for a in plan.actions):
+                            # Report the history as it is now; a prune that could not be
+                            # done (an image still in use) is tried again next time.
+                            plan = core.plan_replica_set(observe())
+                            break
+                    except HostPortBusyError as exc:
+                        busy_ports_found += 1
+                        if busy_ports_found <= MAX_BUSY_PORTS and \
+                                self._auto_port_busy(exc, spec):
+                            events.append(Event("Normal", "HostPortSkipped", (
+                                f"host port {exc.port} is held by another process on the "
+                                "node; another one from the range is used")))
+                            passes -= 1  # not a pass: plan again, skipping that port
+                            continue
+                        if self._revision_refused(action, exc):
+                            continue  # plan again: the previous revision runs again
+                        plan = core.blocked_plan(observe(), exc)
+                        break
+                    except UserError as exc:
+                        if self._revision_refused(action, exc):
+                            continue
+                        plan = core.blocked_plan(observe(), exc)
+                        break
         status = note_drift(plan.status, drift, previous)
         problem = next((c for c in status.conditions if c.type == "Progressing"
                         and not c.status and c.reason != "ReconcileComplete"), None)
@@ -460,7 +456,7 @@ class ReplicaSetReconciler:
         with contextlib.suppress(SpecError):
             policy = GpuReplicaSetSpec.parse(body.get("spec") or {}).history_policy
         events: list[Event] = []
-        with self.node_lock():
+        with self._locks.resource(key):
             self._deleted.add(meta["uid"])
             actions = core.plan_delete(
                 key, tuple(self._docker.list_containers()),
@@ -479,10 +475,9 @@ class ReplicaSetReconciler:
         their GPUs and ports come back. ``lookup`` returns the resource or None.
         Only containers labelled with this node, in the watched namespaces."""
         node, watched = self._settings.node_name, self._settings.namespaces
-        with self.node_lock():
-            found = {(c.owner, c.uid) for c in self._docker.list_containers()
-                     if c.owner is not None and c.node == node
-                     and (not watched or c.owner.namespace in watched)}
+        found = {(c.owner, c.uid) for c in self._docker.list_containers()
+                 if c.owner is not None and c.node == node
+                 and (not watched or c.owner.namespace in watched)}
         orphans = []
         for owner, uid in sorted(found, key=str):
             assert owner is not None
@@ -494,7 +489,7 @@ class ReplicaSetReconciler:
                 orphans.append((owner, uid))
         done = []
         for key, uid in orphans:
-            with self.node_lock():
+            with self._locks.resource(key):
                 containers = tuple(c for c in self._docker.list_containers()
                                    if c.owner == key and c.uid == uid)
                 actions = core.plan_delete(

@@ -17,6 +17,8 @@ from gpudock.api.gpu_replica_set import (
 )
 from gpudock.api.paths import is_clean_absolute_path, is_under
 from gpudock.api.sized_volume import SizedVolumeSpec
+from gpudock.core.container_config import build_container_config
+from gpudock.core.observed import ResourceKey
 from gpudock.errors import SpecError
 
 FULL = {
@@ -54,6 +56,24 @@ def test_minimal_spec_gets_the_schema_defaults() -> None:
         0, DesiredState.RUNNING, 10)
     assert spec.history_policy is HistoryPolicy.RETAIN
     assert spec.rollback_to is None
+    assert spec.init is True
+
+
+def test_init_is_in_the_shape_only_when_turned_off() -> None:
+    """A container made before spec.init existed matches a spec that leaves it at its
+    default (no restart on the agent's upgrade); turning it off is a new revision,
+    and a rollback writes it back."""
+    plain = GpuReplicaSetSpec.parse({"nodeName": "n1", "image": "busybox"})
+    without = GpuReplicaSetSpec.parse({"nodeName": "n1", "image": "busybox", "init": False})
+    assert "init" not in plain.shape()
+    assert without.shape()["init"] is False
+    assert not plain.matches(without.shape())
+    assert plain.matches(GpuReplicaSetSpec.parse(
+        {"nodeName": "n1", "image": "busybox", "init": True}).shape())
+    assert plain.with_shape(without.shape()).init is False
+    config = build_container_config(ResourceKey("ns", "a"), "uid", without, revision=1,
+                                    gpus=(), ports=(), volume_names={})
+    assert config.init is False
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -70,6 +90,7 @@ def test_minimal_spec_gets_the_schema_defaults() -> None:
     ({"mounts": [{"mountPath": "/x", "hostPath": "relative/dir"}]}, "clean absolute path"),
     ({"mounts": [{"mountPath": "/x", "hostPath": "/a/../etc"}]}, "clean absolute path"),
     ({"rollbackTo": {"revision": 0}}, "revision must be >= 1"),
+    ({"init": "yes"}, "init must be true or false"),
 ])
 def test_bad_specs_are_refused_with_a_message(change: dict[str, Any], message: str) -> None:
     with pytest.raises(SpecError, match=message) as caught:

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar, cast
 
@@ -118,6 +119,11 @@ def _translated(what: str, step: str = Step.OTHER) -> Iterator[None]:
         raise DockerUnavailableError(f"{what}: cannot reach Docker: {exc}") from exc
 
 
+# Connections kept open to Docker: one per step that may run at once (many resources
+# stopping or saving at the same time), so none is made and dropped per call.
+CONNECTIONS = 64
+
+
 class DockerRuntime:
     def __init__(self, docker_host: str | None = None, timeout: float = 600,
                  stop_timeout: float = 30) -> None:
@@ -125,15 +131,21 @@ class DockerRuntime:
         self._timeout = timeout
         self._stop_timeout = stop_timeout
         self._client: docker.DockerClient | None = None
+        self._connecting = threading.Lock()
 
     @property
     def client(self) -> docker.DockerClient:
-        if self._client is None:
-            with _translated("connect"):
-                self._client = (
-                    docker.DockerClient(base_url=self._docker_host, timeout=int(self._timeout))
-                    if self._docker_host else docker.from_env(timeout=int(self._timeout)))
-        return self._client
+        with self._connecting:  # one client, shared by the agent's worker threads
+            if self._client is None:
+                with _translated("connect"):
+                    self._client = (
+                        docker.DockerClient(base_url=self._docker_host,
+                                            timeout=int(self._timeout),
+                                            max_pool_size=CONNECTIONS)
+                        if self._docker_host else
+                        docker.from_env(timeout=int(self._timeout),
+                                        max_pool_size=CONNECTIONS))
+            return self._client
 
     def _call(self, what: str, fn: Callable[[], T], step: str = Step.OTHER) -> T:
         with _translated(what, step):
@@ -256,6 +268,7 @@ class DockerRuntime:
                                        read_only=m.read_only)
                     for m in (*config.mounts, *config.image_volumes)],
             extra_hosts=list(config.extra_hosts) or None,
+            init=config.init,
             dns=list(dns.nameservers) or None if dns else None,
             dns_search=list(dns.searches) or None if dns else None,
             dns_opt=list(dns.options) or None if dns else None,

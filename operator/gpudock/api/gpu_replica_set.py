@@ -17,6 +17,7 @@ from gpudock.api.conditions import Condition
 from gpudock.api.parsing import (
     RawDict,
     as_dict,
+    get_bool,
     get_choice,
     get_int,
     get_list,
@@ -116,6 +117,10 @@ class GpuReplicaSetSpec:
     rollback_to: int | None = None
     host_aliases: tuple[HostAlias, ...] = ()
     dns: DnsConfig | None = None
+    # Docker's init (tini) as PID 1, reaping zombies and passing SIGTERM on: a shell
+    # or `sleep infinity` as PID 1 ignores SIGTERM, and every stop would wait out the
+    # whole stop timeout (docs/gpu-replica-sets.md, "PID 1").
+    init: bool = True
 
     @classmethod
     def parse(cls, raw: RawDict) -> GpuReplicaSetSpec:
@@ -152,6 +157,7 @@ class GpuReplicaSetSpec:
             host_aliases=_parse_host_aliases(get_list(raw, "hostAliases", where,
                                                       max_items=MAX_HOST_ALIASES)),
             dns=_parse_dns(raw.get("dnsConfig")),
+            init=get_bool(raw, "init", where, default=True),
         )._checked_size()
 
     def _checked_size(self) -> GpuReplicaSetSpec:
@@ -188,6 +194,7 @@ class GpuReplicaSetSpec:
                               "searches": list(self.dns.searches),
                               "options": [_dns_option_dict(o) for o in self.dns.options]}}
                if self.dns is not None else {}),
+            **({} if self.init else {"init": False}),
         }
 
     def matches(self, recorded: Mapping[str, Any]) -> bool:
@@ -202,7 +209,7 @@ class GpuReplicaSetSpec:
         return replace(self, image=other.image, command=other.command,
                        gpu_count=other.gpu_count, env=other.env, ports=other.ports,
                        mounts=other.mounts, rollback_to=None,
-                       host_aliases=other.host_aliases, dns=other.dns)
+                       host_aliases=other.host_aliases, dns=other.dns, init=other.init)
 
 
 # What each shape field is when a spec leaves it out. A field added in a later version
@@ -210,7 +217,7 @@ class GpuReplicaSetSpec:
 # still match a spec that leaves it at that default (no restart on an agent upgrade).
 SHAPE_DEFAULTS: dict[str, Any] = {
     "command": [], "gpuCount": 0, "env": [], "ports": [], "mounts": [],
-    "hostAliases": [], "dnsConfig": None,
+    "hostAliases": [], "dnsConfig": None, "init": True,
 }
 
 

@@ -52,6 +52,13 @@ def get_int(
     return value
 
 
+def get_bool(raw: RawDict, key: str, where: str, *, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise SpecError(f"{where}.{key} must be true or false, got {value!r}")
+    return value
+
+
 def get_list(raw: RawDict, key: str, where: str, *,
              max_items: int | None = None) -> list[Any]:
     value = raw.get(key)

@@ -62,6 +62,7 @@ class ContainerConfig:
     volume_labels: dict[str, str] = field(default_factory=dict)
     extra_hosts: tuple[str, ...] = ()  # "hostname:ip", from spec.hostAliases
     dns: DnsSettings | None = None
+    init: bool = True  # Docker's init process as PID 1 (spec.init)
 
 
 def exact_env(base_env: list[str], source_env: list[str], wanted: dict[str, str]) -> list[str]:
@@ -154,6 +155,7 @@ def build_container_config(
         volume_labels=owned,
         extra_hosts=tuple(f"{name}:{alias.ip}" for alias in spec.host_aliases
                           for name in alias.hostnames),
+        init=spec.init,
         dns=DnsSettings(spec.dns.nameservers, spec.dns.searches, spec.dns.options)
         if spec.dns is not None else None,
     )

@@ -128,3 +128,6 @@ Action = (StartRevision | RecordRevision | PreserveDisk | StartContainer | StopC
 # Steps after which GPUs or host ports may have become free for another resource (a
 # stopped container still holds them: only removing one frees them).
 RELEASING = (RemoveContainer,)
+# The step that takes GPUs and host ports (a new container carries them in its
+# labels): it runs under the node lock, in the same hold as the observation it used.
+ALLOCATING = (StartRevision,)

@@ -1,0 +1,56 @@
+"""The agent's two kinds of lock, each a thread lock plus an flock on a file in the
+state dir (so a second agent process on the node, during an upgrade, is excluded too).
+
+- The node lock makes allocation atomic: GPUs and host ports are derived from the
+  labels of the node's containers, so observing them and creating the container that
+  takes some happen under it, and nothing else does (it is held for milliseconds).
+- One lock per resource serializes the steps of one GpuReplicaSet: its reconcile,
+  its delete and the orphan sweep of its containers. The slow steps (a stop that
+  waits out its timeout, saving or copying a disk) hold only this one, so they never
+  stall another resource.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from gpudock.core.observed import ResourceKey
+
+
+class NodeLocks:
+    def __init__(self, state_dir: Path) -> None:
+        self._state_dir = state_dir
+        self._node = threading.Lock()
+        self._guard = threading.Lock()  # over the dict of per-resource locks
+        self._resources: dict[ResourceKey, threading.Lock] = {}
+
+    @contextlib.contextmanager
+    def node(self) -> Iterator[None]:
+        """Held while observing the node's allocation and creating a container."""
+        with self._node, _flocked(self._state_dir / "node.lock"):
+            yield
+
+    @contextlib.contextmanager
+    def resource(self, key: ResourceKey) -> Iterator[None]:
+        """Held for every step on one resource's containers, disks and records."""
+        with self._guard:
+            lock = self._resources.setdefault(key, threading.Lock())
+        # One small file per resource name, kept (removing it could let a second
+        # process lock a new file while the first still holds the old one).
+        with lock, _flocked(self._state_dir / "locks" / f"{key.namespace}.{key.name}"):
+            yield
+
+
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
