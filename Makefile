@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export GPUDOCK_VENV := $(VENV)
 
-.PHONY: run test prereqs check bench-volumes image chart-lint manifests helm-install helm-upgrade helm-uninstall
+.PHONY: run test prereqs check bench bench-quick bench-volumes image chart-lint manifests helm-install helm-upgrade helm-uninstall
 run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foreground
 	$(PY) -m tests.stack up
 
@@ -17,6 +17,12 @@ check: prereqs  ## the static checks alone
 	$(PY) -m ruff check operator tests
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
+
+bench: prereqs  ## GpuReplicaSet rollouts against docker run, the original's copy and commit (prints tables)
+	$(PY) -m tests.bench.rollouts
+
+bench-quick: prereqs  ## the same at the reduced size the suite runs
+	$(PY) -m tests.bench.rollouts --quick
 
 bench-volumes: prereqs  ## SizedVolume grow/shrink time per backend, copy vs cp -a (prints a table)
 	$(PY) -m tests.bench.volume_resize

@@ -51,6 +51,13 @@ class Wakeups:
     def wake(self, uid: str) -> None:
         self.event(uid).set()
 
+    def wake_if_known(self, uid: str) -> None:
+        """For Docker's events: a container whose resource has no daemon here (yet)
+        makes no event to wait on."""
+        event = self._events.get(uid)
+        if event is not None:
+            event.set()
+
     def wake_all(self) -> None:
         for event in self._events.values():
             event.set()
@@ -122,8 +129,14 @@ WORKER_THREADS = 256
 @kopf.on.startup()
 async def start_orphan_sweep(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
                              **_: Any) -> None:
-    asyncio.get_running_loop().set_default_executor(
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(
         concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="gpudock"))
+    # Drift is seen as it happens: an event of a container wakes its resource's daemon
+    # (and keeps the observation cache true, so a resync of an idle resource asks
+    # Docker nothing about containers).
+    memo.docker.follow_events(
+        lambda uid: loop.call_soon_threadsafe(memo.wakeups.wake_if_known, uid))
     memo.sweeper = asyncio.create_task(_sweep_orphans(memo, logger))
     memo.node_changed = asyncio.Event()
     memo.heartbeat = asyncio.create_task(_heartbeat(memo, logger))

@@ -41,7 +41,9 @@ from gpudock.node_locks import NodeLocks
 from gpudock.settings import GpuAttach, Settings
 
 logger = logging.getLogger(__name__)
-MAX_PASSES = 10  # a rollout takes 3 (save the disk, start the new, remove the old)
+# A rollout takes 4 (save the disk; show the start, then start the new under the node
+# lock; remove the old); more means the plan does not converge.
+MAX_PASSES = 16
 CHANGE_CAUSE = "kubernetes.io/change-cause"
 ADOPT_HISTORY = "gpudock.dev/adopt-history"  # annotation: the deleted resource's UID
 # Docker's refusals of a new revision's container: it never ran; the revision is
@@ -78,6 +80,12 @@ def _progressing_reason(status: Mapping[str, Any]) -> str | None:
         if isinstance(cond, Mapping) and cond.get("type") == "Progressing":
             return str(cond.get("reason"))
     return None
+
+
+def _step_of(status: gpu_replica_set.GpuReplicaSetStatus) -> tuple[object, ...]:
+    """What a progress write says: the phase and the conditions (no times)."""
+    return (status.phase, *((c.type, c.status, c.reason, c.message)
+                            for c in status.conditions))
 
 
 def _utc_now() -> str:
@@ -128,6 +136,7 @@ class ReplicaSetReconciler:
             if meta.get("deletionTimestamp") or meta["uid"] in self._deleted:
                 return None
             passes = busy_ports_found = 0
+            announced: tuple[object, ...] = ()  # the step last shown
             inventory = tuple(g.uuid for g in self._inventory.list_gpus())  # once per call
             annotations = meta.get("annotations") or {}
             observe = functools.partial(self._observe, key, meta["uid"], generation, spec,
@@ -147,12 +156,18 @@ class ReplicaSetReconciler:
                     passes += 1
                     if passes > MAX_PASSES:
                         raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
-                    if not any(isinstance(a, act.ALLOCATING) for a in plan.actions):
+                    allocating = any(isinstance(a, act.ALLOCATING) for a in plan.actions)
+                    if progress is not None and _step_of(plan.status) != announced:
+                        # Shown before the steps run; API I/O never holds the node lock,
+                        # so a pass that allocates is shown, then observed again.
+                        node_lock.close()
+                        now = self._outcome(plan.status, shown, events)
+                        progress(now)
+                        shown, events, announced = now.status, [], _step_of(plan.status)
+                        if allocating:
+                            continue
+                    if not allocating:
                         node_lock.close()  # nothing taken: the steps need no node lock
-                        if progress is not None:  # API I/O: never under the node lock
-                            now = self._outcome(plan.status, shown, events)
-                            progress(now)
-                            shown, events = now.status, []
                     action: act.Action | None = None
                     try:
                         self._preflight(key, meta["uid"], observation, plan)

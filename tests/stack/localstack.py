@@ -53,7 +53,10 @@ class LocalStack:
     """``node=True`` adds a real node (tests/stack/node.py): kubelet, controller-manager
     and scheduler, so pods (the agent's DaemonSet) run on the stack's dockerd."""
 
-    def __init__(self, base_dir: Path | None = None, *, node: bool = False) -> None:
+    def __init__(self, base_dir: Path | None = None, *, node: bool = False,
+                 bridge_prefix: int = 24) -> None:
+        """``bridge_prefix``: the size of the Docker bridge's subnet (a /24 holds 253
+        containers; the benchmark's 300 at once need a /22)."""
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="gpudock-stack-", dir="/tmp"))
         self.processes: dict[str, ManagedProcess] = {}
         self.etcd_port = 0
@@ -65,6 +68,7 @@ class LocalStack:
         self.agent_kubeconfig = self.base_dir / "agent-kubeconfig"
         self.docker_socket = self.base_dir / "docker.sock"
         self.bridge_ip = ""
+        self.bridge_prefix = bridge_prefix
         self.with_node = node
         self.node: KubeNode | None = None
         self._shared: set[Path] = set()
@@ -261,9 +265,10 @@ class LocalStack:
     def _start_dockerd(self) -> None:
         subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
         self._bridge_created = True
-        subnet = _free_bridge_subnet()
+        subnet = _free_bridge_subnet(self.bridge_prefix)
         self.bridge_ip = f"{subnet}.1"
-        subprocess.run(["ip", "addr", "add", f"{self.bridge_ip}/24", "dev", self.bridge],
+        subprocess.run(["ip", "addr", "add", f"{self.bridge_ip}/{self.bridge_prefix}", "dev",
+                        self.bridge],
                        check=True)
         subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
         self._mount_docker_root()
@@ -381,14 +386,17 @@ def release_mounts_and_loops(base_dir: Path) -> None:
                            capture_output=True)
 
 
-def _free_bridge_subnet() -> str:
+def _free_bridge_subnet(prefix: int = 24) -> str:
+    """The first three octets of a free 10.200-250.x.0/``prefix`` (16 <= prefix <= 24),
+    none of whose /24s the machine routes already."""
     routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True,
                             check=True).stdout
+    span = 2 ** (24 - prefix)
     for _ in range(100):
-        subnet = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}"
-        if f"{subnet}." not in routes:
-            return subnet
-    raise RuntimeError("no free /24 for a Docker bridge")
+        second, third = random.randint(200, 250), random.randrange(0, 256, span)
+        if not any(f"10.{second}.{third + i}." in routes for i in range(span)):
+            return f"10.{second}.{third}"
+    raise RuntimeError(f"no free /{prefix} for a Docker bridge")
 
 
 def _http_ok(url: str, token: str | None = None) -> bool:

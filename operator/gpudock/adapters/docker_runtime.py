@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar, cast
 
 import docker
@@ -23,6 +23,7 @@ import docker.errors
 import docker.types
 import requests.exceptions
 
+from gpudock.adapters.container_events import ContainerCache
 from gpudock.adapters.filesystem_info import free_bytes
 from gpudock.api import gpu_replica_set
 from gpudock.api.gpu_replica_set import Protocol
@@ -132,6 +133,19 @@ class DockerRuntime:
         self._stop_timeout = stop_timeout
         self._client: docker.DockerClient | None = None
         self._connecting = threading.Lock()
+        self._containers = ContainerCache(self._container_events)
+
+    def follow_events(self, on_event: Callable[[str], None] | None = None) -> None:
+        """Keep the node's containers from Docker's event stream from now on (see
+        container_events.py); ``on_event`` gets the resource UID of each event of a
+        gpudock container, from the stream's thread."""
+        self._containers = ContainerCache(self._container_events, on_event)
+        self._containers.follow()
+
+    def _container_events(self) -> Iterable[dict[str, Any]]:
+        stream: Iterable[dict[str, Any]] = self.client.api.events(
+            decode=True, filters={"type": "container"})
+        return stream
 
     @property
     def client(self) -> docker.DockerClient:
@@ -151,28 +165,45 @@ class DockerRuntime:
         with _translated(what, step):
             return fn()
 
+    def _change(self, container_id: str, what: str, fn: Callable[[], T],
+                step: str = Step.OTHER) -> T:
+        """A call that changes a container: observed afresh afterwards, whatever
+        came of it (its event may reach the cache after the next observation)."""
+        try:
+            return self._call(what, fn, step)
+        finally:
+            self._containers.changed(container_id)
+
     def version(self) -> str:
         return str(self._call("version", lambda: self.client.version()["Version"]))
 
     def close(self) -> None:
+        self._containers.close()
         if self._client is not None:
             self._client.close()
             self._client = None
 
     # ------------------------------------------------------------------ observation
     def list_containers(self) -> list[ObservedContainer]:
-        """Every container on the node; gpudock's carry their owner from the labels."""
-        api = self.client.api
-        summaries = self._call("list containers", lambda: api.containers(all=True))
-        result = []
-        for summary in summaries:
-            try:
-                with _translated("inspect"):
-                    attrs = api.inspect_container(summary["Id"])
-            except ContainerGoneError:
-                continue
-            result.append(_observed(attrs))
-        return result
+        """Every container on the node; gpudock's carry their owner from the labels.
+        While Docker's events are followed, only what changed is inspected."""
+        cached = self._containers.observe(self._container_ids, self._inspect_observed)
+        if cached is not None:
+            return cached
+        return [found for found in map(self._inspect_observed, self._container_ids())
+                if found is not None]
+
+    def _container_ids(self) -> list[str]:
+        summaries = self._call("list containers", lambda: self.client.api.containers(
+            all=True))
+        return [str(summary["Id"]) for summary in summaries]
+
+    def _inspect_observed(self, container_id: str) -> ObservedContainer | None:
+        try:
+            with _translated("inspect"):
+                return _observed(self.client.api.inspect_container(container_id))
+        except ContainerGoneError:
+            return None
 
     def _inspect_image(self, image: str) -> dict[str, Any]:
         return dict(self._call(f"inspect image {image}",
@@ -278,6 +309,7 @@ class DockerRuntime:
                 driver="nvidia", device_ids=list(config.gpu_device_ids),
                 capabilities=[["gpu"]])] if config.gpu_device_ids else None,
         )
+        self._containers.created()  # also when the reply is lost: list again
         created = self._call(f"create {config.name}", lambda: api.create_container(
             config.image, command=command, name=config.name, environment=env,
             labels=config.labels, hostname=config.hostname or None,
@@ -288,7 +320,8 @@ class DockerRuntime:
         if not start:
             return container_id
         try:
-            self._call(f"start {config.name}", lambda: api.start(container_id), Step.START)
+            self._change(container_id, f"start {config.name}",
+                         lambda: api.start(container_id), Step.START)
             self._verify_bind_mounts(container_id, config)
         except Exception:
             # Never leave a created-but-unstartable container holding GPUs and ports;
@@ -322,21 +355,23 @@ class DockerRuntime:
                                 "in?); the container was removed")
 
     def start(self, container_id: str, name: str) -> None:
-        self._call(f"start {name}", lambda: self.client.api.start(container_id), Step.START)
+        self._change(container_id, f"start {name}",
+                     lambda: self.client.api.start(container_id), Step.START)
 
     def stop(self, container_id: str, name: str) -> None:
-        self._call(f"stop {name}", lambda: self.client.api.stop(
+        self._change(container_id, f"stop {name}", lambda: self.client.api.stop(
             container_id, timeout=int(self._stop_timeout)))
 
     def unpause(self, container_id: str, name: str) -> None:
-        self._call(f"unpause {name}", lambda: self.client.api.unpause(container_id))
+        self._change(container_id, f"unpause {name}",
+                     lambda: self.client.api.unpause(container_id))
 
     def rename(self, container_id: str, new_name: str) -> None:
-        self._call(f"rename to {new_name}", lambda: self.client.api.rename(
+        self._change(container_id, f"rename to {new_name}", lambda: self.client.api.rename(
             container_id, new_name))
 
     def set_restart_policy(self, container_id: str, name: str, policy: str) -> None:
-        self._call(f"update {name}", lambda: self.client.api.update_container(
+        self._change(container_id, f"update {name}", lambda: self.client.api.update_container(
             container_id, restart_policy=cast(Any, {"Name": policy})))
 
     def commit(self, container_id: str, name: str, image: str) -> None:
@@ -394,7 +429,7 @@ class DockerRuntime:
     def remove(self, container_id: str, name: str) -> None:
         """Remove the container (never its volumes); already gone is fine."""
         with contextlib.suppress(ContainerGoneError):
-            self._call(f"remove {name}", lambda: self.client.api.remove_container(
+            self._change(container_id, f"remove {name}", lambda: self.client.api.remove_container(
                 container_id, force=True, v=False))
 
     def load_image(self, chunks: Iterator[bytes], what: str) -> None:

@@ -14,7 +14,13 @@ from typing import Any
 from tests.integration.conftest import AgentFactory
 from tests.integration.revisions import wait_settled
 from tests.stack.localstack import LocalStack, wait_for
-from tests.stack.resources import apply, condition, containers, gpu_replica_set
+from tests.stack.resources import (
+    apply,
+    condition,
+    containers,
+    event_reasons,
+    gpu_replica_set,
+)
 
 STOP_TIMEOUT = 30
 # sh ignores SIGTERM, and so does the sleep it starts (an ignored signal is inherited).
@@ -90,3 +96,22 @@ def test_init_as_pid_1_passes_sigterm_on(
     wait_settled(stack, namespace, "as-pid-1", phase="Paused", timeout=STOP_TIMEOUT + 30)
     assert _container(stack, namespace, "with-init")["State"]["ExitCode"] == 143
     assert _container(stack, namespace, "as-pid-1")["State"]["ExitCode"] == 137
+
+
+def test_drift_is_seen_from_dockers_events_not_the_resync(
+        stack: LocalStack, namespace: str, start_agent: AgentFactory) -> None:
+    """With a resync of 10 minutes, a container stopped behind the agent's back is
+    started again within seconds: its die event wakes the resource."""
+    start_agent(extra_args=["--resync-seconds", "600"])
+    apply(stack, namespace, gpu_replica_set("watched", command=["sleep", "3600"]))
+    wait_settled(stack, namespace, "watched")
+    container = _container(stack, namespace, "watched")
+    client = stack.docker_client()
+    try:
+        client.api.stop(container["Id"], timeout=0)
+    finally:
+        client.close()
+    wait_for(lambda: _running(stack, namespace, "watched"), 30, 0.5,
+             "the stopped container started again")
+    assert _container(stack, namespace, "watched")["Id"] == container["Id"]
+    assert "DriftDetected" in event_reasons(stack, namespace, "watched")

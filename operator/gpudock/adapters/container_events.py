@@ -1,0 +1,167 @@
+"""The node's containers as last inspected, kept true by following Docker's event
+stream, so a reconcile of an idle resource asks Docker nothing about containers.
+
+Without it every resync of every resource listed and inspected every container on
+the node: the cost of an idle node grew with the square of its resources. With it:
+
+- while the stream is followed, an entry is reused until an event names its container
+  (start, die, stop, rename, update, destroy...) or a step of the agent's own changes
+  it (``changed``); only those are inspected again, and the container list is asked
+  for again only after a create;
+- each event of a gpudock container is passed to ``on_event`` with the resource's UID,
+  so drift (a container stopped, killed or removed behind the agent's back) wakes its
+  resource at once instead of at the next resync;
+- when the stream is not followed (not yet connected, or broken until it reconnects)
+  ``observe`` returns None and the caller lists and inspects everything, as before.
+
+Every entry carries the generation of its container at the time the inspect began: a
+result that an event overtook is dropped rather than stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from gpudock.core import labels
+from gpudock.core.observed import ObservedContainer
+
+logger = logging.getLogger(__name__)
+RECONNECT_SECONDS = 1.0
+# Events that change nothing the agent observes of a container.
+IGNORED = ("exec_", "top", "resize", "attach", "archive-path", "extract-to-dir", "export",
+           "commit", "health_status", "copy")
+
+
+class ContainerCache:
+    def __init__(self, events: Callable[[], Iterable[dict[str, Any]]],
+                 on_event: Callable[[str], None] | None = None) -> None:
+        """``events`` opens Docker's stream of container events (it blocks until the
+        stream is established, then yields decoded events)."""
+        self._events = events
+        self._on_event = on_event
+        self._lock = threading.Lock()
+        self._entries: dict[str, ObservedContainer | None] = {}
+        self._generations: dict[str, int] = {}
+        self._epoch = 0  # bumped whenever the stream (re)connects or breaks
+        self._live = False
+        self._listed = False  # the entries' keys are every container on the node
+        self._closed = False
+        self._stream: Any = None
+        self._thread: threading.Thread | None = None
+
+    def follow(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._follow, daemon=True,
+                                            name="docker-events")
+            self._thread.start()
+
+    def close(self) -> None:
+        self._closed = True
+        stream = self._stream
+        if stream is not None and hasattr(stream, "close"):
+            stream.close()
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    def _follow(self) -> None:
+        while not self._closed:
+            try:
+                stream = self._events()
+                self._reset(live=True, stream=stream)
+                for event in stream:
+                    self._apply(event)
+                    if self._closed:
+                        break
+            except Exception as exc:  # any break of the stream: reconnect
+                if not self._closed:
+                    logger.warning("Docker event stream broke, reconnecting: %s", exc)
+            self._reset(live=False, stream=None)
+            if not self._closed:
+                time.sleep(RECONNECT_SECONDS)
+
+    def _reset(self, *, live: bool, stream: Any) -> None:
+        with self._lock:
+            self._epoch += 1
+            self._entries.clear()
+            self._listed = False
+            self._live = live
+            self._stream = stream
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        action = str(event.get("Action") or event.get("status") or "")
+        actor = event.get("Actor") or {}
+        container_id = str(actor.get("ID") or event.get("id") or "")
+        if not container_id or action.startswith(IGNORED):
+            return
+        with self._lock:
+            self._bump(container_id)
+            if action == "destroy":
+                self._entries.pop(container_id, None)
+                self._generations.pop(container_id, None)
+            elif action == "create":
+                self._listed = False
+        attributes = actor.get("Attributes") or {}
+        uid = attributes.get(labels.UID)
+        if uid and self._on_event is not None:
+            self._on_event(str(uid))
+
+    def _bump(self, container_id: str) -> None:
+        self._generations[container_id] = self._generations.get(container_id, 0) + 1
+        if container_id in self._entries:
+            self._entries[container_id] = None
+
+    # ---------------------------------------------------------------- the agent's side
+    def changed(self, container_id: str) -> None:
+        """A step of the agent changed this container: inspect it again next time
+        (its own event may come later than the next observation)."""
+        with self._lock:
+            self._bump(container_id)
+
+    def created(self) -> None:
+        with self._lock:
+            self._listed = False
+
+    def observe(self, list_ids: Callable[[], list[str]],
+                inspect: Callable[[str], ObservedContainer | None],
+                ) -> list[ObservedContainer] | None:
+        """Every container on the node, inspecting only what changed; None when the
+        stream is not followed now (the caller observes everything itself)."""
+        with self._lock:
+            if not self._live:
+                return None
+            epoch, listed = self._epoch, self._listed
+            self._listed = True  # a create from now on sets it back
+        if not listed:
+            ids = set(list_ids())
+            with self._lock:
+                if self._epoch != epoch:
+                    return None
+                for gone in set(self._entries) - ids:
+                    del self._entries[gone]
+                for container_id in ids:
+                    self._entries.setdefault(container_id, None)
+        with self._lock:
+            snapshot = dict(self._entries)
+            generations = {cid: self._generations.get(cid, 0) for cid in snapshot}
+        result = []
+        for container_id, entry in snapshot.items():
+            if entry is not None:  # true when the snapshot was taken
+                result.append(entry)
+                continue
+            found = inspect(container_id)
+            with self._lock:
+                if self._epoch == epoch and container_id in self._entries:
+                    if found is None:
+                        del self._entries[container_id]
+                    elif self._generations.get(container_id, 0) == generations[container_id]:
+                        self._entries[container_id] = found
+                    # else an event overtook the inspect: used now, inspected next time
+            if found is not None:
+                result.append(found)
+        return result

@@ -1,0 +1,159 @@
+"""The logic of the event-kept container cache (adapters/container_events.py), fed by
+hand. That it stays true against a real dockerd is shown by the whole integration
+suite (every agent there follows Docker's events) and by test_slow_steps.py's drift
+test."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from gpudock.adapters.container_events import ContainerCache
+from gpudock.core.observed import ObservedContainer
+
+UID_LABEL = "gpudock.dev/uid"
+
+
+class Stream:
+    """As docker-py's event stream: iterated by one thread, closed from another."""
+
+    def __init__(self, events: queue.Queue[dict[str, Any] | None]) -> None:
+        self.events = events
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while (event := self.events.get()) is not None:
+            yield event
+        raise ConnectionError("stream ended")
+
+    def close(self) -> None:
+        self.events.put(None)
+
+
+class Node:
+    """What the cache is told: the containers there are, and a queue of events."""
+
+    def __init__(self) -> None:
+        self.containers: dict[str, str] = {}  # id -> status
+        self.inspected: list[str] = []
+        self.lists = 0
+        self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self.connected = threading.Event()
+
+    def stream(self) -> Stream:
+        self.connected.set()
+        return Stream(self.events)
+
+    def list_ids(self) -> list[str]:
+        self.lists += 1
+        return list(self.containers)
+
+    def inspect(self, container_id: str) -> ObservedContainer | None:
+        self.inspected.append(container_id)
+        status = self.containers.get(container_id)
+        if status is None:
+            return None
+        return ObservedContainer(id=container_id, name=container_id, status=status,
+                                 owner=None, uid="", revision=0, gpus=())
+
+    def event(self, container_id: str, action: str, uid: str = "") -> None:
+        self.events.put({"Action": action, "Actor": {
+            "ID": container_id, "Attributes": {UID_LABEL: uid} if uid else {}}})
+
+
+def _cache(node: Node, woken: list[str]) -> ContainerCache:
+    cache = ContainerCache(node.stream, woken.append)
+    cache.follow()
+    assert node.connected.wait(5)
+    return cache
+
+
+def _settle(node: Node) -> None:
+    """Wait until the stream's thread has taken every queued event."""
+    done = threading.Event()
+    node.events.put({"Action": "exec_start", "Actor": {"ID": "sync"}})
+    while not node.events.empty():
+        done.wait(0.01)
+    done.wait(0.05)
+
+
+def _states(found: list[ObservedContainer] | None) -> dict[str, str]:
+    assert found is not None
+    return {c.id: c.status for c in found}
+
+
+def test_not_followed_means_not_trusted() -> None:
+    node = Node()
+    cache = ContainerCache(node.stream)
+    assert cache.observe(node.list_ids, node.inspect) is None
+
+
+def test_an_idle_node_is_observed_without_asking_docker() -> None:
+    node, woken = Node(), list[str]()
+    node.containers = {"a": "running", "b": "exited"}
+    cache = _cache(node, woken)
+    assert _states(cache.observe(node.list_ids, node.inspect)) == {"a": "running",
+                                                                   "b": "exited"}
+    node.inspected.clear()
+    for _ in range(5):
+        assert _states(cache.observe(node.list_ids, node.inspect))["a"] == "running"
+    assert (node.lists, node.inspected) == (1, [])
+    cache.close()
+
+
+def test_an_event_drops_one_entry_and_wakes_its_resource() -> None:
+    node, woken = Node(), list[str]()
+    node.containers = {"a": "running", "b": "running"}
+    cache = _cache(node, woken)
+    cache.observe(node.list_ids, node.inspect)
+    node.inspected.clear()
+    node.containers["a"] = "exited"
+    node.event("a", "die", uid="uid-a")
+    _settle(node)
+    assert _states(cache.observe(node.list_ids, node.inspect)) == {"a": "exited",
+                                                                   "b": "running"}
+    assert node.inspected == ["a"]
+    assert woken == ["uid-a"]
+    cache.close()
+
+
+def test_the_agents_own_change_is_seen_before_its_event() -> None:
+    node, woken = Node(), list[str]()
+    node.containers = {"a": "running"}
+    cache = _cache(node, woken)
+    cache.observe(node.list_ids, node.inspect)
+    node.containers["a"] = "exited"  # the agent stopped it; no event has come yet
+    cache.changed("a")
+    assert _states(cache.observe(node.list_ids, node.inspect)) == {"a": "exited"}
+    cache.close()
+
+
+def test_creates_list_again_and_destroys_drop() -> None:
+    node, woken = Node(), list[str]()
+    node.containers = {"a": "running"}
+    cache = _cache(node, woken)
+    cache.observe(node.list_ids, node.inspect)
+    node.containers["b"] = "created"
+    cache.created()
+    assert _states(cache.observe(node.list_ids, node.inspect)) == {"a": "running",
+                                                                   "b": "created"}
+    del node.containers["a"]
+    node.event("a", "destroy")
+    _settle(node)
+    assert _states(cache.observe(node.list_ids, node.inspect)) == {"b": "created"}
+    assert node.lists == 2
+    cache.close()
+
+
+def test_a_broken_stream_empties_the_cache_until_it_reconnects() -> None:
+    node, woken = Node(), list[str]()
+    node.containers = {"a": "running"}
+    cache = _cache(node, woken)
+    cache.observe(node.list_ids, node.inspect)
+    node.connected.clear()
+    node.events.put(None)  # the stream breaks (dockerd restarted)
+    assert node.connected.wait(5)  # and reconnects a second later
+    node.containers["a"] = "exited"  # changed while no event could be seen
+    assert _states(cache.observe(node.list_ids, node.inspect)) == {"a": "exited"}
+    cache.close()
