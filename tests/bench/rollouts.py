@@ -393,26 +393,31 @@ def many(bench: Bench, size: Size) -> list[tuple[str, ...]]:
         bench.docker.api.remove_container(box, force=True)
 
     time.sleep(10)  # the burst is over
-    agent_idle, dockerd_idle, requests_idle = idle_cost(bench, size.idle_window)
+    agent_idle, dockerd_idle, writes_idle, kinds = idle_cost(bench, size.idle_window)
     return [("resources", "all Ready", "serial create+start", "ratio", "agent peak RSS",
              "agent CPU", "API requests / resource", f"idle agent CPU ({size.many})",
-             "idle dockerd CPU", "idle API writes / min"),
+             "idle dockerd CPU", "idle API writes / min", "of which"),
             (str(size.many), fmt(ours), fmt(serial), ratio(ours, serial), f"{rss:.0f} MB",
              f"{cpu:.1f} s", f"{requests / size.many:.1f}", f"{agent_idle:.1%}",
-             f"{dockerd_idle:.1%}", f"{requests_idle:.0f}")]
+             f"{dockerd_idle:.1%}", f"{writes_idle:.0f}", kinds)]
 
 
-def idle_cost(bench: Bench, window: float) -> tuple[float, float, float]:
-    """Share of one core the agent and dockerd use, and the API writes per minute,
-    while nothing changes."""
+def idle_cost(bench: Bench, window: float) -> tuple[float, float, float, str]:
+    """Share of one core the agent and dockerd use, and the API writes per minute (and
+    what they were), while nothing changes."""
     agent = bench.agent.process.pid  # type: ignore[union-attr]
     dockerd = int((bench.stack.base_dir / "docker.pid").read_text())
-    writes_before = api_requests(bench.stack, writes_only=True)
+    writes_before = api_writes(bench.stack)
     agent_before, dockerd_before = cpu_seconds(agent), cpu_seconds(dockerd)
     time.sleep(window)
-    writes = api_requests(bench.stack, writes_only=True) - writes_before
-    return ((cpu_seconds(agent) - agent_before) / window,
-            (cpu_seconds(dockerd) - dockerd_before) / window, writes * 60 / window)
+    agent_cpu, dockerd_cpu = cpu_seconds(agent) - agent_before, cpu_seconds(dockerd) - \
+        dockerd_before
+    writes = api_writes(bench.stack)
+    delta = {k: v - writes_before.get(k, 0) for k, v in writes.items()
+             if v - writes_before.get(k, 0) > 0}
+    kinds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(delta.items())) or "none"
+    return (agent_cpu / window, dockerd_cpu / window, sum(delta.values()) * 60 / window,
+            kinds)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -429,21 +434,31 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
-def api_requests(stack: LocalStack, writes_only: bool = False) -> float:
-    """Requests the API server has served (all clients: the agent is the only busy one
-    during a measure; the bench's own calls are subtracted by the caller)."""
+def api_requests(stack: LocalStack) -> float:
+    """Requests the API server has served, watches aside (all clients: the agent is
+    the only busy one during a measure; the bench's own calls are subtracted by the
+    caller)."""
+    return sum(v for (verb, _), v in _requests(stack).items() if verb != "WATCH")
+
+
+def api_writes(stack: LocalStack) -> dict[str, float]:
+    """Writes served so far, by verb and resource[/subresource]."""
+    return {f"{verb} {kind}": v for (verb, kind), v in _requests(stack).items()
+            if verb in ("POST", "PUT", "PATCH", "DELETE")}
+
+
+def _requests(stack: LocalStack) -> dict[tuple[str, str], float]:
     text = stack.kubectl("get", "--raw", "/metrics", timeout=60).stdout
-    total = 0.0
+    found: dict[tuple[str, str], float] = {}
     for line in text.splitlines():
         if not line.startswith("apiserver_request_total{"):
             continue
-        verb = re.search(r'verb="(\w+)"', line)
-        if verb is None or verb.group(1) == "WATCH":
-            continue
-        if writes_only and verb.group(1) not in ("POST", "PUT", "PATCH", "DELETE"):
-            continue
-        total += float(line.rsplit(" ", 1)[1])
-    return total
+        labels_ = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}", 1)[0]))
+        kind = labels_.get("resource", "") + (
+            f"/{labels_['subresource']}" if labels_.get("subresource") else "")
+        key = (labels_.get("verb", ""), kind)
+        found[key] = found.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return found
 
 
 # ------------------------------------------------------------------------------ main

@@ -14,6 +14,7 @@ from tests.bench import rollouts
 pytestmark = [pytest.mark.stack]
 
 
+@pytest.mark.timeout(1200)  # about 6 minutes here: one 30 s stop, 30 resources, idle window
 def test_quick_benchmark_prints_every_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert rollouts.main(["--quick"]) == 0
     out = capsys.readouterr().out
