@@ -117,7 +117,8 @@ class Bench:
         return False
 
     def delete(self, name: str, wait: bool = True) -> None:
-        self.stack.kubectl("delete", "grs", name, "-n", NS, "--wait=false")
+        self.objects.delete_namespaced_custom_object("gpudock.dev", "v1alpha1", NS,
+                                                     "gpureplicasets", name)
         if wait:
             self.wait(lambda: self.gone(name))
 
