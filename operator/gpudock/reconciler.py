@@ -157,17 +157,16 @@ class ReplicaSetReconciler:
                     if passes > MAX_PASSES:
                         raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
                     allocating = any(isinstance(a, act.ALLOCATING) for a in plan.actions)
-                    if progress is not None and _step_of(plan.status) != announced:
-                        # Shown before the steps run; API I/O never holds the node lock,
-                        # so a pass that allocates is shown, then observed again.
-                        node_lock.close()
+                    announce = progress is not None and _step_of(plan.status) != announced
+                    if announce or not allocating:
+                        node_lock.close()  # neither API I/O nor slow steps hold it
+                    if announce:  # shown before the steps run
+                        assert progress is not None
                         now = self._outcome(plan.status, shown, events)
                         progress(now)
                         shown, events, announced = now.status, [], _step_of(plan.status)
                         if allocating:
-                            continue
-                    if not allocating:
-                        node_lock.close()  # nothing taken: the steps need no node lock
+                            continue  # observed again under the node lock, then taken
                     action: act.Action | None = None
                     try:
                         self._preflight(key, meta["uid"], observation, plan)

@@ -116,11 +116,10 @@ class Bench:
             return bool(exc.status == 404)
         return False
 
-    def delete(self, name: str, wait: bool = True) -> None:
+    def delete(self, name: str) -> None:
         self.objects.delete_namespaced_custom_object("gpudock.dev", "v1alpha1", NS,
                                                      "gpureplicasets", name)
-        if wait:
-            self.wait(lambda: self.gone(name))
+        self.wait(lambda: self.gone(name))
 
     def container(self, name: str) -> Any:
         (found,) = self.docker.containers.list(all=True, filters={"label": [

@@ -1,7 +1,7 @@
 """The logic of the event-kept container cache (adapters/container_events.py), fed by
 hand. That it stays true against a real dockerd is shown by the whole integration
-suite (every agent there follows Docker's events) and by test_slow_steps.py's drift
-test."""
+suite (every agent there follows Docker's events) and by the drift test in
+tests/integration/test_node_responsiveness.py."""
 
 from __future__ import annotations
 
@@ -14,15 +14,18 @@ from gpudock.adapters.container_events import ContainerCache
 from gpudock.core.observed import ObservedContainer
 
 UID_LABEL = "gpudock.dev/uid"
+SYNC = "sync"  # the UID of the marker event _settle sends
 
 
 class Stream:
     """As docker-py's event stream: iterated by one thread, closed from another."""
 
-    def __init__(self, events: queue.Queue[dict[str, Any] | None]) -> None:
-        self.events = events
+    def __init__(self, events: queue.Queue[dict[str, Any] | None],
+                 iterated: threading.Event) -> None:
+        self.events, self.iterated = events, iterated
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.iterated.set()  # the cache iterates once it has taken the stream as live
         while (event := self.events.get()) is not None:
             yield event
         raise ConnectionError("stream ended")
@@ -32,18 +35,20 @@ class Stream:
 
 
 class Node:
-    """What the cache is told: the containers there are, and a queue of events."""
+    """What the cache is told: the containers there are, and a queue of events; what
+    it asks and whom it wakes is noted."""
 
-    def __init__(self) -> None:
-        self.containers: dict[str, str] = {}  # id -> status
+    def __init__(self, containers: dict[str, str] | None = None) -> None:
+        self.containers: dict[str, str] = dict(containers or {})  # id -> status
         self.inspected: list[str] = []
         self.lists = 0
+        self.woken: list[str] = []
+        self.synced = threading.Event()
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.connected = threading.Event()
+        self.connected = threading.Event()  # the cache follows the stream now
 
     def stream(self) -> Stream:
-        self.connected.set()
-        return Stream(self.events)
+        return Stream(self.events, self.connected)
 
     def list_ids(self) -> list[str]:
         self.lists += 1
@@ -57,25 +62,33 @@ class Node:
         return ObservedContainer(id=container_id, name=container_id, status=status,
                                  owner=None, uid="", revision=0, gpus=())
 
+    def wake(self, uid: str) -> None:
+        if uid == SYNC:
+            self.synced.set()
+        else:
+            self.woken.append(uid)
+
     def event(self, container_id: str, action: str, uid: str = "") -> None:
         self.events.put({"Action": action, "Actor": {
             "ID": container_id, "Attributes": {UID_LABEL: uid} if uid else {}}})
 
 
-def _cache(node: Node, woken: list[str]) -> ContainerCache:
-    cache = ContainerCache(node.stream, woken.append)
-    cache.follow()
+def _following(containers: dict[str, str]) -> tuple[Node, ContainerCache]:
+    """A cache following a node's stream, after its first observation."""
+    node = Node(containers)
+    cache = ContainerCache(node.stream)
+    cache.follow(node.wake)
     assert node.connected.wait(5)
-    return cache
+    cache.observe(node.list_ids, node.inspect)
+    return node, cache
 
 
 def _settle(node: Node) -> None:
-    """Wait until the stream's thread has taken every queued event."""
-    done = threading.Event()
-    node.events.put({"Action": "exec_start", "Actor": {"ID": "sync"}})
-    while not node.events.empty():
-        done.wait(0.01)
-    done.wait(0.05)
+    """Wait until the stream's thread has applied every queued event: events are
+    applied in order, so once a marker sent last has woken its UID, all have."""
+    node.synced.clear()
+    node.event("marker", "update", uid=SYNC)
+    assert node.synced.wait(5)
 
 
 def _states(found: list[ObservedContainer] | None) -> dict[str, str]:
@@ -84,29 +97,24 @@ def _states(found: list[ObservedContainer] | None) -> dict[str, str]:
 
 
 def test_not_followed_means_not_trusted() -> None:
-    node = Node()
+    node = Node({"a": "running"})
     cache = ContainerCache(node.stream)
     assert cache.observe(node.list_ids, node.inspect) is None
 
 
 def test_an_idle_node_is_observed_without_asking_docker() -> None:
-    node, woken = Node(), list[str]()
-    node.containers = {"a": "running", "b": "exited"}
-    cache = _cache(node, woken)
-    assert _states(cache.observe(node.list_ids, node.inspect)) == {"a": "running",
-                                                                   "b": "exited"}
+    node, cache = _following({"a": "running", "b": "exited"})
+    assert sorted(node.inspected) == ["a", "b"]
     node.inspected.clear()
     for _ in range(5):
-        assert _states(cache.observe(node.list_ids, node.inspect))["a"] == "running"
+        assert _states(cache.observe(node.list_ids, node.inspect)) == {"a": "running",
+                                                                       "b": "exited"}
     assert (node.lists, node.inspected) == (1, [])
     cache.close()
 
 
 def test_an_event_drops_one_entry_and_wakes_its_resource() -> None:
-    node, woken = Node(), list[str]()
-    node.containers = {"a": "running", "b": "running"}
-    cache = _cache(node, woken)
-    cache.observe(node.list_ids, node.inspect)
+    node, cache = _following({"a": "running", "b": "running"})
     node.inspected.clear()
     node.containers["a"] = "exited"
     node.event("a", "die", uid="uid-a")
@@ -114,15 +122,12 @@ def test_an_event_drops_one_entry_and_wakes_its_resource() -> None:
     assert _states(cache.observe(node.list_ids, node.inspect)) == {"a": "exited",
                                                                    "b": "running"}
     assert node.inspected == ["a"]
-    assert woken == ["uid-a"]
+    assert node.woken == ["uid-a"]
     cache.close()
 
 
 def test_the_agents_own_change_is_seen_before_its_event() -> None:
-    node, woken = Node(), list[str]()
-    node.containers = {"a": "running"}
-    cache = _cache(node, woken)
-    cache.observe(node.list_ids, node.inspect)
+    node, cache = _following({"a": "running"})
     node.containers["a"] = "exited"  # the agent stopped it; no event has come yet
     cache.changed("a")
     assert _states(cache.observe(node.list_ids, node.inspect)) == {"a": "exited"}
@@ -130,10 +135,7 @@ def test_the_agents_own_change_is_seen_before_its_event() -> None:
 
 
 def test_creates_list_again_and_destroys_drop() -> None:
-    node, woken = Node(), list[str]()
-    node.containers = {"a": "running"}
-    cache = _cache(node, woken)
-    cache.observe(node.list_ids, node.inspect)
+    node, cache = _following({"a": "running"})
     node.containers["b"] = "created"
     cache.created()
     assert _states(cache.observe(node.list_ids, node.inspect)) == {"a": "running",
@@ -147,10 +149,7 @@ def test_creates_list_again_and_destroys_drop() -> None:
 
 
 def test_a_broken_stream_empties_the_cache_until_it_reconnects() -> None:
-    node, woken = Node(), list[str]()
-    node.containers = {"a": "running"}
-    cache = _cache(node, woken)
-    cache.observe(node.list_ids, node.inspect)
+    node, cache = _following({"a": "running"})
     node.connected.clear()
     node.events.put(None)  # the stream breaks (dockerd restarted)
     assert node.connected.wait(5)  # and reconnects a second later

@@ -37,12 +37,11 @@ IGNORED = ("exec_", "top", "resize", "attach", "archive-path", "extract-to-dir",
 
 
 class ContainerCache:
-    def __init__(self, events: Callable[[], Iterable[dict[str, Any]]],
-                 on_event: Callable[[str], None] | None = None) -> None:
+    def __init__(self, events: Callable[[], Iterable[dict[str, Any]]]) -> None:
         """``events`` opens Docker's stream of container events (it blocks until the
         stream is established, then yields decoded events)."""
         self._events = events
-        self._on_event = on_event
+        self._on_event: Callable[[str], None] | None = None
         self._lock = threading.Lock()
         self._entries: dict[str, ObservedContainer | None] = {}
         self._generations: dict[str, int] = {}
@@ -53,7 +52,10 @@ class ContainerCache:
         self._stream: Any = None
         self._thread: threading.Thread | None = None
 
-    def follow(self) -> None:
+    def follow(self, on_event: Callable[[str], None] | None = None) -> None:
+        """Start following the stream (once); ``on_event`` gets the resource UID of
+        each event of a gpudock container, from the stream's thread."""
+        self._on_event = on_event
         if self._thread is None:
             self._thread = threading.Thread(target=self._follow, daemon=True,
                                             name="docker-events")
@@ -64,10 +66,6 @@ class ContainerCache:
         stream = self._stream
         if stream is not None and hasattr(stream, "close"):
             stream.close()
-
-    @property
-    def live(self) -> bool:
-        return self._live
 
     def _follow(self) -> None:
         while not self._closed:

@@ -139,8 +139,7 @@ class DockerRuntime:
         """Keep the node's containers from Docker's event stream from now on (see
         container_events.py); ``on_event`` gets the resource UID of each event of a
         gpudock container, from the stream's thread."""
-        self._containers = ContainerCache(self._container_events, on_event)
-        self._containers.follow()
+        self._containers.follow(on_event)
 
     def _container_events(self) -> Iterable[dict[str, Any]]:
         stream: Iterable[dict[str, Any]] = self.client.api.events(
