@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,8 +42,19 @@ class NodeLocks:
             lock = self._resources.setdefault(key, threading.Lock())
         # One small file per resource name, kept (removing it could let a second
         # process lock a new file while the first still holds the old one).
-        with lock, _flocked(self._state_dir / "locks" / f"{key.namespace}.{key.name}"):
+        with lock, _flocked(self._state_dir / "locks" / _lock_file_name(key)):
             yield
+
+
+def _lock_file_name(key: ResourceKey) -> str:
+    """A readable file name within the 255 bytes a name may have: the longest
+    namespace (63) and name (253) together do not fit, so long keys are shortened
+    and told apart by a hash of the whole key (245 bytes, so never equal to a short
+    one)."""
+    name = f"{key.namespace}.{key.name}"
+    if len(name) <= 200:
+        return name
+    return f"{name[:180]}.{hashlib.sha256(name.encode()).hexdigest()}"
 
 
 @contextlib.contextmanager

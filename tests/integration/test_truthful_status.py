@@ -69,7 +69,7 @@ def test_9_1_a_missing_command_is_the_users_error_and_a_fix_applies_in_seconds(
     apply(stack, namespace, gpu_replica_set("lab", command=["jupyter", "lab"]))
     degraded = _degraded(stack, namespace, "lab", "CommandNotFound", timeout=15)
     assert "jupyter" in degraded["message"]
-    assert "executable file not found" in degraded["message"]  # Docker's own words
+    assert "executable file not found" in degraded["message"]  # runc's words
     now = status(stack, namespace, "lab")
     assert (now["phase"], now["reason"]) == ("Failed", "CommandNotFound")
     assert now["history"][0]["failed"].startswith("CommandNotFound")  # never ran

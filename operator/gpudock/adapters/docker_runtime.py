@@ -21,8 +21,10 @@ from typing import Any, TypeVar, cast
 import docker
 import docker.errors
 import docker.types
+import docker.utils
 import requests.exceptions
 
+from gpudock.adapters.command_lookup import missing_command
 from gpudock.adapters.container_events import ContainerCache
 from gpudock.adapters.filesystem_info import free_bytes
 from gpudock.api import gpu_replica_set
@@ -319,6 +321,8 @@ class DockerRuntime:
         if not start:
             return container_id
         try:
+            if config.init and config.command:
+                self._check_command(container_id, config.name)
             self._change(container_id, f"start {config.name}",
                          lambda: api.start(container_id), Step.START)
             self._verify_bind_mounts(container_id, config)
@@ -329,6 +333,37 @@ class DockerRuntime:
                 self.remove(container_id, config.name)
             raise
         return container_id
+
+    def _check_command(self, container_id: str, name: str) -> None:
+        """With Docker's init as PID 1 nothing checks the command at start: look it up
+        as runc would (see command_lookup) and refuse as Docker would."""
+        attrs = self._call(f"inspect {name}",
+                           lambda: self.client.api.inspect_container(container_id))
+        config = attrs.get("Config") or {}
+        problem = missing_command(functools.partial(self._stat, container_id),
+                                  str(attrs.get("Path") or ""), config.get("Env") or [],
+                                  str(config.get("WorkingDir") or ""))
+        if problem is not None:
+            raise UserError("CommandNotFound", f"start {name}: the command cannot be run "
+                            f"in the image: {problem} (looked up before the start, as "
+                            "Docker's init would not report it)")
+
+    def _stat(self, container_id: str, path: str) -> dict[str, Any] | None:
+        """Docker's stat of a path in a container's filesystem (also before it ever
+        ran); None when there is no such path. The SDK has no call for it, only the
+        HEAD request behind ``docker cp``."""
+        api = self.client.api
+
+        def head() -> dict[str, Any] | None:
+            response = api.head(f"{api.base_url}/v{api.api_version}/containers/"
+                                f"{container_id}/archive", params={"path": path})
+            if response.status_code == 404:
+                return None
+            response.raise_for_status()
+            header = response.headers.get("X-Docker-Container-Path-Stat")
+            return cast("dict[str, Any]", docker.utils.decode_json_header(header)) \
+                if header else None
+        return self._call(f"stat {path}", head)
 
     def _verify_bind_mounts(self, container_id: str, config: ContainerConfig) -> None:
         """The directory the container really got is the one that was checked: a path
