@@ -59,10 +59,12 @@ def test_agent_killed_and_restarted_adopts_what_runs(
     stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
     agent = start_agent(gpus=8)
-    apply(stack, namespace, *(gpu_replica_set(f"a{i}", gpus=2) for i in range(3)),
-           gpu_replica_set("waiting", gpus=4))
+    # The three first: resources applied together are served in no set order (the
+    # 4-GPU one could otherwise win and a 2-GPU one wait).
+    apply(stack, namespace, *(gpu_replica_set(f"a{i}", gpus=2) for i in range(3)))
     wait_for(lambda: [s.get("phase") for s in all_statuses(stack, namespace).values()]
              .count("Running") == 3, 60, what="3 Running")
+    apply(stack, namespace, gpu_replica_set("waiting", gpus=4))
     wait_for(lambda: condition(stack, namespace, "waiting", "Ready").get("reason")
              == "InsufficientGPUs", 30, what="the 4-GPU resource to wait")
     before = {c.name: c.id for c in containers(stack, namespace)}

@@ -1,0 +1,85 @@
+"""A container's writable layer on overlay2, carried to another container as files.
+
+On Docker's overlay2 driver a container's filesystem is its image's layers (read
+only) under one writable directory, the "upper dir": every file the user created or
+changed is there, every file the user deleted from the image is a whiteout there (a
+character device 0/0), and every image directory the user replaced is an opaque
+directory there (the xattr ``trusted.overlay.opaque``). So two containers of the same
+image whose upper dirs hold the same entries have the same filesystem, and a
+container's disk can be carried into a new one by copying that directory while both
+are stopped: no ``docker commit`` (which archives the changes into a new image layer
+at about a tenth of a file copy's speed). The copy keeps owners, modes, times,
+xattrs, hard links, holes and device nodes, and shares blocks where the filesystem
+can (a reflink on XFS or btrfs; see tree_copy).
+
+A copy lands in the new container's upper dir all at once: it is made beside it,
+checked entry by entry (without reading the files' bytes again), and renamed over the
+empty directory Docker created, so a crash leaves the new container either untouched
+(and the copy is made again) or complete. The source is never changed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gpudock.adapters import tree_copy
+from gpudock.adapters.volume_backends import VolumeToolError
+
+STAGING_SUFFIX = ".gpudock-incoming"
+
+
+class LayerCopyError(VolumeToolError):
+    """The writable layer could not be carried over; the source was kept."""
+
+
+def writable_layer(inspect: dict[str, Any]) -> Path | None:
+    """The upper dir of an inspected container when it is on overlay2 and this
+    process can reach it; None otherwise (the caller falls back to docker commit)."""
+    driver = inspect.get("GraphDriver") or {}
+    upper = (driver.get("Data") or {}).get("UpperDir")
+    if driver.get("Name") != "overlay2" or not upper:
+        return None
+    path = Path(upper)
+    return path if path.is_dir() else None
+
+
+def copy_layer(source: Path, target: Path) -> None:
+    """Give the never-started container whose upper dir is ``target`` (empty) the
+    entries of ``source``: a stopped container's upper dir, or a saved copy of one."""
+    if _filled(target):
+        raise LayerCopyError(f"{target} is not empty: its container has run; nothing "
+                             "was copied")
+    _staged_copy(source, target, "copying the writable layer")
+
+
+def save_layer(source: Path, saved: Path) -> None:
+    """Keep a copy of a stopped container's upper dir at ``saved`` (which must not
+    exist yet), for a later rollback or start; it appears only once complete."""
+    if saved.exists():
+        raise LayerCopyError(f"{saved} exists already; nothing was copied")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    _staged_copy(source, saved, "saving the writable layer")
+
+
+def _staged_copy(source: Path, destination: Path, what: str) -> None:
+    """Copy beside ``destination``, check, then rename onto it (rename(2) replaces
+    an empty directory atomically, or creates the name)."""
+    staging = destination.with_name(destination.name + STAGING_SUFFIX)
+    shutil.rmtree(staging, ignore_errors=True)  # an attempt a crash cut short
+    staging.mkdir()
+    try:
+        tree_copy.copy_tree(source, staging)
+        tree_copy.verify_copy(source, staging, content=False)
+        staging.rename(destination)
+    except (OSError, VolumeToolError) as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise LayerCopyError(f"{what} {source} to {destination}: {exc}; the source "
+                             "was kept") from exc
+
+
+def _filled(directory: Path) -> bool:
+    with os.scandir(directory) as entries:
+        return any(True for _ in entries)
