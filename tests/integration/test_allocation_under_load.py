@@ -21,7 +21,7 @@ RESOURCES = 50  # created at once, then all updated at once: 100 changes
 GPUS = 8
 # Asked for at first: 30 GPUs for 8, so most wait; after the update exactly 8, so all run.
 FIRST = [1, 2, 0, 1, 0] * (RESOURCES // 5)
-SECOND = [1, 0, 0, 0, 0] * 6 + [0] * (RESOURCES - 32) + [2]
+SECOND = [1, 0, 0, 0, 0] * 6 + [0] * (RESOURCES - 31) + [2]
 
 
 class Sampler(threading.Thread):
