@@ -15,6 +15,7 @@ import contextlib
 import functools
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -53,7 +54,7 @@ class Size:
 
 
 FULL = Size((100, 1000), (10, 200, 1000), 200, 300, 60.0, 1000, 10, 100, 5)
-QUICK = Size((100,), (10, 200), 200, 30, 20.0, 200, 3, 20, 3)
+QUICK = Size((100,), (10, 200), 200, 30, 30.0, 200, 3, 20, 3)
 
 
 class Bench:
@@ -393,18 +394,22 @@ def many(bench: Bench, size: Size) -> list[tuple[str, ...]]:
         bench.docker.api.remove_container(box, force=True)
 
     time.sleep(10)  # the burst is over
-    agent_idle, dockerd_idle, writes_idle, kinds = idle_cost(bench, size.idle_window)
+    agent_idle, dockerd_idle, writes_idle, kinds, background = idle_cost(
+        bench, size.idle_window)
     return [("resources", "all Ready", "serial create+start", "ratio", "agent peak RSS",
              "agent CPU", "API requests / resource", f"idle agent CPU ({size.many})",
-             "idle dockerd CPU", "idle API writes / min", "of which"),
+             "idle dockerd CPU", "idle agent API writes / min", "of which",
+             "the stack's own writes / min"),
             (str(size.many), fmt(ours), fmt(serial), ratio(ours, serial), f"{rss:.0f} MB",
              f"{cpu:.1f} s", f"{requests / size.many:.1f}", f"{agent_idle:.1%}",
-             f"{dockerd_idle:.1%}", f"{writes_idle:.0f}", kinds)]
+             f"{dockerd_idle:.1%}", f"{writes_idle:.1f}", kinds, f"{background:.1f}")]
 
 
-def idle_cost(bench: Bench, window: float) -> tuple[float, float, float, str]:
-    """Share of one core the agent and dockerd use, and the API writes per minute (and
-    what they were), while nothing changes."""
+def idle_cost(bench: Bench, window: float) -> tuple[float, float, float, str, float]:
+    """Share of one core the agent and dockerd use while nothing changes; the agent's
+    API writes per minute and what they were; the stack's own writes per minute (the
+    API server's endpoint reconciler and the like), measured over a second window
+    with the agent held by SIGSTOP and subtracted kind by kind."""
     agent = bench.agent.process.pid  # type: ignore[union-attr]
     dockerd = int((bench.stack.base_dir / "docker.pid").read_text())
     writes_before = api_writes(bench.stack)
@@ -412,12 +417,25 @@ def idle_cost(bench: Bench, window: float) -> tuple[float, float, float, str]:
     time.sleep(window)
     agent_cpu, dockerd_cpu = cpu_seconds(agent) - agent_before, cpu_seconds(dockerd) - \
         dockerd_before
-    writes = api_writes(bench.stack)
-    delta = {k: v - writes_before.get(k, 0) for k, v in writes.items()
-             if v - writes_before.get(k, 0) > 0}
-    kinds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(delta.items())) or "none"
-    return (agent_cpu / window, dockerd_cpu / window, sum(delta.values()) * 60 / window,
-            kinds)
+    writes_after = api_writes(bench.stack)
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        time.sleep(window)
+        background_after = api_writes(bench.stack)
+    finally:
+        os.kill(agent, signal.SIGCONT)
+    total = _grown(writes_before, writes_after)
+    background = _grown(writes_after, background_after)
+    agents = {k: v - background.get(k, 0) for k, v in total.items()
+              if v - background.get(k, 0) > 0}
+    kinds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(agents.items())) or "none"
+    per_minute = 60 / window
+    return (agent_cpu / window, dockerd_cpu / window, sum(agents.values()) * per_minute,
+            kinds, sum(background.values()) * per_minute)
+
+
+def _grown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
 
 
 def cpu_seconds(pid: int) -> float:
