@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gpudock.adapters import tree_copy
-from gpudock.adapters.volume_backends import VolumeToolError
+from gpudock.adapters.volume_backends import VolumeToolError, run_tool
 
 STAGING_SUFFIX = ".gpudock-incoming"
 
@@ -55,23 +56,38 @@ def copy_layer(source: Path, target: Path) -> None:
     _staged_copy(source, target, "copying the writable layer")
 
 
-def save_layer(source: Path, saved: Path) -> None:
+def save_layer(source: Path, saved: Path, previous: Path | None = None) -> None:
     """Keep a copy of a stopped container's upper dir at ``saved`` (which must not
-    exist yet), for a later rollback or start; it appears only once complete."""
+    exist yet), for a later rollback or start; it appears only once complete.
+
+    With ``previous`` (an earlier saved copy of the same resource's disk) every file
+    unchanged since then is a hard link to it instead of a copy (rsync's
+    ``--link-dest``), so history costs what changed between revisions, as image
+    layers do. Unchanged means the same bytes (``--checksum``: both are read; a file
+    rewritten with its old size and time is not taken for unchanged) and the same
+    mode, owner and xattrs. Saved copies are never written again, which is what makes
+    sharing their files safe; a running container never gets a linked file
+    (copy_layer copies)."""
     if saved.exists():
         raise LayerCopyError(f"{saved} exists already; nothing was copied")
     saved.parent.mkdir(parents=True, exist_ok=True)
-    _staged_copy(source, saved, "saving the writable layer")
+    if previous is None:
+        _staged_copy(source, saved, "saving the writable layer")
+        return
+    _staged_copy(source, saved, "saving the writable layer", copy=lambda src, dst: run_tool(
+        "rsync", "-aHAXS", "--checksum", "--numeric-ids", f"--link-dest={previous.resolve()}",
+        f"{src}/", f"{dst}/"))
 
 
-def _staged_copy(source: Path, destination: Path, what: str) -> None:
+def _staged_copy(source: Path, destination: Path, what: str,
+                 copy: Callable[[Path, Path], object] = tree_copy.copy_tree) -> None:
     """Copy beside ``destination``, check, then rename onto it (rename(2) replaces
     an empty directory atomically, or creates the name)."""
     staging = destination.with_name(destination.name + STAGING_SUFFIX)
     shutil.rmtree(staging, ignore_errors=True)  # an attempt a crash cut short
     staging.mkdir()
     try:
-        tree_copy.copy_tree(source, staging)
+        copy(source, staging)
         tree_copy.verify_copy(source, staging, content=False)
         staging.rename(destination)
     except (OSError, VolumeToolError) as exc:

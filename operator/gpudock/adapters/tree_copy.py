@@ -46,12 +46,14 @@ def _xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
 
 def manifest(root: Path, content: bool = True) -> dict[str, tuple[object, ...]]:
     """Every entry under ``root`` (and ``.`` itself) with what a copy must keep;
-    hard links are named by the first path of their inode, sparse files by whether
-    they hold fewer blocks than their size, device nodes by their numbers. Without
-    ``content`` files are compared by size only, not read (a check whose cost
-    follows the number of files, not their bytes)."""
+    hard links within the tree are named by the first path of their inode (a link to
+    a file outside it, as a saved copy that shares unchanged files with an earlier one
+    has, does not count), sparse files by whether they hold fewer blocks than their
+    size, device nodes by their numbers. Without ``content`` files are compared by
+    size only, not read (a check whose cost follows the number of files, not their
+    bytes)."""
     entries: dict[str, tuple[object, ...]] = {}
-    first_path: dict[tuple[int, int], str] = {}
+    inode_paths: dict[tuple[int, int], list[str]] = {}
     for top, dirs, files in os.walk(root):
         dirs.sort()
         for name in (".", *sorted(dirs + files)) if top == str(root) else sorted(
@@ -60,9 +62,8 @@ def manifest(root: Path, content: bool = True) -> dict[str, tuple[object, ...]]:
             relative = os.path.relpath(path, root)
             info = os.lstat(path)
             kind = stat.S_IFMT(info.st_mode)
-            link = None
             if kind == stat.S_IFREG and info.st_nlink > 1:
-                link = first_path.setdefault((info.st_dev, info.st_ino), relative)
+                inode_paths.setdefault((info.st_dev, info.st_ino), []).append(relative)
             body: object = None
             if kind == stat.S_IFREG and content:
                 body = _digest(path)
@@ -74,7 +75,12 @@ def manifest(root: Path, content: bool = True) -> dict[str, tuple[object, ...]]:
             when = None if kind in (stat.S_IFLNK, stat.S_IFDIR) else info.st_mtime_ns
             entries[relative] = (kind, stat.S_IMODE(info.st_mode), info.st_uid,
                                  info.st_gid, info.st_size if kind == stat.S_IFREG else 0,
-                                 when, body, link, sparse, _xattrs(path))
+                                 when, body, None, sparse, _xattrs(path))
+    for paths in inode_paths.values():
+        if len(paths) > 1:
+            for relative in paths:
+                entry = entries[relative]
+                entries[relative] = (*entry[:7], paths[0], *entry[8:])
     return entries
 
 
