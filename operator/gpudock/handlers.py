@@ -244,6 +244,11 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
     wakeup = memo.wakeups.event(uid)
     settings: Settings = memo.settings
     shown: dict[str, Any] = {}  # the status written in this pass (the body may lag)
+    # The resourceVersion the daemon's last status write made: a pass woken at once
+    # (by the Docker event of its own last step) can start before the watch has
+    # brought that write into ``body``, and must not take the older status for the
+    # resource's last (a note such as DriftRepaired would be lost).
+    written_version: str | None = None
     # What could not be written while the API server was away: the next pass starts
     # from that status (so a repair it notes is not forgotten) and posts the events.
     carried: dict[str, Any] = {}
@@ -253,7 +258,7 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
         """Post the events, write the status unless the resource already has it. The
         API server being away does not stop the work on the node: the status and
         the events catch up on a later pass."""
-        nonlocal shown, carried, unsent
+        nonlocal shown, carried, unsent, written_version
         unsent += outcome.events
         try:
             _post(body, unsent)
@@ -261,8 +266,9 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
             current = shown or body.get("status") or {}
             if _without_nulls(outcome.status) != _without_nulls(
                     {k: current.get(k) for k in outcome.status}):
-                memo.kube.patch_status(GRS, body["metadata"]["namespace"],
-                                       body["metadata"]["name"], outcome.status)
+                written_version = memo.kube.patch_status(
+                    GRS, body["metadata"]["namespace"], body["metadata"]["name"],
+                    outcome.status)
                 shown = outcome.status
             carried = {}
         except KubeUnavailableError as exc:
@@ -274,8 +280,12 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
             wakeup.clear()
             delay = settings.resync_seconds
             shown = {}
-            view = {**body, "status": carried} if carried else dict(body)
             try:
+                view = await asyncio.to_thread(_caught_up, memo, body, written_version)
+                written_version = view["metadata"].get("resourceVersion")
+                shown = view.get("status") or {}
+                if carried:
+                    view = {**view, "status": carried}
                 await asyncio.to_thread(_drop_legacy_finalizer, memo, body)
                 with metrics.timed(metrics.RECONCILE_SECONDS, gpu_replica_set.KIND):
                     outcome = await asyncio.to_thread(memo.replica_sets.reconcile, view,
@@ -302,6 +312,16 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
         memo.wakeups.forget(uid)
         memo.phases.pop(uid, None)
         metrics.set_phases(gpu_replica_set.KIND, memo.phases)
+
+
+def _caught_up(memo: Any, body: kopf.Body, written_version: str | None) -> dict[str, Any]:
+    """The resource as the pass must see it: the watched body, unless it has not
+    caught up with the daemon's own last status write yet; then read afresh."""
+    if written_version is None or body["metadata"].get("resourceVersion") == written_version:
+        return dict(body)
+    fresh: dict[str, Any] = memo.kube.get(GRS, body["metadata"]["namespace"],
+                                          body["metadata"]["name"])
+    return fresh
 
 
 def _count(memo: Any, uid: str, status: dict[str, Any]) -> None:

@@ -86,10 +86,13 @@ class KubeApi:
         self._objects = kubernetes.client.CustomObjectsApi(client)
 
     def patch_status(self, plural: str, namespace: str, name: str,
-                     status: dict[str, Any]) -> None:
+                     status: dict[str, Any]) -> str:
+        """A merge patch of the status; the object's resourceVersion after it."""
         with _translated(f"patch status of {plural} {namespace}/{name}"):
-            self._objects.patch_namespaced_custom_object_status(
+            patched = self._objects.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, plural, name, {"status": status})
+        meta = cast(dict[str, Any], patched or {}).get("metadata") or {}
+        return str(meta.get("resourceVersion", ""))
 
     def patch_spec(self, plural: str, namespace: str, name: str,
                    spec: dict[str, Any]) -> None:
