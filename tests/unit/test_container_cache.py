@@ -156,3 +156,50 @@ def test_a_broken_stream_empties_the_cache_until_it_reconnects() -> None:
     node.containers["a"] = "exited"  # changed while no event could be seen
     assert _states(cache.observe(node.list_ids, node.inspect)) == {"a": "exited"}
     cache.close()
+
+
+class Images:
+    """Docker's answers about images, counting how often it was asked."""
+
+    def __init__(self) -> None:
+        self.tags = frozenset({"gpudock-preserved/a:rev-1"})
+        self.asked = 0
+
+    def ask(self) -> frozenset[str]:
+        self.asked += 1
+        return self.tags
+
+
+def test_image_answers_are_remembered_until_an_image_event() -> None:
+    node, cache = _following({})
+    images = Images()
+    for _ in range(3):
+        assert cache.remembered(("tags", "a"), images.ask) == images.tags
+    assert images.asked == 1
+    images.tags = frozenset()
+    node.events.put({"Type": "image", "Action": "untag", "Actor": {"ID": "sha256:1"}})
+    _settle(node)
+    assert cache.remembered(("tags", "a"), images.ask) == frozenset()
+    assert images.asked == 2
+    cache.close()
+
+
+def test_the_agents_own_image_step_and_a_commit_make_answers_stale() -> None:
+    node, cache = _following({"a": "running"})
+    images = Images()
+    cache.remembered(("tags", "a"), images.ask)
+    cache.images_changed()  # the agent tagged or removed an image
+    cache.remembered(("tags", "a"), images.ask)
+    node.event("a", "commit")  # someone committed a container: a new image
+    _settle(node)
+    cache.remembered(("tags", "a"), images.ask)
+    assert images.asked == 3
+    cache.close()
+
+
+def test_image_answers_are_not_remembered_while_the_stream_is_not_followed() -> None:
+    cache = ContainerCache(Node().stream)
+    images = Images()
+    cache.remembered(("tags", "a"), images.ask)
+    cache.remembered(("tags", "a"), images.ask)
+    assert images.asked == 2

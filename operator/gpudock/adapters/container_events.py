@@ -14,6 +14,11 @@ the node: the cost of an idle node grew with the square of its resources. With i
 - when the stream is not followed (not yet connected, or broken until it reconnects)
   ``observe`` returns None and the caller lists and inspects everything, as before.
 
+The same stream keeps what a reconcile asks of images (does the spec's image exist,
+which saved disks are tagged): ``remembered`` answers from memory until an image
+event (pull, load, tag, untag, delete, import, a container's commit) or one of the
+agent's own image steps (``images_changed``) makes every image answer stale.
+
 Every entry carries the generation of its container at the time the inspect began: a
 result that an event overtook is dropped rather than stored.
 """
@@ -24,12 +29,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from gpudock.core import labels
 from gpudock.core.observed import ObservedContainer
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 RECONNECT_SECONDS = 1.0
 # Events that change nothing the agent observes of a container.
 IGNORED = ("exec_", "top", "resize", "attach", "archive-path", "extract-to-dir", "export",
@@ -48,6 +54,8 @@ class ContainerCache:
         self._epoch = 0  # bumped whenever the stream (re)connects or breaks
         self._live = False
         self._listed = False  # the entries' keys are every container on the node
+        self._image_epoch = 0  # bumped by every change of the node's images
+        self._image_answers: dict[tuple[str, str], tuple[tuple[int, int], Any]] = {}
         self._closed = False
         self._stream: Any = None
         self._thread: threading.Thread | None = None
@@ -87,12 +95,17 @@ class ContainerCache:
         with self._lock:
             self._epoch += 1
             self._entries.clear()
+            self._image_answers.clear()
             self._listed = False
             self._live = live
             self._stream = stream
 
     def _apply(self, event: dict[str, Any]) -> None:
         action = str(event.get("Action") or event.get("status") or "")
+        if event.get("Type") == "image" or action == "commit":
+            self.images_changed()
+            if event.get("Type") == "image":
+                return
         actor = event.get("Actor") or {}
         container_id = str(actor.get("ID") or event.get("id") or "")
         if not container_id or action.startswith(IGNORED):
@@ -120,6 +133,26 @@ class ContainerCache:
         (its own event may come later than the next observation)."""
         with self._lock:
             self._bump(container_id)
+
+    def images_changed(self) -> None:
+        """An image was made, tagged, untagged or removed: ask Docker again."""
+        with self._lock:
+            self._image_epoch += 1
+            self._image_answers.clear()
+
+    def remembered(self, question: tuple[str, str], ask: Callable[[], T]) -> T:
+        """Docker's answer to ``question`` about images, from memory while no image
+        changed since it was asked; asked every time while the stream is not live."""
+        with self._lock:
+            epoch = (self._epoch, self._image_epoch)
+            known = self._image_answers.get(question) if self._live else None
+        if known is not None and known[0] == epoch:
+            return known[1]  # type: ignore[no-any-return]
+        answer = ask()
+        with self._lock:
+            if self._live and (self._epoch, self._image_epoch) == epoch:
+                self._image_answers[question] = (epoch, answer)
+        return answer
 
     def created(self) -> None:
         with self._lock:

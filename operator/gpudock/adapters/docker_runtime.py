@@ -145,7 +145,7 @@ class DockerRuntime:
 
     def _container_events(self) -> Iterable[dict[str, Any]]:
         stream: Iterable[dict[str, Any]] = self.client.api.events(
-            decode=True, filters={"type": "container"})
+            decode=True, filters={"type": ["container", "image"]})
         return stream
 
     @property
@@ -174,6 +174,14 @@ class DockerRuntime:
             return self._call(what, fn, step)
         finally:
             self._containers.changed(container_id)
+
+    def _image_step(self, what: str, fn: Callable[[], T]) -> T:
+        """A call that makes, tags or removes images: every remembered image answer
+        is stale afterwards, whatever came of it (its event may come later)."""
+        try:
+            return self._call(what, fn)
+        finally:
+            self._containers.images_changed()
 
     def version(self) -> str:
         return str(self._call("version", lambda: self.client.version()["Version"]))
@@ -211,20 +219,24 @@ class DockerRuntime:
                                lambda: self.client.api.inspect_image(image)))
 
     def image_exists(self, image: str) -> bool:
-        try:
-            self._inspect_image(image)
-        except UserError:
-            return False
-        return True
+        return self.image_info(image) is not None
 
     def preserved_tags(self, repository: str) -> frozenset[str]:
         """The tags (``repo:tag``) of the images in ``repository``."""
-        images = self._call("list images", lambda: self.client.api.images(name=repository))
-        return frozenset(tag for image in images for tag in image.get("RepoTags") or ()
-                         if tag.startswith(repository + ":"))
+        def ask() -> frozenset[str]:
+            images = self._call("list images", lambda: self.client.api.images(
+                name=repository))
+            return frozenset(tag for image in images for tag in image.get("RepoTags") or ()
+                             if tag.startswith(repository + ":"))
+        return self._containers.remembered(("tags", repository), ask)
 
     def image_info(self, image: str) -> ImageInfo | None:
-        """What Docker says of ``image`` (a tag, an ID or a digest); None when absent."""
+        """What Docker says of ``image`` (a tag, an ID or a digest); None when absent.
+        Remembered until an image changes on the node (container_events.py)."""
+        return self._containers.remembered(("info", image),
+                                           functools.partial(self._image_info, image))
+
+    def _image_info(self, image: str) -> ImageInfo | None:
         try:
             attrs = self._inspect_image(image)
         except UserError:
@@ -411,7 +423,7 @@ class DockerRuntime:
     def commit(self, container_id: str, name: str, image: str) -> None:
         """Save the container's filesystem (added, changed and deleted files)."""
         repository, tag = image.rsplit(":", 1)
-        self._call(f"commit {name}", lambda: self.client.api.commit(
+        self._image_step(f"commit {name}", lambda: self.client.api.commit(
             container_id, repository=repository, tag=tag, pause=True,
             message=f"gpudock: disk of {name} ({container_id})"))
 
@@ -422,7 +434,7 @@ class DockerRuntime:
         committed = self._inspect_image(image)
         changes = import_changes(committed.get("Config") or {})
         repository, tag = image.rsplit(":", 1)
-        self._call(f"flatten {name}", lambda: api.import_image(
+        self._image_step(f"flatten {name}", lambda: api.import_image(
             src=api.export(container_id), repository=repository, tag=tag, changes=changes,
             stream_src=True))
         self.remove_image(committed["Id"])  # the many-layer commit, now untagged
@@ -442,7 +454,7 @@ class DockerRuntime:
                 raise
             return True
 
-        return self._call(f"remove image {image}", remove)
+        return self._image_step(f"remove image {image}", remove)
 
     def remove_volumes(self, namespace: str, name: str, uid: str | None = None) -> int:
         """Remove the Docker volumes gpudock made for a resource's image VOLUMEs (of
@@ -472,13 +484,13 @@ class DockerRuntime:
             for _ in self.client.api.load_image(chunks, quiet=True):
                 pass
 
-        self._call(what, load)
+        self._image_step(what, load)
 
     def commit_to(self, container_id: str, name: str, image: str, *, pause: bool) -> None:
         """``docker commit`` of a container that keeps running (paused during the
         commit when ``pause``), to ``image`` (repository:tag)."""
         repository, tag = image.rsplit(":", 1)
-        self._call(f"commit {name}", lambda: self.client.api.commit(
+        self._image_step(f"commit {name}", lambda: self.client.api.commit(
             container_id, repository=repository, tag=tag, pause=pause,
             message=f"committed from {name}"))
 
@@ -537,7 +549,7 @@ class DockerRuntime:
         ``source`` does not exist (a crash after a re-tag removed it: nothing to do)."""
         repository, tag = target.rsplit(":", 1)
         try:
-            self._call(f"tag {source} as {target}", lambda: self.client.api.tag(
+            self._image_step(f"tag {source} as {target}", lambda: self.client.api.tag(
                 source, repository, tag, force=True))
         except UserError:
             return False
