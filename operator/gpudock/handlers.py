@@ -243,12 +243,12 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
     uid = body["metadata"]["uid"]
     wakeup = memo.wakeups.event(uid)
     settings: Settings = memo.settings
-    shown: dict[str, Any] = {}  # the status written in this pass (the body may lag)
-    # The resourceVersion the daemon's last status write made: a pass woken at once
-    # (by the Docker event of its own last step) can start before the watch has
-    # brought that write into ``body``, and must not take the older status for the
-    # resource's last (a note such as DriftRepaired would be lost).
-    written_version: str | None = None
+    shown: dict[str, Any] = {}  # the status as this pass knows it (the body may lag)
+    # The resourceVersion the daemon last read or made with a status write: a pass
+    # woken at once (by the Docker event of its own last step) can start before the
+    # watch has brought that write into ``body``, and must not take the older status
+    # for the resource's last (a note such as DriftRepaired would be lost).
+    known_version: str | None = None
     # What could not be written while the API server was away: the next pass starts
     # from that status (so a repair it notes is not forgotten) and posts the events.
     carried: dict[str, Any] = {}
@@ -258,7 +258,7 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
         """Post the events, write the status unless the resource already has it. The
         API server being away does not stop the work on the node: the status and
         the events catch up on a later pass."""
-        nonlocal shown, carried, unsent, written_version
+        nonlocal shown, carried, unsent, known_version
         unsent += outcome.events
         try:
             _post(body, unsent)
@@ -266,7 +266,7 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
             current = shown or body.get("status") or {}
             if _without_nulls(outcome.status) != _without_nulls(
                     {k: current.get(k) for k in outcome.status}):
-                written_version = memo.kube.patch_status(
+                known_version = memo.kube.patch_status(
                     GRS, body["metadata"]["namespace"], body["metadata"]["name"],
                     outcome.status)
                 shown = outcome.status
@@ -281,8 +281,8 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
             delay = settings.resync_seconds
             shown = {}
             try:
-                view = await asyncio.to_thread(_caught_up, memo, body, written_version)
-                written_version = view["metadata"].get("resourceVersion")
+                view = await asyncio.to_thread(_caught_up, memo, body, known_version)
+                known_version = view["metadata"].get("resourceVersion")
                 shown = view.get("status") or {}
                 if carried:
                     view = {**view, "status": carried}
@@ -314,10 +314,11 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
         metrics.set_phases(gpu_replica_set.KIND, memo.phases)
 
 
-def _caught_up(memo: Any, body: kopf.Body, written_version: str | None) -> dict[str, Any]:
-    """The resource as the pass must see it: the watched body, unless it has not
-    caught up with the daemon's own last status write yet; then read afresh."""
-    if written_version is None or body["metadata"].get("resourceVersion") == written_version:
+def _caught_up(memo: Any, body: kopf.Body, known_version: str | None) -> dict[str, Any]:
+    """The resource as the pass must see it: the watched body when it is at the
+    version the daemon knows (or the daemon knows none yet); otherwise the body may
+    not have caught up with the daemon's own status write, so read afresh."""
+    if known_version is None or body["metadata"].get("resourceVersion") == known_version:
         return dict(body)
     fresh: dict[str, Any] = memo.kube.get(GRS, body["metadata"]["namespace"],
                                           body["metadata"]["name"])
