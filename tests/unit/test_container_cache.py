@@ -203,3 +203,20 @@ def test_image_answers_are_not_remembered_while_the_stream_is_not_followed() -> 
     cache.remembered(("tags", "a"), images.ask)
     cache.remembered(("tags", "a"), images.ask)
     assert images.asked == 2
+
+
+def test_a_restarted_container_shows_the_exit_that_made_docker_restart_it() -> None:
+    node, cache = _following({"a": "running"})
+
+    def restarted(container_id: str) -> ObservedContainer:
+        # What Docker's inspect says once the restart policy started it again.
+        return ObservedContainer(id=container_id, name=container_id, status="running",
+                                 restart_count=1, exit_code=0)
+    node.events.put({"Action": "die", "Actor": {"ID": "a", "Attributes": {
+        "exitCode": "3"}}})
+    node.event("a", "start")
+    _settle(node)
+    found = cache.observe(node.list_ids, restarted)
+    assert found is not None
+    assert [c.exit_code for c in found] == [3]
+    cache.close()

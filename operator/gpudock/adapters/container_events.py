@@ -21,6 +21,11 @@ agent's own image steps (``images_changed``) makes every image answer stale.
 
 Every entry carries the generation of its container at the time the inspect began: a
 result that an event overtook is dropped rather than stored.
+
+Docker resets a container's exit code when its restart policy starts it again, so an
+inspect of a crash-looping container caught running says "exit code 0". The code of
+each container's last ``die`` event is kept and given instead, so the status shows
+the exit that made Docker restart it.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from gpudock.core import labels
@@ -55,6 +61,7 @@ class ContainerCache:
         self._live = False
         self._listed = False  # the entries' keys are every container on the node
         self._image_epoch = 0  # bumped by every change of the node's images
+        self._exit_codes: dict[str, int] = {}  # of each container's last die event
         self._image_answers: dict[tuple[str, str], tuple[tuple[int, int], Any]] = {}
         self._closed = False
         self._stream: Any = None
@@ -96,6 +103,7 @@ class ContainerCache:
             self._epoch += 1
             self._entries.clear()
             self._image_answers.clear()
+            self._exit_codes.clear()
             self._listed = False
             self._live = live
             self._stream = stream
@@ -110,14 +118,17 @@ class ContainerCache:
         container_id = str(actor.get("ID") or event.get("id") or "")
         if not container_id or action.startswith(IGNORED):
             return
+        attributes = actor.get("Attributes") or {}
         with self._lock:
             self._bump(container_id)
             if action == "destroy":
                 self._entries.pop(container_id, None)
                 self._generations.pop(container_id, None)
+                self._exit_codes.pop(container_id, None)
             elif action == "create":
                 self._listed = False
-        attributes = actor.get("Attributes") or {}
+            elif action == "die" and str(attributes.get("exitCode", "")).isdigit():
+                self._exit_codes[container_id] = int(attributes["exitCode"])
         uid = attributes.get(labels.UID)
         if uid and self._on_event is not None:
             self._on_event(str(uid))
@@ -183,7 +194,7 @@ class ContainerCache:
         result = []
         for container_id, entry in snapshot.items():
             if entry is not None:  # true when the snapshot was taken
-                result.append(entry)
+                result.append(self._with_last_exit(entry))
                 continue
             found = inspect(container_id)
             with self._lock:
@@ -194,5 +205,14 @@ class ContainerCache:
                         self._entries[container_id] = found
                     # else an event overtook the inspect: used now, inspected next time
             if found is not None:
-                result.append(found)
+                result.append(self._with_last_exit(found))
         return result
+
+    def _with_last_exit(self, container: ObservedContainer) -> ObservedContainer:
+        """A container Docker restarted, with the exit code that made it restart."""
+        if container.status != "running" or container.restart_count == 0 or \
+                container.exit_code != 0:
+            return container
+        with self._lock:
+            code = self._exit_codes.get(container.id)
+        return container if code is None else replace(container, exit_code=code)
