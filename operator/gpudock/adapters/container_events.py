@@ -62,7 +62,7 @@ class ContainerCache:
         self._listed = False  # the entries' keys are every container on the node
         self._image_epoch = 0  # bumped by every change of the node's images
         self._exit_codes: dict[str, int] = {}  # of each container's last die event
-        self._image_answers: dict[tuple[str, str], tuple[tuple[int, int], Any]] = {}
+        self._image_answers: dict[tuple[str, str], Any] = {}  # cleared by every bump
         self._closed = False
         self._stream: Any = None
         self._thread: threading.Thread | None = None
@@ -110,10 +110,11 @@ class ContainerCache:
 
     def _apply(self, event: dict[str, Any]) -> None:
         action = str(event.get("Action") or event.get("status") or "")
-        if event.get("Type") == "image" or action == "commit":
+        if event.get("Type") == "image":
             self.images_changed()
-            if event.get("Type") == "image":
-                return
+            return
+        if action == "commit":  # a container's commit makes an image
+            self.images_changed()
         actor = event.get("Actor") or {}
         container_id = str(actor.get("ID") or event.get("id") or "")
         if not container_id or action.startswith(IGNORED):
@@ -156,13 +157,12 @@ class ContainerCache:
         changed since it was asked; asked every time while the stream is not live."""
         with self._lock:
             epoch = (self._epoch, self._image_epoch)
-            known = self._image_answers.get(question) if self._live else None
-        if known is not None and known[0] == epoch:
-            return known[1]  # type: ignore[no-any-return]
+            if self._live and question in self._image_answers:
+                return self._image_answers[question]  # type: ignore[no-any-return]
         answer = ask()
-        with self._lock:
+        with self._lock:  # kept only when no image changed while it was asked
             if self._live and (self._epoch, self._image_epoch) == epoch:
-                self._image_answers[question] = (epoch, answer)
+                self._image_answers[question] = answer
         return answer
 
     def created(self) -> None:

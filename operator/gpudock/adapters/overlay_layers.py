@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from gpudock.adapters import tree_copy
-from gpudock.adapters.volume_backends import VolumeToolError, run_tool
+from gpudock.adapters.volume_backends import VolumeToolError
 
 STAGING_SUFFIX = ".gpudock-incoming"
 
@@ -61,33 +60,26 @@ def save_layer(source: Path, saved: Path, previous: Path | None = None) -> None:
     exist yet), for a later rollback or start; it appears only once complete.
 
     With ``previous`` (an earlier saved copy of the same resource's disk) every file
-    unchanged since then is a hard link to it instead of a copy (rsync's
-    ``--link-dest``), so history costs what changed between revisions, as image
-    layers do. Unchanged means the same bytes (``--checksum``: both are read; a file
-    rewritten with its old size and time is not taken for unchanged) and the same
-    mode, owner and xattrs. Saved copies are never written again, which is what makes
-    sharing their files safe; a running container never gets a linked file
-    (copy_layer copies)."""
+    unchanged since then is a hard link to it instead of a copy (tree_copy's
+    ``share_with``: same bytes, mode, owner and xattrs), so history costs what changed
+    between revisions, as image layers do. Saved copies are never written again,
+    which is what makes sharing their files safe; a running container never gets a
+    linked file (copy_layer copies)."""
     if saved.exists():
         raise LayerCopyError(f"{saved} exists already; nothing was copied")
     saved.parent.mkdir(parents=True, exist_ok=True)
-    if previous is None:
-        _staged_copy(source, saved, "saving the writable layer")
-        return
-    _staged_copy(source, saved, "saving the writable layer", copy=lambda src, dst: run_tool(
-        "rsync", "-aHAXS", "--checksum", "--numeric-ids", f"--link-dest={previous.resolve()}",
-        f"{src}/", f"{dst}/"))
+    _staged_copy(source, saved, "saving the writable layer", share_with=previous)
 
 
 def _staged_copy(source: Path, destination: Path, what: str,
-                 copy: Callable[[Path, Path], object] = tree_copy.copy_tree) -> None:
+                 share_with: Path | None = None) -> None:
     """Copy beside ``destination``, check, then rename onto it (rename(2) replaces
     an empty directory atomically, or creates the name)."""
     staging = destination.with_name(destination.name + STAGING_SUFFIX)
     shutil.rmtree(staging, ignore_errors=True)  # an attempt a crash cut short
     staging.mkdir()
     try:
-        copy(source, staging)
+        tree_copy.copy_tree(source, staging, share_with)
         tree_copy.verify_copy(source, staging, content=False)
         staging.rename(destination)
     except (OSError, VolumeToolError) as exc:

@@ -20,12 +20,22 @@ from gpudock.adapters.volume_backends import VolumeToolError, run_tool
 CHUNK = 1 << 20
 
 
-def copy_tree(source: Path, target: Path) -> None:
+def copy_tree(source: Path, target: Path, share_with: Path | None = None) -> None:
     """Copy what ``source`` holds into the empty directory ``target`` (and the
     source directory's own owner, mode and times onto it). Device nodes come along
     (overlayfs's whiteouts are character devices 0/0), and a file's blocks are shared
-    instead of copied where the filesystem can (a reflink on XFS or btrfs)."""
-    run_tool("cp", "-a", "--reflink=auto", "--sparse=always", f"{source}/.", f"{target}/")
+    instead of copied where the filesystem can (a reflink on XFS or btrfs).
+
+    With ``share_with`` (a tree nothing writes to any more) every file it holds with
+    the same bytes (``--checksum``: a file rewritten with its old size and time is
+    not taken for unchanged), mode, owner and xattrs is hard-linked from there
+    instead of copied (rsync's ``--link-dest``)."""
+    if share_with is None:
+        run_tool("cp", "-a", "--reflink=auto", "--sparse=always", f"{source}/.",
+                 f"{target}/")
+        return
+    run_tool("rsync", "-aHAXS", "--checksum", "--numeric-ids",
+             f"--link-dest={share_with.resolve()}", f"{source}/", f"{target}/")
 
 
 def _digest(path: str) -> str:
