@@ -67,7 +67,11 @@ def wait_settled(stack: LocalStack, namespace: str, name: str, *, phase: str = "
             return status
         return None
 
-    wait_for(settled, timeout, what=f"{namespace}/{name} {phase} at revision {revision}")
+    try:
+        wait_for(settled, timeout, what=f"{namespace}/{name} {phase} at revision {revision}")
+    except TimeoutError as timeout_error:  # say where it stood, so a failure explains itself
+        last = grs(stack, namespace, name).get("status")
+        raise TimeoutError(f"{timeout_error}; its status: {last}") from None
     status = settled()
     assert status is not None, grs(stack, namespace, name)  # and it stays so
     return status

@@ -195,9 +195,9 @@ def test_auto_port_held_outside_docker_is_skipped(
 ) -> None:
     import socket
 
-    from tests.stack.processes import free_port
+    from tests.stack.processes import free_port_range
 
-    first = free_port()
+    first = free_port_range(21)
     start_agent(extra_args=["--port-range", f"{first}-{first + 20}"])
     holder = socket.socket()  # a process outside Docker listens on the first port
     holder.bind(("0.0.0.0", first))

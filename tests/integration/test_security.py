@@ -152,9 +152,9 @@ def test_14_2_another_tenants_saved_disk_is_never_an_image(
 def test_14_3_explicit_host_ports_must_lie_in_the_allowed_range(
     stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
-    from tests.stack.processes import free_port
+    from tests.stack.processes import free_port_range
 
-    first = free_port()
+    first = free_port_range(12)
     start_agent(extra_args=["--port-range", f"{first}-{first + 10}"])
     apply(stack, namespace,
           gpu_replica_set("privileged", gpus=0, ports=[{"containerPort": 80, "hostPort": 80}]),
@@ -172,9 +172,10 @@ def test_14_3_explicit_host_ports_must_lie_in_the_allowed_range(
 def test_14_3_a_flag_widens_the_explicit_host_ports(
     stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
-    from tests.stack.processes import free_port
+    from tests.stack.processes import free_port_range
 
-    first, wanted = free_port(), free_port()
+    first = free_port_range(2)
+    wanted = first + 1
     start_agent(extra_args=["--port-range", f"{first}-{first}",
                             "--allowed-host-ports", "1024-65535"])
     apply(stack, namespace, gpu_replica_set("wide", gpus=0, ports=[

@@ -25,6 +25,7 @@ from tests.integration.revisions import (
     wait_settled,
 )
 from tests.stack.localstack import IDLE_COMMAND, LocalStack, wait_for
+from tests.stack.processes import free_port_range
 from tests.stack.resources import (
     all_statuses,
     apply,
@@ -187,9 +188,10 @@ def test_9_3_when_docker_refuses_the_new_container_the_previous_revision_runs_ag
 
 @contextlib.contextmanager
 def _port_held_outside_docker() -> Iterator[int]:
+    """The first of 21 free ports (below the ephemeral range), held by a listener."""
     holder = socket.socket()
     holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    holder.bind(("0.0.0.0", 0))
+    holder.bind(("0.0.0.0", free_port_range(21)))
     holder.listen()
     try:
         yield holder.getsockname()[1]

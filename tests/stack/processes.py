@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -18,6 +19,31 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_range(count: int) -> int:
+    """The first of ``count`` consecutive TCP ports that nothing holds right now.
+
+    The ports lie below the kernel's ephemeral range, so the machine's own outgoing
+    connections (the stack makes many) cannot take one of them after the check, as
+    they can take a neighbour of a port that ``free_port`` returned."""
+    lowest_ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range")
+                           .read_text().split()[0])
+    randomness = random.Random()
+    for _ in range(100):
+        first = randomness.randrange(20000, lowest_ephemeral - count)
+        if all(_bindable(port) for port in range(first, first + count)):
+            return first
+    raise RuntimeError(f"no {count} free consecutive ports below {lowest_ephemeral}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+        return True
 
 
 class ManagedProcess:
