@@ -21,7 +21,7 @@ SUITE=bookworm
 # The storage tools are what the volume backends run (docs/sized-volumes.md): mount and
 # losetup (util-linux, mount), mkfs.ext4/resize2fs/e2undo (e2fsprogs), btrfs, xfs_quota;
 # setpriv ties each tool's life to the agent's.
-PACKAGES=python3,python3-venv,e2fsprogs,btrfs-progs,xfsprogs,util-linux,mount,ca-certificates
+PACKAGES=python3,python3-venv,e2fsprogs,btrfs-progs,xfsprogs,util-linux,mount,rsync,ca-certificates
 BASE_RECIPE=1   # bump when the base steps below change
 log() { printf '[image] %s\n' "$*" >&2; }
 

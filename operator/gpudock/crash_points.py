@@ -27,8 +27,11 @@ STEPS = tuple(step.__name__ for step in (*typing.get_args(act.Action),
 INSIDE_STEPS = (
     "PreserveDisk.committed",  # the commit is done, the record not yet updated
     "PreserveDisk.flattened",  # the export + import is done, the record not yet updated
+    "PreserveDisk.layerSaved",  # the writable layer is copied, the record not yet updated
     "StartRevision.recorded",  # the new revision is recorded, its container not created
-    "PruneRevision.imageRemoved",  # the saved disk is removed, the record not yet
+    "StartRevision.created",  # its container is created, the saved layer not copied in
+    "StartRevision.layerCopied",  # the saved layer is in, the container not started
+    "PruneRevision.diskRemoved",  # the saved disk is removed, the record not yet
     "ResizeVolume.usersStopped",  # a volume's users stopped, not resized yet
     "MoveVolume.usersStopped",  # the copy backend: users stopped, nothing copied
     "MoveVolume.copied",  # copied and checked, the record not switched yet

@@ -15,12 +15,14 @@ import contextlib
 import datetime
 import functools
 import logging
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from gpudock import metrics
-from gpudock.adapters import host_paths, host_ports
+from gpudock.adapters import host_paths, host_ports, overlay_layers
 from gpudock.adapters.docker_runtime import DiskFullError, DockerRuntime, HostPortBusyError
 from gpudock.adapters.filesystem_info import free_bytes
 from gpudock.adapters.host_paths import HostPathPolicy
@@ -50,7 +52,7 @@ ADOPT_HISTORY = "gpudock.dev/adopt-history"  # annotation: the deleted resource'
 # marked failed and the previous one runs again (not retried until the spec changes).
 REFUSED_REVISION = frozenset({"ContainerCreateFailed", "ContainerStartFailed",
                               "CommandNotFound", "HostPathMissing", "ImageNotPresent",
-                              "HostPortInUse"})
+                              "HostPortInUse", "DiskRestoreFailed"})
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
 SAVE_MARGIN = 64 * 2**20  # room a save needs beyond its writable layer
 STATE_MARGIN = 16 * 2**20  # room the revision store needs in the state dir
@@ -108,6 +110,7 @@ class ReplicaSetReconciler:
         self._crash = CrashPoints(settings.crash_at)
         self._host_paths = HostPathPolicy(settings.allowed_host_paths,
                                           settings.read_only_host_paths)
+        self._layer_home: tuple[Path | None] | None = None  # asked of Docker once
 
     def now(self) -> str:
         return self._clock()
@@ -239,8 +242,8 @@ class ReplicaSetReconciler:
         new = plan.next_config
         if new is None or current is None or not current.running or not new.command:
             return
-        if new.image != core.preserved_image(key, current.revision):
-            return  # another image: its files cannot be looked at before it runs
+        if not plan.next_carries_disk:
+            return  # another disk: its files cannot be looked at before it runs
         if self._docker.command_missing(
                 current.id, new.command[0], [f"{k}={v}" for k, v in new.env.items()]):
             raise UserError("CommandNotFound", f"command {new.command[0]!r} is not in "
@@ -303,7 +306,30 @@ class ReplicaSetReconciler:
             adoptable=adoptable,
             retained_tags=self._docker.preserved_tags(core.retained_repository(key))
             if adoptable else frozenset(),
+            saved_layers=self._saved_layers((*records, *adoptable)),
+            layer_root=self._layer_root(),
         )
+
+    def layers_home(self) -> Path | None:
+        """Where saved writable layers live on this node (None: Docker does not use
+        overlay2, or the agent cannot reach its root); asked of Docker once."""
+        if self._layer_home is None:
+            self._layer_home = (overlay_layers.layer_home(*self._docker.storage()),)
+        return self._layer_home[0]
+
+    def _layer_root(self) -> str | None:
+        """Where new saves copy a writable layer to; None: they commit."""
+        home = self.layers_home() if self._settings.disk_saves == "layer" else None
+        return str(home) if home is not None else None
+
+    @staticmethod
+    def _saved_layers(records: tuple[Revision, ...]) -> frozenset[str]:
+        return frozenset(p for r in records for p in (r.saved_layer, r.layer)
+                         if p and Path(p).is_dir())
+
+    def _saved(self, key: ResourceKey, records: tuple[Revision, ...]) -> core.SavedDisks:
+        return core.SavedDisks(self._docker.preserved_tags(core.preserved_repository(key)),
+                               self._saved_layers(records), self._layer_root())
 
     def _resolve(self, path: str, read_only: bool) -> str | UserError:
         try:
@@ -347,11 +373,14 @@ class ReplicaSetReconciler:
     def _run_step(self, key: ResourceKey, action: act.Action) -> list[Event]:
         docker, store = self._docker, self._store
         match action:
-            case act.StartRevision(record=record, config=config, start=start, reason=reason):
+            case act.StartRevision(record=record, config=config, start=start, reason=reason,
+                                   layer=layer):
                 checked = self._checked_again(config)  # refused: no record is left
                 store.put(record)  # first: a crash after it leaves a record, no orphan
                 self._crash.reach("StartRevision.recorded")
-                container_id = docker.create_and_start(checked, start=start)
+                container_id = docker.create_and_start(checked, start=start, prepare=(
+                    functools.partial(self._put_layer, layer, config.name)
+                    if layer is not None else None))
                 # Made by the agent: a later disappearance is drift, not a new start.
                 store.put(replace(record, container_id=container_id))
                 gpus = ",".join(config.gpus) or "no GPU"
@@ -361,16 +390,24 @@ class ReplicaSetReconciler:
             case act.RecordRevision(record=record, reason=reason):
                 store.put(record)
                 return [Event("Normal", reason, f"revision {record.revision} recorded")]
-            case act.PreserveDisk(container_id=cid, name=name, image=image, record=record):
+            case act.PreserveDisk(container_id=cid, name=name, image=image, record=record,
+                                  layer=layer, previous=previous):
                 try:
-                    return self._preserve(cid, name, image, record)
+                    saved = None
+                    if layer is not None and record is not None:
+                        saved = self._save_layer(cid, name, layer, previous, record)
+                    return saved if saved is not None else self._preserve(cid, name,
+                                                                          image, record)
                 except DiskFullError:
                     # The previous revision goes back to serving; what the failed save
                     # wrote is removed. The next try is refused before the stop.
                     docker.remove_dangling_images(key.namespace, key.name)
                     docker.start(cid, name)
                     raise
-            case act.StartContainer(container_id=cid, name=name, reason=reason, note=note):
+            case act.StartContainer(container_id=cid, name=name, reason=reason, note=note,
+                                    layer=layer):
+                if layer is not None:  # unless a start cut short by a crash put it in
+                    self._put_layer(layer, name, cid, unless_there=True)
                 docker.start(cid, name)
                 if note is not None:
                     store.put(note)
@@ -404,7 +441,8 @@ class ReplicaSetReconciler:
             case act.PruneRevision(record=record):
                 if record.preserved_image and not docker.remove_image(record.preserved_image):
                     return []  # still in use; pruned on a later pass
-                self._crash.reach("PruneRevision.imageRemoved")
+                self._remove_layers(record)
+                self._crash.reach("PruneRevision.diskRemoved")
                 store.delete(record.namespace, record.name, record.revision)
                 return [Event("Normal", "RevisionPruned", f"revision {record.revision} "
                               "pruned (revisionHistoryLimit)")]
@@ -419,12 +457,18 @@ class ReplicaSetReconciler:
                 for source, _ in retags:
                     docker.remove_image(source)  # only the tag: the image has its new one
                 return [Event("Normal", reason, message)]
-            case act.PurgeHistory(namespace=namespace, name=name, images=images):
+            case act.PurgeHistory(namespace=namespace, name=name, images=images,
+                                  layers=layers):
                 for image in sorted(images, reverse=True):
                     docker.remove_image(image)
+                home = self.layers_home()
+                for directory in layers:
+                    if home is not None:
+                        overlay_layers.remove_saved(Path(directory), home)
                 volumes = docker.remove_volumes(namespace, name)
                 store.delete_all(namespace, name)
-                return [Event("Normal", "HistoryPurged", f"{len(images)} saved disks, "
+                return [Event("Normal", "HistoryPurged", f"{len(images) + len(layers)} "
+                              "saved disks, "
                               f"{volumes} image volumes and every revision record removed "
                               "(historyPolicy Purge)")]
         raise AssertionError(f"unknown action {action!r}")  # pragma: no cover
@@ -455,10 +499,71 @@ class ReplicaSetReconciler:
             self._crash.reach("PreserveDisk.flattened")
             events.append(Event("Normal", "DiskFlattened", f"{image} had {layers} layers "
                                 f"(> {self._settings.max_image_layers}): flattened to one"))
-        if record is not None:
+        if record is not None:  # the commit is the disk now, not an earlier saved layer
             self._store.put(replace(record, preserved_image=image,
-                                    preserved_from=container_id))
+                                    preserved_from=container_id, saved_layer=None))
         return events
+
+    def _save_layer(self, container_id: str, name: str, layer: str, previous: str | None,
+                    record: Revision) -> list[Event] | None:
+        """Copy a stopped container's writable layer to ``layer`` and note it in the
+        record; None when it cannot be copied here (the caller commits instead)."""
+        upper = self._docker.writable_layer_dir(container_id)
+        if upper is None or not Path(upper).is_dir():
+            logger.info("%s: writable layer %s not reachable; committing", name, upper)
+            return None
+        saved = Path(layer)
+        if saved.exists():
+            # A save of this container that a crash left un-noted, or one the record
+            # notes of a container that ran again since: made again (the container,
+            # not removed before its save is noted, still has every file).
+            shutil.rmtree(saved)
+        try:
+            overlay_layers.save_layer(Path(upper), saved, Path(previous) if previous else None)
+        except overlay_layers.LayerCopyError as exc:
+            if "No space left" in str(exc):
+                raise DiskFullError(f"saving the disk of {name}: {exc}") from exc
+            logger.warning("%s: %s; committing instead", name, exc)
+            return None
+        self._crash.reach("PreserveDisk.layerSaved")
+        self._store.put(replace(record, saved_layer=layer, preserved_from=container_id))
+        return [Event("Normal", "DiskSaved", f"writable layer of {name} saved to {layer}")]
+
+    def _put_layer(self, layer: str, name: str, container_id: str,
+                   unless_there: bool = False) -> None:
+        """Copy a saved writable layer into a never-started container; with
+        ``unless_there``, nothing when the container's layer already has files (a copy
+        lands all at once, so those are the copy). Raises UserError DiskRestoreFailed."""
+        if not unless_there:
+            self._crash.reach("StartRevision.created")
+        upper = self._docker.writable_layer_dir(container_id)
+        try:
+            if upper is None or not Path(upper).is_dir():
+                raise overlay_layers.LayerCopyError(
+                    f"the writable layer of {name} ({upper}) cannot be reached")
+            if unless_there and overlay_layers.filled(Path(upper)):
+                return
+            overlay_layers.copy_layer(Path(layer), Path(upper))
+        except (OSError, overlay_layers.LayerCopyError) as exc:
+            raise UserError("DiskRestoreFailed", f"the saved disk {layer} could not be put "
+                            f"into {name}: {exc}") from exc
+        if not unless_there:
+            self._crash.reach("StartRevision.layerCopied")
+
+    def _remove_layers(self, record: Revision) -> None:
+        """A pruned revision's saved layers, unless another record still needs one:
+        as its saved disk, or as the disk it started from while it has none of its
+        own (its container may not have received it yet)."""
+        home = self.layers_home()
+        if home is None:
+            return
+        others = {p for r in self._store.list(record.namespace, record.name)
+                  if r.revision != record.revision
+                  for p in (r.saved_layer,
+                            None if r.saved_layer or r.preserved_image else r.layer)}
+        for saved in {record.saved_layer, record.layer} - others - {None}:
+            assert saved is not None
+            overlay_layers.remove_saved(Path(saved), home)
 
     # --------------------------------------------------------------------------- delete
     def delete(self, body: Mapping[str, Any]) -> list[Event]:
@@ -472,10 +577,9 @@ class ReplicaSetReconciler:
         events: list[Event] = []
         with self._locks.resource(key):
             self._deleted.add(meta["uid"])
-            actions = core.plan_delete(
-                key, tuple(self._docker.list_containers()),
-                tuple(self._store.list(key.namespace, key.name)),
-                self._docker.preserved_tags(core.preserved_repository(key)), policy)
+            records = tuple(self._store.list(key.namespace, key.name))
+            actions = core.plan_delete(key, tuple(self._docker.list_containers()), records,
+                                       self._saved(key, records), policy)
             for action in actions:
                 events += self._execute(key, action)
         return events
@@ -506,10 +610,9 @@ class ReplicaSetReconciler:
             with self._locks.resource(key):
                 containers = tuple(c for c in self._docker.list_containers()
                                    if c.owner == key and c.uid == uid)
-                actions = core.plan_delete(
-                    key, containers, tuple(self._store.list(key.namespace, key.name)),
-                    self._docker.preserved_tags(core.preserved_repository(key)),
-                    HistoryPolicy.RETAIN)
+                records = tuple(self._store.list(key.namespace, key.name))
+                actions = core.plan_delete(key, containers, records,
+                                           self._saved(key, records), HistoryPolicy.RETAIN)
                 for action in actions:
                     self._execute(key, action)
             done.append(f"{key} (uid {uid}): resource gone; {len(containers)} container(s) "

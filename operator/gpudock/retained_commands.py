@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from gpudock.adapters import overlay_layers
 from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.adapters.revision_store import open_revision_store
@@ -93,8 +94,10 @@ def run_history(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         rows = [("UID", "REVISIONS", "LAST CHANGE", "SAVED DISKS", "UNIQUE BYTES")]
         for uid, records in sorted(histories.items()):
             disks = {r.preserved_image for r in records if r.preserved_image in use}
+            layers = {r.saved_layer for r in records
+                      if r.saved_layer and Path(r.saved_layer).is_dir()}
             rows.append((uid, ",".join(str(r.revision) for r in records),
-                         records[-1].created_at, str(len(disks)),
+                         records[-1].created_at, str(len(disks) + len(layers)),
                          str(sum(use[d] for d in disks if d))))
         table(rows, out)
         if not histories:
@@ -122,10 +125,16 @@ def run_purge(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                                     or image == r.preserved_image)}
             for image in sorted(images, reverse=True):  # later disks build on earlier
                 docker.remove_image(image)
+            layers = {p for r in records for p in (r.saved_layer, r.layer) if p}
+            home = overlay_layers.layer_home(*docker.storage())
+            for layer in sorted(layers):
+                if home is not None:
+                    overlay_layers.remove_saved(Path(layer), home)
             volumes = docker.remove_volumes(namespace, args.name, uid)
             for record in records:
                 store.delete(record.namespace, record.name, record.revision)
-            print(f"purged uid {uid}: {len(records)} revision(s), {len(images)} saved "
+            print(f"purged uid {uid}: {len(records)} revision(s), "
+                  f"{len(images) + len(layers)} saved "
                   f"disk(s), {volumes} volume(s)", file=out)
         return 0
 

@@ -61,6 +61,9 @@ class PortRange:
 
 
 VOLUME_BACKENDS = ("loopfile", "btrfs", "xfs-quota", "copy")
+# How a stopped container's disk is saved: "layer" copies its overlay2 writable layer
+# (docker commit where that cannot be done), "commit" always commits.
+DISK_SAVES = ("layer", "commit")
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class Settings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     stop_timeout: float = 30.0  # seconds between SIGTERM and SIGKILL when stopping
     max_image_layers: int = 100  # a saved disk with more layers is flattened to one
+    disk_saves: str = "layer"  # one of DISK_SAVES
     liveness_endpoint: str | None = None  # e.g. http://0.0.0.0:8080/healthz
     crash_at: tuple[str, ...] = ()  # crash tests: SIGKILL itself at these points
 
@@ -152,6 +156,11 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-image-layers", type=int,
                         help="flatten a saved disk (export + import) when its image has "
                              "more layers than this (default: 100; overlay2 allows 125)")
+    parser.add_argument("--disk-saves", choices=list(DISK_SAVES),
+                        help="how a stopped container's disk is saved for the next "
+                             "revision, a rollback or a restart: layer (copy its overlay2 "
+                             "writable layer; docker commit where that cannot be done; "
+                             "default) or commit (always docker commit)")
     parser.add_argument("--namespace", action="append", default=None,
                         help="watch only this namespace (repeatable; default: all)")
     parser.add_argument("--crash-at", action="append", default=None, metavar="POINT",
@@ -197,6 +206,9 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     max_layers = int(pick("max_image_layers") or 100)
     if not 1 <= max_layers <= 120:
         raise SettingsError("--max-image-layers must be between 1 and 120")
+    disk_saves = pick("disk_saves") or "layer"
+    if disk_saves not in DISK_SAVES:
+        raise SettingsError(f"--disk-saves must be one of {', '.join(DISK_SAVES)}")
     try:
         crash_at = crash_points.check(pick_list("crash_at", "CRASH_AT"))
     except crash_points.UnknownCrashPointError as exc:
@@ -237,5 +249,6 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         liveness_endpoint=pick("liveness_endpoint"),
         stop_timeout=stop_timeout,
         max_image_layers=max_layers,
+        disk_saves=disk_saves,
         crash_at=crash_at,
     )

@@ -153,7 +153,13 @@ class Bench:
         return tag
 
     def layers_bytes(self) -> int:
-        return int(self.docker.df()["LayersSize"])
+        """What saved disks hold: image layers (commits) and saved writable layers
+        (du counts a file hard-linked between two saved layers once)."""
+        saved = self.stack.docker_root / "gpudock" / "layers"
+        copies = int(subprocess.run(["du", "-s", "--block-size=1", str(saved)], check=True,
+                                    capture_output=True, text=True).stdout.split()[0]
+                     ) if saved.exists() else 0
+        return int(self.docker.df()["LayersSize"]) + copies
 
     def close(self) -> None:
         self.docker.close()

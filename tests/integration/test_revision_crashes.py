@@ -42,27 +42,39 @@ def _assert_no_gpu_held_twice(stack: LocalStack, namespace: str) -> None:
 
 
 # Each crash point with the change that passes through it. An update is: stop the old
-# container, save its disk (commit, flatten past the layer threshold, note it), record
-# and start the new revision, remove the old container; a rollback adds writing the
-# revision's spec back; Stopped saves and removes; Running again re-creates.
+# container, save its disk (copy its writable layer, or commit and flatten past the
+# layer threshold; note it), record the new revision, create its container, copy the
+# saved layer in, start it, remove the old container; a rollback adds writing the
+# revision's spec back; Stopped saves and removes; Running again re-creates. The
+# commit points are reached by an agent with --disk-saves commit, so the history mixes
+# committed disks and saved layers, as on a node whose setting was changed.
 CRASH_POINTS = (
     ("StopContainer.before", "update"),  # the old container still runs
     ("StopContainer.after", "update"),
+    ("PreserveDisk.layerSaved", "update"),  # the layer is copied, the record not noted
     ("PreserveDisk.committed", "update"),
     ("PreserveDisk.flattened", "update"),  # the agent runs with --max-image-layers 1
     ("PreserveDisk.after", "update"),
     ("StartRevision.recorded", "update"),
+    ("StartRevision.created", "update"),  # the new container is empty, never started
+    ("StartRevision.layerCopied", "update"),  # filled, never started
     ("StartRevision.after", "update"),  # two containers: the old (saved) and the new
     ("RemoveContainer.after", "update"),
-    ("PruneRevision.imageRemoved", "update"),  # revisionHistoryLimit 1: each update prunes
+    ("PruneRevision.diskRemoved", "update"),  # revisionHistoryLimit 1: each update prunes
+    ("StartRevision.layerCopied", "rollback"),
     ("StartRevision.after", "rollback"),
     ("WriteSpec.before", "rollback"),
     ("WriteSpec.after", "rollback"),  # the spec is written, the status is not
     ("PreserveDisk.after", "stop"),
     ("StartRevision.recorded", "resume"),
     ("RemoveContainer.after", "stop"),
+    ("StartRevision.created", "resume"),  # made again empty: its saved layer goes in
+    ("PreserveDisk.layerSaved", "stop"),
     ("StartRevision.after", "resume"),
 )
+COMMIT = ["--disk-saves", "commit"]
+FLAGS = {"PreserveDisk.committed": COMMIT,
+         "PreserveDisk.flattened": [*COMMIT, "--max-image-layers", "1"]}
 
 
 def test_agent_killed_at_every_step_converges(
@@ -78,8 +90,7 @@ def test_agent_killed_at_every_step_converges(
     revision, disks, specs = 1, {1: "r1"}, {1: spec}  # disk content and spec by revision
     for trial, (point, change) in enumerate(CRASH_POINTS, start=1):
         agent.stop()
-        layers = ["--max-image-layers", "1"] if point == "PreserveDisk.flattened" else []
-        agent = start_agent(gpus=3, extra_args=["--crash-at", point, *layers])
+        agent = start_agent(gpus=3, extra_args=["--crash-at", point, *FLAGS.get(point, [])])
         phase, disk = "Running", disks[revision]
         if change == "update":
             spec = {"gpus": 1 + trial % 2, "env": [{"name": "TRIAL", "value": str(trial)}],

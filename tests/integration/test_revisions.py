@@ -230,11 +230,13 @@ def test_paused_keeps_gpus_stopped_frees_them_running_keeps_the_disk(
     assert env_of(only_container(stack, namespace))["LATER"] == "yes"
 
 
+@pytest.mark.parametrize("saves", ["commit", "layer"])
 def test_ten_updates_with_a_layer_threshold_of_three(
-    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+    stack: LocalStack, namespace: str, start_agent: AgentFactory, saves: str,
 ) -> None:
-    """Also: revisionHistoryLimit 3 prunes older records and their saved disks."""
-    start_agent(gpus=2, extra_args=["--max-image-layers", "3"])
+    """Also: revisionHistoryLimit 3 prunes older records and their saved disks
+    (committed images, or saved writable layers, which never stack up layers)."""
+    start_agent(gpus=2, extra_args=["--max-image-layers", "3", "--disk-saves", saves])
     apply_spec(stack, namespace, "box", "first", gpus=1, revisionHistoryLimit=3)
     wait_settled(stack, namespace, "box", revision=1)
     touch_the_disk(stack, namespace)
@@ -246,18 +248,32 @@ def test_ten_updates_with_a_layer_threshold_of_three(
             wait_settled(stack, namespace, "box", revision=update + 1)
             assert_disk_kept(stack, namespace)
             sh(only_container(stack, namespace), f"echo {update} >> /root/log")
-            image = client.images.get(f"gpudock-preserved/{namespace}_box:rev-{update}")
-            assert len(image.attrs["RootFS"]["Layers"]) <= 3
+            if saves == "commit":
+                image = client.images.get(f"gpudock-preserved/{namespace}_box:rev-{update}")
+                assert len(image.attrs["RootFS"]["Layers"]) <= 3
         history = wait_settled(stack, namespace, "box", revision=11)["history"]
         assert [h["revision"] for h in history] == [8, 9, 10, 11]
         tags = {t for i in client.images.list(name=f"gpudock-preserved/{namespace}_box")
                 for t in i.tags}
-        assert tags == {f"gpudock-preserved/{namespace}_box:rev-{r}" for r in (8, 9, 10)}
+        layers = stack.docker_root / "gpudock" / "layers" / grs(stack, namespace, "box")[
+            "metadata"]["uid"]
+        saved = sorted(int(p.name.split("-")[1]) for p in layers.iterdir()) \
+            if layers.exists() else []
+        if saves == "commit":
+            assert tags == {f"gpudock-preserved/{namespace}_box:rev-{r}" for r in (8, 9, 10)}
+            assert saved == []
+        else:
+            assert (tags, saved) == (set(), [8, 9, 10])
     finally:
         client.close()
     container = only_container(stack, namespace)
     assert sh(container, "cat /root/log").split() == [str(i) for i in range(1, 11)]
     assert env_of(container)["UPDATE"] == "10"
+
+
+def _saved_layers(stack: LocalStack, uid: str) -> list[Path]:
+    mine = stack.docker_root / "gpudock" / "layers" / uid
+    return sorted(mine.iterdir()) if mine.exists() else []
 
 
 @pytest.mark.parametrize("policy", ["Retain", "Purge"])
@@ -269,11 +285,13 @@ def test_history_policy_on_delete(stack: LocalStack, namespace: str,
     touch_the_disk(stack, namespace, "kept")
     apply_spec(stack, namespace, "box", "second", gpus=2, historyPolicy=policy)
     wait_settled(stack, namespace, "box", revision=2)
+    uid = grs(stack, namespace, "box")["metadata"]["uid"]
     stack.kubectl("delete", "grs", "box", "-n", namespace, "--timeout=60s")
     assert containers(stack, namespace) == []
     client = stack.docker_client()
-    try:
-        saved = client.images.list(name=f"gpudock-preserved/{namespace}_box")
+    try:  # on overlay2 the saved disks are writable layers; committed images elsewhere
+        saved = [*client.images.list(name=f"gpudock-preserved/{namespace}_box"),
+                 *_saved_layers(stack, uid)]
     finally:
         client.close()
     store = SqliteRevisionStore(agent.state_dir / "revisions.sqlite3")

@@ -253,7 +253,8 @@ def test_delete_saves_the_disk_or_purges(policy: str) -> None:
     spec = _spec()
     running = _mine(spec)
     tags = frozenset({core.preserved_image(KEY, 1)})
-    actions = core.plan_delete(KEY, (running, _other("x", ())), (_record(spec),), tags,
+    actions = core.plan_delete(KEY, (running, _other("x", ())), (_record(spec),),
+                               core.SavedDisks(tags),
                                HistoryPolicy(policy))
     kinds = [type(a) for a in actions]
     if policy == "Retain":

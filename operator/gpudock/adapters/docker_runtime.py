@@ -257,6 +257,17 @@ class DockerRuntime:
             all=True, size=True, filters={"id": container_id}))
         return int(found[0].get("SizeRw") or 0) if found else 0
 
+    def writable_layer_dir(self, container_id: str) -> str | None:
+        """Docker's answer now (not a cached one) to where the container's writable
+        layer is; None when its storage driver is not overlay2."""
+        with _translated("inspect"):
+            return upper_dir_of(self.client.api.inspect_container(container_id))
+
+    def storage(self) -> tuple[str, str]:
+        """Docker's storage driver and root directory."""
+        info = self._call("info", lambda: self.client.info())
+        return str(info.get("Driver") or ""), str(info.get("DockerRootDir") or "")
+
     def free_bytes(self) -> int | None:
         """Free space in Docker's root directory, where a saved disk is written; None
         when the agent cannot see that directory (then no estimate is made)."""
@@ -288,7 +299,11 @@ class DockerRuntime:
         return len(self._inspect_image(image).get("RootFS", {}).get("Layers") or ())
 
     # ---------------------------------------------------------------------- actions
-    def create_and_start(self, config: ContainerConfig, *, start: bool = True) -> str:
+    def create_and_start(self, config: ContainerConfig, *, start: bool = True,
+                         prepare: Callable[[str], None] | None = None) -> str:
+        """Create the container, run ``prepare`` on it (its ID) before it ever starts,
+        then start it unless ``start`` is False. A container that fails any of it is
+        removed (it never ran, so it holds nothing of the user's)."""
         api = self.client.api
         env: list[str] | dict[str, str] = config.env
         command: list[str] | None = list(config.command) if config.command else None
@@ -330,9 +345,11 @@ class DockerRuntime:
             host_config=host_config,
         ), Step.CREATE)
         container_id = str(created["Id"])
-        if not start:
-            return container_id
         try:
+            if prepare is not None:
+                prepare(container_id)
+            if not start:
+                return container_id
             if config.init and config.command:
                 self._check_command(container_id, config.name)
             self._change(container_id, f"start {config.name}",
@@ -632,6 +649,7 @@ def _observed(attrs: dict[str, Any]) -> ObservedContainer:
         owner=owner, uid=config_labels.get(labels.UID, ""), revision=revision, gpus=gpus,
         spec_hash=config_labels.get(labels.SPEC_HASH, ""),
         base_image=config_labels.get(labels.IMAGE, ""), port_bindings=bindings,
+        image=str(attrs.get("Config", {}).get("Image") or ""), upper_dir=upper_dir_of(attrs) or "",
         restart_policy=(attrs.get("HostConfig", {}).get("RestartPolicy") or {}).get("Name", ""),
         node=config_labels.get(labels.NODE, ""), volumes=volumes,
         exit_code=int(state.get("ExitCode") or 0),
@@ -640,6 +658,14 @@ def _observed(attrs: dict[str, Any]) -> ObservedContainer:
         started_at=_docker_time(state.get("StartedAt")),
         finished_at=_docker_time(state.get("FinishedAt")),
     )
+
+
+def upper_dir_of(inspect: dict[str, Any]) -> str | None:
+    """What Docker says is an inspected container's writable layer directory (None
+    when its storage driver is not overlay2); nothing is looked at on disk."""
+    driver = inspect.get("GraphDriver") or {}
+    upper = (driver.get("Data") or {}).get("UpperDir")
+    return str(upper) if driver.get("Name") == "overlay2" and upper else None
 
 
 def _docker_time(value: Any) -> str:

@@ -20,12 +20,14 @@ empty directory Docker created, so a crash leaves the new container either untou
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from gpudock.adapters import tree_copy
+from gpudock.adapters.docker_runtime import upper_dir_of
 from gpudock.adapters.volume_backends import VolumeToolError
 
 STAGING_SUFFIX = ".gpudock-incoming"
@@ -38,18 +40,28 @@ class LayerCopyError(VolumeToolError):
 def writable_layer(inspect: dict[str, Any]) -> Path | None:
     """The upper dir of an inspected container when it is on overlay2 and this
     process can reach it; None otherwise (the caller falls back to docker commit)."""
-    driver = inspect.get("GraphDriver") or {}
-    upper = (driver.get("Data") or {}).get("UpperDir")
-    if driver.get("Name") != "overlay2" or not upper:
+    upper = upper_dir_of(inspect)
+    if upper is None:
         return None
     path = Path(upper)
     return path if path.is_dir() else None
 
 
+def layer_home(driver: str, docker_root: str) -> Path | None:
+    """Where saved writable layers live: in Docker's root directory, beside overlay2's
+    own (one filesystem, so a copy can share blocks and a save can share files), when
+    Docker uses overlay2 and this process can write there; None otherwise."""
+    if driver != "overlay2" or not docker_root:
+        return None
+    if not os.access(Path(docker_root, "overlay2"), os.W_OK):
+        return None
+    return Path(docker_root, "gpudock", "layers")
+
+
 def copy_layer(source: Path, target: Path) -> None:
     """Give the never-started container whose upper dir is ``target`` (empty) the
     entries of ``source``: a stopped container's upper dir, or a saved copy of one."""
-    if _filled(target):
+    if filled(target):
         raise LayerCopyError(f"{target} is not empty: its container has run; nothing "
                              "was copied")
     _staged_copy(source, target, "copying the writable layer")
@@ -88,6 +100,22 @@ def _staged_copy(source: Path, destination: Path, what: str,
                              "was kept") from exc
 
 
-def _filled(directory: Path) -> bool:
+def remove_saved(saved: Path, home: Path) -> bool:
+    """Remove a saved layer (and what a save cut short left beside it), and its
+    resource's directory once empty; only ever under ``home`` (False, nothing removed,
+    for a path elsewhere). Files it shares with other saved layers stay theirs (a hard
+    link is one name of many)."""
+    saved = Path(os.path.normpath(saved))
+    if not saved.is_relative_to(home) or saved == home:
+        return False
+    for path in (saved, saved.with_name(saved.name + STAGING_SUFFIX)):
+        shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        saved.parent.rmdir()  # only when empty
+    return True
+
+
+def filled(directory: Path) -> bool:
+    """True when the directory holds anything."""
     with os.scandir(directory) as entries:
         return any(True for _ in entries)

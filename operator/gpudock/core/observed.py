@@ -35,6 +35,10 @@ class ObservedContainer:
     gpus: tuple[str, ...] = ()
     spec_hash: str = ""
     base_image: str = ""  # the spec image its disk descends from
+    image: str = ""  # the image it was created from (a saved disk's, or base_image)
+    # Its writable layer's directory on overlay2 (GraphDriver.Data.UpperDir); "" on
+    # other storage drivers.
+    upper_dir: str = ""
     # (container port, protocol) -> host port, from HostConfig.PortBindings
     port_bindings: dict[tuple[int, Protocol], int] = field(default_factory=dict)
     restart_policy: str = ""

@@ -12,12 +12,14 @@ from gpudock.core.revision import Revision
 
 @dataclass(frozen=True)
 class StartRevision:
-    """Record the revision, then create its container (and start it unless Paused)."""
+    """Record the revision, then create its container, copy the saved writable layer
+    ``layer`` into it when there is one, and start it unless Paused."""
 
     record: Revision
     config: ContainerConfig
     start: bool = True
     reason: str = "RevisionStarted"
+    layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,18 @@ class RecordRevision:
 
 @dataclass(frozen=True)
 class PreserveDisk:
-    """Save a stopped container's filesystem as ``image`` (docker commit, flattened past
-    the layer threshold) and note it in the revision's record, when there is one."""
+    """Save a stopped container's disk and note it in the revision's record, when there
+    is one: with ``layer``, a copy of its writable layer at that path (files unchanged
+    since ``previous``, the saved layer it started from, shared with it); without, or
+    where the copy cannot be made, ``docker commit`` to ``image`` (flattened past the
+    layer threshold)."""
 
     container_id: str
     name: str
     image: str
     record: Revision | None
+    layer: str | None = None
+    previous: str | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,9 @@ class StartContainer:
     name: str
     reason: str = "Started"
     note: Revision | None = None  # the record as it is once the container runs
+    # A never-started container's saved layer: copied in first unless it already was
+    # (an agent killed between creating the container and starting it).
+    layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +129,7 @@ class PurgeHistory:
     namespace: str
     name: str
     images: tuple[str, ...]
+    layers: tuple[str, ...] = ()  # saved writable layers
 
 
 Action = (StartRevision | RecordRevision | PreserveDisk | StartContainer | StopContainer

@@ -8,8 +8,12 @@ observed, never from memory, so an agent killed at any step picks up where it di
 1. containers of an earlier resource of this name, or of an older revision: stop,
    save the disk if not saved yet, remove;
 2. a spec change (or spec.rollbackTo): check GPUs/ports/image first, then stop the
-   container and save its disk as ``gpudock-preserved/<ns>_<name>:rev-N``, then record
-   revision N+1 and create its container from that image (the old one is removed by 1);
+   container and save its disk, then record revision N+1 and create its container
+   from that disk (the old one is removed by 1). On overlay2 a saved disk is a copy of
+   the container's writable layer (a directory under the layer root) and the new
+   container is made from the same image with that copy put in before it first
+   starts; elsewhere it is ``docker commit`` to ``gpudock-preserved/<ns>_<name>:rev-N``
+   and the new container is made from that image;
 3. a finished rollback: write the revision's spec back and clear spec.rollbackTo;
 4. state Stopped: save the disk and remove the container (GPUs and ports free);
    Paused: stop it, keep it (GPUs and ports stay reserved); Running: keep it running.
@@ -86,10 +90,38 @@ class Observation:
     # annotation names the deleted resource's UID), as set aside; its saved disks.
     adoptable: tuple[Revision, ...] = ()
     retained_tags: frozenset[str] = frozenset()
+    # The saved writable layers the records name that exist, and where a new one is
+    # saved (None: disks are saved with docker commit).
+    saved_layers: frozenset[str] = frozenset()
+    layer_root: str | None = None
 
     @property
     def own_records(self) -> tuple[Revision, ...]:
         return tuple(r for r in self.records if r.uid == self.uid)
+
+    @property
+    def saved(self) -> SavedDisks:
+        return SavedDisks(self.preserved_tags, self.saved_layers, self.layer_root)
+
+
+@dataclass(frozen=True)
+class SavedDisks:
+    """A resource's saved disks that exist on the node (committed images by tag,
+    writable layers by directory) and where a container's layer is saved (None:
+    saves commit)."""
+
+    tags: frozenset[str]
+    layers: frozenset[str] = frozenset()
+    layer_root: str | None = None
+
+
+@dataclass(frozen=True)
+class Disk:
+    """A container's filesystem when it is made: an image, and on overlay2 a saved
+    writable layer copied into the container before it first starts."""
+
+    image: str
+    layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +132,7 @@ class Plan:
     # The container the next pass creates, when this pass stops a serving one for
     # it: what can be checked of it is checked before the stop.
     next_config: ContainerConfig | None = None
+    next_carries_disk: bool = False  # next_config's disk is the serving container's
     recheck_after: float | None = None  # observe again then, even if nothing happens
 
 
@@ -110,7 +143,7 @@ class _Target:
     spec: GpuReplicaSetSpec
     cause: str
     rollback_of: int | None = None
-    source: str | None = None  # the saved disk a rollback starts from
+    source: Disk | None = None  # the saved disk a rollback starts from
 
 
 def preserved_repository(key: ResourceKey) -> str:
@@ -133,6 +166,13 @@ def preserved_image(key: ResourceKey, revision: int) -> str:
     return f"{preserved_repository(key)}:rev-{revision}"
 
 
+def saved_layer_path(root: str, container: ObservedContainer) -> str:
+    """Where a container's writable layer is saved: by the resource's UID (a later
+    resource of the same name never meets it), revision and container (a revision
+    made again after a stop is saved anew)."""
+    return f"{root}/{container.uid}/rev-{container.revision}-{container.id[:12]}"
+
+
 def retained_repository(key: ResourceKey) -> str:
     """Where the saved disks of deleted resources of this name are kept ("__" never
     occurs in a base name, so no resource's own repository is ever this one)."""
@@ -150,7 +190,7 @@ def plan_replica_set(obs: Observation) -> Plan:
     mine = [c for c in obs.containers if c.owner == obs.key]
     stale = [c for c in mine if c.uid != obs.uid]  # an earlier resource of this name
     if stale:
-        retire = _retire_all(obs.key, obs.records, obs.preserved_tags, stale, "RemovedStale")
+        retire = _retire_all(obs.key, obs.records, obs.saved, stale, "RemovedStale")
         return _progress(obs, None, None, retire, "Cleaning",
                          "saving and removing an earlier resource's containers")
     if len(obs.own_records) < len(obs.records):
@@ -170,7 +210,7 @@ def plan_replica_set(obs: Observation) -> Plan:
     record = _record_of(obs, current)
     if older:  # a rollout whose new container exists: the old one goes
         return _progress(obs, current, record,
-                         _retire_all(obs.key, obs.records, obs.preserved_tags, older,
+                         _retire_all(obs.key, obs.records, obs.saved, older,
                                      "PreviousRevisionRemoved"),
                          "RollingOut", "removing the previous revision's container")
     try:
@@ -239,11 +279,12 @@ def _target(obs: Observation, record: Revision | None) -> _Target | None:
     if record is not None and wanted == record.revision:
         raise UserError("RollbackToCurrent", f"revision {wanted} is the current revision; "
                         "remove spec.rollbackTo")
-    if not source.preserved_image or source.preserved_image not in obs.preserved_tags:
+    disk = _saved_disk_of(obs, source)
+    if disk is None:
         raise UserError("RevisionDiskGone", f"the saved disk of revision {wanted} no "
                         "longer exists; it cannot be restored")
     return _Target(obs.spec.with_shape(source.spec), f"rolled back to revision {wanted}",
-                   rollback_of=wanted, source=source.preserved_image)
+                   rollback_of=wanted, source=disk)
 
 
 def _with_container(obs: Observation, current: ObservedContainer, record: Revision | None,
@@ -253,7 +294,7 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
             _adopted(obs, current), "RevisionAdopted"),), "Recording",
             f"recording {current.name} as revision {current.revision}")
     if obs.spec.state is DesiredState.STOPPED:
-        return _progress(obs, current, record, _retire(obs.key, obs.preserved_tags, current,
+        return _progress(obs, current, record, _retire(obs.key, obs.saved, current,
                                                        record, "Stopped"),
                          "Stopping", f"saving the disk of {current.name} and releasing "
                          "its GPUs and ports")
@@ -266,21 +307,25 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
     if failed is not None:  # the change was tried and Docker refused it
         return _keep(obs, current, record, failed)
     revision = _next_revision(obs, current.revision)
-    same_base = current.base_image == target.spec.image
-    source = target.source or (preserved_image(obs.key, current.revision)
-                               if same_base else None)
+    carries = target.source is None and current.base_image == target.spec.image
+    preserved = _is_preserved(obs.saved, current, record)
+    disk = target.source
+    if carries:  # the disk its save makes, or made
+        disk = _saved_disk_of(obs, record) if preserved else _save_target(
+            obs.key, obs.saved, current, record)
     # Everything the new revision needs is checked before the old container stops.
-    config = _container_for(obs, target.spec, revision, source, current.gpus,
+    config = _container_for(obs, target.spec, revision, disk, current.gpus,
                             bindings_of(current), carried_volumes=current.volumes)
-    if not _is_preserved(obs.preserved_tags, current, record):
-        plan = _progress(obs, current, record, _save(obs.key, current, record),
+    if not preserved:
+        plan = _progress(obs, current, record, _save(obs.key, obs.saved, current, record),
                          "RollingOut", f"saving the disk of {current.name} for revision "
                          f"{revision}")
-        return replace(plan, next_config=config)
-    new = _record(obs, target, revision, config.image, config.gpus, config.ports)
+        return replace(plan, next_config=config, next_carries_disk=carries)
+    new = _record(obs, target, revision, config.image, config.gpus, config.ports,
+                  disk.layer if disk else None)
     return _progress(obs, current, record, (act.StartRevision(
-        new, config, start=obs.spec.state is DesiredState.RUNNING),), "RollingOut",
-        f"starting revision {revision}")
+        new, config, start=obs.spec.state is DesiredState.RUNNING, layer=new.layer),),
+        "RollingOut", f"starting revision {revision}")
 
 
 def _without_container(obs: Observation, record: Revision | None, target: _Target) -> Plan:
@@ -290,17 +335,20 @@ def _without_container(obs: Observation, record: Revision | None, target: _Targe
         if obs.spec.state is DesiredState.STOPPED:
             return Plan(_prune(obs, record), status.settled(_seen(obs, None, record),
                                                             "Stopped"))
-        config = _container_for(obs, target.spec, record.revision, _disk_of(obs, record),
-                                record.gpus, record.ports)
+        disk = _disk_of(obs, record)
+        config = _container_for(obs, target.spec, record.revision, disk, record.gpus,
+                                record.ports)
+        # The record says what the new container is made from, as for a new revision.
         again = replace(record, container_name=config.name, gpus=config.gpus,
-                        ports=config.ports)
+                        ports=config.ports, image=config.image,
+                        layer=disk.layer if disk else None)
         # Whether its container went behind the agent's back is in the record: one
         # that ran and was not saved and removed by the agent (state Stopped).
         ran = record.container_id is not None
         retired = ran and record.preserved_from == record.container_id
         reason = "Resumed" if retired else "Recreated" if ran else "RevisionStarted"
         return _progress(obs, None, record, (act.StartRevision(
-            again, config, start=running, reason=reason),),
+            again, config, start=running, reason=reason, layer=again.layer),),
             "Creating", f"creating container {config.name}",
             drift="container was removed" if ran and not retired else None)
     failed = _failed_attempt(obs, record, target)
@@ -310,18 +358,19 @@ def _without_container(obs: Observation, record: Revision | None, target: _Targe
     source = target.source
     if source is None and record is not None and record.spec.get("image") == target.spec.image:
         source = _disk_of(obs, record)
+    layer = source.layer if source else None
     if obs.spec.state is DesiredState.STOPPED:  # applied now, started when Running
-        image = source or target.spec.image
+        image = source.image if source else target.spec.image
         new = _record(obs, target, revision, image, record.gpus if record else (),
-                      record.ports if record else ())
+                      record.ports if record else (), layer)
         return _progress(obs, None, record, (act.RecordRevision(new),), "Recording",
                          f"recording revision {revision} (not started: state Stopped)")
     config = _container_for(obs, target.spec, revision, source, record.gpus if record
                             else (), record.ports if record else ())
     return _progress(obs, None, record, (act.StartRevision(
-        _record(obs, target, revision, config.image, config.gpus, config.ports), config,
-        start=running,
-        reason="Created" if record is None else "RevisionStarted"),),
+        _record(obs, target, revision, config.image, config.gpus, config.ports, layer),
+        config, start=running,
+        reason="Created" if record is None else "RevisionStarted", layer=layer),),
         "Creating", f"creating container {config.name}")
 
 
@@ -349,8 +398,8 @@ def _keep(obs: Observation, current: ObservedContainer, record: Revision,
         if current.status == "paused":
             actions.append(act.UnpauseContainer(current.id, expected))
             drift.append("container was paused")
-        elif current.status == "created":
-            actions.append(act.StartContainer(current.id, expected))
+        elif current.status == "created":  # never started: its saved layer goes in first
+            actions.append(act.StartContainer(current.id, expected, layer=record.layer))
         elif not current.running:
             # Stopped by the agent (state Paused, or for a save) or behind its back:
             # the record says which.
@@ -456,55 +505,92 @@ def _adopt(obs: Observation) -> act.MoveHistory:
 
 # ------------------------------------------------------------------------------ steps
 def plan_delete(key: ResourceKey, containers: tuple[ObservedContainer, ...],
-                records: tuple[Revision, ...], preserved_tags: frozenset[str],
+                records: tuple[Revision, ...], saved: SavedDisks,
                 policy: HistoryPolicy) -> tuple[act.Action, ...]:
     """Deleting the resource: Retain saves each container's disk (a later resource of
     the same name can roll back to it) before removing it; Purge removes containers,
     saved disks and records."""
     mine = [c for c in containers if c.owner == key]
     if policy is HistoryPolicy.PURGE:
+        layers = {p for r in records for p in (r.saved_layer, r.layer) if p}
         return (*(act.RemoveContainer(c.id, c.name) for c in mine),
-                act.PurgeHistory(key.namespace, key.name, tuple(sorted(preserved_tags))))
-    return _retire_all(key, records, preserved_tags, mine, "Removed")
+                act.PurgeHistory(key.namespace, key.name, tuple(sorted(saved.tags)),
+                                 tuple(sorted(layers))))
+    return _retire_all(key, records, saved, mine, "Removed")
 
 
-def _retire_all(key: ResourceKey, records: tuple[Revision, ...], tags: frozenset[str],
+def _retire_all(key: ResourceKey, records: tuple[Revision, ...], saved: SavedDisks,
                 containers: list[ObservedContainer], reason: str) -> tuple[act.Action, ...]:
     actions: list[act.Action] = []
     for container in containers:
         record = next((r for r in records if r.revision == container.revision
                        and r.uid == container.uid), None)
-        actions += _retire(key, tags, container, record, reason)
+        actions += _retire(key, saved, container, record, reason)
     return tuple(actions)
 
 
-def _retire(key: ResourceKey, tags: frozenset[str], container: ObservedContainer,
+def _retire(key: ResourceKey, saved: SavedDisks, container: ObservedContainer,
             record: Revision | None, reason: str) -> tuple[act.Action, ...]:
     """Remove a container, its disk saved first unless it already is."""
-    saved = () if _is_preserved(tags, container, record) else _save(key, container, record)
-    return (*saved, act.RemoveContainer(container.id, container.name, reason))
+    save = () if _is_preserved(saved, container, record) else _save(key, saved, container,
+                                                                    record)
+    return (*save, act.RemoveContainer(container.id, container.name, reason))
 
 
-def _save(key: ResourceKey, container: ObservedContainer,
+def _save(key: ResourceKey, saved: SavedDisks, container: ObservedContainer,
           record: Revision | None) -> tuple[act.Action, ...]:
     stop = (act.StopContainer(container.id, container.name, saving=True),) if (
         container.running or container.status == "paused") else ()
+    previous = record.layer if record is not None and record.layer in saved.layers else None
     return (*stop, act.PreserveDisk(container.id, container.name,
-                                    preserved_image(key, container.revision), record))
+                                    preserved_image(key, container.revision), record,
+                                    layer=_save_target(key, saved, container, record).layer,
+                                    previous=previous))
 
 
-def _is_preserved(tags: frozenset[str], container: ObservedContainer,
+def _save_target(key: ResourceKey, saved: SavedDisks, container: ObservedContainer,
+                 record: Revision | None) -> Disk:
+    """The disk saving ``container`` makes: its writable layer copied under the layer
+    root, over the image it was made from, when the node allows (overlay2, the agent
+    reaches Docker's root) and a record can keep the path; else a committed image."""
+    if saved.layer_root and container.upper_dir and container.image and record is not None:
+        return Disk(container.image, saved_layer_path(saved.layer_root, container))
+    return Disk(preserved_image(key, container.revision))
+
+
+def _is_preserved(saved: SavedDisks, container: ObservedContainer,
                   record: Revision | None) -> bool:
-    return (record is not None and record.preserved_from == container.id
-            and not container.running and record.preserved_image in tags)
+    if record is None or record.preserved_from != container.id or container.running:
+        return False
+    if record.saved_layer:
+        return record.saved_layer in saved.layers
+    return record.preserved_image in saved.tags
 
 
-def _disk_of(obs: Observation, record: Revision) -> str | None:
+def _has_image(obs: Observation, image: str) -> bool:
+    return image in obs.preserved_tags or image in obs.images_present
+
+
+def _saved_disk_of(obs: Observation, record: Revision) -> Disk | None:
+    """The disk saved at a revision's end (its last save), if it is still there."""
+    if record.saved_layer:
+        if record.saved_layer in obs.saved_layers and _has_image(obs, record.image):
+            return Disk(record.image, record.saved_layer)
+        return None
+    if record.preserved_image and record.preserved_image in obs.preserved_tags:
+        return Disk(record.preserved_image)
+    return None
+
+
+def _disk_of(obs: Observation, record: Revision) -> Disk | None:
     """Where a revision's disk is: saved at its end, else where it started; None when
-    neither image is left (start from the spec's image)."""
-    for image in (record.preserved_image, record.image):
-        if image and (image in obs.preserved_tags or image in obs.images_present):
-            return image
+    neither is left (start from the spec's image)."""
+    saved = _saved_disk_of(obs, record)
+    if saved is not None:
+        return saved
+    if record.image and _has_image(obs, record.image) and (
+            record.layer is None or record.layer in obs.saved_layers):
+        return Disk(record.image, record.layer)
     return None
 
 
@@ -513,11 +599,12 @@ def _prune(obs: Observation, record: Revision) -> tuple[act.Action, ...]:
     disk the current container was made from."""
     older = [r for r in obs.records if r.revision < record.revision]
     excess = older[:max(0, len(older) - obs.spec.revision_history_limit)]
-    return tuple(act.PruneRevision(r) for r in excess if r.preserved_image != record.image)
+    return tuple(act.PruneRevision(r) for r in excess if r.preserved_image != record.image
+                 and (r.saved_layer is None or r.saved_layer != record.layer))
 
 
 def _container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
-                   source: str | None, held_gpus: tuple[str, ...],
+                   disk: Disk | None, held_gpus: tuple[str, ...],
                    held_ports: tuple[PortBinding, ...],
                    carried_volumes: Mapping[str, str] | None = None) -> ContainerConfig:
     """The container of a revision, with GPUs and ports allocated (the ones held first);
@@ -546,7 +633,8 @@ def _container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
     return build_container_config(
         obs.key, obs.uid, spec, revision=revision, gpus=gpus, ports=ports,
         volume_names={n: v for n, v in obs.volume_names.items() if v},
-        host_paths=host_paths, use_device_requests=obs.use_device_requests, image=source,
+        host_paths=host_paths, use_device_requests=obs.use_device_requests,
+        image=disk.image if disk else None,
         image_volumes=obs.images[spec.image].volumes if spec.image in obs.images else (),
         carried_volumes=dict(carried_volumes or {}), node_name=obs.node_name)
 
@@ -600,13 +688,14 @@ def _check_explicit_ports(obs: Observation, spec: GpuReplicaSetSpec) -> None:
 
 
 def _record(obs: Observation, target: _Target, revision: int, image: str,
-            gpus: tuple[str, ...], ports: tuple[PortBinding, ...]) -> Revision:
+            gpus: tuple[str, ...], ports: tuple[PortBinding, ...],
+            layer: str | None = None) -> Revision:
     return Revision(
         namespace=obs.key.namespace, name=obs.key.name, revision=revision, uid=obs.uid,
         spec=target.spec.shape(), image=image,
         container_name=labels.object_name(obs.key.namespace, obs.key.name, revision),
         gpus=gpus, ports=ports, created_at=obs.now, change_cause=target.cause,
-        generation=obs.generation, rollback_of=target.rollback_of)
+        generation=obs.generation, rollback_of=target.rollback_of, layer=layer)
 
 
 def _adopted(obs: Observation, container: ObservedContainer) -> Revision:
@@ -614,7 +703,8 @@ def _adopted(obs: Observation, container: ObservedContainer) -> Revision:
     shape = obs.spec.shape() if matches else {"image": container.base_image}
     return Revision(
         namespace=obs.key.namespace, name=obs.key.name, revision=container.revision,
-        uid=obs.uid, spec=shape, image=container.base_image, container_name=container.name,
+        uid=obs.uid, spec=shape, image=container.image or container.base_image,
+        container_name=container.name,
         gpus=container.gpus, ports=bindings_of(container), created_at=obs.now,
         change_cause=obs.change_cause if matches else "", generation=obs.generation)
 

@@ -2,8 +2,9 @@
 
 Every spec change that needs a new container makes a revision. Its record says what
 the revision was (the normalized spec shape), where its container's disk started
-(``image``) and where its final disk is kept (``preserved_image``, once the container
-was stopped and committed), and which GPUs and host ports it had.
+(``image``, and ``layer`` when a saved writable layer was copied into it) and where its
+final disk is kept (``saved_layer`` or ``preserved_image``, once the container was
+stopped and saved), and which GPUs and host ports it had.
 
 Records are keyed ``<prefix>/GpuReplicaSet/<namespace>/<name>/<revision>``: one get
 reads a revision, one range read lists a resource's history. Nothing depends on a
@@ -40,8 +41,15 @@ class Revision:
     change_cause: str = ""  # the kubernetes.io/change-cause annotation
     generation: int | None = None  # metadata.generation it was made for
     rollback_of: int | None = None  # set when it restores revision N
-    preserved_image: str | None = None  # the revision's saved disk
+    preserved_image: str | None = None  # the revision's saved disk, committed
     preserved_from: str | None = None  # the container that disk was saved from
+    # On overlay2 a saved disk is a copy of the container's writable layer (a
+    # directory, adapters/overlay_layers.py) over ``image``, not a committed image;
+    # set when the last save was one (a commit clears it).
+    saved_layer: str | None = None
+    # The saved layer copied into the revision's container before it first started:
+    # with ``image``, where its disk started.
+    layer: str | None = None
     # The container the agent last started for this revision: when it is gone and was
     # not saved and removed by the agent (preserved_from), it was removed behind the
     # agent's back (drift).

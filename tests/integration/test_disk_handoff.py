@@ -1,0 +1,121 @@
+"""#13: an instance's disk carried through an update, a rollback and a Stopped ->
+Running cycle by the agent, on the stack's real dockerd (overlay2 over ext4): with the
+writable-layer handoff (the default, --disk-saves layer) and with the commit fallback
+forced (--disk-saves commit), every kind of change a user makes to an image's files
+arrives exactly (contents, owners, modes, whiteouts, an opaque directory, a symlink,
+a hard-link pair, a 1 GiB sparse file's size and data; with the handoff also an xattr
+and the file's holes, which docker commit's archive does not keep: docs/revisions.md,
+"What is not kept")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import docker.models.containers
+import pytest
+
+from tests.integration.conftest import AgentFactory
+from tests.integration.revisions import apply_spec, only_container, sh, wait_settled
+from tests.integration.test_overlay_layers import CHANGES, SPARSE_SIZE, XATTR, _base_image
+from tests.stack.localstack import IDLE_COMMAND, LocalStack, wait_for
+from tests.stack.resources import grs
+
+# What the user's changes look like from inside: names, types, modes, owners, sizes,
+# link counts, contents (the sparse file by its size and tail: reading 1 GiB of holes
+# four times would only cost time).
+FINGERPRINT = """
+for f in /root/marker /root/a /root/b /opt/app /opt/app/new.txt /opt/app/old.txt \
+         /opt/tool /opt/sys.conf /root/sparse; do
+  if [ -e "$f" ] || [ -L "$f" ]; then stat -c '%n %F %a %u:%g %s %h' "$f"
+  else echo "$f absent"; fi
+done
+md5sum /root/marker /root/a /opt/app/new.txt
+[ /root/a -ef /root/b ] && echo "a and b are one file"
+readlink /opt/tool
+tail -c 4 /root/sparse
+"""
+
+
+def _fingerprint(container: docker.models.containers.Container) -> str:
+    return sh(container, FINGERPRINT)
+
+
+def _merged(container: docker.models.containers.Container, path: str) -> Path:
+    """A path of the running container's filesystem, seen from the host."""
+    container.reload()
+    return Path(f"/proc/{container.attrs['State']['Pid']}/root{path}")
+
+
+def _blocks(container: docker.models.containers.Container) -> int:
+    return int(sh(container, "stat -c %b /root/sparse"))
+
+
+def _saved_images(stack: LocalStack, namespace: str) -> list[str]:
+    client = stack.docker_client()
+    try:
+        return [t for i in client.images.list() for t in i.tags
+                if t.startswith(f"gpudock-preserved/{namespace}_box:")]
+    finally:
+        client.close()
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("saves", ["layer", "commit"])
+def test_the_disk_survives_update_rollback_and_stop_start_exactly(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory, saves: str,
+) -> None:
+    client = stack.docker_client()
+    image = _base_image(client)
+    client.close()
+    start_agent(gpus=2, extra_args=["--disk-saves", saves])
+    spec = {"image": image, "command": IDLE_COMMAND}
+    apply_spec(stack, namespace, "box", "first", gpus=1, **spec)
+    wait_settled(stack, namespace, "box", revision=1)
+    first = only_container(stack, namespace, "box")
+    sh(first, CHANGES)
+    os.setxattr(_merged(first, "/root/marker"), *XATTR)
+    kept = _fingerprint(first)
+    assert "/opt/sys.conf absent" in kept
+    assert "/opt/app/old.txt absent" in kept
+    assert f"/root/sparse regular file 644 0:0 {SPARSE_SIZE + 4} 1" in kept
+
+    def assert_kept(revision: int) -> docker.models.containers.Container:
+        container = only_container(stack, namespace, "box")
+        assert container.labels["gpudock.dev/revision"] == str(revision)
+        assert _fingerprint(container) == kept
+        if saves == "layer":  # docker commit's archive drops user.* xattrs, fills holes
+            assert os.getxattr(_merged(container, "/root/marker"), XATTR[0]) == XATTR[1]
+            assert _blocks(container) * 512 < 1 << 20
+        return container
+
+    # An update: a new container, the same files.
+    apply_spec(stack, namespace, "box", "two GPUs", gpus=2, **spec)
+    wait_settled(stack, namespace, "box", revision=2)
+    second = assert_kept(2)
+    assert second.id != first.id
+    sh(second, "echo v2 > /root/marker && rm /root/b")  # revision 2's own changes
+
+    # A rollback to revision 1: its disk as it was saved, without revision 2's changes.
+    stack.kubectl("patch", "grs", "box", "-n", namespace, "--type=merge", "-p",
+                  '{"spec": {"rollbackTo": {"revision": 1}}}')
+    wait_for(lambda: "rollbackTo" not in grs(stack, namespace, "box")["spec"], 120,
+             what="rollbackTo cleared")
+    wait_settled(stack, namespace, "box", revision=3)
+    assert_kept(3)
+
+    # Stopped, then Running: the container is gone in between, the disk is not.
+    apply_spec(stack, namespace, "box", "stop", gpus=1, state="Stopped", **spec)
+    wait_settled(stack, namespace, "box", phase="Stopped", revision=3)
+    apply_spec(stack, namespace, "box", "start", gpus=1, state="Running", **spec)
+    wait_settled(stack, namespace, "box", revision=3)
+    assert_kept(3)
+
+    mine = stack.docker_root / "gpudock" / "layers" / grs(stack, namespace, "box")[
+        "metadata"]["uid"]
+    if saves == "layer":  # no image was committed; the saved layers are directories
+        assert _saved_images(stack, namespace) == []
+        assert sorted(p.name.split("-")[1] for p in mine.iterdir()) == ["1", "2", "3"]
+    else:
+        assert _saved_images(stack, namespace)
+        assert not mine.exists()
