@@ -15,6 +15,7 @@ import contextlib
 import functools
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -264,11 +265,12 @@ def gpudock_update(bench: Bench, base: str, change: int) -> float:
 
 
 def purge_saved(bench: Bench) -> None:
-    """The saved disks of deleted resources (historyPolicy Retain keeps them)."""
-    for image in bench.docker.images.list("gpudock-preserved/*") + \
-            bench.docker.images.list("gpudock-retained/*"):
+    """The saved disks of deleted resources (historyPolicy Retain keeps them): images
+    and saved writable layers."""
+    for image in bench.docker.images.list("gpudock-preserved/*"):
         with contextlib.suppress(docker.errors.APIError):
             bench.docker.images.remove(str(image.id), force=True)
+    shutil.rmtree(bench.stack.docker_root / "gpudock" / "layers", ignore_errors=True)
 
 
 def updates(bench: Bench, size: Size) -> list[tuple[str, ...]]:

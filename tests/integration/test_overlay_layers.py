@@ -7,6 +7,7 @@ Stopped -> Running start will use)."""
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from gpudock.adapters import overlay_layers, tree_copy
 from tests.integration.revisions import sh
+from tests.stack.filesystems import loop_mounted
 from tests.stack.localstack import BUSYBOX_IMAGE, LocalStack
 
 SPARSE_SIZE = 1 << 30
@@ -150,3 +152,42 @@ def test_a_layer_docker_does_not_keep_on_overlay2_is_not_reachable() -> None:
         is None
     assert overlay_layers.writable_layer({"GraphDriver": {"Name": "overlay2", "Data": {
         "UpperDir": "/nonexistent/diff"}}}) is None
+
+
+@pytest.mark.parametrize("mkfs", [["mkfs.btrfs", "-q"], ["mkfs.xfs", "-q", "-m", "reflink=1"]],
+                         ids=["btrfs", "xfs"])
+def test_on_xfs_and_btrfs_saves_and_handoffs_share_blocks(
+    tmp_path: Path, mkfs: list[str],
+) -> None:
+    """What the handoff writes where Docker's root is XFS or btrfs: reflinked copies,
+    so saving a layer and putting it into a new container cost metadata, not the
+    size of the user's files (on ext4 they cost a copy of the files changed)."""
+    with loop_mounted(tmp_path, mkfs, "2G") as root:
+        assert tree_copy.shares_blocks(root)
+        upper = root / "upper"
+        (upper / "root").mkdir(parents=True)
+        big = upper / "root" / "weights.bin"
+        big.write_bytes(os.urandom(1 << 20) * 256)  # 256 MiB
+        (upper / "root" / "marker").write_text("v1\n")
+        first, second, handed = root / "rev-1", root / "rev-2", root / "new-upper"
+        overlay_layers.save_layer(upper, first)
+        (upper / "root" / "marker").write_text("v2\n")  # the next revision's change
+        used = _used_bytes(root)
+        overlay_layers.save_layer(upper, second, previous=first)
+        handed.mkdir()
+        overlay_layers.copy_layer(second, handed)
+        grew = _used_bytes(root) - used
+        print(f"{mkfs[0]}: saving and handing over a 256 MiB layer wrote {grew >> 20} MiB")
+        assert grew < 32 << 20, f"{grew >> 20} MiB written for a 256 MiB layer"
+        for copy in (second, handed):
+            tree_copy.verify_copy(upper, copy)
+        for copy in (first, second, handed):
+            assert (copy / "root" / "weights.bin").stat().st_nlink == 1  # not hard links
+        assert (handed / "root" / "marker").read_text() == "v2\n"
+        assert (first / "root" / "marker").read_text() == "v1\n"
+
+
+def _used_bytes(mount: Path) -> int:
+    subprocess.run(["sync", "-f", str(mount)], check=True)
+    info = os.statvfs(mount)
+    return (info.f_blocks - info.f_bfree) * info.f_frsize

@@ -13,6 +13,8 @@ import contextlib
 import hashlib
 import os
 import stat
+import subprocess
+import tempfile
 from pathlib import Path
 
 from gpudock.adapters.volume_backends import VolumeToolError, run_tool
@@ -26,16 +28,35 @@ def copy_tree(source: Path, target: Path, share_with: Path | None = None) -> Non
     (overlayfs's whiteouts are character devices 0/0), and a file's blocks are shared
     instead of copied where the filesystem can (a reflink on XFS or btrfs).
 
-    With ``share_with`` (a tree nothing writes to any more) every file it holds with
-    the same bytes (``--checksum``: a file rewritten with its old size and time is
-    not taken for unchanged), mode, owner and xattrs is hard-linked from there
-    instead of copied (rsync's ``--link-dest``)."""
-    if share_with is None:
+    With ``share_with`` (a tree nothing writes to any more) on a filesystem without
+    reflinks, every file it holds with the same bytes (``--checksum``: a file
+    rewritten with its old size and time is not taken for unchanged), mode, owner and
+    xattrs is hard-linked from there instead of copied (rsync's ``--link-dest``).
+    Where reflinks work the plain copy already shares every block, changed or not,
+    without reading the files, so it is used instead."""
+    if share_with is None or shares_blocks(target.parent):
         run_tool("cp", "-a", "--reflink=auto", "--sparse=always", f"{source}/.",
                  f"{target}/")
         return
     run_tool("rsync", "-aHAXS", "--checksum", "--numeric-ids",
              f"--link-dest={share_with.resolve()}", f"{source}/", f"{target}/")
+
+
+_SHARING: dict[int, bool] = {}  # by st_dev: asked once per filesystem
+
+
+def shares_blocks(directory: Path) -> bool:
+    """True when a copy on the filesystem of ``directory`` can share the source's
+    blocks (``cp --reflink=always`` works there: XFS with reflink, btrfs)."""
+    device = directory.stat().st_dev
+    if device not in _SHARING:
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".gpudock-reflink-") as probe:
+            first = Path(probe, "first")
+            first.write_bytes(b"probe")
+            copied = subprocess.run(["cp", "--reflink=always", str(first),
+                                     str(Path(probe, "second"))], capture_output=True)
+        _SHARING[device] = copied.returncode == 0
+    return _SHARING[device]
 
 
 def _digest(path: str) -> str:
