@@ -140,3 +140,16 @@ def test_purge_removes_the_saved_layers() -> None:
     (purge,) = actions
     assert isinstance(purge, act.PurgeHistory)
     assert purge.layers == (first.saved_layer,)
+
+
+def test_a_saved_layer_whose_image_is_gone_is_never_started_bare() -> None:
+    old, new = _spec(), _spec(gpuCount=1)
+    # Its container was made from a disk committed before (a node that saved with
+    # docker commit then), and that image was untagged by hand since.
+    committed = core.preserved_image(KEY, 0)
+    record = replace(_saved(_record(old)), image=committed)
+    stopped = _mine(old, status="exited", **_on_overlay(image=committed))
+    plan = core.plan_replica_set(_obs(new, stopped, records=(record,), layer_root=ROOT,
+                                      saved_layers=frozenset({record.saved_layer or ""})))
+    assert plan.actions == ()
+    assert plan.status.reason == "RevisionDiskGone"

@@ -313,6 +313,10 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
     if carries:  # the disk its save makes, or made
         disk = _saved_disk_of(obs, record) if preserved else _save_target(
             obs.key, obs.saved, current, record)
+        if disk is None:  # saved over an image that is gone since: never start bare
+            raise UserError("RevisionDiskGone", f"the saved disk of {current.name} is "
+                            f"over image {record.image}, which is no longer on the node; "
+                            "load it again (nothing was changed)")
     # Everything the new revision needs is checked before the old container stops.
     config = _container_for(obs, target.spec, revision, disk, current.gpus,
                             bindings_of(current), carried_volumes=current.volumes)
