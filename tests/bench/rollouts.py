@@ -522,7 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     with bench_stack() as bench:
         print(f"gpudock rollout benchmark ({'quick' if args.quick else 'full'}); "
               f"Docker {bench.docker.version()['Version']}, storage driver "
-              f"{bench.docker.info()['Driver']}, {os.cpu_count()} CPUs", flush=True)
+              f"{bench.docker.info()['Driver']} on "
+              f"{os.environ.get('GPUDOCK_DOCKER_ROOT_FS', 'ext4')}, {os.cpu_count()} CPUs",
+              flush=True)
         for title, measure in MEASURES.items():
             if args.only and measure.__name__ not in args.only:
                 continue

@@ -294,14 +294,17 @@ class LocalStack:
         return self.base_dir / "docker"
 
     def _mount_docker_root(self) -> None:
-        """Docker's root on a filesystem of its own (a sparse ext4 image, loop-mounted;
-        GPUDOCK_DOCKER_ROOT_GIB, default 20), so a test can fill it for real without
-        touching the machine's disk. stop() unmounts it and detaches the loop device."""
+        """Docker's root on a filesystem of its own (a sparse image, loop-mounted;
+        GPUDOCK_DOCKER_ROOT_GIB, default 20; GPUDOCK_DOCKER_ROOT_FS ext4 (default) or
+        xfs, with reflinks), so a test can fill it for real without touching the
+        machine's disk. stop() unmounts it and detaches the loop device."""
         image = self.base_dir / "docker-root.img"
         with open(image, "wb") as handle:
             handle.truncate(int(os.environ.get("GPUDOCK_DOCKER_ROOT_GIB", "20")) * 2**30)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(image)], check=True,
-                       capture_output=True)
+        filesystem = os.environ.get("GPUDOCK_DOCKER_ROOT_FS", "ext4")
+        mkfs = {"ext4": ["mkfs.ext4", "-q", "-F", "-m", "0"],
+                "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"]}[filesystem]
+        subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
         self.docker_root.mkdir()
         subprocess.run(["mount", "-o", "loop", str(image), str(self.docker_root)],
                        check=True, capture_output=True)
