@@ -119,7 +119,9 @@ def test_14_2_another_tenants_saved_disk_is_never_an_image(
     stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
     with _second_namespace(stack, namespace) as thieves:
-        start_agent(extra_args=["--namespace", thieves])
+        # A saved disk is an image only where it is committed (a saved writable layer
+        # is a directory that no image reference reaches): that is the case tried here.
+        start_agent(extra_args=["--namespace", thieves, "--disk-saves", "commit"])
         apply_spec(stack, namespace, "victim", "v1", gpus=1)
         wait_settled(stack, namespace, "victim", revision=1)
         touch_the_disk(stack, namespace, "secret")
@@ -203,14 +205,13 @@ def test_14_4_changing_node_name_keeps_the_instance_and_delete_frees_it(
     assert container.id == before
     assert container.status == "running"
     assert status(stack, namespace, "mover")["phase"] == "Running"
+    uid = grs(stack, namespace, "mover")["metadata"]["uid"]
     started = time.monotonic()
     stack.kubectl("delete", "grs", "mover", "-n", namespace, "--timeout=60s")
     assert time.monotonic() - started < 30
     assert containers(stack, namespace) == []
     assert gpus_in_use(stack, namespace) == []
-    client = stack.docker_client()
-    assert client.images.list(name=f"gpudock-preserved/{namespace}_mover")  # Retain
-    client.close()
+    assert _saved_layers(stack, uid)  # Retain: the disk saved (a writable layer)
 
 
 def test_14_4_a_container_whose_resource_is_gone_is_saved_and_removed(
@@ -220,6 +221,7 @@ def test_14_4_a_container_whose_resource_is_gone_is_saved_and_removed(
     apply_spec(stack, namespace, "lost", "v1", gpus=3)
     wait_settled(stack, namespace, "lost", revision=1)
     touch_the_disk(stack, namespace, "keep-me")
+    uid = grs(stack, namespace, "lost")["metadata"]["uid"]
     agent.stop()
     # Someone removes the finalizer by hand and deletes the resource: no agent saw it.
     stack.kubectl("patch", "grs", "lost", "-n", namespace, "--type=merge", "-p",
@@ -229,11 +231,13 @@ def test_14_4_a_container_whose_resource_is_gone_is_saved_and_removed(
     start_agent(extra_args=["--resync-seconds", "2"])
     wait_for(lambda: not containers(stack, namespace), 30, what="orphan removed")
     assert gpus_in_use(stack, namespace) == []
-    client = stack.docker_client()
-    saved = client.containers.run(f"gpudock-preserved/{namespace}_lost:rev-1",
-                                  ["cat", "/root/installed-by-user"], remove=True)
-    assert saved.decode().strip() == "keep-me"
-    client.close()
+    (saved,) = _saved_layers(stack, uid)  # saved as Retain does, as a writable layer
+    assert (saved / "root" / "installed-by-user").read_text().strip() == "keep-me"
+
+
+def _saved_layers(stack: LocalStack, uid: str) -> list[Path]:
+    mine = stack.docker_root / "gpudock" / "layers" / uid
+    return sorted(mine.iterdir()) if mine.exists() else []
 
 
 # -------------------------------------------------------------- 5: image VOLUME paths
