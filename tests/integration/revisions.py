@@ -3,6 +3,7 @@ for a revision to be rolled out."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import docker.models.containers
@@ -75,3 +76,10 @@ def wait_settled(stack: LocalStack, namespace: str, name: str, *, phase: str = "
     status = settled()
     assert status is not None, grs(stack, namespace, name)  # and it stays so
     return status
+
+
+def saved_layers(stack: LocalStack, uid: str) -> list[Path]:
+    """The saved writable layers of the resource with ``uid`` on the stack's dockerd
+    (the agent keeps them under <Docker root>/gpudock/layers/<uid>/)."""
+    mine = stack.docker_root / "gpudock" / "layers" / uid
+    return sorted(mine.iterdir()) if mine.exists() else []

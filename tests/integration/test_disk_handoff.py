@@ -16,7 +16,13 @@ import docker.models.containers
 import pytest
 
 from tests.integration.conftest import AgentFactory
-from tests.integration.revisions import apply_spec, only_container, sh, wait_settled
+from tests.integration.revisions import (
+    apply_spec,
+    only_container,
+    saved_layers,
+    sh,
+    wait_settled,
+)
 from tests.integration.test_overlay_layers import CHANGES, SPARSE_SIZE, XATTR, _base_image
 from tests.stack.localstack import IDLE_COMMAND, LocalStack, wait_for
 from tests.stack.resources import grs
@@ -111,11 +117,10 @@ def test_the_disk_survives_update_rollback_and_stop_start_exactly(
     wait_settled(stack, namespace, "box", revision=3)
     assert_kept(3)
 
-    mine = stack.docker_root / "gpudock" / "layers" / grs(stack, namespace, "box")[
-        "metadata"]["uid"]
+    mine = saved_layers(stack, grs(stack, namespace, "box")["metadata"]["uid"])
     if saves == "layer":  # no image was committed; the saved layers are directories
         assert _saved_images(stack, namespace) == []
-        assert sorted(p.name.split("-")[1] for p in mine.iterdir()) == ["1", "2", "3"]
+        assert sorted(p.name.split("-")[1] for p in mine) == ["1", "2", "3"]
     else:
         assert _saved_images(stack, namespace)
-        assert not mine.exists()
+        assert mine == []

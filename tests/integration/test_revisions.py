@@ -19,6 +19,7 @@ from tests.integration.revisions import (
     apply_spec,
     assert_disk_kept,
     only_container,
+    saved_layers,
     sh,
     touch_the_disk,
     wait_settled,
@@ -255,10 +256,8 @@ def test_ten_updates_with_a_layer_threshold_of_three(
         assert [h["revision"] for h in history] == [8, 9, 10, 11]
         tags = {t for i in client.images.list(name=f"gpudock-preserved/{namespace}_box")
                 for t in i.tags}
-        layers = stack.docker_root / "gpudock" / "layers" / grs(stack, namespace, "box")[
-            "metadata"]["uid"]
-        saved = sorted(int(p.name.split("-")[1]) for p in layers.iterdir()) \
-            if layers.exists() else []
+        saved = sorted(int(p.name.split("-")[1]) for p in saved_layers(
+            stack, grs(stack, namespace, "box")["metadata"]["uid"]))
         if saves == "commit":
             assert tags == {f"gpudock-preserved/{namespace}_box:rev-{r}" for r in (8, 9, 10)}
             assert saved == []
@@ -269,11 +268,6 @@ def test_ten_updates_with_a_layer_threshold_of_three(
     container = only_container(stack, namespace)
     assert sh(container, "cat /root/log").split() == [str(i) for i in range(1, 11)]
     assert env_of(container)["UPDATE"] == "10"
-
-
-def _saved_layers(stack: LocalStack, uid: str) -> list[Path]:
-    mine = stack.docker_root / "gpudock" / "layers" / uid
-    return sorted(mine.iterdir()) if mine.exists() else []
 
 
 @pytest.mark.parametrize("policy", ["Retain", "Purge"])
@@ -291,7 +285,7 @@ def test_history_policy_on_delete(stack: LocalStack, namespace: str,
     client = stack.docker_client()
     try:  # on overlay2 the saved disks are writable layers; committed images elsewhere
         saved = [*client.images.list(name=f"gpudock-preserved/{namespace}_box"),
-                 *_saved_layers(stack, uid)]
+                 *saved_layers(stack, uid)]
     finally:
         client.close()
     store = SqliteRevisionStore(agent.state_dir / "revisions.sqlite3")

@@ -18,6 +18,7 @@ from tests.integration.revisions import (
     apply_spec,
     assert_disk_kept,
     only_container,
+    saved_layers,
     sh,
     touch_the_disk,
     wait_settled,
@@ -211,7 +212,7 @@ def test_14_4_changing_node_name_keeps_the_instance_and_delete_frees_it(
     assert time.monotonic() - started < 30
     assert containers(stack, namespace) == []
     assert gpus_in_use(stack, namespace) == []
-    assert _saved_layers(stack, uid)  # Retain: the disk saved (a writable layer)
+    assert saved_layers(stack, uid)  # Retain: the disk saved (a writable layer)
 
 
 def test_14_4_a_container_whose_resource_is_gone_is_saved_and_removed(
@@ -231,13 +232,9 @@ def test_14_4_a_container_whose_resource_is_gone_is_saved_and_removed(
     start_agent(extra_args=["--resync-seconds", "2"])
     wait_for(lambda: not containers(stack, namespace), 30, what="orphan removed")
     assert gpus_in_use(stack, namespace) == []
-    (saved,) = _saved_layers(stack, uid)  # saved as Retain does, as a writable layer
+    (saved,) = saved_layers(stack, uid)  # saved as Retain does, as a writable layer
     assert (saved / "root" / "installed-by-user").read_text().strip() == "keep-me"
 
-
-def _saved_layers(stack: LocalStack, uid: str) -> list[Path]:
-    mine = stack.docker_root / "gpudock" / "layers" / uid
-    return sorted(mine.iterdir()) if mine.exists() else []
 
 
 # -------------------------------------------------------------- 5: image VOLUME paths
