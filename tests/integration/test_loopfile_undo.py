@@ -1,6 +1,7 @@
 """#10: the loopfile backend on real loop devices: an offline resize that was cut
 short (its undo file still there) is undone before the volume is mounted again, so a
-half-shrunk ext4 never reaches a container."""
+half-shrunk ext4 never reaches a container; and a filesystem still mounted somewhere
+else is never checked or resized through a second loop device."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import hashlib
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from gpudock.adapters.loopfile_volumes import LoopfileBackend
+from gpudock.adapters.volume_backends import VolumeToolError
 from tests.stack.localstack import LocalStack
 
 MiB = 2**20
@@ -44,6 +48,39 @@ def test_10_an_interrupted_offline_resize_is_undone_at_attach(stack: LocalStack,
     finally:
         backend.delete("v")
     assert not list(backend.root.glob("images/*"))
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    assert str(backend.root) not in loops
+
+
+def test_10_a_filesystem_still_mounted_elsewhere_is_not_resized(stack: LocalStack,
+                                                               tmp_path: Path) -> None:
+    """A second mount of the volume (as a container's hold on its Docker volume
+    would be) keeps the filesystem live after the agent's own unmount: the shrink is
+    refused, the data stays whole, and it goes through once the holder lets go."""
+    backend = LoopfileBackend(stack.base_dir / f"held-{tmp_path.name}")
+    holder = stack.base_dir / f"holder-{tmp_path.name}"
+    holder.mkdir()
+    backend.create("v", 128 * MiB)
+    backend.attach("v")
+    try:
+        data = backend.path("v") / "keep"
+        data.write_bytes(bytes(range(256)) * (8 * MiB // 256))
+        want = hashlib.sha256(data.read_bytes()).hexdigest()
+        _tool("mount", "--bind", str(backend.path("v")), str(holder))
+        try:
+            with pytest.raises(VolumeToolError, match="still open through /dev/loop"):
+                backend.resize_offline("v", 64 * MiB)
+            assert backend.state("v").size_bytes == 128 * MiB  # type: ignore[union-attr]
+            assert hashlib.sha256((holder / "keep").read_bytes()).hexdigest() == want
+        finally:
+            _tool("umount", str(holder))
+        backend.resize_offline("v", 64 * MiB)
+        assert backend.state("v").size_bytes == 64 * MiB  # type: ignore[union-attr]
+        got = hashlib.sha256((backend.path("v") / "keep").read_bytes()).hexdigest()
+        assert got == want
+    finally:
+        backend.delete("v")
+        holder.rmdir()
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
     assert str(backend.root) not in loops
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
 BLOCK = 4096
+RELEASE_WAIT_SECONDS = 5.0
 
 
 class LoopfileBackend:
@@ -107,8 +109,15 @@ class LoopfileBackend:
         itself would truncate it on a shrink, and the undo file could not bring back
         a tail already cut off."""
         image = str(self._image(volume))
-        for line in _run("losetup", "-j", image).splitlines():  # left by a crash
-            _run("losetup", "-d", line.split(":", 1)[0])
+        for device in _loops_of(image):  # left by a crash
+            _run("losetup", "-d", device)
+        still = _wait_released(image)
+        if still:
+            raise VolumeToolError(
+                f"{image} is still open through {', '.join(still)}: its filesystem is "
+                "mounted somewhere else (a container that still holds the Docker "
+                "volume?). It is not checked, resized or undone while in use; "
+                "nothing was changed")
         device = _run("losetup", "--find", "--show", image).strip()
         try:
             yield device
@@ -211,6 +220,23 @@ class LoopfileBackend:
             leftover.unlink(missing_ok=True)
         if self.path(volume).exists():
             self.path(volume).rmdir()
+
+
+def _loops_of(image: str) -> list[str]:
+    """The loop devices that have this image file behind them."""
+    return [line.split(":", 1)[0] for line in _run("losetup", "-j", image).splitlines()]
+
+
+def _wait_released(image: str, seconds: float = RELEASE_WAIT_SECONDS) -> list[str]:
+    """The loop devices still on the image once the kernel has had time to clear
+    them. A device marked for clearing (losetup -d, or a mount's autoclear) goes
+    at its last close; one that stays is in use: a second device on the same image
+    would be a second, independent view of a live filesystem, and a check or a
+    resize through it destroys what the live one writes."""
+    deadline = time.monotonic() + seconds
+    while (left := _loops_of(image)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
 
 
 def _blocks(size_bytes: int) -> int:
