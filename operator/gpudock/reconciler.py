@@ -15,16 +15,13 @@ import contextlib
 import datetime
 import functools
 import logging
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 from gpudock import metrics
-from gpudock.adapters import host_paths, host_ports, overlay_layers
-from gpudock.adapters.docker_runtime import DiskFullError, DockerRuntime, HostPortBusyError
-from gpudock.adapters.filesystem_info import free_bytes
+from gpudock.adapters import host_paths, host_ports
+from gpudock.adapters.docker_runtime import DockerRuntime, HostPortBusyError
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import gpu_replica_set, ownership, sized_volume
@@ -38,6 +35,7 @@ from gpudock.core.observed import HostPort, ResourceKey
 from gpudock.core.replica_set_status import invalid_spec_status, note_drift
 from gpudock.core.revision import Revision, RevisionStore
 from gpudock.crash_points import CrashPoints
+from gpudock.disk_saves import DiskSaves
 from gpudock.errors import SpecError, UserError
 from gpudock.node_locks import NodeLocks
 from gpudock.settings import GpuAttach, Settings
@@ -54,12 +52,6 @@ REFUSED_REVISION = frozenset({"ContainerCreateFailed", "ContainerStartFailed",
                               "CommandNotFound", "HostPathMissing", "ImageNotPresent",
                               "HostPortInUse", "DiskRestoreFailed"})
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
-SAVE_MARGIN = 64 * 2**20  # room a save needs beyond its writable layer
-STATE_MARGIN = 16 * 2**20  # room the revision store needs in the state dir
-
-
-def _mib(count: int) -> str:
-    return f"{count / 2**20:.0f} MiB"
 
 
 @dataclass(frozen=True)
@@ -110,7 +102,7 @@ class ReplicaSetReconciler:
         self._crash = CrashPoints(settings.crash_at)
         self._host_paths = HostPathPolicy(settings.allowed_host_paths,
                                           settings.read_only_host_paths)
-        self._layer_home: tuple[Path | None] | None = None  # asked of Docker once
+        self.disks = DiskSaves(settings, docker, store, self._crash)
 
     def now(self) -> str:
         return self._clock()
@@ -276,6 +268,7 @@ class ReplicaSetReconciler:
         if adopt_uid and adopt_uid != uid and not any(r.uid == uid for r in records):
             adoptable = tuple(self._store.list(key.namespace,
                                                core.retained_name(key.name, adopt_uid)))
+        saved = self.disks.saved(key, (*records, *adoptable))
         base_images = {spec.image} | {str(r.spec.get("image")) for r in records
                                       if r.spec.get("image")}
         image = self._docker.image_info(spec.image)
@@ -296,7 +289,7 @@ class ReplicaSetReconciler:
             images_present=frozenset({spec.image} if image is not None else ()) | {
                 i for i in base_images - {spec.image} if self._docker.image_exists(i)},
             records=records,
-            preserved_tags=self._docker.preserved_tags(core.preserved_repository(key)),
+            preserved_tags=saved.tags,
             change_cause=change_cause,
             now=self._clock(),
             volume_names={m.volume: self._volume_name(key.namespace, m.volume)
@@ -306,30 +299,9 @@ class ReplicaSetReconciler:
             adoptable=adoptable,
             retained_tags=self._docker.preserved_tags(core.retained_repository(key))
             if adoptable else frozenset(),
-            saved_layers=self._saved_layers((*records, *adoptable)),
-            layer_root=self._layer_root(),
+            saved_layers=saved.layers,
+            layer_root=saved.layer_root,
         )
-
-    def layers_home(self) -> Path | None:
-        """Where saved writable layers live on this node (None: Docker does not use
-        overlay2, or the agent cannot reach its root); asked of Docker once."""
-        if self._layer_home is None:
-            self._layer_home = (overlay_layers.layer_home(*self._docker.storage()),)
-        return self._layer_home[0]
-
-    def _layer_root(self) -> str | None:
-        """Where new saves copy a writable layer to; None: they commit."""
-        home = self.layers_home() if self._settings.disk_saves == "layer" else None
-        return str(home) if home is not None else None
-
-    @staticmethod
-    def _saved_layers(records: tuple[Revision, ...]) -> frozenset[str]:
-        return frozenset(p for r in records for p in (r.saved_layer, r.layer)
-                         if p and Path(p).is_dir())
-
-    def _saved(self, key: ResourceKey, records: tuple[Revision, ...]) -> core.SavedDisks:
-        return core.SavedDisks(self._docker.preserved_tags(core.preserved_repository(key)),
-                               self._saved_layers(records), self._layer_root())
 
     def _resolve(self, path: str, read_only: bool) -> str | UserError:
         try:
@@ -379,7 +351,7 @@ class ReplicaSetReconciler:
                 store.put(record)  # first: a crash after it leaves a record, no orphan
                 self._crash.reach("StartRevision.recorded")
                 container_id = docker.create_and_start(checked, start=start, prepare=(
-                    functools.partial(self._put_layer, layer, config.name)
+                    functools.partial(self.disks.put_layer, layer, config.name)
                     if layer is not None else None))
                 # Made by the agent: a later disappearance is drift, not a new start.
                 store.put(replace(record, container_id=container_id))
@@ -392,22 +364,12 @@ class ReplicaSetReconciler:
                 return [Event("Normal", reason, f"revision {record.revision} recorded")]
             case act.PreserveDisk(container_id=cid, name=name, image=image, record=record,
                                   layer=layer, previous=previous):
-                try:
-                    saved = None
-                    if layer is not None and record is not None:
-                        saved = self._save_layer(cid, name, layer, previous, record)
-                    return saved if saved is not None else self._preserve(cid, name,
-                                                                          image, record)
-                except DiskFullError:
-                    # The previous revision goes back to serving; what the failed save
-                    # wrote is removed. The next try is refused before the stop.
-                    docker.remove_dangling_images(key.namespace, key.name)
-                    docker.start(cid, name)
-                    raise
+                done = self.disks.save(key, cid, name, image, record, layer, previous)
+                return [Event("Normal", reason, message) for reason, message in done]
             case act.StartContainer(container_id=cid, name=name, reason=reason, note=note,
                                     layer=layer):
                 if layer is not None:  # unless a start cut short by a crash put it in
-                    self._put_layer(layer, name, cid, unless_there=True)
+                    self.disks.put_layer(layer, name, cid, unless_there=True)
                 docker.start(cid, name)
                 if note is not None:
                     store.put(note)
@@ -415,7 +377,7 @@ class ReplicaSetReconciler:
             case act.StopContainer(container_id=cid, name=name, reason=reason, saving=saving,
                                    note=note):
                 if saving:
-                    self._check_room(cid, name)
+                    self.disks.check_room(cid, name)
                 if note is not None:  # first: a stop the record does not know is drift
                     store.put(note)
                 docker.stop(cid, name)
@@ -441,7 +403,7 @@ class ReplicaSetReconciler:
             case act.PruneRevision(record=record):
                 if record.preserved_image and not docker.remove_image(record.preserved_image):
                     return []  # still in use; pruned on a later pass
-                self._remove_layers(record)
+                self.disks.remove_layers(record)
                 self._crash.reach("PruneRevision.diskRemoved")
                 store.delete(record.namespace, record.name, record.revision)
                 return [Event("Normal", "RevisionPruned", f"revision {record.revision} "
@@ -461,10 +423,7 @@ class ReplicaSetReconciler:
                                   layers=layers):
                 for image in sorted(images, reverse=True):
                     docker.remove_image(image)
-                home = self.layers_home()
-                for directory in layers:
-                    if home is not None:
-                        overlay_layers.remove_saved(Path(directory), home)
+                self.disks.remove_saved(layers)
                 volumes = docker.remove_volumes(namespace, name)
                 store.delete_all(namespace, name)
                 return [Event("Normal", "HistoryPurged", f"{len(images) + len(layers)} "
@@ -472,98 +431,6 @@ class ReplicaSetReconciler:
                               f"{volumes} image volumes and every revision record removed "
                               "(historyPolicy Purge)")]
         raise AssertionError(f"unknown action {action!r}")  # pragma: no cover
-
-    def _check_room(self, container_id: str, name: str) -> None:
-        """Refuse to stop a container for a save that cannot fit: the saved disk needs
-        about its writable layer's size in Docker's root, the record a little room in
-        the state dir. Raises DiskFullError while the container still runs."""
-        needed = int(self._docker.writable_layer_bytes(container_id) * 1.05) + SAVE_MARGIN
-        free = self._docker.free_bytes()
-        if free is not None and free < needed:
-            raise DiskFullError(f"saving the disk of {name} needs about {_mib(needed)} in "
-                                f"Docker's root directory; {_mib(free)} are free. Free "
-                                "some space on the node; the instance keeps running")
-        if free_bytes(self._settings.state_dir) < STATE_MARGIN:
-            raise DiskFullError(f"the agent's state directory {self._settings.state_dir} "
-                                "is full; the instance keeps running")
-
-    def _preserve(self, container_id: str, name: str, image: str,
-                  record: Revision | None) -> list[Event]:
-        """Commit a stopped container, flatten past the layer threshold, note it."""
-        self._docker.commit(container_id, name, image)
-        self._crash.reach("PreserveDisk.committed")
-        events = [Event("Normal", "DiskSaved", f"filesystem of {name} saved as {image}")]
-        layers = self._docker.layer_count(image)
-        if layers > self._settings.max_image_layers:
-            self._docker.flatten(container_id, name, image)
-            self._crash.reach("PreserveDisk.flattened")
-            events.append(Event("Normal", "DiskFlattened", f"{image} had {layers} layers "
-                                f"(> {self._settings.max_image_layers}): flattened to one"))
-        if record is not None:  # the commit is the disk now, not an earlier saved layer
-            self._store.put(replace(record, preserved_image=image,
-                                    preserved_from=container_id, saved_layer=None))
-        return events
-
-    def _save_layer(self, container_id: str, name: str, layer: str, previous: str | None,
-                    record: Revision) -> list[Event] | None:
-        """Copy a stopped container's writable layer to ``layer`` and note it in the
-        record; None when it cannot be copied here (the caller commits instead)."""
-        upper = self._docker.writable_layer_dir(container_id)
-        if upper is None or not Path(upper).is_dir():
-            logger.info("%s: writable layer %s not reachable; committing", name, upper)
-            return None
-        saved = Path(layer)
-        if saved.exists():
-            # A save of this container that a crash left un-noted, or one the record
-            # notes of a container that ran again since: made again (the container,
-            # not removed before its save is noted, still has every file).
-            shutil.rmtree(saved)
-        try:
-            overlay_layers.save_layer(Path(upper), saved, Path(previous) if previous else None)
-        except overlay_layers.LayerCopyError as exc:
-            if "No space left" in str(exc):
-                raise DiskFullError(f"saving the disk of {name}: {exc}") from exc
-            logger.warning("%s: %s; committing instead", name, exc)
-            return None
-        self._crash.reach("PreserveDisk.layerSaved")
-        self._store.put(replace(record, saved_layer=layer, preserved_from=container_id))
-        return [Event("Normal", "DiskSaved", f"writable layer of {name} saved to {layer}")]
-
-    def _put_layer(self, layer: str, name: str, container_id: str,
-                   unless_there: bool = False) -> None:
-        """Copy a saved writable layer into a never-started container; with
-        ``unless_there``, nothing when the container's layer already has files (a copy
-        lands all at once, so those are the copy). Raises UserError DiskRestoreFailed."""
-        if not unless_there:
-            self._crash.reach("StartRevision.created")
-        upper = self._docker.writable_layer_dir(container_id)
-        try:
-            if upper is None or not Path(upper).is_dir():
-                raise overlay_layers.LayerCopyError(
-                    f"the writable layer of {name} ({upper}) cannot be reached")
-            if unless_there and overlay_layers.filled(Path(upper)):
-                return
-            overlay_layers.copy_layer(Path(layer), Path(upper))
-        except (OSError, overlay_layers.LayerCopyError) as exc:
-            raise UserError("DiskRestoreFailed", f"the saved disk {layer} could not be put "
-                            f"into {name}: {exc}") from exc
-        if not unless_there:
-            self._crash.reach("StartRevision.layerCopied")
-
-    def _remove_layers(self, record: Revision) -> None:
-        """A pruned revision's saved layers, unless another record still needs one:
-        as its saved disk, or as the disk it started from while it has none of its
-        own (its container may not have received it yet)."""
-        home = self.layers_home()
-        if home is None:
-            return
-        others = {p for r in self._store.list(record.namespace, record.name)
-                  if r.revision != record.revision
-                  for p in (r.saved_layer,
-                            None if r.saved_layer or r.preserved_image else r.layer)}
-        for saved in {record.saved_layer, record.layer} - others - {None}:
-            assert saved is not None
-            overlay_layers.remove_saved(Path(saved), home)
 
     # --------------------------------------------------------------------------- delete
     def delete(self, body: Mapping[str, Any]) -> list[Event]:
@@ -579,7 +446,7 @@ class ReplicaSetReconciler:
             self._deleted.add(meta["uid"])
             records = tuple(self._store.list(key.namespace, key.name))
             actions = core.plan_delete(key, tuple(self._docker.list_containers()), records,
-                                       self._saved(key, records), policy)
+                                       self.disks.saved(key, records), policy)
             for action in actions:
                 events += self._execute(key, action)
         return events
@@ -612,7 +479,7 @@ class ReplicaSetReconciler:
                                    if c.owner == key and c.uid == uid)
                 records = tuple(self._store.list(key.namespace, key.name))
                 actions = core.plan_delete(key, containers, records,
-                                           self._saved(key, records), HistoryPolicy.RETAIN)
+                                           self.disks.saved(key, records), HistoryPolicy.RETAIN)
                 for action in actions:
                     self._execute(key, action)
             done.append(f"{key} (uid {uid}): resource gone; {len(containers)} container(s) "

@@ -1,0 +1,184 @@
+"""A GpuReplicaSet's disk between its containers: saved when one stops for good (a
+copy of its writable layer on overlay2, else a `docker commit`), put into the next
+container before it starts, removed when its revision is pruned or purged.
+
+The reconciler decides when (core/replica_set_plan.py plans PreserveDisk,
+StartRevision with a layer, PruneRevision, PurgeHistory); this module does the I/O
+of each step, with its crash points, and says what is saved (SavedDisks) for the
+next plan. docs/revisions.md has the steps of a rollout and what each keeps.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+from gpudock.adapters import overlay_layers
+from gpudock.adapters.docker_runtime import DiskFullError, DockerRuntime
+from gpudock.adapters.filesystem_info import free_bytes
+from gpudock.core import replica_set_plan as core
+from gpudock.core.observed import ResourceKey
+from gpudock.core.revision import Revision, RevisionStore
+from gpudock.crash_points import CrashPoints
+from gpudock.errors import UserError
+from gpudock.settings import Settings
+
+logger = logging.getLogger(__name__)
+SAVE_MARGIN = 64 * 2**20  # room a save needs beyond its writable layer
+STATE_MARGIN = 16 * 2**20  # room the revision store needs in the state dir
+
+
+def _mib(count: int) -> str:
+    return f"{count / 2**20:.0f} MiB"
+
+
+class DiskSaves:
+    def __init__(self, settings: Settings, docker: DockerRuntime, store: RevisionStore,
+                 crash: CrashPoints) -> None:
+        self._settings = settings
+        self._docker = docker
+        self._store = store
+        self._crash = crash
+        self._home: tuple[Path | None] | None = None  # asked of Docker once
+
+    # ------------------------------------------------------------------ what is saved
+    def layers_home(self) -> Path | None:
+        """Where saved writable layers live on this node (None: Docker does not use
+        overlay2, or the agent cannot reach its root); asked of Docker once."""
+        if self._home is None:
+            self._home = (overlay_layers.layer_home(*self._docker.storage()),)
+        return self._home[0]
+
+    def layer_root(self) -> str | None:
+        """Where new saves copy a writable layer to; None: they commit."""
+        home = self.layers_home() if self._settings.disk_saves == "layer" else None
+        return str(home) if home is not None else None
+
+    def saved(self, key: ResourceKey, records: tuple[Revision, ...]) -> core.SavedDisks:
+        """What the records' saved disks are now: the resource's committed images, the
+        saved layers still on disk, and where a new save goes."""
+        layers = frozenset(p for r in records for p in (r.saved_layer, r.layer)
+                           if p and Path(p).is_dir())
+        return core.SavedDisks(self._docker.preserved_tags(core.preserved_repository(key)),
+                               layers, self.layer_root())
+
+    # -------------------------------------------------------------------------- save
+    def check_room(self, container_id: str, name: str) -> None:
+        """Refuse to stop a container for a save that cannot fit: the saved disk needs
+        about its writable layer's size in Docker's root, the record a little room in
+        the state dir. Raises DiskFullError while the container still runs."""
+        needed = int(self._docker.writable_layer_bytes(container_id) * 1.05) + SAVE_MARGIN
+        free = self._docker.free_bytes()
+        if free is not None and free < needed:
+            raise DiskFullError(f"saving the disk of {name} needs about {_mib(needed)} in "
+                                f"Docker's root directory; {_mib(free)} are free. Free "
+                                "some space on the node; the instance keeps running")
+        if free_bytes(self._settings.state_dir) < STATE_MARGIN:
+            raise DiskFullError(f"the agent's state directory {self._settings.state_dir} "
+                                "is full; the instance keeps running")
+
+    def save(self, key: ResourceKey, container_id: str, name: str, image: str,
+             record: Revision | None, layer: str | None,
+             previous: str | None) -> list[tuple[str, str]]:
+        """Save a stopped container's disk: its writable layer copied to ``layer``
+        where there is one (and the record to note it in), else committed as
+        ``image``. Returns (reason, message) of what was done. A full disk starts the
+        container again (its revision goes back to serving) and raises DiskFullError."""
+        try:
+            saved = None
+            if layer is not None and record is not None:
+                saved = self._save_layer(container_id, name, layer, previous, record)
+            return saved if saved is not None else self._commit(container_id, name,
+                                                                image, record)
+        except DiskFullError:
+            # What the failed save wrote is removed. The next try is refused before
+            # the stop.
+            self._docker.remove_dangling_images(key.namespace, key.name)
+            self._docker.start(container_id, name)
+            raise
+
+    def _commit(self, container_id: str, name: str, image: str,
+                record: Revision | None) -> list[tuple[str, str]]:
+        """Commit a stopped container, flatten past the layer threshold, note it."""
+        self._docker.commit(container_id, name, image)
+        self._crash.reach("PreserveDisk.committed")
+        done = [("DiskSaved", f"filesystem of {name} saved as {image}")]
+        layers = self._docker.layer_count(image)
+        if layers > self._settings.max_image_layers:
+            self._docker.flatten(container_id, name, image)
+            self._crash.reach("PreserveDisk.flattened")
+            done.append(("DiskFlattened", f"{image} had {layers} layers "
+                         f"(> {self._settings.max_image_layers}): flattened to one"))
+        if record is not None:  # the commit is the disk now, not an earlier saved layer
+            self._store.put(replace(record, preserved_image=image,
+                                    preserved_from=container_id, saved_layer=None))
+        return done
+
+    def _save_layer(self, container_id: str, name: str, layer: str, previous: str | None,
+                    record: Revision) -> list[tuple[str, str]] | None:
+        """Copy a stopped container's writable layer to ``layer`` and note it in the
+        record; None when it cannot be copied here (the caller commits instead)."""
+        upper = self._docker.writable_layer_dir(container_id)
+        if upper is None or not Path(upper).is_dir():
+            logger.info("%s: writable layer %s not reachable; committing", name, upper)
+            return None
+        saved = Path(layer)
+        if saved.exists():
+            # A save of this container that a crash left un-noted, or one the record
+            # notes of a container that ran again since: made again (the container,
+            # not removed before its save is noted, still has every file).
+            shutil.rmtree(saved)
+        try:
+            overlay_layers.save_layer(Path(upper), saved, Path(previous) if previous else None)
+        except overlay_layers.LayerCopyError as exc:
+            if "No space left" in str(exc):
+                raise DiskFullError(f"saving the disk of {name}: {exc}") from exc
+            logger.warning("%s: %s; committing instead", name, exc)
+            return None
+        self._crash.reach("PreserveDisk.layerSaved")
+        self._store.put(replace(record, saved_layer=layer, preserved_from=container_id))
+        return [("DiskSaved", f"writable layer of {name} saved to {layer}")]
+
+    # ----------------------------------------------------------------------- restore
+    def put_layer(self, layer: str, name: str, container_id: str,
+                  unless_there: bool = False) -> None:
+        """Copy a saved writable layer into a never-started container; with
+        ``unless_there``, nothing when the container's layer already has files (a copy
+        lands all at once, so those are the copy). Raises UserError DiskRestoreFailed."""
+        if not unless_there:
+            self._crash.reach("StartRevision.created")
+        upper = self._docker.writable_layer_dir(container_id)
+        try:
+            if upper is None or not Path(upper).is_dir():
+                raise overlay_layers.LayerCopyError(
+                    f"the writable layer of {name} ({upper}) cannot be reached")
+            if unless_there and overlay_layers.filled(Path(upper)):
+                return
+            overlay_layers.copy_layer(Path(layer), Path(upper))
+        except (OSError, overlay_layers.LayerCopyError) as exc:
+            raise UserError("DiskRestoreFailed", f"the saved disk {layer} could not be put "
+                            f"into {name}: {exc}") from exc
+        if not unless_there:
+            self._crash.reach("StartRevision.layerCopied")
+
+    # ------------------------------------------------------------------------ remove
+    def remove_layers(self, record: Revision) -> None:
+        """A pruned revision's saved layers, unless another record still needs one:
+        as its saved disk, or as the disk it started from while it has none of its
+        own (its container may not have received it yet)."""
+        others = {p for r in self._store.list(record.namespace, record.name)
+                  if r.revision != record.revision
+                  for p in (r.saved_layer,
+                            None if r.saved_layer or r.preserved_image else r.layer)}
+        self.remove_saved({record.saved_layer, record.layer} - others)
+
+    def remove_saved(self, layers: Iterable[str | None]) -> None:
+        """Remove saved layers (only ever under this node's layers home)."""
+        home = self.layers_home()
+        if home is None:
+            return
+        for saved in sorted(p for p in layers if p):
+            overlay_layers.remove_saved(Path(saved), home)
