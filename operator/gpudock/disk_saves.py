@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
+from gpudock import metrics
 from gpudock.adapters import overlay_layers
 from gpudock.adapters.docker_runtime import DiskFullError, DockerRuntime
 from gpudock.adapters.filesystem_info import free_bytes
@@ -103,12 +104,14 @@ class DiskSaves:
     def _commit(self, container_id: str, name: str, image: str,
                 record: Revision | None) -> list[tuple[str, str]]:
         """Commit a stopped container, flatten past the layer threshold, note it."""
-        self._docker.commit(container_id, name, image)
+        with metrics.timed(metrics.DISK_SECONDS, "commit"):
+            self._docker.commit(container_id, name, image)
         self._crash.reach("PreserveDisk.committed")
         done = [("DiskSaved", f"filesystem of {name} saved as {image}")]
         layers = self._docker.layer_count(image)
         if layers > self._settings.max_image_layers:
-            self._docker.flatten(container_id, name, image)
+            with metrics.timed(metrics.DISK_SECONDS, "commit"):
+                self._docker.flatten(container_id, name, image)
             self._crash.reach("PreserveDisk.flattened")
             done.append(("DiskFlattened", f"{image} had {layers} layers "
                          f"(> {self._settings.max_image_layers}): flattened to one"))
@@ -132,7 +135,9 @@ class DiskSaves:
             # not removed before its save is noted, still has every file).
             shutil.rmtree(saved)
         try:
-            overlay_layers.save_layer(Path(upper), saved, Path(previous) if previous else None)
+            with metrics.timed(metrics.DISK_SECONDS, "layer-save"):
+                overlay_layers.save_layer(Path(upper), saved,
+                                          Path(previous) if previous else None)
         except overlay_layers.LayerCopyError as exc:
             if "No space left" in str(exc):
                 raise DiskFullError(f"saving the disk of {name}: {exc}") from exc
@@ -157,7 +162,8 @@ class DiskSaves:
                     f"the writable layer of {name} ({upper}) cannot be reached")
             if unless_there and overlay_layers.filled(Path(upper)):
                 return
-            overlay_layers.copy_layer(Path(layer), Path(upper))
+            with metrics.timed(metrics.DISK_SECONDS, "layer-restore"):
+                overlay_layers.copy_layer(Path(layer), Path(upper))
         except (OSError, overlay_layers.LayerCopyError) as exc:
             raise UserError("DiskRestoreFailed", f"the saved disk {layer} could not be put "
                             f"into {name}: {exc}") from exc

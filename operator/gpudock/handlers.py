@@ -49,14 +49,17 @@ class Wakeups:
         return self._events.setdefault(uid, asyncio.Event())
 
     def wake(self, uid: str) -> None:
-        self.event(uid).set()
-
-    def wake_if_known(self, uid: str) -> None:
-        """For Docker's events: a container whose resource has no daemon here (yet)
-        makes no event to wait on."""
+        """Wake the daemon of a resource; nothing when it has none here (yet): its
+        first pass, when it starts, sees the change anyway."""
         event = self._events.get(uid)
         if event is not None:
             event.set()
+
+    def running(self) -> frozenset[str]:
+        """The UIDs of the resources whose daemon runs in this agent: each exists and
+        is handled here (kopf stops a daemon when its resource is deleted or no
+        longer handled by this node)."""
+        return frozenset(self._events)
 
     def wake_all(self) -> None:
         for event in self._events.values():
@@ -126,9 +129,16 @@ def startup(memo: Any, settings: kopf.OperatorSettings,
 WORKER_THREADS = 256
 
 
+@kopf.index(GROUP, VERSION, GRS)
+def replica_sets_by_node(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """Every watched GpuReplicaSet under the node it names, for the check of resources
+    whose node has no live agent (node_health.flag_unserved)."""
+    return node_health.watched(body)
+
+
 @kopf.on.startup()
 async def start_orphan_sweep(memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any],
-                             **_: Any) -> None:
+                             **kwargs: Any) -> None:
     loop = asyncio.get_running_loop()
     loop.set_default_executor(
         concurrent.futures.ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="gpudock"))
@@ -136,8 +146,11 @@ async def start_orphan_sweep(memo: Any, logger: logging.Logger | logging.LoggerA
     # (and keeps the observation cache true, so a resync of an idle resource asks
     # Docker nothing about containers).
     memo.docker.follow_events(
-        lambda uid: loop.call_soon_threadsafe(memo.wakeups.wake_if_known, uid))
+        lambda uid: loop.call_soon_threadsafe(memo.wakeups.wake, uid))
     memo.sweeper = asyncio.create_task(_sweep_orphans(memo, logger))
+    # kopf's indexes (empty until its watches have listed; kept current after).
+    memo.watched = {GRS: kwargs["replica_sets_by_node"],
+                    volume_handlers.SVOL: kwargs["volumes_by_node"]}
     memo.node_changed = asyncio.Event()
     memo.heartbeat = asyncio.create_task(_heartbeat(memo, logger))
 
@@ -152,8 +165,11 @@ async def _heartbeat(memo: Any, logger: logging.Logger | logging.LoggerAdapter[A
         try:
             await asyncio.to_thread(node_health.beat, memo.settings, memo.replica_sets.now(),
                                     memo.docker, memo.inventory, memo.kube)
+            others = {plural: [entry for node, entries in index.items()
+                               if node != memo.settings.node_name for entry in entries]
+                      for plural, index in memo.watched.items()}  # read in the loop
             await asyncio.to_thread(node_health.flag_unserved, memo.settings,
-                                    memo.replica_sets.now(), memo.kube)
+                                    memo.replica_sets.now(), memo.kube, others)
         except Exception as exc:  # the heartbeat must outlive any one failure
             logger.warning("node heartbeat failed, will retry: %s", exc)
         with contextlib.suppress(TimeoutError):
@@ -177,7 +193,8 @@ async def _sweep_orphans(memo: Any, logger: logging.Logger | logging.LoggerAdapt
 
     while True:
         try:
-            swept = await asyncio.to_thread(memo.replica_sets.sweep_orphans, lookup)
+            swept = await asyncio.to_thread(memo.replica_sets.sweep_orphans, lookup,
+                                            memo.wakeups.running())
         except Exception as exc:  # the sweep must outlive any one failure
             logger.warning("orphan sweep failed, will retry: %s", exc)
             swept = []
@@ -275,11 +292,13 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
             logger.warning("status not written (will catch up): %s", exc)
             carried = outcome.status
 
+    quiet = 0  # passes in a row that found the resource settled and changed nothing
     try:
         while not stopped:
             wakeup.clear()
             delay = settings.resync_seconds
             shown = {}
+            calm = False
             try:
                 view = await asyncio.to_thread(_caught_up, memo, body, known_version)
                 known_version = view["metadata"].get("resourceVersion")
@@ -291,7 +310,10 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
                     outcome = await asyncio.to_thread(memo.replica_sets.reconcile, view,
                                                       show)
                 if outcome is not None:
+                    written = known_version
                     await asyncio.to_thread(show, outcome)
+                    calm = (not outcome.events and outcome.recheck_after is None
+                            and known_version == written and _settled(outcome.status))
                     if outcome.released:
                         memo.wakeups.wake_all()
                     if outcome.released or outcome.events:
@@ -307,7 +329,13 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
                 await asyncio.to_thread(_show_waiting, memo, body, exc)
             if carried or unsent:
                 delay = min(delay, STATUS_RETRY_SECONDS)
+                calm = False
+            quiet = quiet + 1 if calm and memo.docker.events_followed() else 0
+            if quiet:
+                delay = settings.resync_seconds * min(2 ** quiet, QUIET_RESYNC_FACTOR)
             await _sleep(wakeup, stopped, delay)
+            if wakeup.is_set():
+                quiet = 0  # woken by a change: the usual period again
     finally:
         memo.wakeups.forget(uid)
         memo.phases.pop(uid, None)
@@ -336,6 +364,19 @@ def _count(memo: Any, uid: str, status: dict[str, Any]) -> None:
 
 
 STATUS_RETRY_SECONDS = 5.0
+# A settled resource's look while Docker's events are followed (every change of its
+# container wakes it): the period doubles with each pass that changes nothing, up to
+# this many times --resync-seconds; a wake-up brings it back.
+QUIET_RESYNC_FACTOR = 4
+
+
+def _settled(status: dict[str, Any]) -> bool:
+    """Nothing in progress, nothing wrong, nothing waited for."""
+    found = {c.get("type"): c for c in status.get("conditions") or ()}
+    progressing, degraded = found.get("Progressing") or {}, found.get("Degraded") or {}
+    return (progressing.get("status") == "False"
+            and progressing.get("reason") == "ReconcileComplete"
+            and degraded.get("status") == "False")
 
 
 def _without_nulls(value: Any) -> Any:

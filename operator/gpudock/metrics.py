@@ -38,6 +38,11 @@ EXEC_SECONDS = Histogram("gpudock_exec_duration_seconds",
 COMMIT_SECONDS = Histogram("gpudock_commit_duration_seconds",
                            "Time of an ImageCommit", [], buckets=_STEP_BUCKETS,
                            registry=REGISTRY)
+DISK_SECONDS = Histogram("gpudock_disk_save_duration_seconds",
+                         "Time of a GpuReplicaSet's disk work between revisions: a "
+                         "writable layer saved or put into the next container, or a "
+                         "commit (and its flattening)", ["how"], buckets=_STEP_BUCKETS,
+                         registry=REGISTRY)
 STORE_SECONDS = Histogram("gpudock_revision_store_duration_seconds",
                           "Latency of revision store operations", ["operation"],
                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,

@@ -4,11 +4,16 @@ a resource whose node has no agent, or a silent one, says so in its status.
 Every agent makes the check for the namespaces it watches; they write the same
 thing, and only when the resource does not say it already, so there is no fight.
 A resource bound to a live agent is never touched here: that agent writes its status.
+The GpuReplicaSets and SizedVolumes it checks come from kopf indexes the watch keeps
+current (by the node each names, as ``watched`` makes them), so the check lists
+nothing and costs nothing for the resources of this node.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from gpudock import __version__, metrics
 from gpudock.adapters.docker_runtime import DockerRuntime
@@ -42,15 +47,29 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
     metrics.GPUS_ALLOCATED.labels(settings.node_name).set(status["gpusAllocated"])
 
 
-def flag_unserved(settings: Settings, now: str, kube: KubeApi) -> list[str]:
+def watched(body: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A kopf index entry of a GpuReplicaSet or SizedVolume: under the node it names,
+    what flag_unserved reads of it (names, finalizers, node, status)."""
+    meta, spec = body.get("metadata") or {}, body.get("spec") or {}
+    return {str(spec.get("nodeName")): {
+        "metadata": {"namespace": meta.get("namespace"), "name": meta.get("name"),
+                     "finalizers": list(meta.get("finalizers") or ())},
+        "spec": {"nodeName": spec.get("nodeName")},
+        "status": dict(body.get("status") or {})}}
+
+
+def flag_unserved(settings: Settings, now: str, kube: KubeApi,
+                  others: Mapping[str, Iterable[Mapping[str, Any]]]) -> list[str]:
     """Write NodeNotFound / NodeNotReady on the watched resources whose node cannot
     serve them, and fail the requests (ExecRequest, ImageCommit) not yet taken whose
-    GpuReplicaSet is on such a node; returns what was written, for the log."""
+    GpuReplicaSet is on such a node; returns what was written, for the log.
+    ``others``: by plural, the GpuReplicaSets and SizedVolumes that name another node
+    than this one (``watched`` entries)."""
     nodes: dict[str, tuple[str, str] | None] = {}
     written = []
     replica_sets: dict[tuple[str, str], str] = {}
     for plural in (gpu_replica_set.PLURAL, sized_volume.PLURAL):
-        for body in kube.list_objects(plural, settings.namespaces):
+        for body in others.get(plural, ()):
             if plural == gpu_replica_set.PLURAL:
                 replica_sets[(body["metadata"]["namespace"], body["metadata"]["name"])] = \
                     str((body.get("spec") or {}).get("nodeName"))
@@ -76,6 +95,8 @@ def flag_unserved(settings: Settings, now: str, kube: KubeApi) -> list[str]:
                 continue
             written.append(f"{plural} {meta['namespace']}/{meta['name']}: {verdict[0]}")
     for plural in (exec_request.PLURAL, image_commit.PLURAL):
+        if not replica_sets:
+            break  # no GpuReplicaSet of another node: no request to fail here
         for body in kube.list_objects(plural, settings.namespaces):
             meta = body["metadata"]
             if (body.get("status") or {}).get("phase"):

@@ -453,12 +453,14 @@ class ReplicaSetReconciler:
 
     # ---------------------------------------------------------------------- orphans
     def sweep_orphans(self, lookup: Callable[[str, str], Mapping[str, Any] | None],
-                      ) -> list[str]:
+                      running: frozenset[str] = frozenset()) -> list[str]:
         """Containers of this node whose resource is gone (deleted while no agent of
         this node handled it) or was replaced by a resource another node handles:
         their disks are saved (as historyPolicy Retain does) and they are removed, so
-        their GPUs and ports come back. ``lookup`` returns the resource or None.
-        Only containers labelled with this node, in the watched namespaces."""
+        their GPUs and ports come back. ``lookup`` returns the resource or None; it is
+        not asked about the UIDs in ``running`` (resources this agent runs a daemon
+        for: they exist and are handled here), so an idle node asks the API server
+        nothing. Only containers labelled with this node, in the watched namespaces."""
         node, watched = self._settings.node_name, self._settings.namespaces
         found = {(c.owner, c.uid) for c in self._docker.list_containers()
                  if c.owner is not None and c.node == node
@@ -466,6 +468,8 @@ class ReplicaSetReconciler:
         orphans = []
         for owner, uid in sorted(found, key=str):
             assert owner is not None
+            if uid in running:
+                continue
             body = lookup(owner.namespace, owner.name)  # outside the lock: API I/O
             meta = (body or {}).get("metadata") or {}
             if body is None or (meta.get("uid") != uid and not ownership.handled_here(

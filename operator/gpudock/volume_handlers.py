@@ -12,6 +12,7 @@ from typing import Any
 
 import kopf
 
+from gpudock import node_health
 from gpudock.adapters.kube_api import KubeUnavailableError
 from gpudock.api import GROUP, VERSION, ownership, sized_volume
 from gpudock.core.replica_set_status import waiting_on
@@ -45,6 +46,12 @@ def _write(memo: Any, body: kopf.Body, status: dict[str, Any],
                                body["metadata"]["name"], status)
     except KubeUnavailableError as exc:
         logger.warning("volume status not written: %s", exc)
+
+
+@kopf.index(GROUP, VERSION, SVOL)
+def volumes_by_node(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """Every watched SizedVolume under the node it names (node_health.flag_unserved)."""
+    return node_health.watched(body)
 
 
 @kopf.daemon(GROUP, VERSION, SVOL, when=_on_this_node, cancellation_timeout=600)

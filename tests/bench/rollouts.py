@@ -33,6 +33,7 @@ import yaml
 from gpudock.retained_commands import table
 from tests.stack.agent_process import AgentProcess
 from tests.stack.localstack import BUSYBOX_IMAGE, LocalStack
+from tests.stack.processes import free_port
 
 MB = 10**6
 NS = "bench"
@@ -48,14 +49,16 @@ class Size:
     cycle_change: int  # MB for rollback and Stopped -> Running
     many: int  # resources applied at once
     idle_window: float  # seconds the idle cost is measured over
+    idle_settle: float  # then, after this long, once more (0: not), when every
+    # settled resource looks at its container at the longest period
     save_during: int  # MB being saved while an unrelated create is timed
     history_updates: int
     history_change: int
     repeats: int
 
 
-FULL = Size((100, 1000), (10, 200, 1000), 200, 300, 60.0, 1000, 10, 100, 5)
-QUICK = Size((100,), (10, 200), 200, 30, 30.0, 200, 3, 20, 3)
+FULL = Size((100, 1000), (10, 200, 1000), 200, 300, 60.0, 240.0, 1000, 10, 100, 5)
+QUICK = Size((100,), (10, 200), 200, 30, 30.0, 0.0, 200, 3, 20, 3)
 
 
 class Bench:
@@ -165,6 +168,15 @@ class Bench:
     def close(self) -> None:
         self.docker.close()
 
+    def disk_seconds(self) -> float:
+        """The agent's disk work so far (saves, restores, commits), from its own
+        metrics: gpudock_disk_save_duration_seconds."""
+        port = self.agent.argv[self.agent.argv.index("--metrics-port") + 1]
+        text = urllib3.PoolManager().request(
+            "GET", f"http://127.0.0.1:{port}/metrics").data.decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("gpudock_disk_save_duration_seconds_sum"))
+
 
 def write(container: Any, path: str, mb: int) -> None:
     """``mb`` of incompressible data in files of at most 100 MB, as a user installs."""
@@ -251,17 +263,20 @@ def commit_update(bench: Bench, base: str, change: int) -> tuple[float, float, f
     return total, committed, floor
 
 
-def gpudock_update(bench: Bench, base: str, change: int) -> float:
+def gpudock_update(bench: Bench, base: str, change: int) -> tuple[float, float]:
+    """Returns (total, disk work: the save and the restore, or the commit)."""
     name = bench.name("update")
     bench.create_ready(name, image=base, gpus=1)
     write(bench.container(name), "/root/work", change)
+    disk = bench.disk_seconds()
     began = time.perf_counter()
     bench.patch(name, {"gpuCount": 2})
     bench.wait(lambda: bench.settled(name, revision=2))
     took = time.perf_counter() - began
+    disk = bench.disk_seconds() - disk
     bench.delete(name)
     purge_saved(bench)
-    return took
+    return took, disk
 
 
 def purge_saved(bench: Bench) -> None:
@@ -275,16 +290,18 @@ def purge_saved(bench: Bench) -> None:
 
 def updates(bench: Bench, size: Size) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = [(
-        "base", "changes", "gpudock", "original", "commit", "floor cp -a",
-        "gpudock / original", "gpudock / commit")]
+        "base", "changes", "gpudock", "its disk work", "original", "its copy", "commit",
+        "floor cp -a", "gpudock / original", "disk work / original's copy",
+        "gpudock / commit")]
     for base_mb in size.bases:
         base = bench.base_image(base_mb)
         for change in size.changes:
-            ours = gpudock_update(bench, base, change)
-            original, _ = original_update(bench, base, change)
+            ours, disk = gpudock_update(bench, base, change)
+            original, copy = original_update(bench, base, change)
             committed, _, floor = commit_update(bench, base, change)
-            rows.append((f"{base_mb} MB", f"{change} MB", fmt(ours), fmt(original),
-                         fmt(committed), fmt(floor), ratio(ours, original),
+            rows.append((f"{base_mb} MB", f"{change} MB", fmt(ours), fmt(disk),
+                         fmt(original), fmt(copy), fmt(committed), fmt(floor),
+                         ratio(ours, original), ratio(disk, copy),
                          ratio(ours, committed)))
     return rows
 
@@ -404,12 +421,16 @@ def many(bench: Bench, size: Size) -> list[tuple[str, ...]]:
     time.sleep(10)  # the burst is over
     agent_idle, dockerd_idle, writes_idle, kinds, background = idle_cost(
         bench, size.idle_window)
+    settled = "-"
+    if size.idle_settle:
+        time.sleep(size.idle_settle)
+        settled = f"{idle_cost(bench, size.idle_window)[0]:.1%}"
     return [("resources", "all Ready", "serial create+start", "ratio", "agent peak RSS",
              "agent CPU", "API requests / resource", f"idle agent CPU ({size.many})",
-             "idle dockerd CPU", "idle agent API writes / min", "of which",
-             "the stack's own writes / min"),
+             f"the same {size.idle_settle:.0f} s later", "idle dockerd CPU",
+             "idle agent API writes / min", "of which", "the stack's own writes / min"),
             (str(size.many), fmt(ours), fmt(serial), ratio(ours, serial), f"{rss:.0f} MB",
-             f"{cpu:.1f} s", f"{requests / size.many:.1f}", f"{agent_idle:.1%}",
+             f"{cpu:.1f} s", f"{requests / size.many:.1f}", f"{agent_idle:.1%}", settled,
              f"{dockerd_idle:.1%}", f"{writes_idle:.1f}", kinds, f"{background:.1f}")]
 
 
@@ -493,7 +514,8 @@ def bench_stack() -> Iterator[Bench]:
     with LocalStack(bridge_prefix=22) as stack:
         stack.kubectl("create", "namespace", NS)
         agent = AgentProcess(stack, name="bench-agent", gpus=64, extra_args=[
-            "--stop-timeout", str(STOP_TIMEOUT), "--namespace", NS]).start()
+            "--stop-timeout", str(STOP_TIMEOUT), "--namespace", NS,
+            "--metrics-port", str(free_port())]).start()
         bench = Bench(stack, agent)
         try:
             yield bench
@@ -523,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpudock rollout benchmark ({'quick' if args.quick else 'full'}); "
               f"Docker {bench.docker.version()['Version']}, storage driver "
               f"{bench.docker.info()['Driver']} on "
-              f"{os.environ.get('GPUDOCK_DOCKER_ROOT_FS', 'ext4')}, {os.cpu_count()} CPUs",
+              f"{bench.stack.docker_root_fs}, {os.cpu_count()} CPUs",
               flush=True)
         for title, measure in MEASURES.items():
             if args.only and measure.__name__ not in args.only:

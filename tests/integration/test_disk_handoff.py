@@ -39,6 +39,7 @@ done
 md5sum /root/marker /root/a /opt/app/new.txt
 [ /root/a -ef /root/b ] && echo "a and b are one file"
 readlink /opt/tool
+if [ -e /root/big ]; then md5sum /root/big; fi
 tail -c 4 /root/sparse
 """
 
@@ -71,6 +72,15 @@ def _saved_images(stack: LocalStack, namespace: str) -> list[str]:
 def test_the_disk_survives_update_rollback_and_stop_start_exactly(
     stack: LocalStack, namespace: str, start_agent: AgentFactory, saves: str,
 ) -> None:
+    carry_through_rollouts(stack, namespace, start_agent, saves)
+
+
+def carry_through_rollouts(stack: LocalStack, namespace: str, start_agent: AgentFactory,
+                           saves: str, big_file_mib: int = 0) -> int:
+    """Make the changes in revision 1, then update, roll back, stop and start, and
+    check each revision's container has them exactly. With ``big_file_mib``, also a
+    file of that much random data. Returns how many bytes Docker's root filesystem
+    gained across the update (its used space after less before)."""
     client = stack.docker_client()
     image = _base_image(client)
     client.close()
@@ -80,6 +90,9 @@ def test_the_disk_survives_update_rollback_and_stop_start_exactly(
     wait_settled(stack, namespace, "box", revision=1)
     first = only_container(stack, namespace, "box")
     sh(first, CHANGES)
+    if big_file_mib:
+        sh(first, f"dd if=/dev/urandom of=/root/big bs=1M count={big_file_mib} "
+                  "2>/dev/null && sync")
     os.setxattr(_merged(first, "/root/marker"), *XATTR)
     kept = _fingerprint(first)
     assert "/opt/sys.conf absent" in kept
@@ -96,8 +109,10 @@ def test_the_disk_survives_update_rollback_and_stop_start_exactly(
         return container
 
     # An update: a new container, the same files.
+    used_before = _used_bytes(stack.docker_root)
     apply_spec(stack, namespace, "box", "two GPUs", gpus=2, **spec)
     wait_settled(stack, namespace, "box", revision=2)
+    gained = _used_bytes(stack.docker_root) - used_before
     second = assert_kept(2)
     assert second.id != first.id
     sh(second, "echo v2 > /root/marker && rm /root/b")  # revision 2's own changes
@@ -124,3 +139,10 @@ def test_the_disk_survives_update_rollback_and_stop_start_exactly(
     else:
         assert _saved_images(stack, namespace)
         assert mine == []
+    return gained
+
+
+def _used_bytes(path: Path) -> int:
+    os.sync()
+    info = os.statvfs(path)
+    return (info.f_blocks - info.f_bfree) * info.f_frsize

@@ -54,9 +54,11 @@ class LocalStack:
     and scheduler, so pods (the agent's DaemonSet) run on the stack's dockerd."""
 
     def __init__(self, base_dir: Path | None = None, *, node: bool = False,
-                 bridge_prefix: int = 24) -> None:
+                 bridge_prefix: int = 24, docker_root_fs: str | None = None) -> None:
         """``bridge_prefix``: the size of the Docker bridge's subnet (a /24 holds 253
-        containers; the benchmark's 300 at once need a /22)."""
+        containers; the benchmark's 300 at once need a /22). ``docker_root_fs``: ext4
+        or xfs (with reflinks) under Docker's root; default GPUDOCK_DOCKER_ROOT_FS,
+        else ext4."""
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="gpudock-stack-", dir="/tmp"))
         self.processes: dict[str, ManagedProcess] = {}
         self.etcd_port = 0
@@ -72,6 +74,8 @@ class LocalStack:
         self.with_node = node
         self.node: KubeNode | None = None
         self._shared: set[Path] = set()
+        self.docker_root_fs = docker_root_fs or os.environ.get("GPUDOCK_DOCKER_ROOT_FS",
+                                                               "ext4")
 
     # ------------------------------------------------------------------ public API
     @property
@@ -295,15 +299,14 @@ class LocalStack:
 
     def _mount_docker_root(self) -> None:
         """Docker's root on a filesystem of its own (a sparse image, loop-mounted;
-        GPUDOCK_DOCKER_ROOT_GIB, default 20; GPUDOCK_DOCKER_ROOT_FS ext4 (default) or
-        xfs, with reflinks), so a test can fill it for real without touching the
+        GPUDOCK_DOCKER_ROOT_GIB, default 20; ext4 or XFS with reflinks, as
+        docker_root_fs says), so a test can fill it for real without touching the
         machine's disk. stop() unmounts it and detaches the loop device."""
         image = self.base_dir / "docker-root.img"
         with open(image, "wb") as handle:
             handle.truncate(int(os.environ.get("GPUDOCK_DOCKER_ROOT_GIB", "20")) * 2**30)
-        filesystem = os.environ.get("GPUDOCK_DOCKER_ROOT_FS", "ext4")
         mkfs = {"ext4": ["mkfs.ext4", "-q", "-F", "-m", "0"],
-                "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"]}[filesystem]
+                "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"]}[self.docker_root_fs]
         subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
         self.docker_root.mkdir()
         subprocess.run(["mount", "-o", "loop", str(image), str(self.docker_root)],

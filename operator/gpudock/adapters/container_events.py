@@ -98,6 +98,11 @@ class ContainerCache:
             if not self._closed:
                 time.sleep(RECONNECT_SECONDS)
 
+    def live(self) -> bool:
+        """Whether the stream is followed now (the cache is true to Docker)."""
+        with self._lock:
+            return self._live
+
     def _reset(self, *, live: bool, stream: Any) -> None:
         with self._lock:
             self._epoch += 1

@@ -143,6 +143,11 @@ class DockerRuntime:
         gpudock container, from the stream's thread."""
         self._containers.follow(on_event)
 
+    def events_followed(self) -> bool:
+        """Whether Docker's event stream is followed now: every change of a container
+        wakes its resource, so a periodic look is only a safety net."""
+        return self._containers.live()
+
     def _container_events(self) -> Iterable[dict[str, Any]]:
         stream: Iterable[dict[str, Any]] = self.client.api.events(
             decode=True, filters={"type": ["container", "image"]})
