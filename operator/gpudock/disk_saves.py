@@ -22,7 +22,7 @@ from gpudock.adapters.docker_runtime import DiskFullError, DockerRuntime
 from gpudock.adapters.filesystem_info import free_bytes
 from gpudock.core import replica_set_plan as core
 from gpudock.core.observed import ResourceKey
-from gpudock.core.revision import Revision, RevisionStore
+from gpudock.core.revision import Revision, RevisionStore, layers_named
 from gpudock.crash_points import CrashPoints
 from gpudock.errors import UserError
 from gpudock.settings import Settings
@@ -61,8 +61,7 @@ class DiskSaves:
     def saved(self, key: ResourceKey, records: tuple[Revision, ...]) -> core.SavedDisks:
         """What the records' saved disks are now: the resource's committed images, the
         saved layers still on disk, and where a new save goes."""
-        layers = frozenset(p for r in records for p in (r.saved_layer, r.layer)
-                           if p and Path(p).is_dir())
+        layers = frozenset(p for p in layers_named(records) if Path(p).is_dir())
         return core.SavedDisks(self._docker.preserved_tags(core.preserved_repository(key)),
                                layers, self.layer_root())
 
@@ -124,9 +123,10 @@ class DiskSaves:
                     record: Revision) -> list[tuple[str, str]] | None:
         """Copy a stopped container's writable layer to ``layer`` and note it in the
         record; None when it cannot be copied here (the caller commits instead)."""
-        upper = self._docker.writable_layer_dir(container_id)
-        if upper is None or not Path(upper).is_dir():
-            logger.info("%s: writable layer %s not reachable; committing", name, upper)
+        named = self._docker.writable_layer_dir(container_id)
+        upper = overlay_layers.reachable(named)
+        if upper is None:
+            logger.info("%s: writable layer %s not reachable; committing", name, named)
             return None
         saved = Path(layer)
         if saved.exists():
@@ -136,7 +136,7 @@ class DiskSaves:
             shutil.rmtree(saved)
         try:
             with metrics.timed(metrics.DISK_SECONDS, "layer-save"):
-                overlay_layers.save_layer(Path(upper), saved,
+                overlay_layers.save_layer(upper, saved,
                                           Path(previous) if previous else None)
         except overlay_layers.LayerCopyError as exc:
             if "No space left" in str(exc):
@@ -155,15 +155,16 @@ class DiskSaves:
         lands all at once, so those are the copy). Raises UserError DiskRestoreFailed."""
         if not unless_there:
             self._crash.reach("StartRevision.created")
-        upper = self._docker.writable_layer_dir(container_id)
+        named = self._docker.writable_layer_dir(container_id)
         try:
-            if upper is None or not Path(upper).is_dir():
+            upper = overlay_layers.reachable(named)
+            if upper is None:
                 raise overlay_layers.LayerCopyError(
-                    f"the writable layer of {name} ({upper}) cannot be reached")
-            if unless_there and overlay_layers.filled(Path(upper)):
+                    f"the writable layer of {name} ({named}) cannot be reached")
+            if unless_there and overlay_layers.filled(upper):
                 return
             with metrics.timed(metrics.DISK_SECONDS, "layer-restore"):
-                overlay_layers.copy_layer(Path(layer), Path(upper))
+                overlay_layers.copy_layer(Path(layer), upper)
         except (OSError, overlay_layers.LayerCopyError) as exc:
             raise UserError("DiskRestoreFailed", f"the saved disk {layer} could not be put "
                             f"into {name}: {exc}") from exc

@@ -313,7 +313,7 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: An
                     written = known_version
                     await asyncio.to_thread(show, outcome)
                     calm = (not outcome.events and outcome.recheck_after is None
-                            and known_version == written and _settled(outcome.status))
+                            and known_version == written and outcome.settled)
                     if outcome.released:
                         memo.wakeups.wake_all()
                     if outcome.released or outcome.events:
@@ -368,15 +368,6 @@ STATUS_RETRY_SECONDS = 5.0
 # container wakes it): the period doubles with each pass that changes nothing, up to
 # this many times --resync-seconds; a wake-up brings it back.
 QUIET_RESYNC_FACTOR = 4
-
-
-def _settled(status: dict[str, Any]) -> bool:
-    """Nothing in progress, nothing wrong, nothing waited for."""
-    found = {c.get("type"): c for c in status.get("conditions") or ()}
-    progressing, degraded = found.get("Progressing") or {}, found.get("Degraded") or {}
-    return (progressing.get("status") == "False"
-            and progressing.get("reason") == "ReconcileComplete"
-            and degraded.get("status") == "False")
 
 
 def _without_nulls(value: Any) -> Any:

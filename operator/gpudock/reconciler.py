@@ -67,6 +67,7 @@ class Outcome:
     events: list[Event] = field(default_factory=list)
     released: bool = False  # GPUs or ports may be free now: wake waiting resources
     recheck_after: float | None = None  # reconcile again this soon, whatever happens
+    settled: bool = False  # nothing in progress, nothing wrong, nothing waited for
 
 
 def _progressing_reason(status: Mapping[str, Any]) -> str | None:
@@ -200,6 +201,11 @@ class ReplicaSetReconciler:
             events.append(Event("Warning", problem.reason, problem.message))
         outcome = self._outcome(status, shown, events, released)
         outcome.recheck_after = plan.recheck_after
+        found = {c.type: c for c in status.conditions}
+        progressing, degraded = found.get("Progressing"), found.get("Degraded")
+        outcome.settled = (progressing is not None and not progressing.status
+                           and progressing.reason == "ReconcileComplete"
+                           and degraded is not None and not degraded.status)
         return outcome
 
     def _revision_refused(self, action: act.Action | None, exc: UserError) -> bool:

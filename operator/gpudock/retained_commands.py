@@ -25,7 +25,7 @@ from gpudock.adapters.revision_store import open_revision_store
 from gpudock.api.gpu_replica_set import PLURAL
 from gpudock.core.observed import ResourceKey
 from gpudock.core.replica_set_plan import retained_repository
-from gpudock.core.revision import Revision, RevisionStore
+from gpudock.core.revision import Revision, RevisionStore, layers_named
 from gpudock.errors import GpudockError
 
 
@@ -117,6 +117,7 @@ def run_purge(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                   file=sys.stderr)
             return 1
         key = ResourceKey(namespace, args.name)
+        home = overlay_layers.layer_home(*docker.storage())  # asked of Docker once
         for uid, records in sorted(histories.items()):
             if args.uid is not None and uid != args.uid:
                 continue
@@ -125,10 +126,9 @@ def run_purge(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
                                     or image == r.preserved_image)}
             for image in sorted(images, reverse=True):  # later disks build on earlier
                 docker.remove_image(image)
-            layers = {p for r in records for p in (r.saved_layer, r.layer) if p}
-            home = overlay_layers.layer_home(*docker.storage())
-            for layer in sorted(layers):
-                if home is not None:
+            layers = layers_named(records)
+            if home is not None:
+                for layer in sorted(layers):
                     overlay_layers.remove_saved(Path(layer), home)
             volumes = docker.remove_volumes(namespace, args.name, uid)
             for record in records:

@@ -40,7 +40,11 @@ class LayerCopyError(VolumeToolError):
 def writable_layer(inspect: dict[str, Any]) -> Path | None:
     """The upper dir of an inspected container when it is on overlay2 and this
     process can reach it; None otherwise (the caller falls back to docker commit)."""
-    upper = upper_dir_of(inspect)
+    return reachable(upper_dir_of(inspect))
+
+
+def reachable(upper: str | None) -> Path | None:
+    """A writable layer directory Docker named, when this process can reach it."""
     if upper is None:
         return None
     path = Path(upper)

@@ -51,7 +51,7 @@ from gpudock.core.observed import (
     current_of,
 )
 from gpudock.core.replica_set_status import Seen, bindings_of
-from gpudock.core.revision import Revision
+from gpudock.core.revision import Revision, layers_named
 from gpudock.errors import UserError
 
 PRESERVED_REPOSITORY = "gpudock-preserved"
@@ -516,10 +516,9 @@ def plan_delete(key: ResourceKey, containers: tuple[ObservedContainer, ...],
     saved disks and records."""
     mine = [c for c in containers if c.owner == key]
     if policy is HistoryPolicy.PURGE:
-        layers = {p for r in records for p in (r.saved_layer, r.layer) if p}
         return (*(act.RemoveContainer(c.id, c.name) for c in mine),
                 act.PurgeHistory(key.namespace, key.name, tuple(sorted(saved.tags)),
-                                 tuple(sorted(layers))))
+                                 tuple(sorted(layers_named(records)))))
     return _retire_all(key, records, saved, mine, "Removed")
 
 

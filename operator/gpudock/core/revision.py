@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
@@ -80,6 +81,12 @@ class Revision:
         data["gpus"] = tuple(data.get("gpus") or ())
         data["ports"] = tuple(PortBinding.from_dict(p) for p in data.get("ports") or ())
         return cls(**data)
+
+
+def layers_named(records: Iterable[Revision]) -> set[str]:
+    """Every saved writable layer the records name: their saved disks and the layers
+    their containers started from."""
+    return {p for r in records for p in (r.saved_layer, r.layer) if p}
 
 
 def revision_key(prefix: str, namespace: str, name: str, revision: int | None = None,
