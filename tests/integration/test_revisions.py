@@ -93,7 +93,8 @@ def _statuses_written(watch: str) -> list[dict[str, Any]]:
     annotations after the update handler races the agent's first progress write: an
     object whose status equals the one before is a metadata write, not a status one
     (a patch that changes nothing makes no new version, so it is never printed)."""
-    decoder, found, at = json.JSONDecoder(), [], 0
+    decoder, at = json.JSONDecoder(), 0
+    found: list[dict[str, Any]] = []
     while at < len(watch):
         if watch[at].isspace():
             at += 1
