@@ -1,17 +1,23 @@
 """The real node changes the machine only while it runs, and only its own things: its
 pods' packets to anything but the stack's bridge are dropped, and the sysctls, iptables
 rules, cgroups and host directories it made are gone after teardown, also when the
-test inside fails."""
+test inside fails, and also when the process running the stack is killed outright (the
+next stack's start takes them back)."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.stack.localstack import LocalStack, wait_for
+from tests.stack.localstack import REPO_ROOT, LocalStack, wait_for
 from tests.stack.node import KUBELET_HOST_DIRS, KUBELET_SYSCTLS
+from tests.stack.reclaim import processes_of, reclaim_dead_stacks
 
 pytestmark = [pytest.mark.stack, pytest.mark.node]
 
@@ -21,10 +27,23 @@ def sysctls() -> dict[str, str]:
                                 check=True).stdout.strip() for key in KUBELET_SYSCTLS}
 
 
-def our_rules(stack: LocalStack) -> list[str]:
+def rules_of(base_dir: Path) -> list[str]:
     rules = subprocess.run(["iptables", "-S"], capture_output=True, text=True,
                            check=True).stdout.splitlines()
-    return [rule for rule in rules if stack.base_dir.name in rule]
+    return [rule for rule in rules if base_dir.name in rule]
+
+
+def running(pid: int) -> bool:
+    """The process exists and is not a zombie (one killed but not reaped yet)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def our_rules(stack: LocalStack) -> list[str]:
+    return rules_of(stack.base_dir)
 
 
 def drop_counter(stack: LocalStack) -> int:
@@ -67,3 +86,64 @@ def test_pods_cannot_reach_out_and_teardown_undoes_everything_after_a_failure() 
     assert not list(Path("/sys/fs/cgroup").glob(f"*/gpudock-{stack.bridge}"))
     assert f"{stack.base_dir}/" not in Path("/proc/mounts").read_text()
     assert not stack.base_dir.exists()
+
+
+# Run in a child process that the test kills with SIGKILL: a stack with a node, a
+# container whose PID 1 ignores SIGTERM and a pod, as a test run killed by a timeout
+# leaves them.
+KILLED_STACK = """
+import json, time
+from tests.stack.localstack import BUSYBOX_IMAGE, LocalStack, wait_for
+stack = LocalStack(node=True).start()
+client = stack.docker_client()
+box = client.containers.run(BUSYBOX_IMAGE, ["sleep", "infinity"], detach=True)
+stack.kubectl("run", "sleeper", "--image=" + BUSYBOX_IMAGE, "--image-pull-policy=Never",
+              "--restart=Never", "--", "sleep", "infinity")
+wait_for(lambda: "Running" in stack.kubectl(
+    "get", "pod", "sleeper", "-o", "jsonpath={.status.phase}").stdout, 90, 1, "the pod")
+box.reload()
+print(json.dumps({"base_dir": str(stack.base_dir), "bridge": stack.bridge,
+                  "container": box.id, "container_pid": box.attrs["State"]["Pid"]}),
+      flush=True)
+time.sleep(3600)
+"""
+
+
+def test_a_stack_whose_process_was_killed_is_taken_back_by_the_next_start() -> None:
+    before = sysctls()
+    host_dirs = {d: d.exists() for d in KUBELET_HOST_DIRS}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_STACK], cwd=REPO_ROOT,
+                             stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line, "the stack in the child process did not come up"
+        up = json.loads(line)
+        base_dir, bridge = Path(up["base_dir"]), up["bridge"]
+        assert base_dir not in reclaim_dead_stacks()  # its owner lives: left alone
+        assert running(up["container_pid"])
+    finally:
+        os.killpg(child.pid, signal.SIGKILL)  # no teardown runs
+        child.wait(10)
+        if child.stdout is not None:
+            child.stdout.close()
+    # What the kill left: the stack's servers and containers, its changes.
+    assert processes_of(base_dir)
+    assert running(up["container_pid"])
+    assert sysctls()["vm.overcommit_memory"] == "1"  # the kubelet's change
+    assert len(rules_of(base_dir)) == 2
+
+    assert base_dir in reclaim_dead_stacks()  # as the next LocalStack.start() does
+
+    assert processes_of(base_dir) == []
+    assert not running(up["container_pid"])
+    assert f"{base_dir}/" not in Path("/proc/mounts").read_text()
+    assert str(base_dir) not in subprocess.run(["losetup", "-l"], capture_output=True,
+                                               text=True, check=True).stdout
+    assert not Path("/sys/class/net", bridge).exists()
+    assert rules_of(base_dir) == []
+    assert sysctls() == before
+    assert {d: d.exists() for d in KUBELET_HOST_DIRS} == host_dirs
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/gpudock-{bridge}"))
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/docker/{up['container']}"))
+    assert not base_dir.exists()

@@ -4,7 +4,10 @@ foreground until Ctrl-C (or SIGTERM), then everything is torn down.
 By default the stack runs a real node (kubelet on the stack's dockerd), the agent image
 is built into that dockerd and Chart/ is installed with Helm's engine, so the agent is
 the DaemonSet's pod, as on a cluster. ``--agent-process`` runs the agent as a plain
-process instead (no kubelet; what most tests do)."""
+process instead (no kubelet; what most tests do).
+
+``python -m tests.stack reclaim``: take back what stacks whose process was killed
+outright left behind (tests/stack/reclaim.py; every stack's start does it first)."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from tests.stack import reclaim
 from tests.stack.agent_process import NODE_NAME, AgentProcess
 from tests.stack.helm_chart import (
     CHART_DIR,
@@ -35,7 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--no-examples", action="store_true", help="do not apply examples/")
     up.add_argument("--agent-process", action="store_true",
                     help="run the agent as a process, without a kubelet and the chart")
+    commands.add_parser("reclaim", help="take back what stacks whose process was "
+                        "killed outright left on the machine (each start does it too)")
     args = parser.parse_args(argv)
+    if args.command == "reclaim":
+        for base_dir in reclaim.reclaim_dead_stacks():
+            print(f"reclaimed {base_dir}")
+        return 0
 
     stopping = False
 

@@ -28,6 +28,8 @@ from types import TracebackType
 
 import docker
 
+from tests.stack import reclaim
+from tests.stack.machine_changes import release_mounts_and_loops
 from tests.stack.node import KubeNode
 from tests.stack.processes import ManagedProcess, free_port
 from tests.stack.processes import wait_for as wait_for  # tests import it from here
@@ -120,6 +122,8 @@ class LocalStack:
     def start(self) -> LocalStack:
         try:
             self._check_prerequisites()
+            reclaim.reclaim_dead_stacks()  # what stacks killed outright left behind
+            reclaim.claim(self.base_dir, self.bridge)
             (self.base_dir / "logs").mkdir(parents=True, exist_ok=True)
             self._start_etcd()
             self._start_apiserver()
@@ -375,21 +379,6 @@ def build_busybox_rootfs(tarball: Path) -> None:
         (root / "etc" / "os-release").write_text('NAME="gpudock test busybox"\n')
         with tarfile.open(tarball, "w") as tar:
             tar.add(root, arcname=".")
-
-
-def release_mounts_and_loops(base_dir: Path) -> None:
-    """Unmount everything under ``base_dir`` (deepest first), detach its loop devices."""
-    prefix = str(base_dir)
-    with open("/proc/mounts") as mounts:
-        points = [line.split()[1] for line in mounts]
-    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], check=False, capture_output=True)
-    listing = subprocess.run(["losetup", "-J", "-l"], capture_output=True, text=True,
-                             check=False).stdout
-    for device in json.loads(listing or '{"loopdevices": []}').get("loopdevices", []):
-        if str(device.get("back-file") or "").startswith(prefix):
-            subprocess.run(["losetup", "-d", device["name"]], check=False,
-                           capture_output=True)
 
 
 def _free_bridge_subnet(prefix: int = 24) -> str:

@@ -2,7 +2,10 @@
 dockerd), kube-controller-manager and kube-scheduler, built from the same Debian
 source as kube-apiserver (tests/stack/install-prereqs.sh).
 
-Machine-wide changes, each undone by ``stop()`` (also after a failed start):
+Machine-wide changes, each written to the node's journal before it is made
+(tests/stack/machine_changes.py) and undone by ``stop()`` (also after a failed start),
+or by the next stack's start when the process running this one was killed outright
+(tests/stack/reclaim.py):
   - iptables: FORWARD from the stack's bridge to anything but itself is dropped, and
     the host's own packets to the service range (where nothing answers: no kube-proxy)
     too, so no packet leaves the machine. The rules carry a comment naming this stack
@@ -17,16 +20,14 @@ Machine-wide changes, each undone by ``stop()`` (also after a failed start):
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tests.stack.machine_changes import MachineChanges, cgroup_mount_points
 from tests.stack.processes import free_port, wait_for
 
 if TYPE_CHECKING:
@@ -38,6 +39,12 @@ KUBELET_SYSCTLS = ("vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops
 KUBELET_HOST_DIRS = (Path("/var/lib/kubelet"), Path("/var/log/pods"),
                      Path("/var/log/containers"))
 NODE_LABEL = "gpudock.dev/gpu-node=true"
+JOURNAL = "machine-changes.json"  # under the node's directory
+
+
+def journal_of(base_dir: Path) -> Path:
+    """Where the node of the stack in ``base_dir`` records its machine-wide changes."""
+    return base_dir / "node" / JOURNAL
 
 
 class KubeNode:
@@ -49,10 +56,7 @@ class KubeNode:
         self.comment = f"gpudock-stack {stack.base_dir.name}"
         self.kubelet_port = 0
         self.bin_dir = stack.kubectl_path.parent  # the cached Kubernetes binaries
-        self._sysctls: dict[str, str] = {}
-        self._made_dirs: list[Path] = []
-        self._rules: list[list[str]] = []
-        self._cgroups: list[Path] = []
+        self.changes = MachineChanges(journal_of(stack.base_dir))
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> KubeNode:
@@ -81,18 +85,7 @@ class KubeNode:
 
     def undo_machine_changes(self) -> None:
         """Once no container of the node is left: cgroups, sysctls, rules, host dirs."""
-        for cgroup in sorted(self._cgroups, key=lambda p: len(p.parts), reverse=True):
-            _remove_cgroup_tree(cgroup)
-        self._cgroups.clear()
-        for key, value in self._sysctls.items():
-            subprocess.run(["sysctl", "-q", "-w", f"{key}={value}"], check=False)
-        self._sysctls.clear()
-        for rule in self._rules:
-            subprocess.run(["iptables", "-D", *rule], check=False, capture_output=True)
-        self._rules.clear()
-        for made in self._made_dirs:
-            shutil.rmtree(made, ignore_errors=True)
-        self._made_dirs.clear()
+        self.changes.undo()
 
     # ------------------------------------------------------------------ steps
     def _drop_traffic_leaving_the_machine(self) -> None:
@@ -100,27 +93,27 @@ class KubeNode:
         tag = ["-m", "comment", "--comment", self.comment]
         for rule in (["FORWARD", "-i", bridge, "!", "-o", bridge, *tag, "-j", "DROP"],
                      ["OUTPUT", "-d", SERVICE_RANGE, *tag, "-j", "DROP"]):
+            self.changes.rules.append(rule)
+            self.changes.write()
             subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
-            self._rules.append(rule)
 
     def _save_sysctls(self) -> None:
+        """Before the kubelet starts: the sysctls it sets, and the host directories it
+        makes (those that are not there yet)."""
         for key in KUBELET_SYSCTLS:
-            self._sysctls[key] = subprocess.run(
+            self.changes.sysctls[key] = subprocess.run(
                 ["sysctl", "-n", key], capture_output=True, text=True, check=True).stdout.strip()
-        for directory in KUBELET_HOST_DIRS:
-            if not directory.exists():
-                self._made_dirs.append(directory)
+        self.changes.made_dirs += [str(d) for d in KUBELET_HOST_DIRS if not d.exists()]
+        self.changes.write()
 
     def _make_cgroups(self) -> None:
         """The kubelet's cgroupfs driver wants --cgroup-root in every v1 hierarchy; runc
         makes pods' cgroups in the unified (v2) one too, so all are removed at stop."""
-        with open("/proc/self/mountinfo") as mountinfo:
-            points = {line.split(" - ")[0].split()[4] for line in mountinfo
-                      if line.split(" - ")[1].split()[0] in ("cgroup", "cgroup2")}
-        for point in sorted(points):
-            cgroup = Path(point) / self.cgroup_root
+        for point in cgroup_mount_points():
+            cgroup = point / self.cgroup_root
+            self.changes.cgroups.append(str(cgroup))
+            self.changes.write()
             cgroup.mkdir(exist_ok=True)
-            self._cgroups.append(cgroup)
 
     def _import_pause_image(self) -> None:
         """The pod sandbox's image: the pause binary the prerequisites built."""
@@ -189,14 +182,3 @@ class KubeNode:
                 raise RuntimeError(f"{name} exited:\n{process.log_tail()}")
         wait_for(ready, 90, 1, f"node {self.name} Ready")
 
-
-def _remove_cgroup_tree(cgroup: Path) -> None:
-    """rmdir a cgroup and its children, deepest first (a cgroup's files cannot be
-    removed, only its directory once it has no process and no child)."""
-    if not cgroup.is_dir():
-        return
-    children = sorted((Path(root) for root, _, _ in os.walk(cgroup)),
-                      key=lambda p: len(p.parts), reverse=True)
-    for child in children:
-        with contextlib.suppress(OSError):
-            child.rmdir()
