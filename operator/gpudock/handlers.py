@@ -96,7 +96,9 @@ def startup(memo: Any, settings: kopf.OperatorSettings,
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = "gpudock-agent"
     settings.posting.reporting_instance = agent.node_name
-    runtime = DockerRuntime(agent.docker_host, stop_timeout=agent.stop_timeout)
+    runtime = DockerRuntime(agent.docker_host, stop_timeout=agent.stop_timeout,
+                            on_request=lambda method: metrics.DOCKER_REQUESTS.labels(
+                                method).inc())
     inventory = inventory_from_settings(agent)
     try:
         logger.info("Docker %s at %s", runtime.version(), agent.docker_host or "default")

@@ -43,6 +43,9 @@ DISK_SECONDS = Histogram("gpudock_disk_save_duration_seconds",
                          "writable layer saved or put into the next container, or a "
                          "commit (and its flattening)", ["how"], buckets=_STEP_BUCKETS,
                          registry=REGISTRY)
+DOCKER_REQUESTS = Counter("gpudock_docker_requests_total",
+                          "Requests the agent made to Docker's API, by HTTP method",
+                          ["method"], registry=REGISTRY)
 STORE_SECONDS = Histogram("gpudock_revision_store_duration_seconds",
                           "Latency of revision store operations", ["operation"],
                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,

@@ -171,11 +171,19 @@ class Bench:
     def disk_seconds(self) -> float:
         """The agent's disk work so far (saves, restores, commits), from its own
         metrics: gpudock_disk_save_duration_seconds."""
+        return self.metric("gpudock_disk_save_duration_seconds_sum")
+
+    def docker_requests(self) -> float:
+        """The requests the agent made to Docker's API so far (its own metric)."""
+        return self.metric("gpudock_docker_requests_total")
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric of the agent's over all its labels."""
         port = self.agent.argv[self.agent.argv.index("--metrics-port") + 1]
         text = urllib3.PoolManager().request(
             "GET", f"http://127.0.0.1:{port}/metrics").data.decode()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith("gpudock_disk_save_duration_seconds_sum"))
+                   if line.split("{", 1)[0].split(" ", 1)[0] == name)
 
 
 def write(container: Any, path: str, mb: int) -> None:
@@ -383,6 +391,7 @@ def many(bench: Bench, size: Size) -> list[tuple[str, ...]]:
     names = [f"many-{i}" for i in range(size.many)]
     requests_before = api_requests(bench.stack)
     cpu_before = cpu_seconds(bench.agent.process.pid)  # type: ignore[union-attr]
+    docker_before = bench.docker_requests()
     began = time.perf_counter()
     bench.apply(*(bench.body(n) for n in names))
     polls = 0
@@ -404,6 +413,7 @@ def many(bench: Bench, size: Size) -> list[tuple[str, ...]]:
     ours = time.perf_counter() - began
     cpu = cpu_seconds(bench.agent.process.pid) - cpu_before  # type: ignore[union-attr]
     requests = api_requests(bench.stack) - requests_before - polls - 1
+    docker_requests = bench.docker_requests() - docker_before
     rss = peak_rss_mb(bench.agent.process.pid)  # type: ignore[union-attr]
 
     serial_began = time.perf_counter()
@@ -419,33 +429,49 @@ def many(bench: Bench, size: Size) -> list[tuple[str, ...]]:
         bench.docker.api.remove_container(box, force=True)
 
     time.sleep(10)  # the burst is over
-    agent_idle, dockerd_idle, writes_idle, kinds, background = idle_cost(
-        bench, size.idle_window)
-    settled = "-"
+    idle = idle_cost(bench, size.idle_window)
+    later: IdleCost | None = None
     if size.idle_settle:
         time.sleep(size.idle_settle)
-        settled = f"{idle_cost(bench, size.idle_window)[0]:.1%}"
+        later = idle_cost(bench, size.idle_window)
     return [("resources", "all Ready", "serial create+start", "ratio", "agent peak RSS",
-             "agent CPU", "API requests / resource", f"idle agent CPU ({size.many})",
-             f"the same {size.idle_settle:.0f} s later", "idle dockerd CPU",
+             "agent CPU", "API requests / resource", "Docker requests / resource",
+             f"idle agent CPU ({size.many})", f"the same {size.idle_settle:.0f} s later",
+             "idle dockerd CPU", "idle Docker requests / min", "the same later",
              "idle agent API writes / min", "of which", "the stack's own writes / min"),
             (str(size.many), fmt(ours), fmt(serial), ratio(ours, serial), f"{rss:.0f} MB",
-             f"{cpu:.1f} s", f"{requests / size.many:.1f}", f"{agent_idle:.1%}", settled,
-             f"{dockerd_idle:.1%}", f"{writes_idle:.1f}", kinds, f"{background:.1f}")]
+             f"{cpu:.1f} s", f"{requests / size.many:.1f}",
+             f"{docker_requests / size.many:.1f}", f"{idle.agent_cpu:.1%}",
+             f"{later.agent_cpu:.1%}" if later else "-", f"{idle.dockerd_cpu:.1%}",
+             f"{idle.docker_requests:.1f}", f"{later.docker_requests:.1f}" if later else "-",
+             f"{idle.writes:.1f}", idle.kinds, f"{idle.background:.1f}")]
 
 
-def idle_cost(bench: Bench, window: float) -> tuple[float, float, float, str, float]:
+@dataclass
+class IdleCost:
+    agent_cpu: float  # share of one core
+    dockerd_cpu: float
+    docker_requests: float  # the agent's requests to Docker per minute
+    writes: float  # the agent's API writes per minute
+    kinds: str  # what they were
+    background: float  # the stack's own API writes per minute
+
+
+def idle_cost(bench: Bench, window: float) -> IdleCost:
     """Share of one core the agent and dockerd use while nothing changes; the agent's
-    API writes per minute and what they were; the stack's own writes per minute (the
-    API server's endpoint reconciler and the like), measured over a second window
-    with the agent held by SIGSTOP and subtracted kind by kind."""
+    requests to Docker per minute; its API writes per minute and what they were; the
+    stack's own writes per minute (the API server's endpoint reconciler and the
+    like), measured over a second window with the agent held by SIGSTOP and
+    subtracted kind by kind."""
     agent = bench.agent.process.pid  # type: ignore[union-attr]
     dockerd = int((bench.stack.base_dir / "docker.pid").read_text())
     writes_before = api_writes(bench.stack)
+    docker_before = bench.docker_requests()
     agent_before, dockerd_before = cpu_seconds(agent), cpu_seconds(dockerd)
     time.sleep(window)
     agent_cpu, dockerd_cpu = cpu_seconds(agent) - agent_before, cpu_seconds(dockerd) - \
         dockerd_before
+    docker_requests = bench.docker_requests() - docker_before
     writes_after = api_writes(bench.stack)
     os.kill(agent, signal.SIGSTOP)
     try:
@@ -459,8 +485,9 @@ def idle_cost(bench: Bench, window: float) -> tuple[float, float, float, str, fl
               if v - background.get(k, 0) > 0}
     kinds = ", ".join(f"{k} {v:.0f}" for k, v in sorted(agents.items())) or "none"
     per_minute = 60 / window
-    return (agent_cpu / window, dockerd_cpu / window, sum(agents.values()) * per_minute,
-            kinds, sum(background.values()) * per_minute)
+    return IdleCost(agent_cpu / window, dockerd_cpu / window, docker_requests * per_minute,
+                    sum(agents.values()) * per_minute, kinds,
+                    sum(background.values()) * per_minute)
 
 
 def _grown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

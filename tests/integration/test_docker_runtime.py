@@ -1,4 +1,5 @@
-"""The Docker adapter against the test dockerd: what removing a saved disk answers."""
+"""The Docker adapter against the test dockerd: what removing a saved disk answers, and
+the count of its requests (gpudock_docker_requests_total)."""
 
 from __future__ import annotations
 
@@ -30,3 +31,18 @@ def test_remove_image_is_true_when_gone_false_while_used(stack: LocalStack) -> N
             container.remove(force=True)
         runtime.close()
         client.close()
+
+
+def test_every_request_to_docker_is_told_with_its_method(stack: LocalStack) -> None:
+    told: list[str] = []
+    runtime = DockerRuntime(stack.docker_host, on_request=told.append)
+    try:
+        runtime.version()
+        assert told == ["GET"]
+        assert runtime.remove_image("gpudock-test/never-made:1") is True  # not found
+        assert told[1:] == ["DELETE"]
+        runtime.list_containers()
+        assert len(told) > 2
+        assert set(told[2:]) == {"GET"}
+    finally:
+        runtime.close()

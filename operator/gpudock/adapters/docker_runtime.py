@@ -129,8 +129,12 @@ CONNECTIONS = 64
 
 class DockerRuntime:
     def __init__(self, docker_host: str | None = None, timeout: float = 600,
-                 stop_timeout: float = 30) -> None:
+                 stop_timeout: float = 30,
+                 on_request: Callable[[str], None] | None = None) -> None:
+        """``on_request`` is told the HTTP method of every request made to Docker's
+        API (a metric counts them), from the thread that made it."""
         self._docker_host = docker_host
+        self._on_request = on_request
         self._timeout = timeout
         self._stop_timeout = stop_timeout
         self._client: docker.DockerClient | None = None
@@ -165,6 +169,12 @@ class DockerRuntime:
                         if self._docker_host else
                         docker.from_env(timeout=int(self._timeout),
                                         max_pool_size=CONNECTIONS))
+                if self._on_request is not None:
+                    told = self._on_request
+                    # The API client is a requests session: its response hooks see
+                    # every request it makes, the event stream's included.
+                    self._client.api.hooks["response"].append(
+                        lambda response, *_, **__: told(response.request.method))
             return self._client
 
     def _call(self, what: str, fn: Callable[[], T], step: str = Step.OTHER) -> T:
