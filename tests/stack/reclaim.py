@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -61,7 +62,11 @@ def reclaim_dead_stacks(home: Path | None = None) -> list[Path]:
             owner = _owner(base_dir)
             if owner is None or _alive(owner):
                 continue
-            reclaim(base_dir, str(owner.get("bridge") or ""))
+            try:
+                reclaim(base_dir, str(owner.get("bridge") or ""))
+            except RuntimeError as exc:  # left for a later start; this one goes on
+                print(f"not reclaimed: {exc}", file=sys.stderr)
+                continue
             reclaimed.append(base_dir)
     return reclaimed
 

@@ -22,6 +22,7 @@ import docker
 import docker.errors
 import docker.types
 import docker.utils
+import requests
 import requests.exceptions
 
 from gpudock.adapters.command_lookup import missing_command
@@ -170,12 +171,15 @@ class DockerRuntime:
                         docker.from_env(timeout=int(self._timeout),
                                         max_pool_size=CONNECTIONS))
                 if self._on_request is not None:
-                    told = self._on_request
                     # The API client is a requests session: its response hooks see
                     # every request it makes, the event stream's included.
-                    self._client.api.hooks["response"].append(
-                        lambda response, *_, **__: told(response.request.method))
+                    self._client.api.hooks["response"].append(self._tell_request)
             return self._client
+
+    def _tell_request(self, response: requests.Response, *_: Any, **__: Any) -> None:
+        """A response hook (returns None: the response stays as it is)."""
+        if self._on_request is not None:
+            self._on_request(response.request.method or "")
 
     def _call(self, what: str, fn: Callable[[], T], step: str = Step.OTHER) -> T:
         with _translated(what, step):
