@@ -86,7 +86,13 @@ def reclaim(base_dir: Path, bridge: str) -> None:
 
 def _remove_directory(base_dir: Path) -> None:
     """Delete the stack's directory, its owner record last: a reclaim cut short
-    leaves the record, so the next start tries again."""
+    leaves the record, so the next start tries again. Nothing is deleted while a
+    mount under it is left (a bind mount would take its source's files along)."""
+    with open("/proc/mounts") as mounts:
+        left = [line.split()[1] for line in mounts
+                if line.split()[1].startswith(f"{base_dir}/")]
+    if left:
+        raise RuntimeError(f"{base_dir} not deleted: still mounted at {', '.join(left)}")
     for entry in base_dir.iterdir():
         if entry.name == OWNER_FILE:
             continue
