@@ -33,7 +33,7 @@ import yaml
 from gpudock.retained_commands import table
 from tests.stack.agent_process import AgentProcess
 from tests.stack.localstack import BUSYBOX_IMAGE, LocalStack
-from tests.stack.processes import free_port
+from tests.stack.processes import free_port, proc_stat
 
 MB = 10**6
 NS = "bench"
@@ -495,8 +495,8 @@ def _grown(before: dict[str, float], after: dict[str, float]) -> dict[str, float
 
 
 def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)
+    assert fields is not None, f"no process {pid}"
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

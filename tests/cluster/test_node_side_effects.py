@@ -17,6 +17,7 @@ import pytest
 
 from tests.stack.localstack import REPO_ROOT, LocalStack, wait_for
 from tests.stack.node import KUBELET_HOST_DIRS, KUBELET_SYSCTLS
+from tests.stack.processes import proc_stat
 from tests.stack.reclaim import processes_of, reclaim_dead_stacks
 
 pytestmark = [pytest.mark.stack, pytest.mark.node]
@@ -35,11 +36,8 @@ def rules_of(base_dir: Path) -> list[str]:
 
 def running(pid: int) -> bool:
     """The process exists and is not a zombie (one killed but not reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] not in ("Z", "X")
 
 
 def our_rules(stack: LocalStack) -> list[str]:

@@ -111,6 +111,16 @@ class ManagedProcess:
             os.killpg(self.process.pid, sig)
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command's name (the first is the
+    state: field 3 of proc(5)); None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()
+
+
 def wait_for(predicate: Callable[[], object], timeout: float = 60.0, interval: float = 0.5,
              what: str = "condition") -> None:
     """Poll ``predicate`` until it returns a truthy value."""

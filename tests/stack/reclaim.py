@@ -36,6 +36,7 @@ from tests.stack.machine_changes import (
     remove_cgroup_tree,
 )
 from tests.stack.node import journal_of
+from tests.stack.processes import proc_stat
 
 STACK_PREFIX = "gpudock-stack-"
 OWNER_FILE = "owner.json"
@@ -166,11 +167,8 @@ def _alive(owner: dict[str, object]) -> bool:
 def _start_time(pid: int) -> int | None:
     """The process's start time (clock ticks since boot): with the PID, it names one
     process, whatever reuses the PID later."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    fields = proc_stat(pid)
+    return int(fields[19]) if fields is not None else None
 
 
 @contextlib.contextmanager
