@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = settings_from(args)
         except (SettingsError, ValueError) as exc:
             parser.error(str(exc))
-        from gpudock.agent import run_agent  # kopf is imported only for the agent
+        from gpudock.agent.main import run_agent  # kopf is imported only for the agent
 
         return run_agent(settings, verbose=args.verbose)
     if args.command in ("history", "rollback"):

@@ -46,6 +46,13 @@ DISK_SECONDS = Histogram("gpudock_disk_save_duration_seconds",
 DOCKER_REQUESTS = Counter("gpudock_docker_requests_total",
                           "Requests the agent made to Docker's API, by HTTP method",
                           ["method"], registry=REGISTRY)
+STATUS_WRITES = Counter("gpudock_status_writes_total",
+                        "Status patches the agent wrote, by kind (a patch is made only "
+                        "when the status changed)", ["kind"], registry=REGISTRY)
+OBSERVATIONS = Counter("gpudock_observations_total",
+                       "Observation passes of a reconcile (Docker, the revision store "
+                       "and the node read, then planned), by kind", ["kind"],
+                       registry=REGISTRY)
 STORE_SECONDS = Histogram("gpudock_revision_store_duration_seconds",
                           "Latency of revision store operations", ["operation"],
                           buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,

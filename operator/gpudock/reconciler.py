@@ -269,6 +269,7 @@ class ReplicaSetReconciler:
                  spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
                  inventory: tuple[str, ...], change_cause: str,
                  adopt_uid: str) -> core.Observation:
+        metrics.OBSERVATIONS.labels(gpu_replica_set.KIND).inc()
         records = tuple(self._store.list(key.namespace, key.name))
         adoptable: tuple[Revision, ...] = ()
         if adopt_uid and adopt_uid != uid and not any(r.uid == uid for r in records):

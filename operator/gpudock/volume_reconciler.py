@@ -17,9 +17,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gpudock import metrics
 from gpudock.adapters.copy_volumes import CopyBackend
 from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.volume_backends import VolumeBackend, open_volume_backend
+from gpudock.api import sized_volume
 from gpudock.api.sized_volume import SizedVolumeSpec
 from gpudock.core import volumes as core
 from gpudock.core.conditions import with_transition_times
@@ -99,6 +101,7 @@ class VolumeReconciler:
 
     def _observe(self, key: ResourceKey, meta: Mapping[str, Any], spec: SizedVolumeSpec,
                  minimum: bool) -> core.VolumeObservation:
+        metrics.OBSERVATIONS.labels(sized_volume.KIND).inc()
         uid = meta["uid"]
         records = self._records(key, uid)
         latest = core.current_record(records)

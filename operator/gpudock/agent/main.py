@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -10,6 +11,7 @@ import kopf
 
 from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.volume_backends import open_volume_backend
+from gpudock.agent import handlers
 from gpudock.errors import GpudockError
 from gpudock.settings import Settings
 
@@ -28,9 +30,8 @@ def run_agent(settings: Settings, *, verbose: bool = False) -> int:
     if settings.kubeconfig:
         # kopf's kubeconfig login reads $KUBECONFIG; the flag wins over in-cluster.
         os.environ["KUBECONFIG"] = settings.kubeconfig
-    import gpudock.handlers
-    import gpudock.request_handlers
-    import gpudock.volume_handlers  # noqa: F401
+    for module in handlers.MODULES:  # kopf registers each handler as it is imported
+        importlib.import_module(module)
 
     logger.info("gpudock agent for node %s starting", settings.node_name)
     try:  # a volume root the backend cannot use is refused now, not at first volume

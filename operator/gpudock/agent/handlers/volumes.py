@@ -12,106 +12,93 @@ from typing import Any
 
 import kopf
 
-from gpudock import node_health
 from gpudock.adapters.kube_api import KubeUnavailableError
+from gpudock.agent import wiring
+from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, ownership, sized_volume
 from gpudock.core.replica_set_status import waiting_on
 from gpudock.core.volumes import unusable
-from gpudock.crash_points import CrashPoints
 from gpudock.errors import TransientError, UserError
-from gpudock.settings import Settings
-from gpudock.volume_reconciler import VolumeReconciler
 
 SVOL = sized_volume.PLURAL
 IN_USE_RETRY_SECONDS = 5
+Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
-def volume_reconciler(memo: Any) -> VolumeReconciler:
-    """Made at start-up (handlers.startup), once Docker is reachable."""
-    settings: Settings = memo.settings
-    return VolumeReconciler(settings.volume_backend, settings.volumes_at, memo.docker,
-                            memo.store, memo.replica_sets.now,
-                            CrashPoints(settings.crash_at))
-
-
-def _on_this_node(spec: kopf.Spec, meta: kopf.Meta, memo: Any, **_: Any) -> bool:
+def _on_this_node(spec: kopf.Spec, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> bool:
     return ownership.handled_here(spec.get("nodeName"), meta.get("finalizers") or (),
-                                  memo.settings.node_name)
+                                  wiring.settings_of(memo).node_name)
 
 
-def _write(memo: Any, body: kopf.Body, status: dict[str, Any],
-           logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+def _write(agent: NodeAgent, body: kopf.Body, status: dict[str, Any],
+           logger: Logger) -> None:
+    """Patch the volume's status; a status equal to the one the body shows is not
+    written again (the body may lag by a write: then it is written once more)."""
     try:
-        memo.kube.patch_status(SVOL, body["metadata"]["namespace"],
-                               body["metadata"]["name"], status)
+        agent.volume_status.write(body["metadata"]["namespace"], body["metadata"]["name"],
+                                  status, {})
     except KubeUnavailableError as exc:
         logger.warning("volume status not written: %s", exc)
 
 
-@kopf.index(GROUP, VERSION, SVOL)
-def volumes_by_node(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
-    """Every watched SizedVolume under the node it names (node_health.flag_unserved)."""
-    return node_health.watched(body)
-
-
 @kopf.daemon(GROUP, VERSION, SVOL, when=_on_this_node, cancellation_timeout=600)
-async def run_sized_volume(body: kopf.Body, stopped: kopf.DaemonStopped, memo: Any,
-                           logger: logging.Logger | logging.LoggerAdapter[Any],
-                           **_: Any) -> None:
+async def run_sized_volume(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo,
+                           logger: Logger, **_: Any) -> None:
+    agent = wiring.of(memo)
     uid = body["metadata"]["uid"]
-    wakeup = memo.wakeups.event(uid)
+    wakeup = agent.wakeups.event(uid)
     first = True  # after a restart it may have been attached again: wake its users
     try:
         while not stopped:
             wakeup.clear()
-            delay = memo.settings.resync_seconds
+            delay = agent.settings.resync_seconds
             if body["metadata"].get("deletionTimestamp"):
                 return
             before = (body.get("status") or {}).get("phase")
             try:
                 status = await asyncio.to_thread(
-                    memo.volumes.reconcile, dict(body),
-                    lambda now: _write(memo, body, now, logger),
+                    agent.volumes.reconcile, dict(body),
+                    lambda now: _write(agent, body, now, logger),
                     lambda kind, reason, message: kopf.event(
                         body, type=kind, reason=reason, message=message))
-                await asyncio.to_thread(_write, memo, body, status, logger)
+                await asyncio.to_thread(_write, agent, body, status, logger)
                 if status.get("phase") == "Ready" and (before != "Ready" or first):
-                    memo.wakeups.wake_all()  # instances waiting for it may start
+                    agent.wakeups.wake_all()  # instances waiting for it may start
                 first = False
             except TransientError as exc:
                 logger.warning("volume: will retry in %.0fs: %s", exc.delay, exc)
                 delay = min(delay, exc.delay)
-                await asyncio.to_thread(_write, memo, body, waiting_on(
+                await asyncio.to_thread(_write, agent, body, waiting_on(
                     body.get("status") or {}, exc.reason, str(exc),
-                    memo.replica_sets.now()), logger)
+                    agent.now()), logger)
             except UserError as exc:  # e.g. its backend's root is not mounted any more
                 logger.warning("volume: %s", exc)
-                await asyncio.to_thread(_write, memo, body, unusable(
+                await asyncio.to_thread(_write, agent, body, unusable(
                     body.get("status") or {}, exc.reason, exc.message,
-                    memo.replica_sets.now()), logger)
+                    agent.now()), logger)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=delay)
     finally:
-        memo.wakeups.forget(uid)
+        agent.wakeups.forget(uid)
 
 
 @kopf.on.update(GROUP, VERSION, SVOL, when=_on_this_node)
-def wake_volume(body: kopf.Body, memo: Any, **_: Any) -> None:
-    memo.wakeups.wake(body["metadata"]["uid"])
+def wake_volume(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    wiring.of(memo).wakeups.wake(body["metadata"]["uid"])
 
 
 @kopf.on.delete(GROUP, VERSION, SVOL, when=_on_this_node)
-async def delete_sized_volume(body: kopf.Body, memo: Any,
-                              logger: logging.Logger | logging.LoggerAdapter[Any],
+async def delete_sized_volume(body: kopf.Body, memo: kopf.Memo, logger: Logger,
                               **_: Any) -> None:
+    agent = wiring.of(memo)
     try:
-        users = await asyncio.to_thread(memo.volumes.delete, dict(body))
+        users = await asyncio.to_thread(agent.volumes.delete, dict(body))
     except TransientError as exc:
         raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
     if users:
         message = (f"in use by container(s) {', '.join(users)}: delete or change the "
                    "GpuReplicaSets that mount it first")
-        await asyncio.to_thread(_write, memo, body, {
+        await asyncio.to_thread(_write, agent, body, {
             "phase": "Deleting", "reason": "VolumeInUse", "conditions": [
                 {"type": "Ready", "status": "False", "reason": "VolumeInUse",
                  "message": message},

@@ -21,6 +21,8 @@ import kopf
 
 from gpudock import exec_requests, image_commits
 from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
+from gpudock.agent import wiring
+from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.errors import GpudockError
 
@@ -38,82 +40,75 @@ class RequestKind:
 EXEC = RequestKind(exec_request.PLURAL, exec_requests.FINISHED, exec_requests.run, True)
 COMMIT = RequestKind(image_commit.PLURAL, ("Succeeded", "Failed"), image_commits.run, False,
                      image_commits.forget_scratch)
-
-
-@kopf.on.startup()
-def request_memory(memo: Any, **_: Any) -> None:
-    memo.requests_running = set()  # uids this agent runs now
-    memo.requests_done = set()  # uids this agent ran (their older events may follow)
-    memo.requests_expiring = {}  # uid -> the task that deletes it after its TTL
+Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 @kopf.on.event(GROUP, VERSION, exec_request.PLURAL)
-async def exec_request_seen(body: kopf.Body, memo: Any, type: str | None,
-                            logger: logging.Logger | logging.LoggerAdapter[Any],
-                            **_: Any) -> None:
-    await _seen(EXEC, body, memo, type, logger)
+async def exec_request_seen(body: kopf.Body, memo: kopf.Memo, type: str | None,
+                            logger: Logger, **_: Any) -> None:
+    await _seen(EXEC, body, wiring.of(memo), type, logger)
 
 
 @kopf.on.event(GROUP, VERSION, image_commit.PLURAL)
-async def image_commit_seen(body: kopf.Body, memo: Any, type: str | None,
-                            logger: logging.Logger | logging.LoggerAdapter[Any],
-                            **_: Any) -> None:
+async def image_commit_seen(body: kopf.Body, memo: kopf.Memo, type: str | None,
+                            logger: Logger, **_: Any) -> None:
+    agent = wiring.of(memo)
     if type == "DELETED" and (body.get("status") or {}).get("node") == \
-            memo.settings.node_name:
+            agent.settings.node_name:
         try:
-            await asyncio.to_thread(image_commits.remove_on_delete, dict(body), memo.docker)
+            await asyncio.to_thread(image_commits.remove_on_delete, dict(body), agent.docker)
         except GpudockError as exc:
             logger.warning("image of a deleted ImageCommit not removed: %s", exc)
-    await _seen(COMMIT, body, memo, type, logger)
+    await _seen(COMMIT, body, agent, type, logger)
 
 
-async def _seen(kind: RequestKind, body: kopf.Body, memo: Any, type: str | None,
-                logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+async def _seen(kind: RequestKind, body: kopf.Body, agent: NodeAgent, type: str | None,
+                logger: Logger) -> None:
     meta, status = body["metadata"], body.get("status") or {}
-    uid, node = meta["uid"], memo.settings.node_name
+    uid, node = meta["uid"], agent.settings.node_name
     if type == "DELETED":
-        memo.requests_done.discard(uid)
-        memo.requests_expiring.pop(uid, None)
+        agent.requests.done.discard(uid)
+        agent.requests.expiring.pop(uid, None)
         return
-    if meta.get("deletionTimestamp") or uid in memo.requests_running:
+    if meta.get("deletionTimestamp") or uid in agent.requests.running:
         return
     if status.get("phase") in kind.finished:
         if kind.expires and status.get("node") == node and \
-                uid not in memo.requests_expiring:
-            memo.requests_expiring[uid] = asyncio.create_task(
-                _expire(memo, kind, dict(body)))
+                uid not in agent.requests.expiring:
+            agent.requests.expiring[uid] = asyncio.create_task(
+                _expire(agent, kind, dict(body)))
         return
-    if uid in memo.requests_done:
+    if uid in agent.requests.done:
         return  # an event from before this agent's own final status
     if status.get("phase") == "Running":
         if status.get("node") == node:  # this agent ran it and was restarted meanwhile
             if kind.tidy is not None:
                 try:
-                    await asyncio.to_thread(kind.tidy, dict(body), memo.docker)
+                    await asyncio.to_thread(kind.tidy, dict(body), agent.docker)
                 except GpudockError as exc:
                     logger.warning("%s: leftovers not removed: %s", kind.plural, exc)
-            await _write(memo, kind, body, exec_requests.failed(
+            await _write(agent, kind, body, exec_requests.failed(
                 "AgentRestarted", "the agent restarted while it ran; whether it "
                 "finished is not known (run it again if it is safe to)",
-                memo.replica_sets.now(), node, status.get("startTime")), logger)
+                agent.now(), node, status.get("startTime")), logger)
         return
-    memo.requests_running.add(uid)
+    agent.requests.running.add(uid)
     try:
-        if await _run(memo, kind, body, logger):
-            memo.requests_done.add(uid)
+        if await _run(agent, kind, body, logger):
+            agent.requests.done.add(uid)
     finally:
-        memo.requests_running.discard(uid)
+        agent.requests.running.discard(uid)
 
 
-async def _run(memo: Any, kind: RequestKind, body: kopf.Body,
-               logger: logging.Logger | logging.LoggerAdapter[Any]) -> bool:
+async def _run(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: Logger,
+               ) -> bool:
     """True when this agent wrote the request's final status."""
-    node, now = memo.settings.node_name, memo.replica_sets.now
+    node, now = agent.settings.node_name, agent.now
     try:
-        target = await asyncio.to_thread(exec_requests.target_of, body, memo.kube)
+        target = await asyncio.to_thread(exec_requests.target_of, body, agent.kube)
         if target is None:
             name = (body.get("spec") or {}).get("replicaSetName")
-            await _write(memo, kind, body, exec_requests.failed(
+            await _write(agent, kind, body, exec_requests.failed(
                 "ReplicaSetNotFound", f"GpuReplicaSet {name} does not exist in namespace "
                 f"{body['metadata']['namespace']}", now(), node), logger)
             return True
@@ -121,22 +116,22 @@ async def _run(memo: Any, kind: RequestKind, body: kopf.Body,
             return False  # the agent of its node runs it
 
         def started(status: dict[str, Any]) -> None:
-            memo.kube.patch_status(kind.plural, body["metadata"]["namespace"],
+            agent.kube.patch_status(kind.plural, body["metadata"]["namespace"],
                                    body["metadata"]["name"], status)
 
-        final = await asyncio.to_thread(kind.run, dict(body), target, memo.settings,
-                                        memo.docker, now, started)
+        final = await asyncio.to_thread(kind.run, dict(body), target, agent.settings,
+                                        agent.docker, now, started)
     except GpudockError as exc:
         logger.warning("%s not run, will retry on its next event: %s", kind.plural, exc)
         return False
-    await _write(memo, kind, body, final, logger)
+    await _write(agent, kind, body, final, logger)
     return True
 
 
-async def _write(memo: Any, kind: RequestKind, body: kopf.Body, status: dict[str, Any],
-                 logger: logging.Logger | logging.LoggerAdapter[Any]) -> None:
+async def _write(agent: NodeAgent, kind: RequestKind, body: kopf.Body,
+                 status: dict[str, Any], logger: Logger) -> None:
     try:
-        await asyncio.to_thread(memo.kube.patch_status, kind.plural,
+        await asyncio.to_thread(agent.kube.patch_status, kind.plural,
                                 body["metadata"]["namespace"], body["metadata"]["name"],
                                 status)
     except ObjectNotFoundError:
@@ -149,15 +144,15 @@ async def _write(memo: Any, kind: RequestKind, body: kopf.Body, status: dict[str
                reason=str(reason), message=str(status["conditions"][0]["message"]))
 
 
-async def _expire(memo: Any, kind: RequestKind, body: dict[str, Any]) -> None:
+async def _expire(agent: NodeAgent, kind: RequestKind, body: dict[str, Any]) -> None:
     """Delete a finished request once its ttlSecondsAfterFinished has passed."""
     meta = body["metadata"]
     try:
-        wait = exec_requests.expires_in(body, memo.replica_sets.now())
+        wait = exec_requests.expires_in(body, agent.now())
         if wait is None:
             return
         await asyncio.sleep(max(wait, 0))
-        await asyncio.to_thread(memo.kube.delete, kind.plural, meta["namespace"],
+        await asyncio.to_thread(agent.kube.delete, kind.plural, meta["namespace"],
                                 meta["name"])
     except GpudockError:
-        memo.requests_expiring.pop(meta["uid"], None)  # tried again on its next event
+        agent.requests.expiring.pop(meta["uid"], None)  # tried again on its next event

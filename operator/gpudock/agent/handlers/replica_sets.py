@@ -1,0 +1,212 @@
+"""kopf registration of GpuReplicaSets: wires their events to ReplicaSetReconciler and
+writes what it returns. No decisions are made here.
+
+Each GpuReplicaSet of this node gets a daemon that reconciles it level-based: at
+start (also after an agent restart), whenever its spec changes or another resource
+frees GPUs or ports, and every --resync-seconds to catch drift.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import kopf
+
+from gpudock import metrics
+from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
+from gpudock.agent import wiring
+from gpudock.agent.wiring import NodeAgent
+from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership
+from gpudock.core.replica_set_status import waiting_on
+from gpudock.errors import TransientError
+from gpudock.reconciler import Event, Outcome
+
+GRS = gpu_replica_set.PLURAL
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+STATUS_RETRY_SECONDS = 5.0
+# A settled resource's look while Docker's events are followed (every change of its
+# container wakes it): the period doubles with each pass that changes nothing, up to
+# this many times --resync-seconds; a wake-up brings it back.
+QUIET_RESYNC_FACTOR = 4
+
+
+def _on_this_node(spec: kopf.Spec, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> bool:
+    """Resources this node's agent handles (api/ownership.py): those bound to it by
+    its finalizer, and new ones that name it."""
+    return ownership.handled_here(spec.get("nodeName"), meta.get("finalizers") or (),
+                                  wiring.settings_of(memo).node_name)
+
+
+def _drop_legacy_finalizer(agent: NodeAgent, body: kopf.Body) -> None:
+    """Resources made by an agent before 0.2 carry the finalizer every agent shared;
+    once this node's own is there, the old one goes (else deletes would hang)."""
+    finalizers = body["metadata"].get("finalizers") or ()
+    if ownership.LEGACY_FINALIZER in finalizers:
+        agent.kube.remove_finalizer(GRS, body["metadata"]["namespace"],
+                                    body["metadata"]["name"], ownership.LEGACY_FINALIZER)
+
+
+def _post(body: kopf.Body, events: list[Event]) -> None:
+    for event in events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+class StatusLine:
+    """One daemon's link to its resource's status: what it last read or wrote, and
+    what could not be written while the API server was away (the next pass starts
+    from that status, so a repair it notes is not forgotten, and posts the events)."""
+
+    def __init__(self, agent: NodeAgent, body: kopf.Body, logger: Logger) -> None:
+        self._agent, self._body, self._logger = agent, body, logger
+        self.shown: dict[str, Any] = {}  # the status as this pass knows it
+        # The resourceVersion last read or made with a status write: a pass woken at
+        # once (by the Docker event of its own last step) can start before the watch
+        # has brought that write into ``body``, and must not take the older status for
+        # the resource's last (a note such as DriftRepaired would be lost).
+        self.known_version: str | None = None
+        self.carried: dict[str, Any] = {}
+        self.unsent: list[Event] = []
+
+    def read(self) -> dict[str, Any]:
+        """The resource as the pass must see it: the watched body when it is at the
+        version the daemon knows (or it knows none yet); else read afresh."""
+        body = self._body
+        if self.known_version is None or \
+                body["metadata"].get("resourceVersion") == self.known_version:
+            view = dict(body)
+        else:
+            view = self._agent.kube.get(GRS, body["metadata"]["namespace"],
+                                        body["metadata"]["name"])
+        self.known_version = view["metadata"].get("resourceVersion")
+        self.shown = view.get("status") or {}
+        return {**view, "status": self.carried} if self.carried else view
+
+    def show(self, outcome: Outcome) -> None:
+        """Post the events, write the status unless the resource already has it. The
+        API server being away does not stop the work on the node: the status and
+        the events catch up on a later pass."""
+        self.unsent += outcome.events
+        meta = self._body["metadata"]
+        try:
+            _post(self._body, self.unsent)
+            self.unsent = []
+            written = self._agent.replica_set_status.write(
+                meta["namespace"], meta["name"], outcome.status, self.shown)
+            if written is not None:
+                self.known_version, self.shown = written, outcome.status
+            self.carried = {}
+        except KubeUnavailableError as exc:
+            self._logger.warning("status not written (will catch up): %s", exc)
+            self.carried = outcome.status
+
+    @property
+    def behind(self) -> bool:
+        """Something is still to be written or posted."""
+        return bool(self.carried or self.unsent)
+
+
+@kopf.daemon(GROUP, VERSION, GRS, when=_on_this_node, cancellation_timeout=120)
+async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo,
+                          logger: Logger, **_: Any) -> None:
+    agent = wiring.of(memo)
+    uid = body["metadata"]["uid"]
+    wakeup = agent.wakeups.event(uid)
+    line = StatusLine(agent, body, logger)
+    quiet = 0  # passes in a row that found the resource settled and changed nothing
+    try:
+        while not stopped:
+            wakeup.clear()
+            delay = agent.settings.resync_seconds
+            calm = False
+            try:
+                view = await asyncio.to_thread(line.read)
+                await asyncio.to_thread(_drop_legacy_finalizer, agent, body)
+                with metrics.timed(metrics.RECONCILE_SECONDS, gpu_replica_set.KIND):
+                    outcome = await asyncio.to_thread(agent.replica_sets.reconcile, view,
+                                                      line.show)
+                if outcome is not None:
+                    before = line.known_version
+                    await asyncio.to_thread(line.show, outcome)
+                    calm = (not outcome.events and outcome.recheck_after is None
+                            and line.known_version == before and outcome.settled)
+                    if outcome.released:
+                        agent.wakeups.wake_all()
+                    if outcome.released or outcome.events:
+                        agent.node_changed.set()
+                    delay = min(delay, outcome.recheck_after or delay)
+                    _count(agent, uid, outcome.status)
+            except ObjectNotFoundError:
+                return
+            except TransientError as exc:
+                logger.warning("will retry in %.0fs: %s", exc.delay, exc)
+                delay = min(delay, exc.delay)
+                metrics.RECONCILE_ERRORS.labels(gpu_replica_set.KIND, exc.reason).inc()
+                await asyncio.to_thread(_show_waiting, agent, body, exc)
+            if line.behind:
+                delay = min(delay, STATUS_RETRY_SECONDS)
+                calm = False
+            quiet = quiet + 1 if calm and agent.docker.events_followed() else 0
+            if quiet:
+                delay = agent.settings.resync_seconds * min(2 ** quiet, QUIET_RESYNC_FACTOR)
+            await _sleep(wakeup, stopped, delay)
+            if wakeup.is_set():
+                quiet = 0  # woken by a change: the usual period again
+    finally:
+        agent.wakeups.forget(uid)
+        agent.phases.pop(uid, None)
+        metrics.set_phases(gpu_replica_set.KIND, agent.phases)
+
+
+def _count(agent: NodeAgent, uid: str, status: dict[str, Any]) -> None:
+    """The resource's phase for the gauge, and its problem for the error counter."""
+    agent.phases[uid] = str(status.get("phase"))
+    metrics.set_phases(gpu_replica_set.KIND, agent.phases)
+    degraded = next((c for c in status.get("conditions") or ()
+                     if c.get("type") == "Degraded" and c.get("status") == "True"), None)
+    if degraded is not None:
+        metrics.RECONCILE_ERRORS.labels(gpu_replica_set.KIND, degraded["reason"]).inc()
+
+
+async def _sleep(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, delay: float) -> None:
+    """Until the resource is woken (its spec changed, GPUs were freed), kopf stops
+    the daemon (the resource is being deleted, the agent exits) or ``delay`` passes."""
+    woken = asyncio.ensure_future(wakeup.wait())
+    ending = asyncio.ensure_future(stopped.wait(delay))
+    try:
+        await asyncio.wait((woken, ending), timeout=delay,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+        ending.cancel()
+
+
+def _show_waiting(agent: NodeAgent, body: kopf.Body, exc: TransientError) -> None:
+    """Docker or the revision store does not answer: say so in the status (when the
+    API server does), keeping the rest of what it says."""
+    status = waiting_on(body.get("status") or {}, exc.reason, str(exc), agent.now())
+    with contextlib.suppress(KubeUnavailableError, ObjectNotFoundError):
+        agent.replica_set_status.write(body["metadata"]["namespace"],
+                                       body["metadata"]["name"], status, {})
+
+
+@kopf.on.update(GROUP, VERSION, GRS, when=_on_this_node)
+def wake_on_change(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The daemon picks the new spec up from the live body; this makes it look now."""
+    wiring.of(memo).wakeups.wake(body["metadata"]["uid"])
+
+
+@kopf.on.delete(GROUP, VERSION, GRS, when=_on_this_node)
+async def delete_replica_set(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    agent = wiring.of(memo)
+    try:
+        events = await asyncio.to_thread(agent.replica_sets.delete, dict(body))
+    except TransientError as exc:
+        raise kopf.TemporaryError(str(exc), delay=exc.delay) from exc
+    _post(body, events)
+    with contextlib.suppress(ObjectNotFoundError):
+        await asyncio.to_thread(_drop_legacy_finalizer, agent, body)
+    agent.wakeups.wake_all()  # its GPUs and ports are free: waiting resources may start
+    agent.node_changed.set()

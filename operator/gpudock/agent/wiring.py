@@ -1,0 +1,128 @@
+"""The node agent's composition root: every long-lived object the handlers use, built
+once at start-up from the settings, and handed to the handlers typed.
+
+kopf gives each handler its ``memo``; the agent keeps exactly one thing in it, the
+:class:`NodeAgent` built by :func:`build`, and handlers take it with :func:`of`.
+Nothing else is stored in the memo, so what a handler depends on is what it reads off
+the NodeAgent, and a test can build one from fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from gpudock import metrics
+from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.gpu_inventory import inventory_from_settings
+from gpudock.adapters.kube_api import KubeApi
+from gpudock.adapters.revision_store import open_revision_store
+from gpudock.adapters.timed_store import TimedRevisionStore
+from gpudock.agent.status_writer import StatusWriter
+from gpudock.agent.wakeups import Wakeups
+from gpudock.api import gpu_replica_set, sized_volume
+from gpudock.core.gpus import GpuInventory
+from gpudock.core.revision import RevisionStore
+from gpudock.crash_points import CrashPoints
+from gpudock.reconciler import ReplicaSetReconciler
+from gpudock.settings import Settings
+from gpudock.volume_reconciler import VolumeReconciler
+
+MEMO_KEY = "agent"
+
+
+def utc_now() -> str:
+    """The agent's clock: RFC 3339 UTC, to the second, as Kubernetes writes times."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class RequestBook:
+    """What this agent knows of the one-shot requests (ExecRequest, ImageCommit)."""
+
+    running: set[str] = field(default_factory=set)  # UIDs this agent runs now
+    done: set[str] = field(default_factory=set)  # UIDs it ran (older events may follow)
+    expiring: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # TTL deletes
+
+
+@dataclass(frozen=True)
+class NodeAgent:
+    """Everything the handlers of one node agent share. Built by :func:`build`."""
+
+    settings: Settings
+    clock: Callable[[], str]
+    docker: DockerRuntime
+    inventory: GpuInventory
+    kube: KubeApi
+    store: RevisionStore
+    replica_sets: ReplicaSetReconciler
+    volumes: VolumeReconciler
+    replica_set_status: StatusWriter
+    volume_status: StatusWriter
+    wakeups: Wakeups = field(default_factory=Wakeups)
+    # Set when a GPU or port was taken or freed: the heartbeat writes the GpuNode now.
+    node_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    phases: dict[str, str] = field(default_factory=dict)  # GpuReplicaSet UID -> phase
+    requests: RequestBook = field(default_factory=RequestBook)
+    # kopf's indexes of the watched resources by node, filled in when the node's
+    # tasks start (kopf hands indexes to handlers only).
+    watched: dict[str, kopf.Index[str, dict[str, Any]]] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def now(self) -> str:
+        return self.clock()
+
+
+def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
+    """Connect to Docker, the GPUs, the API server and the revision store. Raises the
+    adapters' errors (a TransientError when a dependency is not reachable yet)."""
+    docker = DockerRuntime(settings.docker_host, stop_timeout=settings.stop_timeout,
+                           on_request=lambda method: metrics.DOCKER_REQUESTS.labels(
+                               method).inc())
+    inventory = inventory_from_settings(settings)
+    kube = KubeApi(settings.kubeconfig)
+    try:
+        docker.version()  # reachable now, or retry start-up
+        inventory.list_gpus()
+        store = TimedRevisionStore(open_revision_store(settings.store_url))
+    except BaseException:
+        docker.close()
+        raise
+    try:
+        store.list("", "")
+    except BaseException:
+        store.close()
+        docker.close()
+        raise
+    crash = CrashPoints(settings.crash_at)
+    return NodeAgent(
+        settings=settings, clock=clock, docker=docker, inventory=inventory, kube=kube,
+        store=store,
+        replica_sets=ReplicaSetReconciler(settings, docker, inventory, kube, store, clock),
+        volumes=VolumeReconciler(settings.volume_backend, settings.volumes_at, docker,
+                                 store, clock, crash),
+        replica_set_status=StatusWriter(kube, gpu_replica_set.PLURAL,
+                                        gpu_replica_set.KIND),
+        volume_status=StatusWriter(kube, sized_volume.PLURAL, sized_volume.KIND),
+    )
+
+
+def of(memo: kopf.Memo) -> NodeAgent:
+    """The NodeAgent of a handler's memo (put there by the start-up handler)."""
+    agent = memo.get(MEMO_KEY)
+    if not isinstance(agent, NodeAgent):
+        raise RuntimeError("the node agent is not started (no NodeAgent in kopf's memo)")
+    return agent
+
+
+def settings_of(memo: kopf.Memo) -> Settings:
+    """The settings, known before start-up (handed to kopf.run in its memo)."""
+    settings = memo.get("settings")
+    if not isinstance(settings, Settings):
+        raise RuntimeError("kopf's memo has no gpudock Settings")
+    return settings
