@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import functools
 import logging
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -54,6 +55,13 @@ REFUSED_REVISION = frozenset({"ContainerCreateFailed", "ContainerStartFailed",
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
 
 
+class VolumeLookup(typing.Protocol):
+    """What a GpuReplicaSet's plan asks of the SizedVolumes it mounts."""
+
+    def serving(self, body: Mapping[str, Any]) -> str | None:
+        """The Docker volume to mount, when the volume can be mounted now."""
+
+
 @dataclass(frozen=True)
 class Event:
     type: str  # Normal | Warning
@@ -90,13 +98,15 @@ def _utc_now() -> str:
 class ReplicaSetReconciler:
     def __init__(self, settings: Settings, docker: DockerRuntime, inventory: GpuInventory,
                  kube: KubeApi, store: RevisionStore,
-                 clock: Callable[[], str] = _utc_now) -> None:
+                 clock: Callable[[], str] = _utc_now,
+                 volumes: VolumeLookup | None = None) -> None:
         self._settings = settings
         self._docker = docker
         self._inventory = inventory
         self._kube = kube
         self._store = store
         self._clock = clock
+        self._volumes = volumes  # None: no SizedVolume can be mounted
         self._locks = NodeLocks(settings.state_dir)
         self._deleted: set[str] = set()
         self._busy_ports: set[HostPort] = set()  # held outside Docker's view
@@ -121,8 +131,10 @@ class ReplicaSetReconciler:
         generation = meta.get("generation")
         try:
             spec = GpuReplicaSetSpec.parse(body.get("spec") or {})
-        except SpecError as exc:
-            status = invalid_spec_status(generation, previous, exc)
+        except SpecError as exc:  # nothing is changed; what serves is observed
+            own = tuple(c for c in self._docker.list_containers()
+                        if c.owner == key and c.uid == meta["uid"])
+            status = invalid_spec_status(generation, previous, exc, own)
             return self._outcome(status, previous, [Event("Warning", exc.reason, exc.message)])
         events: list[Event] = []
         drift: str | None = None
@@ -329,17 +341,14 @@ class ReplicaSetReconciler:
         return replace(config, mounts=tuple(mounts))
 
     def _volume_name(self, namespace: str, name: str) -> str | None:
+        """The Docker volume of a mounted SizedVolume, when it can be mounted now: the
+        volume is observed (VolumeReconciler.serving), not taken from its status."""
         try:
             body = self._kube.get(sized_volume.PLURAL, namespace, name)
         except ObjectNotFoundError:
             return None
-        status = body.get("status") or {}
-        volume = status.get("volumeName")
-        if status.get("phase") != "Ready" or not volume:
-            return None
-        # The status may be older than a restart: it is used only if Docker and the
-        # node say the volume is there and mounted now.
-        return str(volume) if self._docker.volume_mounted(str(volume)) else None
+        volume = self._volumes.serving(body) if self._volumes is not None else None
+        return volume if volume is not None and self._docker.volume_mounted(volume) else None
 
     def _execute(self, key: ResourceKey, action: act.Action) -> list[Event]:
         step = type(action).__name__

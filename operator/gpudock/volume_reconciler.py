@@ -95,6 +95,23 @@ class VolumeReconciler:
                                    meta.get("generation"))
         raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
 
+    def serving(self, body: Mapping[str, Any]) -> str | None:
+        """The Docker volume of a SizedVolume when a container may mount it now: what
+        its own reconcile would show as Ready, decided from observing the volume (its
+        records, the backend, Docker), never from the status last written."""
+        meta = body["metadata"]
+        if meta.get("deletionTimestamp"):
+            return None
+        try:
+            spec = SizedVolumeSpec.parse(body.get("spec") or {})
+        except SpecError:
+            return None
+        obs = self._observe(ResourceKey(meta["namespace"], meta["name"]), meta, spec,
+                            minimum=False)
+        status = core.plan_volume(obs).status
+        volume = status.get("volumeName")
+        return str(volume) if status.get("phase") == "Ready" and volume else None
+
     def _records(self, key: ResourceKey, uid: str) -> tuple[VolumeRevision, ...]:
         return tuple(r for r in self._store.list_volume(key.namespace, key.name)
                      if r.uid == uid)

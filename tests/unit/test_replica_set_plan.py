@@ -298,8 +298,28 @@ def test_an_invalid_spec_keeps_the_previous_history_as_it_was() -> None:
                {"revision": 2, "createdAt": "t2", "changeCause": "grow", "image": "img",
                 "gpuCount": 2, "rollbackOf": None, "failed": None}]
     status = invalid_spec_status(3, {"phase": "Running", "revision": 2, "history": history},
-                                 SpecError("spec.gpuCount: bad"))
+                                 SpecError("spec.gpuCount: bad"), ())
     assert [h.to_dict() for h in status.history] == history  # null stays null, not "None"
+
+
+def _ready(status: object) -> tuple[bool, str]:
+    found = next(c for c in status.conditions if c.type == "Ready")
+    return found.status, found.reason
+
+
+def test_an_invalid_spec_over_a_dead_container_is_not_ready() -> None:
+    """Ready comes from the container seen now, not from the last status written."""
+    shown = {"phase": "Running", "revision": 1, "containerID": "c1",
+             "conditions": [{"type": "Ready", "status": "True"}]}
+    dead = _mine(_spec(), status="exited")
+    status = invalid_spec_status(2, shown, SpecError("spec.gpuCount: bad"), (dead,))
+    assert _ready(status) == (False, "InvalidSpec")
+    assert status.phase == "Failed"
+    running = invalid_spec_status(2, shown, SpecError("spec.gpuCount: bad"),
+                                  (replace(dead, status="running"),))
+    assert _ready(running) == (True, "ContainerRunning")
+    gone = invalid_spec_status(2, shown, SpecError("spec.gpuCount: bad"), ())
+    assert _ready(gone) == (False, "InvalidSpec")
 
 
 def test_a_sized_volume_moved_to_another_docker_volume_rolls_to_a_new_revision() -> None:

@@ -99,13 +99,14 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
         store.close()
         docker.close()
         raise
-    crash = CrashPoints(settings.crash_at)
+    volumes = VolumeReconciler(settings.volume_backend, settings.volumes_at, docker,
+                               store, clock, CrashPoints(settings.crash_at))
     return NodeAgent(
         settings=settings, clock=clock, docker=docker, inventory=inventory, kube=kube,
         store=store,
-        replica_sets=ReplicaSetReconciler(settings, docker, inventory, kube, store, clock),
-        volumes=VolumeReconciler(settings.volume_backend, settings.volumes_at, docker,
-                                 store, clock, crash),
+        replica_sets=ReplicaSetReconciler(settings, docker, inventory, kube, store, clock,
+                                          volumes),
+        volumes=volumes,
         replica_set_status=StatusWriter(kube, gpu_replica_set.PLURAL,
                                         gpu_replica_set.KIND),
         volume_status=StatusWriter(kube, sized_volume.PLURAL, sized_volume.KIND),

@@ -205,25 +205,40 @@ def headline(conditions: Sequence[Condition], phase: str) -> str | None:
 
 
 def invalid_spec_status(generation: int | None, previous_status: Mapping[str, Any],
-                        error: UserError) -> GpuReplicaSetStatus:
-    """The spec cannot be parsed: say so, keep the rest of the status (what the
-    container was last seen doing), change nothing."""
-    was_running = previous_status.get("phase") == "Running"
+                        error: UserError,
+                        containers: Sequence[ObservedContainer]) -> GpuReplicaSetStatus:
+    """The spec cannot be parsed: say so and change nothing. Whether the instance
+    still serves is observed, never carried from the last status written:
+    ``containers`` are the resource's containers on the node now; the one the status
+    named (else the newest revision's) is the one that serves, and only while it
+    runs. The rest of the status (history, GPUs, ports) is kept as it was."""
+    named = str(previous_status.get("containerID") or "")
+    serving = next((c for c in containers if named and c.id == named), None) or max(
+        containers, key=lambda c: c.revision, default=None)
+    running = serving is not None and serving.status == "running"
+    if running:
+        assert serving is not None
+        ready = condition(ConditionType.READY, True, "ContainerRunning",
+                          f"container {serving.name} keeps running as before")
+    elif serving is None:
+        ready = condition(ConditionType.READY, False, error.reason, error.message)
+    else:
+        ready = condition(ConditionType.READY, False, error.reason,
+                          f"container {serving.name} is {serving.status}; {error.message}")
     conditions = (
-        condition(ConditionType.READY, was_running,
-                  "ContainerRunning" if was_running else error.reason,
-                  "the container keeps running as before" if was_running else error.message),
+        ready,
         condition(ConditionType.PROGRESSING, False, error.reason, error.message),
         condition(ConditionType.DEGRADED, True, error.reason, error.message),
     )
-    phase = str(previous_status.get("phase")) if was_running else "Failed"
     return GpuReplicaSetStatus(
-        phase=phase, observed_generation=generation,
-        revision=previous_status.get("revision"),
-        container_name=previous_status.get("containerName"),
-        container_id=previous_status.get("containerID"),
-        gpus=tuple(previous_status.get("gpus") or ()),
-        ports=_raw_ports(previous_status.get("ports") or ()), conditions=conditions,
+        phase="Running" if running else "Failed", observed_generation=generation,
+        revision=serving.revision if serving is not None else previous_status.get(
+            "revision"),
+        container_name=serving.name if serving is not None else None,
+        container_id=serving.id if serving is not None else None,
+        gpus=tuple(previous_status.get("gpus") or ()) if running else (),
+        ports=_raw_ports(previous_status.get("ports") or ()) if running else (),
+        conditions=conditions,
         history=tuple(_raw_history(previous_status.get("history") or ())),
         reason=error.reason)
 
