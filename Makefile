@@ -3,12 +3,19 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export GPUDOCK_VENV := $(VENV)
 
-.PHONY: run test prereqs check bench bench-quick bench-volumes image chart-lint manifests helm-install helm-upgrade helm-uninstall
+.PHONY: run test test-unit venv prereqs check bench bench-quick bench-volumes image chart-lint manifests helm-install helm-upgrade helm-uninstall
 run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foreground
 	$(PY) -m tests.stack up
 
 test: prereqs  ## the whole suite against the real stack
 	$(PY) -m pytest
+
+test-unit: venv  ## the unit tests alone: no real component, no stack (prints its time)
+	@start=$$(date +%s%N); $(PY) -m pytest -m "not stack" tests/unit; rc=$$?; \
+	  echo "make test-unit: $$(( ($$(date +%s%N) - start) / 1000000 )) ms"; exit $$rc
+
+venv:  ## the venv alone (what test-unit needs)
+	GPUDOCK_ONLY_VENV=1 bash tests/stack/install-prereqs.sh
 
 prereqs:  ## apt packages, kube-apiserver/kubectl (cached), the venv
 	bash tests/stack/install-prereqs.sh

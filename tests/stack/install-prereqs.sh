@@ -21,6 +21,9 @@ apt_update_once() {
   if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
 }
 
+if [ "${GPUDOCK_ONLY_VENV:-0}" = 1 ]; then
+  APT_PACKAGES=()  # the unit tests need the venv alone
+fi
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,6 +34,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+if [ "${GPUDOCK_ONLY_VENV:-0}" != 1 ]; then
 # --- Kubernetes binaries from Debian's kubernetes source ----------------------------
 # kube-apiserver and kubectl for every test; kubelet, kube-controller-manager and
 # kube-scheduler for the real node (tests/stack/node.py). Only missing ones are built.
@@ -89,6 +93,7 @@ else
   log "built in $(( $(date +%s) - start ))s"
 fi
 ln -sfn "$BIN_DIR" "$CACHE/kubernetes-bin"
+fi
 
 # --- the project, in its own virtual environment -----------------------------------
 VENV="${GPUDOCK_VENV:-$REPO/.venv}"

@@ -9,6 +9,7 @@ import pytest
 
 from gpudock.api.gpu_replica_set import (
     GpuReplicaSetSpec,
+    GpuReplicaSetStatus,
     HistoryPolicy,
     PortBinding,
     PortSpec,
@@ -302,7 +303,7 @@ def test_an_invalid_spec_keeps_the_previous_history_as_it_was() -> None:
     assert [h.to_dict() for h in status.history] == history  # null stays null, not "None"
 
 
-def _ready(status: object) -> tuple[bool, str]:
+def _ready(status: GpuReplicaSetStatus) -> tuple[bool, str]:
     found = next(c for c in status.conditions if c.type == "Ready")
     return found.status, found.reason
 
