@@ -20,7 +20,7 @@ from typing import Any
 import kopf
 
 from gpudock import metrics, node_health, volume_handlers
-from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.gpu_inventory import inventory_from_settings
 from gpudock.adapters.kube_api import (
     KubeApi,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gpudock.adapters.copy_volumes import CopyBackend
-from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.volume_backends import VolumeBackend, open_volume_backend
 from gpudock.api.sized_volume import SizedVolumeSpec
 from gpudock.core import volumes as core
