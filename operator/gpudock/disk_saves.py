@@ -18,7 +18,8 @@ from pathlib import Path
 
 from gpudock import metrics
 from gpudock.adapters import overlay_layers
-from gpudock.adapters.docker_runtime import DiskFullError, DockerRuntime
+from gpudock.adapters.docker.errors import DiskFullError
+from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.filesystem_info import free_bytes
 from gpudock.core import replica_set_plan as core
 from gpudock.core.observed import ResourceKey

@@ -14,7 +14,7 @@ from typing import Any
 
 from gpudock import metrics
 from gpudock.adapters.container_exec import run_in_container
-from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import exec_request, gpu_replica_set, ownership
 from gpudock.api.exec_request import OUTPUT_LIMIT, ExecRequestSpec

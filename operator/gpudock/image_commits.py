@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gpudock import metrics
-from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.image_commit import rewrite_image
 from gpudock.api.image_commit import ImageCommitSpec
 from gpudock.core import labels

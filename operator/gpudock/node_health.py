@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gpudock import __version__, metrics
-from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.adapters.volume_backends import open_volume_backend
 from gpudock.api import exec_request, gpu_replica_set, image_commit, ownership, sized_volume

@@ -22,7 +22,8 @@ from typing import Any
 
 from gpudock import metrics
 from gpudock.adapters import host_paths, host_ports
-from gpudock.adapters.docker_runtime import DockerRuntime, HostPortBusyError
+from gpudock.adapters.docker.errors import HostPortBusyError
+from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import gpu_replica_set, ownership, sized_volume

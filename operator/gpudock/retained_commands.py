@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from gpudock.adapters import overlay_layers
-from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.api.gpu_replica_set import PLURAL

@@ -19,7 +19,7 @@ from typing import Any
 
 from gpudock import metrics
 from gpudock.adapters.copy_volumes import CopyBackend
-from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.volume_backends import VolumeBackend, open_volume_backend
 from gpudock.api import sized_volume
 from gpudock.api.sized_volume import SizedVolumeSpec

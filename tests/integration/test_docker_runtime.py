@@ -6,7 +6,7 @@ from __future__ import annotations
 import docker.errors
 import pytest
 
-from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.docker.runtime import DockerRuntime
 from tests.stack.localstack import BUSYBOX_IMAGE, LocalStack
 
 

@@ -7,7 +7,7 @@ import docker.errors
 import pytest
 import requests
 
-from gpudock.adapters.docker_runtime import (
+from gpudock.adapters.docker.errors import (
     DiskFullError,
     DockerUnavailableError,
     HostPortBusyError,

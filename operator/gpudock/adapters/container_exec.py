@@ -21,7 +21,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from gpudock.adapters.docker_runtime import ContainerGoneError, DockerUnavailableError
+from gpudock.adapters.docker.errors import ContainerGoneError, DockerUnavailableError
 from gpudock.errors import UserError
 
 KILL_GRACE_SECONDS = 10  # for the output stream to end once the tree is killed

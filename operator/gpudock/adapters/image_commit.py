@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.docker.runtime import DockerRuntime
 
 ConfigEdit = Callable[[dict[str, Any]], dict[str, Any]]
 _CHUNK = 1 << 20

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gpudock.adapters import tree_copy
-from gpudock.adapters.docker_runtime import upper_dir_of
+from gpudock.adapters.docker.inspect import upper_dir_of
 from gpudock.adapters.volume_backends import VolumeToolError
 
 STAGING_SUFFIX = ".gpudock-incoming"

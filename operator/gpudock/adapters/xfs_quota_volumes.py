@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.filesystem_info import free_bytes, mount_of
 from gpudock.adapters.volume_backends import VolumeToolError, run_tool
 from gpudock.core.volumes import BackendState

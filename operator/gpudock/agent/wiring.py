@@ -18,7 +18,7 @@ from typing import Any
 import kopf
 
 from gpudock import metrics
-from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.gpu_inventory import inventory_from_settings
 from gpudock.adapters.kube_api import KubeApi
 from gpudock.adapters.revision_store import open_revision_store

@@ -1,0 +1,148 @@
+"""Images: what is on the node, and committing, flattening, loading, tagging and
+removing them.
+
+Answers about images are remembered until an image changes on the node
+(container_events.py); every call that changes one goes through ``_image_step``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import docker.errors
+
+from gpudock.adapters.docker.connection import DockerConnection
+from gpudock.adapters.docker.inspect import import_changes
+from gpudock.api import gpu_replica_set
+from gpudock.core import labels
+from gpudock.core.observed import ImageInfo
+from gpudock.errors import UserError
+
+
+class ImageMixin(DockerConnection):
+    # ------------------------------------------------------------------ observation
+    def image_exists(self, image: str) -> bool:
+        return self.image_info(image) is not None
+
+    def preserved_tags(self, repository: str) -> frozenset[str]:
+        """The tags (``repo:tag``) of the images in ``repository``."""
+        def ask() -> frozenset[str]:
+            images = self._call("list images", lambda: self.client.api.images(
+                name=repository))
+            return frozenset(tag for image in images for tag in image.get("RepoTags") or ()
+                             if tag.startswith(repository + ":"))
+        return self._containers.remembered(("tags", repository), ask)
+
+    def image_info(self, image: str) -> ImageInfo | None:
+        """What Docker says of ``image`` (a tag, an ID or a digest); None when absent.
+        Remembered until an image changes on the node (container_events.py)."""
+        return self._containers.remembered(("info", image),
+                                           functools.partial(self._image_info, image))
+
+    def _image_info(self, image: str) -> ImageInfo | None:
+        try:
+            attrs = self._inspect_image(image)
+        except UserError:
+            return None
+        config = attrs.get("Config") or {}
+        found = config.get("Labels") or {}
+        owner = None
+        if found.get(labels.KIND) == gpu_replica_set.KIND:
+            owner = (found.get(labels.NAMESPACE, ""), found.get(labels.NAME, ""),
+                     found.get(labels.UID, ""))
+        return ImageInfo(id=str(attrs.get("Id", "")),
+                         repo_tags=tuple(attrs.get("RepoTags") or ()), owner=owner,
+                         volumes=tuple(sorted(config.get("Volumes") or {})))
+
+    def disk_use(self) -> dict[str, int]:
+        """Bytes each tagged image holds that no other image shares (what removing
+        it would free), by tag."""
+        images = self._call("disk use", lambda: self.client.api.df()).get("Images") or ()
+        return {tag: max(int(i.get("Size") or 0) - max(int(i.get("SharedSize") or 0), 0), 0)
+                for i in images for tag in i.get("RepoTags") or ()}
+
+    def layer_count(self, image: str) -> int:
+        return len(self._inspect_image(image).get("RootFS", {}).get("Layers") or ())
+
+    def image_config(self, image: str) -> tuple[str, int, dict[str, Any]]:
+        """An image's ID, size and config (None-free)."""
+        attrs = self._inspect_image(image)
+        return str(attrs.get("Id", "")), int(attrs.get("Size") or 0), dict(
+            attrs.get("Config") or {})
+
+    # ---------------------------------------------------------------------- actions
+    def commit(self, container_id: str, name: str, image: str) -> None:
+        """Save the container's filesystem (added, changed and deleted files)."""
+        repository, tag = image.rsplit(":", 1)
+        self._image_step(f"commit {name}", lambda: self.client.api.commit(
+            container_id, repository=repository, tag=tag, pause=True,
+            message=f"gpudock: disk of {name} ({container_id})"))
+
+    def commit_to(self, container_id: str, name: str, image: str, *, pause: bool) -> None:
+        """``docker commit`` of a container that keeps running (paused during the
+        commit when ``pause``), to ``image`` (repository:tag)."""
+        repository, tag = image.rsplit(":", 1)
+        self._image_step(f"commit {name}", lambda: self.client.api.commit(
+            container_id, repository=repository, tag=tag, pause=pause,
+            message=f"committed from {name}"))
+
+    def flatten(self, container_id: str, name: str, image: str) -> None:
+        """Replace ``image`` (committed from the container) with a one-layer image of
+        the container's filesystem and the same config: export + import."""
+        api = self.client.api
+        committed = self._inspect_image(image)
+        changes = import_changes(committed.get("Config") or {})
+        repository, tag = image.rsplit(":", 1)
+        self._image_step(f"flatten {name}", lambda: api.import_image(
+            src=api.export(container_id), repository=repository, tag=tag, changes=changes,
+            stream_src=True))
+        self.remove_image(committed["Id"])  # the many-layer commit, now untagged
+
+    def load_image(self, chunks: Iterator[bytes], what: str) -> None:
+        """``docker load`` of a tar stream given as chunks."""
+        def load() -> None:
+            for _ in self.client.api.load_image(chunks, quiet=True):
+                pass
+
+        self._image_step(what, load)
+
+    def tag_image(self, source: str, target: str) -> bool:
+        """Give the image ``source`` names the tag ``target`` as well; False when
+        ``source`` does not exist (a crash after a re-tag removed it: nothing to do)."""
+        repository, tag = target.rsplit(":", 1)
+        try:
+            self._image_step(f"tag {source} as {target}", lambda: self.client.api.tag(
+                source, repository, tag, force=True))
+        except UserError:
+            return False
+        return True
+
+    def remove_image(self, image: str) -> bool:
+        """Remove an image (or untag it); True when it is gone, already gone included
+        (a crash between removing it and noting that), False when a container still
+        uses it."""
+        def remove() -> bool:
+            try:
+                self.client.api.remove_image(image)
+            except docker.errors.NotFound:  # ImageNotFound is one
+                return True
+            except docker.errors.APIError as exc:
+                if exc.status_code == 409:
+                    return False
+                raise
+            return True
+
+        return self._image_step(f"remove image {image}", remove)
+
+    def remove_dangling_images(self, namespace: str, name: str) -> int:
+        """Remove untagged images a failed save of this resource left behind (a saved
+        disk carries the container's labels); returns how many."""
+        api = self.client.api
+        found = self._call("list images", lambda: api.images(filters={
+            "dangling": True, "label": [f"{labels.NAMESPACE}={namespace}",
+                                        f"{labels.NAME}={name}"]}))
+        for image in found:
+            self.remove_image(image["Id"])
+        return len(found)

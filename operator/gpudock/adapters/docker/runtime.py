@@ -1,0 +1,70 @@
+"""The node's Docker engine as the rest of gpudock sees it: :class:`DockerRuntime`.
+
+Every docker/requests exception is translated (errors.py): an unreachable engine
+becomes ``DockerUnavailableError`` (transient), a request Docker refuses because
+of the spec (a host port in use, a missing bind source) becomes a ``UserError``.
+Volumes are never removed with a container.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gpudock.adapters.docker.containers import ContainerMixin
+from gpudock.adapters.docker.exec import ExecMixin
+from gpudock.adapters.docker.images import ImageMixin
+from gpudock.adapters.docker.volumes import VolumeMixin
+from gpudock.adapters.filesystem_info import free_bytes
+
+
+class DockerRuntime(ContainerMixin, ImageMixin, VolumeMixin, ExecMixin):
+    """One Docker engine, one mixin per kind of object, as docker-py's own API client
+    is made. The constructor and ``client`` are connection.py's; what else it offers:
+
+    - the engine (here): ``version``, ``storage``, ``free_bytes``, ``follow_events``,
+      ``events_followed``, ``close``
+    - containers (containers.py): ``list_containers``, ``writable_layer_bytes``,
+      ``writable_layer_dir``, ``create_and_start``, ``start``, ``stop``, ``unpause``,
+      ``rename``, ``set_restart_policy``, ``remove``
+    - images (images.py): ``image_exists``, ``preserved_tags``, ``image_info``,
+      ``disk_use``, ``layer_count``, ``image_config``, ``commit``, ``commit_to``,
+      ``flatten``, ``load_image``, ``tag_image``, ``remove_image``,
+      ``remove_dangling_images``
+    - volumes (volumes.py): ``volume_exists``, ``volume_mounted``, ``volume_info``,
+      ``create_volume``, ``remove_volume``, ``remove_volumes``
+    - commands in a container (exec.py): ``exec``, ``command_missing``
+    """
+
+    def follow_events(self, on_event: Callable[[str], None] | None = None) -> None:
+        """Keep the node's containers from Docker's event stream from now on (see
+        container_events.py); ``on_event`` gets the resource UID of each event of a
+        gpudock container, from the stream's thread."""
+        self._containers.follow(on_event)
+
+    def events_followed(self) -> bool:
+        """Whether Docker's event stream is followed now: every change of a container
+        wakes its resource, so a periodic look is only a safety net."""
+        return self._containers.live()
+
+    def version(self) -> str:
+        return str(self._call("version", lambda: self.client.version()["Version"]))
+
+    def storage(self) -> tuple[str, str]:
+        """Docker's storage driver and root directory."""
+        info = self._call("info", lambda: self.client.info())
+        return str(info.get("Driver") or ""), str(info.get("DockerRootDir") or "")
+
+    def free_bytes(self) -> int | None:
+        """Free space in Docker's root directory, where a saved disk is written; None
+        when the agent cannot see that directory (then no estimate is made)."""
+        root = self._call("info", lambda: self.client.info()).get("DockerRootDir")
+        try:
+            return free_bytes(str(root))
+        except (OSError, TypeError):
+            return None
+
+    def close(self) -> None:
+        self._containers.close()
+        if self._client is not None:
+            self._client.close()
+            self._client = None
