@@ -148,11 +148,16 @@ class ReplicaSetReconciler:
             announced: tuple[object, ...] = ()  # the step last shown
             inventory = tuple(g.uuid for g in self._inventory.list_gpus())  # once per call
             annotations = meta.get("annotations") or {}
-            observe = functools.partial(self._observe, key, meta["uid"], generation, spec,
-                                        previous, inventory,
-                                        annotations.get(CHANGE_CAUSE, ""),
-                                        annotations.get(ADOPT_HISTORY, ""))
+            observe_with = functools.partial(self._observe, key, meta["uid"], generation,
+                                             spec, previous, inventory,
+                                             annotations.get(CHANGE_CAUSE, ""),
+                                             annotations.get(ADOPT_HISTORY, ""))
             while True:
+                # The SizedVolumes it mounts are asked of the API server and observed
+                # before the node lock is taken: no API I/O holds it.
+                observe = functools.partial(observe_with, volume_names={
+                    m.volume: self._volume_name(key.namespace, m.volume)
+                    for m in spec.mounts if m.volume is not None})
                 with contextlib.ExitStack() as node_lock:
                     node_lock.enter_context(self._locks.node())
                     observation = observe()
@@ -281,7 +286,7 @@ class ReplicaSetReconciler:
     def _observe(self, key: ResourceKey, uid: str, generation: int | None,
                  spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
                  inventory: tuple[str, ...], change_cause: str,
-                 adopt_uid: str) -> core.Observation:
+                 adopt_uid: str, volume_names: Mapping[str, str | None]) -> core.Observation:
         metrics.OBSERVATIONS.labels(gpu_replica_set.KIND).inc()
         records = tuple(self._store.list(key.namespace, key.name))
         adoptable: tuple[Revision, ...] = ()
@@ -312,8 +317,7 @@ class ReplicaSetReconciler:
             preserved_tags=saved.tags,
             change_cause=change_cause,
             now=self._clock(),
-            volume_names={m.volume: self._volume_name(key.namespace, m.volume)
-                          for m in spec.mounts if m.volume is not None},
+            volume_names=dict(volume_names),
             use_device_requests=self._settings.gpu_attach is GpuAttach.DEVICE_REQUESTS,
             busy_host_ports=frozenset(self._busy_ports),
             adoptable=adoptable,

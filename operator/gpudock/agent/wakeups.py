@@ -1,4 +1,10 @@
-"""Wake-ups of the per-resource daemons: one asyncio.Event per resource UID."""
+"""Wake-ups of the per-resource daemons: one asyncio.Event per resource UID.
+
+When GPUs, ports or a volume come free, only the resources that are not settled
+(waiting for the node, failing, or not yet through a first pass) are woken: a
+resource that runs as its spec says has nothing to gain from another look, and waking
+every daemon of a busy node after each update made each update cost a pass of all.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +16,7 @@ class Wakeups:
 
     def __init__(self) -> None:
         self._events: dict[str, asyncio.Event] = {}
+        self._settled: set[str] = set()
 
     def event(self, uid: str) -> asyncio.Event:
         return self._events.setdefault(uid, asyncio.Event())
@@ -27,9 +34,26 @@ class Wakeups:
         longer handled by this node)."""
         return frozenset(self._events)
 
+    def note(self, uid: str, *, settled: bool) -> None:
+        """What the resource's last pass found: settled (nothing in progress, nothing
+        wrong, nothing waited for) or not."""
+        if settled:
+            self._settled.add(uid)
+        else:
+            self._settled.discard(uid)
+
+    def wake_unsettled(self) -> None:
+        """Something came free on the node: wake every resource that may want it."""
+        for uid, event in self._events.items():
+            if uid not in self._settled:
+                event.set()
+
     def wake_all(self) -> None:
+        """Wake every daemon (a SizedVolume became usable: instances that mount it may
+        have to move onto it, settled or not)."""
         for event in self._events.values():
             event.set()
 
     def forget(self, uid: str) -> None:
         self._events.pop(uid, None)
+        self._settled.discard(uid)

@@ -147,7 +147,7 @@ async def _sweep_orphans(agent: NodeAgent, logger: Logger) -> None:
         for line in swept:
             logger.warning("orphaned container: %s", line)
         if swept:
-            agent.wakeups.wake_all()
+            agent.wakeups.wake_unsettled()
             agent.node_changed.set()
         await asyncio.sleep(agent.settings.resync_seconds)
 

@@ -132,8 +132,9 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: ko
                     await asyncio.to_thread(line.show, outcome)
                     calm = (not outcome.events and outcome.recheck_after is None
                             and line.known_version == before and outcome.settled)
+                    agent.wakeups.note(uid, settled=outcome.settled)
                     if outcome.released:
-                        agent.wakeups.wake_all()
+                        agent.wakeups.wake_unsettled()
                     if outcome.released or outcome.events:
                         agent.node_changed.set()
                     delay = min(delay, outcome.recheck_after or delay)
@@ -142,6 +143,7 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: ko
                 return
             except TransientError as exc:
                 logger.warning("will retry in %.0fs: %s", exc.delay, exc)
+                agent.wakeups.note(uid, settled=False)
                 delay = min(delay, exc.delay)
                 metrics.RECONCILE_ERRORS.labels(gpu_replica_set.KIND, exc.reason).inc()
                 await asyncio.to_thread(_show_waiting, agent, body, exc)
@@ -208,5 +210,5 @@ async def delete_replica_set(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None
     _post(body, events)
     with contextlib.suppress(ObjectNotFoundError):
         await asyncio.to_thread(_drop_legacy_finalizer, agent, body)
-    agent.wakeups.wake_all()  # its GPUs and ports are free: waiting resources may start
+    agent.wakeups.wake_unsettled()  # its GPUs and ports are free: waiting ones may start
     agent.node_changed.set()
