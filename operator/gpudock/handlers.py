@@ -31,7 +31,7 @@ from gpudock.adapters.kube_api import (
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.adapters.timed_store import TimedRevisionStore
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership
-from gpudock.core.replica_set_status import waiting_on
+from gpudock.core.replica_set.status import waiting_on
 from gpudock.errors import GpudockError, TransientError
 from gpudock.reconciler import Event, Outcome, ReplicaSetReconciler
 from gpudock.settings import Settings

@@ -15,7 +15,7 @@ import kopf
 from gpudock import node_health
 from gpudock.adapters.kube_api import KubeUnavailableError
 from gpudock.api import GROUP, VERSION, ownership, sized_volume
-from gpudock.core.replica_set_status import waiting_on
+from gpudock.core.replica_set.status import waiting_on
 from gpudock.core.volumes import unusable
 from gpudock.crash_points import CrashPoints
 from gpudock.errors import TransientError, UserError
