@@ -25,7 +25,8 @@ from gpudock.adapters.docker_runtime import DockerRuntime, HostPortBusyError
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import gpu_replica_set, ownership, sized_volume
-from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy, Protocol
+from gpudock.api.container_fields import Protocol
+from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy
 from gpudock.core.conditions import with_transition_times
 from gpudock.core.container_config import ContainerConfig
 from gpudock.core.gpus import GpuInventory

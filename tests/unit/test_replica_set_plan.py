@@ -7,13 +7,8 @@ from typing import Any
 
 import pytest
 
-from gpudock.api.gpu_replica_set import (
-    GpuReplicaSetSpec,
-    HistoryPolicy,
-    PortBinding,
-    PortSpec,
-    Protocol,
-)
+from gpudock.api.container_fields import PortSpec, Protocol
+from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy, PortBinding
 from gpudock.core.allocation import HostPortInUseError, Ledger, allocate_gpus, allocate_ports
 from gpudock.core.container_config import build_container_config, exact_env, spec_hash
 from gpudock.core.observed import HostPort, ObservedContainer, ResourceKey

@@ -29,7 +29,7 @@ from gpudock.adapters.command_lookup import missing_command
 from gpudock.adapters.container_events import ContainerCache
 from gpudock.adapters.filesystem_info import free_bytes
 from gpudock.api import gpu_replica_set
-from gpudock.api.gpu_replica_set import Protocol
+from gpudock.api.container_fields import Protocol
 from gpudock.core import labels
 from gpudock.core.container_config import ContainerConfig, exact_env
 from gpudock.core.observed import ImageInfo, ObservedContainer, ResourceKey
