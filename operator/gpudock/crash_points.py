@@ -5,7 +5,7 @@ every step of an update on purpose instead of by luck.
 SIGKILLs itself, as an OOM kill or a power cut would: no cleanup, no status write.
 Off unless set; it exists for tests and for anyone who wants to check the recovery of
 their own node. A point is ``<Step>.before`` or ``<Step>.after`` for every step a plan
-can ask for (the classes of :mod:`gpudock.core.replica_set_actions` and
+can ask for (the classes of :mod:`gpudock.core.replica_set.actions` and
 :mod:`gpudock.core.volumes`), or one of the
 moments inside a step listed in :data:`INSIDE_STEPS`.
 """
@@ -17,8 +17,8 @@ import os
 import signal
 import typing
 
-from gpudock.core import replica_set_actions as act
 from gpudock.core import volumes
+from gpudock.core.replica_set import actions as act
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 copy of its writable layer on overlay2, else a `docker commit`), put into the next
 container before it starts, removed when its revision is pruned or purged.
 
-The reconciler decides when (core/replica_set_plan.py plans PreserveDisk,
+The reconciler decides when (core/replica_set/plan.py plans PreserveDisk,
 StartRevision with a layer, PruneRevision, PurgeHistory); this module does the I/O
 of each step, with its crash points, and says what is saved (SavedDisks) for the
 next plan. docs/revisions.md has the steps of a rollout and what each keeps.
@@ -21,8 +21,8 @@ from gpudock.adapters import overlay_layers
 from gpudock.adapters.docker.errors import DiskFullError
 from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.filesystem_info import free_bytes
-from gpudock.core import replica_set_plan as core
 from gpudock.core.observed import ResourceKey
+from gpudock.core.replica_set.saved_disks import SavedDisks, preserved_repository
 from gpudock.core.revision import Revision, RevisionStore, layers_named
 from gpudock.crash_points import CrashPoints
 from gpudock.errors import UserError
@@ -59,11 +59,11 @@ class DiskSaves:
         home = self.layers_home() if self._settings.disk_saves == "layer" else None
         return str(home) if home is not None else None
 
-    def saved(self, key: ResourceKey, records: tuple[Revision, ...]) -> core.SavedDisks:
+    def saved(self, key: ResourceKey, records: tuple[Revision, ...]) -> SavedDisks:
         """What the records' saved disks are now: the resource's committed images, the
         saved layers still on disk, and where a new save goes."""
         layers = frozenset(p for p in layers_named(records) if Path(p).is_dir())
-        return core.SavedDisks(self._docker.preserved_tags(core.preserved_repository(key)),
+        return SavedDisks(self._docker.preserved_tags(preserved_repository(key)),
                                layers, self.layer_root())
 
     # -------------------------------------------------------------------------- save

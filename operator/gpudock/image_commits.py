@@ -15,10 +15,10 @@ from typing import Any
 
 from gpudock import metrics
 from gpudock.adapters.docker.runtime import DockerRuntime
-from gpudock.adapters.image_commit import rewrite_image
+from gpudock.adapters.image_rewrite import rewrite_image
 from gpudock.api.image_commit import ImageCommitSpec
 from gpudock.core import labels
-from gpudock.core.replica_set_plan import is_reserved_reference
+from gpudock.core.replica_set.saved_disks import is_reserved_reference
 from gpudock.errors import SpecError, UserError
 from gpudock.exec_requests import current_container, failed
 from gpudock.settings import Settings

@@ -27,14 +27,17 @@ from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import gpu_replica_set, ownership, sized_volume
-from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy, Protocol
-from gpudock.core import replica_set_actions as act
-from gpudock.core import replica_set_plan as core
+from gpudock.api.container_fields import Protocol
+from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy
 from gpudock.core.conditions import with_transition_times
 from gpudock.core.container_config import ContainerConfig
 from gpudock.core.gpus import GpuInventory
 from gpudock.core.observed import HostPort, ResourceKey
-from gpudock.core.replica_set_status import invalid_spec_status, note_drift
+from gpudock.core.replica_set import actions as act
+from gpudock.core.replica_set import history, saved_disks
+from gpudock.core.replica_set import plan as core
+from gpudock.core.replica_set.observation import Observation, Plan
+from gpudock.core.replica_set.status import invalid_spec_status, note_drift
 from gpudock.core.revision import Revision, RevisionStore
 from gpudock.crash_points import CrashPoints
 from gpudock.disk_saves import DiskSaves
@@ -238,8 +241,8 @@ class ReplicaSetReconciler:
         self._store.put(replace(action.record, failed=f"{exc.reason}: {exc.message}"))
         return True
 
-    def _preflight(self, key: ResourceKey, uid: str, observation: core.Observation,
-                   plan: core.Plan) -> None:
+    def _preflight(self, key: ResourceKey, uid: str, observation: Observation,
+                   plan: Plan) -> None:
         """What can be known of a new container before anything is stopped for it:
         its host ports are free on the node, and its command exists where the disk
         carries over (asked of the running container). Raises UserError."""
@@ -286,19 +289,19 @@ class ReplicaSetReconciler:
     def _observe(self, key: ResourceKey, uid: str, generation: int | None,
                  spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
                  inventory: tuple[str, ...], change_cause: str,
-                 adopt_uid: str, volume_names: Mapping[str, str | None]) -> core.Observation:
+                 adopt_uid: str, volume_names: Mapping[str, str | None]) -> Observation:
         metrics.OBSERVATIONS.labels(gpu_replica_set.KIND).inc()
         records = tuple(self._store.list(key.namespace, key.name))
         adoptable: tuple[Revision, ...] = ()
         if adopt_uid and adopt_uid != uid and not any(r.uid == uid for r in records):
             adoptable = tuple(self._store.list(key.namespace,
-                                               core.retained_name(key.name, adopt_uid)))
+                                               saved_disks.retained_name(key.name, adopt_uid)))
         saved = self.disks.saved(key, (*records, *adoptable))
         base_images = {spec.image} | {str(r.spec.get("image")) for r in records
                                       if r.spec.get("image")}
         image = self._docker.image_info(spec.image)
         explicit = self._settings.explicit_port_range
-        return core.Observation(
+        return Observation(
             key=key, uid=uid, generation=generation, spec=spec, previous_status=previous,
             containers=tuple(self._docker.list_containers()),
             inventory=inventory,
@@ -321,7 +324,7 @@ class ReplicaSetReconciler:
             use_device_requests=self._settings.gpu_attach is GpuAttach.DEVICE_REQUESTS,
             busy_host_ports=frozenset(self._busy_ports),
             adoptable=adoptable,
-            retained_tags=self._docker.preserved_tags(core.retained_repository(key))
+            retained_tags=self._docker.preserved_tags(saved_disks.retained_repository(key))
             if adoptable else frozenset(),
             saved_layers=saved.layers,
             layer_root=saved.layer_root,
@@ -466,7 +469,7 @@ class ReplicaSetReconciler:
         with self._locks.resource(key):
             self._deleted.add(meta["uid"])
             records = tuple(self._store.list(key.namespace, key.name))
-            actions = core.plan_delete(key, tuple(self._docker.list_containers()), records,
+            actions = history.plan_delete(key, tuple(self._docker.list_containers()), records,
                                        self.disks.saved(key, records), policy)
             for action in actions:
                 events += self._execute(key, action)
@@ -503,7 +506,7 @@ class ReplicaSetReconciler:
                 containers = tuple(c for c in self._docker.list_containers()
                                    if c.owner == key and c.uid == uid)
                 records = tuple(self._store.list(key.namespace, key.name))
-                actions = core.plan_delete(key, containers, records,
+                actions = history.plan_delete(key, containers, records,
                                            self.disks.saved(key, records), HistoryPolicy.RETAIN)
                 for action in actions:
                     self._execute(key, action)

@@ -24,7 +24,7 @@ from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.api.gpu_replica_set import PLURAL
 from gpudock.core.observed import ResourceKey
-from gpudock.core.replica_set_plan import retained_repository
+from gpudock.core.replica_set.saved_disks import retained_repository
 from gpudock.core.revision import Revision, RevisionStore, layers_named
 from gpudock.errors import GpudockError
 

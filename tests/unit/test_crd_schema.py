@@ -7,16 +7,16 @@ from typing import Any
 
 import yaml
 
-from gpudock.api.gpu_replica_set import (
+from gpudock.api.container_fields import (
     ENV_NAME_PATTERN,
     HOSTNAME_PATTERN,
     IP_PATTERN,
     MAX_COMMAND_ITEMS,
     MAX_ENV_ITEMS,
-    MAX_GPU_COUNT,
     MAX_HOST_ALIASES,
     MAX_VALUE_LENGTH,
 )
+from gpudock.api.gpu_replica_set import MAX_GPU_COUNT
 from gpudock.api.parsing import DNS_SUBDOMAIN_PATTERN
 from gpudock.api.paths import ABSOLUTE_PATH_PATTERN
 from gpudock.api.quantity import SIZE_PATTERN

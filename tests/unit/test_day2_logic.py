@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from gpudock.api.container_fields import Protocol
 from gpudock.api.exec_request import ExecRequestSpec
-from gpudock.api.gpu_replica_set import Protocol
 from gpudock.api.image_commit import ImageCommitSpec
 from gpudock.core.gpu_node import gpu_node_status, node_verdict, unreachable_status
 from gpudock.core.gpus import GpuDevice

@@ -7,8 +7,10 @@ from dataclasses import replace
 from typing import Any
 
 from gpudock.api.gpu_replica_set import HistoryPolicy
-from gpudock.core import replica_set_actions as act
-from gpudock.core import replica_set_plan as core
+from gpudock.core.replica_set import actions as act
+from gpudock.core.replica_set.history import plan_delete
+from gpudock.core.replica_set.plan import plan_replica_set
+from gpudock.core.replica_set.saved_disks import SavedDisks, preserved_image
 from gpudock.core.revision import Revision
 from tests.unit.test_replica_set_plan import KEY, _mine, _obs, _record, _spec
 
@@ -28,7 +30,7 @@ def _saved(record: Revision, container_id: str = "c1") -> Revision:
 def test_an_update_saves_the_writable_layer_and_carries_it_over() -> None:
     old, new = _spec(), _spec(gpuCount=1)
     running = _mine(old, **_on_overlay())
-    plan = core.plan_replica_set(_obs(new, running, records=(_record(old),),
+    plan = plan_replica_set(_obs(new, running, records=(_record(old),),
                                       layer_root=ROOT))
     stop, save = plan.actions
     assert isinstance(stop, act.StopContainer)
@@ -43,7 +45,7 @@ def test_an_update_saves_the_writable_layer_and_carries_it_over() -> None:
     # Saved: the new revision is made from the same image, the layer copied in.
     record = _saved(_record(old))
     stopped = replace(running, status="exited")
-    plan = core.plan_replica_set(_obs(new, stopped, records=(record,), layer_root=ROOT,
+    plan = plan_replica_set(_obs(new, stopped, records=(record,), layer_root=ROOT,
                                       saved_layers=frozenset({record.saved_layer or ""})))
     (start,) = plan.actions
     assert isinstance(start, act.StartRevision)
@@ -57,7 +59,7 @@ def test_the_next_save_shares_files_with_the_layer_it_started_from() -> None:
     first = _saved(_record(spec))
     second = replace(_record(spec, 2), layer=first.saved_layer)
     running = _mine(spec, id="c2", revision=2, **_on_overlay())
-    plan = core.plan_replica_set(_obs(_spec(gpuCount=2), running, records=(first, second),
+    plan = plan_replica_set(_obs(_spec(gpuCount=2), running, records=(first, second),
                                       layer_root=ROOT,
                                       saved_layers=frozenset({first.saved_layer or ""})))
     save = plan.actions[-1]
@@ -69,13 +71,13 @@ def test_commit_where_no_layer_can_be_saved() -> None:
     old, new = _spec(), _spec(gpuCount=1)
     for running, root in ((_mine(old, **_on_overlay()), None),  # --disk-saves commit
                           (_mine(old, image="img"), ROOT)):  # another storage driver
-        plan = core.plan_replica_set(_obs(new, running, records=(_record(old),),
+        plan = plan_replica_set(_obs(new, running, records=(_record(old),),
                                           layer_root=root))
         save = plan.actions[-1]
         assert isinstance(save, act.PreserveDisk)
         assert save.layer is None
         assert plan.next_config is not None
-        assert plan.next_config.image == core.preserved_image(KEY, 1)
+        assert plan.next_config.image == preserved_image(KEY, 1)
 
 
 def test_rollback_and_resume_start_from_the_saved_layer() -> None:
@@ -85,7 +87,7 @@ def test_rollback_and_resume_start_from_the_saved_layer() -> None:
                      container_id="c2")  # the agent saved and removed its container
     layers = frozenset({first.saved_layer or "", second.saved_layer or ""})
     # Stopped -> Running: revision 2 is made again from its own saved layer.
-    plan = core.plan_replica_set(_obs(_spec(gpuCount=2), records=(first, second),
+    plan = plan_replica_set(_obs(_spec(gpuCount=2), records=(first, second),
                                       layer_root=ROOT, saved_layers=layers))
     (start,) = plan.actions
     assert isinstance(start, act.StartRevision)
@@ -93,13 +95,13 @@ def test_rollback_and_resume_start_from_the_saved_layer() -> None:
         "Resumed", second.saved_layer, 2)
     # Rolled back to revision 1 while stopped: its saved layer.
     rollback = _spec(gpuCount=2, rollbackTo={"revision": 1})
-    plan = core.plan_replica_set(_obs(rollback, records=(first, second), layer_root=ROOT,
+    plan = plan_replica_set(_obs(rollback, records=(first, second), layer_root=ROOT,
                                       saved_layers=layers))
     (start,) = plan.actions
     assert isinstance(start, act.StartRevision)
     assert (start.layer, start.record.rollback_of) == (first.saved_layer, 1)
     # Its layer gone: refused, nothing started from the bare image.
-    plan = core.plan_replica_set(_obs(rollback, records=(first, second), layer_root=ROOT,
+    plan = plan_replica_set(_obs(rollback, records=(first, second), layer_root=ROOT,
                                       saved_layers=frozenset({second.saved_layer or ""})))
     assert plan.actions == ()
     assert plan.status.reason == "RevisionDiskGone"
@@ -111,7 +113,7 @@ def test_a_created_container_gets_its_layer_before_it_starts() -> None:
     second = replace(_record(spec, 2), layer=first.saved_layer)
     created = _mine(spec, id="c2", name="team-a_knock-2", revision=2, status="created",
                     **_on_overlay())
-    plan = core.plan_replica_set(_obs(spec, created, records=(first, second),
+    plan = plan_replica_set(_obs(spec, created, records=(first, second),
                                       saved_layers=frozenset({first.saved_layer or ""})))
     (start,) = plan.actions
     assert isinstance(start, act.StartContainer)
@@ -124,7 +126,7 @@ def test_prune_keeps_the_layer_the_current_revision_started_from() -> None:
     second = replace(_saved(_record(spec, 2), "c2"), layer=first.saved_layer)
     third = replace(_record(spec, 3), layer=second.saved_layer)
     running = _mine(spec, id="c3", name="team-a_knock-3", revision=3, **_on_overlay())
-    plan = core.plan_replica_set(_obs(spec, running, records=(first, second, third),
+    plan = plan_replica_set(_obs(spec, running, records=(first, second, third),
                                       saved_layers=frozenset({first.saved_layer or "",
                                                               second.saved_layer or ""})))
     pruned = [a.record.revision for a in plan.actions if isinstance(a, act.PruneRevision)]
@@ -135,7 +137,7 @@ def test_purge_removes_the_saved_layers() -> None:
     spec = _spec()
     first = _saved(_record(spec))
     second = replace(_record(spec, 2), layer=first.saved_layer)
-    actions = core.plan_delete(KEY, (), (first, second), core.SavedDisks(frozenset()),
+    actions = plan_delete(KEY, (), (first, second), SavedDisks(frozenset()),
                                HistoryPolicy.PURGE)
     (purge,) = actions
     assert isinstance(purge, act.PurgeHistory)
@@ -146,10 +148,10 @@ def test_a_saved_layer_whose_image_is_gone_is_never_started_bare() -> None:
     old, new = _spec(), _spec(gpuCount=1)
     # Its container was made from a disk committed before (a node that saved with
     # docker commit then), and that image was untagged by hand since.
-    committed = core.preserved_image(KEY, 0)
+    committed = preserved_image(KEY, 0)
     record = replace(_saved(_record(old)), image=committed)
     stopped = _mine(old, status="exited", **_on_overlay(image=committed))
-    plan = core.plan_replica_set(_obs(new, stopped, records=(record,), layer_root=ROOT,
+    plan = plan_replica_set(_obs(new, stopped, records=(record,), layer_root=ROOT,
                                       saved_layers=frozenset({record.saved_layer or ""})))
     assert plan.actions == ()
     assert plan.status.reason == "RevisionDiskGone"

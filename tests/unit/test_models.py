@@ -7,14 +7,8 @@ from typing import Any
 
 import pytest
 
-from gpudock.api.gpu_replica_set import (
-    DesiredState,
-    GpuReplicaSetSpec,
-    HistoryPolicy,
-    MountSpec,
-    PortSpec,
-    Protocol,
-)
+from gpudock.api.container_fields import MountSpec, PortSpec, Protocol
+from gpudock.api.gpu_replica_set import DesiredState, GpuReplicaSetSpec, HistoryPolicy
 from gpudock.api.paths import is_clean_absolute_path, is_under
 from gpudock.api.sized_volume import SizedVolumeSpec
 from gpudock.core.container_config import build_container_config

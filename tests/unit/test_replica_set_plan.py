@@ -7,20 +7,22 @@ from typing import Any
 
 import pytest
 
+from gpudock.api.container_fields import PortSpec, Protocol
 from gpudock.api.gpu_replica_set import (
     GpuReplicaSetSpec,
     GpuReplicaSetStatus,
     HistoryPolicy,
     PortBinding,
-    PortSpec,
-    Protocol,
 )
-from gpudock.core import replica_set_actions as act
-from gpudock.core import replica_set_plan as core
 from gpudock.core.allocation import HostPortInUseError, Ledger, allocate_gpus, allocate_ports
 from gpudock.core.container_config import build_container_config, exact_env, spec_hash
 from gpudock.core.observed import HostPort, ObservedContainer, ResourceKey
-from gpudock.core.replica_set_status import invalid_spec_status
+from gpudock.core.replica_set import actions as act
+from gpudock.core.replica_set.history import plan_delete
+from gpudock.core.replica_set.observation import Observation
+from gpudock.core.replica_set.plan import plan_replica_set
+from gpudock.core.replica_set.saved_disks import SavedDisks, preserved_image
+from gpudock.core.replica_set.status import invalid_spec_status
 from gpudock.core.revision import Revision
 from gpudock.errors import SpecError
 
@@ -32,13 +34,13 @@ def _spec(**raw: Any) -> GpuReplicaSetSpec:
     return GpuReplicaSetSpec.parse({"nodeName": "n1", "image": "img", **raw})
 
 
-def _obs(spec: GpuReplicaSetSpec, *containers: ObservedContainer, **kw: Any) -> core.Observation:
+def _obs(spec: GpuReplicaSetSpec, *containers: ObservedContainer, **kw: Any) -> Observation:
     base: dict[str, Any] = dict(
         key=KEY, uid="uid-1", generation=1, spec=spec, previous_status={},
         containers=containers, inventory=GPUS, port_range=(40000, 40010),
         allowed_host_paths=("/srv",), images_present=frozenset({"img"}))
     base.update(kw)
-    return core.Observation(**base)
+    return Observation(**base)
 
 
 def _mine(spec: GpuReplicaSetSpec, gpus: tuple[str, ...] = (), **kw: Any) -> ObservedContainer:
@@ -65,7 +67,7 @@ def _other(name: str, gpus: tuple[str, ...], **kw: Any) -> ObservedContainer:
 
 def test_new_resource_gets_free_gpus_and_ports() -> None:
     spec = _spec(gpuCount=2, ports=[{"containerPort": 22}])
-    plan = core.plan_replica_set(_obs(spec, _other("x", ("GPU-0",)),
+    plan = plan_replica_set(_obs(spec, _other("x", ("GPU-0",)),
                                       ))
     (action,) = plan.actions
     assert isinstance(action, act.StartRevision)
@@ -80,7 +82,7 @@ def test_new_resource_gets_free_gpus_and_ports() -> None:
 
 def test_not_enough_gpus_waits_with_a_reason() -> None:
     spec = _spec(gpuCount=2)
-    plan = core.plan_replica_set(_obs(spec, _other("x", GPUS[:3])))
+    plan = plan_replica_set(_obs(spec, _other("x", GPUS[:3])))
     assert plan.actions == ()
     assert plan.status.phase == "Pending"
     ready = plan.status.conditions[0]
@@ -90,7 +92,7 @@ def test_not_enough_gpus_waits_with_a_reason() -> None:
 
 def test_matching_container_is_left_alone() -> None:
     spec = _spec(gpuCount=1)
-    plan = core.plan_replica_set(_obs(spec, _mine(spec, ("GPU-3",)), records=(_record(spec),)))
+    plan = plan_replica_set(_obs(spec, _mine(spec, ("GPU-3",)), records=(_record(spec),)))
     assert plan.actions == ()
     assert plan.status.phase == "Running"
     assert plan.status.gpus == ("GPU-3",)
@@ -104,7 +106,7 @@ def test_matching_container_is_left_alone() -> None:
 ])
 def test_drift_is_repaired(change: dict[str, Any], action_type: type) -> None:
     spec = _spec()
-    plan = core.plan_replica_set(_obs(spec, _mine(spec, **change), records=(_record(spec),)))
+    plan = plan_replica_set(_obs(spec, _mine(spec, **change), records=(_record(spec),)))
     (action,) = plan.actions
     assert isinstance(action, action_type)
     assert plan.drift
@@ -114,7 +116,7 @@ def test_removed_container_is_recreated_from_its_revision_with_its_gpus_and_port
     spec = _spec(gpuCount=1, ports=[{"containerPort": 22}])
     record = replace(_record(spec), gpus=("GPU-2",), ports=(PortBinding(22, 40007),),
                      container_id="c1")
-    plan = core.plan_replica_set(_obs(spec, records=(record,)))
+    plan = plan_replica_set(_obs(spec, records=(record,)))
     (action,) = plan.actions
     assert isinstance(action, act.StartRevision)
     assert action.reason == "Recreated"
@@ -132,7 +134,7 @@ def test_a_container_the_agent_removed_itself_is_no_drift_6(recorded: dict[str, 
     spec = _spec(gpuCount=1)
     record = replace(_record(spec), **recorded)
     # Whatever the status last said: the decision is the record's.
-    plan = core.plan_replica_set(_obs(spec, records=(record,),
+    plan = plan_replica_set(_obs(spec, records=(record,),
                                       previous_status={"phase": "Running"}))
     (action,) = plan.actions
     assert isinstance(action, act.StartRevision)
@@ -147,7 +149,7 @@ def test_a_container_the_agent_removed_itself_is_no_drift_6(recorded: dict[str, 
 def test_user_errors_give_a_condition_and_no_action(
     spec_raw: dict[str, Any], kw: dict[str, Any], reason: str,
 ) -> None:
-    plan = core.plan_replica_set(_obs(_spec(**spec_raw), **kw))
+    plan = plan_replica_set(_obs(_spec(**spec_raw), **kw))
     assert plan.actions == ()
     conditions = {c.type: (c.status, c.reason) for c in plan.status.conditions}
     waiting = reason == "VolumeNotReady"  # the node's to resolve, not the user's
@@ -182,24 +184,24 @@ def test_spec_change_first_saves_the_disk_then_starts_a_revision_from_it() -> No
     old = _spec(gpuCount=1)
     new = replace(old, gpu_count=3)
     running = _mine(old, ("GPU-2",))
-    plan = core.plan_replica_set(_obs(new, running, records=(_record(old),)))
+    plan = plan_replica_set(_obs(new, running, records=(_record(old),)))
     assert [type(a) for a in plan.actions] == [act.StopContainer, act.PreserveDisk]
-    saved = replace(_record(old), preserved_image=core.preserved_image(KEY, 1),
+    saved = replace(_record(old), preserved_image=preserved_image(KEY, 1),
                     preserved_from="c1")
     stopped = replace(running, status="exited")
-    plan = core.plan_replica_set(_obs(new, stopped, records=(saved,),
+    plan = plan_replica_set(_obs(new, stopped, records=(saved,),
                                       preserved_tags=frozenset({saved.preserved_image})))
     (start,) = plan.actions
     assert isinstance(start, act.StartRevision)
     assert start.config.name == "team-a_knock-2"
     assert start.config.gpus[0] == "GPU-2"  # growing keeps the GPU it had
-    assert start.config.image == core.preserved_image(KEY, 1)
+    assert start.config.image == preserved_image(KEY, 1)
     assert start.record.revision == 2
 
 
 def test_not_enough_gpus_for_a_change_leaves_the_old_container_running() -> None:
     old = _spec(gpuCount=1)
-    plan = core.plan_replica_set(_obs(replace(old, gpu_count=4), _mine(old, ("GPU-0",)),
+    plan = plan_replica_set(_obs(replace(old, gpu_count=4), _mine(old, ("GPU-0",)),
                                       _other("x", ("GPU-3",)), records=(_record(old),)))
     assert plan.actions == ()
     assert plan.status.phase == "Running"  # the old container still serves
@@ -234,16 +236,16 @@ def test_port_allocation() -> None:
 
 
 def _saved(spec: GpuReplicaSetSpec, revision: int) -> Revision:
-    image = core.preserved_image(KEY, revision)
+    image = preserved_image(KEY, revision)
     return replace(_record(spec, revision), preserved_image=image,
-                   preserved_from=f"c{revision}", image=core.preserved_image(KEY, revision - 1))
+                   preserved_from=f"c{revision}", image=preserved_image(KEY, revision - 1))
 
 
 def test_history_past_the_limit_is_pruned_but_never_the_current_source() -> None:
     spec = _spec(revisionHistoryLimit=0)
     records = tuple(_saved(spec, r) for r in range(1, 5))  # revision 4 is current
     current = _mine(spec, revision=4, name="team-a_knock-4")
-    plan = core.plan_replica_set(_obs(spec, current, records=records))
+    plan = plan_replica_set(_obs(spec, current, records=records))
     pruned = [a.record.revision for a in plan.actions if isinstance(a, act.PruneRevision)]
     assert pruned == [1, 2]  # 3 is kept: revision 4's container started from its disk
     assert [h.revision for h in plan.status.history] == [1, 2, 3, 4]
@@ -253,9 +255,9 @@ def test_history_past_the_limit_is_pruned_but_never_the_current_source() -> None
 def test_delete_saves_the_disk_or_purges(policy: str) -> None:
     spec = _spec()
     running = _mine(spec)
-    tags = frozenset({core.preserved_image(KEY, 1)})
-    actions = core.plan_delete(KEY, (running, _other("x", ())), (_record(spec),),
-                               core.SavedDisks(tags),
+    tags = frozenset({preserved_image(KEY, 1)})
+    actions = plan_delete(KEY, (running, _other("x", ())), (_record(spec),),
+                               SavedDisks(tags),
                                HistoryPolicy(policy))
     kinds = [type(a) for a in actions]
     if policy == "Retain":
@@ -266,18 +268,18 @@ def test_delete_saves_the_disk_or_purges(policy: str) -> None:
 
 def test_rollback_needs_a_saved_disk_and_starts_from_it() -> None:
     old, new = _spec(gpuCount=1), _spec(gpuCount=2)
-    first, second = _saved(old, 1), replace(_record(new, 2), image=core.preserved_image(KEY, 1))
+    first, second = _saved(old, 1), replace(_record(new, 2), image=preserved_image(KEY, 1))
     wanted = replace(new, rollback_to=1)
     current = _mine(new, revision=2, name="team-a_knock-2")
-    gone = core.plan_replica_set(_obs(wanted, current, records=(first, second)))
+    gone = plan_replica_set(_obs(wanted, current, records=(first, second)))
     # The instance serves on: Ready stays True, the refused rollback is Degraded.
     assert {c.type: (c.status, c.reason) for c in gone.status.conditions} == {
         "Ready": (True, "ContainerRunning"), "Progressing": (False, "RevisionDiskGone"),
         "Degraded": (True, "RevisionDiskGone")}
     assert (gone.status.phase, gone.status.reason) == ("Running", "RevisionDiskGone")
-    saved = replace(second, preserved_image=core.preserved_image(KEY, 2), preserved_from="c1")
+    saved = replace(second, preserved_image=preserved_image(KEY, 2), preserved_from="c1")
     stopped = replace(current, status="exited")
-    plan = core.plan_replica_set(_obs(wanted, stopped, records=(first, saved),
+    plan = plan_replica_set(_obs(wanted, stopped, records=(first, saved),
                                       preserved_tags=frozenset({first.preserved_image or "",
                                                                 saved.preserved_image or ""})))
     (start,) = plan.actions
@@ -327,16 +329,16 @@ def test_a_sized_volume_moved_to_another_docker_volume_rolls_to_a_new_revision()
     spec = _spec(mounts=[{"volume": "data", "mountPath": "/data"}])
     stopped = _mine(spec, status="exited", volumes={"/data": "team-a_data-1"})
     record = _record(spec)
-    same = core.plan_replica_set(_obs(spec, replace(stopped, status="running"),
+    same = plan_replica_set(_obs(spec, replace(stopped, status="running"),
                                       records=(record,),
                                       volume_names={"data": "team-a_data-1"}))
     assert same.actions == ()  # where the volume is: nothing to do
-    moved = core.plan_replica_set(_obs(spec, stopped, records=(record,),
+    moved = plan_replica_set(_obs(spec, stopped, records=(record,),
                                        volume_names={"data": "team-a_data-2"}))
     assert [type(a) for a in moved.actions] == [act.PreserveDisk]  # its disk first
-    saved = replace(record, preserved_image=core.preserved_image(KEY, 1),
+    saved = replace(record, preserved_image=preserved_image(KEY, 1),
                     preserved_from="c1")
-    plan = core.plan_replica_set(_obs(spec, stopped, records=(saved,),
+    plan = plan_replica_set(_obs(spec, stopped, records=(saved,),
                                       volume_names={"data": "team-a_data-2"},
                                       preserved_tags=frozenset({saved.preserved_image})))
     (start,) = plan.actions

@@ -8,10 +8,11 @@ from dataclasses import replace
 from typing import Any
 
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
-from gpudock.core import replica_set_actions as act
-from gpudock.core import replica_set_plan as core
 from gpudock.core.container_config import spec_hash
 from gpudock.core.observed import ObservedContainer, ResourceKey
+from gpudock.core.replica_set import actions as act
+from gpudock.core.replica_set.observation import Observation, Plan
+from gpudock.core.replica_set.plan import plan_replica_set
 from gpudock.core.revision import Revision
 
 KEY = ResourceKey("team-a", "knock")
@@ -40,15 +41,15 @@ def _container(spec: GpuReplicaSetSpec, **kw: Any) -> ObservedContainer:
 
 
 def _plan(spec: GpuReplicaSetSpec, *containers: ObservedContainer,
-          records: tuple[Revision, ...], **kw: Any) -> core.Plan:
-    return core.plan_replica_set(core.Observation(
+          records: tuple[Revision, ...], **kw: Any) -> Plan:
+    return plan_replica_set(Observation(
         key=KEY, uid="u", generation=1, spec=spec, previous_status={},
         containers=containers, inventory=("GPU-0", "GPU-1"), port_range=(40000, 40010),
         allowed_host_paths=(), images_present=frozenset({"img"}), records=records,
         now=NOW, **kw))
 
 
-def _conditions(plan: core.Plan) -> dict[str, tuple[bool, str]]:
+def _conditions(plan: Plan) -> dict[str, tuple[bool, str]]:
     return {c.type: (c.status, c.reason) for c in plan.status.conditions}
 
 
@@ -124,15 +125,15 @@ def test_a_refused_revision_is_not_retried_and_the_previous_one_runs_again_3() -
                                     "Degraded": (True, "CommandNotFound")}
     assert running.status.history[-1].failed is not None  # listed as never ran
     # A new spec generation is a new attempt, numbered after the failed one.
-    again = core.plan_replica_set(replace(_observation_of(new, running), generation=2))
+    again = plan_replica_set(replace(_observation_of(new, running), generation=2))
     assert any(isinstance(a, act.StopContainer) for a in again.actions)
     assert again.next_config is not None
     assert again.next_config.name == "team-a_knock-3"
 
 
-def _observation_of(spec: GpuReplicaSetSpec, _: core.Plan) -> core.Observation:
+def _observation_of(spec: GpuReplicaSetSpec, _: Plan) -> Observation:
     old = _spec()
-    return core.Observation(
+    return Observation(
         key=KEY, uid="u", generation=1, spec=spec, previous_status={},
         containers=(_container(old),), inventory=("GPU-0", "GPU-1"),
         port_range=(40000, 40010), allowed_host_paths=(), images_present=frozenset({"img"}),

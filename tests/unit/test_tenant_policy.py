@@ -10,36 +10,38 @@ import pytest
 from gpudock.api import ownership
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
 from gpudock.core import labels
-from gpudock.core import replica_set_plan as core
 from gpudock.core.observed import ImageInfo, ResourceKey
+from gpudock.core.replica_set.observation import Observation
+from gpudock.core.replica_set.plan import plan_replica_set
+from gpudock.core.replica_set.saved_disks import preserved_image, preserved_repository
 from gpudock.errors import SpecError
 
 KEY = ResourceKey("team-a", "knock")
 
 
-def _obs(image: str = "img", **kw: Any) -> core.Observation:
+def _obs(image: str = "img", **kw: Any) -> Observation:
     spec = GpuReplicaSetSpec.parse({"nodeName": "n1", "image": image, **kw.pop("raw", {})})
     base: dict[str, Any] = dict(
         key=KEY, uid="uid-1", generation=1, spec=spec, previous_status={}, containers=(),
         inventory=(), port_range=(40000, 40010), allowed_host_paths=(),
         images_present=frozenset({image}), node_name="n1")
     base.update(kw)
-    return core.Observation(**base)
+    return Observation(**base)
 
 
-def _reason(obs: core.Observation) -> str:
-    plan = core.plan_replica_set(obs)
+def _reason(obs: Observation) -> str:
+    plan = plan_replica_set(obs)
     assert plan.actions == ()
     return plan.status.conditions[2].reason
 
 
 def test_14_8_names_fit_docker_for_the_longest_namespace_and_name() -> None:
     namespace, name = "n" * 63, "a" * 120 + "." + "b" * 132
-    repository = core.preserved_repository(ResourceKey(namespace, name))
-    assert len(core.preserved_image(ResourceKey(namespace, name), 9_999_999_999)) <= 255
+    repository = preserved_repository(ResourceKey(namespace, name))
+    assert len(preserved_image(ResourceKey(namespace, name), 9_999_999_999)) <= 255
     assert repository.startswith("gpudock-preserved/" + namespace + "_")
     # Another long name with the same prefix gets another name.
-    other = core.preserved_repository(ResourceKey(namespace, name[:-1] + "c"))
+    other = preserved_repository(ResourceKey(namespace, name[:-1] + "c"))
     assert other != repository
     assert len(labels.hostname(name)) <= 63
     assert labels.object_name("team-a", "knock", 3) == "team-a_knock-3"  # short: unchanged
@@ -66,12 +68,12 @@ def test_14_3_explicit_host_port_outside_the_allowed_range_is_refused() -> None:
         "HostPortNotAllowed"
     widened = _obs(raw={"ports": [{"containerPort": 22, "hostPort": 8080}]},
                    explicit_port_range=(1024, 65535), inventory=())
-    assert core.plan_replica_set(widened).actions  # started
+    assert plan_replica_set(widened).actions  # started
 
 
 def test_14_4_a_changed_node_name_changes_nothing() -> None:
     obs = _obs(node_name="n0")
-    plan = core.plan_replica_set(obs)
+    plan = plan_replica_set(obs)
     assert plan.actions == ()
     assert plan.status.conditions[2].reason == "NodeNameChanged"
 

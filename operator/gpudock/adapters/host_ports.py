@@ -15,7 +15,7 @@ import contextlib
 import errno
 import socket
 
-from gpudock.api.gpu_replica_set import Protocol
+from gpudock.api.container_fields import Protocol
 
 
 def is_busy(port: int, protocol: Protocol) -> bool:

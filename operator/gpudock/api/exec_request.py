@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpudock.api.gpu_replica_set import MAX_COMMAND_ITEMS, MAX_ENV_ITEMS, EnvVar, parse_env
+from gpudock.api.container_fields import MAX_COMMAND_ITEMS, MAX_ENV_ITEMS, EnvVar, parse_env
 from gpudock.api.parsing import RawDict, get_int, get_list, get_optional_str, get_str
 from gpudock.errors import SpecError
 

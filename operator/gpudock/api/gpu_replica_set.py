@@ -2,18 +2,37 @@
 
 ``GpuReplicaSetSpec.parse`` turns ``body["spec"]`` into a frozen, normalized value; the
 CRD schema already refuses most bad input, the parser refuses the rest (and anything an
-older schema let through) with a :class:`~gpudock.errors.SpecError`.
+older schema let through) with a :class:`~gpudock.errors.SpecError`. The container
+fields below the spec's top level (env, ports, mounts, ...) are in container_fields.py.
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gpudock.api.conditions import Condition
+from gpudock.api.container_fields import (
+    MAX_COMMAND_ITEMS,
+    MAX_ENV_ITEMS,
+    MAX_HOST_ALIASES,
+    MAX_TOTAL_BYTES,
+    MAX_VALUE_LENGTH,
+    DnsConfig,
+    EnvVar,
+    HostAlias,
+    MountSpec,
+    PortSpec,
+    Protocol,
+    dns_option_dict,
+    parse_dns,
+    parse_env,
+    parse_host_aliases,
+    parse_mounts,
+    parse_ports,
+)
 from gpudock.api.parsing import (
     RawDict,
     as_dict,
@@ -22,30 +41,13 @@ from gpudock.api.parsing import (
     get_int,
     get_list,
     get_node_name,
-    get_optional_str,
     get_str,
 )
-from gpudock.api.paths import is_clean_absolute_path
 from gpudock.errors import SpecError
 
 KIND = "GpuReplicaSet"
 PLURAL = "gpureplicasets"
 MAX_GPU_COUNT = 64
-# Bounds on what a spec may carry (the CRD schema says the same per item; the totals
-# only the parser can check). One value stays far below Linux's 128 KiB limit on a
-# single environment string, all of them together below what execve accepts.
-MAX_ENV_ITEMS = 256
-MAX_VALUE_LENGTH = 32768  # one env value or command argument
-MAX_COMMAND_ITEMS = 256
-MAX_TOTAL_BYTES = 131072  # env names + values + command arguments together
-MAX_HOST_ALIASES = 64
-ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
-_ENV_NAME_RE = re.compile(ENV_NAME_PATTERN)
-IP_PATTERN = r"^([0-9]{1,3}(\.[0-9]{1,3}){3}|[0-9a-fA-F:]*:[0-9a-fA-F:.]*)$"
-_IP_RE = re.compile(IP_PATTERN)
-_LABEL = r"[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?"
-HOSTNAME_PATTERN = rf"^{_LABEL}(\.{_LABEL})*$"
-_HOSTNAME_RE = re.compile(HOSTNAME_PATTERN)
 
 
 class DesiredState(enum.StrEnum):
@@ -57,49 +59,6 @@ class DesiredState(enum.StrEnum):
 class HistoryPolicy(enum.StrEnum):
     RETAIN = "Retain"
     PURGE = "Purge"
-
-
-class Protocol(enum.StrEnum):
-    TCP = "TCP"
-    UDP = "UDP"
-
-
-@dataclass(frozen=True)
-class EnvVar:
-    name: str
-    value: str
-
-
-@dataclass(frozen=True)
-class PortSpec:
-    container_port: int
-    protocol: Protocol = Protocol.TCP
-    host_port: int | None = None  # None: allocated from the node's range
-
-
-@dataclass(frozen=True)
-class MountSpec:
-    mount_path: str
-    volume: str | None = None  # a SizedVolume in the same namespace
-    host_path: str | None = None  # only under the agent's allowed roots
-    read_only: bool = False
-
-
-@dataclass(frozen=True)
-class HostAlias:
-    """An /etc/hosts entry, as a pod's spec.hostAliases."""
-
-    ip: str
-    hostnames: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class DnsConfig:
-    """Extra resolver settings, as a pod's spec.dnsConfig (options as name[:value])."""
-
-    nameservers: tuple[str, ...] = ()
-    searches: tuple[str, ...] = ()
-    options: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,8 +103,8 @@ class GpuReplicaSetSpec:
             gpu_count=get_int(raw, "gpuCount", where, default=0, minimum=0,
                               maximum=MAX_GPU_COUNT),
             env=parse_env(get_list(raw, "env", where, max_items=MAX_ENV_ITEMS)),
-            ports=_parse_ports(get_list(raw, "ports", where)),
-            mounts=_parse_mounts(get_list(raw, "mounts", where)),
+            ports=parse_ports(get_list(raw, "ports", where)),
+            mounts=parse_mounts(get_list(raw, "mounts", where)),
             state=DesiredState(get_choice(raw, "state", where,
                                           tuple(DesiredState), DesiredState.RUNNING)),
             revision_history_limit=get_int(raw, "revisionHistoryLimit", where, default=10,
@@ -154,9 +113,9 @@ class GpuReplicaSetSpec:
                                                     tuple(HistoryPolicy),
                                                     HistoryPolicy.RETAIN)),
             rollback_to=rollback_to,
-            host_aliases=_parse_host_aliases(get_list(raw, "hostAliases", where,
+            host_aliases=parse_host_aliases(get_list(raw, "hostAliases", where,
                                                       max_items=MAX_HOST_ALIASES)),
-            dns=_parse_dns(raw.get("dnsConfig")),
+            dns=parse_dns(raw.get("dnsConfig")),
             init=get_bool(raw, "init", where, default=True),
         )._checked_size()
 
@@ -192,7 +151,7 @@ class GpuReplicaSetSpec:
                                 for a in self.host_aliases]} if self.host_aliases else {}),
             **({"dnsConfig": {"nameservers": list(self.dns.nameservers),
                               "searches": list(self.dns.searches),
-                              "options": [_dns_option_dict(o) for o in self.dns.options]}}
+                              "options": [dns_option_dict(o) for o in self.dns.options]}}
                if self.dns is not None else {}),
             **({} if self.init else {"init": False}),
         }
@@ -225,112 +184,6 @@ def _essential(shape: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in shape.items()
             if k not in SHAPE_DEFAULTS or v != SHAPE_DEFAULTS[k]}
 
-
-def _dns_option_dict(option: str) -> dict[str, str]:
-    name, sep, value = option.partition(":")
-    return {"name": name, **({"value": value} if sep else {})}
-
-
-def _parse_host_aliases(items: list[Any]) -> tuple[HostAlias, ...]:
-    result = []
-    for i, item in enumerate(items):
-        where = f"spec.hostAliases[{i}]"
-        entry = as_dict(item, where)
-        ip = get_str(entry, "ip", where)
-        if not _IP_RE.match(ip):
-            raise SpecError(f"{where}.ip {ip!r} is not an IP address")
-        names = get_list(entry, "hostnames", where)
-        if not names or not all(isinstance(n, str) and _HOSTNAME_RE.match(n) for n in names):
-            raise SpecError(f"{where}.hostnames must be a non-empty list of host names")
-        result.append(HostAlias(ip, tuple(names)))
-    return tuple(result)
-
-
-def _parse_dns(raw: Any) -> DnsConfig | None:
-    if raw is None:
-        return None
-    entry = as_dict(raw, "spec.dnsConfig")
-    nameservers = get_list(entry, "nameservers", "spec.dnsConfig")
-    searches = get_list(entry, "searches", "spec.dnsConfig")
-    if not all(isinstance(n, str) and _IP_RE.match(n) for n in nameservers):
-        raise SpecError("spec.dnsConfig.nameservers must be IP addresses")
-    if not all(isinstance(n, str) and _HOSTNAME_RE.match(n) for n in searches):
-        raise SpecError("spec.dnsConfig.searches must be domain names")
-    options = []
-    for i, item in enumerate(get_list(entry, "options", "spec.dnsConfig")):
-        option = as_dict(item, f"spec.dnsConfig.options[{i}]")
-        name = get_str(option, "name", f"spec.dnsConfig.options[{i}]")
-        value = option.get("value")
-        options.append(name if value is None else f"{name}:{value}")
-    return DnsConfig(tuple(nameservers), tuple(searches), tuple(options))
-
-
-def parse_env(items: list[Any]) -> tuple[EnvVar, ...]:
-    result: list[EnvVar] = []
-    for i, item in enumerate(items):
-        where = f"spec.env[{i}]"
-        entry = as_dict(item, where)
-        name = get_str(entry, "name", where)
-        if not _ENV_NAME_RE.match(name):
-            raise SpecError(f"{where}.name {name!r} is not a valid variable name")
-        value = entry.get("value", "")
-        if not isinstance(value, str):
-            raise SpecError(f"{where}.value must be a string, got {value!r}")
-        if len(value) > MAX_VALUE_LENGTH:
-            raise SpecError(f"{where}.value has {len(value)} characters; at most "
-                            f"{MAX_VALUE_LENGTH} are allowed")
-        result.append(EnvVar(name, value))
-    names = [e.name for e in result]
-    if len(set(names)) != len(names):
-        raise SpecError("spec.env names must be unique")
-    return tuple(result)
-
-
-def _parse_ports(items: list[Any]) -> tuple[PortSpec, ...]:
-    result: list[PortSpec] = []
-    for i, item in enumerate(items):
-        where = f"spec.ports[{i}]"
-        entry = as_dict(item, where)
-        host_port = (
-            None if entry.get("hostPort") is None
-            else get_int(entry, "hostPort", where, minimum=1, maximum=65535)
-        )
-        result.append(PortSpec(
-            container_port=get_int(entry, "containerPort", where, minimum=1, maximum=65535),
-            protocol=Protocol(get_choice(entry, "protocol", where, tuple(Protocol),
-                                         Protocol.TCP)),
-            host_port=host_port,
-        ))
-    keys = [(p.container_port, p.protocol) for p in result]
-    if len(set(keys)) != len(keys):
-        raise SpecError("spec.ports must not list the same containerPort/protocol twice")
-    host_keys = [(p.host_port, p.protocol) for p in result if p.host_port is not None]
-    if len(set(host_keys)) != len(host_keys):
-        raise SpecError("spec.ports must not list the same hostPort/protocol twice")
-    return tuple(result)
-
-
-def _parse_mounts(items: list[Any]) -> tuple[MountSpec, ...]:
-    result: list[MountSpec] = []
-    for i, item in enumerate(items):
-        where = f"spec.mounts[{i}]"
-        entry = as_dict(item, where)
-        mount_path = get_str(entry, "mountPath", where)
-        volume = get_optional_str(entry, "volume", where)
-        host_path = get_optional_str(entry, "hostPath", where)
-        if (volume is None) == (host_path is None):
-            raise SpecError(f"{where} must set exactly one of volume and hostPath")
-        for key, path in (("mountPath", mount_path), ("hostPath", host_path)):
-            if path is not None and not is_clean_absolute_path(path):
-                raise SpecError(f"{where}.{key} {path!r} must be a clean absolute path")
-        read_only = entry.get("readOnly", False)
-        if not isinstance(read_only, bool):
-            raise SpecError(f"{where}.readOnly must be true or false")
-        result.append(MountSpec(mount_path, volume, host_path, read_only))
-    paths = [m.mount_path.rstrip("/") for m in result]
-    if len(set(paths)) != len(paths):
-        raise SpecError("spec.mounts must not use the same mountPath twice")
-    return tuple(result)
 
 
 @dataclass(frozen=True)

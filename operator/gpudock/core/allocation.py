@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gpudock.api.gpu_replica_set import PortBinding, PortSpec
+from gpudock.api.container_fields import PortSpec
+from gpudock.api.gpu_replica_set import PortBinding
 from gpudock.core.observed import HostPort, ObservedContainer, ResourceKey
 from gpudock.errors import UserError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from gpudock.api.gpu_replica_set import Protocol
+from gpudock.api.container_fields import Protocol
 
 
 @dataclass(frozen=True)

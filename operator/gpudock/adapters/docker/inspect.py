@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from gpudock.api import gpu_replica_set
-from gpudock.api.gpu_replica_set import Protocol
+from gpudock.api.container_fields import Protocol
 from gpudock.core import labels
 from gpudock.core.observed import ObservedContainer, ResourceKey
 

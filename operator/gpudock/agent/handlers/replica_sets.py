@@ -20,7 +20,7 @@ from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
 from gpudock.agent import wiring
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership
-from gpudock.core.replica_set_status import waiting_on
+from gpudock.core.replica_set.status import waiting_on
 from gpudock.errors import TransientError
 from gpudock.reconciler import Event, Outcome
 

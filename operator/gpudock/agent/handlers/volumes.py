@@ -16,7 +16,7 @@ from gpudock.adapters.kube_api import KubeUnavailableError
 from gpudock.agent import wiring
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, ownership, sized_volume
-from gpudock.core.replica_set_status import waiting_on
+from gpudock.core.replica_set.status import waiting_on
 from gpudock.core.volumes import unusable
 from gpudock.errors import TransientError, UserError
 

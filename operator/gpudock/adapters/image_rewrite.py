@@ -1,4 +1,5 @@
-"""Commit a running container to a clean image: its filesystem, with none of what
+"""An image copied under a new tag with its config rewritten: how image_commits.py
+makes a running container's commit a clean image, its filesystem with none of what
 belongs to the running instance in the image's config.
 
 ``docker commit`` merges the container's config into the image's (its GPUs in

@@ -1,0 +1,100 @@
+"""Whether a revision's container can be made on this node now: the spec checked
+against the node (allowed host paths, the image's owner, explicit host ports, GPU
+capacity) and GPUs and ports allocated, the ones it holds first. Each refusal is a
+UserError that says what to change; nothing is stopped before these pass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, PortBinding
+from gpudock.api.paths import is_under
+from gpudock.core.allocation import Ledger, allocate_gpus, allocate_ports
+from gpudock.core.container_config import ContainerConfig, build_container_config
+from gpudock.core.replica_set.observation import Observation
+from gpudock.core.replica_set.saved_disks import Disk, is_reserved_reference
+from gpudock.errors import UserError
+
+
+def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
+                  disk: Disk | None, held_gpus: tuple[str, ...],
+                  held_ports: tuple[PortBinding, ...],
+                  carried_volumes: Mapping[str, str] | None = None) -> ContainerConfig:
+    """The container of a revision, with GPUs and ports allocated (the ones held first);
+    raises UserError when it cannot be made now."""
+    host_paths = _check_mounts(obs, spec)
+    _check_image_owner(obs, spec.image)
+    if spec.image not in obs.images_present:
+        raise UserError("ImageNotPresent", f"image {spec.image} is not on the node; load it "
+                        "there (gpudock never pulls)")
+    _check_explicit_ports(obs, spec)
+    if spec.gpu_count > len(obs.inventory):
+        raise UserError("ExceedsNodeCapacity",
+                        f"asks for {_gpus(spec.gpu_count)}; node {spec.node_name} has "
+                        f"{_gpus(len(obs.inventory))} in all")
+    ledger = Ledger.from_containers(obs.containers)
+    taken = ledger.gpus_held_by_others(obs.key)
+    gpus = allocate_gpus(spec.gpu_count, obs.inventory, taken, held_gpus)
+    if gpus is None:
+        free = len(obs.inventory) - len(taken & set(obs.inventory))
+        raise UserError("InsufficientGPUs",
+                        f"needs {_gpus(spec.gpu_count)}; {free} of {len(obs.inventory)} "
+                        f"on node {spec.node_name} are free. Waiting for GPUs to be "
+                        "released")
+    ports = allocate_ports(spec.ports, ledger.ports_held_by_others(obs.key)
+                           | obs.busy_host_ports, *obs.port_range, held=held_ports)
+    return build_container_config(
+        obs.key, obs.uid, spec, revision=revision, gpus=gpus, ports=ports,
+        volume_names={n: v for n, v in obs.volume_names.items() if v},
+        host_paths=host_paths, use_device_requests=obs.use_device_requests,
+        image=disk.image if disk else None,
+        image_volumes=obs.images[spec.image].volumes if spec.image in obs.images else (),
+        carried_volumes=dict(carried_volumes or {}), node_name=obs.node_name)
+
+
+def _gpus(count: int) -> str:
+    return f"{count} GPU" if count == 1 else f"{count} GPUs"
+
+
+def _check_mounts(obs: Observation, spec: GpuReplicaSetSpec) -> dict[str, str]:
+    """Each hostPath's real path on the host; raises UserError for the first mount the
+    node refuses (outside the allowed roots, missing, ...) or a volume not ready."""
+    resolved: dict[str, str] = {}
+    for mount in spec.mounts:
+        if mount.host_path is not None:
+            if not any(is_under(mount.host_path, root) for root in obs.allowed_host_paths):
+                allowed = ", ".join(obs.allowed_host_paths) or "none"
+                raise UserError("HostPathNotAllowed",
+                                f"hostPath {mount.host_path} is not under an allowed root "
+                                f"(allowed: {allowed})")
+            verdict = obs.host_paths.get((mount.host_path, mount.read_only))
+            if isinstance(verdict, UserError):
+                raise verdict
+            resolved[mount.host_path] = verdict or mount.host_path
+        if mount.volume is not None and not obs.volume_names.get(mount.volume):
+            raise UserError("VolumeNotReady",
+                            f"SizedVolume {mount.volume} does not exist or is not ready yet")
+    return resolved
+
+
+def _check_image_owner(obs: Observation, image: str) -> None:
+    """The agent's own images (saved disks) are never a user's image, except for the
+    resource they belong to: refused by repository, and by the labels every saved disk
+    carries, which also catch an image ID or another tag of the same image."""
+    info = obs.images.get(image)
+    owner = info.owner if info is not None else None
+    mine = owner == (obs.key.namespace, obs.key.name, obs.uid)
+    reserved = is_reserved_reference(image) or owner is not None or (
+        info is not None and any(is_reserved_reference(t) for t in info.repo_tags))
+    if reserved and not mine:
+        raise UserError("ReservedImage", f"image {image} is a disk saved by gpudock for "
+                        "another resource; only that resource may use it")
+
+
+def _check_explicit_ports(obs: Observation, spec: GpuReplicaSetSpec) -> None:
+    first, last = obs.explicit_port_range or obs.port_range
+    for port in spec.ports:
+        if port.host_port is not None and not first <= port.host_port <= last:
+            raise UserError("HostPortNotAllowed", f"hostPort {port.host_port} is outside "
+                            f"the host ports this node allows ({first}-{last}); omit "
+                            "hostPort to get one from the node's range")

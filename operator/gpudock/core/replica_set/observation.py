@@ -1,0 +1,86 @@
+"""The values a GpuReplicaSet planning pass works with: what it observed
+(:class:`Observation`), what it aims the container at (:class:`Target`) and what it
+returns (:class:`Plan`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, GpuReplicaSetStatus
+from gpudock.core.container_config import ContainerConfig
+from gpudock.core.observed import HostPort, ImageInfo, ObservedContainer, ResourceKey
+from gpudock.core.replica_set import actions as act
+from gpudock.core.replica_set.saved_disks import Disk, SavedDisks
+from gpudock.core.revision import Revision
+from gpudock.errors import UserError
+
+
+@dataclass(frozen=True)
+class Observation:
+    key: ResourceKey
+    uid: str
+    generation: int | None
+    spec: GpuReplicaSetSpec
+    previous_status: Mapping[str, Any]
+    containers: tuple[ObservedContainer, ...]  # every container on the node
+    inventory: tuple[str, ...]  # GPU UUIDs of the node, in index order
+    port_range: tuple[int, int]
+    allowed_host_paths: tuple[str, ...]
+    images_present: frozenset[str]  # of the spec's and the records' base images
+    records: tuple[Revision, ...] = ()  # this name's revisions, oldest first
+    preserved_tags: frozenset[str] = frozenset()  # saved disks that exist
+    change_cause: str = ""
+    now: str = ""
+    volume_names: Mapping[str, str | None] = field(default_factory=dict)  # None: not ready
+    # (hostPath, readOnly) -> the real path to mount, or why the node refuses it
+    # (adapters/host_paths.py resolved it on the host).
+    host_paths: Mapping[tuple[str, bool], str | UserError] = field(default_factory=dict)
+    # What Docker says of the spec's image (absent: not on the node).
+    images: Mapping[str, ImageInfo] = field(default_factory=dict)
+    # Explicit hostPorts must lie here (None: the node's port_range).
+    explicit_port_range: tuple[int, int] | None = None
+    node_name: str = ""  # this agent's node, labelled on what it creates
+    # Host ports Docker could not bind although no container holds them (another
+    # process on the node has them): never auto-allocated.
+    busy_host_ports: frozenset[HostPort] = frozenset()
+    use_device_requests: bool = False
+    # A retained history this resource asked to adopt (the gpudock.dev/adopt-history
+    # annotation names the deleted resource's UID), as set aside; its saved disks.
+    adoptable: tuple[Revision, ...] = ()
+    retained_tags: frozenset[str] = frozenset()
+    # The saved writable layers the records name that exist, and where a new one is
+    # saved (None: disks are saved with docker commit).
+    saved_layers: frozenset[str] = frozenset()
+    layer_root: str | None = None
+
+    @property
+    def own_records(self) -> tuple[Revision, ...]:
+        return tuple(r for r in self.records if r.uid == self.uid)
+
+    @property
+    def saved(self) -> SavedDisks:
+        return SavedDisks(self.preserved_tags, self.saved_layers, self.layer_root)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What the container should become: the spec, or a rollback's revision."""
+
+    spec: GpuReplicaSetSpec
+    cause: str
+    rollback_of: int | None = None
+    source: Disk | None = None  # the saved disk a rollback starts from
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: tuple[act.Action, ...]
+    status: GpuReplicaSetStatus
+    drift: str | None = None  # what was found changed behind the agent's back
+    # The container the next pass creates, when this pass stops a serving one for
+    # it: what can be checked of it is checked before the stop.
+    next_config: ContainerConfig | None = None
+    next_carries_disk: bool = False  # next_config's disk is the serving container's
+    recheck_after: float | None = None  # observe again then, even if nothing happens
