@@ -81,18 +81,24 @@ class Node:
         kill_raises(monkeypatch)
         # The kernel's answer on whether a host port is free: the fake node's.
         monkeypatch.setattr(host_ports, "is_busy", self._port_busy)
-        self.store: SqliteRevisionStore | None = None
+        self._store: SqliteRevisionStore | None = None
         self.start_agent()
+
+    @property
+    def store(self) -> SqliteRevisionStore:
+        """The revision store of the agent now (its file outlives the agent)."""
+        assert self._store is not None
+        return self._store
 
     # ---------------------------------------------------------------- the agent
     def start_agent(self, *flags: str, gpus: int | None = None) -> None:
         """A fresh agent process (after a crash or a restart), with these flags."""
         if gpus is not None:
             self.gpus = gpus
-        if self.store is not None:
-            self.store.close()
+        self.close()
         self.settings = agent_settings(self.state_dir, self.gpus, *flags)
-        self.store = SqliteRevisionStore(Path(self.settings.store_url.removeprefix("sqlite:")))
+        self._store = SqliteRevisionStore(
+            Path(self.settings.store_url.removeprefix("sqlite:")))
         self.inventory = SimulatedGpuInventory(self.settings.node_name,
                                                self.settings.simulated_gpus)
         # cast: until the reconcilers take the ports (core/ports.py) in their
@@ -105,8 +111,9 @@ class Node:
                                         self.clock.now, CrashPoints(self.settings.crash_at))
 
     def close(self) -> None:
-        if self.store is not None:
-            self.store.close()
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
     def gpu_uuids(self) -> list[str]:
         return [g.uuid for g in self.inventory.list_gpus()]
