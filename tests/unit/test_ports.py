@@ -26,9 +26,10 @@ from tests.unit.fakes.kube import InMemoryKube
 from tests.unit.fakes.node import NAMESPACE, Node
 
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "gpudock"
-# Where the reconcilers (and the volume backends they hand the runtime to) call it.
+# Where the reconcilers (and the copy volume backend they hand the runtime to) call
+# it, as globs: modules being moved are still found.
 CALLERS = ("reconciler.py", "disk_saves.py", "volume_reconciler.py",
-           "adapters/copy_volumes.py")
+           "adapters/**/copy*.py")
 KUBE_CALLERS = ("reconciler.py", "volume_reconciler.py", "disk_saves.py")
 KUBECONFIG = """\
 apiVersion: v1
@@ -45,10 +46,12 @@ def _members(port: type) -> list[str]:
                   if callable(v) and not n.startswith("_"))
 
 
-def _called(files: tuple[str, ...], attribute: str) -> set[str]:
+def _called(globs: tuple[str, ...], attribute: str) -> set[str]:
     """Method names called as ``<attribute>.<name>(`` or ``self._<attribute>.<name>(``."""
     pattern = re.compile(rf"\b_?{attribute}\.([a-z_]+)\(")
-    return {name for path in files for name in pattern.findall((PACKAGE / path).read_text())}
+    files = [path for glob in globs for path in PACKAGE.glob(glob)]
+    assert len(files) >= len(globs), files
+    return {name for path in files for name in pattern.findall(path.read_text())}
 
 
 def test_the_adapters_are_the_ports(tmp_path: Path) -> None:
@@ -89,7 +92,7 @@ def test_the_ports_name_every_call_of_the_reconcilers() -> None:
     assert {"create_and_start", "commit", "list_containers", "volume_info"} <= docker_calls
     assert docker_calls <= set(_members(ports.ContainerRuntime))
     kube_calls = _called(KUBE_CALLERS, "kube")
-    assert kube_calls == {"get", "patch_spec"}
+    assert {"get", "patch_spec"} <= kube_calls
     assert kube_calls <= set(_members(ports.KubeClient))
 
 

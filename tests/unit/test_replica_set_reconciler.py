@@ -105,6 +105,22 @@ def test_an_image_not_on_the_node_is_the_users_to_load(node: Node) -> None:
     assert "ImageNotPresent" in node.reasons("box")
 
 
+def test_a_host_path_is_mounted_only_under_an_allowed_root(node: Node) -> None:
+    allowed = node.tmp / "host"
+    (allowed / "data").mkdir(parents=True)
+    node.start_agent("--allowed-host-path", str(allowed))
+    node.apply("inside", mounts=[{"hostPath": str(allowed / "data"), "mountPath": "/data"}])
+    node.apply("outside", mounts=[{"hostPath": "/etc", "mountPath": "/host-etc"}])
+    assert node.settle("inside")["phase"] == "Running"
+    node.docker.write_file(node.only_container("inside").id, "/data/out.txt", b"hi")
+    assert (allowed / "data" / "out.txt").read_bytes() == b"hi"  # the host's directory
+    refused = node.settle("outside")
+    assert (refused["phase"], refused["reason"]) == ("Failed", "HostPathNotAllowed")
+    assert "/etc is not under an allowed root" in node.condition("outside", "Degraded")[
+        "message"]
+    assert node.containers("outside") == []
+
+
 # ---------------------------------------------------------------------- updates
 def test_more_gpus_keep_the_disk_and_make_revision_2(node: Node) -> None:
     first = _running(node, gpus=1)

@@ -231,3 +231,49 @@ def test_docker_failing_on_a_volume_step_is_transient(node: Node) -> None:
     with pytest.raises(DockerUnavailableError):
         node.reconcile_volume("data")
     assert node.reconcile_volume("data")["phase"] == "Ready"
+
+
+# ------------------------------------------- a backend that resizes in place
+def test_an_in_place_backend_grows_a_mounted_volume_with_its_user_running(
+        node: Node) -> None:
+    backend = node.use_in_place_volumes()
+    volume = _ready_volume(node, "64Mi")
+    node.apply("box", mounts=MOUNTS)
+    node.settle("box")
+    container = node.only_container("box")
+    node.docker.write_file(container.id, DATA, b"weights")
+    node.apply_volume("data", "128Mi")
+    status = node.reconcile_volume("data")
+    assert (status["phase"], status["volumeName"], status["capacityBytes"]) == (
+        "Ready", volume, 128 * MiB)  # the same volume, bigger
+    assert [(r.size_bytes, r.online, r.running_users) for r in backend.resizes] == [
+        (128 * MiB, True, (container.name,))]
+    assert node.settle("box")["revision"] == 1  # nothing to roll: it never moved
+    assert node.only_container("box").id == container.id
+    assert node.docker.read_file(container.id, DATA) == b"weights"
+
+
+def test_an_in_place_backend_shrinks_with_the_users_stopped_then_started_again(
+        node: Node) -> None:
+    backend = node.use_in_place_volumes()
+    _ready_volume(node, "64Mi")
+    node.apply("box", mounts=MOUNTS)
+    node.settle("box")
+    container = node.only_container("box")
+    node.apply_volume("data", "32Mi")
+    assert node.reconcile_volume("data")["sizeBytes"] == 32 * MiB
+    (resize,) = backend.resizes
+    assert (resize.online, resize.running_users) == (False, ())  # stopped meanwhile
+    assert node.only_container("box").status == "running"  # and started again
+    assert node.only_container("box").id == container.id
+
+
+def test_a_volume_a_host_restart_detached_is_attached_again(node: Node) -> None:
+    backend = node.use_in_place_volumes()
+    volume = _ready_volume(node)
+    backend.detach_all()
+    node.start_agent("--volume-backend", backend.name)
+    status = node.reconcile_volume("data")
+    assert (status["phase"], status["volumeName"]) == ("Ready", volume)
+    assert volume in backend.attached
+    assert "VolumeAttached" in node.reasons("data")

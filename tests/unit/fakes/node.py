@@ -17,11 +17,13 @@ from typing import Any, cast
 
 import pytest
 
-from gpudock.adapters import host_ports
+from gpudock import volume_reconciler
+from gpudock.adapters import host_ports, volume_backends
 from gpudock.adapters.docker_runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi
 from gpudock.adapters.simulated_gpus import SimulatedGpuInventory
 from gpudock.adapters.sqlite_revisions import SqliteRevisionStore
+from gpudock.adapters.volume_backends import VolumeBackend
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.api.gpu_replica_set import Protocol
 from gpudock.core.observed import HostPort
@@ -33,6 +35,7 @@ from tests.unit.fakes.clock import FixedClock
 from tests.unit.fakes.crash import kill_raises
 from tests.unit.fakes.docker import FakeContainer, InMemoryDocker
 from tests.unit.fakes.kube import InMemoryKube, merge_patch
+from tests.unit.fakes.volumes import InPlaceVolumeBackend
 
 NODE_NAME = "gpu-node-1"
 NAMESPACE = "team-a"
@@ -78,6 +81,8 @@ class Node:
         self.events: list[tuple[str, Event]] = []  # (resource name, event) posted
         self.gpus = gpus
         self.state_dir = tmp / "state"
+        self._monkeypatch = monkeypatch
+        self.in_place: InPlaceVolumeBackend | None = None
         kill_raises(monkeypatch)
         # The kernel's answer on whether a host port is free: the fake node's.
         monkeypatch.setattr(host_ports, "is_busy", self._port_busy)
@@ -109,6 +114,21 @@ class Node:
         self.volumes = VolumeReconciler(self.settings.volume_backend,
                                         self.settings.volumes_at, docker, self.store,
                                         self.clock.now, CrashPoints(self.settings.crash_at))
+
+    def use_in_place_volumes(self) -> InPlaceVolumeBackend:
+        """New volumes on a backend that resizes in place (tests/unit/fakes/volumes.py)
+        instead of the copy backend: the agent is started again with --volume-backend
+        loopfile, and that name opens the in-memory backend."""
+        backend = InPlaceVolumeBackend(self.state_dir / "volumes", self.docker)
+
+        def open_backend(name: str, root: Path, docker: DockerRuntime) -> VolumeBackend:
+            return backend if name == backend.name else volume_backends.open_volume_backend(
+                name, root, docker)
+
+        self._monkeypatch.setattr(volume_reconciler, "open_volume_backend", open_backend)
+        self.in_place = backend
+        self.start_agent("--volume-backend", backend.name)
+        return backend
 
     def close(self) -> None:
         if self._store is not None:
