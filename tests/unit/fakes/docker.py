@@ -3,7 +3,7 @@
 Faithful where the reconcilers look: containers carry their labels, state, exit
 codes, restart counts and time stamps, and are observed as the real adapter
 observes them (the ObservedContainer of an inspect, see ``inspect`` and the
-contract test in test_fakes.py); GPUs and host ports are what the labels and the
+contract test in test_ports.py); GPUs and host ports are what the labels and the
 port bindings say; images have IDs, tags, labels (a commit carries its container's)
 and layer counts; a commit snapshots the container's files into a new image; named
 volumes have a real directory (so the copy volume backend works on them); every
