@@ -19,9 +19,9 @@ from pathlib import Path
 from gpudock import metrics
 from gpudock.adapters import overlay_layers
 from gpudock.adapters.docker.errors import DiskFullError
-from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.filesystem_info import free_bytes
 from gpudock.core.observed import ResourceKey
+from gpudock.core.ports import ContainerRuntime
 from gpudock.core.replica_set.saved_disks import SavedDisks, preserved_repository
 from gpudock.core.revision import Revision, RevisionStore, layers_named
 from gpudock.crash_points import CrashPoints
@@ -38,7 +38,7 @@ def _mib(count: int) -> str:
 
 
 class DiskSaves:
-    def __init__(self, settings: Settings, docker: DockerRuntime, store: RevisionStore,
+    def __init__(self, settings: Settings, docker: ContainerRuntime, store: RevisionStore,
                  crash: CrashPoints) -> None:
         self._settings = settings
         self._docker = docker

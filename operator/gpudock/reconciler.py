@@ -15,7 +15,6 @@ import contextlib
 import datetime
 import functools
 import logging
-import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,9 +22,8 @@ from typing import Any
 from gpudock import metrics
 from gpudock.adapters import host_paths, host_ports
 from gpudock.adapters.docker.errors import HostPortBusyError
-from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.host_paths import HostPathPolicy
-from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
+from gpudock.adapters.kube_api import ObjectNotFoundError
 from gpudock.api import gpu_replica_set, ownership, sized_volume
 from gpudock.api.container_fields import Protocol
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy
@@ -33,6 +31,7 @@ from gpudock.core.conditions import with_transition_times
 from gpudock.core.container_config import ContainerConfig
 from gpudock.core.gpus import GpuInventory
 from gpudock.core.observed import HostPort, ResourceKey
+from gpudock.core.ports import ContainerRuntime, KubeClient, VolumeLookup
 from gpudock.core.replica_set import actions as act
 from gpudock.core.replica_set import history, saved_disks
 from gpudock.core.replica_set import plan as core
@@ -57,13 +56,6 @@ REFUSED_REVISION = frozenset({"ContainerCreateFailed", "ContainerStartFailed",
                               "CommandNotFound", "HostPathMissing", "ImageNotPresent",
                               "HostPortInUse", "DiskRestoreFailed"})
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
-
-
-class VolumeLookup(typing.Protocol):
-    """What a GpuReplicaSet's plan asks of the SizedVolumes it mounts."""
-
-    def serving(self, body: Mapping[str, Any]) -> str | None:
-        """The Docker volume to mount, when the volume can be mounted now."""
 
 
 @dataclass(frozen=True)
@@ -100,8 +92,8 @@ def _utc_now() -> str:
 
 
 class ReplicaSetReconciler:
-    def __init__(self, settings: Settings, docker: DockerRuntime, inventory: GpuInventory,
-                 kube: KubeApi, store: RevisionStore,
+    def __init__(self, settings: Settings, docker: ContainerRuntime,
+                 inventory: GpuInventory, kube: KubeClient, store: RevisionStore,
                  clock: Callable[[], str] = _utc_now,
                  volumes: VolumeLookup | None = None) -> None:
         self._settings = settings

@@ -177,6 +177,11 @@ class Bench:
         """The requests the agent made to Docker's API so far (its own metric)."""
         return self.metric("gpudock_docker_requests_total")
 
+    def pass_counts(self) -> tuple[float, float]:
+        """The agent's observation passes and status writes so far (its metrics)."""
+        return (self.metric("gpudock_observations_total"),
+                self.metric("gpudock_status_writes_total"))
+
     def metric(self, name: str) -> float:
         """The sum of a metric of the agent's over all its labels."""
         port = self.agent.argv[self.agent.argv.index("--metrics-port") + 1]
@@ -227,6 +232,32 @@ def apply_to_ready(bench: Bench, size: Size) -> list[tuple[str, ...]]:
         box.remove(force=True)
     return [("apply -> Ready", "docker run -d", "ratio"),
             (fmt(med(ours)), fmt(med(plain)), ratio(med(ours), med(plain)))]
+
+
+def update_cost(bench: Bench, size: Size) -> list[tuple[str, ...]]:
+    """What one plain update (gpuCount 1 -> 2, nothing written) and one create cost the
+    agent: its observation passes and status writes, from its own metrics
+    (gpudock_observations_total, gpudock_status_writes_total); medians of the runs."""
+    created: dict[str, list[float]] = {"passes": [], "writes": []}
+    updated: dict[str, list[float]] = {"passes": [], "writes": []}
+    for _ in range(size.repeats):
+        name = bench.name("cost")
+        before = bench.pass_counts()
+        bench.create_ready(name, gpus=1)
+        after = bench.pass_counts()
+        bench.patch(name, {"gpuCount": 2})
+        bench.wait(lambda: bench.settled(name, revision=2))  # noqa: B023 - called at once
+        done = bench.pass_counts()
+        for into, (first, last) in ((created, (before, after)), (updated, (after, done))):
+            into["passes"].append(last[0] - first[0])
+            into["writes"].append(last[1] - first[1])
+        bench.delete(name)
+    purge_saved(bench)
+    return [("change", "observation passes", "status writes"),
+            ("create (0 -> Ready)", f"{med(created['passes']):.0f}",
+             f"{med(created['writes']):.0f}"),
+            ("update (gpuCount 1 -> 2)", f"{med(updated['passes']):.0f}",
+             f"{med(updated['writes']):.0f}")]
 
 
 def original_update(bench: Bench, base: str, change: int) -> tuple[float, float]:
@@ -553,6 +584,7 @@ def bench_stack() -> Iterator[Bench]:
 
 MEASURES: dict[str, Callable[[Bench, Size], list[tuple[str, ...]]]] = {
     "apply -> Ready against docker run -d": apply_to_ready,
+    "observation passes and status writes per change": update_cost,
     "update (gpuCount 1 -> 2) after the user's changes": updates,
     "rollback and stop/start of a disk with changes": cycles,
     "an unrelated create and delete while another resource is slow": unrelated,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gpudock.adapters import docker_runtime
-from gpudock.adapters.docker_runtime import DockerRuntime
+from gpudock.adapters.docker import inspect as docker_inspect
+from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi
 from gpudock.adapters.simulated_gpus import SimulatedGpuInventory
 from gpudock.adapters.sqlite_revisions import SqliteRevisionStore
@@ -107,7 +107,7 @@ def test_the_fake_observes_containers_as_the_adapter_does(node: Node) -> None:
     observed = {c.id: c for c in node.docker.list_containers()}
     assert len(observed) == 2
     for container_id, fake in observed.items():
-        assert fake == docker_runtime._observed(node.docker.inspect(container_id))
+        assert fake == docker_inspect._observed(node.docker.inspect(container_id))
     box = observed[node.only_container("box").id]
     assert box.owner is not None
     assert (box.owner.namespace, box.revision, len(box.gpus)) == (NAMESPACE, 1, 2)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from gpudock.adapters.docker_runtime import DockerUnavailableError
-from gpudock.api.gpu_replica_set import Protocol
+from gpudock.adapters.docker.errors import DockerUnavailableError
+from gpudock.api.container_fields import Protocol
 from gpudock.core import labels
 from gpudock.core.observed import HostPort
 from gpudock.errors import TransientError
@@ -346,10 +346,6 @@ def test_an_invalid_spec_is_reported_and_the_container_keeps_running(node: Node)
     assert (node.settle("new")["phase"], node.containers("new")) == ("Failed", [])
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: with an invalid spec the reconciler "
-                   "returns invalid_spec_status(previous) (reconciler.py, the SpecError "
-                   "branch of reconcile) without observing Docker, so Ready=True is "
-                   "carried over from the last status although the container has exited")
 def test_an_invalid_spec_over_a_container_that_died_is_not_ready(node: Node) -> None:
     container = _running(node)
     node.docker.kill_outside(container.id)

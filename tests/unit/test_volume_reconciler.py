@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpudock.adapters.docker_runtime import DockerUnavailableError
+from gpudock.adapters.docker.errors import DockerUnavailableError
 from gpudock.errors import TransientError
 from tests.unit.fakes.crash import AgentKilled
 from tests.unit.fakes.node import NAMESPACE, SVOL, Node
@@ -204,12 +204,6 @@ def test_a_volume_whose_written_status_is_ready_but_is_gone_is_not_mounted(
     assert node.containers("box") == []
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: reconciler._volume_name takes a "
-                   "SizedVolume's readiness from its written status (status.phase == "
-                   "Ready and status.volumeName, read from the API server); a volume that "
-                   "is made, recorded and in Docker but whose Ready status was not written "
-                   "(the API server was away) keeps its users waiting. The node's records "
-                   "(store.list_volume) and Docker should decide")
 def test_a_replica_set_follows_the_node_not_the_volumes_written_status(
         node: Node) -> None:
     node.apply_volume("data", "64Mi")

@@ -25,7 +25,7 @@ cannot say it in types:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from gpudock.core.container_config import ContainerConfig
@@ -170,4 +170,13 @@ class KubeClient(Protocol):
     def patch_status(self, plural: str, namespace: str, name: str,
                      status: dict[str, Any]) -> str:
         """A merge patch of the status; the object's resourceVersion after it."""
+        ...
+
+
+class VolumeLookup(Protocol):
+    """What a GpuReplicaSet's plan asks of the SizedVolumes it mounts (the node's
+    VolumeReconciler answers it by observing the volume)."""
+
+    def serving(self, body: Mapping[str, Any]) -> str | None:
+        """The Docker volume to mount, when the volume can be mounted now."""
         ...

@@ -33,14 +33,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gpudock.adapters.docker_runtime import (
+from gpudock.adapters.docker.errors import (
     ContainerGoneError,
     DiskFullError,
     DockerUnavailableError,
     HostPortBusyError,
 )
 from gpudock.api import gpu_replica_set
-from gpudock.api.gpu_replica_set import Protocol
+from gpudock.api.container_fields import Protocol
 from gpudock.core import labels
 from gpudock.core.container_config import ContainerConfig, exact_env
 from gpudock.core.observed import HostPort, ImageInfo, ObservedContainer, ResourceKey

@@ -19,13 +19,12 @@ import pytest
 
 from gpudock import volume_reconciler
 from gpudock.adapters import host_ports, volume_backends
-from gpudock.adapters.docker_runtime import DockerRuntime
-from gpudock.adapters.kube_api import KubeApi
+from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.simulated_gpus import SimulatedGpuInventory
 from gpudock.adapters.sqlite_revisions import SqliteRevisionStore
 from gpudock.adapters.volume_backends import VolumeBackend
 from gpudock.api import gpu_replica_set, sized_volume
-from gpudock.api.gpu_replica_set import Protocol
+from gpudock.api.container_fields import Protocol
 from gpudock.core.observed import HostPort
 from gpudock.crash_points import CrashPoints
 from gpudock.reconciler import Event, Outcome, ReplicaSetReconciler
@@ -106,14 +105,15 @@ class Node:
             Path(self.settings.store_url.removeprefix("sqlite:")))
         self.inventory = SimulatedGpuInventory(self.settings.node_name,
                                                self.settings.simulated_gpus)
-        # cast: until the reconcilers take the ports (core/ports.py) in their
-        # annotations; the fakes implement ContainerRuntime and KubeClient.
-        docker, kube = cast(DockerRuntime, self.docker), cast(KubeApi, self.kube)
-        self.replica_sets = ReplicaSetReconciler(self.settings, docker, self.inventory,
-                                                 kube, self.store, clock=self.clock.now)
+        # cast: until the volume backends take the ContainerRuntime port (the
+        # GpuReplicaSet reconciler takes the ports already).
+        docker = cast(DockerRuntime, self.docker)
         self.volumes = VolumeReconciler(self.settings.volume_backend,
                                         self.settings.volumes_at, docker, self.store,
                                         self.clock.now, CrashPoints(self.settings.crash_at))
+        self.replica_sets = ReplicaSetReconciler(self.settings, self.docker, self.inventory,
+                                                 self.kube, self.store, clock=self.clock.now,
+                                                 volumes=self.volumes)
 
     def use_in_place_volumes(self) -> InPlaceVolumeBackend:
         """New volumes on a backend that resizes in place (tests/unit/fakes/volumes.py)
