@@ -40,7 +40,7 @@ from gpudock.crash_points import CrashPoints
 from gpudock.disk_saves import DiskSaves
 from gpudock.errors import SpecError, UserError
 from gpudock.node_locks import NodeLocks
-from gpudock.settings import GpuAttach, Settings
+from gpudock.settings import Settings
 
 logger = logging.getLogger(__name__)
 # A rollout takes 4 (save the disk; show the start, then start the new under the node
@@ -314,7 +314,7 @@ class ReplicaSetReconciler:
             now=self._clock(),
             volume_names={m.volume: self._volume_name(key.namespace, m.volume)
                           for m in spec.mounts if m.volume is not None},
-            use_device_requests=self._settings.gpu_attach is GpuAttach.DEVICE_REQUESTS,
+            gpu_attach=self._settings.gpu_attach,
             busy_host_ports=frozenset(self._busy_ports),
             adoptable=adoptable,
             retained_tags=self._docker.preserved_tags(core.retained_repository(key))

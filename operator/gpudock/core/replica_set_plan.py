@@ -43,6 +43,7 @@ from gpudock.core.container_config import (
     build_container_config,
     spec_hash,
 )
+from gpudock.core.gpu_attach import DEFAULT_ATTACHMENT, GpuAttachment
 from gpudock.core.observed import (
     HostPort,
     ImageInfo,
@@ -85,7 +86,7 @@ class Observation:
     # Host ports Docker could not bind although no container holds them (another
     # process on the node has them): never auto-allocated.
     busy_host_ports: frozenset[HostPort] = frozenset()
-    use_device_requests: bool = False
+    gpu_attach: GpuAttachment = DEFAULT_ATTACHMENT  # how its container gets its GPUs
     # A retained history this resource asked to adopt (the gpudock.dev/adopt-history
     # annotation names the deleted resource's UID), as set aside; its saved disks.
     adoptable: tuple[Revision, ...] = ()
@@ -636,7 +637,7 @@ def _container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
     return build_container_config(
         obs.key, obs.uid, spec, revision=revision, gpus=gpus, ports=ports,
         volume_names={n: v for n, v in obs.volume_names.items() if v},
-        host_paths=host_paths, use_device_requests=obs.use_device_requests,
+        host_paths=host_paths, gpu_attach=obs.gpu_attach,
         image=disk.image if disk else None,
         image_volumes=obs.images[spec.image].volumes if spec.image in obs.images else (),
         carried_volumes=dict(carried_volumes or {}), node_name=obs.node_name)
