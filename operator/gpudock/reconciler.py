@@ -47,7 +47,7 @@ from gpudock.crash_points import CrashPoints
 from gpudock.disk_saves import DiskSaves
 from gpudock.errors import SpecError, UserError
 from gpudock.node_locks import NodeLocks
-from gpudock.settings import GpuAttach, Settings
+from gpudock.settings import Settings
 
 logger = logging.getLogger(__name__)
 # A rollout takes 4 (save the disk; show the start, then start the new under the node
@@ -315,7 +315,7 @@ class ReplicaSetReconciler:
             change_cause=change_cause,
             now=self._clock(),
             volume_names=dict(volume_names),
-            use_device_requests=self._settings.gpu_attach is GpuAttach.DEVICE_REQUESTS,
+            gpu_attach=self._settings.gpu_attach,
             busy_host_ports=frozenset(self._busy_ports),
             adoptable=adoptable,
             retained_tags=self._docker.preserved_tags(saved_disks.retained_repository(key))

@@ -17,6 +17,12 @@ from pathlib import Path
 
 from gpudock import crash_points
 from gpudock.api.paths import is_clean_absolute_path
+from gpudock.core.gpu_attach import (
+    DEFAULT_ATTACHMENT,
+    DEFAULT_GPU_ATTACH,
+    GPU_ATTACHMENTS,
+    GpuAttachment,
+)
 
 ENV_PREFIX = "GPUDOCK_"
 
@@ -24,13 +30,6 @@ ENV_PREFIX = "GPUDOCK_"
 class GpuBackend(enum.StrEnum):
     NVML = "nvml"
     SIMULATED = "simulated"
-
-
-class GpuAttach(enum.StrEnum):
-    """How a container gets its GPUs."""
-
-    RUNTIME = "runtime"  # runtime "nvidia" + NVIDIA_VISIBLE_DEVICES (the default)
-    DEVICE_REQUESTS = "device-requests"  # Docker's --gpus (DeviceRequests)
 
 
 class SettingsError(ValueError):
@@ -74,7 +73,8 @@ class Settings:
     gpu_backend: GpuBackend = GpuBackend.NVML
     simulated_gpus: int = 0
     nvml_library: str | None = None  # load this libnvidia-ml.so.1 first (tests, odd hosts)
-    gpu_attach: GpuAttach = GpuAttach.RUNTIME
+    # How a container gets its GPUs: the --gpu-attach way (core/gpu_attach.py).
+    gpu_attach: GpuAttachment = DEFAULT_ATTACHMENT
     store: str = ""  # "sqlite:PATH" or "etcd://HOST:PORT"; "" is sqlite under state_dir
     port_range: PortRange = field(default_factory=lambda: PortRange(40000, 65535))
     allowed_host_paths: tuple[str, ...] = ()
@@ -118,9 +118,9 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--simulated-gpus", type=int,
                         help="number of GPUs of the simulated backend (default: 8)")
     parser.add_argument("--nvml-library", help="path of a libnvidia-ml.so.1 to load first")
-    parser.add_argument("--gpu-attach", choices=[a.value for a in GpuAttach],
-                        help="runtime (nvidia runtime + NVIDIA_VISIBLE_DEVICES, default) "
-                             "or device-requests (Docker's --gpus)")
+    parser.add_argument("--gpu-attach", choices=list(GPU_ATTACHMENTS),
+                        help="how containers get their GPUs (default: "
+                             f"{DEFAULT_GPU_ATTACH}; the ways are in core/gpu_attach.py)")
     parser.add_argument("--store", help="revision store: sqlite:PATH (default: "
                         "<state-dir>/revisions.sqlite3) or etcd://HOST:PORT")
     parser.add_argument("--port-range", help="host ports to allocate (default: 40000-65535)")
@@ -223,6 +223,9 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     metrics_port = int(pick("metrics_port") or 0)
     if not 0 <= metrics_port <= 65535:
         raise SettingsError("--metrics-port must be 0 (off) or a port")
+    gpu_attach = pick("gpu_attach") or DEFAULT_GPU_ATTACH
+    if gpu_attach not in GPU_ATTACHMENTS:
+        raise SettingsError(f"--gpu-attach must be one of {', '.join(GPU_ATTACHMENTS)}")
     heartbeat = float(pick("heartbeat_seconds") or 30.0)
     if heartbeat <= 0:
         raise SettingsError("--heartbeat-seconds must be > 0")
@@ -233,7 +236,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         gpu_backend=backend,
         simulated_gpus=simulated,
         nvml_library=pick("nvml_library"),
-        gpu_attach=GpuAttach(pick("gpu_attach") or GpuAttach.RUNTIME),
+        gpu_attach=GPU_ATTACHMENTS[gpu_attach],
         store=store,
         port_range=PortRange.parse(pick("port_range") or "40000-65535"),
         allowed_host_paths=allowed,

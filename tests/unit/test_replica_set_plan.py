@@ -16,6 +16,7 @@ from gpudock.api.gpu_replica_set import (
 )
 from gpudock.core.allocation import HostPortInUseError, Ledger, allocate_gpus, allocate_ports
 from gpudock.core.container_config import build_container_config, exact_env, spec_hash
+from gpudock.core.gpu_attach import GPU_ATTACHMENTS, DeviceRequests
 from gpudock.core.observed import HostPort, ObservedContainer, ResourceKey
 from gpudock.core.replica_set import actions as act
 from gpudock.core.replica_set.history import plan_delete
@@ -161,9 +162,9 @@ def test_user_errors_give_a_condition_and_no_action(
 
 def test_zero_gpus_sees_no_gpu_in_either_attach_mode() -> None:
     spec = _spec(env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}])
-    for device_requests in (False, True):
+    for gpu_attach in GPU_ATTACHMENTS.values():
         config = build_container_config(KEY, "u", spec, revision=1, gpus=(), ports=(),
-                                        volume_names={}, use_device_requests=device_requests)
+                                        volume_names={}, gpu_attach=gpu_attach)
         assert config.env["NVIDIA_VISIBLE_DEVICES"] == "void"
         assert config.runtime is None
         assert config.gpu_device_ids == ()
@@ -175,7 +176,7 @@ def test_user_env_cannot_widen_the_visible_gpus() -> None:
                                     volume_names={})
     assert config.env["NVIDIA_VISIBLE_DEVICES"] == "GPU-1"
     requested = build_container_config(KEY, "u", spec, revision=1, gpus=("GPU-1",),
-                                       ports=(), volume_names={}, use_device_requests=True)
+                                       ports=(), volume_names={}, gpu_attach=DeviceRequests())
     assert "NVIDIA_VISIBLE_DEVICES" not in requested.env
     assert requested.gpu_device_ids == ("GPU-1",)
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from gpudock.core.gpu_attach import NvidiaRuntime
 from gpudock.settings import (
-    GpuAttach,
     GpuBackend,
     PortRange,
     Settings,
@@ -25,7 +25,7 @@ def _parse(argv: list[str], env: dict[str, str] | None = None) -> Settings:
 def test_defaults() -> None:
     settings = _parse(["--node-name", "n1"])
     assert settings.gpu_backend is GpuBackend.NVML
-    assert settings.gpu_attach is GpuAttach.RUNTIME
+    assert settings.gpu_attach == NvidiaRuntime()
     assert settings.port_range == PortRange(40000, 65535)
     assert settings.allowed_host_paths == ()
     assert settings.store_url == "sqlite:/var/lib/gpudock/revisions.sqlite3"

@@ -14,12 +14,9 @@ from typing import Any
 from gpudock.api import gpu_replica_set
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, PortBinding
 from gpudock.core import labels
+from gpudock.core.gpu_attach import DEFAULT_ATTACHMENT, GpuAttachment
 from gpudock.core.observed import ResourceKey
 
-NVIDIA_RUNTIME = "nvidia"
-# "void" makes the NVIDIA runtime behave as plain runc: no GPU and no driver. It also
-# overrides an image's NVIDIA_VISIBLE_DEVICES=all, so a 0-GPU container sees nothing.
-NO_GPU = "void"
 RESTART_POLICY = "unless-stopped"  # a Docker restart brings running containers back
 
 
@@ -97,7 +94,7 @@ def shape_hash(shape: dict[str, Any]) -> str:
 def build_container_config(
     key: ResourceKey, uid: str, spec: GpuReplicaSetSpec, *, revision: int,
     gpus: tuple[str, ...], ports: tuple[PortBinding, ...], volume_names: dict[str, str],
-    use_device_requests: bool = False, image: str | None = None,
+    gpu_attach: GpuAttachment = DEFAULT_ATTACHMENT, image: str | None = None,
     host_paths: dict[str, str] | None = None, image_volumes: tuple[str, ...] = (),
     carried_volumes: dict[str, str] | None = None, node_name: str = "",
 ) -> ContainerConfig:
@@ -105,18 +102,15 @@ def build_container_config(
     ``image`` overrides the spec's (a preserved revision's disk); ``host_paths`` maps a
     hostPath to the real path to mount; ``image_volumes`` are the image's VOLUME
     paths; ``carried_volumes`` maps such a path to the volume the previous revision
-    had there (an anonymous one, made before gpudock named them)."""
+    had there (an anonymous one, made before gpudock named them); ``gpu_attach`` is
+    how the container gets ``gpus`` (core/gpu_attach.py)."""
     resolved = host_paths or {}
     carried = carried_volumes or {}
+    attached = gpu_attach.attach(gpus)
     env = {e.name: e.value for e in spec.env}
-    if use_device_requests:
-        env.pop("NVIDIA_VISIBLE_DEVICES", None)
-        if not gpus:
-            env["NVIDIA_VISIBLE_DEVICES"] = NO_GPU
-        runtime = None
-    else:
-        env["NVIDIA_VISIBLE_DEVICES"] = ",".join(gpus) if gpus else NO_GPU
-        runtime = NVIDIA_RUNTIME if gpus else None
+    for name in attached.unset_env:
+        env.pop(name, None)
+    env.update(attached.env)
     mounts = tuple(
         BindMount(source=resolved.get(m.host_path, m.host_path), target=m.mount_path,
                   read_only=m.read_only)
@@ -143,8 +137,8 @@ def build_container_config(
         },
         ports=ports,
         mounts=mounts,
-        runtime=runtime,
-        gpu_device_ids=gpus if use_device_requests else (),
+        runtime=attached.runtime,
+        gpu_device_ids=attached.device_ids,
         gpus=gpus,
         base_image=spec.image,
         hostname=labels.hostname(key.name),

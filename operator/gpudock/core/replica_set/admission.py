@@ -46,7 +46,7 @@ def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
     return build_container_config(
         obs.key, obs.uid, spec, revision=revision, gpus=gpus, ports=ports,
         volume_names={n: v for n, v in obs.volume_names.items() if v},
-        host_paths=host_paths, use_device_requests=obs.use_device_requests,
+        host_paths=host_paths, gpu_attach=obs.gpu_attach,
         image=disk.image if disk else None,
         image_volumes=obs.images[spec.image].volumes if spec.image in obs.images else (),
         carried_volumes=dict(carried_volumes or {}), node_name=obs.node_name)

@@ -10,6 +10,7 @@ from typing import Any
 
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, GpuReplicaSetStatus
 from gpudock.core.container_config import ContainerConfig
+from gpudock.core.gpu_attach import DEFAULT_ATTACHMENT, GpuAttachment
 from gpudock.core.observed import HostPort, ImageInfo, ObservedContainer, ResourceKey
 from gpudock.core.replica_set import actions as act
 from gpudock.core.replica_set.saved_disks import Disk, SavedDisks
@@ -45,7 +46,7 @@ class Observation:
     # Host ports Docker could not bind although no container holds them (another
     # process on the node has them): never auto-allocated.
     busy_host_ports: frozenset[HostPort] = frozenset()
-    use_device_requests: bool = False
+    gpu_attach: GpuAttachment = DEFAULT_ATTACHMENT  # how its container gets its GPUs
     # A retained history this resource asked to adopt (the gpudock.dev/adopt-history
     # annotation names the deleted resource's UID), as set aside; its saved disks.
     adoptable: tuple[Revision, ...] = ()
