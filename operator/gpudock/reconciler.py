@@ -1,12 +1,18 @@
 """Runs one GpuReplicaSet to its spec: observe Docker, plan (pure core), act, repeat
 until the plan is empty; returns the status to write and the events to post.
 
-Each resource's reconcile holds that resource's lock (node_locks.py). A pass that
-creates a container (the only step that takes GPUs or host ports) observes, plans and
-creates under the node lock too, so allocation derived from Docker's labels is atomic:
-two resources can never be given one GPU or one host port. Every other pass (stopping,
-saving a disk, removing) runs without the node lock, so it never stalls another
-resource; the next pass observes the node afresh.
+A plain change is one plan: an update saves the disk, starts the new revision on it
+and removes the old container, and the next observation confirms it (two
+observations; a progress write and the final status). A step that comes out
+otherwise than the later steps assume (a save that had to commit instead of copying
+the layer) has the rest planned again from a new observation.
+
+Each resource's reconcile holds that resource's lock (node_locks.py). Observing and
+planning take no node-wide lock, so no resource waits for another's slow step (a stop
+that waits out its timeout, a disk save). The one step that takes GPUs or host ports,
+creating a container, runs under the node lock after the node's containers were
+looked at again: two resources can never be given one GPU or one host port (when the
+other took them meanwhile, the pass is planned again).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import contextlib
 import datetime
 import functools
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -27,6 +34,7 @@ from gpudock.adapters.kube_api import ObjectNotFoundError
 from gpudock.api import gpu_replica_set, ownership, sized_volume
 from gpudock.api.container_fields import Protocol
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy
+from gpudock.core.allocation import Ledger
 from gpudock.core.conditions import with_transition_times
 from gpudock.core.container_config import ContainerConfig
 from gpudock.core.gpus import GpuInventory
@@ -56,6 +64,19 @@ REFUSED_REVISION = frozenset({"ContainerCreateFailed", "ContainerStartFailed",
                               "CommandNotFound", "HostPathMissing", "ImageNotPresent",
                               "HostPortInUse", "DiskRestoreFailed"})
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
+
+
+class _Contended(Exception):  # noqa: N818 - a signal to plan again, never shown
+    """What a pass planned to take was taken by another resource meanwhile."""
+
+
+class _Replan(Exception):  # noqa: N818 - a signal to plan again, never shown
+    """A step came out otherwise than the plan's later steps assume: plan again from
+    what is observed now (the events of the step done are kept)."""
+
+    def __init__(self, events: list[Event]) -> None:
+        super().__init__("planned again")
+        self.events = events
 
 
 @dataclass(frozen=True)
@@ -153,60 +174,56 @@ class ReplicaSetReconciler:
                 observe = functools.partial(observe_with, volume_names={
                     m.volume: self._volume_name(key.namespace, m.volume)
                     for m in spec.mounts if m.volume is not None})
-                with contextlib.ExitStack() as node_lock:
-                    node_lock.enter_context(self._locks.node())
-                    observation = observe()
-                    plan = core.plan_replica_set(observation)
-                    if plan.drift and not drift:
-                        drift = plan.drift
-                        events.append(Event("Warning", "DriftDetected", drift))
-                    if not plan.actions:
+                observation = observe()
+                plan = core.plan_replica_set(observation)
+                if plan.drift and not drift:
+                    drift = plan.drift
+                    events.append(Event("Warning", "DriftDetected", drift))
+                if not plan.actions:
+                    break
+                passes += 1
+                if passes > MAX_PASSES:
+                    raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
+                if progress is not None and _step_of(plan.status) != announced:
+                    now = self._outcome(plan.status, shown, events)
+                    progress(now)  # shown before the steps run
+                    shown, events, announced = now.status, [], _step_of(plan.status)
+                action: act.Action | None = None
+                try:
+                    self._preflight(key, meta["uid"], observation, plan)
+                    for action in plan.actions:
+                        events += self._execute(key, action)
+                        released = released or isinstance(action, act.RELEASING)
+                    if any(isinstance(a, act.WriteSpec) for a in plan.actions):
+                        break  # the spec changes: the next reconcile takes it from there
+                    if all(isinstance(a, act.PruneRevision) for a in plan.actions):
+                        # Report the history as it is now; a prune that could not be
+                        # done (an image still in use) is tried again next time.
+                        plan = core.plan_replica_set(observe())
                         break
-                    passes += 1
-                    if passes > MAX_PASSES:
-                        raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
-                    allocating = any(isinstance(a, act.ALLOCATING) for a in plan.actions)
-                    announce = progress is not None and _step_of(plan.status) != announced
-                    if announce or not allocating:
-                        node_lock.close()  # neither API I/O nor slow steps hold it
-                    if announce:  # shown before the steps run
-                        assert progress is not None
-                        now = self._outcome(plan.status, shown, events)
-                        progress(now)
-                        shown, events, announced = now.status, [], _step_of(plan.status)
-                        if allocating:
-                            continue  # observed again under the node lock, then taken
-                    action: act.Action | None = None
-                    try:
-                        self._preflight(key, meta["uid"], observation, plan)
-                        for action in plan.actions:
-                            events += self._execute(key, action)
-                            released = released or isinstance(action, act.RELEASING)
-                        if any(isinstance(a, act.WriteSpec) for a in plan.actions):
-                            break  # the spec changes: the next reconcile takes it from there
-                        if all(isinstance(a, act.PruneRevision) for a in plan.actions):
-                            # Report the history as it is now; a prune that could not be
-                            # done (an image still in use) is tried again next time.
-                            plan = core.plan_replica_set(observe())
-                            break
-                    except HostPortBusyError as exc:
-                        busy_ports_found += 1
-                        if busy_ports_found <= MAX_BUSY_PORTS and \
-                                self._auto_port_busy(exc, spec):
-                            events.append(Event("Normal", "HostPortSkipped", (
-                                f"host port {exc.port} is held by another process on the "
-                                "node; another one from the range is used")))
-                            passes -= 1  # not a pass: plan again, skipping that port
-                            continue
-                        if self._revision_refused(action, exc):
-                            continue  # plan again: the previous revision runs again
-                        plan = core.blocked_plan(observe(), exc)
-                        break
-                    except UserError as exc:
-                        if self._revision_refused(action, exc):
-                            continue
-                        plan = core.blocked_plan(observe(), exc)
-                        break
+                except _Contended:
+                    continue  # another resource took a GPU or port meanwhile: plan again
+                except _Replan as replan:
+                    events += replan.events
+                    continue
+                except HostPortBusyError as exc:
+                    busy_ports_found += 1
+                    if busy_ports_found <= MAX_BUSY_PORTS and \
+                            self._auto_port_busy(exc, spec):
+                        events.append(Event("Normal", "HostPortSkipped", (
+                            f"host port {exc.port} is held by another process on the "
+                            "node; another one from the range is used")))
+                        passes -= 1  # not a pass: plan again, skipping that port
+                        continue
+                    if self._revision_refused(action, exc):
+                        continue  # plan again: the previous revision runs again
+                    plan = core.blocked_plan(observe(), exc)
+                    break
+                except UserError as exc:
+                    if self._revision_refused(action, exc):
+                        continue
+                    plan = core.blocked_plan(observe(), exc)
+                    break
         status = note_drift(plan.status, drift, previous)
         problem = next((c for c in status.conditions if c.type == "Progressing"
                         and not c.status and c.reason != "ReconcileComplete"), None)
@@ -354,9 +371,32 @@ class ReplicaSetReconciler:
         step = type(action).__name__
         self._crash.reach(f"{step}.before")
         with metrics.timed(metrics.STEP_SECONDS, step):
-            events = self._run_step(key, action)
+            if isinstance(action, act.ALLOCATING):
+                # The GPUs and ports were chosen from an observation made without the
+                # node lock: under it, the node is looked at again and the container
+                # made only if nobody else holds them (else the pass is planned again).
+                with self._locks.node():
+                    self._check_still_free(key, action.config)
+                    events = self._run_step(key, action)
+            else:
+                try:
+                    events = self._run_step(key, action)
+                except _Replan:
+                    self._crash.reach(f"{step}.after")  # the step is done all the same
+                    raise
         self._crash.reach(f"{step}.after")
         return events
+
+    def _check_still_free(self, key: ResourceKey, config: ContainerConfig) -> None:
+        """Raises _Contended when another resource's container holds one of the GPUs
+        or host ports ``config`` takes (the rule of core/allocation.py's Ledger)."""
+        ledger = Ledger.from_containers(self._docker.list_containers())
+        gpus = set(config.gpus) & ledger.gpus_held_by_others(key)
+        ports = {HostPort(p.host_port, p.protocol) for p in config.ports} & \
+            ledger.ports_held_by_others(key)
+        if gpus or ports:
+            raise _Contended(f"{key}: taken meanwhile: GPUs {sorted(gpus)}, "
+                             f"ports {sorted(str(p) for p in ports)}")
 
     def _run_step(self, key: ResourceKey, action: act.Action) -> list[Event]:
         docker, store = self._docker, self._store
@@ -381,7 +421,12 @@ class ReplicaSetReconciler:
             case act.PreserveDisk(container_id=cid, name=name, image=image, record=record,
                                   layer=layer, previous=previous):
                 done = self.disks.save(key, cid, name, image, record, layer, previous)
-                return [Event("Normal", reason, message) for reason, message in done]
+                events = [Event("Normal", reason, message) for reason, message in done]
+                if layer is not None and record is not None and not os.path.isdir(layer):
+                    # Saved another way than planned (committed: the layer could not
+                    # be copied): the steps after it were made for the layer.
+                    raise _Replan(events)
+                return events
             case act.StartContainer(container_id=cid, name=name, reason=reason, note=note,
                                     layer=layer):
                 if layer is not None:  # unless a start cut short by a crash put it in

@@ -220,3 +220,37 @@ def test_a_restarted_container_shows_the_exit_that_made_docker_restart_it() -> N
     assert found is not None
     assert [c.exit_code for c in found] == [3]
     cache.close()
+
+
+def test_a_second_observer_waits_for_a_listing_in_progress() -> None:
+    """Two reconciles observe at once while the stream has just (re)connected and the
+    containers are being listed (an agent's start): the second must not take the
+    still empty cache for a node without containers (it planned a new revision
+    over a running one)."""
+    node = Node({"a": "running"})
+    cache = ContainerCache(node.stream)
+    cache.follow(node.wake)
+    assert node.connected.wait(5)
+    listing, release = threading.Event(), threading.Event()
+
+    def slow_list() -> list[str]:
+        listing.set()
+        assert release.wait(5)
+        return node.list_ids()
+
+    seen: dict[str, dict[str, str]] = {}
+
+    def observe(who: str, list_ids: Any) -> None:
+        seen[who] = _states(cache.observe(list_ids, node.inspect))
+
+    first = threading.Thread(target=observe, args=("first", slow_list))
+    first.start()
+    assert listing.wait(5)
+    second = threading.Thread(target=observe, args=("second", node.list_ids))
+    second.start()
+    second.join(1)  # it waits for the listing (or, wrongly, answers at once)
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert seen == {"first": {"a": "running"}, "second": {"a": "running"}}
+    cache.close()

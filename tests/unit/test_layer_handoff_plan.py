@@ -32,12 +32,16 @@ def test_an_update_saves_the_writable_layer_and_carries_it_over() -> None:
     running = _mine(old, **_on_overlay())
     plan = plan_replica_set(_obs(new, running, records=(_record(old),),
                                       layer_root=ROOT))
-    stop, save = plan.actions
+    stop, save, start, remove = plan.actions  # one plan: save, start on it, remove
     assert isinstance(stop, act.StopContainer)
     assert stop.saving
     assert isinstance(save, act.PreserveDisk)
     assert save.layer == f"{ROOT}/uid-1/rev-1-c1"
     assert save.previous is None  # revision 1 started from the image alone
+    assert isinstance(start, act.StartRevision)
+    assert start.layer == save.layer == start.record.layer  # the layer the save makes
+    assert isinstance(remove, act.RemoveContainer)
+    assert remove.container_id == "c1"
     assert plan.next_config is not None
     assert plan.next_config.image == "img"
     assert plan.next_carries_disk
@@ -47,8 +51,9 @@ def test_an_update_saves_the_writable_layer_and_carries_it_over() -> None:
     stopped = replace(running, status="exited")
     plan = plan_replica_set(_obs(new, stopped, records=(record,), layer_root=ROOT,
                                       saved_layers=frozenset({record.saved_layer or ""})))
-    (start,) = plan.actions
+    start, remove = plan.actions  # a rollout cut short after the save resumes there
     assert isinstance(start, act.StartRevision)
+    assert isinstance(remove, act.RemoveContainer)
     assert start.config.image == "img"
     assert start.layer == record.saved_layer == start.record.layer
     assert start.record.revision == 2
@@ -62,8 +67,7 @@ def test_the_next_save_shares_files_with_the_layer_it_started_from() -> None:
     plan = plan_replica_set(_obs(_spec(gpuCount=2), running, records=(first, second),
                                       layer_root=ROOT,
                                       saved_layers=frozenset({first.saved_layer or ""})))
-    save = plan.actions[-1]
-    assert isinstance(save, act.PreserveDisk)
+    save = next(a for a in plan.actions if isinstance(a, act.PreserveDisk))
     assert (save.layer, save.previous) == (f"{ROOT}/uid-1/rev-2-c2", first.saved_layer)
 
 
@@ -73,8 +77,7 @@ def test_commit_where_no_layer_can_be_saved() -> None:
                           (_mine(old, image="img"), ROOT)):  # another storage driver
         plan = plan_replica_set(_obs(new, running, records=(_record(old),),
                                           layer_root=root))
-        save = plan.actions[-1]
-        assert isinstance(save, act.PreserveDisk)
+        save = next(a for a in plan.actions if isinstance(a, act.PreserveDisk))
         assert save.layer is None
         assert plan.next_config is not None
         assert plan.next_config.image == preserved_image(KEY, 1)

@@ -186,14 +186,21 @@ def test_spec_change_first_saves_the_disk_then_starts_a_revision_from_it() -> No
     new = replace(old, gpu_count=3)
     running = _mine(old, ("GPU-2",))
     plan = plan_replica_set(_obs(new, running, records=(_record(old),)))
-    assert [type(a) for a in plan.actions] == [act.StopContainer, act.PreserveDisk]
+    assert [type(a) for a in plan.actions] == [act.StopContainer, act.PreserveDisk,
+                                               act.StartRevision, act.RemoveContainer]
+    planned = plan.actions[2]
+    assert isinstance(planned, act.StartRevision)
+    assert planned.config.image == preserved_image(KEY, 1)  # the image the save makes
+    # A rollout cut short after the save: the saved disk is used, not saved again.
     saved = replace(_record(old), preserved_image=preserved_image(KEY, 1),
                     preserved_from="c1")
     stopped = replace(running, status="exited")
     plan = plan_replica_set(_obs(new, stopped, records=(saved,),
                                       preserved_tags=frozenset({saved.preserved_image})))
-    (start,) = plan.actions
+    start, remove = plan.actions
+    assert isinstance(remove, act.RemoveContainer)
     assert isinstance(start, act.StartRevision)
+    assert start.config == planned.config
     assert start.config.name == "team-a_knock-2"
     assert start.config.gpus[0] == "GPU-2"  # growing keeps the GPU it had
     assert start.config.image == preserved_image(KEY, 1)
@@ -283,7 +290,7 @@ def test_rollback_needs_a_saved_disk_and_starts_from_it() -> None:
     plan = plan_replica_set(_obs(wanted, stopped, records=(first, saved),
                                       preserved_tags=frozenset({first.preserved_image or "",
                                                                 saved.preserved_image or ""})))
-    (start,) = plan.actions
+    start, _ = plan.actions
     assert isinstance(start, act.StartRevision)
     assert start.record.rollback_of == 1
     assert start.record.spec == old.shape()
@@ -336,13 +343,14 @@ def test_a_sized_volume_moved_to_another_docker_volume_rolls_to_a_new_revision()
     assert same.actions == ()  # where the volume is: nothing to do
     moved = plan_replica_set(_obs(spec, stopped, records=(record,),
                                        volume_names={"data": "team-a_data-2"}))
-    assert [type(a) for a in moved.actions] == [act.PreserveDisk]  # its disk first
+    assert [type(a) for a in moved.actions] == [  # its disk first
+        act.PreserveDisk, act.StartRevision, act.RemoveContainer]
     saved = replace(record, preserved_image=preserved_image(KEY, 1),
                     preserved_from="c1")
     plan = plan_replica_set(_obs(spec, stopped, records=(saved,),
                                       volume_names={"data": "team-a_data-2"},
                                       preserved_tags=frozenset({saved.preserved_image})))
-    (start,) = plan.actions
+    start, _ = plan.actions
     assert isinstance(start, act.StartRevision)
     assert start.record.revision == 2
     assert start.record.change_cause == "SizedVolume data moved to Docker volume team-a_data-2"

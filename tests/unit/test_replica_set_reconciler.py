@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gpudock import metrics
 from gpudock.adapters.docker.errors import DockerUnavailableError
 from gpudock.api.container_fields import Protocol
 from gpudock.core import labels
@@ -142,17 +143,33 @@ def test_more_gpus_keep_the_disk_and_make_revision_2(node: Node) -> None:
                                        "PreviousRevisionRemoved"]
 
 
-def test_a_rollout_shows_each_step_before_it_is_taken(node: Node) -> None:
+def _observations() -> float:
+    return sum(sample.value for metric in metrics.OBSERVATIONS.collect()
+               for sample in metric.samples if sample.name.endswith("_total")
+               and sample.labels.get("kind") == "GpuReplicaSet")
+
+
+def test_an_update_is_one_progress_write_and_two_observations(node: Node) -> None:
+    """The rollout is shown before it is taken, in one write; then the final status.
+    Two observations: the one it was planned from, the one that confirms it."""
     _running(node)
     written = len(node.kube.status_patches("box"))
+    observed = _observations()
     generation = node.apply("box", "grow", gpus=2)
-    node.settle("box")
-    steps = [c["message"] for s in node.kube.status_patches("box")[written:]
+    outcome = node.reconcile("box")
+    assert outcome is not None
+    assert outcome.settled
+    patches = node.kube.status_patches("box")[written:]
+    steps = [c["message"] for s in patches
              for c in s["conditions"] if c["type"] == "Progressing" and c["status"] == "True"]
-    assert steps == [f"saving the disk of {NAMESPACE}_box-1 for revision 2",
-                     "starting revision 2", "removing the previous revision's container"]
+    assert steps == [f"rolling out revision 2: saving the disk of {NAMESPACE}_box-1, then "
+                     "starting it and removing the previous revision's container"]
+    assert len(patches) == 2
+    assert _observations() - observed == 2
     last = node.status("box")
     assert (last["phase"], last["observedGeneration"]) == ("Running", generation)
+    assert [e.reason for _, e in node.events[-4:]] == [
+        "Stopped", "DiskSaved", "RevisionStarted", "PreviousRevisionRemoved"]
 
 
 def test_an_env_change_sets_the_new_variables_and_drops_the_removed_ones(node: Node) -> None:

@@ -60,6 +60,11 @@ class ContainerCache:
         self._epoch = 0  # bumped whenever the stream (re)connects or breaks
         self._live = False
         self._listed = False  # the entries' keys are every container on the node
+        self._creates = 0  # creates seen (a listing they overtook is not trusted)
+        # Held while the containers are listed: a second caller must not take the
+        # entries for the node's containers before the listing has filled them in
+        # (it would see a node without containers).
+        self._listing = threading.Lock()
         self._image_epoch = 0  # bumped by every change of the node's images
         self._exit_codes: dict[str, int] = {}  # of each container's last die event
         self._image_answers: dict[tuple[str, str], Any] = {}  # cleared by every bump
@@ -133,6 +138,7 @@ class ContainerCache:
                 self._exit_codes.pop(container_id, None)
             elif action == "create":
                 self._listed = False
+                self._creates += 1
             elif action == "die" and str(attributes.get("exitCode", "")).isdigit():
                 self._exit_codes[container_id] = int(attributes["exitCode"])
         uid = attributes.get(labels.UID)
@@ -173,26 +179,30 @@ class ContainerCache:
     def created(self) -> None:
         with self._lock:
             self._listed = False
+            self._creates += 1
 
     def observe(self, list_ids: Callable[[], list[str]],
                 inspect: Callable[[str], ObservedContainer | None],
                 ) -> list[ObservedContainer] | None:
         """Every container on the node, inspecting only what changed; None when the
         stream is not followed now (the caller observes everything itself)."""
-        with self._lock:
-            if not self._live:
-                return None
-            epoch, listed = self._epoch, self._listed
-            self._listed = True  # a create from now on sets it back
-        if not listed:
-            ids = set(list_ids())
+        with self._listing:  # one caller lists; the others wait for what it found
             with self._lock:
-                if self._epoch != epoch:
+                if not self._live:
                     return None
-                for gone in set(self._entries) - ids:
-                    del self._entries[gone]
-                for container_id in ids:
-                    self._entries.setdefault(container_id, None)
+                epoch, listed, creates = self._epoch, self._listed, self._creates
+            if not listed:
+                ids = set(list_ids())
+                with self._lock:
+                    if self._epoch != epoch:
+                        return None
+                    for gone in set(self._entries) - ids:
+                        del self._entries[gone]
+                    for container_id in ids:
+                        self._entries.setdefault(container_id, None)
+                    # The entries are the node's containers now, unless a create
+                    # came while Docker was asked (then the next caller lists again).
+                    self._listed = self._creates == creates
         with self._lock:
             snapshot = dict(self._entries)
             generations = {cid: self._generations.get(cid, 0) for cid in snapshot}

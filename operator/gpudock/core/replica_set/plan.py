@@ -193,16 +193,21 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
     # Everything the new revision needs is checked before the old container stops.
     config = container_for(obs, target.spec, revision, disk, current.gpus,
                            bindings_of(current), carried_volumes=current.volumes)
-    if not preserved:
-        plan = _progress(obs, current, record, save(obs.key, obs.saved, current, record),
-                         "RollingOut", f"saving the disk of {current.name} for revision "
-                         f"{revision}")
-        return replace(plan, next_config=config, next_carries_disk=carries)
+    # The whole rollout is one plan: save the disk (unless a pass cut short saved it
+    # already), start the new revision on it, remove the old container. Each step is
+    # also where a resumed rollout picks up: the next observation shows what was done.
+    saving = () if preserved else save(obs.key, obs.saved, current, record)
     new = new_record(obs, target, revision, config.image, config.gpus, config.ports,
                      disk.layer if disk else None)
-    return _progress(obs, current, record, (act.StartRevision(
-        new, config, start=obs.spec.state is DesiredState.RUNNING, layer=new.layer),),
-        "RollingOut", f"starting revision {revision}")
+    steps = (*saving,
+             act.StartRevision(new, config, start=obs.spec.state is DesiredState.RUNNING,
+                               layer=new.layer),
+             act.RemoveContainer(current.id, current.name, "PreviousRevisionRemoved"))
+    what = f"saving the disk of {current.name}, then " if saving else ""
+    plan = _progress(obs, current, record, steps, "RollingOut",
+                     f"rolling out revision {revision}: {what}starting it and removing "
+                     "the previous revision's container")
+    return replace(plan, next_config=config, next_carries_disk=carries)
 
 
 def _without_container(obs: Observation, record: Revision | None, target: Target) -> Plan:
