@@ -253,4 +253,34 @@ def test_a_second_observer_waits_for_a_listing_in_progress() -> None:
     first.join(5)
     second.join(5)
     assert seen == {"first": {"a": "running"}, "second": {"a": "running"}}
+def test_the_events_of_the_agents_own_steps_wake_nobody_and_the_rest_do() -> None:
+    node, cache = _following({"a": "running"})
+    cache.expect("a", "kill", "die", "stop")  # the agent stops it
+    for action in ("kill", "die", "stop"):
+        node.event("a", action, uid="uid-a")
+    node.event("a", "die", uid="uid-a")  # a second die was not the agent's doing
+    _settle(node)
+    assert node.woken == ["uid-a"]
+    cache.close()
+
+
+def test_a_new_step_drops_what_an_earlier_one_expected_and_never_got() -> None:
+    node, cache = _following({"a": "exited"})
+    cache.expect("a", "kill", "die", "stop")  # a stop of a stopped container: no event
+    cache.expect("a", "start")  # the agent starts it; then it crashes
+    node.event("a", "start", uid="uid-a")
+    node.event("a", "die", uid="uid-a")
+    _settle(node)
+    assert node.woken == ["uid-a"]  # the crash is seen
+    cache.close()
+
+
+def test_a_create_is_expected_by_name_before_its_id_is_known() -> None:
+    node, cache = _following({})
+    cache.expect("ns_box-1", "create")
+    node.events.put({"Action": "create", "Actor": {
+        "ID": "new", "Attributes": {UID_LABEL: "uid-b", "name": "ns_box-1"}}})
+    node.event("other", "create", uid="uid-c")
+    _settle(node)
+    assert node.woken == ["uid-c"]
     cache.close()

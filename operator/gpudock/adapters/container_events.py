@@ -19,6 +19,13 @@ which saved disks are tagged): ``remembered`` answers from memory until an image
 event (pull, load, tag, untag, delete, import, a container's commit) or one of the
 agent's own image steps (``images_changed``) makes every image answer stale.
 
+The events of the agent's own steps wake nobody: a step tells the cache which events
+it will cause (``expect``: a create and a start, a stop's kill, die and stop, ...),
+and each expected event is taken once, when it comes, without calling ``on_event``
+(the reconcile that took the step observes the node after it anyway). Anything else
+(a second kill after a stop timeout, a die after the agent's start) still wakes the
+resource. An expectation that no event met is dropped after EXPECT_SECONDS.
+
 Every entry carries the generation of its container at the time the inspect began: a
 result that an event overtook is dropped rather than stored.
 
@@ -43,6 +50,7 @@ from gpudock.core.observed import ObservedContainer
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 RECONNECT_SECONDS = 1.0
+EXPECT_SECONDS = 10.0  # an expected event that did not come by then is forgotten
 # Events that change nothing the agent observes of a container.
 IGNORED = ("exec_", "top", "resize", "attach", "archive-path", "extract-to-dir", "export",
            "commit", "health_status", "copy")
@@ -71,6 +79,8 @@ class ContainerCache:
         self._closed = False
         self._stream: Any = None
         self._thread: threading.Thread | None = None
+        # (container ID or name, action) -> when the agent's step said it would come
+        self._expected: dict[tuple[str, str], list[float]] = {}
 
     def follow(self, on_event: Callable[[str], None] | None = None) -> None:
         """Start following the stream (once); ``on_event`` gets the resource UID of
@@ -141,9 +151,27 @@ class ContainerCache:
                 self._creates += 1
             elif action == "die" and str(attributes.get("exitCode", "")).isdigit():
                 self._exit_codes[container_id] = int(attributes["exitCode"])
+            own = self._take_expected((container_id, str(attributes.get("name") or "")),
+                                      action.split(":", 1)[0])
         uid = attributes.get(labels.UID)
-        if uid and self._on_event is not None:
+        if uid and self._on_event is not None and not own:
             self._on_event(str(uid))
+
+    def _take_expected(self, names: tuple[str, ...], action: str) -> bool:
+        """Whether the event was one an agent's step said it would cause (taken once);
+        called with the lock held. Old expectations are dropped on the way."""
+        now = time.monotonic()
+        for key in [k for k, times in self._expected.items()
+                    if all(now - t > EXPECT_SECONDS for t in times)]:
+            del self._expected[key]
+        for name in names:
+            times = self._expected.get((name, action))
+            if name and times:
+                times.pop(0)
+                if not times:
+                    del self._expected[(name, action)]
+                return True
+        return False
 
     def _bump(self, container_id: str) -> None:
         self._generations[container_id] = self._generations.get(container_id, 0) + 1
@@ -151,6 +179,19 @@ class ContainerCache:
             self._entries[container_id] = None
 
     # ---------------------------------------------------------------- the agent's side
+    def expect(self, container: str, *actions: str) -> None:
+        """A step of the agent is about to cause these events of ``container`` (its
+        ID, or its name when the ID is not known yet): they wake nobody. What an
+        earlier step of the same container expected and did not come (a stop of a
+        container that had stopped already causes no event) is dropped: it must not
+        hide what happens after this step."""
+        now = time.monotonic()
+        with self._lock:
+            for key in [k for k in self._expected if k[0] == container]:
+                del self._expected[key]
+            for action in actions:
+                self._expected.setdefault((container, action), []).append(now)
+
     def changed(self, container_id: str) -> None:
         """A step of the agent changed this container: inspect it again next time
         (its own event may come later than the next observation)."""

@@ -99,6 +99,7 @@ class ContainerMixin(DockerConnection):
                 capabilities=[["gpu"]])] if config.gpu_device_ids else None,
         )
         self._containers.created()  # also when the reply is lost: list again
+        self._containers.expect(config.name, "create")
         created = self._call(f"create {config.name}", lambda: api.create_container(
             config.image, command=command, name=config.name, environment=env,
             labels=config.labels, hostname=config.hostname or None,
@@ -113,6 +114,7 @@ class ContainerMixin(DockerConnection):
                 return container_id
             if config.init and config.command:
                 self._check_command(container_id, config.name)
+            self._containers.expect(container_id, "start")
             self._change(container_id, f"start {config.name}",
                          lambda: api.start(container_id), Step.START)
             self._verify_bind_mounts(container_id, config)
@@ -179,27 +181,33 @@ class ContainerMixin(DockerConnection):
                                 "in?); the container was removed")
 
     def start(self, container_id: str, name: str) -> None:
+        self._containers.expect(container_id, "start")
         self._change(container_id, f"start {name}",
                      lambda: self.client.api.start(container_id), Step.START)
 
     def stop(self, container_id: str, name: str) -> None:
+        self._containers.expect(container_id, "kill", "die", "stop")
         self._change(container_id, f"stop {name}", lambda: self.client.api.stop(
             container_id, timeout=int(self._stop_timeout)))
 
     def unpause(self, container_id: str, name: str) -> None:
+        self._containers.expect(container_id, "unpause")
         self._change(container_id, f"unpause {name}",
                      lambda: self.client.api.unpause(container_id))
 
     def rename(self, container_id: str, new_name: str) -> None:
+        self._containers.expect(container_id, "rename")
         self._change(container_id, f"rename to {new_name}", lambda: self.client.api.rename(
             container_id, new_name))
 
     def set_restart_policy(self, container_id: str, name: str, policy: str) -> None:
+        self._containers.expect(container_id, "update")
         self._change(container_id, f"update {name}", lambda: self.client.api.update_container(
             container_id, restart_policy=cast(Any, {"Name": policy})))
 
     def remove(self, container_id: str, name: str) -> None:
         """Remove the container (never its volumes); already gone is fine."""
+        self._containers.expect(container_id, "kill", "die", "destroy")
         with contextlib.suppress(ContainerGoneError):
             self._change(container_id, f"remove {name}", lambda: self.client.api.remove_container(
                 container_id, force=True, v=False))

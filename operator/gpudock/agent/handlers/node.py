@@ -31,6 +31,7 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 # are made only when needed.
 WORKER_THREADS = 256
 NODE_WRITE_GAP_SECONDS = 1.0  # many changes at once: one GpuNode write
+BATCH_WINDOW_SECONDS = 0.01
 
 
 @kopf.on.login()
@@ -58,6 +59,10 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = DigestDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
+    # kopf waits this long after an object's watch event for more of the same object
+    # before handling them as one (default 0.1 s): an apply reaches its daemon sooner,
+    # and events of one object closer together than this are still taken as one.
+    settings.batching.batch_window = BATCH_WINDOW_SECONDS
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = "gpudock-agent"
     settings.posting.reporting_instance = agent_settings.node_name
