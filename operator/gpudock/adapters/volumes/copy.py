@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gpudock.adapters import tree_copy
 from gpudock.adapters.docker_runtime import DockerRuntime
-from gpudock.adapters.volume_backends import VolumeToolError, tree_bytes
+from gpudock.adapters.volumes.base import VolumeToolError, tree_bytes
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
