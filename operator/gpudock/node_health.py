@@ -18,7 +18,7 @@ from typing import Any
 from gpudock import __version__, metrics
 from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
-from gpudock.adapters.volume_backends import open_volume_backend
+from gpudock.adapters.volumes.registry import open_volume_backend
 from gpudock.api import exec_request, gpu_replica_set, image_commit, ownership, sized_volume
 from gpudock.core.gpu_node import gpu_node_status, node_verdict, unreachable_status
 from gpudock.core.gpus import GpuInventory

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpudock import crash_points
+from gpudock.adapters.volumes.registry import BACKENDS as VOLUME_BACKENDS
 from gpudock.api.paths import is_clean_absolute_path
 from gpudock.core.gpu_attach import (
     DEFAULT_ATTACHMENT,
@@ -59,7 +60,6 @@ class PortRange:
         return isinstance(port, int) and self.first <= port <= self.last
 
 
-VOLUME_BACKENDS = ("loopfile", "btrfs", "xfs-quota", "copy")
 # How a stopped container's disk is saved: "layer" copies its overlay2 writable layer
 # (docker commit where that cannot be done), "commit" always commits.
 DISK_SAVES = ("layer", "commit")
@@ -140,8 +140,8 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="period of this node's GpuNode heartbeat; a node silent for "
                              "3 periods is NodeNotReady on its resources (default: 30)")
     parser.add_argument("--volume-backend", choices=list(VOLUME_BACKENDS),
-                        help="SizedVolume backend of this node (default: loopfile; the "
-                             "others are not built yet)")
+                        help="SizedVolume backend of this node for new volumes "
+                             "(default: loopfile)")
     parser.add_argument("--volume-root",
                         help="where SizedVolumes live (default: <state-dir>/volumes)")
     parser.add_argument("--metrics-port", type=int,

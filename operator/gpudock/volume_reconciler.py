@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from gpudock import metrics
-from gpudock.adapters.copy_volumes import CopyBackend
-from gpudock.adapters.docker.runtime import DockerRuntime
-from gpudock.adapters.volume_backends import VolumeBackend, open_volume_backend
+from gpudock.adapters.volumes.base import VolumeBackend
+from gpudock.adapters.volumes.registry import open_volume_backend
 from gpudock.api import sized_volume
 from gpudock.api.sized_volume import SizedVolumeSpec
 from gpudock.core import volumes as core
 from gpudock.core.conditions import with_transition_times
 from gpudock.core.observed import ObservedContainer, ResourceKey
+from gpudock.core.ports import ContainerRuntime
 from gpudock.core.revision import RevisionStore
 from gpudock.core.volume_revision import VolumeRevision
 from gpudock.crash_points import CrashPoints
@@ -36,7 +36,7 @@ MAX_PASSES = 12
 
 
 class VolumeReconciler:
-    def __init__(self, backend: str, root: Path, docker: DockerRuntime,
+    def __init__(self, backend: str, root: Path, docker: ContainerRuntime,
                  store: RevisionStore, clock: Callable[[], str],
                  crash: CrashPoints | None = None) -> None:
         self._default = (backend, str(root))
@@ -185,10 +185,9 @@ class VolumeReconciler:
                 self._docker.start(cid, name)
 
     def _move(self, backend: VolumeBackend, move: core.MoveVolume) -> None:
-        """The copy backend's resize. Until the record is written the old volume is
-        the volume (a crash before: the copy starts over); a copy that fails leaves
-        it as it was and starts its users again."""
-        assert isinstance(backend, CopyBackend)
+        """The resize of a backend that moves_on_resize. Until the record is written
+        the old volume is the volume (a crash before: the copy starts over); a copy
+        that fails leaves it as it was and starts its users again."""
         for cid, name in move.consumers:
             self._docker.stop(cid, name)
         self._crash.reach("MoveVolume.usersStopped")

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gpudock.adapters import tree_copy
-from gpudock.adapters.btrfs_volumes import BtrfsBackend
-from gpudock.adapters.loopfile_volumes import LoopfileBackend
+from gpudock.adapters.volumes.btrfs import BtrfsBackend
+from gpudock.adapters.volumes.loopfile import LoopfileBackend
 from gpudock.retained_commands import table
 from tests.stack import filesystems
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gpudock.adapters.loopfile_volumes import LoopfileBackend
-from gpudock.adapters.volume_backends import VolumeToolError
+from gpudock.adapters.volumes.base import VolumeToolError
+from gpudock.adapters.volumes.loopfile import LoopfileBackend
 from tests.stack.localstack import LocalStack
 
 MiB = 2**20

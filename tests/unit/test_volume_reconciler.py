@@ -1,5 +1,5 @@
 """The SizedVolume reconciler (volume_reconciler.py), the real one, on the copy
-backend (adapters/copy_volumes.py: plain Docker volumes, a resize is a move into a
+backend (adapters/volumes/copy.py: plain Docker volumes, a resize is a move into a
 new one) over the fake Docker, whose volumes are real directories; and the
 GpuReplicaSets that mount a volume."""
 

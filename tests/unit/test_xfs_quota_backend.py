@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gpudock.adapters.xfs_quota_volumes import XfsQuotaBackend
+from gpudock.adapters.volumes.xfs_quota import XfsQuotaBackend
 from gpudock.errors import UserError
 
 MiB = 2**20

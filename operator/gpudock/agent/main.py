@@ -10,7 +10,7 @@ import sys
 import kopf
 
 from gpudock.adapters.docker.runtime import DockerRuntime
-from gpudock.adapters.volume_backends import open_volume_backend
+from gpudock.adapters.volumes.registry import open_volume_backend
 from gpudock.agent import handlers
 from gpudock.errors import GpudockError
 from gpudock.settings import Settings

@@ -2,7 +2,7 @@
 
 The reconcilers (reconciler.py with disk_saves.py, volume_reconciler.py) decide in
 the pure core and act through these: a container runtime (the node's Docker) and a
-Kubernetes client. The adapters implement them (adapters/docker_runtime.py's
+Kubernetes client. The adapters implement them (adapters/docker/runtime.py's
 DockerRuntime, adapters/kube_api.py's KubeApi); the unit tests run the real
 reconcilers through in-memory fakes of the same ports (tests/unit/fakes/).
 

@@ -139,8 +139,14 @@ def volume_id(key: ResourceKey, uid: str, backend: str, revision: int = 1) -> st
     """The Docker volume of a volume's revision: ``<ns>_<name>-<revision>`` for the
     copy backend (a new one per size), else one per incarnation (UID)."""
     if backend == "copy":
-        return f"{base_name(key.namespace, key.name)}-{revision}"
+        return moved_volume_id(key, revision)
     return f"{base_name(key.namespace, key.name)}-svol-{uid[:8]}"
+
+
+def moved_volume_id(key: ResourceKey, revision: int) -> str:
+    """The new volume a backend that moves on resize copies into for ``revision``:
+    never the one it copies from (which is revision 1's, or another revision's)."""
+    return f"{base_name(key.namespace, key.name)}-{revision}"
 
 
 def current_record(records: tuple[VolumeRevision, ...]) -> VolumeRevision | None:
@@ -205,7 +211,7 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
                     f"({format_size_approx(state.used_bytes)} used); nothing was changed")))
         verb = "growing" if grow else "shrinking"
         if obs.backend.moves_on_resize:
-            target = volume_id(obs.key, obs.uid, obs.backend.name, latest.revision + 1)
+            target = moved_volume_id(obs.key, latest.revision + 1)
             return _steps(obs, (MoveVolume(obs.volume_id, target, obs.size_bytes, users,
                                            _next_record(obs, _cause(obs), target)),),
                           "Resizing", "Copying", f"{verb} to {format_size(obs.size_bytes)}:"

@@ -13,19 +13,20 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from gpudock import volume_reconciler
-from gpudock.adapters import host_ports, volume_backends
-from gpudock.adapters.docker.runtime import DockerRuntime
+from gpudock.adapters import host_ports
 from gpudock.adapters.simulated_gpus import SimulatedGpuInventory
 from gpudock.adapters.sqlite_revisions import SqliteRevisionStore
-from gpudock.adapters.volume_backends import VolumeBackend
+from gpudock.adapters.volumes import registry as volume_registry
+from gpudock.adapters.volumes.base import VolumeBackend
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.api.container_fields import Protocol
 from gpudock.core.observed import HostPort
+from gpudock.core.ports import ContainerRuntime
 from gpudock.crash_points import CrashPoints
 from gpudock.reconciler import Event, Outcome, ReplicaSetReconciler
 from gpudock.settings import Settings, add_agent_arguments, settings_from
@@ -105,11 +106,8 @@ class Node:
             Path(self.settings.store_url.removeprefix("sqlite:")))
         self.inventory = SimulatedGpuInventory(self.settings.node_name,
                                                self.settings.simulated_gpus)
-        # cast: until the volume backends take the ContainerRuntime port (the
-        # GpuReplicaSet reconciler takes the ports already).
-        docker = cast(DockerRuntime, self.docker)
         self.volumes = VolumeReconciler(self.settings.volume_backend,
-                                        self.settings.volumes_at, docker, self.store,
+                                        self.settings.volumes_at, self.docker, self.store,
                                         self.clock.now, CrashPoints(self.settings.crash_at))
         self.replica_sets = ReplicaSetReconciler(self.settings, self.docker, self.inventory,
                                                  self.kube, self.store, clock=self.clock.now,
@@ -121,8 +119,8 @@ class Node:
         loopfile, and that name opens the in-memory backend."""
         backend = InPlaceVolumeBackend(self.state_dir / "volumes", self.docker)
 
-        def open_backend(name: str, root: Path, docker: DockerRuntime) -> VolumeBackend:
-            return backend if name == backend.name else volume_backends.open_volume_backend(
+        def open_backend(name: str, root: Path, docker: ContainerRuntime) -> VolumeBackend:
+            return backend if name == backend.name else volume_registry.open_volume_backend(
                 name, root, docker)
 
         self._monkeypatch.setattr(volume_reconciler, "open_volume_backend", open_backend)

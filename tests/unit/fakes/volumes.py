@@ -3,7 +3,7 @@
 users stopped, and is detached by a host restart. Its data is the Docker volume's
 directory in the fake Docker; its sizes and attachments are kept here.
 
-Self-contained: it implements the VolumeBackend protocol of adapters/volume_backends.py
+Self-contained: it implements the VolumeBackend protocol of adapters/volumes/base.py
 by shape, importing nothing of the real backends."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpudock.adapters.volumes.base import ResizesInPlace
 from gpudock.core.volumes import BackendState
 from tests.unit.fakes.docker import InMemoryDocker
 
@@ -32,10 +33,9 @@ def _used_bytes(directory: str) -> int:
     return total
 
 
-class InPlaceVolumeBackend:
+class InPlaceVolumeBackend(ResizesInPlace):
     name = "loopfile"
     online_shrink = False
-    moves_on_resize = False
 
     def __init__(self, root: Path, docker: InMemoryDocker) -> None:
         self.root = root

@@ -1,6 +1,9 @@
-"""The seam every SizedVolume backend sits behind, the tools they share, and the one
-table that maps a backend's name to its module (a fifth backend: one new module and
-one line here).
+"""The seam every SizedVolume backend sits behind, and the tools they share.
+
+A backend is one module of this package that imports this one (and no other
+backend); registry.py maps its --volume-backend name to it, in one line. Nothing
+else names a backend: the reconciler asks only what the VolumeBackend protocol
+states.
 
 A backend keeps volumes under its root and answers for one volume at a time, by the
 volume's ID (which is also its Docker volume's name). Errors of the tools it runs are
@@ -12,15 +15,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.core.volumes import BackendState
 from gpudock.errors import TransientError, UserError
-
-BACKEND_NAMES = ("loopfile", "btrfs", "xfs-quota", "copy")
 
 
 class VolumeToolError(TransientError):
@@ -65,7 +64,9 @@ class VolumeBackend(Protocol):
     name: str
     root: Path
     online_shrink: bool  # a shrink needs no consumer stopped (a limit change)
-    moves_on_resize: bool  # a resize makes a new volume and copies into it
+    # A resize makes a new volume and copies into it (copy()), never in place; False
+    # for a backend that resizes in place (ResizesInPlace gives it that default).
+    moves_on_resize: bool
 
     def check(self) -> None:
         """Refuse (UserError) a root this backend cannot work on; idempotent set-up."""
@@ -93,39 +94,25 @@ class VolumeBackend(Protocol):
     def resize_offline(self, volume: str, size_bytes: int) -> None:
         """Resize with its users stopped."""
 
+    def copy(self, source: str, target: str, size_bytes: int) -> None:
+        """The resize of a backend that moves_on_resize, with the users stopped: make
+        ``target`` afresh at the new size (one a cut-short copy left is removed
+        first: it was never the volume), copy ``source`` into it and check the copy;
+        ``source`` is never written. Asked of no other backend (they refuse)."""
+
     def delete(self, volume: str) -> None:
-        """Remove everything the backend made for it; gone already is fine."""
+        """Remove everything the backend made for it; gone already is fine. A backend
+        that moves_on_resize removes the volume's Docker volume as well: an earlier
+        volume nobody mounts any more is removed by this call alone."""
 
 
-def open_volume_backend(name: str, root: Path,
-                        docker: DockerRuntime) -> VolumeBackend:
-    makers: dict[str, Callable[[], VolumeBackend]] = {
-        "loopfile": lambda: _loopfile(root),
-        "btrfs": lambda: _btrfs(root),
-        "xfs-quota": lambda: _xfs_quota(root, docker),
-        "copy": lambda: _copy(root, docker),
-    }
-    if name not in makers:
-        raise UserError("UnknownVolumeBackend", f"volume backend {name!r}: not one of "
-                        f"{', '.join(BACKEND_NAMES)}")
-    return makers[name]()
+class ResizesInPlace:
+    """The default of a backend that resizes its volumes in place: it never moves one
+    to a new volume, and refuses copy() (the plan never asks it to)."""
 
+    name: str
+    moves_on_resize = False
 
-def _loopfile(root: Path) -> VolumeBackend:
-    from gpudock.adapters.loopfile_volumes import LoopfileBackend
-    return LoopfileBackend(root)
-
-
-def _btrfs(root: Path) -> VolumeBackend:
-    from gpudock.adapters.btrfs_volumes import BtrfsBackend
-    return BtrfsBackend(root)
-
-
-def _xfs_quota(root: Path, docker: DockerRuntime) -> VolumeBackend:
-    from gpudock.adapters.xfs_quota_volumes import XfsQuotaBackend
-    return XfsQuotaBackend(root, docker)
-
-
-def _copy(root: Path, docker: DockerRuntime) -> VolumeBackend:
-    from gpudock.adapters.copy_volumes import CopyBackend
-    return CopyBackend(root, docker)
+    def copy(self, source: str, target: str, size_bytes: int) -> None:
+        raise UserError("VolumeNotMovable", f"the {self.name} backend resizes in place, "
+                        "never by moving to a new volume")

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gpudock.adapters import tree_copy
-from gpudock.adapters.docker.runtime import DockerRuntime
-from gpudock.adapters.volume_backends import VolumeToolError, tree_bytes
+from gpudock.adapters.volumes.base import VolumeToolError, tree_bytes
+from gpudock.core.ports import ContainerRuntime
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
@@ -25,7 +25,7 @@ class CopyBackend:
     online_shrink = False
     moves_on_resize = True
 
-    def __init__(self, root: Path, docker: DockerRuntime) -> None:
+    def __init__(self, root: Path, docker: ContainerRuntime) -> None:
         self.root = root  # not used: Docker keeps plain volumes under its data root
         self._docker = docker
 

@@ -12,15 +12,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from gpudock.adapters.filesystem_info import free_bytes, mount_of
-from gpudock.adapters.volume_backends import VolumeToolError, bind_options, run_tool
+from gpudock.adapters.volumes.base import (
+    ResizesInPlace,
+    VolumeToolError,
+    bind_options,
+    run_tool,
+)
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
 
-class BtrfsBackend:
+class BtrfsBackend(ResizesInPlace):
     name = "btrfs"
     online_shrink = True
-    moves_on_resize = False
 
     def __init__(self, root: Path) -> None:
         self.root = root

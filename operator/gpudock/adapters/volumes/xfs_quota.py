@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.filesystem_info import free_bytes, mount_of
-from gpudock.adapters.volume_backends import VolumeToolError, run_tool
+from gpudock.adapters.volumes.base import ResizesInPlace, VolumeToolError, run_tool
+from gpudock.core.ports import ContainerRuntime
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
@@ -26,12 +26,11 @@ PROJECT_QUOTA = frozenset({"prjquota", "pquota", "pqnoenforce"})
 KIB = 1024
 
 
-class XfsQuotaBackend:
+class XfsQuotaBackend(ResizesInPlace):
     name = "xfs-quota"
     online_shrink = True
-    moves_on_resize = False
 
-    def __init__(self, root: Path, docker: DockerRuntime,
+    def __init__(self, root: Path, docker: ContainerRuntime,
                  mountinfo: Path = Path("/proc/self/mountinfo")) -> None:
         self.root = root
         self._docker = docker

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gpudock.adapters.filesystem_info import free_bytes, mounts
-from gpudock.adapters.volume_backends import VolumeToolError, bind_options
-from gpudock.adapters.volume_backends import run_tool as _run
+from gpudock.adapters.volumes.base import ResizesInPlace, VolumeToolError, bind_options
+from gpudock.adapters.volumes.base import run_tool as _run
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
@@ -26,10 +26,9 @@ BLOCK = 4096
 RELEASE_WAIT_SECONDS = 5.0
 
 
-class LoopfileBackend:
+class LoopfileBackend(ResizesInPlace):
     name = "loopfile"
     online_shrink = False
-    moves_on_resize = False
 
     def __init__(self, root: Path) -> None:
         self.root = root
