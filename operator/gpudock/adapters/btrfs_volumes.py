@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gpudock.adapters.filesystem_info import free_bytes, mount_of
 from gpudock.adapters.volume_backends import VolumeToolError, bind_options, run_tool
+from gpudock.api.reasons import Reason
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
@@ -27,11 +28,11 @@ class BtrfsBackend:
 
     def check(self) -> None:
         if not self.root.is_dir():
-            raise UserError("VolumeRootUnusable", f"--volume-root {self.root} does not "
+            raise UserError(Reason.VOLUME_ROOT_UNUSABLE, f"--volume-root {self.root} does not "
                             "exist; the btrfs backend needs a mounted btrfs filesystem there")
         fstype = mount_of(self.root).fstype
         if fstype != "btrfs":
-            raise UserError("VolumeRootUnusable", f"--volume-root {self.root} is on "
+            raise UserError(Reason.VOLUME_ROOT_UNUSABLE, f"--volume-root {self.root} is on "
                             f"{fstype}, not btrfs; mount a btrfs filesystem there or pick "
                             "another --volume-backend")
         try:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from gpudock.adapters.docker.runtime import DockerRuntime
+from gpudock.api.reasons import Reason
 from gpudock.core.volumes import BackendState
 from gpudock.errors import TransientError, UserError
 
@@ -24,7 +25,7 @@ BACKEND_NAMES = ("loopfile", "btrfs", "xfs-quota", "copy")
 
 
 class VolumeToolError(TransientError):
-    reason = "VolumeBackendFailed"
+    reason = Reason.VOLUME_BACKEND_FAILED
 
 
 def run_tool(*argv: str, timeout: float = 600, ok: tuple[int, ...] = (0,)) -> str:
@@ -106,7 +107,7 @@ def open_volume_backend(name: str, root: Path,
         "copy": lambda: _copy(root, docker),
     }
     if name not in makers:
-        raise UserError("UnknownVolumeBackend", f"volume backend {name!r}: not one of "
+        raise UserError(Reason.UNKNOWN_VOLUME_BACKEND, f"volume backend {name!r}: not one of "
                         f"{', '.join(BACKEND_NAMES)}")
     return makers[name]()
 
