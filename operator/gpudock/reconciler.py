@@ -242,7 +242,8 @@ class ReplicaSetReconciler:
             return False
         if action.record.container_id is not None:
             return False
-        self._store.put(replace(action.record, failed=f"{exc.reason}: {exc.message}"))
+        self._store.put(replace(action.record, failed_reason=exc.reason,
+                                failed_message=exc.message))
         return True
 
     def _preflight(self, key: ResourceKey, uid: str, observation: Observation,

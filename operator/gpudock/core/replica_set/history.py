@@ -68,12 +68,12 @@ def failed_attempt(obs: Observation, record: Revision | None,
 
 
 def failure(failed: Revision, record: Revision | None) -> UserError:
-    reason, _, message = (failed.failed or "").partition(": ")
+    """The condition of a change Docker refused: the failed revision's reason."""
     keeps = (f"; revision {record.revision} keeps running" if record is not None
              else "")
-    return UserError(Reason(reason or Reason.CONTAINER_START_FAILED),
-                     f"revision {failed.revision} could not be started: {message}{keeps}. "
-                     "Change the spec to try again")
+    return UserError(failed.failed_reason or Reason.CONTAINER_START_FAILED,
+                     f"revision {failed.revision} could not be started: "
+                     f"{failed.failed_message}{keeps}. Change the spec to try again")
 
 
 # ------------------------------------------------------------- an earlier resource's
