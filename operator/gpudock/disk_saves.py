@@ -20,6 +20,7 @@ from gpudock import metrics
 from gpudock.adapters import overlay_layers
 from gpudock.adapters.docker.errors import DiskFullError
 from gpudock.adapters.filesystem_info import free_bytes
+from gpudock.api.reasons import Reason
 from gpudock.core.observed import ResourceKey
 from gpudock.core.ports import ContainerRuntime
 from gpudock.core.replica_set.saved_disks import SavedDisks, preserved_repository
@@ -83,7 +84,7 @@ class DiskSaves:
 
     def save(self, key: ResourceKey, container_id: str, name: str, image: str,
              record: Revision | None, layer: str | None,
-             previous: str | None) -> list[tuple[str, str]]:
+             previous: str | None) -> list[tuple[Reason, str]]:
         """Save a stopped container's disk: its writable layer copied to ``layer``
         where there is one (and the record to note it in), else committed as
         ``image``. Returns (reason, message) of what was done. A full disk starts the
@@ -102,18 +103,18 @@ class DiskSaves:
             raise
 
     def _commit(self, container_id: str, name: str, image: str,
-                record: Revision | None) -> list[tuple[str, str]]:
+                record: Revision | None) -> list[tuple[Reason, str]]:
         """Commit a stopped container, flatten past the layer threshold, note it."""
         with metrics.timed(metrics.DISK_SECONDS, "commit"):
             self._docker.commit(container_id, name, image)
         self._crash.reach("PreserveDisk.committed")
-        done = [("DiskSaved", f"filesystem of {name} saved as {image}")]
+        done = [(Reason.DISK_SAVED, f"filesystem of {name} saved as {image}")]
         layers = self._docker.layer_count(image)
         if layers > self._settings.max_image_layers:
             with metrics.timed(metrics.DISK_SECONDS, "commit"):
                 self._docker.flatten(container_id, name, image)
             self._crash.reach("PreserveDisk.flattened")
-            done.append(("DiskFlattened", f"{image} had {layers} layers "
+            done.append((Reason.DISK_FLATTENED, f"{image} had {layers} layers "
                          f"(> {self._settings.max_image_layers}): flattened to one"))
         if record is not None:  # the commit is the disk now, not an earlier saved layer
             self._store.put(replace(record, preserved_image=image,
@@ -121,7 +122,7 @@ class DiskSaves:
         return done
 
     def _save_layer(self, container_id: str, name: str, layer: str, previous: str | None,
-                    record: Revision) -> list[tuple[str, str]] | None:
+                    record: Revision) -> list[tuple[Reason, str]] | None:
         """Copy a stopped container's writable layer to ``layer`` and note it in the
         record; None when it cannot be copied here (the caller commits instead)."""
         named = self._docker.writable_layer_dir(container_id)
@@ -139,14 +140,14 @@ class DiskSaves:
             with metrics.timed(metrics.DISK_SECONDS, "layer-save"):
                 overlay_layers.save_layer(upper, saved,
                                           Path(previous) if previous else None)
+        except overlay_layers.LayerSpaceError as exc:
+            raise DiskFullError(f"saving the disk of {name}: {exc}") from exc
         except overlay_layers.LayerCopyError as exc:
-            if "No space left" in str(exc):
-                raise DiskFullError(f"saving the disk of {name}: {exc}") from exc
             logger.warning("%s: %s; committing instead", name, exc)
             return None
         self._crash.reach("PreserveDisk.layerSaved")
         self._store.put(replace(record, saved_layer=layer, preserved_from=container_id))
-        return [("DiskSaved", f"writable layer of {name} saved to {layer}")]
+        return [(Reason.DISK_SAVED, f"writable layer of {name} saved to {layer}")]
 
     # ----------------------------------------------------------------------- restore
     def put_layer(self, layer: str, name: str, container_id: str,
@@ -167,8 +168,8 @@ class DiskSaves:
             with metrics.timed(metrics.DISK_SECONDS, "layer-restore"):
                 overlay_layers.copy_layer(Path(layer), upper)
         except (OSError, overlay_layers.LayerCopyError) as exc:
-            raise UserError("DiskRestoreFailed", f"the saved disk {layer} could not be put "
-                            f"into {name}: {exc}") from exc
+            raise UserError(Reason.DISK_RESTORE_FAILED, f"the saved disk {layer} could not "
+                            f"be put into {name}: {exc}") from exc
         if not unless_there:
             self._crash.reach("StartRevision.layerCopied")
 

@@ -18,6 +18,7 @@ from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import exec_request, gpu_replica_set, ownership
 from gpudock.api.exec_request import OUTPUT_LIMIT, ExecRequestSpec
+from gpudock.api.reasons import Reason
 from gpudock.core.observed import ObservedContainer, ResourceKey, current_of
 from gpudock.core.times import seconds_between
 from gpudock.errors import SpecError, UserError
@@ -27,12 +28,13 @@ FINISHED = ("Completed", "Failed")
 Status = dict[str, Any]
 
 
-def _conditions(ready: bool, reason: str, message: str, now: str) -> list[dict[str, Any]]:
+def _conditions(ready: bool, reason: Reason, message: str,
+                now: str) -> list[dict[str, Any]]:
     return [{"type": "Complete", "status": "True" if ready else "False", "reason": reason,
              "message": message, "lastTransitionTime": now}]
 
 
-def failed(reason: str, message: str, now: str, node: str,
+def failed(reason: Reason, message: str, now: str, node: str,
            started: str | None = None) -> Status:
     return {"phase": "Failed", "reason": reason, "node": node, "startTime": started or now,
             "completionTime": now, "conditions": _conditions(False, reason, message, now)}
@@ -73,17 +75,17 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
         return failed(exc.reason, exc.message, now(), node)
     state = (target.get("spec") or {}).get("state", "Running")
     if state != "Running":
-        return failed("ReplicaSetNotRunning", f"GpuReplicaSet {spec.replica_set_name} is "
+        return failed(Reason.REPLICA_SET_NOT_RUNNING, f"GpuReplicaSet {spec.replica_set_name} is "
                       f"{state}: nothing runs to execute in", now(), node)
     container = current_container(docker, target)
     if container is None or container.status != "running":
         how = container.status if container else "missing"
-        return failed("ContainerNotRunning", f"the container of GpuReplicaSet "
+        return failed(Reason.CONTAINER_NOT_RUNNING, f"the container of GpuReplicaSet "
                       f"{spec.replica_set_name} is {how}", now(), node)
     begun = now()
     started({"phase": "Running", "reason": None, "node": node, "startTime": begun,
              "containerName": container.name,
-             "conditions": _conditions(False, "Running", f"running in {container.name}",
+             "conditions": _conditions(False, Reason.RUNNING, f"running in {container.name}",
                                        begun)})
     try:
         with metrics.timed(metrics.EXEC_SECONDS):
@@ -100,11 +102,11 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
     if result.timed_out:
         message = (f"the command ran past timeoutSeconds {spec.timeout_seconds} and was "
                    "killed with every process it started")
-        return {**failed("DeadlineExceeded", message, end, node, begun), **output,
+        return {**failed(Reason.DEADLINE_EXCEEDED, message, end, node, begun), **output,
                 "exitCode": None}
     return {"phase": "Completed", "reason": None, "node": node, "startTime": begun,
             "completionTime": end, "exitCode": result.exit_code, **output,
-            "conditions": _conditions(True, "Completed",
+            "conditions": _conditions(True, Reason.COMPLETED,
                                       f"the command exited with code {result.exit_code}",
                                       end)}
 

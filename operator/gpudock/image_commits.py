@@ -17,6 +17,7 @@ from gpudock import metrics
 from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.image_rewrite import rewrite_image
 from gpudock.api.image_commit import ImageCommitSpec
+from gpudock.api.reasons import Reason
 from gpudock.core import labels
 from gpudock.core.replica_set.saved_disks import is_reserved_reference
 from gpudock.errors import SpecError, UserError
@@ -50,22 +51,23 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
     except SpecError as exc:
         return failed(exc.reason, exc.message, now(), node)
     if is_reserved_reference(spec.image):
-        return failed("ReservedImage", f"{spec.image} is in gpudock's own repository",
+        return failed(Reason.RESERVED_IMAGE, f"{spec.image} is in gpudock's own repository",
                       now(), node)
     existing = docker.image_info(spec.image)
     if existing is not None and existing.id != status.get("imageID"):
-        return failed("ImageTagTaken", f"image {spec.image} exists already (not made by "
+        return failed(Reason.IMAGE_TAG_TAKEN, f"image {spec.image} exists already (not made by "
                       "this ImageCommit); pick another tag, nothing was changed", now(), node)
     state = (target.get("spec") or {}).get("state", "Running")
     container = current_container(docker, target)
     if state != "Running" or container is None or container.status != "running":
         how = state if state != "Running" else (container.status if container else "missing")
-        return failed("ContainerNotRunning", f"GpuReplicaSet {spec.replica_set_name} is "
+        return failed(Reason.CONTAINER_NOT_RUNNING, f"GpuReplicaSet {spec.replica_set_name} is "
                       f"{how}: only a running container is committed", now(), node)
     begun = now()
     started({"phase": "Running", "node": node, "startTime": begun,
              "revision": container.revision,
-             "conditions": [{"type": "Complete", "status": "False", "reason": "Committing",
+             "conditions": [{"type": "Complete", "status": "False",
+                             "reason": Reason.COMMITTING,
                              "message": f"committing {container.name}",
                              "lastTransitionTime": begun}]})
     scratch = scratch_tag(body)
@@ -83,7 +85,7 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
     end = now()
     return {"phase": "Succeeded", "node": node, "startTime": begun, "completionTime": end,
             "imageID": image_id, "sizeBytes": size, "revision": container.revision,
-            "conditions": [{"type": "Complete", "status": "True", "reason": "Committed",
+            "conditions": [{"type": "Complete", "status": "True", "reason": Reason.COMMITTED,
                             "message": f"{container.name} saved as {spec.image}",
                             "lastTransitionTime": end}]}
 

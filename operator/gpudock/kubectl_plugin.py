@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from gpudock import rollout_commands
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
+from gpudock.api.reasons import Reason
 from gpudock.errors import GpudockError
 from gpudock.node_health import PLURAL as GPU_NODES
 from gpudock.retained_commands import table
@@ -153,7 +154,7 @@ def _exec(kube: KubeApi, namespace: str, args: argparse.Namespace, out: TextIO,
             print(f"(kubectl gpudock: {stream} was cut at 64 KiB)", file=err)
     if status["phase"] == "Failed":
         print(f"error: {_problem(status)}", file=err)
-        return DEADLINE_EXIT if status.get("reason") == "DeadlineExceeded" else 1
+        return DEADLINE_EXIT if status.get("reason") == Reason.DEADLINE_EXCEEDED else 1
     return int(status.get("exitCode") or 0)
 
 

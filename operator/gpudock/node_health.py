@@ -20,6 +20,7 @@ from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.adapters.volumes.registry import open_volume_backend
 from gpudock.api import exec_request, gpu_replica_set, image_commit, ownership, sized_volume
+from gpudock.api.reasons import Reason
 from gpudock.core.gpu_node import gpu_node_status, node_verdict, unreachable_status
 from gpudock.core.gpus import GpuInventory
 from gpudock.errors import GpudockError
@@ -65,7 +66,7 @@ def flag_unserved(settings: Settings, now: str, kube: KubeApi,
     GpuReplicaSet is on such a node; returns what was written, for the log.
     ``others``: by plural, the GpuReplicaSets and SizedVolumes that name another node
     than this one (``watched`` entries)."""
-    nodes: dict[str, tuple[str, str] | None] = {}
+    nodes: dict[str, tuple[Reason, str] | None] = {}
     written = []
     replica_sets: dict[tuple[str, str], str] = {}
     for plural in (gpu_replica_set.PLURAL, sized_volume.PLURAL):
@@ -117,7 +118,7 @@ def flag_unserved(settings: Settings, now: str, kube: KubeApi,
 
 
 def _verdict(kube: KubeApi, node: str, now: str,
-             heartbeat_seconds: float) -> tuple[str, str] | None:
+             heartbeat_seconds: float) -> tuple[Reason, str] | None:
     try:
         gpu_node = kube.get_cluster(PLURAL, node)
     except ObjectNotFoundError:

@@ -34,6 +34,7 @@ from gpudock.adapters.kube_api import ObjectNotFoundError
 from gpudock.api import gpu_replica_set, ownership, sized_volume
 from gpudock.api.container_fields import Protocol
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy
+from gpudock.api.reasons import Reason
 from gpudock.core.allocation import Ledger
 from gpudock.core.conditions import with_transition_times
 from gpudock.core.container_config import ContainerConfig
@@ -48,7 +49,7 @@ from gpudock.core.replica_set.status import invalid_spec_status, note_drift
 from gpudock.core.revision import Revision, RevisionStore
 from gpudock.crash_points import CrashPoints
 from gpudock.disk_saves import DiskSaves
-from gpudock.errors import SpecError, UserError
+from gpudock.errors import InternalError, SpecError, UserError
 from gpudock.node_locks import NodeLocks
 from gpudock.settings import Settings
 
@@ -60,17 +61,19 @@ CHANGE_CAUSE = "kubernetes.io/change-cause"
 ADOPT_HISTORY = "gpudock.dev/adopt-history"  # annotation: the deleted resource's UID
 # Docker's refusals of a new revision's container: it never ran; the revision is
 # marked failed and the previous one runs again (not retried until the spec changes).
-REFUSED_REVISION = frozenset({"ContainerCreateFailed", "ContainerStartFailed",
-                              "CommandNotFound", "HostPathMissing", "ImageNotPresent",
-                              "HostPortInUse", "DiskRestoreFailed"})
+REFUSED_REVISION = frozenset({Reason.CONTAINER_CREATE_FAILED, Reason.CONTAINER_START_FAILED,
+                              Reason.COMMAND_NOT_FOUND, Reason.HOST_PATH_MISSING,
+                              Reason.IMAGE_NOT_PRESENT, Reason.HOST_PORT_IN_USE,
+                              Reason.DISK_RESTORE_FAILED})
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
 
 
-class _Contended(Exception):  # noqa: N818 - a signal to plan again, never shown
-    """What a pass planned to take was taken by another resource meanwhile."""
+class _Contended(InternalError):  # noqa: N818 - a signal to plan again, never shown
+    """What a pass planned to take was taken by another resource meanwhile (caught in
+    reconcile; one that escaped it would be a bug)."""
 
 
-class _Replan(Exception):  # noqa: N818 - a signal to plan again, never shown
+class _Replan(InternalError):  # noqa: N818 - a signal to plan again, never shown
     """A step came out otherwise than the plan's later steps assume: plan again from
     what is observed now (the events of the step done are kept)."""
 
@@ -82,7 +85,7 @@ class _Replan(Exception):  # noqa: N818 - a signal to plan again, never shown
 @dataclass(frozen=True)
 class Event:
     type: str  # Normal | Warning
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -96,6 +99,7 @@ class Outcome:
 
 
 def _progressing_reason(status: Mapping[str, Any]) -> str | None:
+    """The Progressing reason of a status written earlier (read back: a string)."""
     for cond in status.get("conditions") or ():
         if isinstance(cond, Mapping) and cond.get("type") == "Progressing":
             return str(cond.get("reason"))
@@ -178,12 +182,12 @@ class ReplicaSetReconciler:
                 plan = core.plan_replica_set(observation)
                 if plan.drift and not drift:
                     drift = plan.drift
-                    events.append(Event("Warning", "DriftDetected", drift))
+                    events.append(Event("Warning", Reason.DRIFT_DETECTED, drift))
                 if not plan.actions:
                     break
                 passes += 1
                 if passes > MAX_PASSES:
-                    raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
+                    raise InternalError(f"{key}: no convergence after {MAX_PASSES} passes")
                 if progress is not None and _step_of(plan.status) != announced:
                     now = self._outcome(plan.status, shown, events)
                     progress(now)  # shown before the steps run
@@ -210,7 +214,7 @@ class ReplicaSetReconciler:
                     busy_ports_found += 1
                     if busy_ports_found <= MAX_BUSY_PORTS and \
                             self._auto_port_busy(exc, spec):
-                        events.append(Event("Normal", "HostPortSkipped", (
+                        events.append(Event("Normal", Reason.HOST_PORT_SKIPPED, (
                             f"host port {exc.port} is held by another process on the "
                             "node; another one from the range is used")))
                         passes -= 1  # not a pass: plan again, skipping that port
@@ -226,7 +230,7 @@ class ReplicaSetReconciler:
                     break
         status = note_drift(plan.status, drift, previous)
         problem = next((c for c in status.conditions if c.type == "Progressing"
-                        and not c.status and c.reason != "ReconcileComplete"), None)
+                        and not c.status and c.reason != Reason.RECONCILE_COMPLETE), None)
         if problem is not None and problem.reason != _progressing_reason(previous):
             events.append(Event("Warning", problem.reason, problem.message))
         outcome = self._outcome(status, shown, events, released)
@@ -234,7 +238,7 @@ class ReplicaSetReconciler:
         found = {c.type: c for c in status.conditions}
         progressing, degraded = found.get("Progressing"), found.get("Degraded")
         outcome.settled = (progressing is not None and not progressing.status
-                           and progressing.reason == "ReconcileComplete"
+                           and progressing.reason == Reason.RECONCILE_COMPLETE
                            and degraded is not None and not degraded.status)
         return outcome
 
@@ -247,7 +251,8 @@ class ReplicaSetReconciler:
             return False
         if action.record.container_id is not None:
             return False
-        self._store.put(replace(action.record, failed=f"{exc.reason}: {exc.message}"))
+        self._store.put(replace(action.record, failed_reason=exc.reason,
+                                failed_message=exc.message))
         return True
 
     def _preflight(self, key: ResourceKey, uid: str, observation: Observation,
@@ -274,7 +279,7 @@ class ReplicaSetReconciler:
             return  # another disk: its files cannot be looked at before it runs
         if self._docker.command_missing(
                 current.id, new.command[0], [f"{k}={v}" for k, v in new.env.items()]):
-            raise UserError("CommandNotFound", f"command {new.command[0]!r} is not in "
+            raise UserError(Reason.COMMAND_NOT_FOUND, f"command {new.command[0]!r} is not in "
                             f"the container's filesystem (checked in {current.name} "
                             "before stopping it); nothing was changed")
 
@@ -448,18 +453,19 @@ class ReplicaSetReconciler:
                 return [Event("Normal", reason, f"container {name} removed")]
             case act.RenameContainer(container_id=cid, old_name=old, new_name=new):
                 docker.rename(cid, new)
-                return [Event("Normal", "Renamed", f"container {old} renamed back to {new}")]
+                return [Event("Normal", Reason.RENAMED,
+                              f"container {old} renamed back to {new}")]
             case act.UnpauseContainer(container_id=cid, name=name):
                 docker.unpause(cid, name)
-                return [Event("Normal", "Unpaused", f"container {name} unpaused")]
+                return [Event("Normal", Reason.UNPAUSED, f"container {name} unpaused")]
             case act.SetRestartPolicy(container_id=cid, name=name, policy=policy):
                 docker.set_restart_policy(cid, name, policy)
-                return [Event("Normal", "RestartPolicyRestored",
+                return [Event("Normal", Reason.RESTART_POLICY_RESTORED,
                               f"restart policy of {name} set back to {policy}")]
             case act.WriteSpec(shape=shape, revision=revision):
                 self._kube.patch_spec(gpu_replica_set.PLURAL, key.namespace, key.name,
                                       {**shape, "rollbackTo": None})
-                return [Event("Normal", "RolledBack", f"spec of revision {revision} "
+                return [Event("Normal", Reason.ROLLED_BACK, f"spec of revision {revision} "
                               "written back; spec.rollbackTo cleared")]
             case act.PruneRevision(record=record):
                 if record.preserved_image and not docker.remove_image(record.preserved_image):
@@ -467,7 +473,7 @@ class ReplicaSetReconciler:
                 self.disks.remove_layers(record)
                 self._crash.reach("PruneRevision.diskRemoved")
                 store.delete(record.namespace, record.name, record.revision)
-                return [Event("Normal", "RevisionPruned", f"revision {record.revision} "
+                return [Event("Normal", Reason.REVISION_PRUNED, f"revision {record.revision} "
                               "pruned (revisionHistoryLimit)")]
             case act.MoveHistory(retags=retags, records=records, removed=removed,
                                  reason=reason, message=message):
@@ -487,7 +493,7 @@ class ReplicaSetReconciler:
                 self.disks.remove_saved(layers)
                 volumes = docker.remove_volumes(namespace, name)
                 store.delete_all(namespace, name)
-                return [Event("Normal", "HistoryPurged", f"{len(images) + len(layers)} "
+                return [Event("Normal", Reason.HISTORY_PURGED, f"{len(images) + len(layers)} "
                               "saved disks, "
                               f"{volumes} image volumes and every revision record removed "
                               "(historyPolicy Purge)")]

@@ -29,7 +29,7 @@ from gpudock.core.ports import ContainerRuntime
 from gpudock.core.revision import RevisionStore
 from gpudock.core.volume_revision import VolumeRevision
 from gpudock.crash_points import CrashPoints
-from gpudock.errors import SpecError, UserError
+from gpudock.errors import InternalError, SpecError, UserError
 
 logger = logging.getLogger(__name__)
 MAX_PASSES = 12
@@ -93,7 +93,7 @@ class VolumeReconciler:
                 event("Warning", exc.reason, exc.message)
                 return self._timed(core.refused(after, exc.reason, exc.message), previous,
                                    meta.get("generation"))
-        raise RuntimeError(f"{key}: no convergence after {MAX_PASSES} passes")
+        raise InternalError(f"{key}: no convergence after {MAX_PASSES} passes")
 
     def serving(self, body: Mapping[str, Any]) -> str | None:
         """The Docker volume of a SizedVolume when a container may mount it now: what

@@ -8,6 +8,7 @@ import pytest
 from gpudock.api.container_fields import Protocol
 from gpudock.api.exec_request import ExecRequestSpec
 from gpudock.api.image_commit import ImageCommitSpec
+from gpudock.api.reasons import Reason
 from gpudock.core.gpu_node import gpu_node_status, node_verdict, unreachable_status
 from gpudock.core.gpus import GpuDevice
 from gpudock.core.observed import ObservedContainer, ResourceKey
@@ -39,10 +40,10 @@ def test_node_verdicts() -> None:
     assert node_verdict("n", fresh, now, 10) is None
     stale = {"status": {"heartbeatTime": "2026-11-22T10:00:00Z"}}
     assert node_verdict("n", stale, now, 10)[0] == "NodeNotReady"  # type: ignore[index]
-    written = unreachable_status({}, "NodeNotReady", "gone", now)
+    written = unreachable_status({}, Reason.NODE_NOT_READY, "gone", now)
     assert written is not None
     assert written["conditions"][0]["status"] == "Unknown"
-    assert unreachable_status(written, "NodeNotReady", "gone", now) is None  # said already
+    assert unreachable_status(written, Reason.NODE_NOT_READY, "gone", now) is None  # said already
 
 
 def test_a_committed_config_loses_the_instance() -> None:

@@ -14,6 +14,7 @@ from gpudock.adapters.docker.errors import (
     Step,
     _refusal,
 )
+from gpudock.api.reasons import Reason
 from gpudock.errors import UserError
 
 
@@ -40,7 +41,7 @@ def _api_error(code: int, text: str) -> docker.errors.APIError:
      Step.CREATE, "HostPathMissing"),
     (404, "something odd", Step.OTHER, "DockerRequestFailed"),
 ])
-def test_refusals_are_the_users_with_dockers_words(code: int, text: str, step: str,
+def test_refusals_are_the_users_with_dockers_words(code: int, text: str, step: Reason,
                                                    reason: str) -> None:
     error = _refusal("start x", step, _api_error(code, text))
     assert isinstance(error, UserError)

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
+from gpudock.api.reasons import Reason
 from gpudock.core.container_config import spec_hash
 from gpudock.core.observed import ObservedContainer, ResourceKey
 from gpudock.core.replica_set import actions as act
@@ -111,7 +112,8 @@ def test_waiting_for_gpus_while_the_old_revision_serves_is_running_5() -> None:
 def test_a_refused_revision_is_not_retried_and_the_previous_one_runs_again_3() -> None:
     old, new = _spec(), _spec(command=["jupyter", "lab"])
     saved = _record(old, preserved_image="p:rev-1", preserved_from="c1", container_id="c1")
-    failed = _record(new, 2, failed="CommandNotFound: exec: jupyter not found")
+    failed = _record(new, 2, failed_reason=Reason.COMMAND_NOT_FOUND,
+                     failed_message="exec: jupyter not found")
     stopped = _container(old, status="exited")
     plan = _plan(new, stopped, records=(saved, failed))
     (start,) = plan.actions
@@ -139,12 +141,14 @@ def _observation_of(spec: GpuReplicaSetSpec, _: Plan) -> Observation:
         port_range=(40000, 40010), allowed_host_paths=(), images_present=frozenset({"img"}),
         records=(_record(old, preserved_image="p:rev-1", preserved_from="c0",
                          container_id="c1"),
-                 _record(spec, 2, failed="CommandNotFound: x")), now=NOW)
+                 _record(spec, 2, failed_reason=Reason.COMMAND_NOT_FOUND,
+                         failed_message="x")), now=NOW)
 
 
 def test_rollback_to_a_revision_that_never_ran_is_refused_4() -> None:
     old = _spec()
-    failed = _record(_spec(gpuCount=1), 2, failed="ContainerStartFailed: no")
+    failed = _record(_spec(gpuCount=1), 2, failed_reason=Reason.CONTAINER_START_FAILED,
+                     failed_message="no")
     plan = _plan(replace(old, rollback_to=2), _container(old), records=(_record(old), failed))
     assert plan.actions == ()
     assert _conditions(plan)["Ready"] == (True, "ContainerRunning")

@@ -22,6 +22,7 @@ import docker.errors
 import requests.exceptions
 
 from gpudock.adapters.docker.errors import ContainerGoneError, DockerUnavailableError
+from gpudock.api.reasons import Reason
 from gpudock.errors import UserError
 
 KILL_GRACE_SECONDS = 10  # for the output stream to end once the tree is killed
@@ -60,7 +61,7 @@ def _translated(what: str) -> Iterator[None]:
         raise ContainerGoneError(f"{what}: {exc.explanation}") from exc
     except docker.errors.APIError as exc:
         if exc.status_code == 409:  # not running, paused, restarting
-            raise UserError("ContainerNotRunning", f"{what}: {exc.explanation}") from exc
+            raise UserError(Reason.CONTAINER_NOT_RUNNING, f"{what}: {exc.explanation}") from exc
         raise DockerUnavailableError(f"{what}: {exc.explanation or exc}") from exc
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise DockerUnavailableError(f"{what}: cannot reach Docker: {exc}") from exc

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gpudock.api.paths import is_under
+from gpudock.api.reasons import Reason
 from gpudock.errors import UserError
 
 MOUNTINFO = Path("/proc/self/mountinfo")
@@ -49,7 +50,7 @@ def mount_of(path: Path, mountinfo: Path = MOUNTINFO) -> Mount:
                 best is None or len(mount.mount_point) >= len(best.mount_point)):
             best = mount
     if best is None:
-        raise UserError("VolumeRootUnusable", f"{path}: not on any mounted filesystem")
+        raise UserError(Reason.VOLUME_ROOT_UNUSABLE, f"{path}: not on any mounted filesystem")
     return best
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from gpudock.adapters.filesystem_info import mounts
 from gpudock.api.paths import is_under
+from gpudock.api.reasons import Reason
 from gpudock.errors import UserError
 
 
@@ -39,26 +40,26 @@ class HostPathPolicy:
             [(r, True) for r in self.read_only_roots]
         if not any(is_under(path, root) for root, _ in roots):
             listed = ", ".join(r for r, _ in roots) or "none"
-            raise UserError("HostPathNotAllowed", f"hostPath {path} is not under an "
+            raise UserError(Reason.HOST_PATH_NOT_ALLOWED, f"hostPath {path} is not under an "
                             f"allowed root (allowed: {listed})")
         real = os.path.realpath(path)
         inside = [(os.path.realpath(root), ro) for root, ro in roots
                   if is_under(real, os.path.realpath(root))]
         if not inside:  # said before "missing": no probing of the host's tree
-            raise UserError("HostPathNotAllowed", f"hostPath {path} leads outside every "
+            raise UserError(Reason.HOST_PATH_NOT_ALLOWED, f"hostPath {path} leads outside every "
                             "allowed root (through a symlink or '..')")
         if not os.path.lexists(real):
-            raise UserError("HostPathMissing", f"hostPath {path} does not exist on the "
+            raise UserError(Reason.HOST_PATH_MISSING, f"hostPath {path} does not exist on the "
                             "node; create it there first")
         # The most specific root decides (a read-only root inside a writable one).
         root, root_read_only = max(inside, key=lambda item: len(item[0]))
         crossed = _mount_points_between(root, real)
         if crossed:
-            raise UserError("HostPathCrossesMount", f"hostPath {path} ({real}) crosses "
+            raise UserError(Reason.HOST_PATH_CROSSES_MOUNT, f"hostPath {path} ({real}) crosses "
                             f"the mount point {crossed[0]} below the allowed root {root}; "
                             "list that mount as an allowed root to permit it")
         if root_read_only and not read_only:
-            raise UserError("HostPathReadOnly", f"hostPath {path} is under the read-only "
+            raise UserError(Reason.HOST_PATH_READ_ONLY, f"hostPath {path} is under the read-only "
                             f"root {root}: set readOnly: true")
         return real
 

@@ -14,17 +14,18 @@ import urllib3
 import urllib3.exceptions
 
 from gpudock.api import GROUP, VERSION
-from gpudock.errors import TransientError
+from gpudock.api.reasons import Reason
+from gpudock.errors import NotFoundError, TransientError
 
 
 class KubeUnavailableError(TransientError):
     """The API server did not answer or is busy."""
 
-    reason = "ApiServerUnavailable"
+    reason = Reason.API_SERVER_UNAVAILABLE
 
 
-class ObjectNotFoundError(Exception):
-    """The object does not exist (or no longer does)."""
+class ObjectNotFoundError(NotFoundError):
+    """The Kubernetes object does not exist (or no longer does)."""
 
 
 def in_cluster_server(environ: Mapping[str, str]) -> str | None:

@@ -37,6 +37,14 @@ class LayerCopyError(VolumeToolError):
     """The writable layer could not be carried over; the source was kept."""
 
 
+class LayerSpaceError(LayerCopyError):
+    """The copy ran out of room where it was made (the tool or the kernel said "No
+    space left on device"); the source was kept."""
+
+
+_NO_SPACE_TEXT = "No space left"  # ENOSPC, as strerror and cp/rsync word it
+
+
 def writable_layer(inspect: dict[str, Any]) -> Path | None:
     """The upper dir of an inspected container when it is on overlay2 and this
     process can reach it; None otherwise (the caller falls back to docker commit)."""
@@ -100,8 +108,10 @@ def _staged_copy(source: Path, destination: Path, what: str,
         staging.rename(destination)
     except (OSError, VolumeToolError) as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise LayerCopyError(f"{what} {source} to {destination}: {exc}; the source "
-                             "was kept") from exc
+        # The tool's stderr (or the kernel's ENOSPC) is read here, once, into a type.
+        error = LayerSpaceError if _NO_SPACE_TEXT in str(exc) else LayerCopyError
+        raise error(f"{what} {source} to {destination}: {exc}; the source "
+                    "was kept") from exc
 
 
 def remove_saved(saved: Path, home: Path) -> bool:

@@ -6,6 +6,8 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from gpudock.api.reasons import Reason
+
 
 class ConditionType(enum.StrEnum):
     READY = "Ready"
@@ -17,7 +19,7 @@ class ConditionType(enum.StrEnum):
 class Condition:
     type: str
     status: bool
-    reason: str
+    reason: Reason
     message: str
     last_transition_time: str = ""
     observed_generation: int | None = None

@@ -43,6 +43,7 @@ from gpudock.api.parsing import (
     get_node_name,
     get_str,
 )
+from gpudock.api.reasons import Reason
 from gpudock.errors import SpecError
 
 KIND = "GpuReplicaSet"
@@ -243,7 +244,7 @@ class GpuReplicaSetStatus:
     ports: tuple[PortBinding, ...] = ()
     conditions: tuple[Condition, ...] = field(default=())
     history: tuple[RevisionSummary, ...] = ()
-    reason: str | None = None  # the reason of the condition that matters (REASON column)
+    reason: Reason | None = None  # of the condition that matters (REASON column)
     process: ProcessStatus | None = None  # of the current container, when there is one
 
     def to_dict(self) -> dict[str, Any]:

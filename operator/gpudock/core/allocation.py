@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from gpudock.api.container_fields import PortSpec
 from gpudock.api.gpu_replica_set import PortBinding
+from gpudock.api.reasons import Reason
 from gpudock.core.observed import HostPort, ObservedContainer, ResourceKey
 from gpudock.errors import UserError
 
@@ -59,13 +60,13 @@ def allocate_gpus(
 
 class HostPortInUseError(UserError):
     def __init__(self, port: HostPort) -> None:
-        super().__init__("HostPortInUse",
+        super().__init__(Reason.HOST_PORT_IN_USE,
                          f"host port {port.port}/{port.protocol} is already in use on the node")
 
 
 class NoFreeHostPortError(UserError):
     def __init__(self) -> None:
-        super().__init__("NoFreeHostPort", "no free host port is left in the node's range")
+        super().__init__(Reason.NO_FREE_HOST_PORT, "no free host port is left in the node's range")
 
 
 def allocate_ports(

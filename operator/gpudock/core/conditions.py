@@ -7,9 +7,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gpudock.api.conditions import Condition, ConditionType
+from gpudock.api.reasons import Reason
 
 
-def condition(type_: ConditionType, status: bool, reason: str, message: str) -> Condition:
+def condition(type_: ConditionType, status: bool, reason: Reason, message: str) -> Condition:
     return Condition(type=str(type_), status=status, reason=reason, message=message)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gpudock.api.reasons import Reason
 from gpudock.core.gpus import GpuDevice
 from gpudock.core.observed import ObservedContainer
 from gpudock.core.times import seconds_between
@@ -46,31 +47,31 @@ def gpu_node_status(devices: Sequence[GpuDevice], containers: Sequence[ObservedC
         "ports": {"range": f"{first}-{last}", "used": len(used),
                   "free": last - first + 1 - len(used), "bindings": bindings},
         "agentVersion": version, "heartbeatTime": now,
-        "conditions": [{"type": "Ready", "status": "True", "reason": "AgentHeartbeat",
+        "conditions": [{"type": "Ready", "status": "True", "reason": Reason.AGENT_HEARTBEAT,
                         "message": f"the gpudock agent wrote this at {now}",
                         "lastTransitionTime": now}],
     }
 
 
 def node_verdict(node_name: str, gpu_node: Mapping[str, Any] | None, now: str,
-                 heartbeat_seconds: float) -> tuple[str, str] | None:
+                 heartbeat_seconds: float) -> tuple[Reason, str] | None:
     """Why a resource of ``node_name`` cannot be served now (reason, message), or
     None when the node's agent is alive."""
     if gpu_node is None:
-        return ("NodeNotFound", f"no gpudock agent runs on node {node_name} (it has no "
+        return (Reason.NODE_NOT_FOUND, f"no gpudock agent runs on node {node_name} (it has no "
                 "GpuNode); check spec.nodeName, or install the agent on that node")
     beat = str((gpu_node.get("status") or {}).get("heartbeatTime") or "")
     silent = seconds_between(beat, now)
     if silent is None:
-        return ("NodeNotReady", f"the gpudock agent of node {node_name} has not "
+        return (Reason.NODE_NOT_READY, f"the gpudock agent of node {node_name} has not "
                 "reported yet")
     if silent > STALE_HEARTBEATS * heartbeat_seconds:
-        return ("NodeNotReady", f"the gpudock agent of node {node_name} was last seen "
+        return (Reason.NODE_NOT_READY, f"the gpudock agent of node {node_name} was last seen "
                 f"at {beat} ({silent:.0f}s ago); what its containers do now is unknown")
     return None
 
 
-def unreachable_status(previous: Mapping[str, Any], reason: str, message: str,
+def unreachable_status(previous: Mapping[str, Any], reason: Reason, message: str,
                        now: str) -> dict[str, Any] | None:
     """The status of a resource whose node cannot serve it (NodeNotFound: nothing
     was ever made; NodeNotReady: whatever runs there is not known, so Ready is
@@ -79,12 +80,12 @@ def unreachable_status(previous: Mapping[str, Any], reason: str, message: str,
                          if isinstance(c, Mapping) and c.get("type") == "Ready"), {})
     if ready_before.get("reason") == reason:
         return None
-    ready = "False" if reason == "NodeNotFound" else "Unknown"
+    ready = "False" if reason == Reason.NODE_NOT_FOUND else "Unknown"
     conditions = [
         {"type": "Ready", "status": ready, "reason": reason, "message": message},
         {"type": "Progressing", "status": "False", "reason": reason, "message": message},
         {"type": "Degraded", "status": "True", "reason": reason, "message": message},
     ]
-    return {"phase": "Pending" if reason == "NodeNotFound" else "Unknown",
+    return {"phase": "Pending" if reason == Reason.NODE_NOT_FOUND else "Unknown",
             "reason": reason,
             "conditions": [{**c, "lastTransitionTime": now} for c in conditions]}

@@ -9,6 +9,10 @@ stopped and saved), and which GPUs and host ports it had.
 Records are keyed ``<prefix>/GpuReplicaSet/<namespace>/<name>/<revision>``: one get
 reads a revision, one range read lists a resource's history. Nothing depends on a
 backend's own change history (etcd's MVCC), so compaction cannot lose a revision.
+
+Both stores keep a record as :meth:`Revision.to_json` writes it and read it back with
+:meth:`Revision.from_json`, the one decoder, which also reads the records of older
+agents (see :func:`legacy_failure`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any, Protocol
 
 from gpudock.api import gpu_replica_set
 from gpudock.api.gpu_replica_set import PortBinding, RevisionSummary
+from gpudock.api.reasons import Reason
 from gpudock.core.volume_revision import VolumeRevision
 
 KIND = gpu_replica_set.KIND
@@ -58,29 +63,81 @@ class Revision:
     # The container the agent stopped for spec.state Paused (so its being stopped is
     # not drift when the resource runs again).
     paused_container: str | None = None
-    # Docker refused to run the revision's container ("Reason: message"): it never
-    # ran, is not retried until the spec changes, and cannot be rolled back to.
-    failed: str | None = None
+    # Docker refused to run the revision's container (the condition's reason and
+    # message then): it never ran, is not retried until the spec changes, and cannot
+    # be rolled back to.
+    failed_reason: Reason | None = None
+    failed_message: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """Docker refused to run the revision's container: it never ran."""
+        return self.failed_reason is not None
+
+    def failure_text(self) -> str | None:
+        """Why it never ran as people read it, ``status.history[].failed``:
+        ``"Reason: message"``; None when it did not fail."""
+        if self.failed_reason is None:
+            return None
+        return f"{self.failed_reason}: {self.failed_message}"
 
     def summary(self) -> RevisionSummary:
         return RevisionSummary(self.revision, self.created_at, self.change_cause,
                                str(self.spec.get("image", "")),
                                int(self.spec.get("gpuCount", 0)), self.rollback_of,
-                               self.failed)
+                               self.failure_text())
 
     def to_json(self) -> str:
         data = asdict(self)
         data["ports"] = [p.to_dict() for p in self.ports]
+        # For agents older than failed_reason (a downgrade), which know only this
+        # text; never read back while failed_reason is there.
+        data[LEGACY_FAILED] = self.failure_text()
         return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Revision:
         data = json.loads(text)
+        failure: tuple[Reason | None, str] = (None, "")
+        if "failed_reason" in data:
+            if data["failed_reason"] is not None:
+                failure = _failure(str(data["failed_reason"]),
+                                   str(data.get("failed_message") or ""))
+        else:  # written by an agent older than failed_reason
+            failure = legacy_failure(data.get(LEGACY_FAILED))
         known = {f.name for f in fields(cls)}
         data = {k: v for k, v in data.items() if k in known}  # a newer agent's record
         data["gpus"] = tuple(data.get("gpus") or ())
         data["ports"] = tuple(PortBinding.from_dict(p) for p in data.get("ports") or ())
+        data["failed_reason"], data["failed_message"] = failure
         return cls(**data)
+
+
+LEGACY_FAILED = "failed"  # the record's key for "Reason: message" before failed_reason
+
+
+def legacy_failure(text: object) -> tuple[Reason | None, str]:
+    """(failed_reason, failed_message) of a record written before they were fields,
+    from its ``failed`` text, ``"Reason: message"`` (None or "": it did not fail).
+    The only place that text is parsed, once, when such a record is read."""
+    if not isinstance(text, str) or not text:
+        return None, ""
+    reason, _, message = text.partition(": ")
+    if reason not in _REASONS:  # never written so: the text is kept whole
+        return Reason.CONTAINER_START_FAILED, text
+    return Reason(reason), message
+
+
+_REASONS = frozenset(Reason)
+
+
+def _failure(reason: str, message: str) -> tuple[Reason, str]:
+    """A stored failure. A reason this agent does not know (a newer agent wrote the
+    record) reads as ContainerStartFailed, what a refused start is by default, with
+    the reason kept in the message."""
+    if reason in _REASONS:
+        return Reason(reason), message
+    return Reason.CONTAINER_START_FAILED, f"{reason}: {message}"
 
 
 def layers_named(records: Iterable[Revision]) -> set[str]:

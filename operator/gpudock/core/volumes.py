@@ -27,6 +27,7 @@ from typing import Any
 
 from gpudock.api.conditions import ConditionType
 from gpudock.api.quantity import format_size, format_size_approx
+from gpudock.api.reasons import Reason
 from gpudock.core.conditions import condition
 from gpudock.core.labels import base_name
 from gpudock.core.observed import ObservedContainer, ResourceKey
@@ -170,30 +171,30 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
     if latest is None:
         if obs.free_bytes is not None and obs.size_bytes > obs.free_bytes:
             return VolumePlan((), _status(obs, "Failed", problem=(
-                "InsufficientSpace", f"{format_size(obs.size_bytes)} asked; "
+                Reason.INSUFFICIENT_SPACE, f"{format_size(obs.size_bytes)} asked; "
                 f"{format_size_approx(obs.free_bytes)} free where volumes live on the node; "
                 "nothing was created")))
         return _steps(obs, (RecordVolume(_next_record(obs, "created", made=False)),),
                       "Pending",
-                      "Creating", f"recording a {format_size(obs.size_bytes)} volume on "
+                      Reason.CREATING, f"recording a {format_size(obs.size_bytes)} volume on "
                       f"the {obs.backend.name} backend")
     if state is None:
         if latest.made:
             return VolumePlan((), _status(obs, "Failed", problem=(
-                "VolumeLost", f"{obs.volume_id} was made on the {obs.backend.name} backend "
+                Reason.VOLUME_LOST, f"{obs.volume_id} was made on the {obs.backend.name} backend "
                 f"(under {obs.backend.root}) and is not there now: removed outside gpudock,"
                 " or its filesystem is not mounted. Nothing is made in its place (that "
                 "would be an empty volume); when it is back it is used again")))
         return _steps(obs, (CreateVolume(obs.volume_id, obs.size_bytes),), "Pending",
-                      "Creating", f"creating a {format_size(obs.size_bytes)} volume")
+                      Reason.CREATING, f"creating a {format_size(obs.size_bytes)} volume")
     if not latest.made:
         return _steps(obs, (RecordVolume(replace(latest, made=True)),), "Pending",
-                      "Creating", "noting that the volume was made")
+                      Reason.CREATING, "noting that the volume was made")
     if not state.attached:
-        return _steps(obs, (AttachVolume(obs.volume_id),), "Pending", "Attaching",
+        return _steps(obs, (AttachVolume(obs.volume_id),), "Pending", Reason.ATTACHING,
                       "attaching the volume (after a restart it is mounted again)")
     if not obs.docker_volume_exists:
-        return _steps(obs, (CreateDockerVolume(obs.volume_id),), "Pending", "Creating",
+        return _steps(obs, (CreateDockerVolume(obs.volume_id),), "Pending", Reason.CREATING,
                       f"creating Docker volume {obs.volume_id}")
     users = tuple((c.id, c.name) for c in obs.consumers if c.running)
     wanted = _block_floor(obs.size_bytes)  # filesystems come in whole blocks
@@ -205,7 +206,7 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
                 return VolumePlan((), _status(obs, "Ready"), needs_minimum=True)
             if obs.size_bytes < obs.minimum_bytes:
                 return VolumePlan((), _status(obs, "Ready", problem=(
-                    "ShrinkBelowUsage", f"{format_size(obs.size_bytes)} cannot hold what "
+                    Reason.SHRINK_BELOW_USAGE, f"{format_size(obs.size_bytes)} cannot hold what "
                     f"the volume has: its data and the filesystem's own need "
                     f"{format_size_approx(obs.minimum_bytes)} "
                     f"({format_size_approx(state.used_bytes)} used); nothing was changed")))
@@ -214,48 +215,48 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
             target = moved_volume_id(obs.key, latest.revision + 1)
             return _steps(obs, (MoveVolume(obs.volume_id, target, obs.size_bytes, users,
                                            _next_record(obs, _cause(obs), target)),),
-                          "Resizing", "Copying", f"{verb} to {format_size(obs.size_bytes)}:"
+                          "Resizing", Reason.COPYING, f"{verb} to {format_size(obs.size_bytes)}:"
                           f" copying into Docker volume {target}"
                           + (f"; {len(users)} container(s) stopped meanwhile"
                              if users else ""))
         online = grow or obs.backend.online_shrink
         return _steps(obs, (ResizeVolume(obs.volume_id, obs.size_bytes, online, users),),
-                      "Resizing", "Growing" if grow else "Shrinking",
+                      "Resizing", Reason.GROWING if grow else Reason.SHRINKING,
                       f"{verb} to {format_size(obs.size_bytes)}"
                       + ("" if online or not users
                          else f"; {len(users)} container(s) stopped meanwhile"))
     if _block_floor(latest.size_bytes) != have:  # resized, not recorded yet
         return _steps(obs, (RecordVolume(_next_record(obs, _cause(obs))),), "Ready",
-                      "Recording", "recording the new size")
+                      Reason.RECORDING, "recording the new size")
     unused = tuple(RemoveDockerVolume(v) for v, users in obs.earlier if not users)
     if unused:
-        return _steps(obs, unused, "Ready", "RemovingEarlierVolume",
+        return _steps(obs, unused, "Ready", Reason.REMOVING_EARLIER_VOLUME,
                       f"removing earlier Docker volume(s) "
                       f"{', '.join(a.volume_id for a in unused)}")
     return VolumePlan((), _status(obs, "Ready"))
 
 
-def describe(action: VolumeAction) -> tuple[str, str]:
+def describe(action: VolumeAction) -> tuple[Reason, str]:
     """The Kubernetes Event (reason, message) a step done posts."""
     match action:
         case RecordVolume(record=r):
-            return "RevisionRecorded", (f"revision {r.revision}: {r.change_cause} "
-                                        f"({format_size(r.size_bytes)} on {r.backend})")
+            return Reason.REVISION_RECORDED, (f"revision {r.revision}: {r.change_cause} "
+                                              f"({format_size(r.size_bytes)} on {r.backend})")
         case CreateVolume(volume_id=v, size_bytes=size):
-            return "VolumeCreated", f"created {v} ({format_size(size)})"
+            return Reason.VOLUME_CREATED, f"created {v} ({format_size(size)})"
         case AttachVolume(volume_id=v):
-            return "VolumeAttached", f"attached {v} again"
+            return Reason.VOLUME_ATTACHED, f"attached {v} again"
         case CreateDockerVolume(volume_id=v):
-            return "DockerVolumeCreated", f"created Docker volume {v}"
+            return Reason.DOCKER_VOLUME_CREATED, f"created Docker volume {v}"
         case ResizeVolume(size_bytes=size, online=online, consumers=users):
             how = "online" if online or not users else \
                 f"with {len(users)} container(s) stopped meanwhile"
-            return "VolumeResized", f"resized to {format_size(size)} ({how})"
+            return Reason.VOLUME_RESIZED, f"resized to {format_size(size)} ({how})"
         case MoveVolume(source=old, target=new, size_bytes=size):
-            return "VolumeMoved", (f"copied {old} into {new} ({format_size(size)}) and "
-                                   "checked the copy; its users move to the new volume")
+            return Reason.VOLUME_MOVED, (f"copied {old} into {new} ({format_size(size)}) and "
+                                         "checked the copy; its users move to the new volume")
         case RemoveDockerVolume(volume_id=v):
-            return "EarlierVolumeRemoved", f"removed {v} (nothing mounts it any more)"
+            return Reason.EARLIER_VOLUME_REMOVED, f"removed {v} (nothing mounts it any more)"
     raise AssertionError(action)  # pragma: no cover - every action is matched
 
 
@@ -263,13 +264,13 @@ def _cause(obs: VolumeObservation) -> str:
     return f"resized to {format_size(obs.size_bytes)}"
 
 
-def refused(obs: VolumeObservation, reason: str, message: str) -> dict[str, Any]:
+def refused(obs: VolumeObservation, reason: Reason, message: str) -> dict[str, Any]:
     """The status when the backend refused a change (nothing was changed)."""
     return _status(obs, "Ready" if obs.state and obs.state.attached else "Failed",
                    problem=(reason, message))
 
 
-def unusable(previous: Mapping[str, Any], reason: str, message: str,
+def unusable(previous: Mapping[str, Any], reason: Reason, message: str,
              now: str) -> dict[str, Any]:
     """The volume's backend cannot serve it now (its root gone, not btrfs any more):
     not Ready, Degraded with the reason; the rest of the last status is kept."""
@@ -286,22 +287,24 @@ def _block_floor(size: int) -> int:
 
 
 def _steps(obs: VolumeObservation, actions: tuple[VolumeAction, ...], phase: str,
-           reason: str, message: str) -> VolumePlan:
+           reason: Reason, message: str) -> VolumePlan:
     return VolumePlan(actions, _status(obs, phase, progress=(reason, message)))
 
 
-def _status(obs: VolumeObservation, phase: str, *, progress: tuple[str, str] | None = None,
-            problem: tuple[str, str] | None = None) -> dict[str, Any]:
+def _status(obs: VolumeObservation, phase: str, *,
+            progress: tuple[Reason, str] | None = None,
+            problem: tuple[Reason, str] | None = None) -> dict[str, Any]:
     state = obs.state
     ready = phase == "Ready"
-    ready_reason = ("VolumeReady", f"Docker volume {obs.volume_id} is ready") if ready \
-        else (progress or problem or ("NotReady", "not ready"))
+    ready_reason = (Reason.VOLUME_READY, f"Docker volume {obs.volume_id} is ready") if ready \
+        else (progress or problem or (Reason.NOT_READY, "not ready"))
     conditions = (
         condition(ConditionType.READY, ready, *ready_reason),
         condition(ConditionType.PROGRESSING, progress is not None,
-                  *(progress or problem or ("ReconcileComplete", "the volume has its size"))),
+                  *(progress or problem or (Reason.RECONCILE_COMPLETE,
+                                            "the volume has its size"))),
         condition(ConditionType.DEGRADED, problem is not None,
-                  *(problem or ("AsExpected", "nothing to report"))),
+                  *(problem or (Reason.AS_EXPECTED, "nothing to report"))),
     )
     attached = state is not None and state.attached
     capacity = state.capacity_bytes if state and attached else None

@@ -41,6 +41,7 @@ from gpudock.adapters.docker.errors import (
 )
 from gpudock.api import gpu_replica_set
 from gpudock.api.container_fields import Protocol
+from gpudock.api.reasons import Reason
 from gpudock.core import labels
 from gpudock.core.container_config import ContainerConfig, exact_env
 from gpudock.core.observed import HostPort, ImageInfo, ObservedContainer, ResourceKey
@@ -217,7 +218,7 @@ class InMemoryDocker:
     def refuse_next_create(self, text: str = "OCI runtime create failed: "
                            "unable to apply cgroup configuration") -> None:
         """Docker refuses the next container create (the runtime's refusal)."""
-        self.fail_next("create", UserError("ContainerCreateFailed", f"create: {text}"))
+        self.fail_next("create", UserError(Reason.CONTAINER_CREATE_FAILED, f"create: {text}"))
 
     def container(self, name_or_id: str) -> FakeContainer:
         with self._lock:
@@ -425,11 +426,11 @@ class InMemoryDocker:
             for volume in config.image_volumes:  # labelled, so Purge finds them
                 self._create_volume(volume.source, {}, dict(config.volume_labels))
             if self._find(config.name) is not None:
-                raise UserError("ContainerCreateFailed", f"create {config.name}: Conflict. "
+                raise UserError(Reason.CONTAINER_CREATE_FAILED, f"create {config.name}: Conflict. "
                                 f"The container name \"/{config.name}\" is already in use")
             for mount in config.mounts:
                 if not mount.is_volume and not os.path.exists(mount.source):
-                    raise UserError("HostPathMissing", f"create {config.name}: invalid "
+                    raise UserError(Reason.HOST_PATH_MISSING, f"create {config.name}: invalid "
                                     "mount config for type \"bind\": bind source path does "
                                     f"not exist: {mount.source}")
             mounts = [FakeMount(m.target, m.source, m.is_volume, m.read_only)
@@ -466,7 +467,7 @@ class InMemoryDocker:
         with self._request("start"):
             found = self._existing(container_id, f"start {name}")
             if found.status == "paused":
-                raise UserError("ContainerStartFailed", f"start {name}: cannot start a "
+                raise UserError(Reason.CONTAINER_START_FAILED, f"start {name}: cannot start a "
                                 "paused container, try unpause instead")
             if not found.running:
                 self._start(found)
@@ -481,7 +482,7 @@ class InMemoryDocker:
         with self._request("unpause"):
             found = self._existing(container_id, f"unpause {name}")
             if found.status != "paused":
-                raise UserError("DockerRequestFailed", f"unpause {name}: Container "
+                raise UserError(Reason.DOCKER_REQUEST_FAILED, f"unpause {name}: Container "
                                 f"{container_id} is not paused")
             found.status = "running"
             self._event("unpause", found)
@@ -491,7 +492,7 @@ class InMemoryDocker:
             found = self._existing(container_id, f"rename to {new_name}")
             other = self._find(new_name)
             if other is not None and other is not found:
-                raise UserError("DockerRequestFailed", f"rename to {new_name}: Conflict. "
+                raise UserError(Reason.DOCKER_REQUEST_FAILED, f"rename to {new_name}: Conflict. "
                                 f"The container name \"/{new_name}\" is already in use")
             found.name = new_name
             self._event("rename", found)
@@ -619,7 +620,7 @@ class InMemoryDocker:
                 return
             users = self._users(name)
             if users:
-                raise UserError("DockerRequestFailed", f"remove volume {name}: volume is "
+                raise UserError(Reason.DOCKER_REQUEST_FAILED, f"remove volume {name}: volume is "
                                 f"in use - [{', '.join(c.id for c in users)}]")
             self._drop_volume(volume)
 
@@ -666,7 +667,7 @@ class InMemoryDocker:
     def _inspect_image(self, reference: str, what: str | None = None) -> FakeImage:
         found = self._image(reference)
         if found is None:
-            raise UserError("ImageNotPresent", f"{what or f'inspect image {reference}'}: "
+            raise UserError(Reason.IMAGE_NOT_PRESENT, f"{what or f'inspect image {reference}'}: "
                             f"No such image: {reference}")
         return found
 
@@ -715,7 +716,7 @@ class InMemoryDocker:
     def _start(self, c: FakeContainer) -> None:
         command = c.cmd or []
         if command and not _command_found(c.files, command[0], _path_of(c.env)):
-            raise UserError("CommandNotFound", f"start {c.name}: the command cannot be run "
+            raise UserError(Reason.COMMAND_NOT_FOUND, f"start {c.name}: the command cannot be run "
                             f"in the image: exec: \"{command[0]}\": executable file not "
                             "found in $PATH")
         held = {HostPort(h, p): o for o in self.containers.values() if o.running

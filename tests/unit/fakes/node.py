@@ -25,6 +25,7 @@ from gpudock.adapters.volumes import registry as volume_registry
 from gpudock.adapters.volumes.base import VolumeBackend
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.api.container_fields import Protocol
+from gpudock.api.reasons import Reason
 from gpudock.core.observed import HostPort
 from gpudock.core.ports import ContainerRuntime
 from gpudock.crash_points import CrashPoints
@@ -226,7 +227,7 @@ class Node:
             self.kube.patch_status(SVOL, NAMESPACE, name, status)
 
         def event(kind: str, reason: str, message: str) -> None:
-            self.events.append((name, Event(kind, reason, message)))
+            self.events.append((name, Event(kind, Reason(reason), message)))
 
         status = self.volumes.reconcile(self.kube.get(SVOL, NAMESPACE, name), progress,
                                         event)

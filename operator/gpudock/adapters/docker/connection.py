@@ -17,6 +17,7 @@ import requests
 
 from gpudock.adapters.container_events import ContainerCache
 from gpudock.adapters.docker.errors import Step, _translated
+from gpudock.api.reasons import Reason
 
 T = TypeVar("T")
 
@@ -67,12 +68,12 @@ class DockerConnection:
         if self._on_request is not None:
             self._on_request(response.request.method or "")
 
-    def _call(self, what: str, fn: Callable[[], T], step: str = Step.OTHER) -> T:
+    def _call(self, what: str, fn: Callable[[], T], step: Reason = Step.OTHER) -> T:
         with _translated(what, step):
             return fn()
 
     def _change(self, container_id: str, what: str, fn: Callable[[], T],
-                step: str = Step.OTHER) -> T:
+                step: Reason = Step.OTHER) -> T:
         """A call that changes a container: observed afresh afterwards, whatever
         came of it (its event may reach the cache after the next observation)."""
         try:

@@ -19,6 +19,7 @@ from gpudock.adapters.command_lookup import missing_command
 from gpudock.adapters.docker.connection import DockerConnection
 from gpudock.adapters.docker.errors import ContainerGoneError, Step, _translated
 from gpudock.adapters.docker.inspect import _observed, upper_dir_of
+from gpudock.api.reasons import Reason
 from gpudock.core.container_config import ContainerConfig, exact_env
 from gpudock.core.observed import ObservedContainer
 from gpudock.errors import GpudockError, UserError
@@ -136,9 +137,9 @@ class ContainerMixin(DockerConnection):
                                   str(attrs.get("Path") or ""), config.get("Env") or [],
                                   str(config.get("WorkingDir") or ""))
         if problem is not None:
-            raise UserError("CommandNotFound", f"start {name}: the command cannot be run "
-                            f"in the image: {problem} (looked up before the start, as "
-                            "Docker's init would not report it)")
+            raise UserError(Reason.COMMAND_NOT_FOUND, f"start {name}: the command cannot "
+                            f"be run in the image: {problem} (looked up before the start, "
+                            "as Docker's init would not report it)")
 
     def _stat(self, container_id: str, path: str) -> dict[str, Any] | None:
         """Docker's stat of a path in a container's filesystem (also before it ever
@@ -176,9 +177,9 @@ class ContainerMixin(DockerConnection):
             if stat.S_ISLNK(info.st_mode):
                 continue  # the image has a symlink there; Docker mounted its target
             if (info.st_dev, info.st_ino) != mount.identity:
-                raise UserError("HostPathChanged", f"hostPath {mount.source} changed "
-                                "between its check and the mount (a symlink was swapped "
-                                "in?); the container was removed")
+                raise UserError(Reason.HOST_PATH_CHANGED, f"hostPath {mount.source} "
+                                "changed between its check and the mount (a symlink was "
+                                "swapped in?); the container was removed")
 
     def start(self, container_id: str, name: str) -> None:
         self._containers.expect(container_id, "start")

@@ -2,7 +2,9 @@
 
 Every docker/requests exception is translated here: an unreachable engine becomes
 :class:`DockerUnavailableError` (transient), a request Docker refuses because of the
-spec (a host port in use, a missing bind source) becomes a :class:`UserError`.
+spec (a host port in use, a missing bind source) becomes a :class:`UserError` of a
+class of its own, so callers catch what they mean by type (an absent image is an
+:class:`ImageNotPresentError`, whatever Docker's words were).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from collections.abc import Iterator
 import docker.errors
 import requests.exceptions
 
+from gpudock.api.reasons import Reason
 from gpudock.errors import TransientError, UserError
 
 
 class DockerUnavailableError(TransientError):
     """The Docker engine did not answer, or failed on its side."""
 
-    reason = "DockerUnavailable"
+    reason = Reason.DOCKER_UNAVAILABLE
 
 
 class ContainerGoneError(TransientError):
@@ -34,7 +37,7 @@ class HostPortBusyError(UserError):
     """Docker could not bind a host port: something outside its view holds it."""
 
     def __init__(self, message: str, port: int | None) -> None:
-        super().__init__("HostPortInUse", message)
+        super().__init__(Reason.HOST_PORT_IN_USE, message)
         self.port = port
 
 
@@ -42,7 +45,20 @@ class DiskFullError(UserError):
     """Docker (or the agent) ran out of disk space."""
 
     def __init__(self, message: str) -> None:
-        super().__init__("DiskFull", message)
+        super().__init__(Reason.DISK_FULL, message)
+
+
+class ImageNotPresentError(UserError):
+    """Docker has no image of that name (gpudock never pulls one)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Reason.IMAGE_NOT_PRESENT, message)
+
+
+class DockerRefusedError(UserError):
+    """Docker refused the request as written (an HTTP 4xx), or the runtime refused the
+    container's config: the same request would be refused again. ``reason`` is the
+    step's (:class:`Step`)."""
 
 
 _BUSY_PORT_RE = re.compile(r":(\d+)(?:: bind: address already in use| failed: port is already)")
@@ -59,12 +75,12 @@ _RUNTIME_REFUSED_TEXT = "OCI runtime create failed"  # runc refused the containe
 class Step:
     """The condition reason Docker's refusal of a step is reported under."""
 
-    CREATE = "ContainerCreateFailed"
-    START = "ContainerStartFailed"
-    OTHER = "DockerRequestFailed"
+    CREATE = Reason.CONTAINER_CREATE_FAILED
+    START = Reason.CONTAINER_START_FAILED
+    OTHER = Reason.DOCKER_REQUEST_FAILED
 
 
-def _refusal(what: str, step: str, exc: docker.errors.APIError) -> Exception:
+def _refusal(what: str, step: Reason, exc: docker.errors.APIError) -> Exception:
     """What an API error means: the user's to fix (a UserError with Docker's own
     words), or Docker being unwell (transient)."""
     text = str(exc.explanation or exc)
@@ -75,25 +91,25 @@ def _refusal(what: str, step: str, exc: docker.errors.APIError) -> Exception:
     if "no space left on device" in text:
         return DiskFullError(f"{what}: {text}")
     if "bind source path does not exist" in text:
-        return UserError("HostPathMissing", f"{what}: {text}")
+        return UserError(Reason.HOST_PATH_MISSING, f"{what}: {text}")
     if step == Step.START and _EXEC_FAILED_RE.search(text):
-        return UserError("CommandNotFound", f"{what}: the command cannot be run in the "
-                         f"image: {text}")
+        return UserError(Reason.COMMAND_NOT_FOUND, f"{what}: the command cannot be run "
+                         f"in the image: {text}")
     if 400 <= code < 500:
-        return UserError(step, f"{what}: {text}")
+        return DockerRefusedError(step, f"{what}: {text}")
     if step in (Step.CREATE, Step.START) and _RUNTIME_REFUSED_TEXT in text:
         # The runtime refused this container (a mount over /proc, a NUL in an env
         # value): it would refuse it again on every retry.
-        return UserError(step, f"{what}: {text}")
+        return DockerRefusedError(step, f"{what}: {text}")
     return DockerUnavailableError(f"{what}: Docker failed (HTTP {code}): {text}")
 
 
 @contextlib.contextmanager
-def _translated(what: str, step: str = Step.OTHER) -> Iterator[None]:
+def _translated(what: str, step: Reason = Step.OTHER) -> Iterator[None]:
     try:
         yield
     except docker.errors.ImageNotFound as exc:
-        raise UserError("ImageNotPresent", f"{what}: {exc.explanation}") from exc
+        raise ImageNotPresentError(f"{what}: {exc.explanation}") from exc
     except docker.errors.NotFound as exc:
         raise ContainerGoneError(f"{what}: {exc.explanation}") from exc
     except docker.errors.APIError as exc:

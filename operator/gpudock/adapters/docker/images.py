@@ -14,11 +14,11 @@ from typing import Any
 import docker.errors
 
 from gpudock.adapters.docker.connection import DockerConnection
+from gpudock.adapters.docker.errors import DockerRefusedError, ImageNotPresentError
 from gpudock.adapters.docker.inspect import import_changes
 from gpudock.api import gpu_replica_set
 from gpudock.core import labels
 from gpudock.core.observed import ImageInfo
-from gpudock.errors import UserError
 
 
 class ImageMixin(DockerConnection):
@@ -44,8 +44,8 @@ class ImageMixin(DockerConnection):
     def _image_info(self, image: str) -> ImageInfo | None:
         try:
             attrs = self._inspect_image(image)
-        except UserError:
-            return None
+        except (ImageNotPresentError, DockerRefusedError):
+            return None  # none by that name: Docker has none, or takes no image by it
         config = attrs.get("Config") or {}
         found = config.get("Labels") or {}
         owner = None
@@ -115,7 +115,7 @@ class ImageMixin(DockerConnection):
         try:
             self._image_step(f"tag {source} as {target}", lambda: self.client.api.tag(
                 source, repository, tag, force=True))
-        except UserError:
+        except (ImageNotPresentError, DockerRefusedError):
             return False
         return True
 

@@ -12,16 +12,15 @@ import os
 from typing import Any
 
 from gpudock.adapters.docker.connection import DockerConnection
-from gpudock.adapters.docker.errors import ContainerGoneError
+from gpudock.adapters.docker.errors import ContainerGoneError, DockerRefusedError
 from gpudock.core import labels
-from gpudock.errors import UserError
 
 
 class VolumeMixin(DockerConnection):
     def volume_exists(self, name: str) -> bool:
         try:
             self._call(f"inspect volume {name}", lambda: self.client.api.inspect_volume(name))
-        except (UserError, ContainerGoneError):
+        except (DockerRefusedError, ContainerGoneError):
             return False
         return True
 
@@ -32,7 +31,7 @@ class VolumeMixin(DockerConnection):
         try:
             info = self._call(f"inspect volume {name}",
                               lambda: self.client.api.inspect_volume(name))
-        except (UserError, ContainerGoneError):
+        except (DockerRefusedError, ContainerGoneError):
             return False
         options = info.get("Options") or {}
         if options.get("type") == "none" and "bind" in str(options.get("o", "")):
@@ -44,7 +43,7 @@ class VolumeMixin(DockerConnection):
         try:
             info = self._call(f"inspect volume {name}",
                               lambda: self.client.api.inspect_volume(name))
-        except (UserError, ContainerGoneError):
+        except (DockerRefusedError, ContainerGoneError):
             return None
         return dict(info or {})
 
@@ -72,7 +71,7 @@ class VolumeMixin(DockerConnection):
         found = self._call("list volumes", lambda: api.volumes(filters={"label": wanted}))
         removed = 0
         for volume in (found or {}).get("Volumes") or ():
-            with contextlib.suppress(UserError, ContainerGoneError):
+            with contextlib.suppress(DockerRefusedError, ContainerGoneError):
                 self._call(f"remove volume {volume['Name']}",
                            functools.partial(api.remove_volume, volume["Name"]))
                 removed += 1

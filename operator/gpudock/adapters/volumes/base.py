@@ -18,12 +18,13 @@ import subprocess
 from pathlib import Path
 from typing import Protocol
 
+from gpudock.api.reasons import Reason
 from gpudock.core.volumes import BackendState
 from gpudock.errors import TransientError, UserError
 
 
 class VolumeToolError(TransientError):
-    reason = "VolumeBackendFailed"
+    reason = Reason.VOLUME_BACKEND_FAILED
 
 
 def run_tool(*argv: str, timeout: float = 600, ok: tuple[int, ...] = (0,)) -> str:
@@ -114,5 +115,5 @@ class ResizesInPlace:
     moves_on_resize = False
 
     def copy(self, source: str, target: str, size_bytes: int) -> None:
-        raise UserError("VolumeNotMovable", f"the {self.name} backend resizes in place, "
+        raise UserError(Reason.VOLUME_NOT_MOVABLE, f"the {self.name} backend resizes in place, "
                         "never by moving to a new volume")

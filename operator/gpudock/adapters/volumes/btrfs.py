@@ -18,6 +18,7 @@ from gpudock.adapters.volumes.base import (
     bind_options,
     run_tool,
 )
+from gpudock.api.reasons import Reason
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
@@ -31,11 +32,11 @@ class BtrfsBackend(ResizesInPlace):
 
     def check(self) -> None:
         if not self.root.is_dir():
-            raise UserError("VolumeRootUnusable", f"--volume-root {self.root} does not "
+            raise UserError(Reason.VOLUME_ROOT_UNUSABLE, f"--volume-root {self.root} does not "
                             "exist; the btrfs backend needs a mounted btrfs filesystem there")
         fstype = mount_of(self.root).fstype
         if fstype != "btrfs":
-            raise UserError("VolumeRootUnusable", f"--volume-root {self.root} is on "
+            raise UserError(Reason.VOLUME_ROOT_UNUSABLE, f"--volume-root {self.root} is on "
                             f"{fstype}, not btrfs; mount a btrfs filesystem there or pick "
                             "another --volume-backend")
         try:

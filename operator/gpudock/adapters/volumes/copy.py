@@ -13,6 +13,7 @@ from pathlib import Path
 
 from gpudock.adapters import tree_copy
 from gpudock.adapters.volumes.base import VolumeToolError, tree_bytes
+from gpudock.api.reasons import Reason
 from gpudock.core.ports import ContainerRuntime
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
@@ -67,7 +68,7 @@ class CopyBackend:
         return state.used_bytes if state else 0
 
     def resize_offline(self, volume: str, size_bytes: int) -> None:
-        raise UserError("VolumeNotResizable", "the copy backend resizes by moving to a "
+        raise UserError(Reason.VOLUME_NOT_RESIZABLE, "the copy backend resizes by moving to a "
                         "new volume, never in place")
 
     def copy(self, source: str, target: str, size_bytes: int) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from gpudock.adapters.filesystem_info import free_bytes, mounts
 from gpudock.adapters.volumes.base import ResizesInPlace, VolumeToolError, bind_options
 from gpudock.adapters.volumes.base import run_tool as _run
+from gpudock.api.reasons import Reason
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
@@ -38,7 +39,7 @@ class LoopfileBackend(ResizesInPlace):
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise UserError("VolumeRootUnusable", f"volume root {self.root}: {exc}") from exc
+            raise UserError(Reason.VOLUME_ROOT_UNUSABLE, f"volume root {self.root}: {exc}") from exc
 
     def docker_options(self, volume: str) -> dict[str, str] | None:
         return bind_options(self.path(volume))
@@ -193,7 +194,7 @@ class LoopfileBackend(ResizesInPlace):
                     * BLOCK
                 self._minimum_file(volume).write_text(str(least))
                 if _blocks(size_bytes) < least:
-                    raise UserError("ShrinkBelowUsage", f"the filesystem needs at least "
+                    raise UserError(Reason.SHRINK_BELOW_USAGE, f"the filesystem needs at least "
                                     f"{least // 2**20} MiB for its data and its own "
                                     "metadata; nothing was changed")
                 with open(image, "r+b") as handle:  # grow: the room first

@@ -14,6 +14,7 @@ from gpudock.adapters.volumes.btrfs import BtrfsBackend
 from gpudock.adapters.volumes.copy import CopyBackend
 from gpudock.adapters.volumes.loopfile import LoopfileBackend
 from gpudock.adapters.volumes.xfs_quota import XfsQuotaBackend
+from gpudock.api.reasons import Reason
 from gpudock.core.ports import ContainerRuntime
 from gpudock.errors import UserError
 
@@ -31,6 +32,6 @@ BACKENDS: dict[str, VolumeBackendFactory] = {
 def open_volume_backend(name: str, root: Path, docker: ContainerRuntime) -> VolumeBackend:
     """The backend ``name`` for volumes under ``root`` (not checked: see check())."""
     if name not in BACKENDS:
-        raise UserError("UnknownVolumeBackend", f"volume backend {name!r}: not one of "
+        raise UserError(Reason.UNKNOWN_VOLUME_BACKEND, f"volume backend {name!r}: not one of "
                         f"{', '.join(BACKENDS)}")
     return BACKENDS[name](root, docker)

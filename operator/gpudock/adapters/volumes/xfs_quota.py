@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gpudock.adapters.filesystem_info import free_bytes, mount_of
 from gpudock.adapters.volumes.base import ResizesInPlace, VolumeToolError, run_tool
+from gpudock.api.reasons import Reason
 from gpudock.core.ports import ContainerRuntime
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
@@ -43,7 +44,7 @@ class XfsQuotaBackend(ResizesInPlace):
         found = mount_of(self.root, self._mountinfo)
         if found.fstype != "xfs" or not found.options & PROJECT_QUOTA:
             what = found.fstype if found.fstype != "xfs" else "XFS without project quota"
-            raise UserError("VolumeRootUnusable", f"--volume-root {self.root} is on {what} "
+            raise UserError(Reason.VOLUME_ROOT_UNUSABLE, f"--volume-root {self.root} is on {what} "
                             f"({found.mount_point}); the xfs-quota backend needs Docker's "
                             "volumes on XFS mounted with prjquota (see docs/sized-volumes.md)"
                             " or another --volume-backend")

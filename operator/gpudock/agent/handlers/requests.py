@@ -24,6 +24,7 @@ from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
 from gpudock.agent import wiring
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
+from gpudock.api.reasons import Reason
 from gpudock.errors import GpudockError
 
 
@@ -88,7 +89,7 @@ async def _seen(kind: RequestKind, body: kopf.Body, agent: NodeAgent, type: str 
                 except GpudockError as exc:
                     logger.warning("%s: leftovers not removed: %s", kind.plural, exc)
             await _write(agent, kind, body, exec_requests.failed(
-                "AgentRestarted", "the agent restarted while it ran; whether it "
+                Reason.AGENT_RESTARTED, "the agent restarted while it ran; whether it "
                 "finished is not known (run it again if it is safe to)",
                 agent.now(), node, status.get("startTime")), logger)
         return
@@ -109,7 +110,7 @@ async def _run(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: Log
         if target is None:
             name = (body.get("spec") or {}).get("replicaSetName")
             await _write(agent, kind, body, exec_requests.failed(
-                "ReplicaSetNotFound", f"GpuReplicaSet {name} does not exist in namespace "
+                Reason.REPLICA_SET_NOT_FOUND, f"GpuReplicaSet {name} does not exist in namespace "
                 f"{body['metadata']['namespace']}", now(), node), logger)
             return True
         if not exec_requests.handled_here(target, node):

@@ -16,6 +16,7 @@ from gpudock.adapters.kube_api import KubeUnavailableError
 from gpudock.agent import wiring
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, ownership, sized_volume
+from gpudock.api.reasons import Reason
 from gpudock.core.replica_set.status import waiting_on
 from gpudock.core.volumes import unusable
 from gpudock.errors import TransientError, UserError
@@ -102,11 +103,11 @@ async def delete_sized_volume(body: kopf.Body, memo: kopf.Memo, logger: Logger,
         message = (f"in use by container(s) {', '.join(users)}: delete or change the "
                    "GpuReplicaSets that mount it first")
         await asyncio.to_thread(_write, agent, body, {
-            "phase": "Deleting", "reason": "VolumeInUse", "conditions": [
-                {"type": "Ready", "status": "False", "reason": "VolumeInUse",
+            "phase": "Deleting", "reason": Reason.VOLUME_IN_USE, "conditions": [
+                {"type": "Ready", "status": "False", "reason": Reason.VOLUME_IN_USE,
                  "message": message},
-                {"type": "Progressing", "status": "True", "reason": "VolumeInUse",
+                {"type": "Progressing", "status": "True", "reason": Reason.VOLUME_IN_USE,
                  "message": message},
-                {"type": "Degraded", "status": "False", "reason": "AsExpected",
+                {"type": "Degraded", "status": "False", "reason": Reason.AS_EXPECTED,
                  "message": "nothing to report"}]}, logger)
         raise kopf.TemporaryError(message, delay=IN_USE_RETRY_SECONDS)

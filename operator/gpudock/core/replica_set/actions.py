@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from gpudock.api.reasons import Reason
 from gpudock.core.container_config import ContainerConfig
 from gpudock.core.revision import Revision
 
@@ -18,7 +19,7 @@ class StartRevision:
     record: Revision
     config: ContainerConfig
     start: bool = True
-    reason: str = "RevisionStarted"
+    reason: Reason = Reason.REVISION_STARTED
     layer: str | None = None
 
 
@@ -27,7 +28,7 @@ class RecordRevision:
     """Write a revision record only (a change made while Stopped, an adopted container)."""
 
     record: Revision
-    reason: str = "RevisionRecorded"
+    reason: Reason = Reason.REVISION_RECORDED
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ class PreserveDisk:
 class StartContainer:
     container_id: str
     name: str
-    reason: str = "Started"
+    reason: Reason = Reason.STARTED
     note: Revision | None = None  # the record as it is once the container runs
     # A never-started container's saved layer: copied in first unless it already was
     # (an agent killed between creating the container and starting it).
@@ -61,7 +62,7 @@ class StartContainer:
 class StopContainer:
     container_id: str
     name: str
-    reason: str = "Stopped"
+    reason: Reason = Reason.STOPPED
     saving: bool = False  # its disk is saved next: check there is room before stopping
     note: Revision | None = None  # the record as it is once the container is stopped
 
@@ -70,7 +71,7 @@ class StopContainer:
 class RemoveContainer:
     container_id: str
     name: str
-    reason: str = "Removed"
+    reason: Reason = Reason.REMOVED
 
 
 @dataclass(frozen=True)
@@ -118,7 +119,7 @@ class MoveHistory:
     retags: tuple[tuple[str, str], ...]  # (existing tag, new tag)
     records: tuple[Revision, ...]  # as they are to be stored
     removed: tuple[Revision, ...]  # the records whose keys go
-    reason: str
+    reason: Reason
     message: str
 
 

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, PortBinding
 from gpudock.api.paths import is_under
+from gpudock.api.reasons import Reason
 from gpudock.core.allocation import Ledger, allocate_gpus, allocate_ports
 from gpudock.core.container_config import ContainerConfig, build_container_config
 from gpudock.core.replica_set.observation import Observation
@@ -25,11 +26,11 @@ def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
     host_paths = _check_mounts(obs, spec)
     _check_image_owner(obs, spec.image)
     if spec.image not in obs.images_present:
-        raise UserError("ImageNotPresent", f"image {spec.image} is not on the node; load it "
+        raise UserError(Reason.IMAGE_NOT_PRESENT, f"image {spec.image} is not on the node; load it "
                         "there (gpudock never pulls)")
     _check_explicit_ports(obs, spec)
     if spec.gpu_count > len(obs.inventory):
-        raise UserError("ExceedsNodeCapacity",
+        raise UserError(Reason.EXCEEDS_NODE_CAPACITY,
                         f"asks for {_gpus(spec.gpu_count)}; node {spec.node_name} has "
                         f"{_gpus(len(obs.inventory))} in all")
     ledger = Ledger.from_containers(obs.containers)
@@ -37,7 +38,7 @@ def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
     gpus = allocate_gpus(spec.gpu_count, obs.inventory, taken, held_gpus)
     if gpus is None:
         free = len(obs.inventory) - len(taken & set(obs.inventory))
-        raise UserError("InsufficientGPUs",
+        raise UserError(Reason.INSUFFICIENT_GPUS,
                         f"needs {_gpus(spec.gpu_count)}; {free} of {len(obs.inventory)} "
                         f"on node {spec.node_name} are free. Waiting for GPUs to be "
                         "released")
@@ -64,7 +65,7 @@ def _check_mounts(obs: Observation, spec: GpuReplicaSetSpec) -> dict[str, str]:
         if mount.host_path is not None:
             if not any(is_under(mount.host_path, root) for root in obs.allowed_host_paths):
                 allowed = ", ".join(obs.allowed_host_paths) or "none"
-                raise UserError("HostPathNotAllowed",
+                raise UserError(Reason.HOST_PATH_NOT_ALLOWED,
                                 f"hostPath {mount.host_path} is not under an allowed root "
                                 f"(allowed: {allowed})")
             verdict = obs.host_paths.get((mount.host_path, mount.read_only))
@@ -72,7 +73,7 @@ def _check_mounts(obs: Observation, spec: GpuReplicaSetSpec) -> dict[str, str]:
                 raise verdict
             resolved[mount.host_path] = verdict or mount.host_path
         if mount.volume is not None and not obs.volume_names.get(mount.volume):
-            raise UserError("VolumeNotReady",
+            raise UserError(Reason.VOLUME_NOT_READY,
                             f"SizedVolume {mount.volume} does not exist or is not ready yet")
     return resolved
 
@@ -87,7 +88,7 @@ def _check_image_owner(obs: Observation, image: str) -> None:
     reserved = is_reserved_reference(image) or owner is not None or (
         info is not None and any(is_reserved_reference(t) for t in info.repo_tags))
     if reserved and not mine:
-        raise UserError("ReservedImage", f"image {image} is a disk saved by gpudock for "
+        raise UserError(Reason.RESERVED_IMAGE, f"image {image} is a disk saved by gpudock for "
                         "another resource; only that resource may use it")
 
 
@@ -95,6 +96,6 @@ def _check_explicit_ports(obs: Observation, spec: GpuReplicaSetSpec) -> None:
     first, last = obs.explicit_port_range or obs.port_range
     for port in spec.ports:
         if port.host_port is not None and not first <= port.host_port <= last:
-            raise UserError("HostPortNotAllowed", f"hostPort {port.host_port} is outside "
+            raise UserError(Reason.HOST_PORT_NOT_ALLOWED, f"hostPort {port.host_port} is outside "
                             f"the host ports this node allows ({first}-{last}); omit "
                             "hostPort to get one from the node's range")

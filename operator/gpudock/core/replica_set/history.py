@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gpudock.api.gpu_replica_set import HistoryPolicy, PortBinding
+from gpudock.api.reasons import Reason
 from gpudock.core import labels
 from gpudock.core.container_config import spec_hash
 from gpudock.core.observed import ObservedContainer, ResourceKey
@@ -67,12 +68,12 @@ def failed_attempt(obs: Observation, record: Revision | None,
 
 
 def failure(failed: Revision, record: Revision | None) -> UserError:
-    reason, _, message = (failed.failed or "").partition(": ")
+    """The condition of a change Docker refused: the failed revision's reason."""
     keeps = (f"; revision {record.revision} keeps running" if record is not None
              else "")
-    return UserError(reason or "ContainerStartFailed",
-                     f"revision {failed.revision} could not be started: {message}{keeps}. "
-                     "Change the spec to try again")
+    return UserError(failed.failed_reason or Reason.CONTAINER_START_FAILED,
+                     f"revision {failed.revision} could not be started: "
+                     f"{failed.failed_message}{keeps}. Change the spec to try again")
 
 
 # ------------------------------------------------------------- an earlier resource's
@@ -90,7 +91,7 @@ def set_aside(obs: Observation) -> act.MoveHistory:
                                                      r.preserved_image),
                           image=retags.get(r.image, r.image)) for r in foreign)
     return act.MoveHistory(tuple(sorted(retags.items())), moved, tuple(foreign),
-                           "HistoryRetainedApart", f"{len(foreign)} revision(s) of an "
+                           Reason.HISTORY_RETAINED_APART, f"{len(foreign)} revision(s) of an "
                            "earlier resource of this name kept apart (retained history; "
                            "adopt it with the gpudock.dev/adopt-history annotation)")
 
@@ -107,7 +108,7 @@ def adopt(obs: Observation) -> act.MoveHistory:
                             image=retags.get(r.image, r.image), container_id=None,
                             paused_container=None) for r in obs.adoptable)
     return act.MoveHistory(tuple(sorted(retags.items())), adopted, obs.adoptable,
-                           "HistoryAdopted", f"{len(adopted)} revision(s) of the deleted "
+                           Reason.HISTORY_ADOPTED, f"{len(adopted)} revision(s) of the deleted "
                            f"resource (uid {obs.adoptable[0].uid}) adopted")
 
 
@@ -123,11 +124,12 @@ def plan_delete(key: ResourceKey, containers: tuple[ObservedContainer, ...],
         return (*(act.RemoveContainer(c.id, c.name) for c in mine),
                 act.PurgeHistory(key.namespace, key.name, tuple(sorted(saved.tags)),
                                  tuple(sorted(layers_named(records)))))
-    return retire_all(key, records, saved, mine, "Removed")
+    return retire_all(key, records, saved, mine, Reason.REMOVED)
 
 
 def retire_all(key: ResourceKey, records: tuple[Revision, ...], saved: SavedDisks,
-               containers: list[ObservedContainer], reason: str) -> tuple[act.Action, ...]:
+               containers: list[ObservedContainer],
+               reason: Reason) -> tuple[act.Action, ...]:
     actions: list[act.Action] = []
     for container in containers:
         record = next((r for r in records if r.revision == container.revision
@@ -137,7 +139,7 @@ def retire_all(key: ResourceKey, records: tuple[Revision, ...], saved: SavedDisk
 
 
 def retire(key: ResourceKey, saved: SavedDisks, container: ObservedContainer,
-           record: Revision | None, reason: str) -> tuple[act.Action, ...]:
+           record: Revision | None, reason: Reason) -> tuple[act.Action, ...]:
     """Remove a container, its disk saved first unless it already is."""
     steps = () if is_preserved(saved, container, record) else save(key, saved, container,
                                                                    record)

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from gpudock.api.gpu_replica_set import DesiredState
+from gpudock.api.reasons import Reason
 from gpudock.core import labels
 from gpudock.core.container_config import RESTART_POLICY
 from gpudock.core.observed import ObservedContainer, current_of
@@ -57,23 +58,29 @@ from gpudock.core.replica_set.status import Seen, bindings_of
 from gpudock.core.revision import Revision
 from gpudock.errors import UserError
 
+# The phase a step under way shows (by its Progressing reason); any other: Reconciling.
+_PHASES = {Reason.ROLLING_OUT: "Updating", Reason.ROLLING_BACK: "Updating",
+           Reason.STOPPING: "Stopping", Reason.RECORDING: "Updating",
+           Reason.CREATING: "Creating"}
+
 
 # --------------------------------------------------------------------------- the flow
 def plan_replica_set(obs: Observation) -> Plan:
     mine = [c for c in obs.containers if c.owner == obs.key]
     stale = [c for c in mine if c.uid != obs.uid]  # an earlier resource of this name
     if stale:
-        steps = retire_all(obs.key, obs.records, obs.saved, stale, "RemovedStale")
-        return _progress(obs, None, None, steps, "Cleaning",
+        steps = retire_all(obs.key, obs.records, obs.saved, stale,
+                           Reason.REMOVED_STALE)
+        return _progress(obs, None, None, steps, Reason.CLEANING,
                          "saving and removing an earlier resource's containers")
     if len(obs.own_records) < len(obs.records):
-        return _progress(obs, None, None, (set_aside(obs),), "Cleaning",
+        return _progress(obs, None, None, (set_aside(obs),), Reason.CLEANING,
                          "keeping the history of an earlier resource of this name apart")
     if obs.adoptable and not obs.records:
-        return _progress(obs, None, None, (adopt(obs),), "Adopting",
+        return _progress(obs, None, None, (adopt(obs),), Reason.ADOPTING,
                          "adopting the retained history of the deleted resource")
     if obs.node_name and obs.spec.node_name != obs.node_name:
-        return blocked_plan(obs, UserError("NodeNameChanged", (
+        return blocked_plan(obs, UserError(Reason.NODE_NAME_CHANGED, (
             f"spec.nodeName was changed to {obs.spec.node_name}, but this resource's "
             f"container and disk are on node {obs.node_name}; moving an instance between "
             f"nodes is not supported yet. Set spec.nodeName back to {obs.node_name} "
@@ -84,8 +91,8 @@ def plan_replica_set(obs: Observation) -> Plan:
     if older:  # a rollout whose new container exists: the old one goes
         return _progress(obs, current, record,
                          retire_all(obs.key, obs.records, obs.saved, older,
-                                    "PreviousRevisionRemoved"),
-                         "RollingOut", "removing the previous revision's container")
+                                    Reason.PREVIOUS_REVISION_REMOVED),
+                         Reason.ROLLING_OUT, "removing the previous revision's container")
     try:
         target = _target(obs, record)
         if target is None:
@@ -93,7 +100,7 @@ def plan_replica_set(obs: Observation) -> Plan:
             assert record.rollback_of is not None
             return _progress(obs, current, record,
                              (act.WriteSpec(record.spec, record.rollback_of),),
-                             "RollingBack",
+                             Reason.ROLLING_BACK,
                              f"writing revision {record.rollback_of}'s spec back")
         if current is not None:
             return _with_container(obs, current, record, target)
@@ -146,15 +153,15 @@ def _target(obs: Observation, record: Revision | None) -> Target | None:
     if source is None or source.failed:
         known = ", ".join(str(r.revision) for r in obs.records if not r.failed) or "none"
         never = " (it never ran)" if source is not None else ""
-        raise UserError("RevisionNotFound", f"spec.rollbackTo.revision {wanted} cannot be "
+        raise UserError(Reason.REVISION_NOT_FOUND, f"spec.rollbackTo.revision {wanted} cannot be "
                         f"restored{never}; revisions that can: {known}. Remove "
                         "spec.rollbackTo or pick one of them; nothing was changed")
     if record is not None and wanted == record.revision:
-        raise UserError("RollbackToCurrent", f"revision {wanted} is the current revision; "
+        raise UserError(Reason.ROLLBACK_TO_CURRENT, f"revision {wanted} is the current revision; "
                         "remove spec.rollbackTo")
     disk = saved_disk_of(obs.saved, obs.images_present, source)
     if disk is None:
-        raise UserError("RevisionDiskGone", f"the saved disk of revision {wanted} no "
+        raise UserError(Reason.REVISION_DISK_GONE, f"the saved disk of revision {wanted} no "
                         "longer exists; it cannot be restored")
     return Target(obs.spec.with_shape(source.spec), f"rolled back to revision {wanted}",
                   rollback_of=wanted, source=disk)
@@ -164,12 +171,12 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
                     target: Target) -> Plan:
     if record is None:  # made before revisions were recorded: adopt it first
         return _progress(obs, current, None, (act.RecordRevision(
-            adopted_record(obs, current), "RevisionAdopted"),), "Recording",
+            adopted_record(obs, current), Reason.REVISION_ADOPTED),), Reason.RECORDING,
             f"recording {current.name} as revision {current.revision}")
     if obs.spec.state is DesiredState.STOPPED:
         return _progress(obs, current, record, retire(obs.key, obs.saved, current,
-                                                      record, "Stopped"),
-                         "Stopping", f"saving the disk of {current.name} and releasing "
+                                                      record, Reason.STOPPED),
+                         Reason.STOPPING, f"saving the disk of {current.name} and releasing "
                          "its GPUs and ports")
     moved = _moved_volume(obs, current)
     if target.rollback_of is None and target.spec.matches(record.spec):
@@ -187,7 +194,7 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
         disk = saved_disk_of(obs.saved, obs.images_present, record) if preserved \
             else save_target(obs.key, obs.saved, current, record)
         if disk is None:  # saved over an image that is gone since: never start bare
-            raise UserError("RevisionDiskGone", f"the saved disk of {current.name} is "
+            raise UserError(Reason.REVISION_DISK_GONE, f"the saved disk of {current.name} is "
                             f"over image {record.image}, which is no longer on the node; "
                             "load it again (nothing was changed)")
     # Everything the new revision needs is checked before the old container stops.
@@ -202,9 +209,9 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
     steps = (*saving,
              act.StartRevision(new, config, start=obs.spec.state is DesiredState.RUNNING,
                                layer=new.layer),
-             act.RemoveContainer(current.id, current.name, "PreviousRevisionRemoved"))
+             act.RemoveContainer(current.id, current.name, Reason.PREVIOUS_REVISION_REMOVED))
     what = f"saving the disk of {current.name}, then " if saving else ""
-    plan = _progress(obs, current, record, steps, "RollingOut",
+    plan = _progress(obs, current, record, steps, Reason.ROLLING_OUT,
                      f"rolling out revision {revision}: {what}starting it and removing "
                      "the previous revision's container")
     return replace(plan, next_config=config, next_carries_disk=carries)
@@ -228,10 +235,11 @@ def _without_container(obs: Observation, record: Revision | None, target: Target
         # that ran and was not saved and removed by the agent (state Stopped).
         ran = record.container_id is not None
         retired = ran and record.preserved_from == record.container_id
-        reason = "Resumed" if retired else "Recreated" if ran else "RevisionStarted"
+        reason = Reason.RESUMED if retired else Reason.RECREATED if ran \
+            else Reason.REVISION_STARTED
         return _progress(obs, None, record, (act.StartRevision(
             again, config, start=running, reason=reason, layer=again.layer),),
-            "Creating", f"creating container {config.name}",
+            Reason.CREATING, f"creating container {config.name}",
             drift="container was removed" if ran and not retired else None)
     failed = failed_attempt(obs, record, target)
     if failed is not None:
@@ -245,15 +253,15 @@ def _without_container(obs: Observation, record: Revision | None, target: Target
         image = source.image if source else target.spec.image
         new = new_record(obs, target, revision, image, record.gpus if record else (),
                          record.ports if record else (), layer)
-        return _progress(obs, None, record, (act.RecordRevision(new),), "Recording",
+        return _progress(obs, None, record, (act.RecordRevision(new),), Reason.RECORDING,
                          f"recording revision {revision} (not started: state Stopped)")
     config = container_for(obs, target.spec, revision, source, record.gpus if record
                            else (), record.ports if record else ())
     return _progress(obs, None, record, (act.StartRevision(
         new_record(obs, target, revision, config.image, config.gpus, config.ports, layer),
         config, start=running,
-        reason="Created" if record is None else "RevisionStarted", layer=layer),),
-        "Creating", f"creating container {config.name}")
+        reason=Reason.CREATED if record is None else Reason.REVISION_STARTED, layer=layer),),
+        Reason.CREATING, f"creating container {config.name}")
 
 
 def _keep(obs: Observation, current: ObservedContainer, record: Revision,
@@ -273,7 +281,7 @@ def _keep(obs: Observation, current: ObservedContainer, record: Revision,
                if m.volume is not None and not obs.volume_names.get(m.volume)]
     if obs.spec.state is DesiredState.RUNNING and waiting and not current.running:
         # A volume it mounts is being resized (its agent stopped it) or not there.
-        return blocked_plan(obs, UserError("VolumeNotReady", f"SizedVolume {waiting[0]} "
+        return blocked_plan(obs, UserError(Reason.VOLUME_NOT_READY, f"SizedVolume {waiting[0]} "
                                            "is not ready (being resized?); the container "
                                            "starts when it is"))
     if obs.spec.state is DesiredState.RUNNING:
@@ -287,25 +295,25 @@ def _keep(obs: Observation, current: ObservedContainer, record: Revision,
             # the record says which.
             paused = record.paused_container == current.id
             saved = record.preserved_from == current.id
-            reason = ("Resumed" if paused else "PreviousRevisionRestored" if failed
-                      else "Restarted")
+            reason = (Reason.RESUMED if paused else Reason.PREVIOUS_REVISION_RESTORED
+                      if failed else Reason.RESTARTED)
             actions.append(act.StartContainer(current.id, expected, reason, note=replace(
                 record, paused_container=None) if paused else None))
             if not (paused or saved):
                 drift.append(f"container had {current.status} (exit code "
                              f"{current.exit_code})")
     elif current.running or current.status == "paused":  # Paused
-        actions.append(act.StopContainer(current.id, expected, "Paused",
+        actions.append(act.StopContainer(current.id, expected, Reason.PAUSED,
                                          note=replace(record, paused_container=current.id)))
     note = "; ".join(drift) or None
     if failed is not None:
         error = failure(failed, record)
         if actions:
-            return replace(_progress(obs, current, record, tuple(actions), "Reconciling",
+            return replace(_progress(obs, current, record, tuple(actions), Reason.RECONCILING,
                                      error.message), drift=note)
         return blocked_plan(obs, error)
     if actions:
-        return _progress(obs, current, record, tuple(actions), "Reconciling",
+        return _progress(obs, current, record, tuple(actions), Reason.RECONCILING,
                          f"bringing {expected} to state {obs.spec.state}", drift=note)
     return Plan(prune(obs, record), status.settled(_seen(obs, current, record),
                                                    str(obs.spec.state)),
@@ -325,9 +333,8 @@ def _moved_volume(obs: Observation, current: ObservedContainer) -> str | None:
 
 
 def _progress(obs: Observation, current: ObservedContainer | None, record: Revision | None,
-              actions: tuple[act.Action, ...], reason: str, message: str,
+              actions: tuple[act.Action, ...], reason: Reason, message: str,
               drift: str | None = None) -> Plan:
-    phase = {"RollingOut": "Updating", "RollingBack": "Updating", "Stopping": "Stopping",
-             "Recording": "Updating", "Creating": "Creating"}.get(reason, "Reconciling")
+    phase = _PHASES.get(reason, "Reconciling")
     return Plan(actions, status.progressing(_seen(obs, current, record), phase, reason,
                                             message), drift)

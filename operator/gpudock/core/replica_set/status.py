@@ -29,6 +29,7 @@ from gpudock.api.gpu_replica_set import (
     ProcessStatus,
     RevisionSummary,
 )
+from gpudock.api.reasons import Reason
 from gpudock.core.conditions import condition
 from gpudock.core.observed import ObservedContainer
 from gpudock.core.revision import Revision
@@ -36,18 +37,18 @@ from gpudock.core.times import seconds_between
 from gpudock.errors import UserError
 
 # Waiting for the node, not for the user: the change is applied by itself later.
-WAITING_REASONS = ("InsufficientGPUs", "VolumeNotReady")
+WAITING_REASONS = (Reason.INSUFFICIENT_GPUS, Reason.VOLUME_NOT_READY)
 # A container must run this long after a restart by Docker before it counts as
 # serving again (the kubelet's rule for restarted containers, about).
 STABLE_SECONDS = 10
-IDLE = {
-    "Paused": ("Paused", "spec.state is Paused: the container is stopped; its GPUs and "
-               "host ports stay reserved"),
-    "Stopped": ("Stopped", "spec.state is Stopped: the disk is saved; GPUs and host ports "
-                "are released"),
+IDLE: dict[str, tuple[Reason, str]] = {  # by spec.state
+    "Paused": (Reason.PAUSED, "spec.state is Paused: the container is stopped; its GPUs "
+               "and host ports stay reserved"),
+    "Stopped": (Reason.STOPPED, "spec.state is Stopped: the disk is saved; GPUs and host "
+                "ports are released"),
 }
-_COMPLETE = ("ReconcileComplete", "the container matches the spec")
-_AS_EXPECTED = ("AsExpected", "nothing to report")
+_COMPLETE = (Reason.RECONCILE_COMPLETE, "the container matches the spec")
+_AS_EXPECTED = (Reason.AS_EXPECTED, "nothing to report")
 
 
 @dataclass(frozen=True)
@@ -98,19 +99,20 @@ def _crash_message(container: ObservedContainer) -> str:
 
 
 def _ready(seen: Seen, idle: str | None = None,
-           otherwise: tuple[str, str] | None = None) -> Condition:
+           otherwise: tuple[Reason, str] | None = None) -> Condition:
     current = seen.current
     if serving(current, seen.now):
         assert current is not None
-        return condition(ConditionType.READY, True, "ContainerRunning",
+        return condition(ConditionType.READY, True, Reason.CONTAINER_RUNNING,
                          f"container {current.name} is running")
     if idle in IDLE:
         return condition(ConditionType.READY, False, *IDLE[idle])
     if current is not None and crash_looping(current, seen.now):
-        return condition(ConditionType.READY, False, "CrashLoop", _crash_message(current))
+        return condition(ConditionType.READY, False, Reason.CRASH_LOOP,
+                         _crash_message(current))
     if otherwise is not None:
         return condition(ConditionType.READY, False, *otherwise)
-    return condition(ConditionType.READY, False, "ContainerNotRunning",
+    return condition(ConditionType.READY, False, Reason.CONTAINER_NOT_RUNNING,
                      f"container {current.name} is {current.status}" if current
                      else "no container")
 
@@ -130,7 +132,7 @@ def settled(seen: Seen, state: str) -> GpuReplicaSetStatus:
     phase = state
     if state == "Running" and crash_looping(current, seen.now):
         assert current is not None
-        degraded = condition(ConditionType.DEGRADED, True, "CrashLoop",
+        degraded = condition(ConditionType.DEGRADED, True, Reason.CRASH_LOOP,
                              _crash_message(current))
         phase = "CrashLoop"
     conditions = (_ready(seen, idle=state),
@@ -138,7 +140,8 @@ def settled(seen: Seen, state: str) -> GpuReplicaSetStatus:
     return _assembled(seen, phase, conditions)
 
 
-def progressing(seen: Seen, phase: str, reason: str, message: str) -> GpuReplicaSetStatus:
+def progressing(seen: Seen, phase: str, reason: Reason,
+                message: str) -> GpuReplicaSetStatus:
     """A step is being applied."""
     conditions = (_ready(seen, otherwise=(reason, message)),
                   condition(ConditionType.PROGRESSING, True, reason, message),
@@ -188,7 +191,7 @@ def _process(current: ObservedContainer | None) -> ProcessStatus | None:
                          current.oom_killed, current.started_at or None)
 
 
-def headline(conditions: Sequence[Condition], phase: str) -> str | None:
+def headline(conditions: Sequence[Condition], phase: str) -> Reason | None:
     """The one reason worth a column: what needs the user, else the change under
     way, else why it does not serve (not for Paused or Stopped: asked for)."""
     by_type = {c.type: c for c in conditions}
@@ -218,7 +221,7 @@ def invalid_spec_status(generation: int | None, previous_status: Mapping[str, An
     running = serving is not None and serving.status == "running"
     if running:
         assert serving is not None
-        ready = condition(ConditionType.READY, True, "ContainerRunning",
+        ready = condition(ConditionType.READY, True, Reason.CONTAINER_RUNNING,
                           f"container {serving.name} keeps running as before")
     elif serving is None:
         ready = condition(ConditionType.READY, False, error.reason, error.message)
@@ -263,7 +266,7 @@ def _raw_history(items: Sequence[Any]) -> list[RevisionSummary]:
     return result
 
 
-def waiting_on(previous_status: Mapping[str, Any], reason: str, message: str,
+def waiting_on(previous_status: Mapping[str, Any], reason: Reason, message: str,
                now: str) -> dict[str, Any]:
     """A dependency (Docker, the revision store) does not answer: nothing could be
     observed, so the status last written stays, and Progressing says what is awaited."""
@@ -281,17 +284,17 @@ def note_drift(status: GpuReplicaSetStatus, drift: str | None,
     """Record repaired drift in the Degraded condition (status False, reason
     DriftRepaired), and keep that note while nothing else happens to the resource."""
     degraded = next((c for c in status.conditions if c.type == ConditionType.DEGRADED), None)
-    if degraded is None or degraded.status or degraded.reason != "AsExpected":
+    if degraded is None or degraded.status or degraded.reason != Reason.AS_EXPECTED:
         return status
     if drift is None:
         before = next((c for c in previous_status.get("conditions") or ()
                        if isinstance(c, Mapping) and c.get("type") == "Degraded"), None)
-        if (before is None or before.get("reason") != "DriftRepaired"
+        if (before is None or before.get("reason") != Reason.DRIFT_REPAIRED
                 or previous_status.get("observedGeneration") != status.observed_generation):
             return status
         drift_message = str(before.get("message", ""))
     else:
         drift_message = f"repaired: {drift}"
-    note = condition(ConditionType.DEGRADED, False, "DriftRepaired", drift_message)
+    note = condition(ConditionType.DEGRADED, False, Reason.DRIFT_REPAIRED, drift_message)
     return replace(status, conditions=tuple(note if c is degraded else c
                                             for c in status.conditions))

@@ -1,0 +1,140 @@
+"""Every reason gpudock writes: the ``reason`` of a condition, of a status (the REASON
+column) and of a Kubernetes Event, on every kind.
+
+Users read them (``kubectl get``, ``kubectl describe``, alerts on
+``gpudock_reconcile_errors_total``), so they are part of the API: each member is
+documented in docs/api.md (tests/unit/test_reasons.py checks it), and a value never
+changes. A :class:`Reason` is a ``str`` (a StrEnum): it compares, hashes, formats and
+serialises as its value, so a status or event written with one is byte for byte the
+one written with the string.
+
+Code that writes a reason takes a ``Reason`` (``UserError``, ``condition()``, the
+reconciler's ``Event``, the status builders), so mypy refuses a reason that is not
+listed here. Reasons read back from the API server (a status written earlier) stay
+plain strings.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(enum.StrEnum):
+    # --- Transient: a dependency does not answer (Progressing=False, retried) --------
+    RETRYING = "Retrying"
+    DOCKER_UNAVAILABLE = "DockerUnavailable"
+    API_SERVER_UNAVAILABLE = "ApiServerUnavailable"
+    REVISION_STORE_UNAVAILABLE = "RevisionStoreUnavailable"
+    VOLUME_BACKEND_FAILED = "VolumeBackendFailed"
+
+    # --- GpuReplicaSet: the user's to fix (or the node's: the waiting ones) ----------
+    INVALID_SPEC = "InvalidSpec"
+    IMAGE_NOT_PRESENT = "ImageNotPresent"
+    RESERVED_IMAGE = "ReservedImage"
+    EXCEEDS_NODE_CAPACITY = "ExceedsNodeCapacity"
+    INSUFFICIENT_GPUS = "InsufficientGPUs"  # waiting for the node
+    VOLUME_NOT_READY = "VolumeNotReady"  # waiting for the node
+    HOST_PATH_NOT_ALLOWED = "HostPathNotAllowed"
+    HOST_PATH_MISSING = "HostPathMissing"
+    HOST_PATH_CROSSES_MOUNT = "HostPathCrossesMount"
+    HOST_PATH_READ_ONLY = "HostPathReadOnly"
+    HOST_PATH_CHANGED = "HostPathChanged"
+    HOST_PORT_NOT_ALLOWED = "HostPortNotAllowed"
+    HOST_PORT_IN_USE = "HostPortInUse"
+    NO_FREE_HOST_PORT = "NoFreeHostPort"
+    NODE_NAME_CHANGED = "NodeNameChanged"
+    REVISION_NOT_FOUND = "RevisionNotFound"
+    ROLLBACK_TO_CURRENT = "RollbackToCurrent"
+    REVISION_DISK_GONE = "RevisionDiskGone"
+    CONTAINER_CREATE_FAILED = "ContainerCreateFailed"
+    CONTAINER_START_FAILED = "ContainerStartFailed"
+    COMMAND_NOT_FOUND = "CommandNotFound"
+    DOCKER_REQUEST_FAILED = "DockerRequestFailed"
+    DISK_FULL = "DiskFull"
+    DISK_RESTORE_FAILED = "DiskRestoreFailed"
+
+    # --- GpuReplicaSet: conditions of a serving, idle or settled instance ------------
+    CONTAINER_RUNNING = "ContainerRunning"
+    CONTAINER_NOT_RUNNING = "ContainerNotRunning"  # also an ExecRequest/ImageCommit failure
+    CRASH_LOOP = "CrashLoop"
+    PAUSED = "Paused"  # also the event of a container stopped for state Paused
+    STOPPED = "Stopped"  # also the event of a container stopped
+    RECONCILE_COMPLETE = "ReconcileComplete"
+    AS_EXPECTED = "AsExpected"
+    DRIFT_REPAIRED = "DriftRepaired"
+
+    # --- GpuReplicaSet: the step under way (Progressing=True) ------------------------
+    CLEANING = "Cleaning"
+    ADOPTING = "Adopting"
+    ROLLING_OUT = "RollingOut"
+    ROLLING_BACK = "RollingBack"
+    RECORDING = "Recording"  # also a SizedVolume step
+    STOPPING = "Stopping"
+    CREATING = "Creating"  # also a SizedVolume step
+    RECONCILING = "Reconciling"
+
+    # --- GpuReplicaSet: events of the steps done -------------------------------------
+    DRIFT_DETECTED = "DriftDetected"
+    HOST_PORT_SKIPPED = "HostPortSkipped"
+    CREATED = "Created"
+    RECREATED = "Recreated"
+    RESUMED = "Resumed"
+    RESTARTED = "Restarted"
+    STARTED = "Started"
+    REMOVED = "Removed"
+    REMOVED_STALE = "RemovedStale"
+    RENAMED = "Renamed"
+    UNPAUSED = "Unpaused"
+    RESTART_POLICY_RESTORED = "RestartPolicyRestored"
+    REVISION_STARTED = "RevisionStarted"
+    REVISION_RECORDED = "RevisionRecorded"  # also a SizedVolume event
+    REVISION_ADOPTED = "RevisionAdopted"
+    REVISION_PRUNED = "RevisionPruned"
+    PREVIOUS_REVISION_REMOVED = "PreviousRevisionRemoved"
+    PREVIOUS_REVISION_RESTORED = "PreviousRevisionRestored"
+    ROLLED_BACK = "RolledBack"
+    DISK_SAVED = "DiskSaved"
+    DISK_FLATTENED = "DiskFlattened"
+    HISTORY_RETAINED_APART = "HistoryRetainedApart"
+    HISTORY_ADOPTED = "HistoryAdopted"
+    HISTORY_PURGED = "HistoryPurged"
+
+    # --- GpuNode, and a resource whose node has no live agent ------------------------
+    AGENT_HEARTBEAT = "AgentHeartbeat"
+    NODE_NOT_FOUND = "NodeNotFound"
+    NODE_NOT_READY = "NodeNotReady"
+
+    # --- SizedVolume -----------------------------------------------------------------
+    VOLUME_READY = "VolumeReady"
+    NOT_READY = "NotReady"
+    ATTACHING = "Attaching"
+    GROWING = "Growing"
+    SHRINKING = "Shrinking"
+    COPYING = "Copying"
+    REMOVING_EARLIER_VOLUME = "RemovingEarlierVolume"
+    INSUFFICIENT_SPACE = "InsufficientSpace"
+    VOLUME_LOST = "VolumeLost"
+    SHRINK_BELOW_USAGE = "ShrinkBelowUsage"
+    VOLUME_NOT_RESIZABLE = "VolumeNotResizable"
+    VOLUME_ROOT_UNUSABLE = "VolumeRootUnusable"
+    UNKNOWN_VOLUME_BACKEND = "UnknownVolumeBackend"
+    VOLUME_NOT_MOVABLE = "VolumeNotMovable"
+    VOLUME_IN_USE = "VolumeInUse"
+    VOLUME_CREATED = "VolumeCreated"
+    VOLUME_ATTACHED = "VolumeAttached"
+    DOCKER_VOLUME_CREATED = "DockerVolumeCreated"
+    VOLUME_RESIZED = "VolumeResized"
+    VOLUME_MOVED = "VolumeMoved"
+    EARLIER_VOLUME_REMOVED = "EarlierVolumeRemoved"
+
+    # --- ExecRequest and ImageCommit -------------------------------------------------
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    COMMITTING = "Committing"
+    COMMITTED = "Committed"
+    SUCCEEDED = "Succeeded"  # the event of an ImageCommit done (its phase)
+    IMAGE_TAG_TAKEN = "ImageTagTaken"
+    REPLICA_SET_NOT_FOUND = "ReplicaSetNotFound"
+    REPLICA_SET_NOT_RUNNING = "ReplicaSetNotRunning"
+    AGENT_RESTARTED = "AgentRestarted"
