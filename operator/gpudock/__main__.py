@@ -1,3 +1,3 @@
-from gpudock.cli import main
+from gpudock.cli.main import main
 
 raise SystemExit(main())

@@ -30,7 +30,7 @@ import kubernetes
 import urllib3
 import yaml
 
-from gpudock.retained_commands import table
+from gpudock.cli.retained_commands import table
 from tests.stack.agent_process import AgentProcess
 from tests.stack.localstack import BUSYBOX_IMAGE, LocalStack
 from tests.stack.processes import free_port, proc_stat

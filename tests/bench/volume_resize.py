@@ -23,7 +23,7 @@ from pathlib import Path
 from gpudock.adapters import tree_copy
 from gpudock.adapters.volumes.btrfs import BtrfsBackend
 from gpudock.adapters.volumes.loopfile import LoopfileBackend
-from gpudock.retained_commands import table
+from gpudock.cli.retained_commands import table
 from tests.stack import filesystems
 
 MiB = 2**20

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gpudock.adapters.volumes.base import VolumeToolError
+from gpudock.adapters.host_tools import VolumeToolError
 from gpudock.adapters.volumes.loopfile import LoopfileBackend
 from tests.stack.localstack import LocalStack
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from gpudock.agent.exec_runner import expires_in
+from gpudock.agent.image_committer import clean_config
 from gpudock.api.container_fields import Protocol
 from gpudock.api.exec_request import ExecRequestSpec
 from gpudock.api.image_commit import ImageCommitSpec
@@ -13,8 +15,6 @@ from gpudock.core.gpu_node import gpu_node_status, node_verdict, unreachable_sta
 from gpudock.core.gpus import GpuDevice
 from gpudock.core.observed import ObservedContainer, ResourceKey
 from gpudock.errors import SpecError
-from gpudock.exec_requests import expires_in
-from gpudock.image_commits import clean_config
 
 
 def test_gpu_node_status_comes_from_the_containers() -> None:

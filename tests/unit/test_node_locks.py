@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gpudock.agent.node_locks import NodeLocks
 from gpudock.core.observed import ResourceKey
-from gpudock.node_locks import NodeLocks
 
 
 def test_the_longest_namespace_and_name_get_their_own_lock_file(tmp_path: Path) -> None:

@@ -28,9 +28,10 @@ from tests.unit.fakes.node import NAMESPACE, Node
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "gpudock"
 # Where the reconcilers (and the copy volume backend they hand the runtime to) call
 # it, as globs: modules being moved are still found.
-CALLERS = ("reconciler.py", "disk_saves.py", "volume_reconciler.py",
+CALLERS = ("agent/replica_set_*.py", "agent/disk_saves.py", "agent/volume_reconciler.py",
            "adapters/**/copy*.py")
-KUBE_CALLERS = ("reconciler.py", "volume_reconciler.py", "disk_saves.py")
+KUBE_CALLERS = ("agent/replica_set_*.py", "agent/volume_reconciler.py",
+                "agent/disk_saves.py")
 KUBECONFIG = """\
 apiVersion: v1
 kind: Config

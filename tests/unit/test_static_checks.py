@@ -3,11 +3,15 @@ docker, pynvml, aetcd or kubernetes) are part of the suite, so CI enforces them.
 
 from __future__ import annotations
 
+import pkgutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+
+import gpudock
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,3 +36,28 @@ def test_import_contracts_hold() -> None:
     result = _run(lint_imports, "--no-cache")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "BROKEN" not in result.stdout
+
+
+def _named_in_contracts() -> set[str]:
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    named: set[str] = set()
+    for contract in config["tool"]["importlinter"]["contracts"]:
+        containers = contract.get("containers") or [""]
+        for key in ("source_modules", "forbidden_modules", "modules"):
+            named.update(contract.get(key) or ())
+        for layer in contract.get("layers") or ():
+            for part in layer.split("|"):
+                named.update(f"{c}.{part.strip()}" if c else part.strip() for c in containers)
+        named.update(c for c in containers if c)
+    return named
+
+
+def test_every_module_has_its_place_in_an_import_contract() -> None:
+    """A new module is named by a contract (itself, or the package it belongs to), so
+    the architecture says where it sits and lint-imports holds it there."""
+    named = _named_in_contracts()
+    modules = [m.name for m in pkgutil.walk_packages(gpudock.__path__, "gpudock.")]
+    unplaced = [m for m in modules
+                if not any(".".join(m.split(".")[:i]) in named
+                           for i in range(2, m.count(".") + 2))]
+    assert unplaced == []

@@ -18,11 +18,11 @@ import pytest
 from gpudock.adapters.sqlite_revisions import SqliteRevisionStore
 from gpudock.adapters.volumes import registry
 from gpudock.adapters.volumes.registry import open_volume_backend
+from gpudock.agent.volume_reconciler import VolumeReconciler
 from gpudock.core.observed import ObservedContainer
 from gpudock.core.ports import ContainerRuntime
 from gpudock.errors import UserError
 from gpudock.settings import SettingsError, add_agent_arguments, settings_from
-from gpudock.volume_reconciler import VolumeReconciler
 from tests.unit.volume_backend_example import DirectoryBackend, MovingDirectoryBackend
 
 MiB = 2**20

@@ -13,12 +13,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from gpudock.adapters.volumes.base import (
-    ResizesInPlace,
-    VolumeToolError,
-    bind_options,
-    tree_bytes,
-)
+from gpudock.adapters.host_tools import VolumeToolError
+from gpudock.adapters.volumes.base import ResizesInPlace, bind_options, tree_bytes
 from gpudock.core.ports import ContainerRuntime
 from gpudock.core.volumes import BackendState
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from gpudock.adapters import tree_copy
 from gpudock.adapters.docker.inspect import upper_dir_of
-from gpudock.adapters.volumes.base import VolumeToolError
+from gpudock.adapters.host_tools import VolumeToolError
 
 STAGING_SUFFIX = ".gpudock-incoming"
 

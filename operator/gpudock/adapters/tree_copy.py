@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from gpudock.adapters.volumes.base import VolumeToolError, run_tool
+from gpudock.adapters.host_tools import VolumeToolError, run_tool
 
 CHUNK = 1 << 20
 

@@ -23,15 +23,15 @@ from gpudock.adapters.gpu_inventory import inventory_from_settings
 from gpudock.adapters.kube_api import KubeApi
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.adapters.timed_store import TimedRevisionStore
+from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
 from gpudock.agent.status_writer import StatusWriter
+from gpudock.agent.volume_reconciler import VolumeReconciler
 from gpudock.agent.wakeups import Wakeups
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.core.gpus import GpuInventory
 from gpudock.core.revision import RevisionStore
 from gpudock.crash_points import CrashPoints
-from gpudock.reconciler import ReplicaSetReconciler
 from gpudock.settings import Settings
-from gpudock.volume_reconciler import VolumeReconciler
 
 MEMO_KEY = "agent"
 

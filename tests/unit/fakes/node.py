@@ -17,21 +17,22 @@ from typing import Any
 
 import pytest
 
-from gpudock import volume_reconciler
 from gpudock.adapters import host_ports
 from gpudock.adapters.simulated_gpus import SimulatedGpuInventory
 from gpudock.adapters.sqlite_revisions import SqliteRevisionStore
 from gpudock.adapters.volumes import registry as volume_registry
 from gpudock.adapters.volumes.base import VolumeBackend
+from gpudock.agent import volume_reconciler
+from gpudock.agent.replica_set_outcome import Event, Outcome
+from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
+from gpudock.agent.volume_reconciler import VolumeReconciler
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.api.container_fields import Protocol
 from gpudock.api.reasons import Reason
 from gpudock.core.observed import HostPort
 from gpudock.core.ports import ContainerRuntime
 from gpudock.crash_points import CrashPoints
-from gpudock.reconciler import Event, Outcome, ReplicaSetReconciler
 from gpudock.settings import Settings, add_agent_arguments, settings_from
-from gpudock.volume_reconciler import VolumeReconciler
 from tests.unit.fakes.clock import FixedClock
 from tests.unit.fakes.crash import kill_raises
 from tests.unit.fakes.docker import FakeContainer, InMemoryDocker

@@ -14,31 +14,12 @@ volume is a UserError (reported in the status, nothing changed).
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Protocol
 
 from gpudock.api.reasons import Reason
 from gpudock.core.volumes import BackendState
-from gpudock.errors import TransientError, UserError
-
-
-class VolumeToolError(TransientError):
-    reason = Reason.VOLUME_BACKEND_FAILED
-
-
-def run_tool(*argv: str, timeout: float = 600, ok: tuple[int, ...] = (0,)) -> str:
-    """Run a storage tool; its output, or VolumeToolError with what it said. The tool
-    dies with the agent (as it would with the agent's pod): a tool left running by a
-    killed agent would race the restarted agent's recovery of the same volume."""
-    try:
-        done = subprocess.run(["setpriv", "--pdeathsig", "KILL", "--", *argv],
-                              capture_output=True, text=True, timeout=timeout, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise VolumeToolError(f"{argv[0]}: {exc}") from exc
-    if done.returncode not in ok:
-        raise VolumeToolError(f"{' '.join(argv)}: {done.stderr.strip() or done.stdout.strip()}")
-    return done.stdout
+from gpudock.errors import UserError
 
 
 def bind_options(path: Path) -> dict[str, str]:

@@ -12,12 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gpudock.adapters.filesystem_info import free_bytes, mount_of
-from gpudock.adapters.volumes.base import (
-    ResizesInPlace,
-    VolumeToolError,
-    bind_options,
-    run_tool,
-)
+from gpudock.adapters.host_tools import VolumeToolError, run_tool
+from gpudock.adapters.volumes.base import ResizesInPlace, bind_options
 from gpudock.api.reasons import Reason
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gpudock.adapters import tree_copy
-from gpudock.adapters.volumes.base import VolumeToolError, tree_bytes
+from gpudock.adapters.host_tools import VolumeToolError
+from gpudock.adapters.volumes.base import tree_bytes
 from gpudock.api.reasons import Reason
 from gpudock.core.ports import ContainerRuntime
 from gpudock.core.volumes import BackendState

@@ -17,8 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from gpudock.adapters.filesystem_info import free_bytes, mounts
-from gpudock.adapters.volumes.base import ResizesInPlace, VolumeToolError, bind_options
-from gpudock.adapters.volumes.base import run_tool as _run
+from gpudock.adapters.host_tools import VolumeToolError
+from gpudock.adapters.host_tools import run_tool as _run
+from gpudock.adapters.volumes.base import ResizesInPlace, bind_options
 from gpudock.api.reasons import Reason
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError

@@ -17,7 +17,8 @@ import re
 from pathlib import Path
 
 from gpudock.adapters.filesystem_info import free_bytes, mount_of
-from gpudock.adapters.volumes.base import ResizesInPlace, VolumeToolError, run_tool
+from gpudock.adapters.host_tools import VolumeToolError, run_tool
+from gpudock.adapters.volumes.base import ResizesInPlace
 from gpudock.api.reasons import Reason
 from gpudock.core.ports import ContainerRuntime
 from gpudock.core.volumes import BackendState

@@ -16,9 +16,9 @@ from typing import Any
 
 import kopf
 
-from gpudock import metrics, node_health
+from gpudock import metrics
 from gpudock.adapters.kube_api import ObjectNotFoundError, in_cluster_server
-from gpudock.agent import wiring
+from gpudock.agent import node_health, wiring
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
 from gpudock.errors import GpudockError

@@ -18,11 +18,11 @@ import kopf
 from gpudock import metrics
 from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
 from gpudock.agent import wiring
+from gpudock.agent.replica_set_outcome import Event, Outcome
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership
 from gpudock.core.replica_set.status import waiting_on
 from gpudock.errors import TransientError
-from gpudock.reconciler import Event, Outcome
 
 GRS = gpu_replica_set.PLURAL
 Logger = logging.Logger | logging.LoggerAdapter[Any]

@@ -1,5 +1,5 @@
 """kopf registration of the one-shot request kinds (ExecRequest, ImageCommit): wires
-events to exec_requests.py and image_commits.py. No decisions are made here.
+events to exec_runner.py and image_committer.py. No decisions are made here.
 
 Requests are followed with kopf's event handler, not its create handler: every
 agent sees every request, and kopf's record of what it handled is one annotation
@@ -19,9 +19,8 @@ from typing import Any
 
 import kopf
 
-from gpudock import exec_requests, image_commits
 from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
-from gpudock.agent import wiring
+from gpudock.agent import exec_runner, image_committer, wiring
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.api.reasons import Reason
@@ -38,9 +37,9 @@ class RequestKind:
     tidy: Callable[..., None] | None = None
 
 
-EXEC = RequestKind(exec_request.PLURAL, exec_requests.FINISHED, exec_requests.run, True)
-COMMIT = RequestKind(image_commit.PLURAL, ("Succeeded", "Failed"), image_commits.run, False,
-                     image_commits.forget_scratch)
+EXEC = RequestKind(exec_request.PLURAL, exec_runner.FINISHED, exec_runner.run, True)
+COMMIT = RequestKind(image_commit.PLURAL, ("Succeeded", "Failed"), image_committer.run, False,
+                     image_committer.forget_scratch)
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
@@ -57,7 +56,7 @@ async def image_commit_seen(body: kopf.Body, memo: kopf.Memo, type: str | None,
     if type == "DELETED" and (body.get("status") or {}).get("node") == \
             agent.settings.node_name:
         try:
-            await asyncio.to_thread(image_commits.remove_on_delete, dict(body), agent.docker)
+            await asyncio.to_thread(image_committer.remove_on_delete, dict(body), agent.docker)
         except GpudockError as exc:
             logger.warning("image of a deleted ImageCommit not removed: %s", exc)
     await _seen(COMMIT, body, agent, type, logger)
@@ -88,7 +87,7 @@ async def _seen(kind: RequestKind, body: kopf.Body, agent: NodeAgent, type: str 
                     await asyncio.to_thread(kind.tidy, dict(body), agent.docker)
                 except GpudockError as exc:
                     logger.warning("%s: leftovers not removed: %s", kind.plural, exc)
-            await _write(agent, kind, body, exec_requests.failed(
+            await _write(agent, kind, body, exec_runner.failed(
                 Reason.AGENT_RESTARTED, "the agent restarted while it ran; whether it "
                 "finished is not known (run it again if it is safe to)",
                 agent.now(), node, status.get("startTime")), logger)
@@ -106,14 +105,14 @@ async def _run(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: Log
     """True when this agent wrote the request's final status."""
     node, now = agent.settings.node_name, agent.now
     try:
-        target = await asyncio.to_thread(exec_requests.target_of, body, agent.kube)
+        target = await asyncio.to_thread(exec_runner.target_of, body, agent.kube)
         if target is None:
             name = (body.get("spec") or {}).get("replicaSetName")
-            await _write(agent, kind, body, exec_requests.failed(
+            await _write(agent, kind, body, exec_runner.failed(
                 Reason.REPLICA_SET_NOT_FOUND, f"GpuReplicaSet {name} does not exist in namespace "
                 f"{body['metadata']['namespace']}", now(), node), logger)
             return True
-        if not exec_requests.handled_here(target, node):
+        if not exec_runner.handled_here(target, node):
             return False  # the agent of its node runs it
 
         def started(status: dict[str, Any]) -> None:
@@ -149,7 +148,7 @@ async def _expire(agent: NodeAgent, kind: RequestKind, body: dict[str, Any]) -> 
     """Delete a finished request once its ttlSecondsAfterFinished has passed."""
     meta = body["metadata"]
     try:
-        wait = exec_requests.expires_in(body, agent.now())
+        wait = exec_runner.expires_in(body, agent.now())
         if wait is None:
             return
         await asyncio.sleep(max(wait, 0))

@@ -14,11 +14,11 @@ import sys
 import time
 from typing import Any, TextIO
 
-from gpudock import retained_commands
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import sized_volume
 from gpudock.api.gpu_replica_set import PLURAL
 from gpudock.api.quantity import format_size
+from gpudock.cli import retained_commands
 from gpudock.errors import GpudockError
 
 

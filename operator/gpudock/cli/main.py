@@ -7,7 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gpudock import __version__, retained_commands, rollout_commands
+from gpudock import __version__
+from gpudock.cli import retained_commands, rollout_commands
 from gpudock.settings import SettingsError, add_agent_arguments, settings_from
 
 

@@ -21,36 +21,34 @@ import contextlib
 import datetime
 import functools
 import logging
-import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
-from gpudock import metrics
-from gpudock.adapters import host_paths, host_ports
+from gpudock.adapters import host_ports
 from gpudock.adapters.docker.errors import HostPortBusyError
 from gpudock.adapters.host_paths import HostPathPolicy
-from gpudock.adapters.kube_api import ObjectNotFoundError
-from gpudock.api import gpu_replica_set, ownership, sized_volume
+from gpudock.agent.disk_saves import DiskSaves
+from gpudock.agent.node_locks import NodeLocks
+from gpudock.agent.replica_set_observer import ReplicaSetObserver
+from gpudock.agent.replica_set_outcome import Event, Outcome
+from gpudock.agent.replica_set_steps import Contended, Replan, ReplicaSetSteps
+from gpudock.api import gpu_replica_set, ownership
 from gpudock.api.container_fields import Protocol
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy
 from gpudock.api.reasons import Reason
-from gpudock.core.allocation import Ledger
 from gpudock.core.conditions import with_transition_times
-from gpudock.core.container_config import ContainerConfig
 from gpudock.core.gpus import GpuInventory
 from gpudock.core.observed import HostPort, ResourceKey
 from gpudock.core.ports import ContainerRuntime, KubeClient, VolumeLookup
 from gpudock.core.replica_set import actions as act
-from gpudock.core.replica_set import history, saved_disks
+from gpudock.core.replica_set import history
 from gpudock.core.replica_set import plan as core
 from gpudock.core.replica_set.observation import Observation, Plan
 from gpudock.core.replica_set.status import invalid_spec_status, note_drift
-from gpudock.core.revision import Revision, RevisionStore
+from gpudock.core.revision import RevisionStore
 from gpudock.crash_points import CrashPoints
-from gpudock.disk_saves import DiskSaves
 from gpudock.errors import InternalError, SpecError, UserError
-from gpudock.node_locks import NodeLocks
 from gpudock.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -66,36 +64,6 @@ REFUSED_REVISION = frozenset({Reason.CONTAINER_CREATE_FAILED, Reason.CONTAINER_S
                               Reason.IMAGE_NOT_PRESENT, Reason.HOST_PORT_IN_USE,
                               Reason.DISK_RESTORE_FAILED})
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
-
-
-class _Contended(InternalError):  # noqa: N818 - a signal to plan again, never shown
-    """What a pass planned to take was taken by another resource meanwhile (caught in
-    reconcile; one that escaped it would be a bug)."""
-
-
-class _Replan(InternalError):  # noqa: N818 - a signal to plan again, never shown
-    """A step came out otherwise than the plan's later steps assume: plan again from
-    what is observed now (the events of the step done are kept)."""
-
-    def __init__(self, events: list[Event]) -> None:
-        super().__init__("planned again")
-        self.events = events
-
-
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: Reason
-    message: str
-
-
-@dataclass
-class Outcome:
-    status: dict[str, Any]
-    events: list[Event] = field(default_factory=list)
-    released: bool = False  # GPUs or ports may be free now: wake waiting resources
-    recheck_after: float | None = None  # reconcile again this soon, whatever happens
-    settled: bool = False  # nothing in progress, nothing wrong, nothing waited for
 
 
 def _progressing_reason(status: Mapping[str, Any]) -> str | None:
@@ -127,7 +95,6 @@ class ReplicaSetReconciler:
         self._kube = kube
         self._store = store
         self._clock = clock
-        self._volumes = volumes  # None: no SizedVolume can be mounted
         self._locks = NodeLocks(settings.state_dir)
         self._deleted: set[str] = set()
         self._busy_ports: set[HostPort] = set()  # held outside Docker's view
@@ -135,6 +102,11 @@ class ReplicaSetReconciler:
         self._host_paths = HostPathPolicy(settings.allowed_host_paths,
                                           settings.read_only_host_paths)
         self.disks = DiskSaves(settings, docker, store, self._crash)
+        self._observer = ReplicaSetObserver(settings, docker, kube, store, self.disks,
+                                            self._host_paths, clock, volumes,
+                                            self._busy_ports)
+        self._steps = ReplicaSetSteps(docker, kube, store, self.disks, self._locks,
+                                      self._crash, self._host_paths)
 
     def now(self) -> str:
         return self._clock()
@@ -168,7 +140,7 @@ class ReplicaSetReconciler:
             announced: tuple[object, ...] = ()  # the step last shown
             inventory = tuple(g.uuid for g in self._inventory.list_gpus())  # once per call
             annotations = meta.get("annotations") or {}
-            observe_with = functools.partial(self._observe, key, meta["uid"], generation,
+            observe_with = functools.partial(self._observer.observe, key, meta["uid"], generation,
                                              spec, previous, inventory,
                                              annotations.get(CHANGE_CAUSE, ""),
                                              annotations.get(ADOPT_HISTORY, ""))
@@ -176,7 +148,7 @@ class ReplicaSetReconciler:
                 # The SizedVolumes it mounts are asked of the API server and observed
                 # before the node lock is taken: no API I/O holds it.
                 observe = functools.partial(observe_with, volume_names={
-                    m.volume: self._volume_name(key.namespace, m.volume)
+                    m.volume: self._observer.volume_name(key.namespace, m.volume)
                     for m in spec.mounts if m.volume is not None})
                 observation = observe()
                 plan = core.plan_replica_set(observation)
@@ -196,7 +168,7 @@ class ReplicaSetReconciler:
                 try:
                     self._preflight(key, meta["uid"], observation, plan)
                     for action in plan.actions:
-                        events += self._execute(key, action)
+                        events += self._steps.execute(key, action)
                         released = released or isinstance(action, act.RELEASING)
                     if any(isinstance(a, act.WriteSpec) for a in plan.actions):
                         break  # the spec changes: the next reconcile takes it from there
@@ -205,9 +177,9 @@ class ReplicaSetReconciler:
                         # done (an image still in use) is tried again next time.
                         plan = core.plan_replica_set(observe())
                         break
-                except _Contended:
+                except Contended:
                     continue  # another resource took a GPU or port meanwhile: plan again
-                except _Replan as replan:
+                except Replan as replan:
                     events += replan.events
                     continue
                 except HostPortBusyError as exc:
@@ -300,205 +272,6 @@ class ReplicaSetReconciler:
         raw["conditions"] = [c.to_dict() for c in timed]
         return Outcome(raw, events, released)
 
-    def _observe(self, key: ResourceKey, uid: str, generation: int | None,
-                 spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
-                 inventory: tuple[str, ...], change_cause: str,
-                 adopt_uid: str, volume_names: Mapping[str, str | None]) -> Observation:
-        metrics.OBSERVATIONS.labels(gpu_replica_set.KIND).inc()
-        records = tuple(self._store.list(key.namespace, key.name))
-        adoptable: tuple[Revision, ...] = ()
-        if adopt_uid and adopt_uid != uid and not any(r.uid == uid for r in records):
-            adoptable = tuple(self._store.list(key.namespace,
-                                               saved_disks.retained_name(key.name, adopt_uid)))
-        saved = self.disks.saved(key, (*records, *adoptable))
-        base_images = {spec.image} | {str(r.spec.get("image")) for r in records
-                                      if r.spec.get("image")}
-        image = self._docker.image_info(spec.image)
-        explicit = self._settings.explicit_port_range
-        return Observation(
-            key=key, uid=uid, generation=generation, spec=spec, previous_status=previous,
-            containers=tuple(self._docker.list_containers()),
-            inventory=inventory,
-            port_range=(self._settings.port_range.first, self._settings.port_range.last),
-            allowed_host_paths=(*self._settings.allowed_host_paths,
-                                *self._settings.read_only_host_paths),
-            host_paths={(m.host_path, m.read_only): self._resolve(m.host_path, m.read_only)
-                        for m in spec.mounts if m.host_path is not None},
-            images={spec.image: image} if image is not None else {},
-            explicit_port_range=(explicit.first, explicit.last),
-            node_name=self._settings.node_name,
-            # The spec's image was inspected above; the records' images only here.
-            images_present=frozenset({spec.image} if image is not None else ()) | {
-                i for i in base_images - {spec.image} if self._docker.image_exists(i)},
-            records=records,
-            preserved_tags=saved.tags,
-            change_cause=change_cause,
-            now=self._clock(),
-            volume_names=dict(volume_names),
-            gpu_attach=self._settings.gpu_attach,
-            busy_host_ports=frozenset(self._busy_ports),
-            adoptable=adoptable,
-            retained_tags=self._docker.preserved_tags(saved_disks.retained_repository(key))
-            if adoptable else frozenset(),
-            saved_layers=saved.layers,
-            layer_root=saved.layer_root,
-        )
-
-    def _resolve(self, path: str, read_only: bool) -> str | UserError:
-        try:
-            return self._host_paths.resolve(path, read_only=read_only)
-        except UserError as exc:
-            return exc
-
-    def _checked_again(self, config: ContainerConfig) -> ContainerConfig:
-        """Resolve every bind source once more just before Docker mounts it (the
-        plan's check may be a pass old) and note what it is, for the check after
-        start; raises UserError when it no longer passes."""
-        mounts = []
-        for mount in config.mounts:
-            if not mount.is_volume:
-                real = self._host_paths.resolve(mount.source, read_only=mount.read_only)
-                mount = replace(mount, source=real, identity=host_paths.identity(real))
-            mounts.append(mount)
-        return replace(config, mounts=tuple(mounts))
-
-    def _volume_name(self, namespace: str, name: str) -> str | None:
-        """The Docker volume of a mounted SizedVolume, when it can be mounted now: the
-        volume is observed (VolumeReconciler.serving), not taken from its status."""
-        try:
-            body = self._kube.get(sized_volume.PLURAL, namespace, name)
-        except ObjectNotFoundError:
-            return None
-        volume = self._volumes.serving(body) if self._volumes is not None else None
-        return volume if volume is not None and self._docker.volume_mounted(volume) else None
-
-    def _execute(self, key: ResourceKey, action: act.Action) -> list[Event]:
-        step = type(action).__name__
-        self._crash.reach(f"{step}.before")
-        with metrics.timed(metrics.STEP_SECONDS, step):
-            if isinstance(action, act.ALLOCATING):
-                # The GPUs and ports were chosen from an observation made without the
-                # node lock: under it, the node is looked at again and the container
-                # made only if nobody else holds them (else the pass is planned again).
-                with self._locks.node():
-                    self._check_still_free(key, action.config)
-                    events = self._run_step(key, action)
-            else:
-                try:
-                    events = self._run_step(key, action)
-                except _Replan:
-                    self._crash.reach(f"{step}.after")  # the step is done all the same
-                    raise
-        self._crash.reach(f"{step}.after")
-        return events
-
-    def _check_still_free(self, key: ResourceKey, config: ContainerConfig) -> None:
-        """Raises _Contended when another resource's container holds one of the GPUs
-        or host ports ``config`` takes (the rule of core/allocation.py's Ledger)."""
-        ledger = Ledger.from_containers(self._docker.list_containers())
-        gpus = set(config.gpus) & ledger.gpus_held_by_others(key)
-        ports = {HostPort(p.host_port, p.protocol) for p in config.ports} & \
-            ledger.ports_held_by_others(key)
-        if gpus or ports:
-            raise _Contended(f"{key}: taken meanwhile: GPUs {sorted(gpus)}, "
-                             f"ports {sorted(str(p) for p in ports)}")
-
-    def _run_step(self, key: ResourceKey, action: act.Action) -> list[Event]:
-        docker, store = self._docker, self._store
-        match action:
-            case act.StartRevision(record=record, config=config, start=start, reason=reason,
-                                   layer=layer):
-                checked = self._checked_again(config)  # refused: no record is left
-                store.put(record)  # first: a crash after it leaves a record, no orphan
-                self._crash.reach("StartRevision.recorded")
-                container_id = docker.create_and_start(checked, start=start, prepare=(
-                    functools.partial(self.disks.put_layer, layer, config.name)
-                    if layer is not None else None))
-                # Made by the agent: a later disappearance is drift, not a new start.
-                store.put(replace(record, container_id=container_id))
-                gpus = ",".join(config.gpus) or "no GPU"
-                how = "started" if start else "created (not started: Paused)"
-                return [Event("Normal", reason, f"revision {record.revision}: container "
-                              f"{config.name} {how} with {gpus}")]
-            case act.RecordRevision(record=record, reason=reason):
-                store.put(record)
-                return [Event("Normal", reason, f"revision {record.revision} recorded")]
-            case act.PreserveDisk(container_id=cid, name=name, image=image, record=record,
-                                  layer=layer, previous=previous):
-                done = self.disks.save(key, cid, name, image, record, layer, previous)
-                events = [Event("Normal", reason, message) for reason, message in done]
-                if layer is not None and record is not None and not os.path.isdir(layer):
-                    # Saved another way than planned (committed: the layer could not
-                    # be copied): the steps after it were made for the layer.
-                    raise _Replan(events)
-                return events
-            case act.StartContainer(container_id=cid, name=name, reason=reason, note=note,
-                                    layer=layer):
-                if layer is not None:  # unless a start cut short by a crash put it in
-                    self.disks.put_layer(layer, name, cid, unless_there=True)
-                docker.start(cid, name)
-                if note is not None:
-                    store.put(note)
-                return [Event("Normal", reason, f"container {name} started")]
-            case act.StopContainer(container_id=cid, name=name, reason=reason, saving=saving,
-                                   note=note):
-                if saving:
-                    self.disks.check_room(cid, name)
-                if note is not None:  # first: a stop the record does not know is drift
-                    store.put(note)
-                docker.stop(cid, name)
-                return [Event("Normal", reason, f"container {name} stopped")]
-            case act.RemoveContainer(container_id=cid, name=name, reason=reason):
-                docker.remove(cid, name)
-                return [Event("Normal", reason, f"container {name} removed")]
-            case act.RenameContainer(container_id=cid, old_name=old, new_name=new):
-                docker.rename(cid, new)
-                return [Event("Normal", Reason.RENAMED,
-                              f"container {old} renamed back to {new}")]
-            case act.UnpauseContainer(container_id=cid, name=name):
-                docker.unpause(cid, name)
-                return [Event("Normal", Reason.UNPAUSED, f"container {name} unpaused")]
-            case act.SetRestartPolicy(container_id=cid, name=name, policy=policy):
-                docker.set_restart_policy(cid, name, policy)
-                return [Event("Normal", Reason.RESTART_POLICY_RESTORED,
-                              f"restart policy of {name} set back to {policy}")]
-            case act.WriteSpec(shape=shape, revision=revision):
-                self._kube.patch_spec(gpu_replica_set.PLURAL, key.namespace, key.name,
-                                      {**shape, "rollbackTo": None})
-                return [Event("Normal", Reason.ROLLED_BACK, f"spec of revision {revision} "
-                              "written back; spec.rollbackTo cleared")]
-            case act.PruneRevision(record=record):
-                if record.preserved_image and not docker.remove_image(record.preserved_image):
-                    return []  # still in use; pruned on a later pass
-                self.disks.remove_layers(record)
-                self._crash.reach("PruneRevision.diskRemoved")
-                store.delete(record.namespace, record.name, record.revision)
-                return [Event("Normal", Reason.REVISION_PRUNED, f"revision {record.revision} "
-                              "pruned (revisionHistoryLimit)")]
-            case act.MoveHistory(retags=retags, records=records, removed=removed,
-                                 reason=reason, message=message):
-                for source, target in retags:
-                    docker.tag_image(source, target)
-                for record in records:
-                    store.put(record)
-                for record in removed:
-                    store.delete(record.namespace, record.name, record.revision)
-                for source, _ in retags:
-                    docker.remove_image(source)  # only the tag: the image has its new one
-                return [Event("Normal", reason, message)]
-            case act.PurgeHistory(namespace=namespace, name=name, images=images,
-                                  layers=layers):
-                for image in sorted(images, reverse=True):
-                    docker.remove_image(image)
-                self.disks.remove_saved(layers)
-                volumes = docker.remove_volumes(namespace, name)
-                store.delete_all(namespace, name)
-                return [Event("Normal", Reason.HISTORY_PURGED, f"{len(images) + len(layers)} "
-                              "saved disks, "
-                              f"{volumes} image volumes and every revision record removed "
-                              "(historyPolicy Purge)")]
-        raise AssertionError(f"unknown action {action!r}")  # pragma: no cover
-
     # --------------------------------------------------------------------------- delete
     def delete(self, body: Mapping[str, Any]) -> list[Event]:
         """Remove every container of the resource (fine when already gone); Retain saves
@@ -515,7 +288,7 @@ class ReplicaSetReconciler:
             actions = history.plan_delete(key, tuple(self._docker.list_containers()), records,
                                        self.disks.saved(key, records), policy)
             for action in actions:
-                events += self._execute(key, action)
+                events += self._steps.execute(key, action)
         return events
 
     # ---------------------------------------------------------------------- orphans
@@ -552,7 +325,7 @@ class ReplicaSetReconciler:
                 actions = history.plan_delete(key, containers, records,
                                            self.disks.saved(key, records), HistoryPolicy.RETAIN)
                 for action in actions:
-                    self._execute(key, action)
+                    self._steps.execute(key, action)
             done.append(f"{key} (uid {uid}): resource gone; {len(containers)} container(s) "
                         "saved and removed")
         return done

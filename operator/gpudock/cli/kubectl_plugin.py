@@ -13,13 +13,13 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from gpudock import rollout_commands
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
+from gpudock.agent.node_health import PLURAL as GPU_NODES
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.api.reasons import Reason
+from gpudock.cli import rollout_commands
+from gpudock.cli.retained_commands import table
 from gpudock.errors import GpudockError
-from gpudock.node_health import PLURAL as GPU_NODES
-from gpudock.retained_commands import table
 
 DEADLINE_EXIT = 124  # as timeout(1) says a command ran out of time
 

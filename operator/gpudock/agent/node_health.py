@@ -19,12 +19,12 @@ from gpudock import __version__, metrics
 from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.adapters.volumes.registry import open_volume_backend
+from gpudock.agent.exec_runner import failed
 from gpudock.api import exec_request, gpu_replica_set, image_commit, ownership, sized_volume
 from gpudock.api.reasons import Reason
 from gpudock.core.gpu_node import gpu_node_status, node_verdict, unreachable_status
 from gpudock.core.gpus import GpuInventory
 from gpudock.errors import GpudockError
-from gpudock.exec_requests import failed
 from gpudock.settings import Settings
 
 KIND = "GpuNode"

@@ -16,12 +16,12 @@ from typing import Any
 from gpudock import metrics
 from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.image_rewrite import rewrite_image
+from gpudock.agent.exec_runner import current_container, failed
 from gpudock.api.image_commit import ImageCommitSpec
 from gpudock.api.reasons import Reason
 from gpudock.core import labels
 from gpudock.core.replica_set.saved_disks import is_reserved_reference
 from gpudock.errors import SpecError, UserError
-from gpudock.exec_requests import current_container, failed
 from gpudock.settings import Settings
 
 GPU_VARIABLE = "NVIDIA_VISIBLE_DEVICES"

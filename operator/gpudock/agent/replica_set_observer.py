@@ -1,0 +1,100 @@
+"""What a GpuReplicaSet's plan is made from: Docker's containers and images, the
+revision records and saved disks, the node's settings, the hostPath policy and the
+SizedVolumes it mounts, read into one core Observation (core/replica_set/observation.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gpudock import metrics
+from gpudock.adapters.host_paths import HostPathPolicy
+from gpudock.adapters.kube_api import ObjectNotFoundError
+from gpudock.agent.disk_saves import DiskSaves
+from gpudock.api import gpu_replica_set, sized_volume
+from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
+from gpudock.core.observed import HostPort, ResourceKey
+from gpudock.core.ports import ContainerRuntime, KubeClient, VolumeLookup
+from gpudock.core.replica_set import saved_disks
+from gpudock.core.replica_set.observation import Observation
+from gpudock.core.revision import Revision, RevisionStore
+from gpudock.errors import UserError
+from gpudock.settings import Settings
+
+
+class ReplicaSetObserver:
+    def __init__(self, settings: Settings, docker: ContainerRuntime, kube: KubeClient,
+                 store: RevisionStore, disks: DiskSaves, host_paths: HostPathPolicy,
+                 clock: Callable[[], str], volumes: VolumeLookup | None,
+                 busy_ports: set[HostPort]) -> None:
+        self._settings = settings
+        self._docker = docker
+        self._kube = kube
+        self._store = store
+        self._clock = clock
+        self._volumes = volumes  # None: no SizedVolume can be mounted
+        self._host_paths = host_paths
+        self._busy_ports = busy_ports  # held outside Docker's view (the reconciler's)
+        self.disks = disks
+
+    def observe(self, key: ResourceKey, uid: str, generation: int | None,
+                 spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
+                 inventory: tuple[str, ...], change_cause: str,
+                 adopt_uid: str, volume_names: Mapping[str, str | None]) -> Observation:
+        metrics.OBSERVATIONS.labels(gpu_replica_set.KIND).inc()
+        records = tuple(self._store.list(key.namespace, key.name))
+        adoptable: tuple[Revision, ...] = ()
+        if adopt_uid and adopt_uid != uid and not any(r.uid == uid for r in records):
+            adoptable = tuple(self._store.list(key.namespace,
+                                               saved_disks.retained_name(key.name, adopt_uid)))
+        saved = self.disks.saved(key, (*records, *adoptable))
+        base_images = {spec.image} | {str(r.spec.get("image")) for r in records
+                                      if r.spec.get("image")}
+        image = self._docker.image_info(spec.image)
+        explicit = self._settings.explicit_port_range
+        return Observation(
+            key=key, uid=uid, generation=generation, spec=spec, previous_status=previous,
+            containers=tuple(self._docker.list_containers()),
+            inventory=inventory,
+            port_range=(self._settings.port_range.first, self._settings.port_range.last),
+            allowed_host_paths=(*self._settings.allowed_host_paths,
+                                *self._settings.read_only_host_paths),
+            host_paths={(m.host_path, m.read_only): self._resolve(m.host_path, m.read_only)
+                        for m in spec.mounts if m.host_path is not None},
+            images={spec.image: image} if image is not None else {},
+            explicit_port_range=(explicit.first, explicit.last),
+            node_name=self._settings.node_name,
+            # The spec's image was inspected above; the records' images only here.
+            images_present=frozenset({spec.image} if image is not None else ()) | {
+                i for i in base_images - {spec.image} if self._docker.image_exists(i)},
+            records=records,
+            preserved_tags=saved.tags,
+            change_cause=change_cause,
+            now=self._clock(),
+            volume_names=dict(volume_names),
+            gpu_attach=self._settings.gpu_attach,
+            busy_host_ports=frozenset(self._busy_ports),
+            adoptable=adoptable,
+            retained_tags=self._docker.preserved_tags(saved_disks.retained_repository(key))
+            if adoptable else frozenset(),
+            saved_layers=saved.layers,
+            layer_root=saved.layer_root,
+        )
+
+    def _resolve(self, path: str, read_only: bool) -> str | UserError:
+        try:
+            return self._host_paths.resolve(path, read_only=read_only)
+        except UserError as exc:
+            return exc
+
+    def volume_name(self, namespace: str, name: str) -> str | None:
+        """The Docker volume of a mounted SizedVolume, when it can be mounted now: the
+        volume is observed (VolumeReconciler.serving), not taken from its status."""
+        try:
+            body = self._kube.get(sized_volume.PLURAL, namespace, name)
+        except ObjectNotFoundError:
+            return None
+        volume = self._volumes.serving(body) if self._volumes is not None else None
+        return volume if volume is not None and self._docker.volume_mounted(volume) else None
+

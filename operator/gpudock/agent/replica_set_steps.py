@@ -1,0 +1,195 @@
+"""The steps of a GpuReplicaSet's plan, run against Docker, the revision store, the
+disk saves and the API server. Each step reaches its crash points (crash_points.py)
+before and after; the one step that takes GPUs or host ports, creating a container,
+runs under the node lock after the node was looked at again.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import replace
+
+from gpudock import metrics
+from gpudock.adapters import host_paths
+from gpudock.adapters.host_paths import HostPathPolicy
+from gpudock.agent.disk_saves import DiskSaves
+from gpudock.agent.node_locks import NodeLocks
+from gpudock.agent.replica_set_outcome import Event
+from gpudock.api import gpu_replica_set
+from gpudock.api.reasons import Reason
+from gpudock.core.allocation import Ledger
+from gpudock.core.container_config import ContainerConfig
+from gpudock.core.observed import HostPort, ResourceKey
+from gpudock.core.ports import ContainerRuntime, KubeClient
+from gpudock.core.replica_set import actions as act
+from gpudock.core.revision import RevisionStore
+from gpudock.crash_points import CrashPoints
+from gpudock.errors import InternalError
+
+
+class Contended(InternalError):  # noqa: N818 - a signal to plan again, never shown
+    """What a pass planned to take was taken by another resource meanwhile (caught in
+    reconcile; one that escaped it would be a bug)."""
+
+
+class Replan(InternalError):  # noqa: N818 - a signal to plan again, never shown
+    """A step came out otherwise than the plan's later steps assume: plan again from
+    what is observed now (the events of the step done are kept)."""
+
+    def __init__(self, events: list[Event]) -> None:
+        super().__init__("planned again")
+        self.events = events
+
+
+class ReplicaSetSteps:
+    def __init__(self, docker: ContainerRuntime, kube: KubeClient, store: RevisionStore,
+                 disks: DiskSaves, locks: NodeLocks, crash: CrashPoints,
+                 host_paths: HostPathPolicy) -> None:
+        self._docker = docker
+        self._kube = kube
+        self._store = store
+        self._crash = crash
+        self._locks = locks
+        self._host_paths = host_paths
+        self.disks = disks
+
+    def execute(self, key: ResourceKey, action: act.Action) -> list[Event]:
+        step = type(action).__name__
+        self._crash.reach(f"{step}.before")
+        with metrics.timed(metrics.STEP_SECONDS, step):
+            if isinstance(action, act.ALLOCATING):
+                # The GPUs and ports were chosen from an observation made without the
+                # node lock: under it, the node is looked at again and the container
+                # made only if nobody else holds them (else the pass is planned again).
+                with self._locks.node():
+                    self._check_still_free(key, action.config)
+                    events = self._run_step(key, action)
+            else:
+                try:
+                    events = self._run_step(key, action)
+                except Replan:
+                    self._crash.reach(f"{step}.after")  # the step is done all the same
+                    raise
+        self._crash.reach(f"{step}.after")
+        return events
+
+    def _check_still_free(self, key: ResourceKey, config: ContainerConfig) -> None:
+        """Raises Contended when another resource's container holds one of the GPUs
+        or host ports ``config`` takes (the rule of core/allocation.py's Ledger)."""
+        ledger = Ledger.from_containers(self._docker.list_containers())
+        gpus = set(config.gpus) & ledger.gpus_held_by_others(key)
+        ports = {HostPort(p.host_port, p.protocol) for p in config.ports} & \
+            ledger.ports_held_by_others(key)
+        if gpus or ports:
+            raise Contended(f"{key}: taken meanwhile: GPUs {sorted(gpus)}, "
+                             f"ports {sorted(str(p) for p in ports)}")
+
+    def _run_step(self, key: ResourceKey, action: act.Action) -> list[Event]:
+        docker, store = self._docker, self._store
+        match action:
+            case act.StartRevision(record=record, config=config, start=start, reason=reason,
+                                   layer=layer):
+                checked = self._checked_again(config)  # refused: no record is left
+                store.put(record)  # first: a crash after it leaves a record, no orphan
+                self._crash.reach("StartRevision.recorded")
+                container_id = docker.create_and_start(checked, start=start, prepare=(
+                    functools.partial(self.disks.put_layer, layer, config.name)
+                    if layer is not None else None))
+                # Made by the agent: a later disappearance is drift, not a new start.
+                store.put(replace(record, container_id=container_id))
+                gpus = ",".join(config.gpus) or "no GPU"
+                how = "started" if start else "created (not started: Paused)"
+                return [Event("Normal", reason, f"revision {record.revision}: container "
+                              f"{config.name} {how} with {gpus}")]
+            case act.RecordRevision(record=record, reason=reason):
+                store.put(record)
+                return [Event("Normal", reason, f"revision {record.revision} recorded")]
+            case act.PreserveDisk(container_id=cid, name=name, image=image, record=record,
+                                  layer=layer, previous=previous):
+                done = self.disks.save(key, cid, name, image, record, layer, previous)
+                events = [Event("Normal", reason, message) for reason, message in done]
+                if layer is not None and record is not None and not os.path.isdir(layer):
+                    # Saved another way than planned (committed: the layer could not
+                    # be copied): the steps after it were made for the layer.
+                    raise Replan(events)
+                return events
+            case act.StartContainer(container_id=cid, name=name, reason=reason, note=note,
+                                    layer=layer):
+                if layer is not None:  # unless a start cut short by a crash put it in
+                    self.disks.put_layer(layer, name, cid, unless_there=True)
+                docker.start(cid, name)
+                if note is not None:
+                    store.put(note)
+                return [Event("Normal", reason, f"container {name} started")]
+            case act.StopContainer(container_id=cid, name=name, reason=reason, saving=saving,
+                                   note=note):
+                if saving:
+                    self.disks.check_room(cid, name)
+                if note is not None:  # first: a stop the record does not know is drift
+                    store.put(note)
+                docker.stop(cid, name)
+                return [Event("Normal", reason, f"container {name} stopped")]
+            case act.RemoveContainer(container_id=cid, name=name, reason=reason):
+                docker.remove(cid, name)
+                return [Event("Normal", reason, f"container {name} removed")]
+            case act.RenameContainer(container_id=cid, old_name=old, new_name=new):
+                docker.rename(cid, new)
+                return [Event("Normal", Reason.RENAMED,
+                              f"container {old} renamed back to {new}")]
+            case act.UnpauseContainer(container_id=cid, name=name):
+                docker.unpause(cid, name)
+                return [Event("Normal", Reason.UNPAUSED, f"container {name} unpaused")]
+            case act.SetRestartPolicy(container_id=cid, name=name, policy=policy):
+                docker.set_restart_policy(cid, name, policy)
+                return [Event("Normal", Reason.RESTART_POLICY_RESTORED,
+                              f"restart policy of {name} set back to {policy}")]
+            case act.WriteSpec(shape=shape, revision=revision):
+                self._kube.patch_spec(gpu_replica_set.PLURAL, key.namespace, key.name,
+                                      {**shape, "rollbackTo": None})
+                return [Event("Normal", Reason.ROLLED_BACK, f"spec of revision {revision} "
+                              "written back; spec.rollbackTo cleared")]
+            case act.PruneRevision(record=record):
+                if record.preserved_image and not docker.remove_image(record.preserved_image):
+                    return []  # still in use; pruned on a later pass
+                self.disks.remove_layers(record)
+                self._crash.reach("PruneRevision.diskRemoved")
+                store.delete(record.namespace, record.name, record.revision)
+                return [Event("Normal", Reason.REVISION_PRUNED, f"revision {record.revision} "
+                              "pruned (revisionHistoryLimit)")]
+            case act.MoveHistory(retags=retags, records=records, removed=removed,
+                                 reason=reason, message=message):
+                for source, target in retags:
+                    docker.tag_image(source, target)
+                for record in records:
+                    store.put(record)
+                for record in removed:
+                    store.delete(record.namespace, record.name, record.revision)
+                for source, _ in retags:
+                    docker.remove_image(source)  # only the tag: the image has its new one
+                return [Event("Normal", reason, message)]
+            case act.PurgeHistory(namespace=namespace, name=name, images=images,
+                                  layers=layers):
+                for image in sorted(images, reverse=True):
+                    docker.remove_image(image)
+                self.disks.remove_saved(layers)
+                volumes = docker.remove_volumes(namespace, name)
+                store.delete_all(namespace, name)
+                return [Event("Normal", Reason.HISTORY_PURGED, f"{len(images) + len(layers)} "
+                              "saved disks, "
+                              f"{volumes} image volumes and every revision record removed "
+                              "(historyPolicy Purge)")]
+        raise AssertionError(f"unknown action {action!r}")  # pragma: no cover
+
+    def _checked_again(self, config: ContainerConfig) -> ContainerConfig:
+        """Resolve every bind source once more just before Docker mounts it (the
+        plan's check may be a pass old) and note what it is, for the check after
+        start; raises UserError when it no longer passes."""
+        mounts = []
+        for mount in config.mounts:
+            if not mount.is_volume:
+                real = self._host_paths.resolve(mount.source, read_only=mount.read_only)
+                mount = replace(mount, source=real, identity=host_paths.identity(real))
+            mounts.append(mount)
+        return replace(config, mounts=tuple(mounts))
+
