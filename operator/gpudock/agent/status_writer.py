@@ -13,13 +13,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from gpudock import metrics
-from gpudock.adapters.kube_api import KubeApi
+from gpudock.core.ports import KubeClient
 
 
 class StatusWriter:
     """Writes the status of one kind's resources through the API server."""
 
-    def __init__(self, kube: KubeApi, plural: str, kind: str) -> None:
+    def __init__(self, kube: KubeClient, plural: str, kind: str) -> None:
         self._kube = kube
         self._plural = plural
         self._kind = kind

@@ -25,6 +25,7 @@ from gpudock.adapters.volumes.base import VolumeBackend
 from gpudock.agent import volume_reconciler
 from gpudock.agent.replica_set_outcome import Event, Outcome
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
+from gpudock.agent.status_writer import StatusWriter
 from gpudock.agent.volume_reconciler import VolumeReconciler
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.api.container_fields import Protocol
@@ -59,15 +60,6 @@ def agent_settings(state_dir: Path, gpus: int, *flags: str) -> Settings:
             "--volume-backend", "copy", "--volume-root", str(state_dir / "volumes"),
             "--stop-timeout", "0", *flags]
     return settings_from(parser.parse_args(argv), environ={})
-
-
-def _without_nulls(value: Any) -> Any:
-    """The API server drops null fields (handlers.py compares the same way)."""
-    if isinstance(value, dict):
-        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_without_nulls(v) for v in value]
-    return value
 
 
 class Node:
@@ -210,10 +202,9 @@ class Node:
     def _shower(self, name: str) -> Callable[[Outcome], None]:
         def show(outcome: Outcome) -> None:
             self.events += [(name, e) for e in outcome.events]
-            current = self.status(name)
-            if _without_nulls(outcome.status) != _without_nulls(
-                    {k: current.get(k) for k in outcome.status}):
-                self.kube.patch_status(GRS, NAMESPACE, name, outcome.status)
+            # The agent's own writer: a status is patched only when it changed.
+            StatusWriter(self.kube, GRS, gpu_replica_set.KIND).write(
+                NAMESPACE, name, outcome.status, self.status(name))
         return show
 
     # --------------------------------------------------------------- SizedVolumes
