@@ -67,11 +67,20 @@ def test_after_a_restart_the_mark_alone_finds_them(tmp_path: Path) -> None:
     assert started_by(tmp_path, 0, INIT, MARK) == {600, 601, 610, 620, 621}
 
 
-def test_without_a_view_of_the_container_only_the_tree_and_session(tmp_path: Path) -> None:
+def test_without_a_view_of_the_container_nothing_is_killed(tmp_path: Path) -> None:
+    """A PID the command had may be a host process's by now: without the container's
+    namespace to check against, nothing is taken."""
     _node(tmp_path)
     (tmp_path / str(INIT) / "ns" / "pid").unlink()  # its namespace cannot be read
-    assert started_by(tmp_path, ROOT, INIT, MARK) == {600, 601, 610}
+    assert started_by(tmp_path, ROOT, INIT, MARK) == set()
     assert started_by(tmp_path, 0, INIT, MARK) == set()
+
+
+def test_a_host_process_in_the_commands_old_session_is_spared(tmp_path: Path) -> None:
+    _node(tmp_path)
+    (tmp_path / "610" / "ns" / "pid").unlink()
+    (tmp_path / "610" / "ns" / "pid").symlink_to("pid:[4026531836]")  # the host's
+    assert 610 not in started_by(tmp_path, ROOT, INIT, MARK)
 
 
 def test_the_kill_takes_each_once_and_looks_again(tmp_path: Path) -> None:

@@ -76,19 +76,25 @@ def started_by(proc: Path, root_pid: int, container_pid: int, mark: str) -> set[
     """The live processes a command started: the tree, session and process group of
     ``root_pid`` (its host PID; 0: not known, e.g. after an agent restart), and every
     process in the PID namespace of ``container_pid`` (the container's init) whose
-    environment carries ``MARK_VARIABLE=mark``, with their descendants. Never the
-    container's init, the agent itself or the host's init."""
-    table = [p for p in processes(proc) if not p.zombie]
+    environment carries ``MARK_VARIABLE=mark``, with their descendants; only ever
+    processes of that PID namespace. Never the container's init, the agent itself or
+    the host's init."""
+    namespace = pid_namespace(proc, container_pid) if container_pid > 0 else None
+    if namespace is None:
+        return set()  # the container's processes cannot be told from the host's
+    # Only processes of the container's PID namespace, ever: a PID the command had
+    # may have been taken by a host process since.
+    table = [p for p in processes(proc)
+             if not p.zombie and pid_namespace(proc, p.pid) == namespace]
     spared = {container_pid, os.getpid(), 1, 0}
     chosen: set[int] = set()
     if root_pid > 0:
         chosen |= {p.pid for p in table
                    if p.pid == root_pid or root_pid in (p.session, p.group)}
-    namespace = pid_namespace(proc, container_pid) if container_pid > 0 else None
-    if namespace is not None and mark:
+    if mark:
         entry = f"{MARK_VARIABLE}={mark}".encode()
         chosen |= {p.pid for p in table if p.pid not in spared and p.pid not in chosen
-                   and pid_namespace(proc, p.pid) == namespace and carries(proc, p.pid, entry)}
+                   and carries(proc, p.pid, entry)}
     children: dict[int, list[int]] = {}
     for p in table:
         children.setdefault(p.ppid, []).append(p.pid)
