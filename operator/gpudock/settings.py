@@ -96,6 +96,11 @@ class Settings:
     disk_saves: str = "layer"  # one of DISK_SAVES
     liveness_endpoint: str | None = None  # e.g. http://0.0.0.0:8080/healthz
     crash_at: tuple[str, ...] = ()  # crash tests: SIGKILL itself at these points
+    # ExecRequests and ImageCommits running at once on the node, each on a thread of
+    # their own pool (never the reconciles'); more wait Pending.
+    max_running_requests: int = 32
+    # ExecRequests of one namespace running at once on the node; more wait Pending.
+    max_running_execs_per_namespace: int = 8
 
     @property
     def explicit_port_range(self) -> PortRange:
@@ -161,6 +166,13 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                              "revision, a rollback or a restart: layer (copy its overlay2 "
                              "writable layer; docker commit where that cannot be done; "
                              "default) or commit (always docker commit)")
+    parser.add_argument("--max-running-requests", type=int,
+                        help="ExecRequests and ImageCommits that run at once on this node, "
+                             "each on a thread of their own pool, apart from the "
+                             "reconciles'; more wait Pending (default: 32)")
+    parser.add_argument("--max-running-execs-per-namespace", type=int,
+                        help="ExecRequests of one namespace that run at once on this node; "
+                             "more wait Pending, ExecLimitReached (default: 8)")
     parser.add_argument("--namespace", action="append", default=None,
                         help="watch only this namespace (repeatable; default: all)")
     parser.add_argument("--crash-at", action="append", default=None, metavar="POINT",
@@ -229,6 +241,12 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     heartbeat = float(pick("heartbeat_seconds") or 30.0)
     if heartbeat <= 0:
         raise SettingsError("--heartbeat-seconds must be > 0")
+    max_requests = int(pick("max_running_requests") or 32)
+    if max_requests < 1:
+        raise SettingsError("--max-running-requests must be >= 1")
+    max_execs = int(pick("max_running_execs_per_namespace") or 8)
+    if max_execs < 1:
+        raise SettingsError("--max-running-execs-per-namespace must be >= 1")
     return Settings(
         node_name=pick("node_name") or socket.gethostname(),
         kubeconfig=pick("kubeconfig"),
@@ -254,4 +272,6 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         max_image_layers=max_layers,
         disk_saves=disk_saves,
         crash_at=crash_at,
+        max_running_requests=max_requests,
+        max_running_execs_per_namespace=max_execs,
     )

@@ -66,6 +66,7 @@ def test_chart_versions_follow_the_package() -> None:
 def test_values_become_agent_settings_and_host_mounts() -> None:
     rendered = render({"agent": {"allowedHostPaths": ["/data"], "readOnlyHostPaths": ["/models"],
                                  "volumeRoot": "/mnt/vol", "portRange": "41000-41999",
+                                 "maxRunningExecsPerNamespace": 3,
                                  "extraArgs": ["--resync-seconds", "60"]},
                        "image": {"tag": "dev"}})
     daemonset = by_kind(rendered, "DaemonSet")[0]
@@ -76,6 +77,8 @@ def test_values_become_agent_settings_and_host_mounts() -> None:
     assert env["GPUDOCK_READ_ONLY_HOST_PATHS"] == "/models"
     assert env["GPUDOCK_PORT_RANGE"] == "41000-41999"
     assert env["GPUDOCK_VOLUME_ROOT"] == "/mnt/vol"
+    assert env["GPUDOCK_MAX_RUNNING_EXECS_PER_NAMESPACE"] == "3"
+    assert env["GPUDOCK_MAX_RUNNING_REQUESTS"] == "32"
     assert container["args"] == ["agent", "--resync-seconds", "60"]
     assert container["image"] == "gpudock/agent:dev"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}

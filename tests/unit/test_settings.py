@@ -29,6 +29,7 @@ def test_defaults() -> None:
     assert settings.port_range == PortRange(40000, 65535)
     assert settings.allowed_host_paths == ()
     assert settings.store_url == "sqlite:/var/lib/gpudock/revisions.sqlite3"
+    assert (settings.max_running_requests, settings.max_running_execs_per_namespace) == (32, 8)
 
 
 def test_environment_fills_what_flags_leave_out_and_flags_win() -> None:
@@ -52,6 +53,8 @@ def test_environment_fills_what_flags_leave_out_and_flags_win() -> None:
     (["--store", "redis://x"], "sqlite:PATH or etcd://"),
     (["--simulated-gpus", "-1"], "simulated-gpus"),
     (["--max-image-layers", "121"], "between 1 and 120"),
+    (["--max-running-requests", "0"], "--max-running-requests must be >= 1"),
+    (["--max-running-execs-per-namespace", "0"], "--max-running-execs-per-namespace must"),
     (["--crash-at", "PreserveDisk.middle"], "unknown crash point 'PreserveDisk.middle'"),
 ])
 def test_bad_settings_are_refused(argv: list[str], message: str) -> None:
@@ -66,3 +69,11 @@ def test_crash_points_come_from_flags_or_the_environment() -> None:
         "StopContainer.after", "PreserveDisk.committed")
     assert _parse(["--node-name", "n1", "--crash-at", "WriteSpec.before"], env).crash_at == (
         "WriteSpec.before",)
+
+
+def test_request_limits_come_from_flags_or_the_environment() -> None:
+    env = {"GPUDOCK_MAX_RUNNING_EXECS_PER_NAMESPACE": "2", "GPUDOCK_MAX_RUNNING_REQUESTS": "3"}
+    settings = _parse(["--node-name", "n1"], env)
+    assert (settings.max_running_requests, settings.max_running_execs_per_namespace) == (3, 2)
+    flagged = _parse(["--node-name", "n1", "--max-running-execs-per-namespace", "4"], env)
+    assert flagged.max_running_execs_per_namespace == 4

@@ -1,27 +1,28 @@
 """Run a command in a running container, with a deadline, stdout and stderr apart.
 
 The output is read on a thread of its own while the caller waits for the deadline.
-When the deadline passes, the command's whole process tree is killed from the host
-(the exec's PID as Docker reports it, and every descendant found in /proc): nothing
-of it is left running in the container. That needs the agent in the host's PID
-namespace (the DaemonSet sets hostPID; the local stack's agent is a host process).
+The command runs with ``MARK_VARIABLE`` set to a mark of the caller's (the request's
+UID). When the deadline passes, everything it started is killed from the host: its
+process tree, session and process group, and every process of the container that
+carries the mark, so double-forked and setsid'd processes too (process_table.py).
+An agent that restarted while a command ran kills the same way (:func:`kill_marked`).
+That needs the agent in the host's PID namespace (the DaemonSet sets hostPID; the
+local stack's agent is a host process).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import docker
 import docker.errors
 import requests.exceptions
 
 from gpudock.adapters.docker.errors import ContainerGoneError, DockerUnavailableError
+from gpudock.adapters.process_table import MARK_VARIABLE, kill_started
 from gpudock.api.reasons import Reason
 from gpudock.errors import UserError
 
@@ -67,18 +68,29 @@ def _translated(what: str) -> Iterator[None]:
         raise DockerUnavailableError(f"{what}: cannot reach Docker: {exc}") from exc
 
 
+def _client(docker_host: str | None, timeout: int) -> docker.APIClient:
+    return (docker.APIClient(base_url=docker_host, timeout=timeout) if docker_host
+            else docker.from_env(timeout=timeout).api)
+
+
+def _init_pid(api: docker.APIClient, container: str) -> int:
+    """The host PID of the container's init; 0 when it does not run."""
+    with _translated(f"inspect {container}"):
+        state = api.inspect_container(container).get("State") or {}
+    return int(state.get("Pid") or 0) if state.get("Running") else 0
+
+
 def run_in_container(docker_host: str | None, container_id: str, command: Sequence[str],
                      *, working_dir: str | None, env: dict[str, str], timeout: float,
-                     limit: int) -> ExecResult:
-    client_timeout = int(timeout + 60)
-    api = (docker.APIClient(base_url=docker_host, timeout=client_timeout) if docker_host
-           else docker.from_env(timeout=client_timeout).api)
+                     limit: int, mark: str) -> ExecResult:
+    api = _client(docker_host, int(timeout + 60))
+    variables = {**env, MARK_VARIABLE: mark}
     try:
         with _translated("exec"):
             exec_id = api.exec_create(container_id, list(command), stdout=True, stderr=True,
                                       workdir=working_dir,
-                                      environment=[f"{k}={v}" for k, v in env.items()]
-                                      or None)["Id"]
+                                      environment=[f"{k}={v}" for k, v in variables.items()]
+                                      )["Id"]
             stream = api.exec_start(exec_id, stream=True, demux=True)
         out, err = _Capped(limit), _Capped(limit)
         failure: list[BaseException] = []
@@ -99,7 +111,7 @@ def run_in_container(docker_host: str | None, container_id: str, command: Sequen
         if timed_out:
             with _translated("exec inspect"):
                 pid = int(api.exec_inspect(exec_id).get("Pid") or 0)
-            kill_tree(pid)
+            kill_started(pid, _init_pid(api, container_id), mark)
             reader.join(KILL_GRACE_SECONDS)
         with _translated("exec inspect"):
             code = api.exec_inspect(exec_id).get("ExitCode")
@@ -111,25 +123,15 @@ def run_in_container(docker_host: str | None, container_id: str, command: Sequen
         api.close()
 
 
-def kill_tree(pid: int) -> int:
-    """SIGKILL a process and all its descendants (host PIDs); returns how many."""
-    if pid <= 0:
-        return 0
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+def kill_marked(docker_host: str | None, container: str, mark: str) -> int:
+    """Kill every process of ``container`` (name or ID) that a command run with
+    ``mark`` started; how many. A container that is gone or stopped has none left."""
+    api = _client(docker_host, 60)
+    try:
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    doomed, queue = [], [pid]
-    while queue:
-        current = queue.pop()
-        doomed.append(current)
-        queue += children.get(current, [])
-    killed = 0
-    for victim in doomed:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(victim, signal.SIGKILL)
-            killed += 1
-    return killed
+            init = _init_pid(api, container)
+        except ContainerGoneError:
+            return 0
+        return kill_started(0, init, mark) if init else 0
+    finally:
+        api.close()

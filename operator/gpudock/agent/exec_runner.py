@@ -4,7 +4,9 @@ and output kept in the request's status.
 The agent that holds the GpuReplicaSet runs it (api/ownership.py); a request whose
 GpuReplicaSet does not exist is failed by any agent (they write the same). Finished
 requests are deleted ttlSecondsAfterFinished after completion, by the agent that ran
-them.
+them. The command carries the request's UID in its environment, so that everything it
+started can be found and killed: at its deadline, and by an agent that restarted
+while it ran (:func:`kill_leftovers`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gpudock import metrics
-from gpudock.adapters.container_exec import run_in_container
+from gpudock.adapters.container_exec import kill_marked, run_in_container
 from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import exec_request, gpu_replica_set, ownership
@@ -38,6 +40,12 @@ def failed(reason: Reason, message: str, now: str, node: str,
            started: str | None = None) -> Status:
     return {"phase": "Failed", "reason": reason, "node": node, "startTime": started or now,
             "completionTime": now, "conditions": _conditions(False, reason, message, now)}
+
+
+def pending(reason: Reason, message: str, now: str, node: str) -> Status:
+    """Waiting on this node for a slot to run in (request_slots.py)."""
+    return {"phase": "Pending", "reason": reason, "node": node,
+            "conditions": _conditions(False, reason, message, now)}
 
 
 def target_of(body: Mapping[str, Any], kube: KubeApi) -> dict[str, Any] | None:
@@ -92,7 +100,8 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
             result = run_in_container(
                 settings.docker_host, container.id, spec.command,
                 working_dir=spec.working_dir, env={e.name: e.value for e in spec.env},
-                timeout=spec.timeout_seconds, limit=OUTPUT_LIMIT)
+                timeout=spec.timeout_seconds, limit=OUTPUT_LIMIT,
+                mark=str(body["metadata"]["uid"]))
     except UserError as exc:
         return failed(exc.reason, exc.message, now(), node, begun)
     output = {"stdout": result.stdout.decode(errors="replace"),
@@ -109,6 +118,16 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
             "conditions": _conditions(True, Reason.COMPLETED,
                                       f"the command exited with code {result.exit_code}",
                                       end)}
+
+
+def kill_leftovers(body: Mapping[str, Any], settings: Settings,
+                   docker: DockerRuntime) -> None:
+    """A request found Running by a restarted agent: kill whatever its command started
+    that still runs in its container (deadline or not: no agent waits for it now)."""
+    del docker  # the kill goes through its own client, as the exec did
+    container = (body.get("status") or {}).get("containerName")
+    if container:
+        kill_marked(settings.docker_host, str(container), str(body["metadata"]["uid"]))
 
 
 def expires_in(body: Mapping[str, Any], now: str) -> float | None:

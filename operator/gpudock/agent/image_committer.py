@@ -97,8 +97,10 @@ def scratch_tag(body: Mapping[str, Any]) -> str:
             f"{meta['uid']}")
 
 
-def forget_scratch(body: Mapping[str, Any], docker: DockerRuntime) -> None:
+def forget_scratch(body: Mapping[str, Any], settings: Settings,
+                   docker: DockerRuntime) -> None:
     """A commit cut short by an agent restart may have left its scratch image."""
+    del settings
     docker.remove_image(scratch_tag(body))
 
 

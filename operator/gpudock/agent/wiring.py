@@ -10,6 +10,7 @@ the NodeAgent, and a test can build one from fakes.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from gpudock.adapters.kube_api import KubeApi
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.adapters.timed_store import TimedRevisionStore
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
+from gpudock.agent.request_slots import RequestSlots
 from gpudock.agent.status_writer import StatusWriter
 from gpudock.agent.volume_reconciler import VolumeReconciler
 from gpudock.agent.wakeups import Wakeups
@@ -45,7 +47,9 @@ def utc_now() -> str:
 class RequestBook:
     """What this agent knows of the one-shot requests (ExecRequest, ImageCommit)."""
 
-    running: set[str] = field(default_factory=set)  # UIDs this agent runs now
+    # UIDs this agent runs now, or waits to run (for a slot: request_slots.py).
+    running: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    waiting: set[str] = field(default_factory=set)  # of those, the ones without a slot
     done: set[str] = field(default_factory=set)  # UIDs it ran (older events may follow)
     expiring: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # TTL deletes
 
@@ -64,6 +68,11 @@ class NodeAgent:
     volumes: VolumeReconciler
     replica_set_status: StatusWriter
     volume_status: StatusWriter
+    # ExecRequests and ImageCommits run on threads of their own, never on the default
+    # pool that the reconciles, the Docker and API calls and the heartbeat use; a
+    # request runs only with one of the slots (as many as the pool has threads).
+    request_pool: concurrent.futures.ThreadPoolExecutor
+    request_slots: RequestSlots
     wakeups: Wakeups = field(default_factory=Wakeups)
     # Set when a GPU or port was taken or freed: the heartbeat writes the GpuNode now.
     node_changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -110,6 +119,10 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
         replica_set_status=StatusWriter(kube, gpu_replica_set.PLURAL,
                                         gpu_replica_set.KIND),
         volume_status=StatusWriter(kube, sized_volume.PLURAL, sized_volume.KIND),
+        request_pool=concurrent.futures.ThreadPoolExecutor(
+            settings.max_running_requests, thread_name_prefix="gpudock-request"),
+        request_slots=RequestSlots(settings.max_running_requests,
+                                   settings.max_running_execs_per_namespace),
     )
 
 

@@ -138,3 +138,5 @@ class Reason(enum.StrEnum):
     REPLICA_SET_NOT_FOUND = "ReplicaSetNotFound"
     REPLICA_SET_NOT_RUNNING = "ReplicaSetNotRunning"
     AGENT_RESTARTED = "AgentRestarted"
+    EXEC_LIMIT_REACHED = "ExecLimitReached"  # Pending: the namespace's slots are taken
+    REQUEST_LIMIT_REACHED = "RequestLimitReached"  # Pending: the node's slots are taken

@@ -28,7 +28,9 @@ Logger = logging.Logger | logging.LoggerAdapter[Any]
 # (cores + 4 threads) would let a few slow steps (stops waiting out their timeout,
 # disk saves) of some resources hold every thread while the others wait: the pool is
 # sized for every resource of a busy node to have its step running at once. Threads
-# are made only when needed.
+# are made only when needed. ExecRequests and ImageCommits, which hold a thread for
+# as long as their command or commit runs, never run here: they have their own pool
+# and slots (wiring.NodeAgent.request_pool, request_slots.py).
 WORKER_THREADS = 256
 NODE_WRITE_GAP_SECONDS = 1.0  # many changes at once: one GpuNode write
 BATCH_WINDOW_SECONDS = 0.01
@@ -175,7 +177,8 @@ def stop_node_agent(memo: kopf.Memo, **_: Any) -> None:
     agent = memo.get(wiring.MEMO_KEY)
     if not isinstance(agent, NodeAgent):
         return  # it never started
-    for task in agent.tasks:
+    for task in [*agent.tasks, *agent.requests.running.values()]:
         task.cancel()
+    agent.request_pool.shutdown(wait=False, cancel_futures=True)
     agent.docker.close()
     agent.store.close()

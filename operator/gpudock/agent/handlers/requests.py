@@ -6,12 +6,18 @@ agent sees every request, and kopf's record of what it handled is one annotation
 shared by all agents, so the first agent to look would mark a request handled for
 the one that holds its GpuReplicaSet. The event handler keeps no record (and adds no
 finalizer); which requests this agent runs or is running is kept in memory, and a
-request it was running when it restarted is failed as such.
+request it was running when it restarted is failed as such, after what it started is
+killed (an ExecRequest's processes, an ImageCommit's scratch image).
+
+A request runs in a task of its own, on the request pool, once it has a slot
+(request_slots.py): until then it is Pending with the reason, holding no thread, and
+a delete drops it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ import kopf
 
 from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
 from gpudock.agent import exec_runner, image_committer, wiring
+from gpudock.agent.request_slots import Claim
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.api.reasons import Reason
@@ -33,13 +40,16 @@ class RequestKind:
     finished: tuple[str, ...]
     run: Callable[..., dict[str, Any]]
     expires: bool  # deleted ttlSecondsAfterFinished after it finished
-    # What a run cut short by an agent restart may have left on the node.
-    tidy: Callable[..., None] | None = None
+    # What a run cut short by an agent restart may have left on the node (body,
+    # settings, docker).
+    tidy: Callable[..., None]
+    capped: bool  # counted by --max-running-execs-per-namespace
 
 
-EXEC = RequestKind(exec_request.PLURAL, exec_runner.FINISHED, exec_runner.run, True)
+EXEC = RequestKind(exec_request.PLURAL, exec_runner.FINISHED, exec_runner.run, True,
+                   exec_runner.kill_leftovers, True)
 COMMIT = RequestKind(image_commit.PLURAL, ("Succeeded", "Failed"), image_committer.run, False,
-                     image_committer.forget_scratch)
+                     image_committer.forget_scratch, False)
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
@@ -69,6 +79,8 @@ async def _seen(kind: RequestKind, body: kopf.Body, agent: NodeAgent, type: str 
     if type == "DELETED":
         agent.requests.done.discard(uid)
         agent.requests.expiring.pop(uid, None)
+        if uid in agent.requests.waiting:  # no slot yet: nothing runs, nothing will
+            agent.requests.running[uid].cancel()
         return
     if meta.get("deletionTimestamp") or uid in agent.requests.running:
         return
@@ -82,48 +94,89 @@ async def _seen(kind: RequestKind, body: kopf.Body, agent: NodeAgent, type: str 
         return  # an event from before this agent's own final status
     if status.get("phase") == "Running":
         if status.get("node") == node:  # this agent ran it and was restarted meanwhile
-            if kind.tidy is not None:
-                try:
-                    await asyncio.to_thread(kind.tidy, dict(body), agent.docker)
-                except GpudockError as exc:
-                    logger.warning("%s: leftovers not removed: %s", kind.plural, exc)
+            try:
+                await asyncio.to_thread(kind.tidy, dict(body), agent.settings, agent.docker)
+            except GpudockError as exc:
+                logger.warning("%s: leftovers not removed: %s", kind.plural, exc)
             await _write(agent, kind, body, exec_runner.failed(
-                Reason.AGENT_RESTARTED, "the agent restarted while it ran; whether it "
-                "finished is not known (run it again if it is safe to)",
-                agent.now(), node, status.get("startTime")), logger)
+                Reason.AGENT_RESTARTED, "the agent restarted while it ran; what it started "
+                "was killed, whether it finished is not known (run it again if it is "
+                "safe to)", agent.now(), node, status.get("startTime")), logger)
         return
-    agent.requests.running.add(uid)
+    agent.requests.running[uid] = asyncio.create_task(_handle(agent, kind, body, logger))
+
+
+async def _handle(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: Logger,
+                  ) -> None:
+    uid = body["metadata"]["uid"]
     try:
         if await _run(agent, kind, body, logger):
             agent.requests.done.add(uid)
+    except asyncio.CancelledError:
+        logger.info("%s dropped: deleted while it waited for a slot, or the agent "
+                    "stops", kind.plural)
+    except Exception:  # a bug: logged, and the request tried again on its next event
+        logger.exception("%s not run", kind.plural)
     finally:
-        agent.requests.running.discard(uid)
+        agent.requests.running.pop(uid, None)
+        agent.requests.waiting.discard(uid)
+
+
+async def _target(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: Logger,
+                  ) -> tuple[dict[str, Any] | None, bool]:
+    """The request's GpuReplicaSet when this agent runs it, and whether this agent
+    wrote the request's final status (it does when the GpuReplicaSet is gone)."""
+    target = await asyncio.to_thread(exec_runner.target_of, body, agent.kube)
+    if target is None:
+        name = (body.get("spec") or {}).get("replicaSetName")
+        await _write(agent, kind, body, exec_runner.failed(
+            Reason.REPLICA_SET_NOT_FOUND, f"GpuReplicaSet {name} does not exist in namespace "
+            f"{body['metadata']['namespace']}", agent.now(), agent.settings.node_name),
+            logger)
+        return None, True
+    if not exec_runner.handled_here(target, agent.settings.node_name):
+        return None, False  # the agent of its node runs it
+    return target, False
 
 
 async def _run(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: Logger,
                ) -> bool:
     """True when this agent wrote the request's final status."""
-    node, now = agent.settings.node_name, agent.now
+    meta, node, now = body["metadata"], agent.settings.node_name, agent.now
+    slots, claim = agent.request_slots, Claim(meta["namespace"], kind.capped)
     try:
-        target = await asyncio.to_thread(exec_runner.target_of, body, agent.kube)
+        target, written = await _target(agent, kind, body, logger)
         if target is None:
-            name = (body.get("spec") or {}).get("replicaSetName")
-            await _write(agent, kind, body, exec_runner.failed(
-                Reason.REPLICA_SET_NOT_FOUND, f"GpuReplicaSet {name} does not exist in namespace "
-                f"{body['metadata']['namespace']}", now(), node), logger)
-            return True
-        if not exec_runner.handled_here(target, node):
-            return False  # the agent of its node runs it
-
-        def started(status: dict[str, Any]) -> None:
-            agent.kube.patch_status(kind.plural, body["metadata"]["namespace"],
-                                   body["metadata"]["name"], status)
-
-        final = await asyncio.to_thread(kind.run, dict(body), target, agent.settings,
-                                        agent.docker, now, started)
+            return written
+        wait = slots.try_take(claim)
+        if wait is not None:
+            agent.requests.waiting.add(meta["uid"])  # from now on a delete drops it
+            try:
+                await _write(agent, kind, body, exec_runner.pending(
+                    wait.reason, wait.message, now(), node), logger)
+                await slots.take(claim)
+            finally:
+                agent.requests.waiting.discard(meta["uid"])
     except GpudockError as exc:
         logger.warning("%s not run, will retry on its next event: %s", kind.plural, exc)
         return False
+    try:
+        if wait is not None:  # it waited: its GpuReplicaSet may have changed meanwhile
+            target, written = await _target(agent, kind, body, logger)
+            if target is None:
+                return written
+
+        def started(status: dict[str, Any]) -> None:
+            agent.kube.patch_status(kind.plural, meta["namespace"], meta["name"], status)
+
+        final = await asyncio.get_running_loop().run_in_executor(
+            agent.request_pool, functools.partial(
+                kind.run, dict(body), target, agent.settings, agent.docker, now, started))
+    except GpudockError as exc:
+        logger.warning("%s not run, will retry on its next event: %s", kind.plural, exc)
+        return False
+    finally:
+        slots.give_back(claim)
     await _write(agent, kind, body, final, logger)
     return True
 
