@@ -2,8 +2,10 @@
 
 When GPUs, ports or a volume come free, only the resources that are not settled
 (waiting for the node, failing, or not yet through a first pass) are woken: a
-resource that runs as its spec says has nothing to gain from another look, and waking
-every daemon of a busy node after each update made each update cost a pass of all.
+GpuReplicaSet that runs as its spec says has nothing to gain from another look, and
+waking every daemon of a busy node after each update made each update cost a pass of
+all. SizedVolumes never count as settled (an earlier Docker volume is removed once
+its last user has moved off it, which a release may be).
 """
 
 from __future__ import annotations

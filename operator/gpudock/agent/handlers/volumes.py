@@ -63,19 +63,16 @@ async def run_sized_volume(body: kopf.Body, stopped: kopf.DaemonStopped, memo: k
                     lambda kind, reason, message: kopf.event(
                         body, type=kind, reason=reason, message=message))
                 await asyncio.to_thread(_write, agent, body, status, logger)
-                agent.wakeups.note(uid, settled=status.get("phase") == "Ready")
                 if status.get("phase") == "Ready" and (before != "Ready" or first):
                     agent.wakeups.wake_all()  # instances that mount it may start or move
                 first = False
             except TransientError as exc:
-                agent.wakeups.note(uid, settled=False)
                 logger.warning("volume: will retry in %.0fs: %s", exc.delay, exc)
                 delay = min(delay, exc.delay)
                 await asyncio.to_thread(_write, agent, body, waiting_on(
                     body.get("status") or {}, exc.reason, str(exc),
                     agent.now()), logger)
             except UserError as exc:  # e.g. its backend's root is not mounted any more
-                agent.wakeups.note(uid, settled=False)
                 logger.warning("volume: %s", exc)
                 await asyncio.to_thread(_write, agent, body, unusable(
                     body.get("status") or {}, exc.reason, exc.message,
