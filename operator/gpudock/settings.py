@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gpudock import crash_points
 from gpudock.adapters.volumes.registry import BACKENDS as VOLUME_BACKENDS
-from gpudock.api.paths import is_clean_absolute_path
+from gpudock.api.paths import NAMESPACE_PLACEHOLDER, root_problem
 from gpudock.core.gpu_attach import (
     DEFAULT_ATTACHMENT,
     DEFAULT_GPU_ATTACH,
@@ -77,6 +77,8 @@ class Settings:
     gpu_attach: GpuAttachment = DEFAULT_ATTACHMENT
     store: str = ""  # "sqlite:PATH" or "etcd://HOST:PORT"; "" is sqlite under state_dir
     port_range: PortRange = field(default_factory=lambda: PortRange(40000, 65535))
+    # hostPath roots; one with {namespace} is a root per namespace (api/paths.py),
+    # one without it is shared by every namespace.
     allowed_host_paths: tuple[str, ...] = ()
     read_only_host_paths: tuple[str, ...] = ()  # allowed too, for readOnly mounts only
     allowed_host_ports: PortRange | None = None  # explicit hostPorts; None: port_range
@@ -126,10 +128,14 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port-range", help="host ports to allocate (default: 40000-65535)")
     parser.add_argument("--allowed-host-path", action="append", default=None,
                         help="a root under which hostPath mounts are allowed (repeatable; "
-                             "default: none)")
+                             f"default: none); with {NAMESPACE_PLACEHOLDER} in it, e.g. "
+                             f"/mynfs/{NAMESPACE_PLACEHOLDER}, a root per namespace, the "
+                             "placeholder replaced by the resource's namespace; without "
+                             "it, a root shared by every namespace")
     parser.add_argument("--read-only-host-path", action="append", default=None,
                         help="a root under which hostPath mounts are allowed read-only "
-                             "(repeatable; default: none)")
+                             f"(repeatable; default: none; {NAMESPACE_PLACEHOLDER} as for "
+                             "--allowed-host-path)")
     parser.add_argument("--allowed-host-ports",
                         help="where an explicit spec hostPort may lie, e.g. 1024-65535 "
                              "(default: the --port-range)")
@@ -194,8 +200,9 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     read_only = pick_list("read_only_host_path", "READ_ONLY_HOST_PATHS")
     for flag, roots in (("--allowed-host-path", allowed), ("--read-only-host-path", read_only)):
         for root in roots:
-            if not is_clean_absolute_path(root):
-                raise SettingsError(f"{flag} {root!r} must be a clean absolute path")
+            problem = root_problem(root)
+            if problem is not None:
+                raise SettingsError(f"{flag} {root!r} {problem}")
     explicit_ports = pick("allowed_host_ports")
     store = pick("store") or ""
     if store and not (store.startswith("sqlite:") or store.startswith("etcd://")):
