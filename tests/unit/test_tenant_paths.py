@@ -5,16 +5,26 @@ hold, request names that are not names, and holder names left out."""
 from __future__ import annotations
 
 import argparse
+import errno
+import io
 import os
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import pytest
 
 from gpudock.adapters.host_paths import HostPathPolicy
+from gpudock.adapters.volumes import loopfile
 from gpudock.api.paths import expand_roots, root_problem
+from gpudock.api.reasons import Reason
+from gpudock.core import volumes as core
+from gpudock.core.observed import ResourceKey
+from gpudock.core.volume_revision import VolumeRevision
 from gpudock.errors import UserError
 from gpudock.settings import SettingsError, add_agent_arguments, settings_from
 from tests.unit.fakes.node import NAMESPACE, Node
+
+MiB, TiB = 2**20, 2**40
 
 
 # ---------------------------------------------------------------- 6: roots per namespace
@@ -133,3 +143,79 @@ def test_item6_the_chart_passes_templates_and_mounts_the_directory_above_them() 
     assert mounts == [("/mynfs", True), ("/shared", True), ("/sets", True)]
     volumes = [v["hostPath"] for v in pod["volumes"] if v["name"].startswith("host-path-")]
     assert volumes == [{"path": p, "type": "Directory"} for p in ("/mynfs", "/shared", "/sets")]
+
+
+# ---------------------------------------------------------- 15a: a grow the node cannot hold
+def _grow_to(size: int, free: int | None) -> core.VolumePlan:
+    record = VolumeRevision("ns", "data", 1, "u", "loopfile", "/v", "vol", 64 * MiB, "t0")
+    return core.plan_volume(core.VolumeObservation(
+        key=ResourceKey("ns", "data"), uid="u", generation=2, size_bytes=size,
+        backend=core.Backend("loopfile", "/v"), records=(record,), volume_id="vol",
+        state=core.BackendState(64 * MiB, True, 60 * MiB, MiB), docker_volume_exists=True,
+        free_bytes=free, now="t1"))
+
+
+def test_item15a_a_grow_past_the_free_room_is_refused_and_the_volume_serves_on() -> None:
+    refused = _grow_to(100 * TiB, free=TiB)
+    assert refused.actions == ()
+    assert (refused.status["phase"], refused.status["reason"], refused.status["volumeName"],
+            refused.status["sizeBytes"]) == ("Ready", "InsufficientSpace", "vol", 64 * MiB)
+    degraded = refused.status["conditions"][2]
+    assert (degraded.status, degraded.reason) == (True, "InsufficientSpace")
+    assert degraded.message.startswith("100Ti asked: growing from 64Mi needs ")
+    assert "nothing was changed" in degraded.message
+    assert _grow_to(TiB + 64 * MiB, free=TiB).actions == (
+        core.ResizeVolume("vol", TiB + 64 * MiB, True),)  # exactly what is free: fine
+    assert _grow_to(100 * TiB, free=None).actions  # not observed: not refused here
+
+
+def test_item15a_the_reconciler_refuses_a_100_ti_grow_and_changes_nothing(node: Node) -> None:
+    backend = node.use_in_place_volumes()  # 1 TiB free
+    node.apply_volume("data", "64Mi")
+    volume = node.reconcile_volume("data")["volumeName"]
+    node.apply_volume("data", "100Ti")
+    for _ in range(2):  # refused again at each resync, and said once
+        status = node.reconcile_volume("data")
+        assert (status["phase"], status["reason"], status["volumeName"],
+                status["sizeBytes"]) == ("Ready", "InsufficientSpace", volume, 64 * MiB)
+    assert backend.resizes == []
+    assert [str(e.reason) for n, e in node.events if n == "data"].count(
+        "InsufficientSpace") == 1
+    node.apply_volume("data", "128Mi")  # what fits is grown as ever
+    assert node.reconcile_volume("data")["sizeBytes"] == 128 * MiB
+
+
+class _RefusingFile(io.FileIO):
+    """An image file whose filesystem refuses to make it longer."""
+
+    code = 0
+
+    def truncate(self, size: int | None = None) -> int:
+        raise OSError(self.code, os.strerror(self.code))
+
+
+@pytest.mark.parametrize(("code", "reason"), [(errno.EFBIG, "VolumeTooLarge"),
+                                              (errno.ENOSPC, "InsufficientSpace")])
+def test_item15a_what_the_filesystem_refuses_is_a_refusal_not_an_escape(
+    tmp_path: Path, code: int, reason: str,
+) -> None:
+    with _RefusingFile(tmp_path / "vol.ext4", "w") as image:
+        image.code = code
+        with pytest.raises(UserError) as caught:
+            loopfile._lengthen(cast(BinaryIO, image), 100 * TiB, Path("/v"))
+    assert caught.value.reason == reason
+    assert "100Ti" in caught.value.message
+    assert "nothing was changed" in caught.value.message
+    assert (tmp_path / "vol.ext4").stat().st_size == 0
+
+
+def test_item15a_loopfile_create_leaves_no_partial_image_when_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(handle: BinaryIO, size: int, root: Path) -> None:
+        raise UserError(Reason.VOLUME_TOO_LARGE, "too large")
+
+    monkeypatch.setattr(loopfile, "_lengthen", refuse)
+    with pytest.raises(UserError):
+        loopfile.LoopfileBackend(tmp_path).create("vol", 100 * TiB)
+    assert list((tmp_path / "images").iterdir()) == []
