@@ -173,6 +173,9 @@ def test_item15b_a_replica_set_name_with_a_slash_is_refused_with_a_reason(
                             f"later its (phase, reason) is {seen}; agent log: "
                             f"{agent.log()[-2000:]}")
             assert "spec.replicaSetName" in made.stderr, made.stderr
+    ran = stack.kubectl("gpudock", "-n", namespace, "exec", "box/x", "--", "true",
+                        check=False)
+    assert (ran.returncode, ran.stderr) == (2, "error: 'box/x' is not a GpuReplicaSet name\n")
     # A well-formed name that names nothing still fails with its reason.
     apply(stack, namespace, _request("ExecRequest", "nobody", "nobody"))
     wait_for(lambda: _phase_reason(stack, namespace, "execrequests", "nobody")

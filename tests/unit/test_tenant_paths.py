@@ -5,24 +5,37 @@ hold, request names that are not names, and holder names left out."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import io
+import logging
 import os
 from pathlib import Path
-from typing import BinaryIO, cast
+from types import SimpleNamespace
+from typing import Any, BinaryIO, cast
 
+import kopf
 import pytest
 
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.volumes import loopfile
+from gpudock.agent import exec_runner
+from gpudock.agent.handlers import requests
+from gpudock.agent.wiring import NodeAgent
+from gpudock.api.exec_request import ExecRequestSpec
+from gpudock.api.image_commit import ImageCommitSpec
+from gpudock.api.parsing import DNS_SUBDOMAIN_PATTERN
 from gpudock.api.paths import expand_roots, root_problem
 from gpudock.api.reasons import Reason
+from gpudock.cli import kubectl_plugin
 from gpudock.core import volumes as core
 from gpudock.core.observed import ResourceKey
 from gpudock.core.volume_revision import VolumeRevision
-from gpudock.errors import UserError
+from gpudock.errors import SpecError, UserError
 from gpudock.settings import SettingsError, add_agent_arguments, settings_from
+from tests.unit.fakes.kube import InMemoryKube
 from tests.unit.fakes.node import NAMESPACE, Node
+from tests.unit.test_crd_schema import _schema
 
 MiB, TiB = 2**20, 2**40
 
@@ -219,3 +232,66 @@ def test_item15a_loopfile_create_leaves_no_partial_image_when_refused(
     with pytest.raises(UserError):
         loopfile.LoopfileBackend(tmp_path).create("vol", 100 * TiB)
     assert list((tmp_path / "images").iterdir()) == []
+
+
+# ------------------------------------------------------- 15b: a replicaSetName that is no name
+NOT_NAMES = ("box/x", "../box", "Box", "box x", "-box", "b" * 254)
+
+
+@pytest.mark.parametrize("target", NOT_NAMES)
+def test_item15b_request_specs_refuse_what_is_no_object_name(target: str) -> None:
+    with pytest.raises(SpecError, match=r"spec\.replicaSetName .* is not a Kubernetes object"):
+        ExecRequestSpec.parse({"replicaSetName": target, "command": ["true"]})
+    with pytest.raises(SpecError, match=r"spec\.replicaSetName"):
+        ImageCommitSpec.parse({"replicaSetName": target, "image": "team/x:1"})
+    assert ExecRequestSpec.parse({"replicaSetName": "box.v2-a", "command": ["true"]})
+
+
+def test_item15b_the_schema_refuses_it_first() -> None:
+    for plural in ("execrequests", "imagecommits"):
+        name = _schema(plural)["properties"]["replicaSetName"]
+        assert (name["pattern"], name["maxLength"]) == (DNS_SUBDOMAIN_PATTERN, 253)
+
+
+class _Kube(InMemoryKube):
+    """Counts lookups: a name that is no name is never looked up."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups: list[str] = []
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
+        self.lookups.append(f"{plural}/{name}")
+        return super().get(plural, namespace, name)
+
+
+def test_item15b_an_agent_whose_cluster_has_the_old_schema_fails_the_request_clearly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A CRD installed before the pattern (helm upgrade never upgrades CRDs) admits
+    it: the agent fails it, InvalidSpec, instead of asking the API server for
+    ``gpureplicasets/box/x`` (a 403 it took for a transient error: no status ever)."""
+    kube = _Kube()
+    kube.apply("execrequests", "ns", "bad", {"replicaSetName": "box/x", "command": ["true"]})
+    body = kube.get("execrequests", "ns", "bad")
+    with pytest.raises(SpecError):
+        exec_runner.target_of(body, cast(Any, kube))
+    posted: list[dict[str, Any]] = []
+    monkeypatch.setattr(kopf, "event", lambda *_, **kw: posted.append(kw))
+    agent = SimpleNamespace(settings=SimpleNamespace(node_name="n1"), now=lambda: "t1",
+                            kube=kube)
+    done = asyncio.run(requests._run(cast(NodeAgent, agent), requests.EXEC,
+                                     cast(kopf.Body, body), logging.getLogger("test")))
+    assert done
+    status = kube.get("execrequests", "ns", "bad")["status"]
+    assert (status["phase"], status["reason"]) == ("Failed", "InvalidSpec")
+    assert "'box/x' is not a Kubernetes object name" in status["conditions"][0]["message"]
+    assert [p["reason"] for p in posted] == ["InvalidSpec"]
+    assert not [name for name in kube.lookups if name.startswith("gpureplicasets")]
+
+
+def test_item15b_the_plugin_says_so_before_it_asks_the_api_server() -> None:
+    err = io.StringIO()
+    assert kubectl_plugin.main(["--kubeconfig", "/nonexistent", "exec", "box/x", "--",
+                                "true"], io.StringIO(), err) == 2
+    assert "'box/x' is not a GpuReplicaSet name" in err.getvalue()

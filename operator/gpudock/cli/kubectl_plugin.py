@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.agent.node_health import PLURAL as GPU_NODES
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
+from gpudock.api.parsing import is_object_name
 from gpudock.api.reasons import Reason
 from gpudock.cli import rollout_commands
 from gpudock.cli.retained_commands import table
@@ -68,6 +69,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
         words, command = words[:at], words[at + 1:]
     args = build_parser().parse_args(words)
     args.argv = [*getattr(args, "argv", []), *command]
+    if args.command in ("exec", "commit") and not is_object_name(args.name):
+        print(f"error: {args.name!r} is not a GpuReplicaSet name", file=err)
+        return 2
     try:
         kube = KubeApi(args.kubeconfig, in_cluster=False, context=args.context)
         namespace = args.namespace or kube.default_namespace

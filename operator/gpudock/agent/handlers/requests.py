@@ -24,7 +24,7 @@ from gpudock.agent import exec_runner, image_committer, wiring
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.api.reasons import Reason
-from gpudock.errors import GpudockError
+from gpudock.errors import GpudockError, UserError
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,12 @@ async def _run(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: Log
     """True when this agent wrote the request's final status."""
     node, now = agent.settings.node_name, agent.now
     try:
-        target = await asyncio.to_thread(exec_runner.target_of, body, agent.kube)
+        try:
+            target = await asyncio.to_thread(exec_runner.target_of, body, agent.kube)
+        except UserError as exc:  # no name: every agent fails it, writing the same
+            await _write(agent, kind, body, exec_runner.failed(exc.reason, exc.message,
+                                                               now(), node), logger)
+            return True
         if target is None:
             name = (body.get("spec") or {}).get("replicaSetName")
             await _write(agent, kind, body, exec_runner.failed(
