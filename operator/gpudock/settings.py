@@ -86,6 +86,8 @@ class Settings:
     resync_seconds: float = 30.0
     heartbeat_seconds: float = 30.0  # GpuNode status; a node silent 3x this is NotReady
     metrics_port: int = 0  # Prometheus metrics; 0: off
+    # GpuNode holders say only that a GPU or port is held, not by which namespace/name.
+    hide_holder_names: bool = False
     volume_backend: str = "loopfile"  # SizedVolume backend for new volumes
     volume_root: Path | None = None  # where volumes live; None: <state_dir>/volumes
 
@@ -153,6 +155,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int,
                         help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics "
                              "(default: 0, off)")
+    parser.add_argument("--hide-holder-names", action="store_true", default=None,
+                        help="the GpuNode (readable cluster-wide) says only that a GPU or "
+                             "host port is held, not by which namespace and name "
+                             "(default: off; metrics never carry names)")
     parser.add_argument("--liveness-endpoint",
                         help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--stop-timeout", type=float,
@@ -233,6 +239,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     gpu_attach = pick("gpu_attach") or DEFAULT_GPU_ATTACH
     if gpu_attach not in GPU_ATTACHMENTS:
         raise SettingsError(f"--gpu-attach must be one of {', '.join(GPU_ATTACHMENTS)}")
+    hide_holder_names = _flag(pick("hide_holder_names"), "--hide-holder-names")
     heartbeat = float(pick("heartbeat_seconds") or 30.0)
     if heartbeat <= 0:
         raise SettingsError("--heartbeat-seconds must be > 0")
@@ -253,6 +260,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         resync_seconds=resync,
         heartbeat_seconds=heartbeat,
         metrics_port=metrics_port,
+        hide_holder_names=hide_holder_names,
         volume_backend=volume_backend,
         volume_root=Path(volume_root) if volume_root else None,
         namespaces=pick_list("namespace", "NAMESPACES"),
@@ -262,3 +270,11 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         disk_saves=disk_saves,
         crash_at=crash_at,
     )
+
+
+def _flag(value: str | None, flag: str) -> bool:
+    """An on/off setting: the flag given (``True``), or its variable's value."""
+    word = (value or "false").lower()
+    if word not in ("true", "1", "yes", "false", "0", "no"):
+        raise SettingsError(f"{flag} (its variable) must be true or false, not {value!r}")
+    return word in ("true", "1", "yes")

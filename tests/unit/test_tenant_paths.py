@@ -17,11 +17,13 @@ from typing import Any, BinaryIO, cast
 import kopf
 import pytest
 
+from gpudock import metrics
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.volumes import loopfile
 from gpudock.agent import exec_runner
 from gpudock.agent.handlers import requests
 from gpudock.agent.wiring import NodeAgent
+from gpudock.api.container_fields import Protocol
 from gpudock.api.exec_request import ExecRequestSpec
 from gpudock.api.image_commit import ImageCommitSpec
 from gpudock.api.parsing import DNS_SUBDOMAIN_PATTERN
@@ -29,7 +31,9 @@ from gpudock.api.paths import expand_roots, root_problem
 from gpudock.api.reasons import Reason
 from gpudock.cli import kubectl_plugin
 from gpudock.core import volumes as core
-from gpudock.core.observed import ResourceKey
+from gpudock.core.gpu_node import gpu_node_status
+from gpudock.core.gpus import GpuDevice
+from gpudock.core.observed import ObservedContainer, ResourceKey
 from gpudock.core.volume_revision import VolumeRevision
 from gpudock.errors import SpecError, UserError
 from gpudock.settings import SettingsError, add_agent_arguments, settings_from
@@ -295,3 +299,85 @@ def test_item15b_the_plugin_says_so_before_it_asks_the_api_server() -> None:
     assert kubectl_plugin.main(["--kubeconfig", "/nonexistent", "exec", "box/x", "--",
                                 "true"], io.StringIO(), err) == 2
     assert "'box/x' is not a GpuReplicaSet name" in err.getvalue()
+
+
+# ------------------------------------------------------ 15c: holder names kept from tenants
+def _node_status(hide: bool) -> dict[str, Any]:
+    devices = [GpuDevice(i, f"GPU-{i}", "A100", 80 * 2**30) for i in range(3)]
+    held = ObservedContainer("c1", "team-a_secret-2", "running",
+                             owner=ResourceKey("team-a", "secret"), revision=2,
+                             gpus=("GPU-1",), port_bindings={(22, Protocol.TCP): 40001})
+    return gpu_node_status(devices, [held], (40000, 40009), "0.1.0", "now",
+                           hide_holders=hide)
+
+
+def test_item15c_hidden_holders_say_held_and_nothing_else() -> None:
+    shown, hidden = _node_status(False), _node_status(True)
+    assert shown["gpus"][1]["holder"] == {"namespace": "team-a", "name": "secret",
+                                          "revision": 2}
+    assert [g["holder"] for g in hidden["gpus"]] == [None, {"held": True}, None]
+    assert hidden["ports"]["bindings"] == [
+        {"hostPort": 40001, "protocol": "TCP", "holder": {"held": True}}]
+    for key in ("gpusTotal", "gpusAllocated", "gpusFree"):
+        assert hidden[key] == shown[key]
+    assert (hidden["ports"]["used"], hidden["ports"]["free"]) == (1, 9)
+    assert "team-a" not in repr(hidden)
+    assert "secret" not in repr(hidden)
+
+
+def test_item15c_the_setting_comes_from_its_flag_or_variable() -> None:
+    def hide(*argv: str, env: dict[str, str] | None = None) -> bool:
+        parser = argparse.ArgumentParser()
+        add_agent_arguments(parser)
+        return settings_from(parser.parse_args(["--node-name", "n", *argv]),
+                             env or {}).hide_holder_names
+
+    assert not hide()
+    assert hide("--hide-holder-names")
+    assert hide(env={"GPUDOCK_HIDE_HOLDER_NAMES": "true"})
+    assert not hide(env={"GPUDOCK_HIDE_HOLDER_NAMES": "false"})
+    with pytest.raises(SettingsError, match="true or false"):
+        hide(env={"GPUDOCK_HIDE_HOLDER_NAMES": "maybe"})
+
+
+def test_item15c_no_metric_has_a_label_that_names_an_instance() -> None:
+    """Metrics are read by whoever can scrape the node: they count, never name."""
+    names = {"namespace", "name", "resource", "instance", "container", "holder"}
+    for collector in list(metrics.REGISTRY._collector_to_names):
+        labels = set(getattr(collector, "_labelnames", ()))
+        assert not labels & names, (collector, labels)
+
+
+class _Nodes:
+    def __init__(self, status: dict[str, Any]) -> None:
+        self.body = {"metadata": {"name": "gpu-node-1"}, "status": status}
+
+    def list_cluster(self, plural: str) -> list[dict[str, Any]]:
+        return [self.body]
+
+    def get_cluster(self, plural: str, name: str) -> dict[str, Any]:
+        return self.body
+
+
+def test_item15c_the_plugin_shows_a_hidden_holder_as_held() -> None:
+    out = io.StringIO()
+    kube = cast(Any, _Nodes(_node_status(True)))
+    kubectl_plugin._nodes(kube, out)
+    kubectl_plugin._ports(kube, "gpu-node-1", out)
+    assert out.getvalue().count("<held>") == 2
+    assert out.getvalue().count("<free>") == 2
+    shown = io.StringIO()
+    kubectl_plugin._nodes(cast(Any, _Nodes(_node_status(False))), shown)
+    assert "team-a/secret (revision 2)" in shown.getvalue()
+
+
+def test_item15c_the_chart_value_sets_the_variable() -> None:
+    from tests.stack.helm_chart import objects, render
+
+    def env(values: dict[str, Any]) -> dict[str, Any]:
+        daemonset = next(o for o in objects(render(values)) if o["kind"] == "DaemonSet")
+        container = daemonset["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value") for e in container["env"]}
+
+    assert "GPUDOCK_HIDE_HOLDER_NAMES" not in env({})
+    assert env({"agent": {"hideHolderNames": True}})["GPUDOCK_HIDE_HOLDER_NAMES"] == "true"
