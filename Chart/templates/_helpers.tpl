@@ -25,3 +25,19 @@ app.kubernetes.io/name: {{ .Chart.Name }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: agent
 {{- end -}}
+
+{{/* The host directories the agent must see to resolve hostPaths (each mounted into
+its pod at the same path): a shared root itself; for a root per namespace
+("/mynfs/{namespace}") the directory above the placeholder ("/mynfs"), which holds
+every namespace's root. A JSON list, each directory once. */}}
+{{- define "gpudock.hostPathMounts" -}}
+{{- $dirs := list -}}
+{{- range concat .Values.agent.allowedHostPaths .Values.agent.readOnlyHostPaths -}}
+{{- if contains "{namespace}" . -}}
+{{- $dirs = append $dirs (first (splitList "{namespace}" .) | dir) -}}
+{{- else -}}
+{{- $dirs = append $dirs . -}}
+{{- end -}}
+{{- end -}}
+{{- $dirs | uniq | toJson -}}
+{{- end -}}

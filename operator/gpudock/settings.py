@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gpudock import crash_points
 from gpudock.adapters.volumes.registry import BACKENDS as VOLUME_BACKENDS
-from gpudock.api.paths import is_clean_absolute_path
+from gpudock.api.paths import NAMESPACE_PLACEHOLDER, root_problem
 from gpudock.core.gpu_attach import (
     DEFAULT_ATTACHMENT,
     DEFAULT_GPU_ATTACH,
@@ -77,6 +77,8 @@ class Settings:
     gpu_attach: GpuAttachment = DEFAULT_ATTACHMENT
     store: str = ""  # "sqlite:PATH" or "etcd://HOST:PORT"; "" is sqlite under state_dir
     port_range: PortRange = field(default_factory=lambda: PortRange(40000, 65535))
+    # hostPath roots; one with {namespace} is a root per namespace (api/paths.py),
+    # one without it is shared by every namespace.
     allowed_host_paths: tuple[str, ...] = ()
     read_only_host_paths: tuple[str, ...] = ()  # allowed too, for readOnly mounts only
     allowed_host_ports: PortRange | None = None  # explicit hostPorts; None: port_range
@@ -84,6 +86,8 @@ class Settings:
     resync_seconds: float = 30.0
     heartbeat_seconds: float = 30.0  # GpuNode status; a node silent 3x this is NotReady
     metrics_port: int = 0  # Prometheus metrics; 0: off
+    # GpuNode holders say only that a GPU or port is held, not by which namespace/name.
+    hide_holder_names: bool = False
     volume_backend: str = "loopfile"  # SizedVolume backend for new volumes
     volume_root: Path | None = None  # where volumes live; None: <state_dir>/volumes
 
@@ -131,10 +135,14 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port-range", help="host ports to allocate (default: 40000-65535)")
     parser.add_argument("--allowed-host-path", action="append", default=None,
                         help="a root under which hostPath mounts are allowed (repeatable; "
-                             "default: none)")
+                             f"default: none); with {NAMESPACE_PLACEHOLDER} in it, e.g. "
+                             f"/mynfs/{NAMESPACE_PLACEHOLDER}, a root per namespace, the "
+                             "placeholder replaced by the resource's namespace; without "
+                             "it, a root shared by every namespace")
     parser.add_argument("--read-only-host-path", action="append", default=None,
                         help="a root under which hostPath mounts are allowed read-only "
-                             "(repeatable; default: none)")
+                             f"(repeatable; default: none; {NAMESPACE_PLACEHOLDER} as for "
+                             "--allowed-host-path)")
     parser.add_argument("--allowed-host-ports",
                         help="where an explicit spec hostPort may lie, e.g. 1024-65535 "
                              "(default: the --port-range)")
@@ -152,6 +160,10 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int,
                         help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics "
                              "(default: 0, off)")
+    parser.add_argument("--hide-holder-names", action="store_true", default=None,
+                        help="the GpuNode (readable cluster-wide) says only that a GPU or "
+                             "host port is held, not by which namespace and name "
+                             "(default: off; metrics never carry names)")
     parser.add_argument("--liveness-endpoint",
                         help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
     parser.add_argument("--stop-timeout", type=float,
@@ -206,8 +218,9 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     read_only = pick_list("read_only_host_path", "READ_ONLY_HOST_PATHS")
     for flag, roots in (("--allowed-host-path", allowed), ("--read-only-host-path", read_only)):
         for root in roots:
-            if not is_clean_absolute_path(root):
-                raise SettingsError(f"{flag} {root!r} must be a clean absolute path")
+            problem = root_problem(root)
+            if problem is not None:
+                raise SettingsError(f"{flag} {root!r} {problem}")
     explicit_ports = pick("allowed_host_ports")
     store = pick("store") or ""
     if store and not (store.startswith("sqlite:") or store.startswith("etcd://")):
@@ -238,6 +251,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     gpu_attach = pick("gpu_attach") or DEFAULT_GPU_ATTACH
     if gpu_attach not in GPU_ATTACHMENTS:
         raise SettingsError(f"--gpu-attach must be one of {', '.join(GPU_ATTACHMENTS)}")
+    hide_holder_names = _flag(pick("hide_holder_names"), "--hide-holder-names")
     heartbeat = float(pick("heartbeat_seconds") or 30.0)
     if heartbeat <= 0:
         raise SettingsError("--heartbeat-seconds must be > 0")
@@ -264,6 +278,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         resync_seconds=resync,
         heartbeat_seconds=heartbeat,
         metrics_port=metrics_port,
+        hide_holder_names=hide_holder_names,
         volume_backend=volume_backend,
         volume_root=Path(volume_root) if volume_root else None,
         namespaces=pick_list("namespace", "NAMESPACES"),
@@ -275,3 +290,11 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         max_running_requests=max_requests,
         max_running_execs_per_namespace=max_execs,
     )
+
+
+def _flag(value: str | None, flag: str) -> bool:
+    """An on/off setting: the flag given (``True``), or its variable's value."""
+    word = (value or "false").lower()
+    if word not in ("true", "1", "yes", "false", "0", "no"):
+        raise SettingsError(f"{flag} (its variable) must be true or false, not {value!r}")
+    return word in ("true", "1", "yes")

@@ -13,7 +13,7 @@ from gpudock.errors import UserError
 
 def _reason(policy: HostPathPolicy, path: Path, read_only: bool = False) -> str:
     with pytest.raises(UserError) as caught:
-        policy.resolve(str(path), read_only=read_only)
+        policy.resolve(str(path), namespace="ns", read_only=read_only)
     return caught.value.reason
 
 
@@ -30,7 +30,8 @@ def test_symlinks_at_any_level_are_followed_before_deciding(tmp_path: Path) -> N
     for path in (root / "hostroot", root / "hostroot" / "etc", root / "a" / "b" / "out",
                  root / "a" / "b" / "up"):
         assert _reason(policy, path) == "HostPathNotAllowed"
-    assert policy.resolve(str(root / "inside"), read_only=False) == str(root / "real")
+    assert policy.resolve(str(root / "inside"), namespace="ns", read_only=False) == \
+        str(root / "real")
     assert _reason(policy, root / "not-yet") == "HostPathMissing"
     assert _reason(policy, tmp_path / "elsewhere") == "HostPathNotAllowed"
 
@@ -40,7 +41,7 @@ def test_a_root_that_is_itself_a_symlink_is_resolved_too(tmp_path: Path) -> None
     os.symlink(tmp_path / "data", tmp_path / "link")
     (tmp_path / "data" / "x").mkdir()
     policy = HostPathPolicy((str(tmp_path / "link"),))
-    assert policy.resolve(str(tmp_path / "link" / "x"), read_only=False) == \
+    assert policy.resolve(str(tmp_path / "link" / "x"), namespace="ns", read_only=False) == \
         str(tmp_path / "data" / "x")
 
 
@@ -49,5 +50,6 @@ def test_read_only_roots_need_read_only_mounts(tmp_path: Path) -> None:
     policy = HostPathPolicy((str(tmp_path / "rw"),), (str(tmp_path / "rw" / "ro"),))
     target = tmp_path / "rw" / "ro" / "set"
     assert _reason(policy, target) == "HostPathReadOnly"  # the narrower root decides
-    assert policy.resolve(str(target), read_only=True) == str(target)
-    assert policy.resolve(str(tmp_path / "rw"), read_only=False) == str(tmp_path / "rw")
+    assert policy.resolve(str(target), namespace="ns", read_only=True) == str(target)
+    assert policy.resolve(str(tmp_path / "rw"), namespace="ns", read_only=False) == \
+        str(tmp_path / "rw")

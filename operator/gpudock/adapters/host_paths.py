@@ -10,6 +10,12 @@ resolve every symlink and ``..`` first and then decide on the resolved path:
 * under a read-only root the mount must be ``readOnly: true``;
 * it must exist (Docker would refuse it only after the old container was stopped).
 
+A root may be a template, ``/mynfs/{namespace}``: for a resource it is that
+resource's namespace's root only (api/paths.py expands it), so one tenant's
+directory is never under another tenant's root, and a symlink a tenant plants to a
+neighbour's directory resolves outside its own. A root without the placeholder is
+shared by every namespace.
+
 The resolved path is what the container config gives Docker, so a symlink swapped in
 after the check cannot redirect the mount to the place the symlink pointed at before.
 What remains (a directory on the resolved path replaced by a symlink between this check
@@ -24,20 +30,30 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gpudock.adapters.filesystem_info import mounts
-from gpudock.api.paths import is_under
+from gpudock.api.paths import expand_roots, is_under
 from gpudock.api.reasons import Reason
 from gpudock.errors import UserError
 
 
 @dataclass(frozen=True)
 class HostPathPolicy:
+    """The node's roots as configured: shared ones and per-namespace templates."""
+
     allowed_roots: tuple[str, ...] = ()
     read_only_roots: tuple[str, ...] = ()  # also allowed, but only for readOnly mounts
 
-    def resolve(self, path: str, *, read_only: bool) -> str:
-        """The real path Docker should mount for ``path``; raises UserError."""
-        roots = [(r, False) for r in self.allowed_roots] + \
-            [(r, True) for r in self.read_only_roots]
+    def roots(self, namespace: str) -> tuple[str, ...]:
+        """Every root a resource of ``namespace`` may mount under (both kinds)."""
+        return tuple(root for root, _ in self._roots(namespace))
+
+    def _roots(self, namespace: str) -> list[tuple[str, bool]]:
+        return [(r, False) for r in expand_roots(self.allowed_roots, namespace)] + \
+            [(r, True) for r in expand_roots(self.read_only_roots, namespace)]
+
+    def resolve(self, path: str, *, namespace: str, read_only: bool) -> str:
+        """The real path Docker should mount for ``path`` in a resource of
+        ``namespace``; raises UserError."""
+        roots = self._roots(namespace)
         if not any(is_under(path, root) for root, _ in roots):
             listed = ", ".join(r for r, _ in roots) or "none"
             raise UserError(Reason.HOST_PATH_NOT_ALLOWED, f"hostPath {path} is not under an "

@@ -20,6 +20,7 @@ from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import exec_request, gpu_replica_set, ownership
 from gpudock.api.exec_request import OUTPUT_LIMIT, ExecRequestSpec
+from gpudock.api.parsing import get_object_name
 from gpudock.api.reasons import Reason
 from gpudock.core.observed import ObservedContainer, ResourceKey, current_of
 from gpudock.core.times import seconds_between
@@ -49,11 +50,13 @@ def pending(reason: Reason, message: str, now: str, node: str) -> Status:
 
 
 def target_of(body: Mapping[str, Any], kube: KubeApi) -> dict[str, Any] | None:
-    """The GpuReplicaSet a request names, or None when there is none."""
-    meta, spec = body["metadata"], body.get("spec") or {}
+    """The GpuReplicaSet a request names, or None when there is none; SpecError when
+    ``replicaSetName`` is no object name (``a/b`` would be a path to something else
+    on the API server: it is never looked up)."""
+    meta = body["metadata"]
+    name = get_object_name(body.get("spec") or {}, "replicaSetName", "spec")
     try:
-        return kube.get(gpu_replica_set.PLURAL, meta["namespace"],
-                        str(spec.get("replicaSetName", "")))
+        return kube.get(gpu_replica_set.PLURAL, meta["namespace"], name)
     except ObjectNotFoundError:
         return None
 

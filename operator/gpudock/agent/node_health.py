@@ -35,7 +35,7 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
          kube: KubeApi) -> None:
     status = gpu_node_status(inventory.list_gpus(), docker.list_containers(),
                              (settings.port_range.first, settings.port_range.last),
-                             __version__, now)
+                             __version__, now, hide_holders=settings.hide_holder_names)
     # New SizedVolumes go to the node's backend; the room is where it makes them.
     try:
         free: int | None = open_volume_backend(settings.volume_backend,

@@ -58,9 +58,10 @@ class ReplicaSetObserver:
             containers=tuple(self._docker.list_containers()),
             inventory=inventory,
             port_range=(self._settings.port_range.first, self._settings.port_range.last),
-            allowed_host_paths=(*self._settings.allowed_host_paths,
-                                *self._settings.read_only_host_paths),
-            host_paths={(m.host_path, m.read_only): self._resolve(m.host_path, m.read_only)
+            # The roots of this resource's namespace: templates expanded.
+            allowed_host_paths=self._host_paths.roots(key.namespace),
+            host_paths={(m.host_path, m.read_only): self._resolve(key.namespace, m.host_path,
+                                                                  m.read_only)
                         for m in spec.mounts if m.host_path is not None},
             images={spec.image: image} if image is not None else {},
             explicit_port_range=(explicit.first, explicit.last),
@@ -82,9 +83,9 @@ class ReplicaSetObserver:
             layer_root=saved.layer_root,
         )
 
-    def _resolve(self, path: str, read_only: bool) -> str | UserError:
+    def _resolve(self, namespace: str, path: str, read_only: bool) -> str | UserError:
         try:
-            return self._host_paths.resolve(path, read_only=read_only)
+            return self._host_paths.resolve(path, namespace=namespace, read_only=read_only)
         except UserError as exc:
             return exc
 

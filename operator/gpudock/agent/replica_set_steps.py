@@ -90,7 +90,7 @@ class ReplicaSetSteps:
         match action:
             case act.StartRevision(record=record, config=config, start=start, reason=reason,
                                    layer=layer):
-                checked = self._checked_again(config)  # refused: no record is left
+                checked = self._checked_again(key, config)  # refused: no record is left
                 store.put(record)  # first: a crash after it leaves a record, no orphan
                 self._crash.reach("StartRevision.recorded")
                 container_id = docker.create_and_start(checked, start=start, prepare=(
@@ -181,14 +181,16 @@ class ReplicaSetSteps:
                               "(historyPolicy Purge)")]
         raise AssertionError(f"unknown action {action!r}")  # pragma: no cover
 
-    def _checked_again(self, config: ContainerConfig) -> ContainerConfig:
+    def _checked_again(self, key: ResourceKey, config: ContainerConfig) -> ContainerConfig:
         """Resolve every bind source once more just before Docker mounts it (the
-        plan's check may be a pass old) and note what it is, for the check after
-        start; raises UserError when it no longer passes."""
+        plan's check may be a pass old), against the roots of the resource's
+        namespace, and note what it is, for the check after start; raises UserError
+        when it no longer passes."""
         mounts = []
         for mount in config.mounts:
             if not mount.is_volume:
-                real = self._host_paths.resolve(mount.source, read_only=mount.read_only)
+                real = self._host_paths.resolve(mount.source, namespace=key.namespace,
+                                                read_only=mount.read_only)
                 mount = replace(mount, source=real, identity=host_paths.identity(real))
             mounts.append(mount)
         return replace(config, mounts=tuple(mounts))

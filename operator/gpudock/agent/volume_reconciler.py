@@ -137,7 +137,9 @@ class VolumeReconciler:
             consumers=core.consumers_of(containers, ident),
             earlier=tuple((v, core.consumers_of(containers, v)) for v in earlier
                           if self._docker.volume_exists(v)),
-            free_bytes=backend.free_bytes() if latest is None else None,
+            # The room is asked for before a volume is made or grown, never after.
+            free_bytes=backend.free_bytes() if latest is None or (
+                state is not None and spec.size_bytes > state.size_bytes) else None,
             minimum_bytes=backend.minimum_bytes(ident) if minimum and state else None,
             now=self._clock())
 

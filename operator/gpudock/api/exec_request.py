@@ -7,7 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gpudock.api.container_fields import MAX_COMMAND_ITEMS, MAX_ENV_ITEMS, EnvVar, parse_env
-from gpudock.api.parsing import RawDict, get_int, get_list, get_optional_str, get_str
+from gpudock.api.parsing import (
+    RawDict,
+    get_int,
+    get_list,
+    get_object_name,
+    get_optional_str,
+)
 from gpudock.errors import SpecError
 
 KIND = "ExecRequest"
@@ -36,7 +42,7 @@ class ExecRequestSpec:
         if working_dir is not None and not working_dir.startswith("/"):
             raise SpecError("spec.workingDir must be an absolute path")
         return cls(
-            replica_set_name=get_str(raw, "replicaSetName", where),
+            replica_set_name=get_object_name(raw, "replicaSetName", where),
             command=command,
             working_dir=working_dir,
             env=parse_env(get_list(raw, "env", where, max_items=MAX_ENV_ITEMS)),

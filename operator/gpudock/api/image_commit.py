@@ -7,7 +7,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from gpudock.api.parsing import RawDict, get_choice, get_str
+from gpudock.api.parsing import RawDict, get_choice, get_object_name, get_str
 from gpudock.errors import SpecError
 
 KIND = "ImageCommit"
@@ -42,7 +42,7 @@ class ImageCommitSpec:
         if not isinstance(pause, bool):
             raise SpecError("spec.pause must be true or false")
         return cls(
-            replica_set_name=get_str(raw, "replicaSetName", "spec"),
+            replica_set_name=get_object_name(raw, "replicaSetName", "spec"),
             image=image, pause=pause,
             deletion_policy=DeletionPolicy(get_choice(raw, "deletionPolicy", "spec",
                                                       tuple(DeletionPolicy),

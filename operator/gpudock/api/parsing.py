@@ -15,6 +15,21 @@ DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a
 _DNS_SUBDOMAIN_RE = re.compile(DNS_SUBDOMAIN_PATTERN)
 
 
+def is_object_name(name: str) -> bool:
+    """A name a namespaced gpudock object can have (a DNS-1123 subdomain): no ``/``,
+    no upper case, at most 253 characters."""
+    return len(name) <= 253 and _DNS_SUBDOMAIN_RE.match(name) is not None
+
+
+def get_object_name(raw: RawDict, key: str, where: str) -> str:
+    """A field that names another object (``replicaSetName``); SpecError otherwise."""
+    name = get_str(raw, key, where)
+    if not is_object_name(name):
+        raise SpecError(f"{where}.{key} {name!r} is not a Kubernetes object name (lower-case "
+                        "letters, digits, '-' and '.', at most 253 characters)")
+    return name
+
+
 def get_node_name(raw: RawDict) -> str:
     node_name = get_str(raw, "nodeName", "spec")
     if not _DNS_SUBDOMAIN_RE.match(node_name) or len(node_name) > 253:

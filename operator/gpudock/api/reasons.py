@@ -113,6 +113,7 @@ class Reason(enum.StrEnum):
     COPYING = "Copying"
     REMOVING_EARLIER_VOLUME = "RemovingEarlierVolume"
     INSUFFICIENT_SPACE = "InsufficientSpace"
+    VOLUME_TOO_LARGE = "VolumeTooLarge"
     VOLUME_LOST = "VolumeLost"
     SHRINK_BELOW_USAGE = "ShrinkBelowUsage"
     VOLUME_NOT_RESIZABLE = "VolumeNotResizable"

@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.agent.node_health import PLURAL as GPU_NODES
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
+from gpudock.api.parsing import is_object_name
 from gpudock.api.reasons import Reason
 from gpudock.cli import rollout_commands
 from gpudock.cli.retained_commands import table
@@ -68,6 +69,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
         words, command = words[:at], words[at + 1:]
     args = build_parser().parse_args(words)
     args.argv = [*getattr(args, "argv", []), *command]
+    if args.command in ("exec", "commit") and not is_object_name(args.name):
+        print(f"error: {args.name!r} is not a GpuReplicaSet name", file=err)
+        return 2
     try:
         kube = KubeApi(args.kubeconfig, in_cluster=False, context=args.context)
         namespace = args.namespace or kube.default_namespace
@@ -165,8 +169,7 @@ def _nodes(kube: KubeApi, out: TextIO) -> int:
             holder = gpu.get("holder")
             rows.append((node["metadata"]["name"], str(gpu.get("index")),
                          str(gpu.get("uuid")), str(gpu.get("model") or "-"),
-                         f"{holder['namespace']}/{holder['name']} (revision "
-                         f"{holder.get('revision')})" if holder else "<free>"))
+                         _holder(holder, with_revision=True) if holder else "<free>"))
     table(rows, out)
     return 0
 
@@ -177,11 +180,19 @@ def _ports(kube: KubeApi, node_name: str, out: TextIO) -> int:
           file=out)
     rows: list[tuple[str, ...]] = [("HOST PORT", "PROTOCOL", "HOLDER")]
     for binding in ports.get("bindings") or ():
-        holder = binding.get("holder") or {}
         rows.append((str(binding.get("hostPort")), str(binding.get("protocol")),
-                     f"{holder.get('namespace')}/{holder.get('name')}"))
+                     _holder(binding.get("holder") or {}, with_revision=False)))
     table(rows, out)
     return 0
+
+
+def _holder(holder: dict[str, Any], *, with_revision: bool) -> str:
+    """``namespace/name``; ``<held>`` where the agent leaves names out
+    (--hide-holder-names)."""
+    if "name" not in holder:
+        return "<held>"
+    revision = f" (revision {holder.get('revision')})" if with_revision else ""
+    return f"{holder.get('namespace')}/{holder['name']}{revision}"
 
 
 def entry() -> None:  # pragma: no cover - the console script

@@ -21,8 +21,16 @@ from gpudock.core.times import seconds_between
 STALE_HEARTBEATS = 3
 
 
+# A holder as every tenant may see it where the agent hides names (--hide-holder-names):
+# that the GPU or port is held, not by whom.
+HIDDEN_HOLDER: dict[str, Any] = {"held": True}
+
+
 def gpu_node_status(devices: Sequence[GpuDevice], containers: Sequence[ObservedContainer],
-                    port_range: tuple[int, int], version: str, now: str) -> dict[str, Any]:
+                    port_range: tuple[int, int], version: str, now: str,
+                    hide_holders: bool = False) -> dict[str, Any]:
+    """``hide_holders``: a holder is only ``{held: true}``, no namespace, name or
+    revision (the GpuNode is cluster-scoped: whoever may read it sees them all)."""
     holders = {gpu: c for c in containers if c.owner is not None for gpu in c.gpus}
     gpus = []
     for device in devices:
@@ -30,16 +38,18 @@ def gpu_node_status(devices: Sequence[GpuDevice], containers: Sequence[ObservedC
         gpus.append({
             "index": device.index, "uuid": device.uuid, "model": device.name,
             "memoryMiB": device.memory_bytes // 2**20, "health": device.health,
-            "holder": None if holder is None or holder.owner is None else {
+            "holder": None if holder is None or holder.owner is None else
+            dict(HIDDEN_HOLDER) if hide_holders else {
                 "namespace": holder.owner.namespace, "name": holder.owner.name,
                 "revision": holder.revision},
         })
     first, last = port_range
     used = {p.port for c in containers for p in c.host_ports if first <= p.port <= last}
-    bindings = sorted(({"hostPort": p.port, "protocol": str(p.protocol), "holder": {
-        "namespace": c.owner.namespace, "name": c.owner.name}} for c in containers
-        if c.owner is not None for p in c.host_ports), key=lambda b: (
-        b["hostPort"], b["protocol"]))
+    bindings = sorted(({"hostPort": p.port, "protocol": str(p.protocol), "holder": dict(
+        HIDDEN_HOLDER) if hide_holders else {"namespace": c.owner.namespace,
+                                             "name": c.owner.name}}
+        for c in containers if c.owner is not None for p in c.host_ports),
+        key=lambda b: (b["hostPort"], b["protocol"]))
     allocated = sum(1 for g in gpus if g["holder"] is not None)
     return {
         "gpus": gpus, "gpusTotal": len(gpus), "gpusAllocated": allocated,

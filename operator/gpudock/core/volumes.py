@@ -10,9 +10,11 @@ picks up from there.
 2. not attached (after an agent or host restart): attach it;
 3. no Docker volume: create the Docker volume that serves it;
 4. a size change, refused with ShrinkBelowUsage when what the volume holds does not
-   fit; else a resize in place (online, or with its users stopped where the backend
-   needs that), or for the copy backend a move: a new Docker volume, the data
-   copied and checked, the record switched to it (the GpuReplicaSets that mount it
+   fit, and a grow with InsufficientSpace when it asks for more than is free where
+   volumes live (nothing is changed: the volume serves on at its size); else a
+   resize in place (online, or with its users stopped where the backend needs
+   that), or for the copy backend a move: a new Docker volume, the data copied and
+   checked, the record switched to it (the GpuReplicaSets that mount it
    roll to a new revision on the new volume);
 5. a size that is real but not recorded: record it as the next revision;
 6. an earlier volume of the copy backend nobody mounts any more: remove it;
@@ -70,7 +72,7 @@ class VolumeObservation:
     # Earlier Docker volumes of the copy backend still there, with the containers
     # that mount them.
     earlier: tuple[tuple[str, tuple[ObservedContainer, ...]], ...] = ()
-    free_bytes: int | None = None  # room left where volumes live
+    free_bytes: int | None = None  # room left where volumes live (to create or grow)
     minimum_bytes: int | None = None  # the smallest it can shrink to (when asked)
     now: str = ""
 
@@ -201,6 +203,14 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
     have = _block_floor(state.size_bytes)
     if wanted != have:
         grow = wanted > have
+        if grow and obs.free_bytes is not None and \
+                obs.size_bytes - state.size_bytes > obs.free_bytes:
+            return VolumePlan((), _status(obs, "Ready", problem=(
+                Reason.INSUFFICIENT_SPACE, f"{format_size(obs.size_bytes)} asked: growing "
+                f"from {format_size(state.size_bytes)} needs "
+                f"{format_size_approx(obs.size_bytes - state.size_bytes)} more, and "
+                f"{format_size_approx(obs.free_bytes)} is free where volumes live on the "
+                "node; nothing was changed")))
         if not grow or obs.backend.moves_on_resize:
             if obs.minimum_bytes is None:
                 return VolumePlan((), _status(obs, "Ready"), needs_minimum=True)

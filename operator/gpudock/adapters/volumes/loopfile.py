@@ -11,15 +11,18 @@ After an agent or host restart, attach() mounts what is no longer mounted.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from gpudock.adapters.filesystem_info import free_bytes, mounts
 from gpudock.adapters.host_tools import VolumeToolError
 from gpudock.adapters.host_tools import run_tool as _run
 from gpudock.adapters.volumes.base import ResizesInPlace, bind_options
+from gpudock.api.quantity import format_size
 from gpudock.api.reasons import Reason
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
@@ -88,7 +91,11 @@ class LoopfileBackend(ResizesInPlace):
         image.parent.mkdir(parents=True, exist_ok=True)
         partial = image.with_suffix(".new")
         with open(partial, "wb") as handle:
-            handle.truncate(_blocks(size_bytes))
+            try:
+                _lengthen(handle, size_bytes, self.root)
+            except UserError:
+                partial.unlink(missing_ok=True)
+                raise
         _run("mkfs.ext4", "-q", "-F", "-m", "0", "-b", str(BLOCK), "-E", "root_owner=0:0",
              str(partial))
         partial.rename(image)  # whole or not there: a crash leaves no half volume
@@ -149,8 +156,7 @@ class LoopfileBackend(ResizesInPlace):
         if device is None:
             raise VolumeToolError(f"volume {volume} is not attached")
         with open(self._image(volume), "r+b") as handle:
-            if os.fstat(handle.fileno()).st_size < _blocks(size_bytes):
-                handle.truncate(_blocks(size_bytes))
+            _lengthen(handle, size_bytes, self.root)
         _run("losetup", "-c", device)
         try:
             _run("resize2fs", device)
@@ -199,8 +205,7 @@ class LoopfileBackend(ResizesInPlace):
                                     f"{least // 2**20} MiB for its data and its own "
                                     "metadata; nothing was changed")
                 with open(image, "r+b") as handle:  # grow: the room first
-                    if os.fstat(handle.fileno()).st_size < _blocks(size_bytes):
-                        handle.truncate(_blocks(size_bytes))
+                    _lengthen(handle, size_bytes, self.root)
                 _run("losetup", "-c", device)
                 undo.unlink(missing_ok=True)
                 _run("resize2fs", "-z", str(undo), device, f"{_blocks(size_bytes) // 1024}K")
@@ -238,6 +243,28 @@ def _wait_released(image: str, seconds: float = RELEASE_WAIT_SECONDS) -> list[st
     while (left := _loops_of(image)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
+
+
+def _lengthen(handle: BinaryIO, size_bytes: int, root: Path) -> None:
+    """Make the image file at least ``size_bytes`` long (a sparse tail; a file is
+    never shortened here). What the filesystem under the volume root refuses is a
+    refusal of the size asked (nothing else was changed), never an error that
+    escapes: a file larger than that filesystem allows (ext4: 16 TiB), or no room."""
+    if os.fstat(handle.fileno()).st_size >= _blocks(size_bytes):
+        return
+    try:
+        handle.truncate(_blocks(size_bytes))
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise UserError(Reason.VOLUME_TOO_LARGE, f"{format_size(size_bytes)} is more "
+                            f"than the filesystem under the volume root {root} allows one "
+                            "file to be (the loopfile backend keeps a volume in one file); "
+                            "nothing was changed") from exc
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(Reason.INSUFFICIENT_SPACE, f"no room for "
+                            f"{format_size(size_bytes)} under the volume root {root}; "
+                            "nothing was changed") from exc
+        raise VolumeToolError(f"sizing the image of a volume under {root}: {exc}") from exc
 
 
 def _blocks(size_bytes: int) -> int:

@@ -31,7 +31,7 @@ from gpudock.agent.request_slots import Claim
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.api.reasons import Reason
-from gpudock.errors import GpudockError
+from gpudock.errors import GpudockError, UserError
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,12 @@ async def _target(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: 
                   ) -> tuple[dict[str, Any] | None, bool]:
     """The request's GpuReplicaSet when this agent runs it, and whether this agent
     wrote the request's final status (it does when the GpuReplicaSet is gone)."""
-    target = await asyncio.to_thread(exec_runner.target_of, body, agent.kube)
+    try:
+        target = await asyncio.to_thread(exec_runner.target_of, body, agent.kube)
+    except UserError as exc:  # no valid name: every agent fails it, writing the same
+        await _write(agent, kind, body, exec_runner.failed(
+            exc.reason, exc.message, agent.now(), agent.settings.node_name), logger)
+        return None, True
     if target is None:
         name = (body.get("spec") or {}).get("replicaSetName")
         await _write(agent, kind, body, exec_runner.failed(

@@ -28,7 +28,7 @@ class Observation:
     containers: tuple[ObservedContainer, ...]  # every container on the node
     inventory: tuple[str, ...]  # GPU UUIDs of the node, in index order
     port_range: tuple[int, int]
-    allowed_host_paths: tuple[str, ...]
+    allowed_host_paths: tuple[str, ...]  # the roots of this resource's namespace
     images_present: frozenset[str]  # of the spec's and the records' base images
     records: tuple[Revision, ...] = ()  # this name's revisions, oldest first
     preserved_tags: frozenset[str] = frozenset()  # saved disks that exist
