@@ -271,3 +271,20 @@ def test_a_volume_a_host_restart_detached_is_attached_again(node: Node) -> None:
     assert (status["phase"], status["volumeName"]) == ("Ready", volume)
     assert volume in backend.attached
     assert "VolumeAttached" in node.reasons("data")
+
+
+def test_a_volume_about_to_shrink_is_not_mounted_meanwhile(node: Node) -> None:
+    """A shrink is planned only once the filesystem's minimum is known: until the
+    shrink is done (offline: unmounted) the volume is not one to mount; a shrink
+    refused (below what it holds) leaves it usable as it was."""
+    node.use_in_place_volumes()
+    volume = _ready_volume(node, "64Mi")
+    node.apply_volume("data", "32Mi")  # the spec changed; the volume's agent has not run
+    body = node.kube.get(SVOL, NAMESPACE, "data")
+    assert node.volumes.serving(body) is None
+    node.reconcile_volume("data")
+    assert node.volumes.serving(node.kube.get(SVOL, NAMESPACE, "data")) == volume
+    _put(node, volume, "big", b"x" * (4 * MiB))
+    node.apply_volume("data", "2Mi")  # below what it holds: refused, nothing changed
+    assert node.reconcile_volume("data")["conditions"][-1]["reason"] == "ShrinkBelowUsage"
+    assert node.volumes.serving(node.kube.get(SVOL, NAMESPACE, "data")) == volume

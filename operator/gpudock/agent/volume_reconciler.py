@@ -106,9 +106,11 @@ class VolumeReconciler:
             spec = SizedVolumeSpec.parse(body.get("spec") or {})
         except SpecError:
             return None
-        obs = self._observe(ResourceKey(meta["namespace"], meta["name"]), meta, spec,
-                            minimum=False)
-        status = core.plan_volume(obs).status
+        key = ResourceKey(meta["namespace"], meta["name"])
+        plan = core.plan_volume(self._observe(key, meta, spec, minimum=False))
+        if plan.needs_minimum:  # a shrink: done (then not mountable now) or refused?
+            plan = core.plan_volume(self._observe(key, meta, spec, minimum=True))
+        status = plan.status
         volume = status.get("volumeName")
         return str(volume) if status.get("phase") == "Ready" and volume else None
 
