@@ -66,6 +66,8 @@ REFUSED_REVISION = frozenset({Reason.CONTAINER_CREATE_FAILED, Reason.CONTAINER_S
                               Reason.IMAGE_NOT_PRESENT, Reason.HOST_PORT_IN_USE,
                               Reason.DISK_RESTORE_FAILED})
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
+# A save refused for these on delete: the container is removed unsaved (a Warning).
+UNSAVED_ON_DELETE = frozenset({Reason.DISK_FULL, Reason.DISK_SAVE_FAILED})
 
 
 class _Contended(InternalError):  # noqa: N818 - a signal to plan again, never shown
@@ -514,8 +516,28 @@ class ReplicaSetReconciler:
             records = tuple(self._store.list(key.namespace, key.name))
             actions = history.plan_delete(key, tuple(self._docker.list_containers()), records,
                                        self.disks.saved(key, records), policy)
-            for action in actions:
+            events += self._retire(key, actions)
+        return events
+
+    def _retire(self, key: ResourceKey, actions: tuple[act.Action, ...]) -> list[Event]:
+        """A delete's steps; a disk that cannot be saved (UNSAVED_ON_DELETE) is not,
+        and its container removed all the same: a delete never waits on a save."""
+        events: list[Event] = []
+        unsaved: set[str] = set()
+        for action in actions:
+            saving = getattr(action, "container_id", None) if isinstance(
+                action, act.PreserveDisk | act.StopContainer) else None
+            if saving in unsaved and isinstance(action, act.PreserveDisk):
+                continue
+            try:
                 events += self._execute(key, action)
+            except UserError as exc:
+                if saving is None or exc.reason not in UNSAVED_ON_DELETE:
+                    raise
+                unsaved.add(saving)
+                events.append(Event("Warning", Reason.DISK_NOT_SAVED, (
+                    f"{getattr(action, 'name', saving)} removed without its disk saved, as "
+                    f"its resource is deleted ({exc.reason}: {exc.message})")))
         return events
 
     # ---------------------------------------------------------------------- orphans
@@ -551,8 +573,7 @@ class ReplicaSetReconciler:
                 records = tuple(self._store.list(key.namespace, key.name))
                 actions = history.plan_delete(key, containers, records,
                                            self.disks.saved(key, records), HistoryPolicy.RETAIN)
-                for action in actions:
-                    self._execute(key, action)
+                self._retire(key, actions)
             done.append(f"{key} (uid {uid}): resource gone; {len(containers)} container(s) "
                         "saved and removed")
         return done
