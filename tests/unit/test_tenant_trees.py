@@ -273,3 +273,27 @@ def test_item9_a_delete_never_waits_on_a_save_that_cannot_be_made(node: Node) ->
     warning = next(e for e in events if e.reason == Reason.DISK_NOT_SAVED)
     assert warning.type == "Warning"
     assert "DiskFull" in warning.message
+
+
+def test_item11_a_walk_never_goes_where_a_change_under_it_leads(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "a" / "x").mkdir(parents=True)
+    (tree / "b" / "c").mkdir(parents=True)
+    (tree / "b" / "c" / "f").write_bytes(b"f")
+    seen: list[tuple[str, str]] = []
+
+    def walk() -> None:
+        for step in user_trees.walk(tree):
+            seen.append((type(step).__name__, step.name))
+            if step.name == "a" and isinstance(step, user_trees.Entry):
+                # replaced by a symlink before the walk goes in: not followed
+                (tree / "a" / "x").rmdir()
+                (tree / "a").rmdir()
+                (tree / "a").symlink_to(tmp_path)
+            if step.name == "f":  # the directory the walk is in moved elsewhere
+                (tree / "b" / "c").rename(tree / "moved")
+
+    with pytest.raises(OSError, match="moved during the walk"):
+        walk()
+    assert seen == [("Entry", "a"), ("Leave", "a"), ("Entry", "b"), ("Entry", "c"),
+                    ("Entry", "f")]

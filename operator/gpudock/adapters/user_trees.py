@@ -27,6 +27,8 @@ from pathlib import Path
 # A directory opened for a walk: never through a symlink, never inherited by a tool.
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 SHOWN_PATH = 240  # characters of a (deep) path a message shows
+# What a directory entry can have become since it was listed (in a tree in use).
+_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
 
 
 def _changed(what: str) -> OSError:
@@ -137,7 +139,7 @@ def walk(root: Path | str) -> Iterator[Entry | Leave]:
     one open directory at a time. An entry that goes away meanwhile is skipped."""
     with Cursor(root) as cursor:
         here = Dir("")
-        pending = [iter(sorted(os.listdir(cursor.fd)))]
+        pending = [iter(_listing(cursor.fd))]
         entered: list[os.stat_result] = []
         while pending:
             name = next(pending[-1], None)
@@ -160,12 +162,22 @@ def walk(root: Path | str) -> Iterator[Entry | Leave]:
             if stat.S_ISDIR(info.st_mode):
                 try:
                     cursor.down(name, identity(info))
-                except (FileNotFoundError, NotADirectoryError):  # gone meanwhile
-                    yield Leave(name, info, cursor.fd, here)
+                except OSError as exc:
+                    if exc.errno not in _GONE:
+                        raise
+                    yield Leave(name, info, cursor.fd, here)  # gone (or a symlink) now
                     continue
                 here = Dir(name, here)
                 entered.append(info)
-                pending.append(iter(sorted(os.listdir(cursor.fd))))
+                pending.append(iter(_listing(cursor.fd)))
+
+
+def _listing(fd: int) -> list[str]:
+    """The names in an open directory, sorted; none once it was removed."""
+    try:
+        return sorted(os.listdir(fd))
+    except FileNotFoundError:
+        return []
 
 
 def open_dir(root_fd: int, parts: list[str]) -> int:

@@ -50,7 +50,11 @@ class CopyBackend:
             return None
         size = int((info.get("Labels") or {}).get(SIZE_LABEL) or 0)
         directory = Path(str(info.get("Mountpoint") or ""))
-        used = tree_bytes(directory) if directory.is_dir() else 0
+        try:  # blocks, not apparent sizes; a tree in use may change under the walk
+            used = tree_bytes(directory) if directory.is_dir() else 0
+        except OSError as exc:
+            raise VolumeToolError(f"measuring Docker volume {volume} ({directory}): "
+                                  f"{exc}") from exc
         return BackendState(size_bytes=size, attached=True, capacity_bytes=size,
                             used_bytes=used)
 
