@@ -16,7 +16,7 @@ import docker
 import docker.models.containers
 import pytest
 
-from gpudock.adapters import overlay_layers, tree_copy
+from gpudock.adapters import file_data, overlay_layers, tree_copy
 from tests.integration.revisions import sh
 from tests.stack.filesystems import loop_mounted
 from tests.stack.localstack import BUSYBOX_IMAGE, LocalStack
@@ -163,7 +163,7 @@ def test_on_xfs_and_btrfs_saves_and_handoffs_share_blocks(
     so saving a layer and putting it into a new container cost metadata, not the
     size of the user's files (on ext4 they cost a copy of the files changed)."""
     with loop_mounted(tmp_path, mkfs, "2G") as root:
-        assert tree_copy.shares_blocks(root)
+        assert file_data.shares_blocks(root)
         upper = root / "upper"
         (upper / "root").mkdir(parents=True)
         big = upper / "root" / "weights.bin"

@@ -1,5 +1,5 @@
 """Saved copies of a writable layer share unchanged files with the previous one
-(overlay_layers.save_layer), on real files with the real cp and rsync."""
+(overlay_layers.save_layer), on real files."""
 
 from __future__ import annotations
 

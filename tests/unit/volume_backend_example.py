@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 from gpudock.adapters.host_tools import VolumeToolError
-from gpudock.adapters.volumes.base import ResizesInPlace, bind_options, tree_bytes
+from gpudock.adapters.user_trees import tree_bytes
+from gpudock.adapters.volumes.base import ResizesInPlace, bind_options
 from gpudock.core.ports import ContainerRuntime
 from gpudock.core.volumes import BackendState
 

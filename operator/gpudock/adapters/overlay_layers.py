@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from gpudock.adapters import tree_copy
 from gpudock.adapters.docker.inspect import upper_dir_of
 from gpudock.adapters.host_tools import VolumeToolError
+from gpudock.adapters.user_trees import remove_tree
 
 STAGING_SUFFIX = ".gpudock-incoming"
 
@@ -38,11 +38,11 @@ class LayerCopyError(VolumeToolError):
 
 
 class LayerSpaceError(LayerCopyError):
-    """The copy ran out of room where it was made (the tool or the kernel said "No
-    space left on device"); the source was kept."""
+    """The copy ran out of room where it was made (the kernel said "No space left on
+    device"); the source was kept."""
 
 
-_NO_SPACE_TEXT = "No space left"  # ENOSPC, as strerror and cp/rsync word it
+_NO_SPACE_TEXT = "No space left"  # ENOSPC, as strerror words it
 
 
 def writable_layer(inspect: dict[str, Any]) -> Path | None:
@@ -100,15 +100,15 @@ def _staged_copy(source: Path, destination: Path, what: str,
     """Copy beside ``destination``, check, then rename onto it (rename(2) replaces
     an empty directory atomically, or creates the name)."""
     staging = destination.with_name(destination.name + STAGING_SUFFIX)
-    shutil.rmtree(staging, ignore_errors=True)  # an attempt a crash cut short
+    remove_tree(staging, ignore_errors=True)  # an attempt a crash cut short
     staging.mkdir()
     try:
         tree_copy.copy_tree(source, staging, share_with)
         tree_copy.verify_copy(source, staging, content=False)
         staging.rename(destination)
     except (OSError, VolumeToolError) as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        # The tool's stderr (or the kernel's ENOSPC) is read here, once, into a type.
+        remove_tree(staging, ignore_errors=True)
+        # The system's words (or the kernel's ENOSPC) is read here, once, into a type.
         error = LayerSpaceError if _NO_SPACE_TEXT in str(exc) else LayerCopyError
         raise error(f"{what} {source} to {destination}: {exc}; the source "
                     "was kept") from exc
@@ -123,7 +123,7 @@ def remove_saved(saved: Path, home: Path) -> bool:
     if not saved.is_relative_to(home) or saved == home:
         return False
     for path in (saved, saved.with_name(saved.name + STAGING_SUFFIX)):
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path, ignore_errors=True)
     with contextlib.suppress(OSError):
         saved.parent.rmdir()  # only when empty
     return True

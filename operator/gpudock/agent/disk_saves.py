@@ -11,8 +11,8 @@ next plan. docs/revisions.md has the steps of a rollout and what each keeps.
 from __future__ import annotations
 
 import logging
-import shutil
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,18 +20,22 @@ from gpudock import metrics
 from gpudock.adapters import overlay_layers
 from gpudock.adapters.docker.errors import DiskFullError
 from gpudock.adapters.filesystem_info import free_bytes
+from gpudock.adapters.user_trees import remove_tree, tree_bytes
 from gpudock.api.reasons import Reason
 from gpudock.core.observed import ResourceKey
 from gpudock.core.ports import ContainerRuntime
 from gpudock.core.replica_set.saved_disks import SavedDisks, preserved_repository
 from gpudock.core.revision import Revision, RevisionStore, layers_named
 from gpudock.crash_points import CrashPoints
-from gpudock.errors import UserError
+from gpudock.errors import TransientError, UserError
 from gpudock.settings import Settings
 
 logger = logging.getLogger(__name__)
 SAVE_MARGIN = 64 * 2**20  # room a save needs beyond its writable layer
 STATE_MARGIN = 16 * 2**20  # room the revision store needs in the state dir
+# A container whose writable layer could not be saved whole is not stopped for
+# another try before this many seconds (each try stops the instance).
+FAILED_SAVE_RETRY = 600.0
 
 
 def _mib(count: int) -> str:
@@ -40,12 +44,14 @@ def _mib(count: int) -> str:
 
 class DiskSaves:
     def __init__(self, settings: Settings, docker: ContainerRuntime, store: RevisionStore,
-                 crash: CrashPoints) -> None:
+                 crash: CrashPoints, clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings
         self._docker = docker
         self._store = store
         self._crash = crash
+        self._clock = clock
         self._home: tuple[Path | None] | None = None  # asked of Docker once
+        self._failed: dict[str, tuple[float, UserError]] = {}  # by container ID
 
     # ------------------------------------------------------------------ what is saved
     def layers_home(self) -> Path | None:
@@ -69,10 +75,15 @@ class DiskSaves:
 
     # -------------------------------------------------------------------------- save
     def check_room(self, container_id: str, name: str) -> None:
-        """Refuse to stop a container for a save that cannot fit: the saved disk needs
-        about its writable layer's size in Docker's root, the record a little room in
-        the state dir. Raises DiskFullError while the container still runs."""
-        needed = int(self._docker.writable_layer_bytes(container_id) * 1.05) + SAVE_MARGIN
+        """Refuse to stop a container for a save that cannot be made: one whose
+        writable layer could not be saved whole a short while ago (FAILED_SAVE_RETRY),
+        or one that cannot fit: the saved disk needs about what the save writes in
+        Docker's root (layer_bytes), the record a little room in the state dir.
+        Raises UserError (DiskSaveFailed, DiskFull) while the container still runs."""
+        failed = self._failed.get(container_id)
+        if failed is not None and self._clock() - failed[0] < FAILED_SAVE_RETRY:
+            raise failed[1]
+        needed = int(self.layer_bytes(container_id, name) * 1.05) + SAVE_MARGIN
         free = self._docker.free_bytes()
         if free is not None and free < needed:
             raise DiskFullError(f"saving the disk of {name} needs about {_mib(needed)} in "
@@ -82,23 +93,41 @@ class DiskSaves:
             raise DiskFullError(f"the agent's state directory {self._settings.state_dir} "
                                 "is full; the instance keeps running")
 
+    def layer_bytes(self, container_id: str, name: str) -> int:
+        """What saving the container's disk writes. A copy of its writable layer
+        takes what the layer holds on disk, its blocks (a sparse terabyte takes
+        nothing, and stays a hole in the copy); never the files' apparent sizes. A
+        commit writes every file dense (Docker's archive keeps no holes), so there it
+        is the apparent size, as Docker counts it (SizeRw)."""
+        if self.layer_root() is not None:
+            named = self._docker.writable_layer_dir(container_id)
+            upper = overlay_layers.reachable(named)
+            if upper is not None:
+                try:
+                    return tree_bytes(upper)
+                except OSError as exc:  # a tree the running container keeps changing
+                    raise TransientError(f"measuring the writable layer of {name} "
+                                         f"({named}): {exc}") from exc
+        return self._docker.writable_layer_bytes(container_id)
+
     def save(self, key: ResourceKey, container_id: str, name: str, image: str,
              record: Revision | None, layer: str | None,
              previous: str | None) -> list[tuple[Reason, str]]:
         """Save a stopped container's disk: its writable layer copied to ``layer``
         where there is one (and the record to note it in), else committed as
-        ``image``. Returns (reason, message) of what was done. A full disk starts the
-        container again (its revision goes back to serving) and raises DiskFullError."""
+        ``image``. Returns (reason, message) of what was done. A save that does not
+        fit (DiskFull) or a layer that cannot be saved whole (DiskSaveFailed, never
+        committed instead) starts the container again (its revision goes back to
+        serving) and raises that UserError; the next try is refused before the stop."""
         try:
-            saved = None
             if layer is not None and record is not None:
-                saved = self._save_layer(container_id, name, layer, previous, record)
-            return saved if saved is not None else self._commit(container_id, name,
-                                                                image, record)
-        except DiskFullError:
-            # What the failed save wrote is removed. The next try is refused before
-            # the stop.
-            self._docker.remove_dangling_images(key.namespace, key.name)
+                return self._save_layer(container_id, name, layer, previous, record)
+            return self._commit(container_id, name, image, record)
+        except UserError as exc:
+            if exc.reason not in (Reason.DISK_FULL, Reason.DISK_SAVE_FAILED):
+                raise
+            if exc.reason is Reason.DISK_FULL:  # what the failed commit wrote goes
+                self._docker.remove_dangling_images(key.namespace, key.name)
             self._docker.start(container_id, name)
             raise
 
@@ -122,20 +151,21 @@ class DiskSaves:
         return done
 
     def _save_layer(self, container_id: str, name: str, layer: str, previous: str | None,
-                    record: Revision) -> list[tuple[Reason, str]] | None:
+                    record: Revision) -> list[tuple[Reason, str]]:
         """Copy a stopped container's writable layer to ``layer`` and note it in the
-        record; None when it cannot be copied here (the caller commits instead)."""
+        record. A layer that cannot be copied whole is refused (DiskSaveFailed), never
+        committed instead: docker commit would drop its xattrs and fill its holes."""
         named = self._docker.writable_layer_dir(container_id)
         upper = overlay_layers.reachable(named)
         if upper is None:
-            logger.info("%s: writable layer %s not reachable; committing", name, named)
-            return None
+            raise self._refused(container_id, name, f"its writable layer ({named}) "
+                                "cannot be reached from the agent")
         saved = Path(layer)
         if saved.exists():
             # A save of this container that a crash left un-noted, or one the record
             # notes of a container that ran again since: made again (the container,
             # not removed before its save is noted, still has every file).
-            shutil.rmtree(saved)
+            remove_tree(saved)
         try:
             with metrics.timed(metrics.DISK_SECONDS, "layer-save"):
                 overlay_layers.save_layer(upper, saved,
@@ -143,11 +173,22 @@ class DiskSaves:
         except overlay_layers.LayerSpaceError as exc:
             raise DiskFullError(f"saving the disk of {name}: {exc}") from exc
         except overlay_layers.LayerCopyError as exc:
-            logger.warning("%s: %s; committing instead", name, exc)
-            return None
+            raise self._refused(container_id, name, str(exc)) from exc
+        self._failed.pop(container_id, None)
         self._crash.reach("PreserveDisk.layerSaved")
         self._store.put(replace(record, saved_layer=layer, preserved_from=container_id))
         return [(Reason.DISK_SAVED, f"writable layer of {name} saved to {layer}")]
+
+    def _refused(self, container_id: str, name: str, why: str) -> UserError:
+        """The refusal of a layer save, remembered so that the container is not
+        stopped for the same failure at every pass (check_room)."""
+        logger.warning("%s: disk not saved: %s", name, why)
+        error = UserError(Reason.DISK_SAVE_FAILED, (
+            f"the disk of {name} could not be saved whole: {why}. Nothing was committed "
+            "instead (docker commit drops xattrs and holes); the instance runs on, and "
+            f"the save is tried again in {FAILED_SAVE_RETRY / 60:.0f} minutes"))
+        self._failed[container_id] = (self._clock(), error)
+        return error
 
     # ----------------------------------------------------------------------- restore
     def put_layer(self, layer: str, name: str, container_id: str,

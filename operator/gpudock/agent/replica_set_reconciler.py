@@ -4,8 +4,8 @@ until the plan is empty; returns the status to write and the events to post.
 A plain change is one plan: an update saves the disk, starts the new revision on it
 and removes the old container, and the next observation confirms it (two
 observations; a progress write and the final status). A step that comes out
-otherwise than the later steps assume (a save that had to commit instead of copying
-the layer) has the rest planned again from a new observation.
+otherwise than the later steps assume (a save that left no layer where the plan put
+it) has the rest planned again from a new observation.
 
 Each resource's reconcile holds that resource's lock (node_locks.py). Observing and
 planning take no node-wide lock, so no resource waits for another's slow step (a stop

@@ -110,8 +110,8 @@ class ReplicaSetSteps:
                 done = self.disks.save(key, cid, name, image, record, layer, previous)
                 events = [Event("Normal", reason, message) for reason, message in done]
                 if layer is not None and record is not None and not os.path.isdir(layer):
-                    # Saved another way than planned (committed: the layer could not
-                    # be copied): the steps after it were made for the layer.
+                    # Saved otherwise than planned (no layer where the plan put it):
+                    # the steps after it were made for that layer.
                     raise Replan(events)
                 return events
             case act.StartContainer(container_id=cid, name=name, reason=reason, note=note,

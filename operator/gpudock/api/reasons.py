@@ -52,6 +52,7 @@ class Reason(enum.StrEnum):
     DOCKER_REQUEST_FAILED = "DockerRequestFailed"
     DISK_FULL = "DiskFull"
     DISK_RESTORE_FAILED = "DiskRestoreFailed"
+    DISK_SAVE_FAILED = "DiskSaveFailed"
 
     # --- GpuReplicaSet: conditions of a serving, idle or settled instance ------------
     CONTAINER_RUNNING = "ContainerRunning"

@@ -13,7 +13,6 @@ volume is a UserError (reported in the status, nothing changed).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Protocol
 
@@ -25,19 +24,6 @@ from gpudock.errors import UserError
 def bind_options(path: Path) -> dict[str, str]:
     """The local driver's options for a Docker volume that binds a host directory."""
     return {"type": "none", "o": "bind", "device": str(path)}
-
-
-def tree_bytes(path: Path) -> int:
-    """The bytes a directory tree holds on disk (what du counts; hard links once)."""
-    seen: set[tuple[int, int]] = set()
-    total = 0
-    for top, _dirs, files in os.walk(path):
-        for entry in (top, *(os.path.join(top, f) for f in files)):
-            info = os.lstat(entry)
-            if (info.st_dev, info.st_ino) not in seen:
-                seen.add((info.st_dev, info.st_ino))
-                total += info.st_blocks * 512
-    return total
 
 
 class VolumeBackend(Protocol):

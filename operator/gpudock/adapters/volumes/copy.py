@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gpudock.adapters import tree_copy
 from gpudock.adapters.host_tools import VolumeToolError
-from gpudock.adapters.volumes.base import tree_bytes
+from gpudock.adapters.user_trees import tree_bytes
 from gpudock.api.reasons import Reason
 from gpudock.core.ports import ContainerRuntime
 from gpudock.core.volumes import BackendState
@@ -51,7 +51,11 @@ class CopyBackend:
             return None
         size = int((info.get("Labels") or {}).get(SIZE_LABEL) or 0)
         directory = Path(str(info.get("Mountpoint") or ""))
-        used = tree_bytes(directory) if directory.is_dir() else 0
+        try:  # blocks, not apparent sizes; a tree in use may change under the walk
+            used = tree_bytes(directory) if directory.is_dir() else 0
+        except OSError as exc:
+            raise VolumeToolError(f"measuring Docker volume {volume} ({directory}): "
+                                  f"{exc}") from exc
         return BackendState(size_bytes=size, attached=True, capacity_bytes=size,
                             used_bytes=used)
 

@@ -1,0 +1,104 @@
+"""A file's bytes: where its data lies (holes left out), its content compared as
+bytes (a hole and written zeros are the same), and a copy that keeps its holes and
+shares its blocks where the filesystem can. Used by tree_copy on open files."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+CHUNK = 1 << 20
+FICLONE = 0x40049409  # ioctl(dst, FICLONE, src): the file's blocks shared, not copied
+_ZEROS = bytes(CHUNK)
+_NO_RANGE_COPY = (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+def segments(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """The ranges of an open file that hold data, holes left out (SEEK_DATA); one
+    range where the filesystem cannot tell."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                return
+            if exc.errno != errno.EINVAL:
+                raise
+            start = offset
+        try:
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        except OSError:
+            end = size
+        if end <= start:
+            end = size
+        yield start, end
+        offset = end
+
+
+def content_digest(fd: int, size: int) -> str:
+    """SHA-256 of a file's bytes, in which a hole and written zeros are the same:
+    each CHUNK-aligned block that holds anything but zeros is hashed with its number
+    (the size is compared apart); holes are never read, so a sparse terabyte costs
+    nothing."""
+    digest = hashlib.sha256()
+    block = 0
+    for start, end in segments(fd, size):
+        block = max(block, start // CHUNK)
+        while block * CHUNK < end:
+            data = os.pread(fd, min(CHUNK, size - block * CHUNK), block * CHUNK)
+            if not data:
+                break
+            if data != (_ZEROS if len(data) == CHUNK else bytes(len(data))):
+                digest.update(block.to_bytes(8, "big"))
+                digest.update(data)
+            block += 1
+    return digest.hexdigest()
+
+
+def copy_data(source: int, target: int, size: int) -> None:
+    """Give the empty file ``target`` the bytes of ``source``: its blocks shared
+    where the filesystem can, else its data ranges copied and its holes left."""
+    with contextlib.suppress(OSError):
+        fcntl.ioctl(target, FICLONE, source)
+        return
+    for start, end in segments(source, size):
+        offset = start
+        while offset < end:
+            try:
+                done = os.copy_file_range(source, target, end - offset, offset, offset)
+            except OSError as exc:
+                if exc.errno not in _NO_RANGE_COPY:
+                    raise
+                data = os.pread(source, min(CHUNK, end - offset), offset)
+                done = os.pwrite(target, data, offset) if data else 0
+            if done <= 0:  # the file ended early
+                break
+            offset += done
+    os.ftruncate(target, size)
+
+
+_SHARING: dict[int, bool] = {}  # by st_dev: asked once per filesystem
+
+
+def shares_blocks(directory: Path) -> bool:
+    """True when a copy on the filesystem of ``directory`` can share the source's
+    blocks (FICLONE works there: XFS with reflink, btrfs)."""
+    device = directory.stat().st_dev
+    if device not in _SHARING:
+        with tempfile.TemporaryDirectory(dir=directory, prefix=".gpudock-reflink-") as probe:
+            first, second = Path(probe, "first"), Path(probe, "second")
+            first.write_bytes(b"probe")
+            with open(first, "rb") as source, open(second, "wb") as target:
+                try:
+                    fcntl.ioctl(target.fileno(), FICLONE, source.fileno())
+                    _SHARING[device] = True
+                except OSError:
+                    _SHARING[device] = False
+    return _SHARING[device]
