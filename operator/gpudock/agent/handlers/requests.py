@@ -82,13 +82,17 @@ async def _seen(kind: RequestKind, body: kopf.Body, agent: NodeAgent, type: str 
         if uid in agent.requests.waiting:  # no slot yet: nothing runs, nothing will
             agent.requests.running[uid].cancel()
         return
-    if meta.get("deletionTimestamp") or uid in agent.requests.running:
+    if meta.get("deletionTimestamp"):
         return
+    # Before the check of what runs: the event of this agent's own final status write
+    # can come while the task that wrote it is still finishing.
     if status.get("phase") in kind.finished:
         if kind.expires and status.get("node") == node and \
                 uid not in agent.requests.expiring:
             agent.requests.expiring[uid] = asyncio.create_task(
                 _expire(agent, kind, dict(body)))
+        return
+    if uid in agent.requests.running:
         return
     if uid in agent.requests.done:
         return  # an event from before this agent's own final status
