@@ -46,3 +46,17 @@ def start_agent(stack: LocalStack, namespace: str) -> Iterator[AgentFactory]:
     for container in leftovers:  # never leak into the next test, even when this one failed
         container.remove(force=True)
     wait_for(lambda: not containers(stack, namespace), 30, what="no containers")
+
+
+@pytest.fixture
+def other_namespace(stack: LocalStack, namespace: str,
+                    start_agent: AgentFactory) -> Iterator[str]:
+    """A second tenant's namespace; its resources are deleted while the agent still
+    runs (this fixture ends before start_agent's, which it depends on)."""
+    name = f"{namespace}-b"
+    stack.kubectl("create", "namespace", name)
+    yield name
+    stack.kubectl("delete", "grs", "--all", "-n", name, "--timeout=90s", check=False)
+    for container in containers(stack, name):
+        container.remove(force=True)
+    stack.kubectl("delete", "namespace", name, "--wait=false", check=False)

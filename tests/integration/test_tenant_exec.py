@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from tests.integration.conftest import AgentFactory
 from tests.integration.revisions import only_container, sh, wait_settled
 from tests.stack.localstack import LocalStack, wait_for
-from tests.stack.resources import apply, containers, gpu_replica_set
+from tests.stack.resources import apply, gpu_replica_set
 
 
 def exec_request(name: str, target: str, command: list[str],
@@ -52,18 +48,6 @@ def heartbeat(stack: LocalStack, node: str = "gpu-node-1") -> str:
 def processes(stack: LocalStack, namespace: str, name: str) -> str:
     """What `ps` in the container lists."""
     return sh(only_container(stack, namespace, name), "ps")
-
-
-@pytest.fixture
-def other_namespace(stack: LocalStack, start_agent: AgentFactory) -> Iterator[str]:
-    """A second tenant; torn down before the agent (which deletes its resources)."""
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    stack.kubectl("create", "namespace", name)
-    yield name
-    stack.kubectl("delete", "grs", "--all", "-n", name, "--timeout=90s", check=False)
-    for container in containers(stack, name):
-        container.remove(force=True)
-    stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def test_item1_exec_requests_are_capped_per_namespace_on_their_own_pool(

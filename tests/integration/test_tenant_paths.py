@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +27,6 @@ def _wait_refused(stack: LocalStack, namespace: str, name: str, reason: str) -> 
     wait_for(lambda: condition(stack, namespace, name, "Degraded").get("reason") == reason,
              45, what=f"{name} refused with {reason} (now "
                       f"{condition(stack, namespace, name, 'Degraded')})")
-
-
-@pytest.fixture
-def other_namespace(stack: LocalStack, namespace: str,
-                    start_agent: AgentFactory) -> Iterator[str]:
-    """A second tenant's namespace; its resources are deleted while the agent still
-    runs (this fixture ends before start_agent's)."""
-    name = f"{namespace}-b"
-    stack.kubectl("create", "namespace", name)
-    yield name
-    stack.kubectl("delete", "grs", "--all", "-n", name, "--timeout=60s", check=False)
-    for container in containers(stack, name):
-        container.remove(force=True)
-    stack.kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 # ---------------------------------------------------------------- 6: roots per namespace
