@@ -15,11 +15,18 @@ The lookup is Go's ``exec.LookPath``: a name with a slash is looked at directly
 turn; it is found when it is a file (not a directory) with an execute bit. A symlink
 is followed once; where the lookup cannot tell, the command counts as found (a wrong
 refusal would keep a working instance from starting; a miss shows as a CrashLoop).
+
+An image never changes under its ID, so a command found in it is found again in every
+container created from it: FoundCommands remembers the paths that found it and skips
+the lookup (one stat of Docker's per PATH directory) unless a mount of the new
+container covers one of them.
 """
 
 from __future__ import annotations
 
 import posixpath
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,12 +48,57 @@ def missing_command(stat: Stat, command: str, env: Sequence[str],
     if "/" in command:
         problem = _problem(stat, posixpath.normpath(posixpath.join(cwd, command)))
         return None if problem is None else f'exec: "{command}": stat {command}: {problem}'
-    path = next((e.split("=", 1)[1] for e in env if e.startswith("PATH=")), DEFAULT_PATH)
+    path = _path_of(env)
     for directory in path.split(":"):
         candidate = posixpath.normpath(posixpath.join(cwd, directory or ".", command))
         if _problem(stat, candidate) is None:
             return None
     return f'exec: "{command}": executable file not found in $PATH ({path})'
+
+
+class FoundCommands:
+    """Commands found in images, by image ID, with the paths each lookup looked at."""
+
+    def __init__(self, capacity: int = 512) -> None:
+        self._capacity = capacity
+        self._found: OrderedDict[tuple[str, str, str, str], tuple[str, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def missing(self, stat: Stat, image_id: str, command: str, env: Sequence[str],
+                working_dir: str, mounted: Sequence[str]) -> str | None:
+        """missing_command for a container of ``image_id`` whose mounts are at
+        ``mounted``; a command found before in the same image, through paths none of
+        these mounts covers, is not looked up again."""
+        key = (image_id, command, _path_of(env), working_dir or "/")
+        with self._lock:
+            looked = self._found.get(key)
+            if looked is not None:
+                self._found.move_to_end(key)
+        if looked is not None and not _covered(looked, mounted):
+            return None
+        seen: list[str] = []
+
+        def recorded(path: str) -> dict[str, Any] | None:
+            seen.append(posixpath.normpath(path))
+            return stat(path)
+        problem = missing_command(recorded, command, env, working_dir)
+        if problem is None and not _covered(seen, mounted):  # found in the image itself
+            with self._lock:
+                self._found[key] = tuple(seen)
+                while len(self._found) > self._capacity:
+                    self._found.popitem(last=False)
+        return problem
+
+
+def _path_of(env: Sequence[str]) -> str:
+    return next((e.split("=", 1)[1] for e in env if e.startswith("PATH=")), DEFAULT_PATH)
+
+
+def _covered(paths: Sequence[str], mounted: Sequence[str]) -> bool:
+    """Whether a mount at one of ``mounted`` hides or replaces one of ``paths``."""
+    tops = [m.rstrip("/") or "/" for m in mounted]
+    return any(top == "/" or path == top or path.startswith(top + "/")
+               for top in tops for path in paths)
 
 
 def _problem(stat: Stat, path: str) -> str | None:

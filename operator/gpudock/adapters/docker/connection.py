@@ -2,7 +2,8 @@
 
 :class:`DockerConnection` holds the SDK client (made on first use, shared by the
 agent's worker threads), the cache of the node's containers and images kept from
-Docker's event stream (container_events.py), and the few ways a call is made: each
+Docker's event stream (container_events.py), the commands already found in images
+(command_lookup.py), and the few ways a call is made: each
 translates Docker's exceptions (errors.py) and tells the cache what it changed.
 """
 
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 import docker
 import requests
 
+from gpudock.adapters.command_lookup import FoundCommands
 from gpudock.adapters.container_events import ContainerCache
 from gpudock.adapters.docker.errors import Step, _translated
 from gpudock.api.reasons import Reason
@@ -39,6 +41,7 @@ class DockerConnection:
         self._client: docker.DockerClient | None = None
         self._connecting = threading.Lock()
         self._containers = ContainerCache(self._container_events)
+        self._found_commands = FoundCommands()
 
     def _container_events(self) -> Iterable[dict[str, Any]]:
         stream: Iterable[dict[str, Any]] = self.client.api.events(

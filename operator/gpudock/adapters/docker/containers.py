@@ -15,7 +15,6 @@ from typing import Any, cast
 import docker.types
 import docker.utils
 
-from gpudock.adapters.command_lookup import missing_command
 from gpudock.adapters.docker.connection import DockerConnection
 from gpudock.adapters.docker.errors import ContainerGoneError, Step, _translated
 from gpudock.adapters.docker.inspect import _observed, upper_dir_of
@@ -133,9 +132,11 @@ class ContainerMixin(DockerConnection):
         attrs = self._call(f"inspect {name}",
                            lambda: self.client.api.inspect_container(container_id))
         config = attrs.get("Config") or {}
-        problem = missing_command(functools.partial(self._stat, container_id),
-                                  str(attrs.get("Path") or ""), config.get("Env") or [],
-                                  str(config.get("WorkingDir") or ""))
+        problem = self._found_commands.missing(
+            functools.partial(self._stat, container_id), str(attrs.get("Image") or ""),
+            str(attrs.get("Path") or ""), config.get("Env") or [],
+            str(config.get("WorkingDir") or ""),
+            [str(m.get("Destination") or "") for m in attrs.get("Mounts") or ()])
         if problem is not None:
             raise UserError(Reason.COMMAND_NOT_FOUND, f"start {name}: the command cannot "
                             f"be run in the image: {problem} (looked up before the start, "
