@@ -305,11 +305,13 @@ class LocalStack:
         """Docker's root on a filesystem of its own (a sparse image, loop-mounted;
         GPUDOCK_DOCKER_ROOT_GIB, default 20; ext4 or XFS with reflinks, as
         docker_root_fs says), so a test can fill it for real without touching the
-        machine's disk. stop() unmounts it and detaches the loop device."""
+        machine's disk; an ext4 one has an inode per 64 KiB (a quarter of mkfs's
+        default), so a test can also use every inode in seconds. stop() unmounts it
+        and detaches the loop device."""
         image = self.base_dir / "docker-root.img"
         with open(image, "wb") as handle:
             handle.truncate(int(os.environ.get("GPUDOCK_DOCKER_ROOT_GIB", "20")) * 2**30)
-        mkfs = {"ext4": ["mkfs.ext4", "-q", "-F", "-m", "0"],
+        mkfs = {"ext4": ["mkfs.ext4", "-q", "-F", "-m", "0", "-i", "65536"],
                 "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"]}[self.docker_root_fs]
         subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
         self.docker_root.mkdir()

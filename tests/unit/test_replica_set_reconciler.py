@@ -413,6 +413,23 @@ def test_a_save_that_cannot_fit_is_refused_while_the_instance_keeps_running(
     assert node.only_container("box").status == "running"
 
 
+def test_an_update_without_inodes_for_its_save_is_refused_before_anything_stops(
+        node: Node) -> None:
+    container = _running(node)
+    node.docker.inodes = 10  # bytes to spare, but no inodes for a save or a container
+    node.apply("box", "grow", gpus=2)
+    status = node.settle("box")
+    degraded = node.condition("box", "Degraded")
+    assert degraded["reason"] == "DiskFull"
+    assert "inodes" in degraded["message"]
+    assert (status["phase"], status["revision"]) == ("Running", 1)
+    assert node.only_container("box").id == container.id
+    assert node.only_container("box").status == "running"
+    node.docker.inodes = None  # a filesystem without a fixed number: no limit
+    node.apply("box", "grow again", gpus=2)
+    assert node.settle("box")["revision"] == 2
+
+
 def test_docker_unavailable_is_transient_and_changes_nothing(node: Node) -> None:
     _running(node)
     before = (node.docker.snapshot(), node.store.list(NAMESPACE, "box"), node.status("box"))

@@ -60,6 +60,13 @@ def free_bytes(path: Path | str) -> int:
     return info.f_bavail * info.f_frsize
 
 
+def free_inodes(path: Path | str) -> int | None:
+    """The inodes an unprivileged writer can still make on the filesystem of
+    ``path``; None where the filesystem has no fixed number (btrfs reports 0)."""
+    info = os.statvfs(path)
+    return info.f_favail if info.f_files else None
+
+
 def _unescape(text: str) -> str:
     """Field text as the kernel writes it: spaces and the like as octal escapes."""
     return text.encode().decode("unicode_escape") if "\\" in text else text

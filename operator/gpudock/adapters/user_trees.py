@@ -206,18 +206,24 @@ def tree_bytes(root: Path | str, attempts: int = 3) -> int:
     """The bytes a directory tree holds on disk (what ``du`` counts: blocks, hard
     links once), whatever the files' apparent sizes. A tree changed under the walk
     (a volume in use) is measured again."""
+    return tree_usage(root, attempts)[0]
+
+
+def tree_usage(root: Path | str, attempts: int = 3) -> tuple[int, int]:
+    """What a directory tree holds on disk: its bytes (as tree_bytes) and its inodes
+    (every entry, the root included, hard links once): what a copy of it takes."""
     for attempt in range(attempts):
         try:
-            return _blocks_under(root)
+            return _usage_under(root)
         except OSError as exc:
             if exc.errno != errno.ESTALE or attempt == attempts - 1:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _blocks_under(root: Path | str) -> int:
+def _usage_under(root: Path | str) -> tuple[int, int]:
     seen: set[tuple[int, int]] = set()
-    total = os.lstat(root).st_blocks * 512
+    total, inodes = os.lstat(root).st_blocks * 512, 1
     for step in walk(root):
         if isinstance(step, Entry):
             info = step.info
@@ -226,7 +232,8 @@ def _blocks_under(root: Path | str) -> int:
                     continue
                 seen.add(identity(info))
             total += info.st_blocks * 512
-    return total
+            inodes += 1
+    return total, inodes
 
 
 def remove_tree(path: Path | str, ignore_errors: bool = False) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from gpudock import metrics
 from gpudock.adapters import overlay_layers
 from gpudock.adapters.docker.errors import DiskFullError
-from gpudock.adapters.filesystem_info import free_bytes
-from gpudock.adapters.user_trees import remove_tree, tree_bytes
+from gpudock.adapters.filesystem_info import free_bytes, free_inodes
+from gpudock.adapters.user_trees import remove_tree, tree_usage
 from gpudock.api.reasons import Reason
 from gpudock.core.observed import ResourceKey
 from gpudock.core.ports import ContainerRuntime
@@ -33,6 +33,9 @@ from gpudock.settings import Settings
 logger = logging.getLogger(__name__)
 SAVE_MARGIN = 64 * 2**20  # room a save needs beyond its writable layer
 STATE_MARGIN = 16 * 2**20  # room the revision store needs in the state dir
+# Inodes a save and the next container need beyond one per entry of the saved layer
+# (the container's init layer and its directories, the store's files).
+INODE_MARGIN = 1000
 # A container whose writable layer could not be saved whole is not stopped for
 # another try before this many seconds (each try stops the instance).
 FAILED_SAVE_RETRY = 600.0
@@ -78,37 +81,55 @@ class DiskSaves:
         """Refuse to stop a container for a save that cannot be made: one whose
         writable layer could not be saved whole a short while ago (FAILED_SAVE_RETRY),
         or one that cannot fit: the saved disk needs about what the save writes in
-        Docker's root (layer_bytes), the record a little room in the state dir.
+        Docker's root (layer_usage: bytes, and an inode per entry), the next
+        container a few inodes more, the record a little room in the state dir.
         Raises UserError (DiskSaveFailed, DiskFull) while the container still runs."""
         failed = self._failed.get(container_id)
         if failed is not None and self._clock() - failed[0] < FAILED_SAVE_RETRY:
             raise failed[1]
-        needed = int(self.layer_bytes(container_id, name) * 1.05) + SAVE_MARGIN
+        layer_bytes, layer_inodes = self.layer_usage(container_id, name)
+        needed = int(layer_bytes * 1.05) + SAVE_MARGIN
         free = self._docker.free_bytes()
         if free is not None and free < needed:
             raise DiskFullError(f"saving the disk of {name} needs about {_mib(needed)} in "
                                 f"Docker's root directory; {_mib(free)} are free. Free "
                                 "some space on the node; the instance keeps running")
-        if free_bytes(self._settings.state_dir) < STATE_MARGIN:
+        inodes_needed = layer_inodes + INODE_MARGIN
+        inodes = self._docker.free_inodes()
+        if inodes is not None and inodes < inodes_needed:
+            raise DiskFullError(f"saving the disk of {name} and starting its next "
+                                f"container need about {inodes_needed} inodes in Docker's "
+                                f"root directory; {inodes} are free. Free some files on "
+                                "the node; the instance keeps running")
+        state_inodes = free_inodes(self._settings.state_dir)
+        if free_bytes(self._settings.state_dir) < STATE_MARGIN or \
+                (state_inodes is not None and state_inodes < INODE_MARGIN):
             raise DiskFullError(f"the agent's state directory {self._settings.state_dir} "
                                 "is full; the instance keeps running")
 
     def layer_bytes(self, container_id: str, name: str) -> int:
-        """What saving the container's disk writes. A copy of its writable layer
-        takes what the layer holds on disk, its blocks (a sparse terabyte takes
-        nothing, and stays a hole in the copy); never the files' apparent sizes. A
-        commit writes every file dense (Docker's archive keeps no holes), so there it
-        is the apparent size, as Docker counts it (SizeRw)."""
-        if self.layer_root() is not None:
-            named = self._docker.writable_layer_dir(container_id)
-            upper = overlay_layers.reachable(named)
-            if upper is not None:
-                try:
-                    return tree_bytes(upper)
-                except OSError as exc:  # a tree the running container keeps changing
-                    raise TransientError(f"measuring the writable layer of {name} "
-                                         f"({named}): {exc}") from exc
-        return self._docker.writable_layer_bytes(container_id)
+        """What saving the container's disk writes, in bytes (layer_usage)."""
+        return self.layer_usage(container_id, name)[0]
+
+    def layer_usage(self, container_id: str, name: str) -> tuple[int, int]:
+        """What saving the container's disk writes: bytes and inodes. A copy of its
+        writable layer takes what the layer holds on disk, its blocks (a sparse
+        terabyte takes nothing, and stays a hole in the copy); never the files'
+        apparent sizes. A commit writes every file dense (Docker's archive keeps no
+        holes), so there it is the apparent size, as Docker counts it (SizeRw). Either
+        takes an inode per entry of the layer."""
+        upper = overlay_layers.reachable(self._docker.writable_layer_dir(container_id))
+        if upper is not None:
+            try:
+                blocks, inodes = tree_usage(upper)
+            except OSError as exc:  # a tree the running container keeps changing
+                raise TransientError(f"measuring the writable layer of {name} "
+                                     f"({upper}): {exc}") from exc
+            if self.layer_root() is not None:
+                return blocks, inodes
+            return self._docker.writable_layer_bytes(container_id), inodes
+        return (self._docker.writable_layer_bytes(container_id),
+                self._docker.writable_layer_entries(container_id))
 
     def save(self, key: ResourceKey, container_id: str, name: str, image: str,
              record: Revision | None, layer: str | None,

@@ -64,6 +64,10 @@ class ContainerRuntime(Protocol):
         """The size of the container's own files (its writable layer)."""
         ...
 
+    def writable_layer_entries(self, container_id: str) -> int:
+        """The paths the container added, changed or deleted."""
+        ...
+
     def writable_layer_dir(self, container_id: str) -> str | None:
         """Where the container's writable layer is; None when not on overlay2."""
         ...
@@ -74,6 +78,11 @@ class ContainerRuntime(Protocol):
 
     def free_bytes(self) -> int | None:
         """Free space where a saved disk is written; None when it cannot be seen."""
+        ...
+
+    def free_inodes(self) -> int | None:
+        """Inodes left where a saved disk is written; None when it cannot be seen or
+        the filesystem has no fixed number."""
         ...
 
     def layer_count(self, image: str) -> int: ...

@@ -184,6 +184,7 @@ class InMemoryDocker:
         self.containers: dict[str, FakeContainer] = {}  # by ID, in creation order
         self.volumes: dict[str, FakeVolume] = {}
         self.free: int | None = 500 * 2**30  # free bytes in the root (None: unseen)
+        self.inodes: int | None = 10**7  # free inodes in the root (None: no fixed number)
         self.unavailable = False  # every request fails as if the engine were down
         # Host ports held by processes outside Docker (the kernel refuses to bind them).
         self.outside_ports: set[HostPort] = set()
@@ -384,6 +385,14 @@ class InMemoryDocker:
             return sum(len(data) for path, data in found.files.items()
                        if base.get(path) != data)
 
+    def writable_layer_entries(self, container_id: str) -> int:
+        with self._request("writable_layer_entries"):
+            found = self._find(container_id)
+            if found is None:
+                return 0
+            base = self.images[found.image_id].files if found.image_id in self.images else {}
+            return sum(1 for path, data in found.files.items() if base.get(path) != data)
+
     def writable_layer_dir(self, container_id: str) -> str | None:
         with self._request("writable_layer_dir"):
             self._existing(container_id, "inspect")
@@ -396,6 +405,10 @@ class InMemoryDocker:
     def free_bytes(self) -> int | None:
         with self._request("free_bytes"):
             return self.free
+
+    def free_inodes(self) -> int | None:
+        with self._request("free_inodes"):
+            return self.inodes
 
     def layer_count(self, image: str) -> int:
         with self._request("layer_count"):

@@ -53,6 +53,12 @@ class ContainerMixin(DockerConnection):
             all=True, size=True, filters={"id": container_id}))
         return int(found[0].get("SizeRw") or 0) if found else 0
 
+    def writable_layer_entries(self, container_id: str) -> int:
+        """The paths the container added, changed or deleted (Docker's diff): each
+        is an inode in a saved copy of its writable layer."""
+        changes = self._call("diff container", lambda: self.client.api.diff(container_id))
+        return len(changes or ())
+
     def writable_layer_dir(self, container_id: str) -> str | None:
         """Docker's answer now (not a cached one) to where the container's writable
         layer is; None when its storage driver is not overlay2."""

@@ -14,18 +14,18 @@ from gpudock.adapters.docker.containers import ContainerMixin
 from gpudock.adapters.docker.exec import ExecMixin
 from gpudock.adapters.docker.images import ImageMixin
 from gpudock.adapters.docker.volumes import VolumeMixin
-from gpudock.adapters.filesystem_info import free_bytes
+from gpudock.adapters.filesystem_info import free_bytes, free_inodes
 
 
 class DockerRuntime(ContainerMixin, ImageMixin, VolumeMixin, ExecMixin):
     """One Docker engine, one mixin per kind of object, as docker-py's own API client
     is made. The constructor and ``client`` are connection.py's; what else it offers:
 
-    - the engine (here): ``version``, ``storage``, ``free_bytes``, ``follow_events``,
-      ``events_followed``, ``close``
+    - the engine (here): ``version``, ``storage``, ``free_bytes``, ``free_inodes``,
+      ``follow_events``, ``events_followed``, ``close``
     - containers (containers.py): ``list_containers``, ``writable_layer_bytes``,
-      ``writable_layer_dir``, ``create_and_start``, ``start``, ``stop``, ``unpause``,
-      ``rename``, ``set_restart_policy``, ``remove``
+      ``writable_layer_entries``, ``writable_layer_dir``, ``create_and_start``,
+      ``start``, ``stop``, ``unpause``, ``rename``, ``set_restart_policy``, ``remove``
     - images (images.py): ``image_exists``, ``preserved_tags``, ``image_info``,
       ``disk_use``, ``layer_count``, ``image_config``, ``commit``, ``commit_to``,
       ``flatten``, ``load_image``, ``tag_image``, ``remove_image``,
@@ -57,11 +57,23 @@ class DockerRuntime(ContainerMixin, ImageMixin, VolumeMixin, ExecMixin):
     def free_bytes(self) -> int | None:
         """Free space in Docker's root directory, where a saved disk is written; None
         when the agent cannot see that directory (then no estimate is made)."""
-        root = self._call("info", lambda: self.client.info()).get("DockerRootDir")
+        root = self._root_dir()
         try:
-            return free_bytes(str(root))
+            return free_bytes(root)
         except (OSError, TypeError):
             return None
+
+    def free_inodes(self) -> int | None:
+        """Inodes left in Docker's root directory (a saved disk and a new container
+        take some); None when it cannot be seen or has no fixed number."""
+        root = self._root_dir()
+        try:
+            return free_inodes(root)
+        except (OSError, TypeError):
+            return None
+
+    def _root_dir(self) -> str:
+        return str(self._call("info", lambda: self.client.info()).get("DockerRootDir"))
 
     def close(self) -> None:
         self._containers.close()
