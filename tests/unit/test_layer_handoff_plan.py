@@ -7,6 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from gpudock.api.gpu_replica_set import HistoryPolicy
+from gpudock.core.observed import ImageInfo
 from gpudock.core.replica_set import actions as act
 from gpudock.core.replica_set.history import plan_delete
 from gpudock.core.replica_set.plan import plan_replica_set
@@ -158,3 +159,34 @@ def test_a_saved_layer_whose_image_is_gone_is_never_started_bare() -> None:
                                       saved_layers=frozenset({record.saved_layer or ""})))
     assert plan.actions == ()
     assert plan.status.reason == "RevisionDiskGone"
+
+
+def test_28_8_a_saved_layer_goes_back_only_over_the_image_id_it_was_made_over() -> None:
+    spec = _spec(gpuCount=1)
+    first = replace(_saved(_record(spec)), image_id="sha256:old")
+    layers = frozenset({first.saved_layer or ""})
+    moved = {"img": ImageInfo(id="sha256:new", repo_tags=("img",))}
+    # Stopped -> Running after the name was pointed at another image: refused.
+    plan = plan_replica_set(_obs(spec, records=(first,), layer_root=ROOT,
+                                 saved_layers=layers, images=moved))
+    assert plan.actions == ()
+    assert plan.status.reason == "ImageChanged"
+    # The same with the name back on the image: it starts, and records that ID.
+    same = {"img": ImageInfo(id="sha256:old", repo_tags=("img",))}
+    plan = plan_replica_set(_obs(spec, records=(first,), layer_root=ROOT,
+                                 saved_layers=layers, images=same))
+    (start,) = plan.actions
+    assert isinstance(start, act.StartRevision)
+    assert (start.layer, start.record.image_id) == (first.saved_layer, "sha256:old")
+    # An update of a running instance whose image name moved since its container
+    # was made: refused before anything stops.
+    running = _mine(spec, image_id="sha256:old", **_on_overlay())
+    plan = plan_replica_set(_obs(_spec(gpuCount=2), running, records=(_record(spec),),
+                                 layer_root=ROOT, images=moved))
+    assert not any(isinstance(a, act.StopContainer | act.PreserveDisk) for a in plan.actions)
+    assert plan.status.reason == "ImageChanged"
+    # A new revision records the ID its image had.
+    plan = plan_replica_set(_obs(spec, images=same))
+    (start,) = plan.actions
+    assert isinstance(start, act.StartRevision)
+    assert start.record.image_id == "sha256:old"

@@ -51,7 +51,10 @@ class ReplicaSetObserver:
         saved = self.disks.saved(key, (*records, *adoptable))
         base_images = {spec.image} | {str(r.spec.get("image")) for r in records
                                       if r.spec.get("image")}
-        image = self._docker.image_info(spec.image)
+        # What each base image's name points to now (a saved layer is only put back
+        # over the image it was made over: admission.py).
+        images = {i: found for i in sorted(base_images)
+                  if (found := self._docker.image_info(i)) is not None}
         explicit = self._settings.explicit_port_range
         return Observation(
             key=key, uid=uid, generation=generation, spec=spec, previous_status=previous,
@@ -63,12 +66,10 @@ class ReplicaSetObserver:
             host_paths={(m.host_path, m.read_only): self._resolve(key.namespace, m.host_path,
                                                                   m.read_only)
                         for m in spec.mounts if m.host_path is not None},
-            images={spec.image: image} if image is not None else {},
+            images=images,
             explicit_port_range=(explicit.first, explicit.last),
             node_name=self._settings.node_name,
-            # The spec's image was inspected above; the records' images only here.
-            images_present=frozenset({spec.image} if image is not None else ()) | {
-                i for i in base_images - {spec.image} if self._docker.image_exists(i)},
+            images_present=frozenset(images),
             records=records,
             preserved_tags=saved.tags,
             change_cause=change_cause,

@@ -36,6 +36,7 @@ class ObservedContainer:
     spec_hash: str = ""
     base_image: str = ""  # the spec image its disk descends from
     image: str = ""  # the image it was created from (a saved disk's, or base_image)
+    image_id: str = ""  # the ID ``image`` had when the container was created
     # Its writable layer's directory on overlay2 (GraphDriver.Data.UpperDir); "" on
     # other storage drivers.
     upper_dir: str = ""

@@ -68,6 +68,10 @@ class Revision:
     # be rolled back to.
     failed_reason: Reason | None = None
     failed_message: str = ""
+    # The ID ``image`` had when the revision's container was made: a saved layer is
+    # only ever put back over that image, whatever the name points to later (None in
+    # records of agents before 0.3: then the name's image is taken).
+    image_id: str | None = None
 
     @property
     def failed(self) -> bool:

@@ -324,7 +324,8 @@ class InMemoryDocker:
         with self._lock:
             c = self.container(container)
             return {
-                "Id": c.id, "Name": f"/{c.name}", "RestartCount": c.restart_count,
+                "Id": c.id, "Image": c.image_id, "Name": f"/{c.name}",
+                "RestartCount": c.restart_count,
                 "State": {"Status": c.status, "ExitCode": c.exit_code,
                           "OOMKilled": c.oom_killed, "StartedAt": _docker_time(c.started_at),
                           "FinishedAt": _docker_time(c.finished_at)},
@@ -718,7 +719,8 @@ class InMemoryDocker:
             uid=c.labels.get(labels.UID, ""), revision=revision, gpus=c.gpus,
             spec_hash=c.labels.get(labels.SPEC_HASH, ""),
             base_image=c.labels.get(labels.IMAGE, ""),
-            port_bindings=dict(c.port_bindings), image=c.image, upper_dir="",
+            port_bindings=dict(c.port_bindings), image=c.image, image_id=c.image_id,
+            upper_dir="",
             restart_policy=c.restart_policy, node=c.labels.get(labels.NODE, ""),
             volumes={m.target: m.source for m in c.mounts if m.is_volume},
             exit_code=c.exit_code, restart_count=c.restart_count,

@@ -28,6 +28,7 @@ def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
     if spec.image not in obs.images_present:
         raise UserError(Reason.IMAGE_NOT_PRESENT, f"image {spec.image} is not on the node; load it "
                         "there (gpudock never pulls)")
+    _check_disk_image(obs, disk)
     _check_explicit_ports(obs, spec)
     if spec.gpu_count > len(obs.inventory):
         raise UserError(Reason.EXCEEDS_NODE_CAPACITY,
@@ -51,6 +52,33 @@ def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
         image=disk.image if disk else None,
         image_volumes=obs.images[spec.image].volumes if spec.image in obs.images else (),
         carried_volumes=dict(carried_volumes or {}), node_name=obs.node_name)
+
+
+def image_id_for(obs: Observation, disk: Disk | None, image: str) -> str | None:
+    """The ID a revision's container is made over: a saved layer's own (checked by
+    _check_disk_image), else what ``image`` names now."""
+    if disk is not None and disk.image_id:
+        return disk.image_id
+    found = obs.images.get(image)
+    return found.id if found is not None else None
+
+
+def _check_disk_image(obs: Observation, disk: Disk | None) -> None:
+    """A saved writable layer goes back only over the image it was made over: when
+    its image's name now points to another image (re-tagged, by a pull or by
+    anyone), the layer would lie over files it never saw."""
+    if disk is None or disk.layer is None or not disk.image_id:
+        return
+    now = obs.images.get(disk.image)
+    if now is not None and now.id != disk.image_id:
+        raise UserError(Reason.IMAGE_CHANGED, f"the saved disk is over image {disk.image} "
+                        f"as it was ({_short(disk.image_id)}); that name now points to "
+                        f"another image ({_short(now.id)}). Tag {_short(disk.image_id)} "
+                        f"as {disk.image} again to go on; nothing was changed")
+
+
+def _short(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]
 
 
 def _gpus(count: int) -> str:

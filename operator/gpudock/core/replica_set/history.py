@@ -30,13 +30,18 @@ from gpudock.errors import UserError
 # ---------------------------------------------------------------------------- records
 def new_record(obs: Observation, target: Target, revision: int, image: str,
                gpus: tuple[str, ...], ports: tuple[PortBinding, ...],
-               layer: str | None = None) -> Revision:
+               layer: str | None = None, image_id: str | None = None) -> Revision:
+    """A new revision's record; ``image_id`` is the ID of ``image`` its disk was made
+    over (by default what the name points to now)."""
+    if image_id is None and image in obs.images:
+        image_id = obs.images[image].id
     return Revision(
         namespace=obs.key.namespace, name=obs.key.name, revision=revision, uid=obs.uid,
         spec=target.spec.shape(), image=image,
         container_name=labels.object_name(obs.key.namespace, obs.key.name, revision),
         gpus=gpus, ports=ports, created_at=obs.now, change_cause=target.cause,
-        generation=obs.generation, rollback_of=target.rollback_of, layer=layer)
+        generation=obs.generation, rollback_of=target.rollback_of, layer=layer,
+        image_id=image_id)
 
 
 def adopted_record(obs: Observation, container: ObservedContainer) -> Revision:

@@ -38,7 +38,8 @@ class Observation:
     # (hostPath, readOnly) -> the real path to mount, or why the node refuses it
     # (adapters/host_paths.py resolved it on the host).
     host_paths: Mapping[tuple[str, bool], str | UserError] = field(default_factory=dict)
-    # What Docker says of the spec's image (absent: not on the node).
+    # What Docker says of the spec's and the records' base images, by name (absent:
+    # not on the node).
     images: Mapping[str, ImageInfo] = field(default_factory=dict)
     # Explicit hostPorts must lie here (None: the node's port_range).
     explicit_port_range: tuple[int, int] | None = None

@@ -33,7 +33,7 @@ from gpudock.core.container_config import RESTART_POLICY
 from gpudock.core.observed import ObservedContainer, current_of
 from gpudock.core.replica_set import actions as act
 from gpudock.core.replica_set import status
-from gpudock.core.replica_set.admission import container_for
+from gpudock.core.replica_set.admission import container_for, image_id_for
 from gpudock.core.replica_set.history import (
     adopt,
     adopted_record,
@@ -205,7 +205,7 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
     # also where a resumed rollout picks up: the next observation shows what was done.
     saving = () if preserved else save(obs.key, obs.saved, current, record)
     new = new_record(obs, target, revision, config.image, config.gpus, config.ports,
-                     disk.layer if disk else None)
+                     disk.layer if disk else None, disk.image_id if disk else None)
     steps = (*saving,
              act.StartRevision(new, config, start=obs.spec.state is DesiredState.RUNNING,
                                layer=new.layer),
@@ -230,7 +230,8 @@ def _without_container(obs: Observation, record: Revision | None, target: Target
         # The record says what the new container is made from, as for a new revision.
         again = replace(record, container_name=config.name, gpus=config.gpus,
                         ports=config.ports, image=config.image,
-                        layer=disk.layer if disk else None)
+                        layer=disk.layer if disk else None,
+                        image_id=image_id_for(obs, disk, config.image))
         # Whether its container went behind the agent's back is in the record: one
         # that ran and was not saved and removed by the agent (state Stopped).
         ran = record.container_id is not None
@@ -252,13 +253,15 @@ def _without_container(obs: Observation, record: Revision | None, target: Target
     if obs.spec.state is DesiredState.STOPPED:  # applied now, started when Running
         image = source.image if source else target.spec.image
         new = new_record(obs, target, revision, image, record.gpus if record else (),
-                         record.ports if record else (), layer)
+                         record.ports if record else (), layer,
+                         source.image_id if source else None)
         return _progress(obs, None, record, (act.RecordRevision(new),), Reason.RECORDING,
                          f"recording revision {revision} (not started: state Stopped)")
     config = container_for(obs, target.spec, revision, source, record.gpus if record
                            else (), record.ports if record else ())
     return _progress(obs, None, record, (act.StartRevision(
-        new_record(obs, target, revision, config.image, config.gpus, config.ports, layer),
+        new_record(obs, target, revision, config.image, config.gpus, config.ports, layer,
+                   source.image_id if source else None),
         config, start=running,
         reason=Reason.CREATED if record is None else Reason.REVISION_STARTED, layer=layer),),
         Reason.CREATING, f"creating container {config.name}")

@@ -38,6 +38,9 @@ class Disk:
 
     image: str
     layer: str | None = None
+    # The ID of ``image`` the layer was made over: it is only put back over that one
+    # (None: not known, a record of an older agent).
+    image_id: str | None = None
 
 
 # ----------------------------------------------------------------------------- names
@@ -98,7 +101,8 @@ def save_target(key: ResourceKey, saved: SavedDisks, container: ObservedContaine
     root, over the image it was made from, when the node allows (overlay2, the agent
     reaches Docker's root) and a record can keep the path; else a committed image."""
     if saved.layer_root and container.upper_dir and container.image and record is not None:
-        return Disk(container.image, saved_layer_path(saved.layer_root, container))
+        return Disk(container.image, saved_layer_path(saved.layer_root, container),
+                    container.image_id or None)
     return Disk(preserved_image(key, container.revision))
 
 
@@ -122,7 +126,7 @@ def saved_disk_of(saved: SavedDisks, images_present: frozenset[str],
     if record.saved_layer:
         if record.saved_layer in saved.layers and _has_image(saved, images_present,
                                                              record.image):
-            return Disk(record.image, record.saved_layer)
+            return Disk(record.image, record.saved_layer, record.image_id)
         return None
     if record.preserved_image and record.preserved_image in saved.tags:
         return Disk(record.preserved_image)
@@ -138,5 +142,5 @@ def disk_of(saved: SavedDisks, images_present: frozenset[str],
         return found
     if record.image and _has_image(saved, images_present, record.image) and (
             record.layer is None or record.layer in saved.layers):
-        return Disk(record.image, record.layer)
+        return Disk(record.image, record.layer, record.image_id)
     return None
