@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -288,14 +289,38 @@ class LocalStack:
             wrapper.chmod(0o755)
             runtime = ["--add-runtime", f"nvidia={wrapper}", "--add-runtime",
                        f"gpudock-runc={wrapper}", "--default-runtime", "gpudock-runc"]
-        dockerd = self.spawn("dockerd", [
+        self._dockerd_argv = [
             "dockerd", "--data-root", str(self.docker_root),
             "--exec-root", str(self.base_dir / "docker-exec"),
             "-H", self.docker_host, "--pidfile", str(self.base_dir / "docker.pid"),
             *runtime, "--bridge", self.bridge,
             "--iptables=false", "--ip-masq=false", "--ip6tables=false",
-        ])
+        ]
+        dockerd = self.spawn("dockerd", self._dockerd_argv)
         dockerd.wait_until(self._docker_pings, 60, "API")
+
+    def restart_dockerd(self, *, kill: bool = False, nvidia_runtime: str | None = None,
+                        ) -> None:
+        """Start dockerd again on the same root and exec root. ``kill``: SIGKILL it
+        first, as a crash of the engine would (its containerd dies with it; the
+        containers' shims live on, as on any node), else stop it as a service stop
+        does. ``nvidia_runtime``: the program the `nvidia` runtime name runs from now
+        on (the default's again when not given). A killed containerd can stay a
+        zombie here (nothing reaps it), so its pid file goes first: dockerd would take
+        the zombie for a live containerd and wait for it."""
+        old = self.processes["dockerd"]
+        argv = list(self._dockerd_argv)
+        if nvidia_runtime is not None:
+            argv = [f"nvidia={nvidia_runtime}" if a.startswith("nvidia=") else a
+                    for a in argv]
+        if kill:
+            old.signal(signal.SIGKILL)
+            old.process.wait(30)
+        else:
+            old.stop()
+        (self.base_dir / "docker-exec" / "containerd" / "containerd.pid").unlink(
+            missing_ok=True)
+        self.spawn("dockerd", argv).wait_until(self._docker_pings, 60, "API")
 
     @property
     def docker_root(self) -> Path:

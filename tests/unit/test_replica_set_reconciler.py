@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gpudock import metrics
-from gpudock.adapters.docker.errors import DockerUnavailableError
+from gpudock.adapters.docker.errors import DockerUnavailableError, StaleTaskError
 from gpudock.api.container_fields import Protocol
 from gpudock.core import labels
 from gpudock.core.observed import HostPort
@@ -518,6 +518,37 @@ def test_an_agent_killed_while_stopping_converges_to_stopped_with_the_disk(
     node.apply("box", state="Running")
     assert node.settle("box")["phase"] == "Running"
     _assert_disk_kept(node)
+
+
+def test_28_13_a_never_started_container_with_a_stale_task_is_made_again(
+        node: Node) -> None:
+    node.apply("box", gpus=1, state="Paused")  # created, never started
+    node.settle("box")
+    created = node.only_container("box")
+    assert created.status == "created"
+    # Docker was restarted in the middle of a start: containerd kept the task.
+    node.docker.fail_next("start", StaleTaskError(
+        "start box: containerd kept a task of it from a start cut short by a restart "
+        "of Docker: task 0123abcd: already exists"))
+    node.apply("box", gpus=1)
+    status = node.settle("box")
+    assert status["phase"] == "Running"
+    again = node.only_container("box")
+    assert again.id != created.id
+    assert again.status == "running"
+    assert "Recreated" in node.reasons("box")
+    assert "DriftDetected" not in node.reasons("box")
+
+
+def test_28_13_a_container_that_ran_is_never_removed_for_a_stale_task(node: Node) -> None:
+    container = _running(node)
+    node.docker.stop(container.id, container.name)  # behind the agent's back
+    node.docker.fail_next("start", StaleTaskError("task 0123abcd: already exists"),
+                          times=3)
+    with pytest.raises(StaleTaskError):
+        node.reconcile("box")
+    assert node.only_container("box").id == container.id  # its disk is the user's
+    assert node.only_container("box").status == "exited"
 
 
 # ---------------------------------------------------------------------- history

@@ -9,9 +9,11 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import replace
+from typing import NoReturn
 
 from gpudock import metrics
 from gpudock.adapters import host_paths
+from gpudock.adapters.docker.errors import StaleTaskError
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.agent.disk_saves import DiskSaves
 from gpudock.agent.node_locks import NodeLocks
@@ -85,6 +87,25 @@ class ReplicaSetSteps:
             raise Contended(f"{key}: taken meanwhile: GPUs {sorted(gpus)}, "
                              f"ports {sorted(str(p) for p in ports)}")
 
+    def _make_anew(self, key: ResourceKey, container_id: str, name: str,
+                   exc: StaleTaskError) -> NoReturn:
+        """A container Docker cannot start because containerd kept a task of it from a
+        start cut short (a restart of Docker or containerd): one that never ran holds
+        nothing of the user's (its disk is the saved one it was made from), so it is
+        removed and the next plan makes it again. One that ran is never removed for
+        this: the error stands, with its message, until containerd lets it go."""
+        found = next((c for c in self._docker.list_containers() if c.id == container_id),
+                     None)
+        if found is None or found.status != "created":
+            raise exc
+        self._docker.remove(container_id, name)
+        for record in self._store.list(key.namespace, key.name):
+            if record.container_id == container_id:  # made again: not drift
+                self._store.put(replace(record, container_id=None))
+        raise Replan([Event("Warning", Reason.RECREATED, (
+            f"container {name} could not be started ({exc}); it never ran, so it was "
+            "removed and is made again"))])
+
     def _run_step(self, key: ResourceKey, action: act.Action) -> list[Event]:
         docker, store = self._docker, self._store
         match action:
@@ -118,7 +139,10 @@ class ReplicaSetSteps:
                                     layer=layer):
                 if layer is not None:  # unless a start cut short by a crash put it in
                     self.disks.put_layer(layer, name, cid, unless_there=True)
-                docker.start(cid, name)
+                try:
+                    docker.start(cid, name)
+                except StaleTaskError as exc:
+                    self._make_anew(key, cid, name, exc)
                 if note is not None:
                     store.put(note)
                 return [Event("Normal", reason, f"container {name} started")]

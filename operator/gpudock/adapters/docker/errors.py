@@ -33,6 +33,15 @@ class ContainerGoneError(TransientError):
         super().__init__(message, delay=1)
 
 
+class StaleTaskError(TransientError):
+    """Docker's start found a containerd task already there for the container: Docker
+    (or containerd) was restarted in the middle of its start, and containerd kept
+    the task Docker no longer knows of. Every later start of that container fails
+    the same way; a container that never ran is made anew (replica_set_steps.py)."""
+
+    reason = Reason.DOCKER_UNAVAILABLE
+
+
 class HostPortBusyError(UserError):
     """Docker could not bind a host port: something outside its view holds it."""
 
@@ -70,6 +79,8 @@ _PORT_BUSY_TEXT = ("port is already allocated", "address already in use")
 _EXEC_FAILED_RE = re.compile(r'exec: "[^"]*": (?:executable file not found|stat [^:]*: no '
                              r"such file or directory|permission denied)")
 _RUNTIME_REFUSED_TEXT = "OCI runtime create failed"  # runc refused the container's config
+# containerd still has a task (or runc a container) of that ID from a start cut short.
+_STALE_TASK_RE = re.compile(r"task [0-9a-f]+: already exists|id already in use")
 
 
 class Step:
@@ -97,6 +108,9 @@ def _refusal(what: str, step: Reason, exc: docker.errors.APIError) -> Exception:
                          f"in the image: {text}")
     if 400 <= code < 500:
         return DockerRefusedError(step, f"{what}: {text}")
+    if step == Step.START and _STALE_TASK_RE.search(text):
+        return StaleTaskError(f"{what}: containerd kept a task of it from a start cut "
+                              f"short by a restart of Docker: {text}")
     if step in (Step.CREATE, Step.START) and _RUNTIME_REFUSED_TEXT in text:
         # The runtime refused this container (a mount over /proc, a NUL in an env
         # value): it would refuse it again on every retry.
