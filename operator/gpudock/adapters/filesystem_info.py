@@ -60,6 +60,13 @@ def free_bytes(path: Path | str) -> int:
     return info.f_bavail * info.f_frsize
 
 
+def free_inodes(path: Path | str) -> int:
+    """The files an unprivileged writer can still make on the filesystem of ``path``
+    (a filesystem without an inode count, btrfs, says 0 of 0: then a large number)."""
+    info = os.statvfs(path)
+    return info.f_favail if info.f_files else 2**63
+
+
 def _unescape(text: str) -> str:
     """Field text as the kernel writes it: spaces and the like as octal escapes."""
     return text.encode().decode("unicode_escape") if "\\" in text else text

@@ -215,6 +215,12 @@ def tree_bytes(root: Path | str, attempts: int = 3) -> int:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def tree_entries(root: Path | str) -> int:
+    """How many entries a directory tree holds (each file a commit writes takes an
+    inode)."""
+    return sum(1 for step in walk(root) if isinstance(step, Entry))
+
+
 def _blocks_under(root: Path | str) -> int:
     seen: set[tuple[int, int]] = set()
     total = os.lstat(root).st_blocks * 512

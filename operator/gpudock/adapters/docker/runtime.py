@@ -14,15 +14,15 @@ from gpudock.adapters.docker.containers import ContainerMixin
 from gpudock.adapters.docker.exec import ExecMixin
 from gpudock.adapters.docker.images import ImageMixin
 from gpudock.adapters.docker.volumes import VolumeMixin
-from gpudock.adapters.filesystem_info import free_bytes
+from gpudock.adapters.filesystem_info import free_bytes, free_inodes
 
 
 class DockerRuntime(ContainerMixin, ImageMixin, VolumeMixin, ExecMixin):
     """One Docker engine, one mixin per kind of object, as docker-py's own API client
     is made. The constructor and ``client`` are connection.py's; what else it offers:
 
-    - the engine (here): ``version``, ``storage``, ``free_bytes``, ``follow_events``,
-      ``events_followed``, ``close``
+    - the engine (here): ``version``, ``storage``, ``free_bytes``, ``free_inodes``,
+      ``follow_events``, ``events_followed``, ``close``
     - containers (containers.py): ``list_containers``, ``writable_layer_bytes``,
       ``writable_layer_dir``, ``create_and_start``, ``start``, ``stop``, ``unpause``,
       ``rename``, ``set_restart_policy``, ``remove``
@@ -60,6 +60,14 @@ class DockerRuntime(ContainerMixin, ImageMixin, VolumeMixin, ExecMixin):
         root = self._call("info", lambda: self.client.info()).get("DockerRootDir")
         try:
             return free_bytes(str(root))
+        except (OSError, TypeError):
+            return None
+
+    def free_inodes(self) -> int | None:
+        """Free inodes in Docker's root directory; None when the agent cannot see it."""
+        root = self._call("info", lambda: self.client.info()).get("DockerRootDir")
+        try:
+            return free_inodes(str(root))
         except (OSError, TypeError):
             return None
 
