@@ -28,7 +28,7 @@ ConfigEdit = Callable[[dict[str, Any]], dict[str, Any]]
 _CHUNK = 1 << 20
 # What the copy may hold between docker save and docker load: the agent's memory
 # stays this (and a chunk or two in flight), whatever the image's size.
-PIPE_BYTES = 8 * _CHUNK
+PIPE_BYTES = 4 * _CHUNK
 
 
 class _GeneratorReader(io.RawIOBase):
@@ -53,7 +53,7 @@ class _GeneratorReader(io.RawIOBase):
         return size
 
 
-class _Pipe(io.RawIOBase):
+class BoundedPipe(io.RawIOBase):
     """Bytes written on one thread, read as an iterator of chunks on another; a
     writer waits while ``limit`` bytes are unread, so the pipe never holds more. A
     reader that gives up (``abandon``) makes every write fail: the writer ends."""
@@ -68,6 +68,12 @@ class _Pipe(io.RawIOBase):
 
     def writable(self) -> bool:
         return True
+
+    @property
+    def held(self) -> int:
+        """The bytes written and not read yet."""
+        with self._cond:
+            return self._held
 
     def write(self, data: Any) -> int:
         chunk = bytes(data)
@@ -113,7 +119,7 @@ def rewrite_image(runtime: DockerRuntime, source: str, target: str,
     ``edit`` (the legacy container_config with it). The image streams from docker
     save to docker load through a bounded pipe: never whole in the agent's memory."""
     saved = runtime.save_image(source, _CHUNK)
-    pipe = _Pipe()
+    pipe = BoundedPipe()
     failure: list[BaseException] = []
 
     def copy() -> None:
