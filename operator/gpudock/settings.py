@@ -17,6 +17,7 @@ from pathlib import Path
 
 from gpudock import crash_points
 from gpudock.adapters.volumes.registry import BACKENDS as VOLUME_BACKENDS
+from gpudock.api.image_commit import DEFAULT_REPOSITORY_TEMPLATE, template_problem
 from gpudock.api.paths import NAMESPACE_PLACEHOLDER, root_problem
 from gpudock.core.gpu_attach import (
     DEFAULT_ATTACHMENT,
@@ -105,6 +106,8 @@ class Settings:
     max_running_requests: int = 32
     # ExecRequests of one namespace running at once on the node; more wait Pending.
     max_running_execs_per_namespace: int = 8
+    # Where a namespace's ImageCommits may write images ({namespace} replaced).
+    commit_repository_template: str = DEFAULT_REPOSITORY_TEMPLATE
 
     @property
     def explicit_port_range(self) -> PortRange:
@@ -185,6 +188,12 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-running-execs-per-namespace", type=int,
                         help="ExecRequests of one namespace that run at once on this node; "
                              "more wait Pending, ExecLimitReached (default: 8)")
+    parser.add_argument("--commit-repository-template",
+                        help="where the ImageCommits of a namespace may write images, "
+                             "{namespace} replaced by theirs; it must start with a "
+                             "registry host, so no commit can mean a registry's image "
+                             f"(default: {DEFAULT_REPOSITORY_TEMPLATE}, a host that never "
+                             "resolves)")
     parser.add_argument("--namespace", action="append", default=None,
                         help="watch only this namespace (repeatable; default: all)")
     parser.add_argument("--crash-at", action="append", default=None, metavar="POINT",
@@ -261,6 +270,10 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     max_execs = int(pick("max_running_execs_per_namespace") or 8)
     if max_execs < 1:
         raise SettingsError("--max-running-execs-per-namespace must be >= 1")
+    commit_template = pick("commit_repository_template") or DEFAULT_REPOSITORY_TEMPLATE
+    problem = template_problem(commit_template)
+    if problem is not None:
+        raise SettingsError(f"--commit-repository-template {commit_template!r} {problem}")
     return Settings(
         node_name=pick("node_name") or socket.gethostname(),
         kubeconfig=pick("kubeconfig"),
@@ -289,6 +302,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         crash_at=crash_at,
         max_running_requests=max_requests,
         max_running_execs_per_namespace=max_execs,
+        commit_repository_template=commit_template,
     )
 
 

@@ -176,7 +176,7 @@ def test_12_image_commit_saves_a_running_container_without_its_instance(
     wait_settled(stack, namespace, "src")
     touch_the_disk(stack, namespace, "committed")
     before = status(stack, namespace, "src")
-    image = f"{namespace}/saved:v1"
+    image = f"gpudock.invalid/{namespace}/saved:v1"
     done = _plugin(stack, namespace, "commit", "src", image)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().startswith("sha256:")
@@ -208,7 +208,8 @@ def test_12_image_commit_saves_a_running_container_without_its_instance(
     again = _plugin(stack, namespace, "commit", "src", image)
     assert again.returncode == 1
     assert "ImageTagTaken" in again.stderr
-    missing = _plugin(stack, namespace, "commit", "nobody", f"{namespace}/other:v1")
+    missing = _plugin(stack, namespace, "commit", "nobody",
+                      f"gpudock.invalid/{namespace}/other:v1")
     assert missing.returncode == 1
     assert "ReplicaSetNotFound" in missing.stderr
 
@@ -253,8 +254,13 @@ def test_12_the_day2_examples_run(
     examples = Path(__file__).resolve().parents[2] / "examples"
     stack.kubectl("apply", "-n", namespace, "-f", str(examples / "03-cpu-only-container.yaml"))
     wait_settled(stack, namespace, "cpu-only")
-    for example in ("04-exec-request.yaml", "05-image-commit.yaml"):
-        stack.kubectl("apply", "-n", namespace, "-f", str(examples / example))
+    stack.kubectl("apply", "-n", namespace, "-f", str(examples / "04-exec-request.yaml"))
+    # The commit writes under its namespace's repository (the example names default's).
+    commit = (examples / "05-image-commit.yaml").read_text()
+    assert "gpudock.invalid/default/cpu-only:saved" in commit
+    image = f"gpudock.invalid/{namespace}/cpu-only:saved"
+    stack.kubectl("apply", "-n", namespace, "-f", "-",
+                  input=commit.replace("gpudock.invalid/default/cpu-only:saved", image))
 
     def phase(kind: str, name: str) -> str:
         return stack.kubectl("get", kind, name, "-n", namespace, "-o",
@@ -268,9 +274,9 @@ def test_12_the_day2_examples_run(
              what="the commit")
     client = stack.docker_client()
     try:
-        assert client.images.get("gpudock-examples/cpu-only:saved")
+        assert client.images.get(image)
         stack.kubectl("delete", "imagecommit", "cpu-only-saved", "-n", namespace)
-        wait_for(lambda: not client.images.list(name="gpudock-examples/cpu-only"), 30,
+        wait_for(lambda: not client.images.list(name=image.rsplit(":", 1)[0]), 30,
                  what="the image removed with its ImageCommit (deletionPolicy Delete)")
     finally:
         client.close()

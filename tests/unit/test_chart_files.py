@@ -79,6 +79,7 @@ def test_values_become_agent_settings_and_host_mounts() -> None:
     assert env["GPUDOCK_VOLUME_ROOT"] == "/mnt/vol"
     assert env["GPUDOCK_MAX_RUNNING_EXECS_PER_NAMESPACE"] == "3"
     assert env["GPUDOCK_MAX_RUNNING_REQUESTS"] == "32"
+    assert env["GPUDOCK_COMMIT_REPOSITORY_TEMPLATE"] == "gpudock.invalid/{namespace}/"
     assert container["args"] == ["agent", "--resync-seconds", "60"]
     assert container["image"] == "gpudock/agent:dev"
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}

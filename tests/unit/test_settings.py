@@ -30,6 +30,7 @@ def test_defaults() -> None:
     assert settings.allowed_host_paths == ()
     assert settings.store_url == "sqlite:/var/lib/gpudock/revisions.sqlite3"
     assert (settings.max_running_requests, settings.max_running_execs_per_namespace) == (32, 8)
+    assert settings.commit_repository_template == "gpudock.invalid/{namespace}/"
 
 
 def test_environment_fills_what_flags_leave_out_and_flags_win() -> None:
@@ -56,6 +57,10 @@ def test_environment_fills_what_flags_leave_out_and_flags_win() -> None:
     (["--max-running-requests", "0"], "--max-running-requests must be >= 1"),
     (["--max-running-execs-per-namespace", "0"], "--max-running-execs-per-namespace must"),
     (["--crash-at", "PreserveDisk.middle"], "unknown crash point 'PreserveDisk.middle'"),
+    (["--commit-repository-template", "{namespace}/"], "must start with a registry host"),
+    (["--commit-repository-template", "gpudock.invalid/"], "must hold {namespace} once"),
+    (["--commit-repository-template", "gpudock.invalid/{namespace}"], 'must end with "/"'),
+    (["--commit-repository-template", "reg.example/X{namespace}/"], "Docker does not take"),
 ])
 def test_bad_settings_are_refused(argv: list[str], message: str) -> None:
     with pytest.raises(SettingsError, match=message):

@@ -221,6 +221,12 @@ def tree_usage(root: Path | str, attempts: int = 3) -> tuple[int, int]:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def tree_entries(root: Path | str) -> int:
+    """How many entries a directory tree holds (each file a commit writes takes an
+    inode)."""
+    return sum(1 for step in walk(root) if isinstance(step, Entry))
+
+
 def _usage_under(root: Path | str) -> tuple[int, int]:
     seen: set[tuple[int, int]] = set()
     total, inodes = os.lstat(root).st_blocks * 512, 1

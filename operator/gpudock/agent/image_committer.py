@@ -5,7 +5,9 @@ does by default), with the same ID and revision. The image keeps the container's
 filesystem and its image config, without what belongs to the running instance:
 none of gpudock's labels, and NVIDIA_VISIBLE_DEVICES as the base image had it (not
 the instance's GPUs), so a GpuReplicaSet started from it gets exactly its own GPUs.
-An existing tag is never overwritten.
+An existing tag is never overwritten, and a commit writes only names its namespace
+owns (--commit-repository-template, never one another namespace names), only when the
+commit fits in Docker's root (commit_room.py).
 """
 
 from __future__ import annotations
@@ -16,12 +18,15 @@ from typing import Any
 from gpudock import metrics
 from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.image_rewrite import rewrite_image
+from gpudock.adapters.kube_api import KubeApi
+from gpudock.agent.commit_room import check_room
 from gpudock.agent.exec_runner import current_container, failed
-from gpudock.api.image_commit import ImageCommitSpec
+from gpudock.api import gpu_replica_set, image_commit
+from gpudock.api.image_commit import ImageCommitSpec, name_problem
 from gpudock.api.reasons import Reason
 from gpudock.core import labels
 from gpudock.core.replica_set.saved_disks import is_reserved_reference
-from gpudock.errors import SpecError, UserError
+from gpudock.errors import GpudockError, SpecError, TransientError, UserError
 from gpudock.settings import Settings
 
 GPU_VARIABLE = "NVIDIA_VISIBLE_DEVICES"
@@ -43,9 +48,10 @@ def clean_config(config: dict[str, Any], base_env: list[str]) -> dict[str, Any]:
 
 def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
         docker: DockerRuntime, now: Callable[[], str],
-        started: Callable[[Status], None]) -> Status:
+        started: Callable[[Status], None], kube: KubeApi | None = None) -> Status:
     node = settings.node_name
     status = body.get("status") or {}
+    namespace = body["metadata"]["namespace"]
     try:
         spec = ImageCommitSpec.parse(body.get("spec") or {})
     except SpecError as exc:
@@ -53,6 +59,10 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
     if is_reserved_reference(spec.image):
         return failed(Reason.RESERVED_IMAGE, f"{spec.image} is in gpudock's own repository",
                       now(), node)
+    problem = name_problem(spec.image, settings.commit_repository_template, namespace) \
+        or (other_users(kube, settings, namespace, spec.image) if kube else None)
+    if problem is not None:
+        return failed(Reason.IMAGE_NAME_NOT_ALLOWED, problem, now(), node)
     existing = docker.image_info(spec.image)
     if existing is not None and existing.id != status.get("imageID"):
         return failed(Reason.IMAGE_TAG_TAKEN, f"image {spec.image} exists already (not made by "
@@ -63,6 +73,10 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
         how = state if state != "Running" else (container.status if container else "missing")
         return failed(Reason.CONTAINER_NOT_RUNNING, f"GpuReplicaSet {spec.replica_set_name} is "
                       f"{how}: only a running container is committed", now(), node)
+    try:
+        check_room(docker, container)
+    except UserError as exc:
+        return failed(exc.reason, exc.message, now(), node)
     begun = now()
     started({"phase": "Running", "node": node, "startTime": begun,
              "revision": container.revision,
@@ -72,22 +86,46 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
                              "lastTransitionTime": begun}]})
     scratch = scratch_tag(body)
     try:
-        with metrics.timed(metrics.COMMIT_SECONDS):
-            docker.commit_to(container.id, container.name, scratch, pause=spec.pause)
-            _, _, base = docker.image_config(container.base_image)
-            rewrite_image(docker, scratch, spec.image,
-                          lambda config: clean_config(config, list(base.get("Env") or ())))
-    except UserError as exc:
-        return failed(exc.reason, exc.message, now(), node, begun)
-    finally:
-        docker.remove_image(scratch)
-    image_id, size, _ = docker.image_config(spec.image)
+        try:
+            with metrics.timed(metrics.COMMIT_SECONDS):
+                docker.commit_to(container.id, container.name, scratch, pause=spec.pause)
+                _, _, base = docker.image_config(container.base_image)
+                rewrite_image(docker, scratch, spec.image,
+                              lambda config: clean_config(config, list(base.get("Env") or ())))
+            image_id, size, _ = docker.image_config(spec.image)
+        finally:
+            docker.remove_image(scratch)
+    except GpudockError as exc:
+        # Once Running, every failure is final and says what it was: a commit is never
+        # retried by itself (the status would otherwise stay Running until the next
+        # event called it an agent restart).
+        reason = exc.reason if isinstance(exc, UserError | TransientError) else \
+            Reason.DOCKER_REQUEST_FAILED
+        return failed(reason, f"the commit of {container.name} failed, nothing was kept: "
+                      f"{exc.message if isinstance(exc, UserError) else exc}", now(), node,
+                      begun)
     end = now()
     return {"phase": "Succeeded", "node": node, "startTime": begun, "completionTime": end,
             "imageID": image_id, "sizeBytes": size, "revision": container.revision,
             "conditions": [{"type": "Complete", "status": "True", "reason": Reason.COMMITTED,
                             "message": f"{container.name} saved as {spec.image}",
                             "lastTransitionTime": end}]}
+
+
+def other_users(kube: KubeApi, settings: Settings, namespace: str,
+                image: str) -> str | None:
+    """Why ``image`` is another namespace's: a GpuReplicaSet or an ImageCommit of
+    another namespace names it; None when none does."""
+    for plural, kind in ((gpu_replica_set.PLURAL, "GpuReplicaSet"),
+                         (image_commit.PLURAL, "ImageCommit")):
+        for item in kube.list_objects(plural, settings.namespaces):
+            meta = item.get("metadata") or {}
+            if meta.get("namespace") != namespace and \
+                    (item.get("spec") or {}).get("image") == image:
+                return (f"image {image} is named by {kind} {meta.get('name')} of another "
+                        "namespace; an ImageCommit never writes a name another namespace "
+                        "uses, nothing was changed")
+    return None
 
 
 def scratch_tag(body: Mapping[str, Any]) -> str:

@@ -138,6 +138,7 @@ class Reason(enum.StrEnum):
     COMMITTED = "Committed"
     SUCCEEDED = "Succeeded"  # the event of an ImageCommit done (its phase)
     IMAGE_TAG_TAKEN = "ImageTagTaken"
+    IMAGE_NAME_NOT_ALLOWED = "ImageNameNotAllowed"
     REPLICA_SET_NOT_FOUND = "ReplicaSetNotFound"
     REPLICA_SET_NOT_RUNNING = "ReplicaSetNotRunning"
     AGENT_RESTARTED = "AgentRestarted"

@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     commit = commands.add_parser("commit", help="save a GpuReplicaSet's running "
                                  "container as an image (an ImageCommit); prints its ID")
     commit.add_argument("name", help="the GpuReplicaSet")
-    commit.add_argument("image", help="repository:tag to make (never overwritten)")
+    commit.add_argument("image", help="repository:tag to make, under the namespace's repository "
+                        "(by default gpudock.invalid/<namespace>/; never overwritten)")
     commit.add_argument("--no-pause", action="store_true",
                         help="do not pause the container during the commit")
     commit.add_argument("--timeout", type=float, default=1800, metavar="SECONDS")

@@ -14,7 +14,11 @@ from typing import Any
 import docker.errors
 
 from gpudock.adapters.docker.connection import DockerConnection
-from gpudock.adapters.docker.errors import DockerRefusedError, ImageNotPresentError
+from gpudock.adapters.docker.errors import (
+    DockerRefusedError,
+    ImageNotPresentError,
+    _translated,
+)
 from gpudock.adapters.docker.inspect import import_changes
 from gpudock.api import gpu_replica_set
 from gpudock.core import labels
@@ -100,11 +104,26 @@ class ImageMixin(DockerConnection):
             stream_src=True))
         self.remove_image(committed["Id"])  # the many-layer commit, now untagged
 
+    def save_image(self, image: str, chunk_size: int) -> Iterator[bytes]:
+        """``docker save`` of one image, as a stream of chunks of at most
+        ``chunk_size`` bytes (errors translated, on the way too)."""
+        chunks = self._call(f"save {image}", lambda: self.client.api.get_image(
+            image, chunk_size=chunk_size))
+
+        def translated() -> Iterator[bytes]:
+            with _translated(f"save {image}"):
+                yield from chunks
+        return translated()
+
     def load_image(self, chunks: Iterator[bytes], what: str) -> None:
-        """``docker load`` of a tar stream given as chunks."""
+        """``docker load`` of a tar stream given as chunks. Docker answers 200 before
+        it reads the stream, so a failure (a full disk) comes as a message in its
+        answer: raised as Docker's refusal would be."""
         def load() -> None:
-            for _ in self.client.api.load_image(chunks, quiet=True):
-                pass
+            for message in self.client.api.load_image(chunks, quiet=True):
+                error = message.get("error") if isinstance(message, dict) else None
+                if error:
+                    raise docker.errors.APIError(str(error), explanation=str(error))
 
         self._image_step(what, load)
 

@@ -44,12 +44,13 @@ class RequestKind:
     # settings, docker).
     tidy: Callable[..., None]
     capped: bool  # counted by --max-running-execs-per-namespace
+    reads_cluster: bool = False  # run is given the API server (kube=)
 
 
 EXEC = RequestKind(exec_request.PLURAL, exec_runner.FINISHED, exec_runner.run, True,
                    exec_runner.kill_leftovers, True)
 COMMIT = RequestKind(image_commit.PLURAL, ("Succeeded", "Failed"), image_committer.run, False,
-                     image_committer.forget_scratch, False)
+                     image_committer.forget_scratch, False, reads_cluster=True)
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
@@ -169,6 +170,7 @@ async def _run(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: Log
     except GpudockError as exc:
         logger.warning("%s not run, will retry on its next event: %s", kind.plural, exc)
         return False
+    begun: list[str] = []  # the start time, once its status says Running
     try:
         if wait is not None:  # it waited: its GpuReplicaSet may have changed meanwhile
             target, written = await _target(agent, kind, body, logger)
@@ -177,13 +179,22 @@ async def _run(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: Log
 
         def started(status: dict[str, Any]) -> None:
             agent.kube.patch_status(kind.plural, meta["namespace"], meta["name"], status)
+            begun.append(str(status.get("startTime") or now()))
 
+        extra = {"kube": agent.kube} if kind.reads_cluster else {}
         final = await asyncio.get_running_loop().run_in_executor(
             agent.request_pool, functools.partial(
-                kind.run, dict(body), target, agent.settings, agent.docker, now, started))
+                kind.run, dict(body), target, agent.settings, agent.docker, now, started,
+                **extra))
     except GpudockError as exc:
-        logger.warning("%s not run, will retry on its next event: %s", kind.plural, exc)
-        return False
+        if not begun:
+            logger.warning("%s not run, will retry on its next event: %s", kind.plural, exc)
+            return False
+        # It ran (its status says Running): it failed, with what failed, never left
+        # for the next event to call an agent restart.
+        final = exec_runner.failed(
+            getattr(exc, "reason", Reason.RETRYING), f"failed while it ran: {exc}", now(),
+            node, begun[0])
     finally:
         slots.give_back(claim)
     await _write(agent, kind, body, final, logger)
