@@ -141,6 +141,7 @@ class VolumeReconciler:
                           if self._docker.volume_exists(v)),
             # The room is asked for before a volume is made or grown, never after.
             free_bytes=backend.free_bytes() if latest is None or (
+                state is None and not latest.made) or (
                 state is not None and spec.size_bytes > state.size_bytes) else None,
             minimum_bytes=backend.minimum_bytes(ident) if minimum and state else None,
             now=self._clock())

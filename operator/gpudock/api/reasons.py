@@ -116,6 +116,7 @@ class Reason(enum.StrEnum):
     INSUFFICIENT_SPACE = "InsufficientSpace"
     VOLUME_TOO_LARGE = "VolumeTooLarge"
     VOLUME_LOST = "VolumeLost"
+    VOLUME_FILESYSTEM_FAILED = "VolumeFilesystemFailed"
     SHRINK_BELOW_USAGE = "ShrinkBelowUsage"
     VOLUME_NOT_RESIZABLE = "VolumeNotResizable"
     VOLUME_ROOT_UNUSABLE = "VolumeRootUnusable"
