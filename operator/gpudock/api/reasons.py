@@ -117,6 +117,8 @@ class Reason(enum.StrEnum):
     VOLUME_TOO_LARGE = "VolumeTooLarge"
     VOLUME_LOST = "VolumeLost"
     VOLUME_FILESYSTEM_FAILED = "VolumeFilesystemFailed"
+    RESIZE_UNDO_FAILED = "ResizeUndoFailed"
+    UNDO_FILE_DROPPED = "UndoFileDropped"
     SHRINK_BELOW_USAGE = "ShrinkBelowUsage"
     VOLUME_NOT_RESIZABLE = "VolumeNotResizable"
     VOLUME_ROOT_UNUSABLE = "VolumeRootUnusable"

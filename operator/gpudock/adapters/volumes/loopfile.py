@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import threading
 import time
@@ -35,6 +36,7 @@ from gpudock.api.reasons import Reason
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
+logger = logging.getLogger(__name__)
 BLOCK = 4096
 RELEASE_WAIT_SECONDS = 5.0
 MOUNT_OPTIONS = "loop,discard"  # deleted files give their blocks back to the root's disk
@@ -148,13 +150,15 @@ class LoopfileBackend(ResizesInPlace):
              str(partial))
         partial.rename(image)  # whole or not there: a crash leaves no half volume
 
-    def attach(self, volume: str) -> None:
-        """Mount it (again); an offline resize a crash cut short is undone first."""
+    def attach(self, volume: str) -> tuple[Reason, str] | None:
+        """Mount it (again); an offline resize a crash cut short is undone first (what
+        to post as a warning when its undo file could not be used)."""
         if self._device(volume) is not None:
-            return
-        self._undo_interrupted_resize(volume)
+            return None
+        dropped = self._undo_interrupted_resize(volume)
         self.path(volume).mkdir(parents=True, exist_ok=True)
         _run("mount", "-o", MOUNT_OPTIONS, str(self._image(volume)), str(self.path(volume)))
+        return (Reason.UNDO_FILE_DROPPED, dropped) if dropped else None
 
     def _undo_file(self, volume: str) -> Path:
         return self._image(volume).with_suffix(".undo")
@@ -180,17 +184,45 @@ class LoopfileBackend(ResizesInPlace):
         finally:
             _run("losetup", "-d", device)
 
-    def _undo_interrupted_resize(self, volume: str) -> None:
+    def _undo_interrupted_resize(self, volume: str) -> str | None:
         """resize2fs writes every block it changes to an undo file first, and the file
         is removed only once the resize is done: one still there means the resize
         was cut short, and e2undo puts the filesystem back as it was before it (the
-        image file is never made smaller before that)."""
+        image file is never made smaller before that). Then the filesystem is checked
+        read-only (e2fsck -fn): the undo file goes only when it is clean.
+
+        A resize2fs killed as it began leaves an undo file e2undo refuses (empty, its
+        header not written yet, or one that does not match the filesystem, which it
+        had not changed yet): a clean filesystem is then the one from before the
+        resize, and the undo file is dropped (returned: why, for a warning). One that
+        is not clean is never mounted: refused (ResizeUndoFailed), the undo file
+        kept, nothing changed, until a person checks it."""
         undo = self._undo_file(volume)
         if not undo.exists():
-            return
+            return None
+        refused: str | None = None
         with self._loop_device(volume) as device:
-            _run("e2undo", str(undo), device)
+            try:
+                _run("e2undo", str(undo), device)
+            except VolumeToolError as exc:
+                refused = str(exc)
+            try:
+                _run("e2fsck", "-f", "-n", device)
+            except VolumeToolError as exc:
+                raise UserError(Reason.RESIZE_UNDO_FAILED, f"an offline resize of {volume} "
+                                "was cut short, " + (f"e2undo refused its undo file ({refused})"
+                                                     if refused else "e2undo applied its undo file")
+                                + f", and the filesystem is not clean ({exc}). It is not "
+                                f"mounted; the undo file is kept at {undo}: check the "
+                                "image with e2fsck -f, then remove the undo file") from exc
         undo.unlink()
+        if refused is None:
+            return None
+        note = (f"an offline resize of {volume} was cut short as it began: e2undo refused "
+                f"its undo file ({refused}); the filesystem is clean at its size before the "
+                "resize (e2fsck -fn), so the undo file was dropped and the volume mounted")
+        logger.warning("%s", note)
+        return note
 
     def resize_online(self, volume: str, size_bytes: int) -> bool:
         """Grow: larger file, loop device refreshed, filesystem resized while mounted;
