@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from gpudock.adapters.volumes.loopfile import LoopfileBackend
 from tests.integration.conftest import AgentFactory
 from tests.stack import filesystems
 from tests.stack.localstack import LocalStack, wait_for
@@ -170,3 +171,26 @@ def test_28_2_a_volume_whose_filesystem_went_read_only_is_not_ready(
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(mount)], check=True)
     _ready_at(stack, namespace, "data", 64 * MiB)  # sound again: Ready by itself
+
+
+def test_28_2_errors_ext4_recorded_make_the_volume_unsound(stack: LocalStack,
+                                                          tmp_path: Path) -> None:
+    """The other sign of a broken volume: errors ext4 counted (set here in the
+    superblock as ext4 would after one), read from /sys/fs/ext4/<loop>/errors_count;
+    gone once e2fsck has checked it."""
+    backend = LoopfileBackend(stack.base_dir / f"errors-{tmp_path.name}")
+    backend.create("v", 64 * MiB)
+    image = str(backend.root / "images" / "v.ext4")
+    try:
+        subprocess.run(["debugfs", "-w", "-R", "ssv error_count 3", image], check=True,
+                       capture_output=True)
+        backend.attach("v")
+        fault = backend.state("v").fault  # type: ignore[union-attr]
+        assert fault is not None
+        assert "recorded 3 error(s)" in fault
+        backend.detach("v")
+        subprocess.run(["e2fsck", "-f", "-y", image], capture_output=True, check=False)
+        backend.attach("v")
+        assert backend.state("v").fault is None  # type: ignore[union-attr]
+    finally:
+        backend.delete("v")

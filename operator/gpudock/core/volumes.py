@@ -218,8 +218,9 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
                 Reason.INSUFFICIENT_SPACE, f"{format_size(obs.size_bytes)} asked: growing "
                 f"from {format_size(state.size_bytes)} needs "
                 f"{format_size_approx(obs.size_bytes - state.size_bytes)} more, and "
-                f"{format_size_approx(obs.free_bytes)} is free where volumes live on the "
-                "node; nothing was changed")))
+                f"{format_size_approx(obs.free_bytes)} is left where volumes live on the "
+                "node (free space less what the volumes there are promised); nothing was "
+                "changed")))
         if not grow or obs.backend.moves_on_resize:
             if obs.minimum_bytes is None:
                 return VolumePlan((), _status(obs, "Ready"), needs_minimum=True)
