@@ -122,3 +122,27 @@ def test_the_copy_backend_moves_to_a_new_volume_and_removes_the_old_when_unused(
     assert core.plan_volume(after).actions == ()  # the user has not moved yet
     moved = replace(after, earlier=(("ns_data-1", ()),))
     assert core.plan_volume(moved).actions == (core.RemoveDockerVolume("ns_data-1"),)
+
+
+def test_28_2_a_volume_recorded_but_not_made_is_made_only_where_it_fits() -> None:
+    unmade = replace(_record(), made=False)
+    refused = core.plan_volume(_obs(64 * MiB, None, records=(unmade,), free_bytes=32 * MiB))
+    assert refused.actions == ()
+    assert (refused.status["phase"], refused.status["reason"]) == ("Failed",
+                                                                  "InsufficientSpace")
+    message = refused.status["conditions"][2].message
+    assert "64Mi asked" in message
+    assert "32" in message
+    made = core.plan_volume(_obs(64 * MiB, None, records=(unmade,), free_bytes=64 * MiB))
+    assert made.actions == (core.CreateVolume("ns_data-svol-u", 64 * MiB),)
+
+
+def test_28_2_a_filesystem_gone_read_only_is_not_ready_and_not_resized() -> None:
+    broken = replace(_attached(64 * MiB), fault="its filesystem (/dev/loop7) is read-only")
+    plan = core.plan_volume(_obs(256 * MiB, broken, consumers=(USER,)))
+    assert plan.actions == ()  # not grown either
+    assert (plan.status["phase"], plan.status["reason"]) == ("Failed",
+                                                            "VolumeFilesystemFailed")
+    ready, _, degraded = plan.status["conditions"]
+    assert (ready.status, degraded.status) == (False, True)
+    assert "/dev/loop7" in degraded.message

@@ -21,6 +21,7 @@ from gpudock import metrics
 from gpudock.adapters.volumes.base import VolumeBackend
 from gpudock.adapters.volumes.registry import open_volume_backend
 from gpudock.api import sized_volume
+from gpudock.api.reasons import Reason
 from gpudock.api.sized_volume import SizedVolumeSpec
 from gpudock.core import volumes as core
 from gpudock.core.conditions import with_transition_times
@@ -86,8 +87,10 @@ class VolumeReconciler:
             previous = status
             try:
                 for action in plan.actions:
-                    self._execute(obs, action)
+                    warning = self._execute(obs, action)
                     event("Normal", *core.describe(action))
+                    if warning is not None:
+                        event("Warning", *warning)
             except UserError as exc:
                 after = self._observe(key, meta, spec, False)
                 event("Warning", exc.reason, exc.message)
@@ -141,17 +144,22 @@ class VolumeReconciler:
                           if self._docker.volume_exists(v)),
             # The room is asked for before a volume is made or grown, never after.
             free_bytes=backend.free_bytes() if latest is None or (
+                state is None and not latest.made) or (
                 state is not None and spec.size_bytes > state.size_bytes) else None,
             minimum_bytes=backend.minimum_bytes(ident) if minimum and state else None,
             now=self._clock())
 
-    def _execute(self, obs: core.VolumeObservation, action: core.VolumeAction) -> None:
+    def _execute(self, obs: core.VolumeObservation,
+                 action: core.VolumeAction) -> tuple[Reason, str] | None:
+        """Take one step; a warning the backend had about it (for an event)."""
         step = type(action).__name__
         self._crash.reach(f"{step}.before")
-        self._run(obs, action)
+        warning = self._run(obs, action)
         self._crash.reach(f"{step}.after")
+        return warning
 
-    def _run(self, obs: core.VolumeObservation, action: core.VolumeAction) -> None:
+    def _run(self, obs: core.VolumeObservation,
+             action: core.VolumeAction) -> tuple[Reason, str] | None:
         backend, docker = self.backend(obs.backend.name, obs.backend.root), self._docker
         match action:
             case core.RecordVolume(record=record):
@@ -159,7 +167,7 @@ class VolumeReconciler:
             case core.CreateVolume(volume_id=ident, size_bytes=size):
                 backend.create(ident, size)
             case core.AttachVolume(volume_id=ident):
-                backend.attach(ident)
+                return backend.attach(ident)
             case core.CreateDockerVolume(volume_id=ident):
                 docker.create_volume(ident, backend.docker_options(ident) or {})
             case core.ResizeVolume(volume_id=ident, size_bytes=size, online=online,
@@ -174,6 +182,7 @@ class VolumeReconciler:
                 self._move(backend, action)
             case core.RemoveDockerVolume(volume_id=ident):
                 backend.delete(ident)
+        return None
 
     def _offline(self, backend: VolumeBackend, ident: str, size: int,
                  users: tuple[tuple[str, str], ...]) -> None:

@@ -4,11 +4,13 @@ step is chosen from what is observed and recorded, so an agent killed at any ste
 picks up from there.
 
 0. no record yet: record revision 1 (the backend, its root, the Docker volume);
-1. no volume yet: create it (refused when the backing filesystem has not the room),
-   then mark revision 1 made; a volume marked made that is not there is lost
+1. no volume yet: create it (refused when the backing filesystem has not the room,
+   InsufficientSpace), then mark revision 1 made; a volume marked made that is not there is lost
    (VolumeLost), never made again empty;
 2. not attached (after an agent or host restart): attach it;
-3. no Docker volume: create the Docker volume that serves it;
+3. its filesystem read-only or with errors recorded: not Ready
+   (VolumeFilesystemFailed), nothing done; else no Docker volume: create the Docker
+   volume that serves it;
 4. a size change, refused with ShrinkBelowUsage when what the volume holds does not
    fit, and a grow with InsufficientSpace when it asks for more than is free where
    volumes live (nothing is changed: the volume serves on at its size); else a
@@ -45,6 +47,9 @@ class BackendState:
     attached: bool
     capacity_bytes: int = 0
     used_bytes: int = 0
+    # Why its filesystem cannot be trusted with writes now (read-only, errors
+    # recorded); None when it is sound. Not Ready while set.
+    fault: str | None = None
 
 
 @dataclass(frozen=True)
@@ -172,10 +177,7 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
     latest = current_record(obs.records)
     if latest is None:
         if obs.free_bytes is not None and obs.size_bytes > obs.free_bytes:
-            return VolumePlan((), _status(obs, "Failed", problem=(
-                Reason.INSUFFICIENT_SPACE, f"{format_size(obs.size_bytes)} asked; "
-                f"{format_size_approx(obs.free_bytes)} free where volumes live on the node; "
-                "nothing was created")))
+            return VolumePlan((), _status(obs, "Failed", problem=_no_room(obs)))
         return _steps(obs, (RecordVolume(_next_record(obs, "created", made=False)),),
                       "Pending",
                       Reason.CREATING, f"recording a {format_size(obs.size_bytes)} volume on "
@@ -187,6 +189,8 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
                 f"(under {obs.backend.root}) and is not there now: removed outside gpudock,"
                 " or its filesystem is not mounted. Nothing is made in its place (that "
                 "would be an empty volume); when it is back it is used again")))
+        if obs.free_bytes is not None and obs.size_bytes > obs.free_bytes:
+            return VolumePlan((), _status(obs, "Failed", problem=_no_room(obs)))
         return _steps(obs, (CreateVolume(obs.volume_id, obs.size_bytes),), "Pending",
                       Reason.CREATING, f"creating a {format_size(obs.size_bytes)} volume")
     if not latest.made:
@@ -195,6 +199,11 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
     if not state.attached:
         return _steps(obs, (AttachVolume(obs.volume_id),), "Pending", Reason.ATTACHING,
                       "attaching the volume (after a restart it is mounted again)")
+    if state.fault is not None:
+        return VolumePlan((), _status(obs, "Failed", problem=(
+            Reason.VOLUME_FILESYSTEM_FAILED, f"{obs.volume_id}: {state.fault}. Its "
+            "containers keep running, none starts on it and it is not resized until its "
+            "filesystem is checked and mounted read-write again (docs/sized-volumes.md)")))
     if not obs.docker_volume_exists:
         return _steps(obs, (CreateDockerVolume(obs.volume_id),), "Pending", Reason.CREATING,
                       f"creating Docker volume {obs.volume_id}")
@@ -209,8 +218,9 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
                 Reason.INSUFFICIENT_SPACE, f"{format_size(obs.size_bytes)} asked: growing "
                 f"from {format_size(state.size_bytes)} needs "
                 f"{format_size_approx(obs.size_bytes - state.size_bytes)} more, and "
-                f"{format_size_approx(obs.free_bytes)} is free where volumes live on the "
-                "node; nothing was changed")))
+                f"{format_size_approx(obs.free_bytes)} is left where volumes live on the "
+                "node (free space less what the volumes there are promised); nothing was "
+                "changed")))
         if not grow or obs.backend.moves_on_resize:
             if obs.minimum_bytes is None:
                 return VolumePlan((), _status(obs, "Ready"), needs_minimum=True)
@@ -244,6 +254,13 @@ def plan_volume(obs: VolumeObservation) -> VolumePlan:
                       f"removing earlier Docker volume(s) "
                       f"{', '.join(a.volume_id for a in unused)}")
     return VolumePlan((), _status(obs, "Ready"))
+
+
+def _no_room(obs: VolumeObservation) -> tuple[Reason, str]:
+    return (Reason.INSUFFICIENT_SPACE, f"{format_size(obs.size_bytes)} asked; "
+            f"{format_size_approx(obs.free_bytes or 0)} left where volumes live on the "
+            "node (free space less what the volumes there are promised); nothing was "
+            "created")
 
 
 def describe(action: VolumeAction) -> tuple[Reason, str]:

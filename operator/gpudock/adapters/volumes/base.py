@@ -46,8 +46,9 @@ class VolumeBackend(Protocol):
 
     def create(self, volume: str, size_bytes: int) -> None: ...
 
-    def attach(self, volume: str) -> None:
-        """Make an existing volume usable again (after an agent or host restart)."""
+    def attach(self, volume: str) -> tuple[Reason, str] | None:
+        """Make an existing volume usable again (after an agent or host restart); a
+        warning (reason, message) to post as an event, when there is one."""
 
     def docker_options(self, volume: str) -> dict[str, str] | None:
         """The local driver's options for the Docker volume that serves it; None when

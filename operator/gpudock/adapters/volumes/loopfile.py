@@ -6,19 +6,28 @@ with "No space left on device", and df inside shows it). Growing is online (the 
 grows, the loop device is told, the filesystem is resized while mounted); shrinking
 needs the filesystem unmounted (its users stopped): check, shrink, truncate, mount.
 After an agent or host restart, attach() mounts what is no longer mounted.
+
+No overcommit: the files are sparse, so every volume's whole size is reserved (its
+file's unwritten part is subtracted from what is free under the root) and a create
+or a grow that does not fit in what is left is refused, under one lock so two cannot
+both take the same room. Mounted with ``discard``, a file deleted in a volume gives
+its blocks back to the filesystem under the root; a volume whose filesystem went
+read-only or recorded errors is reported (BackendState.fault).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from gpudock.adapters.filesystem_info import free_bytes, mounts
+from gpudock.adapters.filesystem_info import Mount, free_bytes, mounts
 from gpudock.adapters.host_tools import VolumeToolError
 from gpudock.adapters.host_tools import run_tool as _run
 from gpudock.adapters.volumes.base import ResizesInPlace, bind_options
@@ -27,8 +36,14 @@ from gpudock.api.reasons import Reason
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
+logger = logging.getLogger(__name__)
 BLOCK = 4096
 RELEASE_WAIT_SECONDS = 5.0
+MOUNT_OPTIONS = "loop,discard"  # deleted files give their blocks back to the root's disk
+EXT4_SYSFS = Path("/sys/fs/ext4")
+# Held from the check of the room left to the lengthening of a file, by every create
+# and grow of every loopfile backend of the agent: two cannot both take the same room.
+_RESERVING = threading.Lock()
 
 
 class LoopfileBackend(ResizesInPlace):
@@ -55,16 +70,22 @@ class LoopfileBackend(ResizesInPlace):
         """Where the volume's filesystem is mounted (what the Docker volume binds)."""
         return self.root / "mounts" / volume
 
+    def _mount(self, volume: str) -> Mount | None:
+        """The volume's mount (the last one on its mount point), None when not mounted."""
+        target = str(self.path(volume))
+        return next((m for m in reversed(mounts()) if m.mount_point == target), None)
+
     def _device(self, volume: str) -> str | None:
         """The loop device the mount point sits on, or None when not mounted."""
-        target = str(self.path(volume))
-        return next((m.source for m in mounts() if m.mount_point == target), None)
+        mount = self._mount(volume)
+        return mount.source if mount is not None else None
 
     def state(self, volume: str) -> BackendState | None:
         image = self._image(volume)
         if not image.exists():
             return None
-        device = self._device(volume)
+        mount = self._mount(volume)
+        device = mount.source if mount is not None else None
         capacity = used = 0
         if device is not None:
             info = os.statvfs(self.path(volume))
@@ -74,7 +95,7 @@ class LoopfileBackend(ResizesInPlace):
         # cut short): that is what a resize changes.
         return BackendState(size_bytes=self._filesystem_bytes(device or str(image)),
                             attached=device is not None, capacity_bytes=capacity,
-                            used_bytes=used)
+                            used_bytes=used, fault=_fault(mount) if mount else None)
 
     @staticmethod
     def _filesystem_bytes(device: str) -> int:
@@ -83,16 +104,45 @@ class LoopfileBackend(ResizesInPlace):
         return int(fields["Block count"].strip()) * int(fields["Block size"].strip())
 
     def free_bytes(self) -> int:
+        """What a new volume or a grow may still take: the free space under the root
+        less what the volumes there may still write (the holes of their files: every
+        volume's whole size is reserved, never overcommitted)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        return free_bytes(self.root)
+        return max(free_bytes(self.root) - self.reserved_bytes(), 0)
+
+    def reserved_bytes(self) -> int:
+        """The unwritten parts of the volumes' files (a file made but not yet
+        formatted included): room promised to them and not taken yet."""
+        promised = 0
+        for pattern in ("*.ext4", "*.new"):
+            for image in (self.root / "images").glob(pattern):
+                with contextlib.suppress(FileNotFoundError):
+                    info = image.stat()
+                    promised += max(info.st_size - info.st_blocks * 512, 0)
+        return promised
+
+    def _reserve(self, handle: BinaryIO, size_bytes: int) -> None:
+        """Lengthen an image file to ``size_bytes`` if the room is there to reserve,
+        else refuse (InsufficientSpace, nothing changed)."""
+        with _RESERVING:
+            more = _blocks(size_bytes) - os.fstat(handle.fileno()).st_size
+            left = self.free_bytes()
+            if more > left:
+                raise UserError(Reason.INSUFFICIENT_SPACE, f"{format_size(size_bytes)} asked: "
+                                f"{format_size(more)} more to reserve under the volume root "
+                                f"{self.root}, and {format_size(left)} is left there (free "
+                                f"space less {format_size(self.reserved_bytes())} the "
+                                "volumes there may still write); nothing was changed")
+            _lengthen(handle, size_bytes, self.root)
 
     def create(self, volume: str, size_bytes: int) -> None:
         image = self._image(volume)
         image.parent.mkdir(parents=True, exist_ok=True)
         partial = image.with_suffix(".new")
+        partial.unlink(missing_ok=True)  # a create cut short: not the volume, nor reserved
         with open(partial, "wb") as handle:
             try:
-                _lengthen(handle, size_bytes, self.root)
+                self._reserve(handle, size_bytes)
             except UserError:
                 partial.unlink(missing_ok=True)
                 raise
@@ -100,13 +150,15 @@ class LoopfileBackend(ResizesInPlace):
              str(partial))
         partial.rename(image)  # whole or not there: a crash leaves no half volume
 
-    def attach(self, volume: str) -> None:
-        """Mount it (again); an offline resize a crash cut short is undone first."""
+    def attach(self, volume: str) -> tuple[Reason, str] | None:
+        """Mount it (again); an offline resize a crash cut short is undone first (what
+        to post as a warning when its undo file could not be used)."""
         if self._device(volume) is not None:
-            return
-        self._undo_interrupted_resize(volume)
+            return None
+        dropped = self._undo_interrupted_resize(volume)
         self.path(volume).mkdir(parents=True, exist_ok=True)
-        _run("mount", "-o", "loop", str(self._image(volume)), str(self.path(volume)))
+        _run("mount", "-o", MOUNT_OPTIONS, str(self._image(volume)), str(self.path(volume)))
+        return (Reason.UNDO_FILE_DROPPED, dropped) if dropped else None
 
     def _undo_file(self, volume: str) -> Path:
         return self._image(volume).with_suffix(".undo")
@@ -132,17 +184,45 @@ class LoopfileBackend(ResizesInPlace):
         finally:
             _run("losetup", "-d", device)
 
-    def _undo_interrupted_resize(self, volume: str) -> None:
+    def _undo_interrupted_resize(self, volume: str) -> str | None:
         """resize2fs writes every block it changes to an undo file first, and the file
         is removed only once the resize is done: one still there means the resize
         was cut short, and e2undo puts the filesystem back as it was before it (the
-        image file is never made smaller before that)."""
+        image file is never made smaller before that). Then the filesystem is checked
+        read-only (e2fsck -fn): the undo file goes only when it is clean.
+
+        A resize2fs killed as it began leaves an undo file e2undo refuses (empty, its
+        header not written yet, or one that does not match the filesystem, which it
+        had not changed yet): a clean filesystem is then the one from before the
+        resize, and the undo file is dropped (returned: why, for a warning). One that
+        is not clean is never mounted: refused (ResizeUndoFailed), the undo file
+        kept, nothing changed, until a person checks it."""
         undo = self._undo_file(volume)
         if not undo.exists():
-            return
+            return None
+        refused: str | None = None
         with self._loop_device(volume) as device:
-            _run("e2undo", str(undo), device)
+            try:
+                _run("e2undo", str(undo), device)
+            except VolumeToolError as exc:
+                refused = str(exc)
+            try:
+                _run("e2fsck", "-f", "-n", device)
+            except VolumeToolError as exc:
+                raise UserError(Reason.RESIZE_UNDO_FAILED, f"an offline resize of {volume} "
+                                "was cut short, " + (f"e2undo refused its undo file ({refused})"
+                                                     if refused else "e2undo applied its undo file")
+                                + f", and the filesystem is not clean ({exc}). It is not "
+                                f"mounted; the undo file is kept at {undo}: check the "
+                                "image with e2fsck -f, then remove the undo file") from exc
         undo.unlink()
+        if refused is None:
+            return None
+        note = (f"an offline resize of {volume} was cut short as it began: e2undo refused "
+                f"its undo file ({refused}); the filesystem is clean at its size before the "
+                "resize (e2fsck -fn), so the undo file was dropped and the volume mounted")
+        logger.warning("%s", note)
+        return note
 
     def resize_online(self, volume: str, size_bytes: int) -> bool:
         """Grow: larger file, loop device refreshed, filesystem resized while mounted;
@@ -156,7 +236,7 @@ class LoopfileBackend(ResizesInPlace):
         if device is None:
             raise VolumeToolError(f"volume {volume} is not attached")
         with open(self._image(volume), "r+b") as handle:
-            _lengthen(handle, size_bytes, self.root)
+            self._reserve(handle, size_bytes)
         _run("losetup", "-c", device)
         try:
             _run("resize2fs", device)
@@ -205,7 +285,7 @@ class LoopfileBackend(ResizesInPlace):
                                     f"{least // 2**20} MiB for its data and its own "
                                     "metadata; nothing was changed")
                 with open(image, "r+b") as handle:  # grow: the room first
-                    _lengthen(handle, size_bytes, self.root)
+                    self._reserve(handle, size_bytes)
                 _run("losetup", "-c", device)
                 undo.unlink(missing_ok=True)
                 _run("resize2fs", "-z", str(undo), device, f"{_blocks(size_bytes) // 1024}K")
@@ -226,6 +306,21 @@ class LoopfileBackend(ResizesInPlace):
             leftover.unlink(missing_ok=True)
         if self.path(volume).exists():
             self.path(volume).rmdir()
+
+
+def _fault(mount: Mount) -> str | None:
+    """Why a mounted volume's filesystem cannot be trusted with writes: read-only
+    (it is always mounted read-write: ext4 remounts itself read-only after an error,
+    such as a write its image file had no room for), or errors ext4 recorded."""
+    if "ro" in mount.options:
+        return (f"its filesystem ({mount.source}) is read-only: ext4 turned it read-only "
+                "after an error, or it was remounted so outside gpudock")
+    try:
+        errors = int((EXT4_SYSFS / Path(mount.source).name / "errors_count").read_text())
+    except (OSError, ValueError):
+        return None
+    return (f"its filesystem ({mount.source}) recorded {errors} error(s) since it was "
+            "last checked (e2fsck)") if errors else None
 
 
 def _loops_of(image: str) -> list[str]:
