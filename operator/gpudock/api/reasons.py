@@ -33,6 +33,7 @@ class Reason(enum.StrEnum):
     RESERVED_IMAGE = "ReservedImage"
     EXCEEDS_NODE_CAPACITY = "ExceedsNodeCapacity"
     INSUFFICIENT_GPUS = "InsufficientGPUs"  # waiting for the node
+    ADDRESSES_EXHAUSTED = "AddressesExhausted"  # waiting for the node
     VOLUME_NOT_READY = "VolumeNotReady"  # waiting for the node
     HOST_PATH_NOT_ALLOWED = "HostPathNotAllowed"
     HOST_PATH_MISSING = "HostPathMissing"

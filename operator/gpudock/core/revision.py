@@ -68,6 +68,9 @@ class Revision:
     # be rolled back to.
     failed_reason: Reason | None = None
     failed_message: str = ""
+    # Its container's address on the instance network ("": none): a container made
+    # again for the revision (after state Stopped) asks for it first.
+    address: str = ""
 
     @property
     def failed(self) -> bool:

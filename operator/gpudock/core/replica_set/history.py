@@ -30,13 +30,14 @@ from gpudock.errors import UserError
 # ---------------------------------------------------------------------------- records
 def new_record(obs: Observation, target: Target, revision: int, image: str,
                gpus: tuple[str, ...], ports: tuple[PortBinding, ...],
-               layer: str | None = None) -> Revision:
+               layer: str | None = None, address: str = "") -> Revision:
     return Revision(
         namespace=obs.key.namespace, name=obs.key.name, revision=revision, uid=obs.uid,
         spec=target.spec.shape(), image=image,
         container_name=labels.object_name(obs.key.namespace, obs.key.name, revision),
         gpus=gpus, ports=ports, created_at=obs.now, change_cause=target.cause,
-        generation=obs.generation, rollback_of=target.rollback_of, layer=layer)
+        generation=obs.generation, rollback_of=target.rollback_of, layer=layer,
+        address=address)
 
 
 def adopted_record(obs: Observation, container: ObservedContainer) -> Revision:
@@ -47,7 +48,8 @@ def adopted_record(obs: Observation, container: ObservedContainer) -> Revision:
         uid=obs.uid, spec=shape, image=container.image or container.base_image,
         container_name=container.name,
         gpus=container.gpus, ports=bindings_of(container), created_at=obs.now,
-        change_cause=obs.change_cause if matches else "", generation=obs.generation)
+        change_cause=obs.change_cause if matches else "", generation=obs.generation,
+        address=container.address)
 
 
 def next_revision(obs: Observation, base: int) -> int:
