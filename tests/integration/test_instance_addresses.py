@@ -10,9 +10,12 @@ its own, so it can fill the pool with a few containers.
 from __future__ import annotations
 
 import ipaddress
+import json
+from pathlib import Path
 from typing import Any
 
 import docker.models.containers
+import yaml
 
 from tests.integration.conftest import AgentFactory
 from tests.integration.revisions import apply_spec, only_container, wait_settled
@@ -21,6 +24,8 @@ from tests.stack.resources import apply, condition, containers, gpu_replica_set,
 
 POOL = 5  # a /29: 8 addresses less network, gateway and broadcast
 SLEEP = ["sleep", "infinity"]
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+GRS_COUNT = "count/gpureplicasets.gpudock.dev"
 
 
 def _small_pool_agent(stack: LocalStack, namespace: str, other: str,
@@ -44,8 +49,8 @@ def _docker_address(container: docker.models.containers.Container, network: str)
 def _waits_for_an_address(stack: LocalStack, namespace: str, name: str) -> dict[str, Any]:
     def waiting() -> dict[str, Any] | None:
         found = status(stack, namespace, name)
-        progressing = next((c for c in found.get("conditions") or ()
-                            if c["type"] == "Progressing"), {})
+        progressing: dict[str, Any] = next((c for c in found.get("conditions") or ()
+                                            if c["type"] == "Progressing"), {})
         return found if progressing.get("reason") == "AddressesExhausted" else None
 
     wait_for(waiting, 60, what=f"{namespace}/{name} AddressesExhausted")
@@ -57,7 +62,7 @@ def _fill(stack: LocalStack, namespace: str, names: list[str]) -> dict[str, str]
     apply(stack, namespace, *(gpu_replica_set(n, gpus=0, command=SLEEP) for n in names))
     for name in names:
         wait_settled(stack, namespace, name, revision=1)
-    return {name: only_container(stack, namespace, name).id for name in names}
+    return {name: str(only_container(stack, namespace, name).id) for name in names}
 
 
 def test_28_5_a_new_instance_waits_when_the_pool_is_exhausted_and_no_running_one_changes(
@@ -123,3 +128,25 @@ def test_28_5_an_instance_keeps_its_address_across_revisions_and_pauses_while_ot
     assert wait_settled(stack, namespace, "web", revision=3)["ip"] == address
     assert _docker_address(only_container(stack, namespace, "web"), network) == address
     assert not containers(stack, other_namespace)
+
+
+def test_28_5_the_example_resource_quota_caps_the_instances_of_a_namespace(
+    stack: LocalStack, namespace: str,
+) -> None:
+    """What docs/security.md shows a platform: a ResourceQuota on
+    count/gpureplicasets.gpudock.dev. The API server refuses past the cap (the count
+    that kube-controller-manager keeps is written here, as the stack has none)."""
+    stack.kubectl("apply", "-n", namespace, "-f", str(EXAMPLES / "platform/instance-quota.yaml"))
+    quota: dict[str, Any] = stack.kubectl_json("get", "resourcequota", "gpudock-instances",
+                                               "-n", namespace)
+    hard: dict[str, str] = quota["spec"]["hard"]
+    cap = int(hard[GRS_COUNT])
+    quota["status"] = {"hard": hard, "used": {k: "0" for k in hard} | {GRS_COUNT: str(cap - 2)}}
+    stack.kubectl("replace", "--raw", f"/api/v1/namespaces/{namespace}/resourcequotas/"
+                  "gpudock-instances/status", "-f", "-", input=json.dumps(quota))
+    apply(stack, namespace, gpu_replica_set("q1", gpus=0), gpu_replica_set("q2", gpus=0))
+    refused = stack.kubectl("apply", "-n", namespace, "-f", "-", check=False,
+                            input=yaml.safe_dump(gpu_replica_set("q3", gpus=0)))
+    assert refused.returncode != 0
+    assert "exceeded quota: gpudock-instances" in refused.stderr, refused.stderr
+    assert GRS_COUNT in refused.stderr
