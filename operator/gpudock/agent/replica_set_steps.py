@@ -1,7 +1,7 @@
 """The steps of a GpuReplicaSet's plan, run against Docker, the revision store, the
 disk saves and the API server. Each step reaches its crash points (crash_points.py)
-before and after; the one step that takes GPUs or host ports, creating a container,
-runs under the node lock after the node was looked at again.
+before and after; the one step that takes GPUs, host ports or an address, creating a
+container, runs under the node lock after the node was looked at again.
 """
 
 from __future__ import annotations
