@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 from dataclasses import replace
 from typing import Any
 
@@ -17,6 +18,7 @@ from gpudock.core.replica_set.observation import Observation
 from gpudock.core.replica_set.plan import plan_replica_set
 from gpudock.core.revision import Revision
 from gpudock.settings import SettingsError, add_agent_arguments, settings_from
+from tests.unit.fakes.node import Node
 
 KEY = ResourceKey("team-a", "web")
 SUBNET = "10.9.0.0/29"  # .1 gateway; .2-.6 for instances
@@ -105,3 +107,19 @@ def test_an_unusable_instance_subnet_is_refused(subnet: str) -> None:
     add_agent_arguments(parser)
     with pytest.raises(SettingsError, match="--instance-subnet"):
         settings_from(parser.parse_args(["--node-name", "n", "--instance-subnet", subnet]), {})
+
+
+def test_no_address_is_given_to_two_containers_by_concurrent_reconciles(node: Node) -> None:
+    node.start_agent("--instance-subnet", SUBNET)
+    names = [f"r{i}" for i in range(8)]
+    for name in names:
+        node.apply(name, gpus=0)
+    with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(node.reconcile, names))  # the agent's worker threads, at once
+    statuses = [node.status(n) for n in names]
+    assert sorted(s["phase"] for s in statuses) == ["Pending"] * 3 + ["Running"] * 5
+    given = [s["ip"] for s in statuses if s["phase"] == "Running"]
+    assert sorted(given) == [f"10.9.0.{i}" for i in range(2, 7)]
+    waiting = [n for n in names if node.status(n)["phase"] == "Pending"]
+    assert {node.condition(n, "Progressing")["reason"] for n in waiting} == {
+        "AddressesExhausted"}
