@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import enum
+import ipaddress
 import os
 import socket
 from collections.abc import Mapping, Sequence
@@ -61,6 +62,22 @@ class PortRange:
         return isinstance(port, int) and self.first <= port <= self.last
 
 
+DEFAULT_INSTANCE_SUBNET = "172.30.252.0/22"  # 1021 instances
+
+
+def instance_subnet(text: str) -> str:
+    """An IPv4 subnet of at least one instance address (a /30 or larger), normalized."""
+    try:
+        subnet = ipaddress.IPv4Network(text)
+    except ValueError as exc:
+        raise SettingsError(f"--instance-subnet {text!r} must be an IPv4 subnet such as "
+                            f"{DEFAULT_INSTANCE_SUBNET} (host bits zero)") from exc
+    if subnet.prefixlen > 30:
+        raise SettingsError(f"--instance-subnet {text!r} holds no instance address: the "
+                            "network, gateway and broadcast addresses need a /30 or larger")
+    return str(subnet)
+
+
 # How a stopped container's disk is saved: "layer" copies its overlay2 writable layer
 # (docker commit where that cannot be done), "commit" always commits.
 DISK_SAVES = ("layer", "commit")
@@ -108,6 +125,11 @@ class Settings:
     max_running_execs_per_namespace: int = 8
     # Where a namespace's ImageCommits may write images ({namespace} replaced).
     commit_repository_template: str = DEFAULT_REPOSITORY_TEMPLATE
+    # The Docker bridge network the agent makes for its instances, and its subnet: each
+    # instance has a fixed address there, the same in every revision; the subnet's
+    # size caps the instances of the node (docs/security.md).
+    instance_network: str = "gpudock"
+    instance_subnet: str = DEFAULT_INSTANCE_SUBNET
 
     @property
     def explicit_port_range(self) -> PortRange:
@@ -194,6 +216,15 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                              "registry host, so no commit can mean a registry's image "
                              f"(default: {DEFAULT_REPOSITORY_TEMPLATE}, a host that never "
                              "resolves)")
+    parser.add_argument("--instance-network",
+                        help="the Docker bridge network the agent makes for its instances "
+                             "(default: gpudock); each instance has a fixed address there, "
+                             "the same in every revision")
+    parser.add_argument("--instance-subnet",
+                        help="the instance network's IPv4 subnet; it caps the node's "
+                             "instances at its size less 3 (network, gateway, broadcast); "
+                             f"more wait Pending, AddressesExhausted (default: "
+                             f"{DEFAULT_INSTANCE_SUBNET}, 1021 instances)")
     parser.add_argument("--namespace", action="append", default=None,
                         help="watch only this namespace (repeatable; default: all)")
     parser.add_argument("--crash-at", action="append", default=None, metavar="POINT",
@@ -303,6 +334,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         max_running_requests=max_requests,
         max_running_execs_per_namespace=max_execs,
         commit_repository_template=commit_template,
+        instance_network=pick("instance_network") or "gpudock",
+        instance_subnet=instance_subnet(pick("instance_subnet") or DEFAULT_INSTANCE_SUBNET),
     )
 
 

@@ -26,8 +26,9 @@ SECOND = [1, 0, 0, 0, 0] * 6 + [0] * (RESOURCES - 31) + [2]
 
 class Sampler(threading.Thread):
     """Reads every gpudock container of the stack's dockerd, again and again, and
-    keeps every moment where a GPU or a host port belonged to two resources, or a
-    container's labels and its NVIDIA_VISIBLE_DEVICES disagreed."""
+    keeps every moment where a GPU, a host port or an address of the instance network
+    belonged to two resources, or a container's labels and its NVIDIA_VISIBLE_DEVICES
+    (or the address Docker gave it) disagreed."""
 
     def __init__(self, stack: LocalStack, namespace: str) -> None:
         super().__init__(daemon=True)
@@ -52,6 +53,7 @@ class Sampler(threading.Thread):
     def _sample(self) -> None:
         gpu_owners: dict[str, set[str]] = defaultdict(set)
         port_owners: dict[str, set[str]] = defaultdict(set)
+        address_owners: dict[str, set[str]] = defaultdict(set)
         listed = self._client.api.containers(all=True, filters={
             "label": [f"gpudock.dev/namespace={self._namespace}"]})
         for summary in listed:
@@ -73,12 +75,22 @@ class Sampler(threading.Thread):
             for spec, hosts in bindings.items():
                 for host in hosts or ():
                     port_owners[f"{host['HostPort']}/{spec.split('/')[1]}"].add(owner)
+            address = container.labels.get("gpudock.dev/address", "")
+            address_owners[address].add(owner)
+            if container.status == "running":
+                given = [n.get("IPAddress") for n in
+                         (container.attrs["NetworkSettings"]["Networks"] or {}).values()]
+                if given != [address]:
+                    self.problems.append(f"{container.name}: label {address!r} but "
+                                         f"Docker gave {given}")
             self.containers_seen += 1
         now = time.strftime("%H:%M:%S")
         self.problems += [f"{now} GPU {g} held by {sorted(o)}"
                           for g, o in gpu_owners.items() if len(o) > 1]
         self.problems += [f"{now} port {p} held by {sorted(o)}"
                           for p, o in port_owners.items() if len(o) > 1]
+        self.problems += [f"{now} address {a!r} held by {sorted(o)}"
+                          for a, o in address_owners.items() if len(o) > 1]
         self.samples += 1
 
 
@@ -138,3 +150,5 @@ def test_100_creates_and_updates_at_once_never_hold_a_gpu_or_port_twice(
     # And at the end every GPU of the node is held, each once.
     held = [g for item in _items(stack, namespace) for g in item["status"]["gpus"]]
     assert len(held) == len(set(held)) == GPUS
+    addresses = [item["status"]["ip"] for item in _items(stack, namespace)]
+    assert len(set(addresses)) == RESOURCES

@@ -32,7 +32,9 @@ class AgentProcess:
             "--kubeconfig", str(stack.agent_kubeconfig), "--docker-host", stack.docker_host,
             "--gpu-backend", "simulated", "--simulated-gpus", str(gpus),
             "--state-dir", str(self.state_dir), "--liveness-endpoint", self.liveness,
-            "--stop-timeout", "5", *extra_args,
+            "--stop-timeout", "5",
+            *(() if "--instance-subnet" in extra_args
+              else ("--instance-subnet", stack.instance_subnet)), *extra_args,
         ]
         self.log_path = stack.base_dir / "logs" / f"{name}.log"
         self.process: ManagedProcess | None = None

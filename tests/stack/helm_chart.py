@@ -102,7 +102,7 @@ def local_stack_values(stack: LocalStack, **agent: Any) -> dict[str, Any]:
         "image": {"pullPolicy": "Never"},
         "docker": {"socket": str(stack.docker_socket), "dataRoot": str(stack.docker_root)},
         "agent": {"gpuBackend": "simulated", "stateDir": str(state_dir),
-                  "stopTimeout": 5, **agent},
+                  "stopTimeout": 5, "instanceSubnet": stack.instance_subnet, **agent},
         "apiServer": {"host": "127.0.0.1", "port": str(stack.apiserver_port)},
     }
 

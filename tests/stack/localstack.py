@@ -74,6 +74,11 @@ class LocalStack:
         self.docker_socket = self.base_dir / "docker.sock"
         self.bridge_ip = ""
         self.bridge_prefix = bridge_prefix
+        # The agents' instance network (--instance-subnet): a subnet of its own, as
+        # large as the bridge's, so two stacks on one machine never make bridges over
+        # one subnet; free_subnet() gives a test another one (a small pool).
+        self.instance_subnet = ""
+        self._subnets: set[str] = set()  # the /24s this stack gave out
         self.with_node = node
         self.node: KubeNode | None = None
         self._shared: set[Path] = set()
@@ -148,6 +153,7 @@ class LocalStack:
                 client = self.docker_client()
                 for container in client.containers.list(all=True):
                     container.remove(force=True)
+                client.networks.prune()  # their bridges would outlive dockerd
                 client.close()
         for name in ("dockerd", "kube-apiserver", "etcd"):
             process = self.processes.pop(name, None)
@@ -276,6 +282,8 @@ class LocalStack:
         self._bridge_created = True
         subnet = _free_bridge_subnet(self.bridge_prefix)
         self.bridge_ip = f"{subnet}.1"
+        self._subnets |= _slash_24s(subnet, self.bridge_prefix)
+        self.instance_subnet = self.free_subnet(self.bridge_prefix)
         subprocess.run(["ip", "addr", "add", f"{self.bridge_ip}/{self.bridge_prefix}", "dev",
                         self.bridge],
                        check=True)
@@ -321,6 +329,13 @@ class LocalStack:
         (self.base_dir / "docker-exec" / "containerd" / "containerd.pid").unlink(
             missing_ok=True)
         self.spawn("dockerd", argv).wait_until(self._docker_pings, 60, "API")
+    def free_subnet(self, prefix: int = 24) -> str:
+        """A subnet for an instance network (--instance-subnet) that no bridge of
+        this machine nor another subnet of this stack is over: a /``prefix`` at the
+        start of a free 10.200-250.x.0/``min(prefix, 24)``."""
+        base = _free_bridge_subnet(min(prefix, 24), avoid=frozenset(self._subnets))
+        self._subnets |= _slash_24s(base, min(prefix, 24))
+        return f"{base}.0/{prefix}"
 
     @property
     def docker_root(self) -> Path:
@@ -408,15 +423,22 @@ def build_busybox_rootfs(tarball: Path) -> None:
             tar.add(root, arcname=".")
 
 
-def _free_bridge_subnet(prefix: int = 24) -> str:
+def _slash_24s(base: str, prefix: int) -> set[str]:
+    """The /24s (first three octets) of the subnet at ``base`` (first three octets)."""
+    first, second, third = base.split(".")
+    return {f"{first}.{second}.{int(third) + i}" for i in range(2 ** (24 - prefix))}
+
+
+def _free_bridge_subnet(prefix: int = 24, avoid: frozenset[str] = frozenset()) -> str:
     """The first three octets of a free 10.200-250.x.0/``prefix`` (16 <= prefix <= 24),
-    none of whose /24s the machine routes already."""
+    none of whose /24s the machine routes already (nor ``avoid``'s)."""
     routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True,
                             check=True).stdout
     span = 2 ** (24 - prefix)
     for _ in range(100):
         second, third = random.randint(200, 250), random.randrange(0, 256, span)
-        if not any(f"10.{second}.{third + i}." in routes for i in range(span)):
+        if not any(f"10.{second}.{third + i}." in routes or f"10.{second}.{third + i}" in avoid
+                   for i in range(span)):
             return f"10.{second}.{third}"
     raise RuntimeError(f"no free /{prefix} for a Docker bridge")
 

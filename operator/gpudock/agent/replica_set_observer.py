@@ -82,6 +82,8 @@ class ReplicaSetObserver:
             if adoptable else frozenset(),
             saved_layers=saved.layers,
             layer_root=saved.layer_root,
+            instance_network=self._settings.instance_network,
+            instance_subnet=self._settings.instance_subnet,
         )
 
     def _resolve(self, namespace: str, path: str, read_only: bool) -> str | UserError:

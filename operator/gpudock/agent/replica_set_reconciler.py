@@ -9,10 +9,11 @@ it) has the rest planned again from a new observation.
 
 Each resource's reconcile holds that resource's lock (node_locks.py). Observing and
 planning take no node-wide lock, so no resource waits for another's slow step (a stop
-that waits out its timeout, a disk save). The one step that takes GPUs or host ports,
-creating a container, runs under the node lock after the node's containers were
-looked at again: two resources can never be given one GPU or one host port (when the
-other took them meanwhile, the pass is planned again).
+that waits out its timeout, a disk save). The one step that takes GPUs, host ports or
+an address of the instance network, creating a container, runs under the node lock
+after the node's containers were looked at again: two resources can never be given
+one GPU, host port or address (when the other took it meanwhile, the pass is planned
+again).
 """
 
 from __future__ import annotations

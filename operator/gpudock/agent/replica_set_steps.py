@@ -1,7 +1,7 @@
 """The steps of a GpuReplicaSet's plan, run against Docker, the revision store, the
 disk saves and the API server. Each step reaches its crash points (crash_points.py)
-before and after; the one step that takes GPUs or host ports, creating a container,
-runs under the node lock after the node was looked at again.
+before and after; the one step that takes GPUs, host ports or an address, creating a
+container, runs under the node lock after the node was looked at again.
 """
 
 from __future__ import annotations
@@ -77,15 +77,18 @@ class ReplicaSetSteps:
         return events
 
     def _check_still_free(self, key: ResourceKey, config: ContainerConfig) -> None:
-        """Raises Contended when another resource's container holds one of the GPUs
-        or host ports ``config`` takes (the rule of core/allocation.py's Ledger)."""
+        """Raises Contended when another resource's container holds one of the GPUs,
+        host ports or the address ``config`` takes (the rule of core/allocation.py's
+        Ledger)."""
         ledger = Ledger.from_containers(self._docker.list_containers())
         gpus = set(config.gpus) & ledger.gpus_held_by_others(key)
         ports = {HostPort(p.host_port, p.protocol) for p in config.ports} & \
             ledger.ports_held_by_others(key)
-        if gpus or ports:
+        address = config.address in ledger.addresses_held_by_others(key)
+        if gpus or ports or address:
             raise Contended(f"{key}: taken meanwhile: GPUs {sorted(gpus)}, "
-                             f"ports {sorted(str(p) for p in ports)}")
+                             f"ports {sorted(str(p) for p in ports)}"
+                             + (f", address {config.address}" if address else ""))
 
     def _make_anew(self, key: ResourceKey, container_id: str, name: str,
                    exc: StaleTaskError) -> NoReturn:

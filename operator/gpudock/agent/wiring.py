@@ -97,6 +97,7 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
     kube = KubeApi(settings.kubeconfig)
     try:
         docker.version()  # reachable now, or retry start-up
+        docker.ensure_network(settings.instance_network, settings.instance_subnet)
         inventory.list_gpus()
         store = TimedRevisionStore(open_revision_store(settings.store_url))
     except BaseException:

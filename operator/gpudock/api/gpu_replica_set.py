@@ -242,6 +242,9 @@ class GpuReplicaSetStatus:
     container_id: str | None = None
     gpus: tuple[str, ...] = ()
     ports: tuple[PortBinding, ...] = ()
+    # The current container's address on the node's instance network (the same in
+    # every revision); None when it has none.
+    ip: str | None = None
     conditions: tuple[Condition, ...] = field(default=())
     history: tuple[RevisionSummary, ...] = ()
     reason: Reason | None = None  # of the condition that matters (REASON column)
@@ -260,6 +263,7 @@ class GpuReplicaSetStatus:
             "gpus": list(self.gpus),
             "gpuCount": len(self.gpus),
             "ports": [p.to_dict() for p in self.ports],
+            "ip": self.ip,
             "restartCount": process.restart_count,
             "lastExitCode": process.last_exit_code,
             "oomKilled": process.oom_killed,

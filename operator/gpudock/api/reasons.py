@@ -34,6 +34,7 @@ class Reason(enum.StrEnum):
     EXCEEDS_NODE_CAPACITY = "ExceedsNodeCapacity"
     INSUFFICIENT_GPUS = "InsufficientGPUs"  # waiting for the node
     IMAGE_CHANGED = "ImageChanged"  # a saved layer's image name points elsewhere now
+    ADDRESSES_EXHAUSTED = "AddressesExhausted"  # waiting for the node
     VOLUME_NOT_READY = "VolumeNotReady"  # waiting for the node
     HOST_PATH_NOT_ALLOWED = "HostPathNotAllowed"
     HOST_PATH_MISSING = "HostPathMissing"

@@ -1,14 +1,16 @@
-"""GPU and host-port allocation, derived every time from the containers on the node.
+"""GPU, host-port and address allocation, derived every time from the containers on the node.
 
 There is no separate ledger that could drift: what a container holds is what Docker
-says it holds (its ``gpudock.dev/gpus`` label and its port bindings). The caller
+says it holds (its ``gpudock.dev/gpus`` label, its port bindings and its ``gpudock.dev/address``
+label). The caller
 serializes observe-allocate-create on the node, so two resources never get one GPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+import ipaddress
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 from gpudock.api.container_fields import PortSpec
 from gpudock.api.gpu_replica_set import PortBinding
@@ -23,12 +25,19 @@ class Ledger:
 
     gpu_holders: dict[str, frozenset[ResourceKey | None]]
     port_holders: dict[HostPort, frozenset[ResourceKey | None]]
+    # An address on the instance network is held by every container labelled with it,
+    # stopped ones too: an instance keeps its address while a rollout has its old
+    # container stopped and its new one not yet made, and while it is Paused.
+    address_holders: dict[str, frozenset[ResourceKey | None]] = field(default_factory=dict)
 
     @classmethod
     def from_containers(cls, containers: Iterable[ObservedContainer]) -> Ledger:
         gpus: dict[str, set[ResourceKey | None]] = {}
         ports: dict[HostPort, set[ResourceKey | None]] = {}
+        addresses: dict[str, set[ResourceKey | None]] = {}
         for container in containers:
+            if container.address:
+                addresses.setdefault(container.address, set()).add(container.owner)
             for uuid in container.gpus:
                 gpus.setdefault(uuid, set()).add(container.owner)
             # A foreign container holds its ports while it runs; a gpudock container
@@ -37,13 +46,52 @@ class Ledger:
                 for host_port in container.host_ports:
                     ports.setdefault(host_port, set()).add(container.owner)
         return cls({k: frozenset(v) for k, v in gpus.items()},
-                   {k: frozenset(v) for k, v in ports.items()})
+                   {k: frozenset(v) for k, v in ports.items()},
+                   {k: frozenset(v) for k, v in addresses.items()})
 
     def gpus_held_by_others(self, key: ResourceKey) -> set[str]:
         return {uuid for uuid, holders in self.gpu_holders.items() if holders - {key}}
 
     def ports_held_by_others(self, key: ResourceKey) -> set[HostPort]:
         return {port for port, holders in self.port_holders.items() if holders - {key}}
+
+
+    def addresses_held_by_others(self, key: ResourceKey) -> set[str]:
+        return {address for address, holders in self.address_holders.items()
+                if holders - {key}}
+
+
+def instance_addresses(subnet: str) -> Iterator[str]:
+    """The addresses of the instance network's subnet an instance may get, lowest
+    first: every host address but the first, which is the network's gateway."""
+    hosts = ipaddress.IPv4Network(subnet).hosts()
+    next(hosts, None)  # the gateway
+    return (str(host) for host in hosts)
+
+
+def address_count(subnet: str) -> int:
+    """How many instances the subnet holds (:func:`instance_addresses`)."""
+    return max(ipaddress.IPv4Network(subnet).num_addresses - 3, 0)
+
+
+def allocate_address(subnet: str, taken: set[str], held: Sequence[str] = ()) -> str | None:
+    """An address for an instance: the first of ``held`` (the address its containers
+    have, else the one its record names) that is in the subnet and free, else the
+    lowest free one; None when every address is taken."""
+    pool = ipaddress.IPv4Network(subnet)
+    for address in held:
+        if address and address not in taken and _assignable(address, pool):
+            return address
+    return next((a for a in instance_addresses(subnet) if a not in taken), None)
+
+
+def _assignable(address: str, pool: ipaddress.IPv4Network) -> bool:
+    try:
+        ip = ipaddress.IPv4Address(address)
+    except ValueError:
+        return False
+    return ip in pool and ip not in (pool.network_address, pool.network_address + 1,
+                                     pool.broadcast_address)
 
 
 def allocate_gpus(

@@ -60,6 +60,10 @@ class ContainerConfig:
     extra_hosts: tuple[str, ...] = ()  # "hostname:ip", from spec.hostAliases
     dns: DnsSettings | None = None
     init: bool = True  # Docker's init process as PID 1 (spec.init)
+    # The instance network (a Docker bridge network the agent made) and the container's
+    # fixed address on it, the same in every revision; "": Docker's default bridge.
+    network: str = ""
+    address: str = ""
 
 
 def exact_env(base_env: list[str], source_env: list[str], wanted: dict[str, str]) -> list[str]:
@@ -97,13 +101,15 @@ def build_container_config(
     gpu_attach: GpuAttachment = DEFAULT_ATTACHMENT, image: str | None = None,
     host_paths: dict[str, str] | None = None, image_volumes: tuple[str, ...] = (),
     carried_volumes: dict[str, str] | None = None, node_name: str = "",
+    network: str = "", address: str = "",
 ) -> ContainerConfig:
     """``volume_names`` maps a SizedVolume name to its current Docker volume;
     ``image`` overrides the spec's (a preserved revision's disk); ``host_paths`` maps a
     hostPath to the real path to mount; ``image_volumes`` are the image's VOLUME
     paths; ``carried_volumes`` maps such a path to the volume the previous revision
     had there (an anonymous one, made before gpudock named them); ``gpu_attach`` is
-    how the container gets ``gpus`` (core/gpu_attach.py)."""
+    how the container gets ``gpus`` (core/gpu_attach.py); ``address`` is its fixed
+    address on the instance network ``network``."""
     resolved = host_paths or {}
     carried = carried_volumes or {}
     attached = gpu_attach.attach(gpus)
@@ -134,6 +140,7 @@ def build_container_config(
             labels.KIND: gpu_replica_set.KIND, labels.REVISION: str(revision),
             labels.UID: uid, labels.GPUS: ",".join(gpus), labels.SPEC_HASH: spec_hash(spec),
             labels.IMAGE: spec.image, **({labels.NODE: node_name} if node_name else {}),
+            **({labels.ADDRESS: address} if address else {}),
         },
         ports=ports,
         mounts=mounts,
@@ -152,4 +159,6 @@ def build_container_config(
         init=spec.init,
         dns=DnsSettings(spec.dns.nameservers, spec.dns.searches, spec.dns.options)
         if spec.dns is not None else None,
+        network=network if address else "",
+        address=address,
     )

@@ -18,6 +18,9 @@ REVISION = PREFIX + "revision"
 UID = PREFIX + "uid"
 NODE = PREFIX + "node"  # the node whose agent owns the object
 GPUS = PREFIX + "gpus"  # comma-separated UUIDs; "" for none
+# Its fixed address on the instance network (IPv4; absent: not on it). Every container
+# of an instance, stopped ones too, keeps that address reserved for the instance.
+ADDRESS = PREFIX + "address"
 SPEC_HASH = PREFIX + "spec-hash"  # which spec the container was made for
 IMAGE = PREFIX + "image"  # the spec's image the container's disk descends from
 VOLUME_PATH = PREFIX + "volume-path"  # on an image VOLUME's Docker volume: its path

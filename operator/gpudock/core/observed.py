@@ -33,6 +33,7 @@ class ObservedContainer:
     uid: str = ""
     revision: int = 0
     gpus: tuple[str, ...] = ()
+    address: str = ""  # on the instance network, from its label ("": none)
     spec_hash: str = ""
     base_image: str = ""  # the spec image its disk descends from
     image: str = ""  # the image it was created from (a saved disk's, or base_image)

@@ -72,6 +72,9 @@ class Revision:
     # only ever put back over that image, whatever the name points to later (None in
     # records of agents before 0.3: then the name's image is taken).
     image_id: str | None = None
+    # Its container's address on the instance network ("": none): a container made
+    # again for the revision (after state Stopped) asks for it first.
+    address: str = ""
 
     @property
     def failed(self) -> bool:

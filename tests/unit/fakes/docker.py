@@ -717,6 +717,7 @@ class InMemoryDocker:
         return ObservedContainer(
             id=c.id, name=c.name, status=c.status, owner=owner,
             uid=c.labels.get(labels.UID, ""), revision=revision, gpus=c.gpus,
+            address=c.labels.get(labels.ADDRESS, ""),
             spec_hash=c.labels.get(labels.SPEC_HASH, ""),
             base_image=c.labels.get(labels.IMAGE, ""),
             port_bindings=dict(c.port_bindings), image=c.image, image_id=c.image_id,

@@ -100,17 +100,25 @@ class ContainerMixin(DockerConnection):
             dns_opt=list(dns.options) or None if dns else None,
             runtime=config.runtime,
             restart_policy={"Name": config.restart_policy},
+            network_mode=config.network or None,
             device_requests=[docker.types.DeviceRequest(
                 driver="nvidia", device_ids=list(config.gpu_device_ids),
                 capabilities=[["gpu"]])] if config.gpu_device_ids else None,
         )
+        # On the instance network at its fixed address: Docker gives the address when
+        # the container starts, so a rollout's stopped old container (same address)
+        # does not stand in the way, and can start again with it if the new one fails.
+        # (docker-py takes a network name -> endpoint map; its stubs say one endpoint.)
+        networking = api.create_networking_config(cast(Any, {
+            config.network: api.create_endpoint_config(ipv4_address=config.address)})) \
+            if config.network else None
         self._containers.created()  # also when the reply is lost: list again
         self._containers.expect(config.name, "create")
         created = self._call(f"create {config.name}", lambda: api.create_container(
             config.image, command=command, name=config.name, environment=env,
             labels=config.labels, hostname=config.hostname or None,
             ports=[(p.container_port, p.protocol.lower()) for p in config.ports],
-            host_config=host_config,
+            host_config=host_config, networking_config=networking,
         ), Step.CREATE)
         container_id = str(created["Id"])
         try:

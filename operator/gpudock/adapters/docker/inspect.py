@@ -66,6 +66,7 @@ def _observed(attrs: dict[str, Any]) -> ObservedContainer:
         id=attrs["Id"], name=attrs.get("Name", "").lstrip("/"),
         status=state.get("Status", "unknown"),
         owner=owner, uid=config_labels.get(labels.UID, ""), revision=revision, gpus=gpus,
+        address=config_labels.get(labels.ADDRESS, ""),
         spec_hash=config_labels.get(labels.SPEC_HASH, ""),
         base_image=config_labels.get(labels.IMAGE, ""), port_bindings=bindings,
         image=str(attrs.get("Config", {}).get("Image") or ""),

@@ -8,13 +8,21 @@ Volumes are never removed with a container.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections.abc import Callable
+
+import docker.types
 
 from gpudock.adapters.docker.containers import ContainerMixin
 from gpudock.adapters.docker.exec import ExecMixin
 from gpudock.adapters.docker.images import ImageMixin
 from gpudock.adapters.docker.volumes import VolumeMixin
 from gpudock.adapters.filesystem_info import free_bytes, free_inodes
+from gpudock.core import labels
+from gpudock.errors import GpudockError, InternalError
+
+NETWORK_ROLE = "instance-network"  # the gpudock.dev/kind label of the instance network
 
 
 class DockerRuntime(ContainerMixin, ImageMixin, VolumeMixin, ExecMixin):
@@ -22,7 +30,7 @@ class DockerRuntime(ContainerMixin, ImageMixin, VolumeMixin, ExecMixin):
     is made. The constructor and ``client`` are connection.py's; what else it offers:
 
     - the engine (here): ``version``, ``storage``, ``free_bytes``, ``free_inodes``,
-      ``follow_events``, ``events_followed``, ``close``
+      ``follow_events``, ``events_followed``, ``ensure_network``, ``close``
     - containers (containers.py): ``list_containers``, ``writable_layer_bytes``,
       ``writable_layer_entries``, ``writable_layer_dir``, ``create_and_start``,
       ``start``, ``stop``, ``unpause``, ``rename``, ``set_restart_policy``, ``remove``
@@ -45,6 +53,39 @@ class DockerRuntime(ContainerMixin, ImageMixin, VolumeMixin, ExecMixin):
         """Whether Docker's event stream is followed now: every change of a container
         wakes its resource, so a periodic look is only a safety net."""
         return self._containers.live()
+
+    def ensure_network(self, name: str, subnet: str) -> None:
+        """The instance network: a bridge network ``name`` over ``subnet`` (its first
+        address the gateway), made when missing. One of that name over another subnet
+        stops the agent: the setting and the node disagree (InternalError)."""
+        api = self.client.api
+        problem = ""
+        for attempt in range(2):
+            found = [n for n in self._call("list networks", lambda: api.networks(names=[name]))
+                     if n.get("Name") == name]
+            if found:
+                pools = {str(c.get("Subnet")) for c in
+                         (found[0].get("IPAM") or {}).get("Config") or ()}
+                if subnet not in pools:
+                    raise InternalError(
+                        f"Docker network {name} exists over {', '.join(sorted(pools)) or 'no'}"
+                        f" subnet, not --instance-subnet {subnet}: set --instance-subnet to "
+                        f"its subnet, or remove it (docker network rm {name}) once no "
+                        "container is on it")
+                return
+            if attempt:
+                break
+            gateway = str(ipaddress.IPv4Network(subnet).network_address + 1)
+            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(
+                subnet=subnet, gateway=gateway)])
+            try:
+                self._call(f"create network {name}", functools.partial(
+                    api.create_network, name, driver="bridge", ipam=ipam,
+                    labels={labels.KIND: NETWORK_ROLE}))
+            except GpudockError as exc:  # made meanwhile by another agent? look again
+                problem = str(exc)
+        raise InternalError(f"Docker network {name} could not be made over {subnet} "
+                            f"(--instance-subnet): {problem}")
 
     def version(self) -> str:
         return str(self._call("version", lambda: self.client.version()["Version"]))

@@ -10,7 +10,13 @@ from collections.abc import Mapping
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, PortBinding
 from gpudock.api.paths import is_under
 from gpudock.api.reasons import Reason
-from gpudock.core.allocation import Ledger, allocate_gpus, allocate_ports
+from gpudock.core.allocation import (
+    Ledger,
+    address_count,
+    allocate_address,
+    allocate_gpus,
+    allocate_ports,
+)
 from gpudock.core.container_config import ContainerConfig, build_container_config
 from gpudock.core.replica_set.observation import Observation
 from gpudock.core.replica_set.saved_disks import Disk, is_reserved_reference
@@ -20,7 +26,8 @@ from gpudock.errors import UserError
 def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
                   disk: Disk | None, held_gpus: tuple[str, ...],
                   held_ports: tuple[PortBinding, ...],
-                  carried_volumes: Mapping[str, str] | None = None) -> ContainerConfig:
+                  carried_volumes: Mapping[str, str] | None = None,
+                  held_address: str = "") -> ContainerConfig:
     """The container of a revision, with GPUs and ports allocated (the ones held first);
     raises UserError when it cannot be made now."""
     host_paths = _check_mounts(obs, spec)
@@ -45,13 +52,34 @@ def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
                         "released")
     ports = allocate_ports(spec.ports, ledger.ports_held_by_others(obs.key)
                            | obs.busy_host_ports, *obs.port_range, held=held_ports)
+    address = _address(obs, ledger, held_address)
     return build_container_config(
         obs.key, obs.uid, spec, revision=revision, gpus=gpus, ports=ports,
         volume_names={n: v for n, v in obs.volume_names.items() if v},
         host_paths=host_paths, gpu_attach=obs.gpu_attach,
         image=disk.image if disk else None,
         image_volumes=obs.images[spec.image].volumes if spec.image in obs.images else (),
-        carried_volumes=dict(carried_volumes or {}), node_name=obs.node_name)
+        carried_volumes=dict(carried_volumes or {}), node_name=obs.node_name,
+        network=obs.instance_network, address=address)
+
+
+def _address(obs: Observation, ledger: Ledger, held: str) -> str:
+    """The instance's address on the instance network: the one its containers (or,
+    with none, its record) have, else a free one; refused when none is left. An
+    address stays the instance's while any container of it is labelled with it, so a
+    rollout or a Paused instance never gives it up."""
+    if not obs.instance_network:
+        return ""
+    mine = [c.address for c in obs.containers if c.owner == obs.key and c.address]
+    taken = ledger.addresses_held_by_others(obs.key)
+    address = allocate_address(obs.instance_subnet, taken, [held, *mine])
+    if address is None:
+        raise UserError(Reason.ADDRESSES_EXHAUSTED, (
+            f"every address of the node's instance network {obs.instance_network} "
+            f"({obs.instance_subnet}: {address_count(obs.instance_subnet)} instances) is "
+            "held by another instance; waiting for one to be released (a resource "
+            "deleted or Stopped). Instances running now are not affected"))
+    return address
 
 
 def image_id_for(obs: Observation, disk: Disk | None, image: str) -> str | None:

@@ -30,7 +30,8 @@ from gpudock.errors import UserError
 # ---------------------------------------------------------------------------- records
 def new_record(obs: Observation, target: Target, revision: int, image: str,
                gpus: tuple[str, ...], ports: tuple[PortBinding, ...],
-               layer: str | None = None, image_id: str | None = None) -> Revision:
+               layer: str | None = None, image_id: str | None = None,
+               address: str = "") -> Revision:
     """A new revision's record; ``image_id`` is the ID of ``image`` its disk was made
     over (by default what the name points to now)."""
     if image_id is None and image in obs.images:
@@ -41,7 +42,7 @@ def new_record(obs: Observation, target: Target, revision: int, image: str,
         container_name=labels.object_name(obs.key.namespace, obs.key.name, revision),
         gpus=gpus, ports=ports, created_at=obs.now, change_cause=target.cause,
         generation=obs.generation, rollback_of=target.rollback_of, layer=layer,
-        image_id=image_id)
+        image_id=image_id, address=address)
 
 
 def adopted_record(obs: Observation, container: ObservedContainer) -> Revision:
@@ -52,7 +53,8 @@ def adopted_record(obs: Observation, container: ObservedContainer) -> Revision:
         uid=obs.uid, spec=shape, image=container.image or container.base_image,
         container_name=container.name,
         gpus=container.gpus, ports=bindings_of(container), created_at=obs.now,
-        change_cause=obs.change_cause if matches else "", generation=obs.generation)
+        change_cause=obs.change_cause if matches else "", generation=obs.generation,
+        address=container.address)
 
 
 def next_revision(obs: Observation, base: int) -> int:

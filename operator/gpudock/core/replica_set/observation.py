@@ -56,6 +56,10 @@ class Observation:
     # saved (None: disks are saved with docker commit).
     saved_layers: frozenset[str] = frozenset()
     layer_root: str | None = None
+    # The instance network and its subnet: each instance gets a fixed address there
+    # (core/allocation.py); "": containers go on Docker's default bridge.
+    instance_network: str = ""
+    instance_subnet: str = ""
 
     @property
     def own_records(self) -> tuple[Revision, ...]:

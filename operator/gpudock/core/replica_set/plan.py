@@ -199,13 +199,15 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
                             "load it again (nothing was changed)")
     # Everything the new revision needs is checked before the old container stops.
     config = container_for(obs, target.spec, revision, disk, current.gpus,
-                           bindings_of(current), carried_volumes=current.volumes)
+                           bindings_of(current), carried_volumes=current.volumes,
+                           held_address=current.address)
     # The whole rollout is one plan: save the disk (unless a pass cut short saved it
     # already), start the new revision on it, remove the old container. Each step is
     # also where a resumed rollout picks up: the next observation shows what was done.
     saving = () if preserved else save(obs.key, obs.saved, current, record)
     new = new_record(obs, target, revision, config.image, config.gpus, config.ports,
-                     disk.layer if disk else None, disk.image_id if disk else None)
+                     disk.layer if disk else None, disk.image_id if disk else None,
+                     config.address)
     steps = (*saving,
              act.StartRevision(new, config, start=obs.spec.state is DesiredState.RUNNING,
                                layer=new.layer),
@@ -226,12 +228,13 @@ def _without_container(obs: Observation, record: Revision | None, target: Target
                                                            "Stopped"))
         disk = disk_of(obs.saved, obs.images_present, record)
         config = container_for(obs, target.spec, record.revision, disk, record.gpus,
-                               record.ports)
+                               record.ports, held_address=record.address)
         # The record says what the new container is made from, as for a new revision.
         again = replace(record, container_name=config.name, gpus=config.gpus,
                         ports=config.ports, image=config.image,
                         layer=disk.layer if disk else None,
-                        image_id=image_id_for(obs, disk, config.image))
+                        image_id=image_id_for(obs, disk, config.image),
+                        address=config.address)
         # Whether its container went behind the agent's back is in the record: one
         # that ran and was not saved and removed by the agent (state Stopped).
         ran = record.container_id is not None
@@ -254,14 +257,16 @@ def _without_container(obs: Observation, record: Revision | None, target: Target
         image = source.image if source else target.spec.image
         new = new_record(obs, target, revision, image, record.gpus if record else (),
                          record.ports if record else (), layer,
-                         source.image_id if source else None)
+                         source.image_id if source else None,
+                         record.address if record else "")
         return _progress(obs, None, record, (act.RecordRevision(new),), Reason.RECORDING,
                          f"recording revision {revision} (not started: state Stopped)")
     config = container_for(obs, target.spec, revision, source, record.gpus if record
-                           else (), record.ports if record else ())
+                           else (), record.ports if record else (),
+                           held_address=record.address if record else "")
     return _progress(obs, None, record, (act.StartRevision(
         new_record(obs, target, revision, config.image, config.gpus, config.ports, layer,
-                   source.image_id if source else None),
+                   source.image_id if source else None, config.address),
         config, start=running,
         reason=Reason.CREATED if record is None else Reason.REVISION_STARTED, layer=layer),),
         Reason.CREATING, f"creating container {config.name}")

@@ -37,7 +37,8 @@ from gpudock.core.times import seconds_between
 from gpudock.errors import UserError
 
 # Waiting for the node, not for the user: the change is applied by itself later.
-WAITING_REASONS = (Reason.INSUFFICIENT_GPUS, Reason.VOLUME_NOT_READY)
+WAITING_REASONS = (Reason.INSUFFICIENT_GPUS, Reason.VOLUME_NOT_READY,
+                   Reason.ADDRESSES_EXHAUSTED)
 # A container must run this long after a restart by Docker before it counts as
 # serving again (the kubelet's rule for restarted containers, about).
 STABLE_SECONDS = 10
@@ -176,6 +177,7 @@ def _assembled(seen: Seen, phase: str,
         container_id=current.id if current else None,
         gpus=current.gpus if current else (),
         ports=bindings_of(current) if current else (),
+        ip=(current.address or None) if current else None,
         conditions=tuple(conditions),
         history=tuple(r.summary() for r in seen.history),
         reason=headline(conditions, phase),
@@ -241,6 +243,7 @@ def invalid_spec_status(generation: int | None, previous_status: Mapping[str, An
         container_id=serving.id if serving is not None else None,
         gpus=tuple(previous_status.get("gpus") or ()) if running else (),
         ports=_raw_ports(previous_status.get("ports") or ()) if running else (),
+        ip=(serving.address or None) if serving is not None else None,
         conditions=conditions,
         history=tuple(_raw_history(previous_status.get("history") or ())),
         reason=error.reason)
