@@ -74,15 +74,13 @@ def test_28_13_a_restart_of_docker_during_a_start_does_not_keep_the_instance_dow
     holding.chmod(0o755)
     try:
         stack.restart_dockerd(nvidia_runtime=str(holding))
-        client = stack.docker_client()
-        starting = threading.Thread(target=_start_quietly, args=(client, stale))
+        starting = threading.Thread(target=_start_quietly, args=(stack, stale))
         starting.start()
         wait_for(held.exists, 60, what="the start to reach runc's start")
         stack.restart_dockerd(kill=True)  # and the runtime as it was
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(held.read_text()), signal.SIGKILL)
         starting.join(30)
-        client.close()
         client = stack.docker_client()
         with pytest.raises(docker.errors.APIError, match=r"already exists|already in use"):
             client.api.start(stale)  # what the agent meets: every start fails so
@@ -102,6 +100,11 @@ def test_28_13_a_restart_of_docker_during_a_start_does_not_keep_the_instance_dow
         _kill_shims(stale)  # containerd keeps the stale task's shim: not the test's to leak
 
 
-def _start_quietly(client: docker.DockerClient, container_id: str) -> None:
-    with contextlib.suppress(Exception):
-        client.api.start(container_id)
+def _start_quietly(stack: LocalStack, container_id: str) -> None:
+    """Docker's start of the container; its connection dies with Docker."""
+    client = stack.docker_client()
+    try:
+        with contextlib.suppress(Exception):
+            client.api.start(container_id)
+    finally:
+        client.close()

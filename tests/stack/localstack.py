@@ -324,8 +324,8 @@ class LocalStack:
         if kill:
             old.signal(signal.SIGKILL)
             old.process.wait(30)
-        else:
-            old.stop()
+        old.stop()  # (dead already when killed: only its log is closed)
+        self.docker_socket.unlink(missing_ok=True)  # a killed dockerd leaves its socket
         (self.base_dir / "docker-exec" / "containerd" / "containerd.pid").unlink(
             missing_ok=True)
         self.spawn("dockerd", argv).wait_until(self._docker_pings, 60, "API")
