@@ -44,10 +44,28 @@ def _shims_of(container_id: str) -> list[int]:
     return found
 
 
+def _parents() -> dict[int, int]:
+    """Every process's parent."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                found[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return found
+
+
 def _kill_shims(container_id: str) -> None:
-    for pid in _shims_of(container_id):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
+    """The stale task's shim and everything under it (its `runc init` holds the
+    container's mounts, and with them Docker's root, in a namespace of its own)."""
+    doomed = set(_shims_of(container_id))
+    parents = _parents()
+    while True:
+        below = {pid for pid, parent in parents.items() if parent in doomed} - doomed
+        if not below:
+            break
+        doomed |= below
+    for pid in doomed:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
