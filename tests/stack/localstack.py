@@ -10,16 +10,13 @@ kube-apiserver/kubectl built once and cached under $GPUDOCK_CACHE).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import shutil
-import signal
 import ssl
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 import urllib.request
@@ -30,6 +27,10 @@ from types import TracebackType
 import docker
 
 from tests.stack import reclaim
+from tests.stack.docker_engine import BUSYBOX_IMAGE as BUSYBOX_IMAGE
+from tests.stack.docker_engine import CUDA_LIKE_IMAGE as CUDA_LIKE_IMAGE
+from tests.stack.docker_engine import IDLE_COMMAND as IDLE_COMMAND
+from tests.stack.docker_engine import DockerEngine
 from tests.stack.machine_changes import release_mounts_and_loops
 from tests.stack.node import KubeNode
 from tests.stack.processes import ManagedProcess, free_port
@@ -42,14 +43,6 @@ NODE_NAME = "gpu-node-1"  # the node the examples name; the agent's and the kube
 ADMIN_TOKEN = "gpudock-admin-token"
 AGENT_TOKEN = "gpudock-agent-token"
 AGENT_USER = "gpudock-agent"
-
-# Test images, imported from a tarball of busybox (no registry is reachable here).
-BUSYBOX_IMAGE = "gpudock-test/busybox:1"
-# Their command exits on SIGTERM (PID 1 ignores it otherwise), so a stop is instant.
-IDLE_COMMAND = ["sh", "-c", "trap 'exit 0' TERM; sleep infinity & wait"]
-# A stand-in under the name the examples use; like the real CUDA images it sets
-# NVIDIA_VISIBLE_DEVICES=all, which a 0-GPU container must not inherit.
-CUDA_LIKE_IMAGE = "nvidia/cuda:12.4.1-base-ubuntu22.04"
 
 
 class LocalStack:
@@ -68,27 +61,48 @@ class LocalStack:
         self.apiserver_port = 0
         self._apiserver_argv: list[str] = []
         self.bridge = f"gd{random.getrandbits(32):08x}"
-        self._bridge_created = False
         self.kubeconfig = self.base_dir / "kubeconfig"
         self.agent_kubeconfig = self.base_dir / "agent-kubeconfig"
-        self.docker_socket = self.base_dir / "docker.sock"
-        self.bridge_ip = ""
-        self.bridge_prefix = bridge_prefix
-        # The agents' instance network (--instance-subnet): a subnet of its own, as
-        # large as the bridge's, so two stacks on one machine never make bridges over
-        # one subnet; free_subnet() gives a test another one (a small pool).
-        self.instance_subnet = ""
-        self._subnets: set[str] = set()  # the /24s this stack gave out
+        self._subnets: set[str] = set()  # the /24s this stack's engines gave out
+        # The first node's engine; a fleet test adds one per node (add_engine).
+        self.engine = DockerEngine(
+            self.base_dir, self.bridge, self.spawn, self._subnets, bridge_prefix=bridge_prefix,
+            root_fs=docker_root_fs or os.environ.get("GPUDOCK_DOCKER_ROOT_FS", "ext4"),
+            kubelet_runtime=node)
+        self.engines: list[DockerEngine] = [self.engine]
         self.with_node = node
         self.node: KubeNode | None = None
         self._shared: set[Path] = set()
-        self.docker_root_fs = docker_root_fs or os.environ.get("GPUDOCK_DOCKER_ROOT_FS",
-                                                               "ext4")
 
     # ------------------------------------------------------------------ public API
     @property
     def docker_host(self) -> str:
-        return f"unix://{self.docker_socket}"
+        return self.engine.host
+
+    @property
+    def docker_socket(self) -> Path:
+        return self.engine.socket
+
+    @property
+    def bridge_ip(self) -> str:
+        return self.engine.bridge_ip
+
+    @property
+    def instance_subnet(self) -> str:
+        return self.engine.instance_subnet
+
+    @property
+    def docker_root_fs(self) -> str:
+        return self.engine.root_fs
+
+    def add_engine(self, name: str) -> DockerEngine:
+        """Another node's Docker engine (its own dockerd, bridge and root), stopped
+        with the stack; ``name`` names its directory and its dockerd's log."""
+        engine = DockerEngine(self.base_dir / name, f"{self.bridge}{len(self.engines)}",
+                              self.spawn, self._subnets, process_name=f"dockerd-{name}",
+                              root_fs=self.engine.root_fs)
+        self.engines.append(engine)
+        return engine.start()
 
     @property
     def etcd_url(self) -> str:
@@ -133,8 +147,7 @@ class LocalStack:
             (self.base_dir / "logs").mkdir(parents=True, exist_ok=True)
             self._start_etcd()
             self._start_apiserver()
-            self._start_dockerd()
-            self._import_test_images()
+            self.engine.start()
             self.apply_crds()
             if self.with_node:
                 self.node = KubeNode(self, NODE_NAME).start()
@@ -147,14 +160,8 @@ class LocalStack:
         """Tear everything down; safe to call twice and after a failed start."""
         if self.node is not None:
             self.node.stop_processes()
-        dockerd = self.processes.get("dockerd")
-        if dockerd is not None and dockerd.alive():
-            with contextlib.suppress(Exception):
-                client = self.docker_client()
-                for container in client.containers.list(all=True):
-                    container.remove(force=True)
-                client.networks.prune()  # their bridges would outlive dockerd
-                client.close()
+        for engine in reversed(self.engines):
+            engine.stop()
         for name in ("dockerd", "kube-apiserver", "etcd"):
             process = self.processes.pop(name, None)
             if process is not None:
@@ -165,10 +172,6 @@ class LocalStack:
         if self.node is not None:
             self.node.undo_machine_changes()
             self.node = None
-        if self._bridge_created:
-            subprocess.run(["ip", "link", "delete", self.bridge], check=False,
-                           capture_output=True)
-            self._bridge_created = False
         release_mounts_and_loops(self.base_dir)
         keep = os.environ.get("GPUDOCK_KEEP_LOGS")  # a folder to keep the logs in
         if keep and (self.base_dir / "logs").is_dir():
@@ -277,88 +280,19 @@ class LocalStack:
         apiserver.wait_until(lambda: _http_ok(f"{server}/readyz", token=ADMIN_TOKEN), 120,
                              "readiness")
 
-    def _start_dockerd(self) -> None:
-        subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
-        self._bridge_created = True
-        subnet = _free_bridge_subnet(self.bridge_prefix)
-        self.bridge_ip = f"{subnet}.1"
-        self._subnets |= _slash_24s(subnet, self.bridge_prefix)
-        self.instance_subnet = self.free_subnet(self.bridge_prefix)
-        subprocess.run(["ip", "addr", "add", f"{self.bridge_ip}/{self.bridge_prefix}", "dev",
-                        self.bridge],
-                       check=True)
-        subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
-        self._mount_docker_root()
-        runtime = ["--add-runtime", "nvidia=/usr/sbin/runc"]
-        if self.with_node:  # the agent's pod is privileged: see tests/stack/runc_wrapper.py
-            wrapper = self.base_dir / "runc-wrapper"
-            wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} "
-                               f"{REPO_ROOT / 'tests/stack/runc_wrapper.py'} \"$@\"\n")
-            wrapper.chmod(0o755)
-            runtime = ["--add-runtime", f"nvidia={wrapper}", "--add-runtime",
-                       f"gpudock-runc={wrapper}", "--default-runtime", "gpudock-runc"]
-        self._dockerd_argv = [
-            "dockerd", "--data-root", str(self.docker_root),
-            "--exec-root", str(self.base_dir / "docker-exec"),
-            "-H", self.docker_host, "--pidfile", str(self.base_dir / "docker.pid"),
-            *runtime, "--bridge", self.bridge,
-            "--iptables=false", "--ip-masq=false", "--ip6tables=false",
-        ]
-        dockerd = self.spawn("dockerd", self._dockerd_argv)
-        dockerd.wait_until(self._docker_pings, 60, "API")
-
     def restart_dockerd(self, *, kill: bool = False, nvidia_runtime: str | None = None,
                         ) -> None:
-        """Start dockerd again on the same root and exec root. ``kill``: SIGKILL it
-        first, as a crash of the engine would (its containerd dies with it; the
-        containers' shims live on, as on any node), else stop it as a service stop
-        does. ``nvidia_runtime``: the program the `nvidia` runtime name runs from now
-        on (the default's again when not given). A killed containerd can stay a
-        zombie here (nothing reaps it), so its pid file goes first: dockerd would take
-        the zombie for a live containerd and wait for it."""
-        old = self.processes["dockerd"]
-        argv = list(self._dockerd_argv)
-        if nvidia_runtime is not None:
-            argv = [f"nvidia={nvidia_runtime}" if a.startswith("nvidia=") else a
-                    for a in argv]
-        if kill:
-            old.signal(signal.SIGKILL)
-            old.process.wait(30)
-        old.stop()  # (dead already when killed: only its log is closed)
-        self.docker_socket.unlink(missing_ok=True)  # a killed dockerd leaves its socket
-        (self.base_dir / "docker-exec" / "containerd" / "containerd.pid").unlink(
-            missing_ok=True)
-        self.spawn("dockerd", argv).wait_until(self._docker_pings, 60, "API")
+        """The first node's dockerd started again (DockerEngine.restart)."""
+        self.engine.restart(kill=kill, nvidia_runtime=nvidia_runtime)
+
     def free_subnet(self, prefix: int = 24) -> str:
         """A subnet for an instance network (--instance-subnet) that no bridge of
-        this machine nor another subnet of this stack is over: a /``prefix`` at the
-        start of a free 10.200-250.x.0/``min(prefix, 24)``."""
-        base = _free_bridge_subnet(min(prefix, 24), avoid=frozenset(self._subnets))
-        self._subnets |= _slash_24s(base, min(prefix, 24))
-        return f"{base}.0/{prefix}"
+        this machine nor another subnet of this stack is over."""
+        return self.engine.free_subnet(prefix)
 
     @property
     def docker_root(self) -> Path:
-        return self.base_dir / "docker"
-
-    def _mount_docker_root(self) -> None:
-        """Docker's root on a filesystem of its own (a sparse image, loop-mounted;
-        GPUDOCK_DOCKER_ROOT_GIB, default 20; ext4 or XFS with reflinks, as
-        docker_root_fs says), so a test can fill it for real without touching the
-        machine's disk; an ext4 one has an inode per 64 KiB (a quarter of mkfs's
-        default), so a test can also use every inode in seconds. stop() unmounts it
-        and detaches the loop device."""
-        image = self.base_dir / "docker-root.img"
-        with open(image, "wb") as handle:
-            handle.truncate(int(os.environ.get("GPUDOCK_DOCKER_ROOT_GIB", "20")) * 2**30)
-        mkfs = {"ext4": ["mkfs.ext4", "-q", "-F", "-m", "0", "-i", "65536"],
-                "xfs": ["mkfs.xfs", "-q", "-f", "-m", "reflink=1"]}[self.docker_root_fs]
-        subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
-        self.docker_root.mkdir()
-        subprocess.run(["mount", "-o", "loop", str(image), str(self.docker_root)],
-                       check=True, capture_output=True)
-        if self.with_node:  # the agent's pod mounts it with HostToContainer propagation
-            subprocess.run(["mount", "--make-shared", str(self.docker_root)], check=True)
+        return self.engine.root
 
     def shared_dir(self, name: str) -> Path:
         """A directory under the stack that is a shared mount of its own, so a pod can
@@ -371,78 +305,8 @@ class LocalStack:
             self._shared.add(path)
         return path
 
-    def _docker_pings(self) -> bool:
-        if not self.docker_socket.exists():
-            return False
-        try:
-            client = self.docker_client()
-            try:
-                return bool(client.ping())
-            finally:
-                client.close()
-        except Exception:
-            return False
-
-    def _import_test_images(self) -> None:
-        tarball = self.base_dir / "busybox-rootfs.tar"
-        build_busybox_rootfs(tarball)
-        client = self.docker_client()
-        try:
-            api = client.api
-            api.import_image(str(tarball), repository=BUSYBOX_IMAGE.split(":")[0],
-                             tag=BUSYBOX_IMAGE.split(":")[1],
-                             changes=[f"CMD {json.dumps(IDLE_COMMAND)}"])
-            repo, tag = CUDA_LIKE_IMAGE.rsplit(":", 1)
-            api.import_image(str(tarball), repository=repo, tag=tag, changes=[
-                "ENV NVIDIA_VISIBLE_DEVICES=all", "ENV NVIDIA_DRIVER_CAPABILITIES=all",
-                f"CMD {json.dumps(IDLE_COMMAND)}",
-            ])
-        finally:
-            client.close()
-
 
 # ---------------------------------------------------------------------- helpers
-def build_busybox_rootfs(tarball: Path) -> None:
-    """A tiny root filesystem: static busybox with a symlink per applet, a few files."""
-    busybox = shutil.which("busybox")
-    assert busybox is not None
-    applets = subprocess.run([busybox, "--list"], capture_output=True, text=True,
-                             check=True).stdout.split()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        for d in ("bin", "etc", "root", "tmp", "var", "proc", "sys", "dev"):
-            (root / d).mkdir()
-        shutil.copy2(busybox, root / "bin" / "busybox")
-        for applet in applets:
-            if applet != "busybox":
-                (root / "bin" / applet).symlink_to("busybox")
-        (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-        (root / "etc" / "group").write_text("root:x:0:\n")
-        (root / "etc" / "os-release").write_text('NAME="gpudock test busybox"\n')
-        with tarfile.open(tarball, "w") as tar:
-            tar.add(root, arcname=".")
-
-
-def _slash_24s(base: str, prefix: int) -> set[str]:
-    """The /24s (first three octets) of the subnet at ``base`` (first three octets)."""
-    first, second, third = base.split(".")
-    return {f"{first}.{second}.{int(third) + i}" for i in range(2 ** (24 - prefix))}
-
-
-def _free_bridge_subnet(prefix: int = 24, avoid: frozenset[str] = frozenset()) -> str:
-    """The first three octets of a free 10.200-250.x.0/``prefix`` (16 <= prefix <= 24),
-    none of whose /24s the machine routes already (nor ``avoid``'s)."""
-    routes = subprocess.run(["ip", "-4", "route"], capture_output=True, text=True,
-                            check=True).stdout
-    span = 2 ** (24 - prefix)
-    for _ in range(100):
-        second, third = random.randint(200, 250), random.randrange(0, 256, span)
-        if not any(f"10.{second}.{third + i}." in routes or f"10.{second}.{third + i}" in avoid
-                   for i in range(span)):
-            return f"10.{second}.{third}"
-    raise RuntimeError(f"no free /{prefix} for a Docker bridge")
-
-
 def _http_ok(url: str, token: str | None = None) -> bool:
     request = urllib.request.Request(url)
     if token:

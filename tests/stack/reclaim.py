@@ -78,9 +78,11 @@ def reclaim(base_dir: Path, bridge: str) -> None:
     changes = MachineChanges.load(journal_of(base_dir))
     if changes is not None:
         changes.undo()
-    _remove_container_cgroups(base_dir / "docker" / "containers")
-    if bridge.startswith("gd") and Path("/sys/class/net", bridge).exists():
-        subprocess.run(["ip", "link", "delete", bridge], check=False, capture_output=True)
+    for engine_root in [base_dir / "docker", *base_dir.glob("*/docker")]:  # every node's
+        _remove_container_cgroups(engine_root / "containers")
+    # The first node's bridge, and those of the nodes a fleet added (its name + a digit).
+    for link in Path("/sys/class/net").glob(f"{bridge}*") if bridge.startswith("gd") else ():
+        subprocess.run(["ip", "link", "delete", link.name], check=False, capture_output=True)
     release_mounts_and_loops(base_dir)
     _remove_directory(base_dir)
 
