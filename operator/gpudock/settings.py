@@ -130,6 +130,15 @@ class Settings:
     # size caps the instances of the node (docs/security.md).
     instance_network: str = "gpudock"
     instance_subnet: str = DEFAULT_INSTANCE_SUBNET
+    # The cluster scheduler in this agent (auto: a candidate for the Lease; off: none).
+    scheduler: str = "auto"
+    scheduling_policy: str = "Binpack"  # for resources that name no policy
+    release_namespace: str = "default"  # where the scheduler's Lease lives
+
+    def scheduler_settings(self) -> SchedulerSettings:
+        return SchedulerSettings(self.node_name, self.kubeconfig, self.namespaces,
+                                 self.release_namespace, self.scheduling_policy,
+                                 self.heartbeat_seconds)
 
     @property
     def explicit_port_range(self) -> PortRange:
@@ -139,6 +148,18 @@ class Settings:
     @property
     def store_url(self) -> str:
         return self.store or f"sqlite:{self.state_dir / 'revisions.sqlite3'}"
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """The cluster scheduler's, in an agent or alone (``gpudock scheduler``)."""
+
+    identity: str                   # this candidate's name for the Lease (+ a suffix)
+    kubeconfig: str | None = None
+    namespaces: tuple[str, ...] = ()  # empty: all
+    lease_namespace: str = "default"
+    policy: str = "Binpack"
+    heartbeat_seconds: float = 30.0  # a GpuNode silent 3x this is not Ready
 
 
 def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
@@ -227,10 +248,30 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{DEFAULT_INSTANCE_SUBNET}, 1021 instances)")
     parser.add_argument("--namespace", action="append", default=None,
                         help="watch only this namespace (repeatable; default: all)")
+    add_scheduler_arguments(parser)
+    parser.add_argument("--scheduler", choices=SCHEDULER_MODES,
+                        help="auto: this agent is a candidate to lead the cluster "
+                             "scheduler (one leads, by a Lease); off: it schedules nothing "
+                             "(default: auto)")
     parser.add_argument("--crash-at", action="append", default=None, metavar="POINT",
                         help="for crash tests: SIGKILL the agent the first time it reaches "
                              "POINT, e.g. PreserveDisk.committed (repeatable; default: "
                              "none; see docs/revisions.md)")
+
+
+SCHEDULER_MODES = ("auto", "off")
+POLICIES = ("Binpack", "Spread")
+
+
+def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags the scheduler reads (in the agent and in `gpudock scheduler`)."""
+    parser.add_argument("--scheduling-policy", choices=POLICIES,
+                        help="placement of resources that name no spec.schedulingPolicy: "
+                             "Binpack (the fullest node that fits) or Spread (the emptiest) "
+                             "(default: Binpack)")
+    parser.add_argument("--release-namespace",
+                        help="namespace of the scheduler's Lease gpudock-scheduler "
+                             "(default: $POD_NAMESPACE, else default)")
 
 
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
@@ -336,7 +377,17 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         commit_repository_template=commit_template,
         instance_network=pick("instance_network") or "gpudock",
         instance_subnet=instance_subnet(pick("instance_subnet") or DEFAULT_INSTANCE_SUBNET),
+        scheduler=_choice(pick("scheduler") or "auto", SCHEDULER_MODES, "--scheduler"),
+        scheduling_policy=_choice(pick("scheduling_policy") or "Binpack", POLICIES,
+                                  "--scheduling-policy"),
+        release_namespace=pick("release_namespace") or env.get("POD_NAMESPACE") or "default",
     )
+
+
+def _choice(value: str, choices: Sequence[str], flag: str) -> str:
+    if value not in choices:
+        raise SettingsError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
+    return value
 
 
 def _flag(value: str | None, flag: str) -> bool:

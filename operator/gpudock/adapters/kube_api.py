@@ -28,6 +28,11 @@ class ObjectNotFoundError(NotFoundError):
     """The Kubernetes object does not exist (or no longer does)."""
 
 
+class ConflictError(KubeUnavailableError):
+    """A write with a resourceVersion precondition lost: the object changed since it
+    was read (compare-and-set; read it again and decide again)."""
+
+
 def in_cluster_server(environ: Mapping[str, str]) -> str | None:
     """The API server's URL from KUBERNETES_SERVICE_HOST/PORT (None when unset), the
     in-cluster address the kubelet gives every pod and Helm values can override."""
@@ -45,6 +50,8 @@ def _translated(what: str) -> Iterator[None]:
     except kubernetes.client.ApiException as exc:
         if exc.status == 404:
             raise ObjectNotFoundError(what) from exc
+        if exc.status == 409:
+            raise ConflictError(f"{what}: changed meanwhile", delay=0.5) from exc
         if exc.status in (409, 429) or (exc.status or 0) >= 500:
             raise KubeUnavailableError(f"{what}: {exc.status} {exc.reason}", delay=2) from exc
         if exc.status in (401, 403):
@@ -85,6 +92,8 @@ class KubeApi:
             # the log of start-up, not in a warning on every request.
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._objects = kubernetes.client.CustomObjectsApi(client)
+        self._core = kubernetes.client.CoreV1Api(client)
+        self.api_client = client  # for the other adapters on the same connection (leases)
 
     def patch_status(self, plural: str, namespace: str, name: str,
                      status: dict[str, Any]) -> str:
@@ -94,6 +103,36 @@ class KubeApi:
                 GROUP, VERSION, namespace, plural, name, {"status": status})
         meta = cast(dict[str, Any], patched or {}).get("metadata") or {}
         return str(meta.get("resourceVersion", ""))
+
+    def patch_status_at(self, plural: str, namespace: str, name: str,
+                        status: dict[str, Any], resource_version: str) -> dict[str, Any]:
+        """A merge patch of the status that applies only to the object at
+        ``resource_version`` (ConflictError otherwise); the object after it."""
+        with _translated(f"patch status of {plural} {namespace}/{name}"):
+            patched = self._objects.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name,
+                {"metadata": {"resourceVersion": resource_version}, "status": status})
+        return cast(dict[str, Any], patched)
+
+    def patch_cluster(self, plural: str, name: str, patch: dict[str, Any]) -> None:
+        """A merge patch of a cluster-scoped object (a GpuNode's labels or spec)."""
+        with _translated(f"patch {plural} {name}"):
+            self._objects.patch_cluster_custom_object(GROUP, VERSION, plural, name, patch)
+
+    def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str,
+                   component: str, now: str) -> None:
+        """A core/v1 Event about ``involved`` (a gpudock object's body)."""
+        meta = involved.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "default")
+        event = {"metadata": {"generateName": f"{meta.get('name')}.", "namespace": namespace},
+                 "involvedObject": {"apiVersion": involved.get("apiVersion"),
+                                    "kind": involved.get("kind"), "name": meta.get("name"),
+                                    "namespace": namespace, "uid": meta.get("uid")},
+                 "type": type_, "reason": reason, "message": message[:1024],
+                 "source": {"component": component}, "reportingComponent": component,
+                 "firstTimestamp": now, "lastTimestamp": now, "count": 1}
+        with _translated(f"post event on {namespace}/{meta.get('name')}"):
+            self._core.create_namespaced_event(namespace, cast(Any, event))
 
     def patch_spec(self, plural: str, namespace: str, name: str,
                    spec: dict[str, Any]) -> None:
@@ -128,13 +167,18 @@ class KubeApi:
         return cast(dict[str, Any], body)
 
     def write_cluster_status(self, plural: str, kind: str, name: str,
-                             status: dict[str, Any]) -> None:
-        """Create the cluster-scoped object if it is missing, then patch its status."""
+                             status: dict[str, Any],
+                             labels: Mapping[str, str] | None = None) -> None:
+        """Create the cluster-scoped object if it is missing, then patch its status;
+        ``labels`` are set when they differ (other labels are left as they are)."""
         try:
-            self.get_cluster(plural, name)
+            found = self.get_cluster(plural, name)
+            have = (found.get("metadata") or {}).get("labels") or {}
+            if labels and any(have.get(k) != v for k, v in labels.items()):
+                self.patch_cluster(plural, name, {"metadata": {"labels": dict(labels)}})
         except ObjectNotFoundError:
             created = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind,
-                       "metadata": {"name": name}, "spec": {}}
+                       "metadata": {"name": name, "labels": dict(labels or {})}, "spec": {}}
             # A conflict (another writer made it meanwhile) is fine.
             with contextlib.suppress(KubeUnavailableError), _translated(f"create {name}"):
                 self._objects.create_cluster_custom_object(GROUP, VERSION, plural, created)

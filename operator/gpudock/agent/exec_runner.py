@@ -21,6 +21,7 @@ from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.api import exec_request, gpu_replica_set, ownership
 from gpudock.api.exec_request import OUTPUT_LIMIT, ExecRequestSpec
 from gpudock.api.parsing import get_object_name
+from gpudock.api.placement import bound_node
 from gpudock.api.reasons import Reason
 from gpudock.core.observed import ObservedContainer, ResourceKey, current_of
 from gpudock.core.times import seconds_between
@@ -63,8 +64,7 @@ def target_of(body: Mapping[str, Any], kube: KubeApi) -> dict[str, Any] | None:
 
 def handled_here(target: Mapping[str, Any], node: str) -> bool:
     meta = target.get("metadata") or {}
-    return ownership.handled_here((target.get("spec") or {}).get("nodeName"),
-                                  meta.get("finalizers") or (), node)
+    return ownership.handled_here(bound_node(target), meta.get("finalizers") or (), node)
 
 
 def current_container(docker: DockerRuntime, target: Mapping[str, Any],

@@ -13,6 +13,7 @@ from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.volumes.registry import open_volume_backend
 from gpudock.agent import handlers
 from gpudock.errors import GpudockError
+from gpudock.scheduler import handlers as scheduling
 from gpudock.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -32,6 +33,9 @@ def run_agent(settings: Settings, *, verbose: bool = False) -> int:
         os.environ["KUBECONFIG"] = settings.kubeconfig
     for module in handlers.MODULES:  # kopf registers each handler as it is imported
         importlib.import_module(module)
+    memo = kopf.Memo(settings=settings)
+    if settings.scheduler == "auto":  # a candidate to lead the cluster scheduler
+        memo[scheduling.MEMO_KEY] = scheduling.Scheduler(settings.scheduler_settings())
 
     logger.info("gpudock agent for node %s starting", settings.node_name)
     try:  # a volume root the backend cannot use is refused now, not at first volume
@@ -45,7 +49,7 @@ def run_agent(settings: Settings, *, verbose: bool = False) -> int:
         standalone=True,
         clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces),
-        memo=kopf.Memo(settings=settings),
+        memo=memo,
         liveness_endpoint=settings.liveness_endpoint,
     )
     logger.info("gpudock agent for node %s stopped", settings.node_name)

@@ -21,6 +21,13 @@ from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.adapters.volumes.registry import open_volume_backend
 from gpudock.agent.exec_runner import failed
 from gpudock.api import exec_request, gpu_replica_set, image_commit, ownership, sized_volume
+from gpudock.api.placement import (
+    LABEL_GPU_COUNT,
+    LABEL_GPU_MEMORY,
+    LABEL_GPU_PRODUCT,
+    bound_node,
+    label_value,
+)
 from gpudock.api.reasons import Reason
 from gpudock.core.gpu_node import gpu_node_status, node_verdict, unreachable_status
 from gpudock.core.gpus import GpuInventory
@@ -43,16 +50,26 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
     except (OSError, GpudockError):
         free = None
     status["volumes"] = {"backend": settings.volume_backend, "freeBytes": free}
-    kube.write_cluster_status(PLURAL, KIND, settings.node_name, status)
+    kube.write_cluster_status(PLURAL, KIND, settings.node_name, status,
+                              gpu_labels(status["gpus"]))
     metrics.GPUS_TOTAL.labels(settings.node_name).set(status["gpusTotal"])
     metrics.GPUS_ALLOCATED.labels(settings.node_name).set(status["gpusAllocated"])
+
+
+def gpu_labels(gpus: list[dict[str, Any]]) -> dict[str, str]:
+    """The labels the agent keeps on its GpuNode, for spec.nodeSelector (the first
+    GPU's model and memory; a node of mixed GPUs is matched by gpuSelector)."""
+    first = gpus[0] if gpus else {}
+    return {LABEL_GPU_COUNT: str(len(gpus)),
+            **({LABEL_GPU_PRODUCT: label_value(str(first.get("model")))} if gpus else {}),
+            **({LABEL_GPU_MEMORY: str(first.get("memoryMiB"))} if gpus else {})}
 
 
 def watched(body: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """A kopf index entry of a GpuReplicaSet or SizedVolume: under the node it names,
     what flag_unserved reads of it (names, finalizers, node, status)."""
     meta, spec = body.get("metadata") or {}, body.get("spec") or {}
-    return {str(spec.get("nodeName")): {
+    return {bound_node(body): {  # "" for those the scheduler has not placed yet
         "metadata": {"namespace": meta.get("namespace"), "name": meta.get("name"),
                      "finalizers": list(meta.get("finalizers") or ())},
         "spec": {"nodeName": spec.get("nodeName")},
@@ -73,10 +90,10 @@ def flag_unserved(settings: Settings, now: str, kube: KubeApi,
         for body in others.get(plural, ()):
             if plural == gpu_replica_set.PLURAL:
                 replica_sets[(body["metadata"]["namespace"], body["metadata"]["name"])] = \
-                    str((body.get("spec") or {}).get("nodeName"))
-            meta, spec = body.get("metadata") or {}, body.get("spec") or {}
-            node = spec.get("nodeName")
-            if not isinstance(node, str) or node == settings.node_name:
+                    bound_node(body)
+            meta = body.get("metadata") or {}
+            node = bound_node(body)
+            if not node or node == settings.node_name:  # unplaced: the scheduler says
                 continue
             bound = [f for f in meta.get("finalizers") or ()
                      if f.startswith(ownership.FINALIZER_PREFIX)]
@@ -103,8 +120,8 @@ def flag_unserved(settings: Settings, now: str, kube: KubeApi,
             if (body.get("status") or {}).get("phase"):
                 continue  # taken by an agent already
             node = replica_sets.get((meta["namespace"],
-                                     str((body.get("spec") or {}).get("replicaSetName"))))
-            if node is None or node == settings.node_name:
+                                     str((body.get("spec") or {}).get("replicaSetName"))), "")
+            if not node or node == settings.node_name:
                 continue  # no GpuReplicaSet: its agent-less failure is written elsewhere
             if node not in nodes:
                 nodes[node] = _verdict(kube, node, now, settings.heartbeat_seconds)

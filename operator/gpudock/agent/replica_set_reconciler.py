@@ -19,7 +19,6 @@ again).
 from __future__ import annotations
 
 import contextlib
-import datetime
 import functools
 import logging
 from collections.abc import Callable, Mapping
@@ -37,6 +36,7 @@ from gpudock.agent.replica_set_steps import Contended, Replan, ReplicaSetSteps
 from gpudock.api import gpu_replica_set, ownership
 from gpudock.api.container_fields import Protocol
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy
+from gpudock.api.placement import bound_node
 from gpudock.api.reasons import Reason
 from gpudock.core.conditions import with_transition_times
 from gpudock.core.gpus import GpuInventory
@@ -48,6 +48,7 @@ from gpudock.core.replica_set import plan as core
 from gpudock.core.replica_set.observation import Observation, Plan
 from gpudock.core.replica_set.status import invalid_spec_status, note_drift
 from gpudock.core.revision import RevisionStore
+from gpudock.core.times import utc_now
 from gpudock.crash_points import CrashPoints
 from gpudock.errors import InternalError, SpecError, UserError
 from gpudock.settings import Settings
@@ -81,14 +82,10 @@ def _step_of(status: gpu_replica_set.GpuReplicaSetStatus) -> tuple[object, ...]:
                             for c in status.conditions))
 
 
-def _utc_now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class ReplicaSetReconciler:
     def __init__(self, settings: Settings, docker: ContainerRuntime,
                  inventory: GpuInventory, kube: KubeClient, store: RevisionStore,
-                 clock: Callable[[], str] = _utc_now,
+                 clock: Callable[[], str] = utc_now,
                  volumes: VolumeLookup | None = None) -> None:
         self._settings = settings
         self._docker = docker
@@ -314,8 +311,7 @@ class ReplicaSetReconciler:
             body = lookup(owner.namespace, owner.name)  # outside the lock: API I/O
             meta = (body or {}).get("metadata") or {}
             if body is None or (meta.get("uid") != uid and not ownership.handled_here(
-                    (body.get("spec") or {}).get("nodeName"), meta.get("finalizers") or (),
-                    node)):
+                    bound_node(body), meta.get("finalizers") or (), node)):
                 orphans.append((owner, uid))
         done = []
         for key, uid in orphans:

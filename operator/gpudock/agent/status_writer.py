@@ -9,20 +9,33 @@ update costs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from gpudock import metrics
+from gpudock.core.binding import with_binding
 from gpudock.core.ports import KubeClient
 
 
 class StatusWriter:
-    """Writes the status of one kind's resources through the API server."""
+    """Writes the status of one kind's resources through the API server, each bound to
+    ``node`` (core/binding.py) when given."""
 
-    def __init__(self, kube: KubeClient, plural: str, kind: str) -> None:
+    def __init__(self, kube: KubeClient, plural: str, kind: str, node: str = "",
+                 clock: Callable[[], str] | None = None) -> None:
         self._kube = kube
         self._plural = plural
         self._kind = kind
+        self._node = node
+        self._clock = clock
+
+    def bound(self, status: Mapping[str, Any], previous: Mapping[str, Any],
+              ) -> dict[str, Any]:
+        """``status`` as this node's agent writes it: bound to the node, Scheduled=True
+        (its transition time from ``previous``, the status stored now)."""
+        if not self._node or self._clock is None:
+            return dict(status)
+        return with_binding(status, previous, self._node, self._clock())
 
     def write(self, namespace: str, name: str, status: Mapping[str, Any],
               shown: Mapping[str, Any]) -> str | None:

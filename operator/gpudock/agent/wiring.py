@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import datetime
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,15 +31,11 @@ from gpudock.agent.wakeups import Wakeups
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.core.gpus import GpuInventory
 from gpudock.core.revision import RevisionStore
+from gpudock.core.times import utc_now
 from gpudock.crash_points import CrashPoints
 from gpudock.settings import Settings
 
 MEMO_KEY = "agent"
-
-
-def utc_now() -> str:
-    """The agent's clock: RFC 3339 UTC, to the second, as Kubernetes writes times."""
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -117,9 +112,10 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
         replica_sets=ReplicaSetReconciler(settings, docker, inventory, kube, store, clock,
                                           volumes),
         volumes=volumes,
-        replica_set_status=StatusWriter(kube, gpu_replica_set.PLURAL,
-                                        gpu_replica_set.KIND),
-        volume_status=StatusWriter(kube, sized_volume.PLURAL, sized_volume.KIND),
+        replica_set_status=StatusWriter(kube, gpu_replica_set.PLURAL, gpu_replica_set.KIND,
+                                        settings.node_name, clock),
+        volume_status=StatusWriter(kube, sized_volume.PLURAL, sized_volume.KIND,
+                                   settings.node_name, clock),
         request_pool=concurrent.futures.ThreadPoolExecutor(
             settings.max_running_requests, thread_name_prefix="gpudock-request"),
         request_slots=RequestSlots(settings.max_running_requests,

@@ -13,6 +13,7 @@ class ConditionType(enum.StrEnum):
     READY = "Ready"
     PROGRESSING = "Progressing"
     DEGRADED = "Degraded"
+    SCHEDULED = Reason.SCHEDULED.value  # bound to a node (core/binding.py); same word
 
 
 @dataclass(frozen=True)

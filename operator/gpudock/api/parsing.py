@@ -31,8 +31,12 @@ def get_object_name(raw: RawDict, key: str, where: str) -> str:
 
 
 def get_node_name(raw: RawDict) -> str:
-    node_name = get_str(raw, "nodeName", "spec")
-    if not _DNS_SUBDOMAIN_RE.match(node_name) or len(node_name) > 253:
+    """spec.nodeName, or "" when the resource leaves its node to the scheduler."""
+    node_name = raw.get("nodeName")
+    if node_name is None or node_name == "":
+        return ""
+    if not isinstance(node_name, str) or not _DNS_SUBDOMAIN_RE.match(node_name) or \
+            len(node_name) > 253:
         raise SpecError(f"spec.nodeName {node_name!r} is not a valid node name")
     return node_name
 

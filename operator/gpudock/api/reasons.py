@@ -107,6 +107,13 @@ class Reason(enum.StrEnum):
     NODE_NOT_FOUND = "NodeNotFound"
     NODE_NOT_READY = "NodeNotReady"
 
+    # --- Placement: the scheduler's binding (docs/fleet.md) ----------------------------
+    SCHEDULED = "Scheduled"
+    UNSCHEDULABLE = "Unschedulable"
+    FAILED_SCHEDULING = "FailedScheduling"
+    NODE_REJECTED = "NodeRejected"
+    WAITING_FOR_FIRST_CONSUMER = "WaitingForFirstConsumer"
+
     # --- SizedVolume -----------------------------------------------------------------
     VOLUME_READY = "VolumeReady"
     NOT_READY = "NotReady"

@@ -18,3 +18,9 @@ def seconds_between(earlier: str, later: str) -> float | None:
     if first is None or second is None:
         return None
     return (second - first).total_seconds()
+
+
+def utc_now() -> str:
+    """The clock of the agent and the scheduler: RFC 3339 UTC, to the second, as
+    Kubernetes writes times."""
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

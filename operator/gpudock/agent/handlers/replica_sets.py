@@ -21,6 +21,7 @@ from gpudock.agent import wiring
 from gpudock.agent.replica_set_outcome import Event, Outcome
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership
+from gpudock.api.placement import bound_node
 from gpudock.core.replica_set.status import waiting_on
 from gpudock.errors import TransientError
 
@@ -33,10 +34,10 @@ STATUS_RETRY_SECONDS = 5.0
 QUIET_RESYNC_FACTOR = 4
 
 
-def _on_this_node(spec: kopf.Spec, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> bool:
-    """Resources this node's agent handles (api/ownership.py): those bound to it by
-    its finalizer, and new ones that name it."""
-    return ownership.handled_here(spec.get("nodeName"), meta.get("finalizers") or (),
+def _on_this_node(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> bool:
+    """Resources this node's agent handles (api/ownership.py): those held by its
+    finalizer, and new ones pinned (spec.nodeName) or bound (status.nodeName) to it."""
+    return ownership.handled_here(bound_node(body), meta.get("finalizers") or (),
                                   wiring.settings_of(memo).node_name)
 
 
@@ -93,10 +94,11 @@ class StatusLine:
         try:
             _post(self._body, self.unsent)
             self.unsent = []
-            written = self._agent.replica_set_status.write(
-                meta["namespace"], meta["name"], outcome.status, self.shown)
+            writer = self._agent.replica_set_status
+            status = writer.bound(outcome.status, self.shown)
+            written = writer.write(meta["namespace"], meta["name"], status, self.shown)
             if written is not None:
-                self.known_version, self.shown = written, outcome.status
+                self.known_version, self.shown = written, status
             self.carried = {}
         except KubeUnavailableError as exc:
             self._logger.warning("status not written (will catch up): %s", exc)
@@ -188,7 +190,9 @@ async def _sleep(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, delay: floa
 def _show_waiting(agent: NodeAgent, body: kopf.Body, exc: TransientError) -> None:
     """Docker or the revision store does not answer: say so in the status (when the
     API server does), keeping the rest of what it says."""
-    status = waiting_on(body.get("status") or {}, exc.reason, str(exc), agent.now())
+    previous = body.get("status") or {}
+    status = agent.replica_set_status.bound(
+        waiting_on(previous, exc.reason, str(exc), agent.now()), previous)
     with contextlib.suppress(KubeUnavailableError, ObjectNotFoundError):
         agent.replica_set_status.write(body["metadata"]["namespace"],
                                        body["metadata"]["name"], status, {})

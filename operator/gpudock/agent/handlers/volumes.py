@@ -16,6 +16,7 @@ from gpudock.adapters.kube_api import KubeUnavailableError
 from gpudock.agent import wiring
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, ownership, sized_volume
+from gpudock.api.placement import bound_node
 from gpudock.api.reasons import Reason
 from gpudock.core.replica_set.status import waiting_on
 from gpudock.core.volumes import unusable
@@ -26,8 +27,9 @@ IN_USE_RETRY_SECONDS = 5
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
-def _on_this_node(spec: kopf.Spec, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> bool:
-    return ownership.handled_here(spec.get("nodeName"), meta.get("finalizers") or (),
+def _on_this_node(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -> bool:
+    """As for GpuReplicaSets: held by this node's finalizer, or pinned or bound here."""
+    return ownership.handled_here(bound_node(body), meta.get("finalizers") or (),
                                   wiring.settings_of(memo).node_name)
 
 
@@ -37,7 +39,8 @@ def _write(agent: NodeAgent, body: kopf.Body, status: dict[str, Any],
     written again (the body may lag by a write: then it is written once more)."""
     try:
         agent.volume_status.write(body["metadata"]["namespace"], body["metadata"]["name"],
-                                  status, {})
+                                  agent.volume_status.bound(status, body.get("status") or {}),
+                                  {})
     except KubeUnavailableError as exc:
         logger.warning("volume status not written: %s", exc)
 

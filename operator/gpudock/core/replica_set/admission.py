@@ -39,8 +39,9 @@ def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
     _check_explicit_ports(obs, spec)
     if spec.gpu_count > len(obs.inventory):
         raise UserError(Reason.EXCEEDS_NODE_CAPACITY,
-                        f"asks for {_gpus(spec.gpu_count)}; node {spec.node_name} has "
-                        f"{_gpus(len(obs.inventory))} in all")
+                        f"asks for {_gpus(spec.gpu_count)}; node "
+                        f"{obs.node_name or spec.node_name} has {_gpus(len(obs.inventory))} "
+                        "in all")
     ledger = Ledger.from_containers(obs.containers)
     taken = ledger.gpus_held_by_others(obs.key)
     gpus = allocate_gpus(spec.gpu_count, obs.inventory, taken, held_gpus)
@@ -48,8 +49,8 @@ def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
         free = len(obs.inventory) - len(taken & set(obs.inventory))
         raise UserError(Reason.INSUFFICIENT_GPUS,
                         f"needs {_gpus(spec.gpu_count)}; {free} of {len(obs.inventory)} "
-                        f"on node {spec.node_name} are free. Waiting for GPUs to be "
-                        "released")
+                        f"on node {obs.node_name or spec.node_name} are free. Waiting for "
+                        "GPUs to be released")
     ports = allocate_ports(spec.ports, ledger.ports_held_by_others(obs.key)
                            | obs.busy_host_ports, *obs.port_range, held=held_ports)
     address = _address(obs, ledger, held_address)

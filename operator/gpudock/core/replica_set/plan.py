@@ -79,7 +79,7 @@ def plan_replica_set(obs: Observation) -> Plan:
     if obs.adoptable and not obs.records:
         return _progress(obs, None, None, (adopt(obs),), Reason.ADOPTING,
                          "adopting the retained history of the deleted resource")
-    if obs.node_name and obs.spec.node_name != obs.node_name:
+    if obs.node_name and obs.spec.node_name and obs.spec.node_name != obs.node_name:
         return blocked_plan(obs, UserError(Reason.NODE_NAME_CHANGED, (
             f"spec.nodeName was changed to {obs.spec.node_name}, but this resource's "
             f"container and disk are on node {obs.node_name}; moving an instance between "

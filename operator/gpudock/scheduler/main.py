@@ -1,0 +1,30 @@
+"""``gpudock scheduler``: the cluster scheduler alone (kopf, standalone, with only the
+scheduler's watches), for clusters that run it apart from the agents."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import kopf
+
+from gpudock.scheduler import handlers
+from gpudock.settings import SchedulerSettings
+
+logger = logging.getLogger(__name__)
+
+
+def run_scheduler(settings: SchedulerSettings, liveness_endpoint: str | None,
+                  verbose: bool = False) -> int:
+    logging.basicConfig(stream=sys.stdout, level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.kubeconfig:
+        os.environ["KUBECONFIG"] = settings.kubeconfig  # kopf's login reads it
+    logger.info("gpudock scheduler %s starting (Lease %s/gpudock-scheduler)",
+                settings.identity, settings.lease_namespace)
+    kopf.run(standalone=True, clusterwide=not settings.namespaces,
+             namespaces=list(settings.namespaces),
+             memo=kopf.Memo({handlers.MEMO_KEY: handlers.Scheduler(settings)}),
+             liveness_endpoint=liveness_endpoint)
+    return 0
