@@ -26,7 +26,8 @@ def start_agent(stack: LocalStack, namespace: str) -> Iterator[AgentFactory]:
         # they hold are still derived from every container on the shared dockerd.
         agent = AgentProcess(stack, name=f"agent-{namespace}-{len(started)}", gpus=gpus,
                              state=f"agent-{namespace}-{node_name}", node_name=node_name,
-                             extra_args=["--namespace", namespace, *extra_args],
+                             extra_args=["--namespace", namespace,
+                                         "--release-namespace", namespace, *extra_args],
                              env=env).start()
         started.append(agent)
         return agent

@@ -80,7 +80,8 @@ class Placement:
         models = tuple(get_list(gpu, "models", "spec.gpuSelector"))
         if not all(isinstance(m, str) and m for m in models):
             raise SpecError("spec.gpuSelector.models must be non-empty strings")
-        policy = get_choice(raw, "schedulingPolicy", where, tuple(SchedulingPolicy), "")
+        policy = get_choice(raw, "schedulingPolicy", where, tuple(SchedulingPolicy),
+                            SchedulingPolicy.BINPACK) if raw.get("schedulingPolicy") else ""
         return cls(
             node_selector={str(k): str(v) for k, v in selector.items()},
             gpu_models=models,

@@ -80,7 +80,7 @@ class SchedulingPass:
         try:
             demand = demand_of(body, volumes, _avoided(body, self._now))
         except SpecError as exc:
-            self._say_unschedulable(body, Reason.INVALID_SPEC, str(exc), event=False)
+            self._say_unschedulable(body, Reason.INVALID_SPEC, exc.message, event=False)
             return
         result = place(demand, nodes, self._settings.policy)
         if not isinstance(result, Placed):
@@ -91,6 +91,7 @@ class SchedulingPass:
         if self._bind(gpu_replica_set.PLURAL, body, result.node):
             next(n for n in nodes if n.name == result.node).claim(demand)
             meta = body["metadata"]
+            logger.info("bound %s/%s to %s", meta["namespace"], meta["name"], result.node)
             self._event(body, "Normal", Reason.SCHEDULED, f"Successfully assigned "
                         f"{meta['namespace']}/{meta['name']} to {result.node}")
 
@@ -127,6 +128,8 @@ class SchedulingPass:
         status = {"phase": "Pending", "reason": reason, "message": message, "conditions": [
             _condition(ConditionType.SCHEDULED, "False", reason, message, self._now),
             _condition(ConditionType.READY, "False", reason, message, self._now)]}
+        meta = body["metadata"]
+        logger.info("%s/%s: %s", meta["namespace"], meta["name"], message)
         if self._write(gpu_replica_set.PLURAL, body, status) and event:
             self._event(body, "Warning", Reason.FAILED_SCHEDULING, message)
 

@@ -109,6 +109,9 @@ async def _run(scheduler: Scheduler) -> None:
 
 def _one_pass(kube: KubeApi, settings: PassSettings, cache: FleetCache) -> None:
     one = SchedulingPass(kube, settings, utc_now())
-    one.run(cache.snapshot())
+    fleet = cache.snapshot()
+    logger.debug("scheduling pass over %d nodes, %d GpuReplicaSets, %d SizedVolumes",
+                 len(fleet.gpu_nodes), len(fleet.replica_sets), len(fleet.volumes))
+    one.run(fleet)
     for plural, body in one.written:  # (wakes the loop: one more pass, which finds
         cache.note(plural, "MODIFIED", body)  # nothing left to write)
