@@ -167,6 +167,7 @@ def test_22_2_another_agent_takes_over_scheduling_when_the_leader_is_killed(
     survivor = next(n for n in fleet.nodes if n != leader)
     fleet.agents[leader].kill()
     killed_at = time.monotonic()
+    fleet.agents[leader].stop()  # (dead already: only its log is closed)
     _apply(fleet, _unpinned("after", 1))
     wait_for(lambda: fleet.node_of("after") == survivor, 30,
              what="bound by the surviving agent's scheduler")
