@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gpudock import crash_points
 from gpudock.adapters.volumes.registry import BACKENDS as VOLUME_BACKENDS
+from gpudock.api.container_limits import DOCKER_MIN_MEMORY, parse_cpu, parse_memory
 from gpudock.api.image_commit import DEFAULT_REPOSITORY_TEMPLATE, template_problem
 from gpudock.api.paths import NAMESPACE_PLACEHOLDER, root_problem
 from gpudock.core.gpu_attach import (
@@ -26,6 +27,8 @@ from gpudock.core.gpu_attach import (
     GPU_ATTACHMENTS,
     GpuAttachment,
 )
+from gpudock.core.limits import LimitDefaults
+from gpudock.errors import SpecError
 
 ENV_PREFIX = "GPUDOCK_"
 
@@ -130,6 +133,8 @@ class Settings:
     # size caps the instances of the node (docs/security.md).
     instance_network: str = "gpudock"
     instance_subnet: str = DEFAULT_INSTANCE_SUBNET
+    # Per-GPU CPU, memory and /dev/shm of an instance that sets none (0: none).
+    limit_defaults: LimitDefaults = field(default_factory=LimitDefaults)
 
     @property
     def explicit_port_range(self) -> PortRange:
@@ -225,6 +230,16 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                              "instances at its size less 3 (network, gateway, broadcast); "
                              f"more wait Pending, AddressesExhausted (default: "
                              f"{DEFAULT_INSTANCE_SUBNET}, 1021 instances)")
+    parser.add_argument("--cpus-per-gpu",
+                        help="CPU limit per GPU of an instance that sets no "
+                             "spec.resources.limits.cpu, a Kubernetes quantity such as 4 "
+                             "or 1500m (default: 0, none)")
+    parser.add_argument("--memory-per-gpu",
+                        help="memory limit per GPU of an instance that sets no "
+                             "spec.resources.limits.memory, e.g. 64Gi (default: 0, none)")
+    parser.add_argument("--shm-per-gpu",
+                        help="/dev/shm size per GPU of an instance that sets no "
+                             "spec.shmSize, e.g. 16Gi (default: 0, Docker's 64Mi)")
     parser.add_argument("--namespace", action="append", default=None,
                         help="watch only this namespace (repeatable; default: all)")
     parser.add_argument("--crash-at", action="append", default=None, metavar="POINT",
@@ -305,6 +320,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     problem = template_problem(commit_template)
     if problem is not None:
         raise SettingsError(f"--commit-repository-template {commit_template!r} {problem}")
+    limit_defaults = _limit_defaults(pick("cpus_per_gpu"), pick("memory_per_gpu"),
+                                     pick("shm_per_gpu"))
     return Settings(
         node_name=pick("node_name") or socket.gethostname(),
         kubeconfig=pick("kubeconfig"),
@@ -336,7 +353,24 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         commit_repository_template=commit_template,
         instance_network=pick("instance_network") or "gpudock",
         instance_subnet=instance_subnet(pick("instance_subnet") or DEFAULT_INSTANCE_SUBNET),
+        limit_defaults=limit_defaults,
     )
+
+
+def _limit_defaults(cpu: str | None, memory: str | None, shm: str | None) -> LimitDefaults:
+    try:
+        defaults = LimitDefaults(parse_cpu(cpu or "0", "--cpus-per-gpu"),
+                                 parse_memory(memory or "0", "--memory-per-gpu"),
+                                 parse_memory(shm or "0", "--shm-per-gpu"))
+    except SpecError as exc:
+        raise SettingsError(exc.message) from exc
+    if 0 < defaults.memory_per_gpu < DOCKER_MIN_MEMORY:
+        raise SettingsError("--memory-per-gpu must be 0 (none) or at least 6Mi, Docker's "
+                            "minimum")
+    if 0 < defaults.cpu_per_gpu < 10:
+        raise SettingsError("--cpus-per-gpu must be 0 (none) or at least 10m, Docker's "
+                            "minimum")
+    return defaults
 
 
 def _flag(value: str | None, flag: str) -> bool:

@@ -171,6 +171,12 @@ class ReplicaSetSteps:
                 docker.set_restart_policy(cid, name, policy)
                 return [Event("Normal", Reason.RESTART_POLICY_RESTORED,
                               f"restart policy of {name} set back to {policy}")]
+            case act.UpdateLimits(container_id=cid, name=name, limits=limits, note=note):
+                docker.update_limits(cid, name, limits)
+                if note is not None:  # after: a crash between is seen and done again
+                    store.put(note)
+                return [Event("Normal", Reason.LIMITS_UPDATED, f"limits of {name} updated "
+                              f"in place: {limits.describe()}")]
             case act.WriteSpec(shape=shape, revision=revision):
                 self._kube.patch_spec(gpu_replica_set.PLURAL, key.namespace, key.name,
                                       {**shape, "rollbackTo": None})
