@@ -40,7 +40,7 @@ def _host_config(container: docker.models.containers.Container) -> dict[str, Any
 def _limits(host: dict[str, Any]) -> tuple[int, int, int, int, int]:
     return (int(host.get("NanoCpus") or 0), int(host.get("Memory") or 0),
             int(host.get("MemorySwap") or 0), int(host.get("ShmSize") or 0),
-            int(host.get("PidsLimit") or 0))
+            max(int(host.get("PidsLimit") or 0), 0))  # none: null, 0 or -1
 
 
 def _node_cpus_and_memory(stack: LocalStack) -> tuple[int, int]:
@@ -138,6 +138,20 @@ def test_22_8_cpu_memory_pids_change_in_place_shm_by_a_new_revision_and_a_rollba
     assert spec["shmSize"] == "64Mi"
     third = only_container(stack, namespace, "job")
     assert _limits(_host_config(third)) == (5 * 10**8, 256 * MI, 256 * MI, 64 * MI, 64)
+
+    # No pids limit any more: lifted in place. No cpu and memory limits: Docker cannot
+    # lift those in place, so a new revision without them (the disk kept).
+    apply_spec(stack, namespace, "job", "no pids limit", gpus=1, command=SLEEP,
+               resources=_resources("500m", "256Mi"), shmSize="64Mi")
+    wait_for(lambda: _limits(_host_config(third))[4] == 0, 60, what="pids lifted")
+    wait_settled(stack, namespace, "job", revision=3)
+    assert only_container(stack, namespace, "job").id == third.id
+    apply_spec(stack, namespace, "job", "no limits", gpus=1, command=SLEEP,
+               shmSize="64Mi")
+    wait_settled(stack, namespace, "job", revision=4)
+    assert _limits(_host_config(only_container(stack, namespace, "job"))) == (
+        0, 0, 0, 64 * MI, 0)
+    assert_disk_kept(stack, namespace, name="job")
 
 
 def test_22_8_refusals_say_why_and_change_nothing(

@@ -34,6 +34,7 @@ from gpudock.core.replica_set.plan import plan_replica_set
 from gpudock.core.revision import Revision
 from gpudock.errors import SpecError
 from gpudock.settings import Settings, SettingsError, settings_from
+from tests.unit.fakes.node import Node
 
 KEY = ResourceKey("team-a", "knock")
 GPUS = tuple(f"GPU-{i}" for i in range(4))
@@ -233,3 +234,37 @@ def test_22_8_allocated_sums_the_recorded_requests_of_each_instance(tmp_path: Pa
     assert found == [Requests(1500, 3 * GI), Requests(500, GI)]
     assert allocation(found) == {"cpu": "2", "memory": "4Gi"}
     store.close()
+
+
+# ------------------------------------------------------- the real reconciler, fakes
+def test_22_8_a_rollback_to_a_revision_without_limits_clears_them_from_the_spec(
+        node: Node) -> None:
+    """The spec written back is the revision's: limits it did not set are removed
+    (a merge patch keeps what it does not name), and nothing rolls out after."""
+    node.apply("box", "plain")
+    assert node.settle("box")["revision"] == 1
+    node.apply("box", "limits", shmSize="1Gi", pidsLimit=64,
+               resources=_limits("1", "1Gi"))
+    assert node.settle("box")["revision"] == 2
+    assert node.only_container("box").limits == ContainerLimits(10**9, GI, 64, GI)
+    node.patch("box", {"rollbackTo": {"revision": 1}})
+    status = node.settle("box", passes=6)
+    spec = node.kube.get("gpureplicasets", "team-a", "box")["spec"]
+    assert not {"resources", "shmSize", "pidsLimit", "rollbackTo"} & set(spec)
+    assert status["revision"] == 3
+    assert len(status["history"]) == 3
+    assert node.only_container("box").limits == ContainerLimits()
+
+
+def test_22_8_an_in_place_change_on_the_fakes_keeps_the_container_and_its_record(
+        node: Node) -> None:
+    node.apply("box", "first", resources=_limits("1", "1Gi"))
+    node.settle("box")
+    first = node.only_container("box")
+    node.apply("box", "more", resources=_limits("2", "2Gi"), pidsLimit=10)
+    status = node.settle("box")
+    assert (status["revision"], status["containerID"]) == (1, first.id)
+    assert node.only_container("box").limits.in_place() == (2 * 10**9, 2 * GI, 10)
+    (record,) = node.store.list("team-a", "box")
+    assert record.spec["resources"]["limits"] == {"cpu": "2", "memory": "2Gi"}
+    assert "LimitsUpdated" in node.reasons("box")

@@ -29,6 +29,7 @@ DOCKER_MIN_MILLICPUS = 10  # dockerd's smallest NanoCpus: 0.01 CPU
 # Fields of the spec's shape that change on the running container (Docker's update),
 # with no new revision: a change of only these is not a new revision.
 IN_PLACE_FIELDS = ("resources", "pidsLimit")
+LIMIT_FIELDS = ("resources", "shmSize", "pidsLimit")  # every field of this module
 
 
 def parse_cpu(value: Any, where: str = "cpu") -> int:
