@@ -80,8 +80,8 @@ class UserError(GpudockError):
 class SpecError(UserError):
     """A resource's spec cannot be parsed or is inconsistent."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(Reason.INVALID_SPEC, message)
+    def __init__(self, message: str, *, reason: Reason = Reason.INVALID_SPEC) -> None:
+        super().__init__(reason, message)
 
 
 class StoreUnavailableError(TransientError):

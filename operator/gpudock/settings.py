@@ -18,14 +18,17 @@ from pathlib import Path
 
 from gpudock import crash_points
 from gpudock.adapters.volumes.registry import BACKENDS as VOLUME_BACKENDS
+from gpudock.api.container_limits import DOCKER_MIN_MEMORY, parse_cpu, parse_memory
 from gpudock.api.image_commit import DEFAULT_REPOSITORY_TEMPLATE, template_problem
-from gpudock.api.paths import NAMESPACE_PLACEHOLDER, root_problem
+from gpudock.api.paths import root_problem
 from gpudock.core.gpu_attach import (
     DEFAULT_ATTACHMENT,
     DEFAULT_GPU_ATTACH,
     GPU_ATTACHMENTS,
     GpuAttachment,
 )
+from gpudock.core.limits import LimitDefaults
+from gpudock.errors import SpecError
 
 ENV_PREFIX = "GPUDOCK_"
 
@@ -130,6 +133,8 @@ class Settings:
     # size caps the instances of the node (docs/security.md).
     instance_network: str = "gpudock"
     instance_subnet: str = DEFAULT_INSTANCE_SUBNET
+    # Per-GPU CPU, memory and /dev/shm of an instance that sets none (0: none).
+    limit_defaults: LimitDefaults = field(default_factory=LimitDefaults)
     # The cluster scheduler in this agent (auto: a candidate for the Lease; off: none).
     scheduler: str = "auto"
     scheduling_policy: str = "Binpack"  # for resources that name no policy
@@ -162,116 +167,8 @@ class SchedulerSettings:
     heartbeat_seconds: float = 30.0  # a GpuNode silent 3x this is not Ready
 
 
-def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
-    """Declare the agent's flags; every default comes from the environment."""
-    parser.add_argument("--node-name", help="this node's name (default: the hostname)")
-    parser.add_argument("--kubeconfig", help="kubeconfig path (default: in-cluster, "
-                        "then $KUBECONFIG or ~/.kube/config)")
-    parser.add_argument("--docker-host", help="Docker endpoint, e.g. unix:///run/docker.sock")
-    parser.add_argument("--gpu-backend", choices=[b.value for b in GpuBackend],
-                        help="where the GPU inventory comes from (default: nvml)")
-    parser.add_argument("--simulated-gpus", type=int,
-                        help="number of GPUs of the simulated backend (default: 8)")
-    parser.add_argument("--nvml-library", help="path of a libnvidia-ml.so.1 to load first")
-    parser.add_argument("--gpu-attach", choices=list(GPU_ATTACHMENTS),
-                        help="how containers get their GPUs (default: "
-                             f"{DEFAULT_GPU_ATTACH}; the ways are in core/gpu_attach.py)")
-    parser.add_argument("--store", help="revision store: sqlite:PATH (default: "
-                        "<state-dir>/revisions.sqlite3) or etcd://HOST:PORT")
-    parser.add_argument("--port-range", help="host ports to allocate (default: 40000-65535)")
-    parser.add_argument("--allowed-host-path", action="append", default=None,
-                        help="a root under which hostPath mounts are allowed (repeatable; "
-                             f"default: none); with {NAMESPACE_PLACEHOLDER} in it, e.g. "
-                             f"/mynfs/{NAMESPACE_PLACEHOLDER}, a root per namespace, the "
-                             "placeholder replaced by the resource's namespace; without "
-                             "it, a root shared by every namespace")
-    parser.add_argument("--read-only-host-path", action="append", default=None,
-                        help="a root under which hostPath mounts are allowed read-only "
-                             f"(repeatable; default: none; {NAMESPACE_PLACEHOLDER} as for "
-                             "--allowed-host-path)")
-    parser.add_argument("--allowed-host-ports",
-                        help="where an explicit spec hostPort may lie, e.g. 1024-65535 "
-                             "(default: the --port-range)")
-    parser.add_argument("--state-dir", help="agent state directory (default: /var/lib/gpudock)")
-    parser.add_argument("--resync-seconds", type=float,
-                        help="period of the drift check (default: 30)")
-    parser.add_argument("--heartbeat-seconds", type=float,
-                        help="period of this node's GpuNode heartbeat; a node silent for "
-                             "3 periods is NodeNotReady on its resources (default: 30)")
-    parser.add_argument("--volume-backend", choices=list(VOLUME_BACKENDS),
-                        help="SizedVolume backend of this node for new volumes "
-                             "(default: loopfile)")
-    parser.add_argument("--volume-root",
-                        help="where SizedVolumes live (default: <state-dir>/volumes)")
-    parser.add_argument("--metrics-port", type=int,
-                        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics "
-                             "(default: 0, off)")
-    parser.add_argument("--hide-holder-names", action="store_true", default=None,
-                        help="the GpuNode (readable cluster-wide) says only that a GPU or "
-                             "host port is held, not by which namespace and name "
-                             "(default: off; metrics never carry names)")
-    parser.add_argument("--liveness-endpoint",
-                        help="serve kopf's liveness probe here, e.g. http://0.0.0.0:8080/healthz")
-    parser.add_argument("--stop-timeout", type=float,
-                        help="seconds a container gets to exit after SIGTERM before it is "
-                             "killed, when stopped for a revision, Paused or Stopped "
-                             "(default: 30)")
-    parser.add_argument("--max-image-layers", type=int,
-                        help="flatten a saved disk (export + import) when its image has "
-                             "more layers than this (default: 100; overlay2 allows 125)")
-    parser.add_argument("--disk-saves", choices=list(DISK_SAVES),
-                        help="how a stopped container's disk is saved for the next "
-                             "revision, a rollback or a restart: layer (copy its overlay2 "
-                             "writable layer; docker commit where that cannot be done; "
-                             "default) or commit (always docker commit)")
-    parser.add_argument("--max-running-requests", type=int,
-                        help="ExecRequests and ImageCommits that run at once on this node, "
-                             "each on a thread of their own pool, apart from the "
-                             "reconciles'; more wait Pending (default: 32)")
-    parser.add_argument("--max-running-execs-per-namespace", type=int,
-                        help="ExecRequests of one namespace that run at once on this node; "
-                             "more wait Pending, ExecLimitReached (default: 8)")
-    parser.add_argument("--commit-repository-template",
-                        help="where the ImageCommits of a namespace may write images, "
-                             "{namespace} replaced by theirs; it must start with a "
-                             "registry host, so no commit can mean a registry's image "
-                             f"(default: {DEFAULT_REPOSITORY_TEMPLATE}, a host that never "
-                             "resolves)")
-    parser.add_argument("--instance-network",
-                        help="the Docker bridge network the agent makes for its instances "
-                             "(default: gpudock); each instance has a fixed address there, "
-                             "the same in every revision")
-    parser.add_argument("--instance-subnet",
-                        help="the instance network's IPv4 subnet; it caps the node's "
-                             "instances at its size less 3 (network, gateway, broadcast); "
-                             f"more wait Pending, AddressesExhausted (default: "
-                             f"{DEFAULT_INSTANCE_SUBNET}, 1021 instances)")
-    parser.add_argument("--namespace", action="append", default=None,
-                        help="watch only this namespace (repeatable; default: all)")
-    add_scheduler_arguments(parser)
-    parser.add_argument("--scheduler", choices=SCHEDULER_MODES,
-                        help="auto: this agent is a candidate to lead the cluster "
-                             "scheduler (one leads, by a Lease); off: it schedules nothing "
-                             "(default: auto)")
-    parser.add_argument("--crash-at", action="append", default=None, metavar="POINT",
-                        help="for crash tests: SIGKILL the agent the first time it reaches "
-                             "POINT, e.g. PreserveDisk.committed (repeatable; default: "
-                             "none; see docs/revisions.md)")
-
-
 SCHEDULER_MODES = ("auto", "off")
 POLICIES = ("Binpack", "Spread")
-
-
-def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
-    """The flags the scheduler reads (in the agent and in `gpudock scheduler`)."""
-    parser.add_argument("--scheduling-policy", choices=POLICIES,
-                        help="placement of resources that name no spec.schedulingPolicy: "
-                             "Binpack (the fullest node that fits) or Spread (the emptiest) "
-                             "(default: Binpack)")
-    parser.add_argument("--release-namespace",
-                        help="namespace of the scheduler's Lease gpudock-scheduler "
-                             "(default: $POD_NAMESPACE, else default)")
 
 
 def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
@@ -346,6 +243,8 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     problem = template_problem(commit_template)
     if problem is not None:
         raise SettingsError(f"--commit-repository-template {commit_template!r} {problem}")
+    limit_defaults = _limit_defaults(pick("cpus_per_gpu"), pick("memory_per_gpu"),
+                                     pick("shm_per_gpu"))
     return Settings(
         node_name=pick("node_name") or socket.gethostname(),
         kubeconfig=pick("kubeconfig"),
@@ -377,6 +276,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         commit_repository_template=commit_template,
         instance_network=pick("instance_network") or "gpudock",
         instance_subnet=instance_subnet(pick("instance_subnet") or DEFAULT_INSTANCE_SUBNET),
+        limit_defaults=limit_defaults,
         scheduler=_choice(pick("scheduler") or "auto", SCHEDULER_MODES, "--scheduler"),
         scheduling_policy=_choice(pick("scheduling_policy") or "Binpack", POLICIES,
                                   "--scheduling-policy"),
@@ -388,6 +288,22 @@ def _choice(value: str, choices: Sequence[str], flag: str) -> str:
     if value not in choices:
         raise SettingsError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
     return value
+
+
+def _limit_defaults(cpu: str | None, memory: str | None, shm: str | None) -> LimitDefaults:
+    try:
+        defaults = LimitDefaults(parse_cpu(cpu or "0", "--cpus-per-gpu"),
+                                 parse_memory(memory or "0", "--memory-per-gpu"),
+                                 parse_memory(shm or "0", "--shm-per-gpu"))
+    except SpecError as exc:
+        raise SettingsError(exc.message) from exc
+    if 0 < defaults.memory_per_gpu < DOCKER_MIN_MEMORY:
+        raise SettingsError("--memory-per-gpu must be 0 (none) or at least 6Mi, Docker's "
+                            "minimum")
+    if 0 < defaults.cpu_per_gpu < 10:
+        raise SettingsError("--cpus-per-gpu must be 0 (none) or at least 10m, Docker's "
+                            "minimum")
+    return defaults
 
 
 def _flag(value: str | None, flag: str) -> bool:

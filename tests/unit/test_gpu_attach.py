@@ -22,7 +22,8 @@ from gpudock.core.observed import ResourceKey
 from gpudock.core.replica_set import actions as act
 from gpudock.core.replica_set import plan as core
 from gpudock.core.replica_set.observation import Observation
-from gpudock.settings import Settings, SettingsError, add_agent_arguments, settings_from
+from gpudock.settings import Settings, SettingsError, settings_from
+from gpudock.settings_flags import add_agent_arguments
 
 KEY = ResourceKey("team-a", "knock")
 TWO = ("GPU-0", "GPU-1")

@@ -17,7 +17,8 @@ from gpudock.core.replica_set import actions as act
 from gpudock.core.replica_set.observation import Observation
 from gpudock.core.replica_set.plan import plan_replica_set
 from gpudock.core.revision import Revision
-from gpudock.settings import SettingsError, add_agent_arguments, settings_from
+from gpudock.settings import SettingsError, settings_from
+from gpudock.settings_flags import add_agent_arguments
 from tests.unit.fakes.node import Node
 
 KEY = ResourceKey("team-a", "web")

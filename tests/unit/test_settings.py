@@ -11,9 +11,9 @@ from gpudock.settings import (
     PortRange,
     Settings,
     SettingsError,
-    add_agent_arguments,
     settings_from,
 )
+from gpudock.settings_flags import add_agent_arguments
 
 
 def _parse(argv: list[str], env: dict[str, str] | None = None) -> Settings:

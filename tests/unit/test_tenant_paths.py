@@ -37,7 +37,8 @@ from gpudock.core.gpus import GpuDevice
 from gpudock.core.observed import ObservedContainer, ResourceKey
 from gpudock.core.volume_revision import VolumeRevision
 from gpudock.errors import SpecError, UserError
-from gpudock.settings import SettingsError, add_agent_arguments, settings_from
+from gpudock.settings import SettingsError, settings_from
+from gpudock.settings_flags import add_agent_arguments
 from tests.unit.fakes.kube import InMemoryKube
 from tests.unit.fakes.node import NAMESPACE, Node
 from tests.unit.test_crd_schema import _schema

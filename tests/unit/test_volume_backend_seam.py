@@ -22,7 +22,8 @@ from gpudock.agent.volume_reconciler import VolumeReconciler
 from gpudock.core.observed import ObservedContainer
 from gpudock.core.ports import ContainerRuntime
 from gpudock.errors import UserError
-from gpudock.settings import SettingsError, add_agent_arguments, settings_from
+from gpudock.settings import SettingsError, settings_from
+from gpudock.settings_flags import add_agent_arguments
 from tests.unit.volume_backend_example import DirectoryBackend, MovingDirectoryBackend
 
 MiB = 2**20

@@ -12,7 +12,7 @@ nothing and costs nothing for the resources of this node.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gpudock import __version__, metrics
@@ -31,6 +31,15 @@ from gpudock.api.placement import (
 from gpudock.api.reasons import Reason
 from gpudock.core.gpu_node import gpu_node_status, node_verdict, unreachable_status
 from gpudock.core.gpus import GpuInventory
+from gpudock.core.limits import (
+    NANO_PER_MILLI,
+    NodeCapacity,
+    Requests,
+    allocation,
+    recorded_requests,
+)
+from gpudock.core.observed import ObservedContainer
+from gpudock.core.revision import RevisionStore
 from gpudock.errors import GpudockError
 from gpudock.settings import Settings
 
@@ -39,10 +48,15 @@ PLURAL = "gpunodes"
 
 
 def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInventory,
-         kube: KubeApi) -> None:
-    status = gpu_node_status(inventory.list_gpus(), docker.list_containers(),
+         kube: KubeApi, store: RevisionStore | None = None) -> None:
+    containers = docker.list_containers()
+    status = gpu_node_status(inventory.list_gpus(), containers,
                              (settings.port_range.first, settings.port_range.last),
                              __version__, now, hide_holders=settings.hide_holder_names)
+    capacity = docker.node_capacity()
+    if capacity is not None:
+        status["allocatable"] = capacity.to_dict()
+    status["allocated"] = allocation(held_requests(containers, store, settings, capacity))
     # New SizedVolumes go to the node's backend; the room is where it makes them.
     try:
         free: int | None = open_volume_backend(settings.volume_backend,
@@ -63,6 +77,28 @@ def gpu_labels(gpus: list[dict[str, Any]]) -> dict[str, str]:
     return {LABEL_GPU_COUNT: str(len(gpus)),
             **({LABEL_GPU_PRODUCT: label_value(str(first.get("model")))} if gpus else {}),
             **({LABEL_GPU_MEMORY: str(first.get("memoryMiB"))} if gpus else {})}
+
+
+def held_requests(containers: Sequence[ObservedContainer], store: RevisionStore | None,
+                  settings: Settings, capacity: NodeCapacity | None) -> list[Requests]:
+    """The requests of each instance holding a container on the node (its newest
+    one), from its revision's record, which in-place changes keep current; a
+    container without one counts what Docker limits it to."""
+    newest: dict[tuple[str, str], ObservedContainer] = {}
+    for c in containers:
+        if c.owner is not None:
+            key = (c.owner.namespace, c.owner.name)
+            if key not in newest or c.revision > newest[key].revision:
+                newest[key] = c
+    found = []
+    for (namespace, name), c in sorted(newest.items()):
+        record = store.get(namespace, name, c.revision) if store is not None else None
+        if record is not None and record.uid == c.uid:
+            found.append(recorded_requests(record.spec, settings.limit_defaults, capacity))
+        else:
+            found.append(Requests(cpu=c.limits.nano_cpus // NANO_PER_MILLI,
+                                  memory=c.limits.memory))
+    return found
 
 
 def watched(body: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

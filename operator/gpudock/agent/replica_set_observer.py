@@ -84,6 +84,8 @@ class ReplicaSetObserver:
             layer_root=saved.layer_root,
             instance_network=self._settings.instance_network,
             instance_subnet=self._settings.instance_subnet,
+            limit_defaults=self._settings.limit_defaults,
+            node_capacity=self._docker.node_capacity(),
         )
 
     def _resolve(self, namespace: str, path: str, read_only: bool) -> str | UserError:

@@ -19,6 +19,7 @@ from gpudock.agent.disk_saves import DiskSaves
 from gpudock.agent.node_locks import NodeLocks
 from gpudock.agent.replica_set_outcome import Event
 from gpudock.api import gpu_replica_set
+from gpudock.api.container_limits import LIMIT_FIELDS
 from gpudock.api.reasons import Reason
 from gpudock.core.allocation import Ledger
 from gpudock.core.container_config import ContainerConfig
@@ -171,9 +172,18 @@ class ReplicaSetSteps:
                 docker.set_restart_policy(cid, name, policy)
                 return [Event("Normal", Reason.RESTART_POLICY_RESTORED,
                               f"restart policy of {name} set back to {policy}")]
+            case act.UpdateLimits(container_id=cid, name=name, limits=limits, note=note):
+                docker.update_limits(cid, name, limits)
+                if note is not None:  # after: a crash between is seen and done again
+                    store.put(note)
+                return [Event("Normal", Reason.LIMITS_UPDATED, f"limits of {name} updated "
+                              f"in place: {limits.describe()}")]
             case act.WriteSpec(shape=shape, revision=revision):
+                # A limit the revision did not set is removed from the spec (a merge
+                # patch keeps what it does not name): the spec then is the revision's.
                 self._kube.patch_spec(gpu_replica_set.PLURAL, key.namespace, key.name,
-                                      {**shape, "rollbackTo": None})
+                                      {**dict.fromkeys(LIMIT_FIELDS), **shape,
+                                       "rollbackTo": None})
                 return [Event("Normal", Reason.ROLLED_BACK, f"spec of revision {revision} "
                               "written back; spec.rollbackTo cleared")]
             case act.PruneRevision(record=record):

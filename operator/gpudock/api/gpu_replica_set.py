@@ -33,6 +33,13 @@ from gpudock.api.container_fields import (
     parse_mounts,
     parse_ports,
 )
+from gpudock.api.container_limits import (
+    IN_PLACE_FIELDS,
+    Resources,
+    parse_pids_limit,
+    parse_resources,
+    parse_shm_size,
+)
 from gpudock.api.parsing import (
     RawDict,
     as_dict,
@@ -43,6 +50,7 @@ from gpudock.api.parsing import (
     get_node_name,
     get_str,
 )
+from gpudock.api.quantity import format_size
 from gpudock.api.reasons import Reason
 from gpudock.errors import SpecError
 
@@ -81,6 +89,11 @@ class GpuReplicaSetSpec:
     # or `sleep infinity` as PID 1 ignores SIGTERM, and every stop would wait out the
     # whole stop timeout (docs/gpu-replica-sets.md, "PID 1").
     init: bool = True
+    # CPU, memory, /dev/shm and process limits (api/container_limits.py; None or
+    # unset: the node's per-GPU defaults, core/limits.py).
+    resources: Resources = field(default_factory=Resources)
+    shm_size: int | None = None
+    pids_limit: int | None = None
 
     @classmethod
     def parse(cls, raw: RawDict) -> GpuReplicaSetSpec:
@@ -118,6 +131,9 @@ class GpuReplicaSetSpec:
                                                       max_items=MAX_HOST_ALIASES)),
             dns=parse_dns(raw.get("dnsConfig")),
             init=get_bool(raw, "init", where, default=True),
+            resources=parse_resources(raw.get("resources")),
+            shm_size=parse_shm_size(raw.get("shmSize")),
+            pids_limit=parse_pids_limit(raw.get("pidsLimit")),
         )._checked_size()
 
     def _checked_size(self) -> GpuReplicaSetSpec:
@@ -155,6 +171,9 @@ class GpuReplicaSetSpec:
                               "options": [dns_option_dict(o) for o in self.dns.options]}}
                if self.dns is not None else {}),
             **({} if self.init else {"init": False}),
+            **({"resources": self.resources.shape()} if self.resources.shape() else {}),
+            **({"shmSize": format_size(self.shm_size)} if self.shm_size else {}),
+            **({"pidsLimit": self.pids_limit} if self.pids_limit else {}),
         }
 
     def matches(self, recorded: Mapping[str, Any]) -> bool:
@@ -163,13 +182,20 @@ class GpuReplicaSetSpec:
         default, so a field added later does not make every container differ."""
         return _essential(recorded) == _essential(self.shape())
 
+    def revision_shape(self) -> dict[str, Any]:
+        """The shape without the fields that change in place (what needs a new
+        revision when it changes)."""
+        return {k: v for k, v in self.shape().items() if k not in IN_PLACE_FIELDS}
+
     def with_shape(self, shape: RawDict) -> GpuReplicaSetSpec:
         """This spec with another revision's shape (a rollback); raises SpecError."""
         other = GpuReplicaSetSpec.parse({**shape, "nodeName": self.node_name})
         return replace(self, image=other.image, command=other.command,
                        gpu_count=other.gpu_count, env=other.env, ports=other.ports,
                        mounts=other.mounts, rollback_to=None,
-                       host_aliases=other.host_aliases, dns=other.dns, init=other.init)
+                       host_aliases=other.host_aliases, dns=other.dns, init=other.init,
+                       resources=other.resources, shm_size=other.shm_size,
+                       pids_limit=other.pids_limit)
 
 
 # What each shape field is when a spec leaves it out. A field added in a later version
@@ -178,12 +204,14 @@ class GpuReplicaSetSpec:
 SHAPE_DEFAULTS: dict[str, Any] = {
     "command": [], "gpuCount": 0, "env": [], "ports": [], "mounts": [],
     "hostAliases": [], "dnsConfig": None, "init": True,
+    "resources": {}, "shmSize": None, "pidsLimit": None,
 }
 
 
 def _essential(shape: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in shape.items()
-            if k not in SHAPE_DEFAULTS or v != SHAPE_DEFAULTS[k]}
+    """The shape's fields that need a new revision when they change, less defaults."""
+    return {k: v for k, v in shape.items() if k not in IN_PLACE_FIELDS
+            and (k not in SHAPE_DEFAULTS or v != SHAPE_DEFAULTS[k])}
 
 
 

@@ -12,11 +12,10 @@ import enum
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from gpudock.api.container_limits import parse_resources
 from gpudock.api.parsing import RawDict, as_dict, get_choice, get_int, get_list
-from gpudock.api.quantity import parse_size
 from gpudock.errors import SpecError
 
 # The labels every agent puts on its GpuNode (nodeSelector matches against them and
@@ -25,7 +24,6 @@ LABEL_GPU_PRODUCT = "gpudock.dev/gpu-product"
 LABEL_GPU_COUNT = "gpudock.dev/gpu-count"
 LABEL_GPU_MEMORY = "gpudock.dev/gpu-memory-mib"
 _LABEL_VALUE_BAD = re.compile(r"[^A-Za-z0-9._-]+")
-_CPU_RE = re.compile(r"^([0-9]+(\.[0-9]+)?)(m?)$")
 
 
 class SchedulingPolicy(enum.StrEnum):
@@ -90,8 +88,8 @@ class Placement:
             tolerations=tuple(parse_toleration(as_dict(t, "spec.tolerations[]"))
                               for t in get_list(raw, "tolerations", where)),
             policy=SchedulingPolicy(policy) if policy else None,
-            cpu_millis=_requested(raw, "cpu", parse_cpu_millis),
-            memory_bytes=_requested(raw, "memory", parse_size),
+            cpu_millis=_requests(raw)[0],
+            memory_bytes=_requests(raw)[1],
         )
 
 
@@ -111,31 +109,15 @@ def parse_taints(raw: Any) -> tuple[Taint, ...]:
     return tuple(taints)
 
 
-def parse_cpu_millis(text: str) -> int:
-    """Kubernetes' cpu quantity (``2``, ``1.5``, ``500m``) in thousandths of a CPU."""
-    match = _CPU_RE.match(str(text).strip())
-    if match is None:
-        raise SpecError(f"cpu {text!r} is not a quantity such as 2, 1.5 or 500m")
-    try:
-        value = Decimal(match.group(1))
-    except InvalidOperation as exc:  # pragma: no cover - the regex forbids it
-        raise SpecError(f"cpu {text!r} cannot be read") from exc
-    millis = value if match.group(3) else value * 1000
-    if millis != millis.to_integral_value():
-        raise SpecError(f"cpu {text!r} is finer than a thousandth of a CPU")
-    return int(millis)
-
-
-def _requested(raw: RawDict, what: str, parse: Any) -> int:
-    """A request as Kubernetes defaults it: the request, else the limit, else 0."""
-    resources = raw.get("resources")
-    if not isinstance(resources, Mapping):
-        return 0
-    for part in ("requests", "limits"):
-        values = resources.get(part)
-        if isinstance(values, Mapping) and values.get(what) is not None:
-            return int(parse(str(values[what])))
-    return 0
+def _requests(raw: RawDict) -> tuple[int, int]:
+    """CPU (millicores) and memory (bytes) requested, as Kubernetes defaults them:
+    the request, else the limit, else 0 (the node's per-GPU defaults are the node's:
+    the scheduler does not count them)."""
+    resources = parse_resources(raw.get("resources"))
+    cpu = resources.cpu_request if resources.cpu_request is not None else resources.cpu_limit
+    memory = resources.memory_request if resources.memory_request is not None \
+        else resources.memory_limit
+    return cpu or 0, memory or 0
 
 
 def bound_node(body: Mapping[str, Any]) -> str:

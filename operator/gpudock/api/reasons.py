@@ -55,6 +55,9 @@ class Reason(enum.StrEnum):
     DISK_FULL = "DiskFull"
     DISK_RESTORE_FAILED = "DiskRestoreFailed"
     DISK_SAVE_FAILED = "DiskSaveFailed"
+    # spec.resources (docs/fleet.md, "Limits")
+    LIMIT_BELOW_REQUEST = "LimitBelowRequest"
+    BELOW_DOCKER_MINIMUM = "BelowDockerMinimum"
 
     # --- GpuReplicaSet: conditions of a serving, idle or settled instance ------------
     CONTAINER_RUNNING = "ContainerRunning"
@@ -89,6 +92,7 @@ class Reason(enum.StrEnum):
     RENAMED = "Renamed"
     UNPAUSED = "Unpaused"
     RESTART_POLICY_RESTORED = "RestartPolicyRestored"
+    LIMITS_UPDATED = "LimitsUpdated"  # cpu, memory, pids changed in place
     REVISION_STARTED = "RevisionStarted"
     REVISION_RECORDED = "RevisionRecorded"  # also a SizedVolume event
     REVISION_ADOPTED = "RevisionAdopted"

@@ -14,10 +14,9 @@ from gpudock.cli import retained_commands, rollout_commands
 from gpudock.settings import (
     SchedulerSettings,
     SettingsError,
-    add_agent_arguments,
-    add_scheduler_arguments,
     settings_from,
 )
+from gpudock.settings_flags import add_agent_arguments, add_scheduler_arguments
 
 
 def build_parser() -> argparse.ArgumentParser:

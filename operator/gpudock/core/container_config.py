@@ -15,6 +15,7 @@ from gpudock.api import gpu_replica_set
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, PortBinding
 from gpudock.core import labels
 from gpudock.core.gpu_attach import DEFAULT_ATTACHMENT, GpuAttachment
+from gpudock.core.limits import ContainerLimits
 from gpudock.core.observed import ResourceKey
 
 RESTART_POLICY = "unless-stopped"  # a Docker restart brings running containers back
@@ -64,6 +65,8 @@ class ContainerConfig:
     # fixed address on it, the same in every revision; "": Docker's default bridge.
     network: str = ""
     address: str = ""
+    # NanoCpus, Memory (= MemorySwap), PidsLimit, ShmSize (core/limits.py).
+    limits: ContainerLimits = field(default_factory=ContainerLimits)
 
 
 def exact_env(base_env: list[str], source_env: list[str], wanted: dict[str, str]) -> list[str]:
@@ -86,8 +89,9 @@ def exact_env(base_env: list[str], source_env: list[str], wanted: dict[str, str]
 
 def spec_hash(spec: GpuReplicaSetSpec) -> str:
     """A digest of everything in the spec that shapes the container (not state, history
-    or rollback): equal hashes mean the container already matches the spec."""
-    return shape_hash(spec.shape())
+    or rollback; nor what changes in place, the limits): equal hashes mean the
+    container was made for the spec."""
+    return shape_hash(spec.revision_shape())
 
 
 def shape_hash(shape: dict[str, Any]) -> str:
@@ -101,7 +105,7 @@ def build_container_config(
     gpu_attach: GpuAttachment = DEFAULT_ATTACHMENT, image: str | None = None,
     host_paths: dict[str, str] | None = None, image_volumes: tuple[str, ...] = (),
     carried_volumes: dict[str, str] | None = None, node_name: str = "",
-    network: str = "", address: str = "",
+    network: str = "", address: str = "", limits: ContainerLimits | None = None,
 ) -> ContainerConfig:
     """``volume_names`` maps a SizedVolume name to its current Docker volume;
     ``image`` overrides the spec's (a preserved revision's disk); ``host_paths`` maps a
@@ -161,4 +165,5 @@ def build_container_config(
         if spec.dns is not None else None,
         network=network if address else "",
         address=address,
+        limits=limits or ContainerLimits(),
     )

@@ -15,12 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gpudock.api.placement import (
-    Placement,
-    bound_node,
-    parse_cpu_millis,
-    parse_taints,
-)
+from gpudock.api.container_limits import parse_cpu
+from gpudock.api.placement import Placement, bound_node, parse_taints
 from gpudock.api.quantity import parse_size
 from gpudock.core.gpu_node import node_verdict
 from gpudock.core.placement import Demand, GpuView, NodeView
@@ -132,7 +128,7 @@ def _view(body: Mapping[str, Any], ready: bool) -> NodeView:
         name=str((body.get("metadata") or {}).get("name")), ready=ready,
         unschedulable=bool(spec.get("unschedulable")), taints=parse_taints(spec.get("taints")),
         labels={str(k): str(v) for k, v in labels.items()}, gpus=gpus,
-        cpu_millis=_quantity(allocatable.get("cpu"), parse_cpu_millis),
+        cpu_millis=_quantity(allocatable.get("cpu"), parse_cpu),
         memory_bytes=_quantity(allocatable.get("memory"), parse_size),
         volume_free_bytes=int(free) if isinstance(free, int) else None)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gpudock.api.container_fields import Protocol
+from gpudock.core.limits import ContainerLimits
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class ObservedContainer:
     oom_killed: bool = False
     started_at: str = ""
     finished_at: str = ""
+    # Its HostConfig's CPU, memory, pids and /dev/shm limits, as Docker has them now.
+    limits: ContainerLimits = field(default_factory=ContainerLimits)
 
     @property
     def running(self) -> bool:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from gpudock.core.container_config import ContainerConfig
+from gpudock.core.limits import ContainerLimits, NodeCapacity
 from gpudock.core.observed import ImageInfo, ObservedContainer
 
 
@@ -110,6 +111,15 @@ class ContainerRuntime(Protocol):
     def rename(self, container_id: str, new_name: str) -> None: ...
 
     def set_restart_policy(self, container_id: str, name: str, policy: str) -> None: ...
+
+    def update_limits(self, container_id: str, name: str, limits: ContainerLimits) -> None:
+        """Change the CPU, memory (swap the same) and pids limits of the container as
+        it is (running or not): the same container."""
+        ...
+
+    def node_capacity(self) -> NodeCapacity | None:
+        """The node's CPUs and memory as the engine reports them; None when unknown."""
+        ...
 
     def remove(self, container_id: str, name: str) -> None:
         """Remove the container (never its volumes); already gone is fine."""

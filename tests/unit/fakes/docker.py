@@ -44,6 +44,7 @@ from gpudock.api.container_fields import Protocol
 from gpudock.api.reasons import Reason
 from gpudock.core import labels
 from gpudock.core.container_config import ContainerConfig, exact_env
+from gpudock.core.limits import ContainerLimits, NodeCapacity
 from gpudock.core.observed import HostPort, ImageInfo, ObservedContainer, ResourceKey
 from gpudock.errors import GpudockError, UserError
 
@@ -100,6 +101,7 @@ class FakeContainer:
     oom_killed: bool = False
     started_at: str = ZERO_TIME
     finished_at: str = ZERO_TIME
+    limits: ContainerLimits = field(default_factory=ContainerLimits)
 
     @property
     def running(self) -> bool:
@@ -184,6 +186,7 @@ class InMemoryDocker:
         self.containers: dict[str, FakeContainer] = {}  # by ID, in creation order
         self.volumes: dict[str, FakeVolume] = {}
         self.free: int | None = 500 * 2**30  # free bytes in the root (None: unseen)
+        self.capacity: NodeCapacity | None = NodeCapacity(cpu=16000, memory=64 * 2**30)
         self.inodes: int | None = 10**7  # free inodes in the root (None: no fixed number)
         self.unavailable = False  # every request fails as if the engine were down
         # Host ports held by processes outside Docker (the kernel refuses to bind them).
@@ -460,7 +463,7 @@ class InMemoryDocker:
                 port_bindings={(p.container_port, p.protocol): p.host_port
                                for p in config.ports},
                 restart_policy=config.restart_policy, runtime=config.runtime,
-                init=config.init)
+                init=config.init, limits=config.limits)
             self.containers[container.id] = container
             self._event("create", container)
         try:
@@ -516,6 +519,19 @@ class InMemoryDocker:
             found = self._existing(container_id, f"update {name}")
             found.restart_policy = policy
             self._event("update", found)
+
+    def update_limits(self, container_id: str, name: str, limits: ContainerLimits) -> None:
+        with self._request("update_limits"):
+            found = self._existing(container_id, f"update the limits of {name}")
+            # As Docker: a 0 leaves the CPU or memory limit as it is.
+            found.limits = replace(found.limits, pids_limit=limits.pids_limit,
+                                   nano_cpus=limits.nano_cpus or found.limits.nano_cpus,
+                                   memory=limits.memory or found.limits.memory)
+            self._event("update", found)
+
+    def node_capacity(self) -> NodeCapacity | None:
+        with self._request("node_capacity"):
+            return self.capacity
 
     def remove(self, container_id: str, name: str) -> None:
         with self._request("remove"):
@@ -727,7 +743,8 @@ class InMemoryDocker:
             exit_code=c.exit_code, restart_count=c.restart_count,
             oom_killed=c.oom_killed,
             started_at="" if c.started_at == ZERO_TIME else c.started_at,
-            finished_at="" if c.finished_at == ZERO_TIME else c.finished_at)
+            finished_at="" if c.finished_at == ZERO_TIME else c.finished_at,
+            limits=c.limits)
 
     def _start(self, c: FakeContainer) -> None:
         command = c.cmd or []

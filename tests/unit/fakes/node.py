@@ -33,7 +33,8 @@ from gpudock.api.reasons import Reason
 from gpudock.core.observed import HostPort
 from gpudock.core.ports import ContainerRuntime
 from gpudock.crash_points import CrashPoints
-from gpudock.settings import Settings, add_agent_arguments, settings_from
+from gpudock.settings import Settings, settings_from
+from gpudock.settings_flags import add_agent_arguments
 from tests.unit.fakes.clock import FixedClock
 from tests.unit.fakes.crash import kill_raises
 from tests.unit.fakes.docker import FakeContainer, InMemoryDocker

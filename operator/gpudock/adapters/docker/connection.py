@@ -20,6 +20,7 @@ from gpudock.adapters.command_lookup import FoundCommands
 from gpudock.adapters.container_events import ContainerCache
 from gpudock.adapters.docker.errors import Step, _translated
 from gpudock.api.reasons import Reason
+from gpudock.core.limits import NodeCapacity
 
 T = TypeVar("T")
 
@@ -42,6 +43,7 @@ class DockerConnection:
         self._connecting = threading.Lock()
         self._containers = ContainerCache(self._container_events)
         self._found_commands = FoundCommands()
+        self._capacity: NodeCapacity | None = None  # the engine's CPUs and memory
 
     def _container_events(self) -> Iterable[dict[str, Any]]:
         stream: Iterable[dict[str, Any]] = self.client.api.events(

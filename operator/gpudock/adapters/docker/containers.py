@@ -12,14 +12,17 @@ import stat
 from collections.abc import Callable
 from typing import Any, cast
 
+import docker.errors
 import docker.types
 import docker.utils
+import requests
 
 from gpudock.adapters.docker.connection import DockerConnection
 from gpudock.adapters.docker.errors import ContainerGoneError, Step, _translated
 from gpudock.adapters.docker.inspect import _observed, upper_dir_of
 from gpudock.api.reasons import Reason
 from gpudock.core.container_config import ContainerConfig, exact_env
+from gpudock.core.limits import ContainerLimits, NodeCapacity, capacity_from
 from gpudock.core.observed import ObservedContainer
 from gpudock.errors import GpudockError, UserError
 
@@ -85,7 +88,7 @@ class ContainerMixin(DockerConnection):
         for volume in config.image_volumes:  # labelled, so Purge finds them
             self._call(f"create volume {volume.source}", functools.partial(
                 api.create_volume, volume.source, labels=config.volume_labels))
-        dns = config.dns
+        dns, limits = config.dns, config.limits
         host_config = api.create_host_config(
             port_bindings={f"{p.container_port}/{p.protocol.lower()}": [("", p.host_port)]
                            for p in config.ports},
@@ -101,6 +104,11 @@ class ContainerMixin(DockerConnection):
             runtime=config.runtime,
             restart_policy={"Name": config.restart_policy},
             network_mode=config.network or None,
+            nano_cpus=limits.nano_cpus or None,
+            mem_limit=limits.memory or None,
+            memswap_limit=limits.memory or None,  # no swap beyond the memory limit
+            pids_limit=limits.pids_limit or None,
+            shm_size=limits.shm_size or None,
             device_requests=[docker.types.DeviceRequest(
                 driver="nvidia", device_ids=list(config.gpu_device_ids),
                 capabilities=[["gpu"]])] if config.gpu_device_ids else None,
@@ -220,6 +228,34 @@ class ContainerMixin(DockerConnection):
         self._containers.expect(container_id, "update")
         self._change(container_id, f"update {name}", lambda: self.client.api.update_container(
             container_id, restart_policy=cast(Any, {"Name": policy})))
+
+    def update_limits(self, container_id: str, name: str, limits: ContainerLimits) -> None:
+        """Docker's update of the container's NanoCpus, Memory, MemorySwap and
+        PidsLimit (the SDK's update_container knows neither NanoCpus nor PidsLimit).
+        A 0 leaves Docker's CPU or memory value as it is (Docker cannot lift one);
+        pids -1 is none."""
+        api = self.client.api
+        body = {"NanoCpus": limits.nano_cpus, "Memory": limits.memory,
+                "MemorySwap": limits.memory, "PidsLimit": limits.pids_limit or -1}
+
+        def update() -> None:
+            response = api.post(f"{api.base_url}/v{api.api_version}/containers/"
+                                f"{container_id}/update", json=body)
+            try:
+                response.raise_for_status()
+            except requests.exceptions.HTTPError as exc:  # as the SDK's own calls
+                raise docker.errors.create_api_error_from_http_exception(exc) from exc
+        self._containers.expect(container_id, "update")
+        self._change(container_id, f"update the limits of {name}", update)
+
+    def node_capacity(self) -> NodeCapacity | None:
+        """The engine's CPU count and memory (docker info NCPU, MemTotal), asked once."""
+        if self._capacity is None:
+            info = self._call("info", self.client.api.info)
+            cpus, memory = int(info.get("NCPU") or 0), int(info.get("MemTotal") or 0)
+            if cpus and memory:
+                self._capacity = capacity_from(cpus, memory)
+        return self._capacity
 
     def remove(self, container_id: str, name: str) -> None:
         """Remove the container (never its volumes); already gone is fine."""

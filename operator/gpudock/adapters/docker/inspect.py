@@ -12,6 +12,7 @@ from typing import Any
 from gpudock.api import gpu_replica_set
 from gpudock.api.container_fields import Protocol
 from gpudock.core import labels
+from gpudock.core.limits import ContainerLimits
 from gpudock.core.observed import ObservedContainer, ResourceKey
 
 
@@ -78,7 +79,22 @@ def _observed(attrs: dict[str, Any]) -> ObservedContainer:
         oom_killed=bool(state.get("OOMKilled")),
         started_at=_docker_time(state.get("StartedAt")),
         finished_at=_docker_time(state.get("FinishedAt")),
+        limits=limits_of(attrs.get("HostConfig") or {}),
     )
+
+
+def limits_of(host_config: dict[str, Any]) -> ContainerLimits:
+    """The CPU, memory, pids and /dev/shm limits of a HostConfig (a CpuQuota set by
+    hand reads as the NanoCpus it amounts to; none is 0)."""
+    nano = int(host_config.get("NanoCpus") or 0)
+    quota, period = int(host_config.get("CpuQuota") or 0), int(host_config.get(
+        "CpuPeriod") or 0)
+    if not nano and quota > 0:
+        nano = quota * 1_000_000_000 // (period or 100_000)
+    pids = int(host_config.get("PidsLimit") or 0)
+    return ContainerLimits(nano_cpus=nano, memory=int(host_config.get("Memory") or 0),
+                           pids_limit=max(pids, 0),
+                           shm_size=int(host_config.get("ShmSize") or 0))
 
 
 def upper_dir_of(inspect: dict[str, Any]) -> str | None:

@@ -121,7 +121,7 @@ async def _heartbeat(agent: NodeAgent, logger: Logger) -> None:
         agent.node_changed.clear()
         try:
             await asyncio.to_thread(node_health.beat, settings, agent.now(), agent.docker,
-                                    agent.inventory, agent.kube)
+                                    agent.inventory, agent.kube, agent.store)
             others = {plural: [entry for node, entries in index.items()
                                if node != settings.node_name for entry in entries]
                       for plural, index in agent.watched.items()}  # read in the loop

@@ -8,6 +8,7 @@ from typing import Any
 
 from gpudock.api.reasons import Reason
 from gpudock.core.container_config import ContainerConfig
+from gpudock.core.limits import ContainerLimits
 from gpudock.core.revision import Revision
 
 
@@ -95,6 +96,18 @@ class SetRestartPolicy:
 
 
 @dataclass(frozen=True)
+class UpdateLimits:
+    """Change the container's CPU, memory and pids limits in place (Docker's update:
+    same container, no new revision), then note the spec they came from in its
+    revision's record, so a restart or a rollback to it keeps them."""
+
+    container_id: str
+    name: str
+    limits: ContainerLimits
+    note: Revision | None = None
+
+
+@dataclass(frozen=True)
 class WriteSpec:
     """Write a revision's shape into the resource's spec and clear spec.rollbackTo."""
 
@@ -135,7 +148,7 @@ class PurgeHistory:
 
 Action = (StartRevision | RecordRevision | PreserveDisk | StartContainer | StopContainer
           | RemoveContainer | RenameContainer | UnpauseContainer | SetRestartPolicy
-          | WriteSpec | PruneRevision | MoveHistory | PurgeHistory)
+          | UpdateLimits | WriteSpec | PruneRevision | MoveHistory | PurgeHistory)
 
 # Steps after which GPUs or host ports may have become free for another resource (a
 # stopped container still holds them: only removing one frees them).

@@ -18,6 +18,7 @@ from gpudock.core.allocation import (
     allocate_ports,
 )
 from gpudock.core.container_config import ContainerConfig, build_container_config
+from gpudock.core.limits import check_on_node
 from gpudock.core.replica_set.observation import Observation
 from gpudock.core.replica_set.saved_disks import Disk, is_reserved_reference
 from gpudock.errors import UserError
@@ -37,6 +38,7 @@ def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
                         "there (gpudock never pulls)")
     _check_disk_image(obs, disk)
     _check_explicit_ports(obs, spec)
+    limits = check_on_node(spec, obs.limit_defaults, obs.node_capacity)
     if spec.gpu_count > len(obs.inventory):
         raise UserError(Reason.EXCEEDS_NODE_CAPACITY,
                         f"asks for {_gpus(spec.gpu_count)}; node "
@@ -61,7 +63,7 @@ def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
         image=disk.image if disk else None,
         image_volumes=obs.images[spec.image].volumes if spec.image in obs.images else (),
         carried_volumes=dict(carried_volumes or {}), node_name=obs.node_name,
-        network=obs.instance_network, address=address)
+        network=obs.instance_network, address=address, limits=limits)
 
 
 def _address(obs: Observation, ledger: Ledger, held: str) -> str:

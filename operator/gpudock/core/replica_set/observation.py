@@ -11,6 +11,7 @@ from typing import Any
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, GpuReplicaSetStatus
 from gpudock.core.container_config import ContainerConfig
 from gpudock.core.gpu_attach import DEFAULT_ATTACHMENT, GpuAttachment
+from gpudock.core.limits import LimitDefaults, NodeCapacity
 from gpudock.core.observed import HostPort, ImageInfo, ObservedContainer, ResourceKey
 from gpudock.core.replica_set import actions as act
 from gpudock.core.replica_set.saved_disks import Disk, SavedDisks
@@ -60,6 +61,9 @@ class Observation:
     # (core/allocation.py); "": containers go on Docker's default bridge.
     instance_network: str = ""
     instance_subnet: str = ""
+    # The node's per-GPU limit defaults and its CPUs and memory (None: not known).
+    limit_defaults: LimitDefaults = field(default_factory=LimitDefaults)
+    node_capacity: NodeCapacity | None = None
 
     @property
     def own_records(self) -> tuple[Revision, ...]:

@@ -47,6 +47,7 @@ from gpudock.core.replica_set.history import (
     set_aside,
 )
 from gpudock.core.replica_set.observation import Observation, Plan, Target
+from gpudock.core.replica_set.resize import resize
 from gpudock.core.replica_set.saved_disks import (
     disk_of,
     is_preserved,
@@ -180,8 +181,17 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
                          "its GPUs and ports")
     moved = _moved_volume(obs, current)
     if target.rollback_of is None and target.spec.matches(record.spec):
-        if moved is None:
-            return _keep(obs, current, record)
+        if moved is None:  # cpu, memory, pids change in place (resize.py)
+            resized = resize(obs, current, record, target.spec)
+            if isinstance(resized, act.UpdateLimits):
+                return _progress(obs, current, record, (resized,), Reason.RECONCILING,
+                                 f"updating the limits of {current.name} in place: "
+                                 f"{resized.limits.describe()}", drift=None
+                                 if resized.note else f"limits of {current.name} were "
+                                 "changed behind the agent's back")
+            if resized is None:
+                return _keep(obs, current, record)
+            moved = resized
         target = replace(target, cause=moved)
     failed = failed_attempt(obs, record, target)
     if failed is not None:  # the change was tried and Docker refused it
@@ -230,7 +240,8 @@ def _without_container(obs: Observation, record: Revision | None, target: Target
         config = container_for(obs, target.spec, record.revision, disk, record.gpus,
                                record.ports, held_address=record.address)
         # The record says what the new container is made from, as for a new revision.
-        again = replace(record, container_name=config.name, gpus=config.gpus,
+        again = replace(record, spec=target.spec.shape(),  # limits changed meanwhile
+                        container_name=config.name, gpus=config.gpus,
                         ports=config.ports, image=config.image,
                         layer=disk.layer if disk else None,
                         image_id=image_id_for(obs, disk, config.image),
