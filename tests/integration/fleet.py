@@ -5,7 +5,7 @@ test's namespace."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import docker.models.containers
@@ -29,7 +29,8 @@ class Fleet:
     def nodes(self) -> list[str]:
         return sorted(self.engines)
 
-    def start_agent(self, node: str, gpus: int = 8) -> AgentProcess:
+    def start_agent(self, node: str, gpus: int = 8, extra_args: Sequence[str] = (),
+                    ) -> AgentProcess:
         engine = self.engines[node]
         first_port = 40000 + 5000 * self.nodes.index(node)  # one host, several nodes
         agent = AgentProcess(
@@ -38,7 +39,7 @@ class Fleet:
                 "--namespace", self.namespace, "--release-namespace", self.namespace,
                 "--docker-host", engine.host, "--instance-subnet", engine.instance_subnet,
                 "--port-range", f"{first_port}-{first_port + 4999}",
-                "--heartbeat-seconds", str(HEARTBEAT_SECONDS)]).start()
+                "--heartbeat-seconds", str(HEARTBEAT_SECONDS), *extra_args]).start()
         self.agents[node] = agent
         return agent
 
@@ -85,6 +86,11 @@ def running_fleet(stack: LocalStack, namespace: str, gpus: int = 8) -> Iterator[
         for node in fleet.nodes:
             for container in fleet.containers(node):
                 container.remove(force=True)
+            client = fleet.engines[node].client()
+            try:
+                client.networks.prune()  # an instance network a test made
+            finally:
+                client.close()
         stack.kubectl("delete", "gpunodes", *fleet.nodes, "--wait=false", check=False)
 
 

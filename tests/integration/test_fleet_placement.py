@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -215,3 +216,34 @@ def test_22_7_a_cordoned_node_gets_nothing_new_and_keeps_what_runs(fleet: Fleet)
     assert fleet.node_of("after") == b
     assert [c.id for c in fleet.containers(a)] == [container]
     assert _running(fleet, "before")
+
+
+def test_22_5_a_node_that_cannot_run_it_hands_the_binding_back(fleet: Fleet) -> None:
+    """Node a has one instance address (a /30): the scheduler does not count addresses,
+    binds a second instance there by Binpack, and node a's agent, holding nothing of
+    it, hands it back; the scheduler then avoids node a and binds it to node b."""
+    a, b = fleet.nodes
+    fleet.agents[a].stop()
+    fleet.start_agent(a, extra_args=["--instance-network", f"gd-{fleet.namespace}",
+                                     "--instance-subnet", fleet.stack.free_subnet(30)])
+    _apply(fleet, _unpinned("one", 1))
+    wait_for(lambda: _running(fleet, "one"), 60, what="one Running")
+    assert fleet.node_of("one") == a
+    _apply(fleet, _unpinned("two", 1))
+    wait_for(lambda: _running(fleet, "two"), 60, what="two Running")
+    assert fleet.node_of("two") == b
+    reasons = event_reasons(fleet.stack, fleet.namespace, "two")
+    assert "NodeRejected" in reasons, reasons
+    assert _status(fleet, "two")["rejection"]["nodeName"] == a
+    assert [c.labels["gpudock.dev/name"] for c in fleet.containers(a)] == ["one"]
+    body = fleet.stack.kubectl_json("get", "grs", "two", "-n", fleet.namespace)
+    assert body["metadata"]["finalizers"] == [  # type: ignore[index]
+        f"node.gpudock.dev/{b}"]
+
+
+def test_22_the_unpinned_example_runs_with_its_volume_on_one_node(fleet: Fleet) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "07-unpinned-instance.yaml"
+    fleet.stack.kubectl("apply", "-n", fleet.namespace, "-f", str(example))
+    wait_for(lambda: _running(fleet, "anywhere"), 90, what="the example Running")
+    volume = fleet.stack.kubectl_json("get", "svol", "scratch", "-n", fleet.namespace)
+    assert volume["status"]["nodeName"] == fleet.node_of("anywhere")  # type: ignore[index]

@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.stack")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="run the stack, the agent and the examples")
-    up.add_argument("--gpus", type=int, default=8, help="simulated GPUs (default 8)")
+    up.add_argument("--gpus", type=int, default=8, help="simulated GPUs per node (default 8)")
+    up.add_argument("--nodes", type=int, default=2,
+                    help="GPU nodes, each an agent with its own dockerd (default 2); the "
+                         "first is the chart's DaemonSet pod unless --agent-process")
     up.add_argument("--no-examples", action="store_true", help="do not apply examples/")
     up.add_argument("--agent-process", action="store_true",
                     help="run the agent as a process, without a kubelet and the chart")
@@ -57,11 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     with LocalStack(node=not args.agent_process) as stack:
         allowed = stack.shared_dir("host-paths")
-        agent = None
+        agents: list[AgentProcess] = []
         if args.agent_process:
-            agent = AgentProcess(stack, gpus=args.gpus,
-                                 extra_args=["--allowed-host-path", str(allowed)]).start()
-            where = f"the agent process (log: {agent.log_path})"
+            stack.kubectl("create", "namespace", NAMESPACE)  # where the Lease lives
+            agents.append(AgentProcess(stack, gpus=args.gpus, extra_args=[
+                "--allowed-host-path", str(allowed),
+                "--release-namespace", NAMESPACE]).start())
+            where = f"the agent process (log: {agents[0].log_path})"
         else:
             build_image(stack)
             helm(stack.kubeconfig).install(
@@ -70,36 +75,52 @@ def main(argv: list[str] | None = None) -> int:
                 namespace=NAMESPACE, create_namespace=True, wait="watcher", timeout=300)
             where = (f"the agent DaemonSet's pod (kubectl -n {NAMESPACE} logs "
                      f"ds/gpudock-agent)")
+        for number in range(2, args.nodes + 1):  # more nodes: agents, each its dockerd
+            engine = stack.add_engine(f"node-{number}")
+            agents.append(AgentProcess(
+                stack, node_name=f"gpu-node-{number}", gpus=args.gpus,
+                name=f"agent-{number}", extra_args=[
+                    "--docker-host", engine.host, "--instance-subnet", engine.instance_subnet,
+                    "--allowed-host-path", str(allowed), "--release-namespace", NAMESPACE,
+                    "--port-range", f"{30000 + 1000 * number}-{30999 + 1000 * number}",
+                ]).start())
         try:
             if not args.no_examples:
                 for example in sorted((REPO_ROOT / "examples").glob("*.yaml")):
                     print(stack.kubectl("apply", "-f", str(example)).stdout.strip())
-            _print_banner(stack, args.gpus, allowed, where)
+            _print_banner(stack, args.gpus, allowed, where, args.nodes)
             while not stopping:
-                if agent and agent.process and not agent.process.alive():
-                    print(f"the agent exited:\n{agent.process.log_tail()}", file=sys.stderr)
-                    return 1
+                for agent in agents:
+                    if agent.process and not agent.process.alive():
+                        print(f"the agent of {agent.node_name} exited:\n"
+                              f"{agent.process.log_tail()}", file=sys.stderr)
+                        return 1
                 time.sleep(1)
         finally:
-            print("stopping the agent and tearing the stack down ...")
-            if agent:
+            print("stopping the agents and tearing the stack down ...")
+            for agent in agents:
                 agent.stop()
     print("done: no process, mount or container left behind")
     return 0
 
 
-def _print_banner(stack: LocalStack, gpus: int, allowed: Path, where: str) -> None:
+def _print_banner(stack: LocalStack, gpus: int, allowed: Path, where: str,
+                  nodes: int) -> None:
     node = ", kubelet, controller-manager, scheduler" if stack.with_node else ""
+    more = (f"\nNodes gpu-node-2 to gpu-node-{nodes}: agent processes, each with its own "
+            "dockerd." if nodes > 1 else "")
     print(f"""
 gpudock local stack is up: etcd, kube-apiserver, dockerd{node}, and the agent for node
-{NODE_NAME} with {gpus} simulated GPUs as {where}.
+{NODE_NAME} with {gpus} simulated GPUs as {where}.{more}
+The agents elect the scheduler's leader; unpinned instances go where it places them.
 In another shell:
 
   export KUBECONFIG={stack.kubeconfig}
   export DOCKER_HOST={stack.docker_host}
   export PATH={KUBE_BIN_DIR}:$PATH
 
-  kubectl get grs,svol -o wide           # the examples and their status
+  kubectl get gpunodes                   # the fleet
+  kubectl get grs,svol -o wide           # the examples, their nodes and status
   kubectl describe grs knock             # conditions and events
   docker ps --format '{{{{.Names}}}} {{{{.Status}}}} {{{{.Ports}}}}'
   kubectl apply -f {REPO_ROOT / 'examples'}

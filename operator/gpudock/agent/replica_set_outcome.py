@@ -23,3 +23,6 @@ class Outcome:
     released: bool = False  # GPUs or ports may be free now: wake waiting resources
     recheck_after: float | None = None  # reconcile again this soon, whatever happens
     settled: bool = False  # nothing in progress, nothing wrong, nothing waited for
+    # Why this node hands the binding back to the scheduler (it cannot run the
+    # resource and holds nothing of it); None: it keeps it.
+    hand_back: str | None = None

@@ -82,6 +82,13 @@ def _step_of(status: gpu_replica_set.GpuReplicaSetStatus) -> tuple[object, ...]:
                             for c in status.conditions))
 
 
+# What makes a node hand a binding back to the scheduler (docs/fleet.md): the node
+# cannot run the resource now, for a reason the scheduler did not see, and another
+# node may; only while it holds nothing of the resource (no container, no revision).
+HAND_BACK = frozenset({Reason.INSUFFICIENT_GPUS, Reason.EXCEEDS_NODE_CAPACITY,
+                       Reason.ADDRESSES_EXHAUSTED, Reason.IMAGE_NOT_PRESENT})
+
+
 class ReplicaSetReconciler:
     def __init__(self, settings: Settings, docker: ContainerRuntime,
                  inventory: GpuInventory, kube: KubeClient, store: RevisionStore,
@@ -210,6 +217,11 @@ class ReplicaSetReconciler:
         outcome.settled = (progressing is not None and not progressing.status
                            and progressing.reason == Reason.RECONCILE_COMPLETE
                            and degraded is not None and not degraded.status)
+        if progressing is not None and progressing.reason in HAND_BACK and \
+                not spec.node_name and not observation.own_records and not any(
+                    c.owner == key and c.uid == meta["uid"] for c in observation.containers):
+            outcome.hand_back = (f"node {self._settings.node_name} cannot run it: "
+                                 f"{progressing.message}")
         return outcome
 
     def _revision_refused(self, action: act.Action | None, exc: UserError) -> bool:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gpudock.adapters.kube_api import ConflictError, KubeUnavailableError, ObjectNotFoundError
-from gpudock.api import gpu_replica_set, sized_volume
+from gpudock.api import gpu_replica_set, ownership, sized_volume
 from gpudock.api.conditions import ConditionType
 from gpudock.api.placement import SchedulingPolicy, bound_node
 from gpudock.api.reasons import Reason
@@ -63,6 +63,9 @@ class SchedulingPass:
             node = bound_node(body)
             if node:  # pinned or bound: its unbound volumes follow it
                 self._bind_volumes(body, node, volumes, volume_bodies)
+            elif any(f.startswith(ownership.FINALIZER_PREFIX)
+                     for f in body["metadata"].get("finalizers") or ()):
+                continue  # a node is handing it back: bound again once it let go
             else:
                 self._place(body, nodes, volumes, volume_bodies)
         consumers = {(key_of(b)[0], str(m.get("volume"))) for b in live

@@ -21,13 +21,17 @@ from gpudock.agent import wiring
 from gpudock.agent.replica_set_outcome import Event, Outcome
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership
+from gpudock.api.conditions import ConditionType
 from gpudock.api.placement import bound_node
+from gpudock.api.reasons import Reason
 from gpudock.core.replica_set.status import waiting_on
 from gpudock.errors import TransientError
 
 GRS = gpu_replica_set.PLURAL
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 STATUS_RETRY_SECONDS = 5.0
+HAND_BACK_RETRY_SECONDS = 1.0  # the resource changed while it was handed back
+FINALIZER_TRIES = 5
 # A settled resource's look while Docker's events are followed (every change of its
 # container wakes it): the period doubles with each pass that changes nothing, up to
 # this many times --resync-seconds; a wake-up brings it back.
@@ -129,6 +133,12 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: ko
                 with metrics.timed(metrics.RECONCILE_SECONDS, gpu_replica_set.KIND):
                     outcome = await asyncio.to_thread(agent.replica_sets.reconcile, view,
                                                       line.show)
+                if outcome is not None and outcome.hand_back is not None:
+                    if await asyncio.to_thread(_hand_back, agent, body, outcome.hand_back,
+                                               logger):
+                        return  # the scheduler's again: kopf stops this daemon
+                    await _sleep(wakeup, stopped, HAND_BACK_RETRY_SECONDS)
+                    continue
                 if outcome is not None:
                     before = line.known_version
                     await asyncio.to_thread(line.show, outcome)
@@ -162,6 +172,41 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: ko
         agent.wakeups.forget(uid)
         agent.phases.pop(uid, None)
         metrics.set_phases(gpu_replica_set.KIND, agent.phases)
+
+
+def _hand_back(agent: NodeAgent, body: kopf.Body, message: str, logger: Logger) -> bool:
+    """Give the binding back to the scheduler (docs/fleet.md, NodeRejected): clear
+    status.nodeName at the version just read (compare-and-set), note this node for
+    the scheduler's backoff, then drop this node's finalizer (the scheduler binds no
+    resource that still carries a node's finalizer). False when the resource changed
+    meanwhile: the next pass decides again."""
+    meta, now = body["metadata"], agent.now()
+    node = agent.settings.node_name
+    conditions = [{"type": ctype, "status": "False", "reason": Reason.NODE_REJECTED,
+                   "message": message, "lastTransitionTime": now}
+                  for ctype in (ConditionType.SCHEDULED, ConditionType.READY)]
+    try:
+        current = agent.kube.get(GRS, meta["namespace"], meta["name"])
+        if (current.get("status") or {}).get("nodeName") == node:
+            agent.kube.patch_status_at(GRS, meta["namespace"], meta["name"], {
+                "nodeName": None, "phase": "Pending", "reason": Reason.NODE_REJECTED,
+                "message": message, "rejection": {"nodeName": node, "time": now},
+                "conditions": conditions}, str(current["metadata"]["resourceVersion"]))
+    except (KubeUnavailableError, ObjectNotFoundError) as exc:
+        logger.info("binding not handed back (will decide again): %s", exc)
+        return False
+    for _ in range(FINALIZER_TRIES):  # (a conflict: the list changed; read it again)
+        try:
+            agent.kube.remove_finalizer(GRS, meta["namespace"], meta["name"],
+                                        ownership.node_finalizer(node))
+            break
+        except ObjectNotFoundError:
+            break
+        except KubeUnavailableError as exc:
+            logger.info("finalizer not removed yet: %s", exc)
+    kopf.event(body, type="Warning", reason=Reason.NODE_REJECTED, message=message)
+    logger.info("handed the binding back to the scheduler: %s", message)
+    return True
 
 
 def _count(agent: NodeAgent, uid: str, status: dict[str, Any]) -> None:
