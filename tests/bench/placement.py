@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+import kubernetes.client
+import kubernetes.config
+import kubernetes.watch
 
 from gpudock.cli.retained_commands import table
 from tests.integration.fleet import Fleet
@@ -48,37 +51,29 @@ def _cpu_seconds(pid: int) -> float:
 
 
 class BindWatch:
-    """`kubectl get grs --watch`: when each instance was first seen bound."""
+    """A watch of the namespace's GpuReplicaSets: when each was first seen bound."""
 
     def __init__(self, stack: LocalStack) -> None:
         self.bound: dict[str, float] = {}
-        self._process = subprocess.Popen(
-            [str(stack.kubectl_path), "get", "grs", "-n", NAMESPACE, "--watch",
-             "--output-watch-events", "-o", "json"], stdout=subprocess.PIPE, text=True,
-            env=stack.env())
+        client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(stack.kubeconfig))
+        self._api = kubernetes.client.CustomObjectsApi(client)
+        self._watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
-        assert self._process.stdout is not None
-        buffer = ""
-        for line in self._process.stdout:
-            buffer += line
-            if line.rstrip() != "}":
-                continue
-            try:
-                event = json.loads(buffer)
-            except json.JSONDecodeError:
-                continue
-            buffer = ""
-            body = event.get("object") or {}
-            name = body.get("metadata", {}).get("name")
+        stream = self._watch.stream(  # type: ignore[no-untyped-call]
+            self._api.list_namespaced_custom_object, "gpudock.dev", "v1alpha1", NAMESPACE,
+            "gpureplicasets", timeout_seconds=600)
+        for event in stream:
+            body = event["object"]
+            name = body["metadata"]["name"]
             if (body.get("status") or {}).get("nodeName") and name not in self.bound:
                 self.bound[name] = time.monotonic()
 
     def stop(self) -> None:
-        self._process.terminate()
-        self._process.wait(10)
+        self._watch.stop()  # type: ignore[no-untyped-call]
 
 
 def _round(fleet: Fleet, count: int, pinned: bool) -> dict[str, float]:

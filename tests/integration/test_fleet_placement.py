@@ -4,6 +4,8 @@ scheduler leader-elected among the agents (docs/fleet.md)."""
 from __future__ import annotations
 
 import json
+import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 
 from tests.integration.fleet import Fleet, running_fleet
 from tests.stack.localstack import LocalStack, wait_for
+from tests.stack.processes import ManagedProcess
 from tests.stack.resources import event_reasons, gpu_replica_set
 
 
@@ -247,3 +250,24 @@ def test_22_the_unpinned_example_runs_with_its_volume_on_one_node(fleet: Fleet) 
     wait_for(lambda: _running(fleet, "anywhere"), 90, what="the example Running")
     volume = fleet.stack.kubectl_json("get", "svol", "scratch", "-n", fleet.namespace)
     assert volume["status"]["nodeName"] == fleet.node_of("anywhere")  # type: ignore[index]
+
+
+def test_22_2_the_scheduler_runs_alone_for_agents_that_schedule_nothing(
+        fleet: Fleet) -> None:
+    """`gpudock scheduler` as its own process; the agents run with --scheduler off."""
+    for node in fleet.nodes:
+        fleet.agents[node].stop()
+        fleet.start_agent(node, extra_args=["--scheduler", "off"])
+    stack = fleet.stack
+    scheduler = ManagedProcess("gpudock-scheduler", [
+        sys.executable, "-m", "gpudock", "scheduler", "--kubeconfig",
+        str(stack.agent_kubeconfig), "--namespace", fleet.namespace,
+        "--release-namespace", fleet.namespace, "--heartbeat-seconds", "2"],
+        stack.base_dir / "logs" / f"scheduler-{fleet.namespace}.log")
+    try:
+        _apply(fleet, _unpinned("placed", 1))
+        wait_for(lambda: _running(fleet, "placed"), 60, what="placed Running")
+        assert fleet.node_of("placed") == fleet.nodes[0]
+        assert _leader(fleet) == socket.gethostname()  # the scheduler's, not an agent's
+    finally:
+        scheduler.stop()
