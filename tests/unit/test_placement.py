@@ -142,7 +142,9 @@ def test_a_pass_binds_with_compare_and_set_and_never_overfills() -> None:
     one = SchedulingPass(kube, PassSettings(), NOW)
     one.run(FleetSnapshot([_gpu_node("a", [None] * 8)], replica_sets, []))
     bound = {n: o["status"].get("nodeName") for n, o in kube.objects.items()}
-    assert bound == {"r0": "a", "r1": None, "r2": "a", "r3": None}
+    # r1's place was counted taken before its write lost: the pass is conservative,
+    # the next one decides again.
+    assert bound == {"r0": "a", "r1": None, "r2": None, "r3": None}
     assert kube.objects["r3"]["status"]["reason"] == "Unschedulable"
     assert ("r3", "FailedScheduling", "0/1 nodes are available: 1 Insufficient GPUs.") in \
         kube.events
@@ -153,6 +155,11 @@ def test_a_pass_binds_with_compare_and_set_and_never_overfills() -> None:
     again.run(FleetSnapshot([_gpu_node("a", [None] * 8)], list(kube.objects.values()), []))
     assert kube.events == events
     assert {n: o["metadata"]["resourceVersion"] for n, o in kube.objects.items()} == versions
+    kube.stale.clear()  # r1 read again: bound now, and r2 still waits (3 + 3 of 8 taken)
+    SchedulingPass(kube, PassSettings(), NOW).run(FleetSnapshot(
+        [_gpu_node("a", [None] * 8)], list(kube.objects.values()), []))
+    assert kube.objects["r1"]["status"]["nodeName"] == "a"
+    assert "nodeName" not in kube.objects["r2"]["status"]
 
 
 class FakeLeases:

@@ -6,13 +6,22 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import Any
 
 import kopf
 
-from gpudock.scheduler import handlers
+from gpudock.scheduler import handlers, kopf_login
 from gpudock.settings import SchedulerSettings
 
 logger = logging.getLogger(__name__)
+
+
+@kopf.on.login()
+def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    scheduler = memo.get(handlers.MEMO_KEY)
+    kubeconfig = scheduler.settings.kubeconfig if isinstance(
+        scheduler, handlers.Scheduler) else None
+    return kopf_login.connect(kubeconfig, memo=memo, **kwargs)
 
 
 def run_scheduler(settings: SchedulerSettings, liveness_endpoint: str | None,

@@ -7,21 +7,20 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
-import os
 from typing import Any
 
 import kopf
 
 from gpudock import metrics
-from gpudock.adapters.kube_api import ObjectNotFoundError, in_cluster_server
+from gpudock.adapters.kube_api import ObjectNotFoundError
 from gpudock.agent import node_health, wiring
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
 from gpudock.errors import GpudockError
+from gpudock.scheduler import kopf_login
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 # Each reconcile and each Docker call runs in a worker thread. asyncio's default pool
@@ -39,16 +38,7 @@ BATCH_WINDOW_SECONDS = 0.01
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """An explicit --kubeconfig wins; otherwise in-cluster first, then ~/.kube/config."""
-    if wiring.settings_of(kwargs["memo"]).kubeconfig:
-        return kopf.login_with_kubeconfig(**kwargs)
-    in_cluster = kopf.login_with_service_account(**kwargs)
-    if in_cluster is None:
-        return kopf.login_with_kubeconfig(**kwargs)
-    # kopf names the server kubernetes.default.svc, which a host-network pod resolves
-    # only through cluster DNS; the address the kubelet injects needs no DNS (as
-    # client-go's and the kubernetes client's in-cluster configs use it).
-    server = in_cluster_server(os.environ)
-    return dataclasses.replace(in_cluster, server=server) if server else in_cluster
+    return kopf_login.connect(wiring.settings_of(kwargs["memo"]).kubeconfig, **kwargs)
 
 
 @kopf.on.startup()
