@@ -71,7 +71,9 @@ def test_22_1_binpack_fills_a_node_and_spread_takes_the_emptiest(fleet: Fleet) -
     table = fleet.stack.kubectl("get", "grs", "-n", fleet.namespace).stdout
     assert any(line.split()[:2] == ["apart", b] for line in table.splitlines()), table
     assert _scheduled(fleet, "apart")["status"] == "True"
-    assert "Scheduled" in event_reasons(fleet.stack, fleet.namespace, "apart")
+    reasons = event_reasons(fleet.stack, fleet.namespace, "apart")
+    assert "Scheduled" in reasons
+    assert "Logging" not in reasons  # the scheduler's watching posts no event of kopf's
 
 
 def test_22_4_unschedulable_says_why_in_kube_schedulers_words(fleet: Fleet) -> None:

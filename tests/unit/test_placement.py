@@ -195,11 +195,14 @@ def test_one_candidate_leads_and_another_takes_over_a_lease_duration_after_silen
     assert not first.step()  # back, it finds another holder: it does not lead
 
 
-def test_the_cache_keeps_the_newest_version_it_saw() -> None:
+def test_the_cache_shows_its_own_writes_until_the_watch_brings_them() -> None:
     cache = FleetCache()
-    body = _grs("r", 1, version="5")
-    cache.note("gpureplicasets", "MODIFIED", body)
-    cache.note("gpureplicasets", "MODIFIED", _grs("r", 1, version="4", node="x"))
-    assert cache.snapshot().replica_sets == [body]
-    cache.note("gpureplicasets", "DELETED", body)
-    assert cache.snapshot().replica_sets == []
+    watched = _grs("r", 1, version="4")
+    mine = _grs("r", 1, version="5", node="x")
+    cache.note_written(mine)
+    assert cache.wake.is_set()
+    assert cache.snapshot({"gpureplicasets": [watched]}).replica_sets == [mine]
+    newer = _grs("r", 1, version="6", node="x")
+    assert cache.snapshot({"gpureplicasets": [newer]}).replica_sets == [newer]
+    assert cache.snapshot({"gpureplicasets": [watched]}).replica_sets == [watched]  # dropped
+    assert cache.snapshot({"gpureplicasets": []}).replica_sets == []  # deleted

@@ -1,11 +1,12 @@
 """What the scheduler knows of the fleet: the GpuNodes, GpuReplicaSets and
-SizedVolumes as their watches (kopf's) last showed them, and as the scheduler's own
-writes left them, so a pass never works from an older view than its last binding."""
+SizedVolumes as kopf's watches last showed them (its indexes, scheduler/handlers.py),
+overlaid with the scheduler's own writes until the watch brings them, so a pass never
+works from an older view than its last binding."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,30 +26,37 @@ class FleetSnapshot:
 class FleetCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._objects: dict[str, dict[str, dict[str, Any]]] = {p: {} for p in PLURALS}
-        self.wake = threading.Event()
+        self._written: dict[str, dict[str, Any]] = {}  # by uid: the pass's own writes
+        self.wake = threading.Event()  # set by every watch event of the three kinds
 
-    def note(self, plural: str, event_type: str | None, body: Mapping[str, Any]) -> None:
-        """A watch event (or the scheduler's own write): kept, or forgotten when
-        deleted; an older resourceVersion never replaces a newer one seen."""
-        uid = str((body.get("metadata") or {}).get("uid"))
+    def note_written(self, body: Mapping[str, Any]) -> None:
         with self._lock:
-            objects = self._objects[plural]
-            if event_type == "DELETED":
-                objects.pop(uid, None)
-            else:
-                known = objects.get(uid)
-                if known is None or _version(body) >= _version(known):
-                    objects[uid] = dict(body)
+            self._written[_uid(body)] = dict(body)
         self.wake.set()
 
-    def snapshot(self) -> FleetSnapshot:
+    def snapshot(self, watched: Mapping[str, Iterable[Mapping[str, Any]]]) -> FleetSnapshot:
+        """``watched``: by plural, the objects the watches show now. An own write
+        newer than what the watch shows stands in for it; older ones are dropped."""
+        lists: dict[str, list[dict[str, Any]]] = {}
         with self._lock:
-            return FleetSnapshot(*(list(self._objects[p].values()) for p in PLURALS))
+            for plural in PLURALS:
+                lists[plural] = []
+                for body in watched.get(plural, ()):
+                    mine = self._written.get(_uid(body))
+                    if mine is not None and _version(mine) > _version(body):
+                        lists[plural].append(mine)
+                        continue
+                    self._written.pop(_uid(body), None)
+                    lists[plural].append(dict(body))
+        return FleetSnapshot(*(lists[p] for p in PLURALS))
+
+
+def _uid(body: Mapping[str, Any]) -> str:
+    return str((body.get("metadata") or {}).get("uid"))
 
 
 def _version(body: Mapping[str, Any]) -> int:
     """resourceVersions are opaque to clients, but etcd's are increasing integers;
-    anything else counts as newest."""
+    anything else counts as oldest (the watch's view wins)."""
     text = str((body.get("metadata") or {}).get("resourceVersion") or "")
-    return int(text) if text.isdigit() else 1 << 62
+    return int(text) if text.isdigit() else -1

@@ -23,7 +23,7 @@ from gpudock.api import GROUP, VERSION, gpu_replica_set, sized_volume
 from gpudock.api.placement import SchedulingPolicy
 from gpudock.core.times import utc_now
 from gpudock.scheduler.binder import PassSettings, SchedulingPass
-from gpudock.scheduler.fleet_cache import GPU_NODES, FleetCache
+from gpudock.scheduler.fleet_cache import GPU_NODES, FleetCache, FleetSnapshot
 from gpudock.scheduler.leader import RETRY_SECONDS, LeaderElector
 from gpudock.settings import SchedulerSettings
 
@@ -37,6 +37,11 @@ class Scheduler:
     settings: SchedulerSettings
     cache: FleetCache = field(default_factory=FleetCache)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    indexes: dict[str, Any] = field(default_factory=dict)  # kopf's, by plural
+
+    def watched(self) -> dict[str, list[Any]]:
+        """What the indexes hold now; read on the event loop (kopf updates them there)."""
+        return {plural: list(index.get(ALL, ())) for plural, index in self.indexes.items()}
 
 
 def _of(memo: kopf.Memo) -> Scheduler | None:
@@ -44,32 +49,46 @@ def _of(memo: kopf.Memo) -> Scheduler | None:
     return scheduler if isinstance(scheduler, Scheduler) else None
 
 
-def _note(plural: str, event: kopf.RawEvent, memo: kopf.Memo) -> None:
+ALL = "all"  # the one key of the scheduler's indexes: every object of the kind
+
+
+def _indexed(body: kopf.Body, memo: kopf.Memo) -> dict[str, dict[str, Any]] | None:
+    """An index entry (kopf keeps it current, and drops it when the object goes) that
+    also wakes the scheduler; nothing when this process runs no scheduler."""
     scheduler = _of(memo)
-    body = event.get("object") if isinstance(event, dict) else None
-    if scheduler is not None and isinstance(body, dict):
-        scheduler.cache.note(plural, str(event.get("type")), body)
+    if scheduler is None:
+        return None
+    scheduler.cache.wake.set()
+    return {ALL: dict(body)}
 
 
-@kopf.on.event(GROUP, VERSION, gpu_replica_set.PLURAL)
-def watch_replica_sets(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _note(gpu_replica_set.PLURAL, event, memo)
+# kopf's indexes, not event handlers: kopf logs (and would post as Events) every
+# event handler's success; an index is kept silently.
+@kopf.index(GROUP, VERSION, gpu_replica_set.PLURAL)
+def scheduler_replica_sets(body: kopf.Body, memo: kopf.Memo, **_: Any,
+                           ) -> dict[str, dict[str, Any]] | None:
+    return _indexed(body, memo)
 
 
-@kopf.on.event(GROUP, VERSION, sized_volume.PLURAL)
-def watch_volumes(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _note(sized_volume.PLURAL, event, memo)
+@kopf.index(GROUP, VERSION, sized_volume.PLURAL)
+def scheduler_volumes(body: kopf.Body, memo: kopf.Memo, **_: Any,
+                      ) -> dict[str, dict[str, Any]] | None:
+    return _indexed(body, memo)
 
 
-@kopf.on.event(GROUP, VERSION, GPU_NODES)
-def watch_gpu_nodes(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
-    _note(GPU_NODES, event, memo)
+@kopf.index(GROUP, VERSION, GPU_NODES)
+def scheduler_gpu_nodes(body: kopf.Body, memo: kopf.Memo, **_: Any,
+                        ) -> dict[str, dict[str, Any]] | None:
+    return _indexed(body, memo)
 
 
 @kopf.on.startup()
-async def start_scheduler(memo: kopf.Memo, **_: Any) -> None:
+async def start_scheduler(memo: kopf.Memo, **kwargs: Any) -> None:
     scheduler = _of(memo)
     if scheduler is not None:
+        scheduler.indexes = {GPU_NODES: kwargs["scheduler_gpu_nodes"],
+                             gpu_replica_set.PLURAL: kwargs["scheduler_replica_sets"],
+                             sized_volume.PLURAL: kwargs["scheduler_volumes"]}
         scheduler.tasks.append(asyncio.create_task(_run(scheduler)))
 
 
@@ -99,7 +118,8 @@ async def _run(scheduler: Scheduler) -> None:
             if elector.leading and (cache.wake.is_set() or due):
                 cache.wake.clear()
                 last_pass = loop.time()
-                await asyncio.to_thread(_one_pass, kube, pass_settings, cache)
+                fleet = cache.snapshot(scheduler.watched())
+                await asyncio.to_thread(_one_pass, kube, pass_settings, cache, fleet)
         except Exception as exc:  # the scheduler must outlive any one failure
             logger.warning("scheduling pass failed, will retry: %s", exc)
         # Until the fleet changes, or the next try of the Lease.
@@ -107,11 +127,11 @@ async def _run(scheduler: Scheduler) -> None:
         await asyncio.to_thread(cache.wake.wait, wait)
 
 
-def _one_pass(kube: KubeApi, settings: PassSettings, cache: FleetCache) -> None:
+def _one_pass(kube: KubeApi, settings: PassSettings, cache: FleetCache,
+              fleet: FleetSnapshot) -> None:
     one = SchedulingPass(kube, settings, utc_now())
-    fleet = cache.snapshot()
     logger.debug("scheduling pass over %d nodes, %d GpuReplicaSets, %d SizedVolumes",
                  len(fleet.gpu_nodes), len(fleet.replica_sets), len(fleet.volumes))
     one.run(fleet)
-    for plural, body in one.written:  # (wakes the loop: one more pass, which finds
-        cache.note(plural, "MODIFIED", body)  # nothing left to write)
+    for _plural, body in one.written:  # (wakes the loop: one more pass, which finds
+        cache.note_written(body)       # nothing left to write)
