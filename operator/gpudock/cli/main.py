@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from gpudock import __version__
 from gpudock.cli import retained_commands, rollout_commands
+from gpudock.rest.settings import add_api_arguments, api_settings_from
 from gpudock.settings import SettingsError, add_agent_arguments, settings_from
 
 
@@ -22,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--verbose", action="store_true", help="debug logging")
     rollout_commands.add_arguments(commands)
     retained_commands.add_arguments(commands)
+    api = commands.add_parser(
+        "api", help="serve gpu-docker-api v0.0.3's REST API on the custom resources")
+    add_api_arguments(api)
     return parser
 
 
@@ -36,6 +40,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from gpudock.agent.main import run_agent  # kopf is imported only for the agent
 
         return run_agent(settings, verbose=args.verbose)
+    if args.command == "api":
+        try:
+            api_settings = api_settings_from(args)
+        except ValueError as exc:
+            parser.error(str(exc))
+        from gpudock.rest.server import run_api  # FastAPI is imported only for the API
+
+        return run_api(api_settings)
     if args.command in ("history", "rollback"):
         return rollout_commands.run(args)
     if args.command == "purge":
