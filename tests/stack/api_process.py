@@ -85,3 +85,34 @@ class ApiProcess:
         assert answer.status == 200, (answer.status, answer.raw)
         assert set(answer.body) == {"code", "msg", "data"}, answer.raw
         return answer
+
+
+def service_account_token(stack: LocalStack, namespace: str, name: str, *,
+                          audience: str | None = None) -> str:
+    """A TokenRequest's token for ServiceAccount ``name`` (made if missing)."""
+    stack.kubectl("create", "serviceaccount", name, "-n", namespace, check=False)
+    args = ["create", "token", name, "-n", namespace, "--duration", "3600s"]
+    if audience:
+        args += ["--audience", audience]
+    return stack.kubectl(*args).stdout.strip()
+
+
+def api_service_kubeconfig(stack: LocalStack, namespace: str) -> Path:
+    """A kubeconfig of a ServiceAccount with exactly the chart's ClusterRole of the API
+    (rendered with api.enabled), so the tests prove those rules are enough."""
+    from tests.stack import helm_chart
+
+    rendered = helm_chart.render({"api": {"enabled": True}})
+    role = next(o for o in helm_chart.objects(rendered)
+                if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("-api"))
+    stack.kubectl("apply", "-f", "-", input=json.dumps(role))
+    stack.kubectl("create", "clusterrolebinding", f"gpudock-api-{namespace}",
+                  f"--clusterrole={role['metadata']['name']}",
+                  f"--serviceaccount={namespace}:gpudock-api", check=False)
+    token = service_account_token(stack, namespace, "gpudock-api")
+    config = json.loads(stack.kubeconfig.read_text())
+    config["users"] = [{"name": "api", "user": {"token": token}}]
+    config["contexts"][0]["context"]["user"] = "api"
+    path = stack.base_dir / f"api-kubeconfig-{namespace}"
+    path.write_text(json.dumps(config))
+    return path

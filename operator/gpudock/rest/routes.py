@@ -50,6 +50,10 @@ class Route:
     def openapi_extra(self) -> dict[str, Any]:
         extra: dict[str, Any] = {"responses": {"200": {"description": "the envelope "
                                                        "{code, msg, data}"}}}
+        if "{name}" in self.path:
+            extra["parameters"] = [{"name": "name", "in": "path", "required": True,
+                                    "schema": {"type": "string"},
+                                    "description": "the base name (foo, not foo-2)"}]
         if self.body is not None:
             extra["requestBody"] = {"required": True, "content": {
                 "application/json": {"schema": self.body.schema()}}}
