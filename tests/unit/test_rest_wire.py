@@ -14,9 +14,12 @@ from gpudock.rest.wire import cors_headers, go_json
 def test_25_2_keys_match_case_insensitively_and_unknown_keys_are_ignored() -> None:
     body = decode_body(b'{"ImageName": "a", "REPLICASETNAME": "b", "other": [1], '
                        b'"gpucount": 2, "Binds": [{"SRC": "/x", "Dest": "/y"}]}', RUN)
-    assert body["imageName"] == "a" and body["replicaSetName"] == "b"
-    assert body["gpuCount"] == 2 and body["binds"] == [{"src": "/x", "dest": "/y"}]
-    assert body["env"] == [] and body["cmd"] == []
+    assert body["imageName"] == "a"
+    assert body["replicaSetName"] == "b"
+    assert body["gpuCount"] == 2
+    assert body["binds"] == [{"src": "/x", "dest": "/y"}]
+    assert body["env"] == []
+    assert body["cmd"] == []
 
 
 def test_25_2_an_exact_key_or_the_last_one_wins_and_null_is_the_zero_value() -> None:
@@ -65,15 +68,18 @@ def test_25_2_cors_headers_are_gins() -> None:
 def test_25_3_go_names_kubernetes_does_not_take_get_a_derived_name() -> None:
     assert names.object_name("foo") == "foo"
     derived = names.object_name("Foo_Bar")
-    assert derived.startswith("foo") and "-" in derived
+    assert derived.startswith("foo")
+    assert "-" in derived
     assert derived != names.object_name("foo_bar")
     assert len(names.object_name("a" * 300)) <= 253
-    assert names.base_name("bar-2") == "bar" and names.base_name("bar") == "bar"
+    assert names.base_name("bar-2") == "bar"
+    assert names.base_name("bar") == "bar"
 
 
 def test_25_2_times_and_sizes_as_the_go_service_writes_them() -> None:
     assert names.go_time("2026-12-05T13:12:11Z") == "2026-12-05 13:12:11"
     assert names.go_size_bytes("20gb") == 20 * 1024**3
-    assert names.go_size_bytes("20GiB") is None and names.go_size_bytes("GB") is None
+    assert names.go_size_bytes("20GiB") is None
+    assert names.go_size_bytes("GB") is None
     assert names.go_size(20 * 1024**3) == "20GB"
     assert not names.has_go_unit("5")
