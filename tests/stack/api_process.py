@@ -91,10 +91,15 @@ def service_account_token(stack: LocalStack, namespace: str, name: str, *,
                           audience: str | None = None) -> str:
     """A TokenRequest's token for ServiceAccount ``name`` (made if missing)."""
     stack.kubectl("create", "serviceaccount", name, "-n", namespace, check=False)
-    args = ["create", "token", name, "-n", namespace, "--duration", "3600s"]
+    spec: dict[str, Any] = {"expirationSeconds": 3600}
     if audience:
-        args += ["--audience", audience]
-    return stack.kubectl(*args).stdout.strip()
+        spec["audiences"] = [audience]
+    request = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+               "spec": spec}
+    reply = stack.kubectl(
+        "create", "--raw", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+        "-f", "-", input=json.dumps(request))
+    return str(json.loads(reply.stdout)["status"]["token"])
 
 
 def api_service_kubeconfig(stack: LocalStack, namespace: str) -> Path:
