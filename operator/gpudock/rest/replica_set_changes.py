@@ -31,7 +31,7 @@ REVERT_SECONDS = 30.0
 
 
 def _code_for(reason: str, failure: Code) -> Code:
-    if reason == Reason.INSUFFICIENT_GPUS:
+    if reason in (Reason.INSUFFICIENT_GPUS, Reason.EXCEEDS_NODE_CAPACITY):
         return Code.GPU_NOT_ENOUGH if failure == Code.CONTAINER_RUN_FAILED else failure
     if reason == Reason.NO_FREE_HOST_PORT:
         return Code.PORT_NOT_ENOUGH if failure == Code.CONTAINER_RUN_FAILED else failure
