@@ -60,7 +60,7 @@ def _translated(what: str) -> Iterator[None]:
 
 class KubeApi:
     def __init__(self, kubeconfig: str | None, *, in_cluster: bool = True,
-                 context: str | None = None) -> None:
+                 context: str | None = None, connections: int | None = None) -> None:
         """``kubeconfig`` wins; else in-cluster (when allowed), else the default
         kubeconfig ($KUBECONFIG or ~/.kube/config), at ``context`` (default: its
         current one)."""
@@ -80,6 +80,11 @@ class KubeApi:
                 active = next((c for c in contexts if c.get("name") == context), active)
             self.default_namespace = (active or {}).get("context", {}).get(
                 "namespace") or "default"
+        if connections is not None:
+            # Many calls at once (the REST service's threads): as many kept connections,
+            # not a new TLS handshake for each call past the default pool of 4.
+            client.configuration.connection_pool_maxsize = connections
+            client.rest_client = kubernetes.client.rest.RESTClientObject(client.configuration)
         if not client.configuration.verify_ssl:
             # The kubeconfig asked for it (insecure-skip-tls-verify); say so once, in
             # the log of start-up, not in a warning on every request.

@@ -18,7 +18,7 @@ log = logging.getLogger("gpudock.api")
 def run_api(settings: ApiSettings) -> int:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kube = KubeApi(settings.kubeconfig)
+    kube = KubeApi(settings.kubeconfig, connections=64)
     if settings.auth == AuthMode.NONE:
         log.warning("--auth none: anyone who reaches %s:%s acts with this service's rights "
                     "in namespace %s", settings.host, settings.port, settings.namespace)
