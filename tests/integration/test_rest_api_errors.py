@@ -147,5 +147,11 @@ def test_25_2_lenient_decoding_cors_and_404(
                          ("GET", "/api/v1/volumes")):
         missing = api.request(method, path)
         assert (missing.status, missing.raw) == (404, b"404 page not found")
+    # A Go name Kubernetes does not take works through a derived object name.
+    assert ok(api.call("POST", "/replicaSet", run_body("Upper_Case", gpuCount=0))) == \
+        {"name": "Upper_Case-1"}
+    assert ok(api.call("GET", "/replicaSet/Upper_Case"))["Info"]["containerName"] == \
+        "Upper_Case-1"
+    assert ok(api.call("DELETE", "/replicaSet/Upper_Case")) is None
     pong = api.request("GET", "/ping")
     assert (pong.status, pong.raw) == (200, b'{"message":"pong"}')
