@@ -5,8 +5,10 @@ the endpoint's own code."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -47,9 +49,20 @@ def _handler(ctx: ApiContext, route: Route) -> Callable[[Request], Awaitable[Res
     return handle
 
 
+# Threads for the calls' work: each change holds one while it waits for the agent (up
+# to --wait-seconds), so the default 40 would let 40 slow creates stall every GET.
+THREADS = 256
+
+
+@contextlib.asynccontextmanager
+async def _threads(app: FastAPI) -> AsyncIterator[None]:
+    anyio.to_thread.current_default_thread_limiter().total_tokens = THREADS
+    yield
+
+
 def create_app(ctx: ApiContext) -> FastAPI:
     app = FastAPI(title="gpudock api (gpu-docker-api v0.0.3)", version=__version__,
-                  docs_url=None, redoc_url=None)
+                  docs_url=None, redoc_url=None, lifespan=_threads)
 
     @app.middleware("http")
     async def cors(request: Request,
