@@ -133,6 +133,13 @@ def test_25_3_volume_create_resize_history_delete_keep_data(
         "version": 2, "createTime": ok(api.call("GET", "/volumes/bar"))["Info"]["createTime"],
         "opt": {"Driver": "local", "DriverOpts": {"size": "128MB"}, "Labels": None,
                 "Name": "bar-2"}}}
+    # A shrink below what it holds is refused, the size put back, the data kept.
+    sh(api, "user", "dd if=/dev/urandom of=/data/big bs=1M count=24 2>/dev/null; sync")
+    shrink = api.call("PATCH", "/volumes/bar/size", {"size": "16MB"})
+    assert (shrink.code, shrink.reason) == (1035, "ShrinkBelowUsage")
+    assert ok(api.call("GET", "/volumes/bar"))["Info"]["opt"]["DriverOpts"] == \
+        {"size": "128MB"}
+    assert sh(api, "user", "cat /data/f; wc -c < /data/big") == "data\n25165824\n"
     history = ok(api.call("GET", "/volumes/bar/history"))["history"]
     assert [h["version"] for h in history] == [2, 1]
     assert [h["status"]["opt"]["DriverOpts"]["size"] for h in history] == ["128MB", "64MB"]
