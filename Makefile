@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export GPUDOCK_VENV := $(VENV)
 
-.PHONY: run test test-unit venv prereqs check bench bench-quick bench-volumes image chart-lint manifests helm-install helm-upgrade helm-uninstall
+.PHONY: run test test-unit venv prereqs check bench bench-quick bench-volumes bench-api image chart-lint manifests helm-install helm-upgrade helm-uninstall
 run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foreground
 	$(PY) -m tests.stack up
 
@@ -30,6 +30,9 @@ bench: prereqs  ## GpuReplicaSet rollouts against docker run, the original's cop
 
 bench-quick: prereqs  ## the same at the reduced size the suite runs
 	$(PY) -m tests.bench.rollouts --quick
+
+bench-api: prereqs  ## gpudock api: GET p50/p99 with 50 clients, POST replicaSet vs kubectl apply to Ready (prints)
+	$(PY) -m tests.bench.rest_api
 
 bench-volumes: prereqs  ## SizedVolume grow/shrink time per backend, copy vs cp -a (prints a table)
 	$(PY) -m tests.bench.volume_resize

@@ -115,7 +115,7 @@ def _phase(kube: InMemoryKube, namespace: str, name: str) -> tuple[str | None, s
     return status.get("phase"), status.get("reason")
 
 
-async def _until(check: Callable[[], bool], what: str, timeout: float = 5) -> None:
+async def _until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not check():

@@ -67,7 +67,7 @@ def _translated(what: str) -> Iterator[None]:
 
 class KubeApi:
     def __init__(self, kubeconfig: str | None, *, in_cluster: bool = True,
-                 context: str | None = None) -> None:
+                 context: str | None = None, connections: int | None = None) -> None:
         """``kubeconfig`` wins; else in-cluster (when allowed), else the default
         kubeconfig ($KUBECONFIG or ~/.kube/config), at ``context`` (default: its
         current one)."""
@@ -87,6 +87,11 @@ class KubeApi:
                 active = next((c for c in contexts if c.get("name") == context), active)
             self.default_namespace = (active or {}).get("context", {}).get(
                 "namespace") or "default"
+        if connections is not None:
+            # Many calls at once (the REST service's threads): as many kept connections,
+            # not a new TLS handshake for each call past the default pool of 4.
+            client.configuration.connection_pool_maxsize = connections
+            client.rest_client = kubernetes.client.rest.RESTClientObject(client.configuration)
         if not client.configuration.verify_ssl:
             # The kubeconfig asked for it (insecure-skip-tls-verify); say so once, in
             # the log of start-up, not in a warning on every request.
@@ -219,3 +224,55 @@ class KubeApi:
             self._objects.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, name, {"metadata": {
                     "finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}})
+
+    # ---------------------------------------------------------------- the REST service
+    # (gpudock api): merge patches of any part, lists by label, the apps/v1
+    # ControllerRevisions that keep each revision's shape, and the reviews that
+    # authenticate and authorize its callers.
+    def patch(self, plural: str, namespace: str, name: str,
+              body: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of the object (metadata and spec); the object after it."""
+        with _translated(f"patch {plural} {namespace}/{name}"):
+            patched = self._objects.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, body)
+        return cast(dict[str, Any], patched)
+
+    def _apps(self) -> Any:
+        return kubernetes.client.AppsV1Api(self._objects.api_client)
+
+    def create_controller_revision(self, namespace: str, body: dict[str, Any]) -> None:
+        with _translated(f"create controllerrevision in {namespace}"):
+            self._apps().create_namespaced_controller_revision(namespace, body)
+
+    def list_controller_revisions(self, namespace: str,
+                                  selector: str) -> list[dict[str, Any]]:
+        with _translated(f"list controllerrevisions {selector} in {namespace}"):
+            reply = self._apps().list_namespaced_controller_revision(
+                namespace, label_selector=selector)
+        items = self._objects.api_client.sanitize_for_serialization(reply).get("items")
+        return list(items or [])
+
+    def delete_controller_revisions(self, namespace: str, selector: str) -> None:
+        with _translated(f"delete controllerrevisions {selector} in {namespace}"):
+            self._apps().delete_collection_namespaced_controller_revision(
+                namespace, label_selector=selector)
+
+    def review_token(self, token: str, audience: str) -> dict[str, Any]:
+        """The TokenReview's status for ``token`` meant for ``audience``."""
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                "spec": {"token": token, "audiences": [audience]}}
+        with _translated("create tokenreview"):
+            reply = kubernetes.client.AuthenticationV1Api(
+                self._objects.api_client).create_token_review(cast(Any, body))
+        status = self._objects.api_client.sanitize_for_serialization(reply).get("status")
+        return dict(status or {})
+
+    def review_access(self, spec: dict[str, Any]) -> bool:
+        """Whether the SubjectAccessReview of ``spec`` is allowed."""
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                "spec": spec}
+        with _translated("create subjectaccessreview"):
+            reply = kubernetes.client.AuthorizationV1Api(
+                self._objects.api_client).create_subject_access_review(cast(Any, body))
+        status = self._objects.api_client.sanitize_for_serialization(reply).get("status")
+        return bool((status or {}).get("allowed"))

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from gpudock import __version__
 from gpudock.cli import retained_commands, rollout_commands
+from gpudock.rest.settings import add_api_arguments, api_settings_from
 from gpudock.settings import (
     SchedulerSettings,
     SettingsError,
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_scheduler_arguments(scheduler)
     rollout_commands.add_arguments(commands)
     retained_commands.add_arguments(commands)
+    api = commands.add_parser(
+        "api", help="serve gpu-docker-api v0.0.3's REST API on the custom resources")
+    add_api_arguments(api)
     return parser
 
 
@@ -64,6 +68,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             lease_namespace=args.release_namespace or os.environ.get("POD_NAMESPACE")
             or "default", policy=args.scheduling_policy or "Binpack",
             heartbeat_seconds=args.heartbeat_seconds), args.liveness_endpoint, args.verbose)
+    if args.command == "api":
+        try:
+            api_settings = api_settings_from(args)
+        except ValueError as exc:
+            parser.error(str(exc))
+        from gpudock.rest.server import run_api  # FastAPI is imported only for the API
+
+        return run_api(api_settings)
     if args.command in ("history", "rollback"):
         return rollout_commands.run(args)
     if args.command == "purge":
