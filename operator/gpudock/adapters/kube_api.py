@@ -85,6 +85,7 @@ class KubeApi:
             # the log of start-up, not in a warning on every request.
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self._objects = kubernetes.client.CustomObjectsApi(client)
+        self._core = kubernetes.client.CoreV1Api(client)
 
     def patch_status(self, plural: str, namespace: str, name: str,
                      status: dict[str, Any]) -> str:
@@ -94,6 +95,15 @@ class KubeApi:
                 GROUP, VERSION, namespace, plural, name, {"status": status})
         meta = cast(dict[str, Any], patched or {}).get("metadata") or {}
         return str(meta.get("resourceVersion", ""))
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
+        """A Secret's ``type``, ``uid`` and ``data`` (base64 values, as the API gives
+        them); ObjectNotFoundError when absent. Only ``get`` (no list or watch)."""
+        with _translated(f"get secret {namespace}/{name}"):
+            secret = self._core.read_namespaced_secret(name, namespace)
+        meta = secret.metadata
+        return {"type": str(secret.type or ""), "uid": str(meta.uid if meta else ""),
+                "data": dict(secret.data or {})}
 
     def patch_spec(self, plural: str, namespace: str, name: str,
                    spec: dict[str, Any]) -> None:

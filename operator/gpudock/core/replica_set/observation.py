@@ -60,6 +60,13 @@ class Observation:
     # (core/allocation.py); "": containers go on Docker's default bridge.
     instance_network: str = ""
     instance_subnet: str = ""
+    # The images this reconcile pulled (or proved access to) already: a container
+    # made from one of them now needs no PullImage first (docs/fleet.md, "Image pulls").
+    images_ensured: frozenset[str] = frozenset()
+    # The base images whose ID on the node a pull with some Secret's credentials
+    # brought (and none without): a container of one is made only once this
+    # namespace's own credentials are proved (agent/replica_set_pulls.py).
+    images_pulled_privately: frozenset[str] = frozenset()
 
     @property
     def own_records(self) -> tuple[Revision, ...]:
