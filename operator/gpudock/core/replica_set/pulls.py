@@ -28,7 +28,8 @@ def pull_first(obs: Observation, spec: GpuReplicaSetSpec,
         return None  # over a saved layer: its own image ID, checked by admission
     if not present and spec.image_pull_policy is PullPolicy.NEVER:
         return None  # admission says ImageNotPresent
-    pull = not present or (spec.image_pull_policy is PullPolicy.ALWAYS and disk is None)
+    from_image_alone = disk is None or disk.layer is None  # no saved files over it
+    pull = not present or (spec.image_pull_policy is PullPolicy.ALWAYS and from_image_alone)
     if not pull and image not in obs.images_pulled_privately:
         return None  # anyone's: loaded or built on the node, or pulled without credentials
     return act.PullImage(image, pull, spec.image_pull_secrets)
