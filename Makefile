@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export GPUDOCK_VENV := $(VENV)
 
-.PHONY: run test test-unit venv prereqs check bench bench-quick bench-volumes image chart-lint manifests helm-install helm-upgrade helm-uninstall
+.PHONY: run test test-unit venv prereqs check bench bench-quick bench-volumes bench-pulls image chart-lint manifests helm-install helm-upgrade helm-uninstall
 run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foreground
 	$(PY) -m tests.stack up
 
@@ -33,6 +33,9 @@ bench-quick: prereqs  ## the same at the reduced size the suite runs
 
 bench-volumes: prereqs  ## SizedVolume grow/shrink time per backend, copy vs cp -a (prints a table)
 	$(PY) -m tests.bench.volume_resize
+
+bench-pulls: prereqs  ## an image pull through the agent against docker pull, same registry (prints a table)
+	$(PY) -m tests.bench.pulls
 
 image: prereqs  ## the agent image gpudock/agent:<version> in $$DOCKER_HOST's engine (cached)
 	bash image/build.sh
