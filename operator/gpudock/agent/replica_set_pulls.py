@@ -100,15 +100,16 @@ class ImagePulls:
         started = self._monotonic()
         refusal: UserError | None = None
         for record_key, auth in credentials or [(image_pulls.ANONYMOUS, None)]:
+            progress = _Progress(action.image, report, self._monotonic)
             try:
-                image_id = self._docker.pull_image(action.image, auth,
-                                                   _Progress(action.image, report,
-                                                             self._monotonic))
+                image_id = self._docker.pull_image(action.image, auth, progress)
             except UserError as exc:
                 if exc.reason != Reason.ERR_IMAGE_PULL:
                     raise
                 refusal = exc
                 continue
+            finally:
+                progress.close()
             self._record(image_id, record_key)
             return [Event("Normal", Reason.PULLED, (
                 f"Successfully pulled image {action.image} ({_short(image_id)}) in "
@@ -203,7 +204,10 @@ class ImagePulls:
 
 class _Progress:
     """Docker's pull messages, tallied; ``report`` is told the progress once the
-    first byte count is known, then at most every PROGRESS_EVERY seconds."""
+    first byte count is known, then at most every PROGRESS_EVERY seconds. The reports
+    (status writes) run on a thread of their own, so the pull's stream is never held
+    up by the API server (only the latest waiting one is written); ``close`` waits for
+    it, so none lands after the status that follows the pull."""
 
     def __init__(self, image: str, report: Report | None,
                  monotonic: Callable[[], float]) -> None:
@@ -211,6 +215,10 @@ class _Progress:
         self._report = report
         self._monotonic = monotonic
         self._last: float | None = None
+        self._pending: ImagePullProgress | None = None
+        self._changed = threading.Condition()
+        self._closed = False
+        self._writer: threading.Thread | None = None
 
     def __call__(self, message: Mapping[str, Any]) -> None:
         self._tally.add(message)
@@ -219,9 +227,34 @@ class _Progress:
         progress, now = self._tally.progress(), self._monotonic()
         due = (progress.bytes_total > 0 if self._last is None
                else now - self._last >= image_pulls.PROGRESS_EVERY)
-        if due:
-            self._last = now
+        if not due:
+            return
+        self._last = now
+        with self._changed:
+            self._pending = progress
+            self._changed.notify()
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write, name="pull-progress",
+                                            daemon=True)
+            self._writer.start()
+
+    def _write(self) -> None:
+        assert self._report is not None
+        while True:
+            with self._changed:
+                while self._pending is None and not self._closed:
+                    self._changed.wait()
+                progress, self._pending = self._pending, None
+            if progress is None:
+                return  # closed, nothing left to write
             self._report(progress)
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True  # a report still pending is written before it ends
+            self._changed.notify()
+        if self._writer is not None:
+            self._writer.join()
 
 
 def _noted(problems: list[str]) -> str:
