@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export GPUDOCK_VENV := $(VENV)
 
-.PHONY: run test test-unit venv prereqs check bench bench-quick bench-volumes bench-api image chart-lint manifests helm-install helm-upgrade helm-uninstall
+.PHONY: run test test-unit venv prereqs check bench bench-quick bench-volumes bench-api bench-pulls bench-placement image chart-lint manifests helm-install helm-upgrade helm-uninstall
 run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foreground
 	$(PY) -m tests.stack up
 
@@ -36,6 +36,12 @@ bench-api: prereqs  ## gpudock api: GET p50/p99 with 50 clients, POST replicaSet
 
 bench-volumes: prereqs  ## SizedVolume grow/shrink time per backend, copy vs cp -a (prints a table)
 	$(PY) -m tests.bench.volume_resize
+
+bench-pulls: prereqs  ## an image pull through the agent against docker pull, same registry (prints a table)
+	$(PY) -m tests.bench.pulls
+
+bench-placement: prereqs  ## instances unpinned vs pinned by hand over 3 nodes; bind latency (prints a table)
+	$(PY) -m tests.bench.placement
 
 image: prereqs  ## the agent image gpudock/agent:<version> in $$DOCKER_HOST's engine (cached)
 	bash image/build.sh

@@ -21,6 +21,7 @@ by the text of a message::
     |   +-- HostPortBusyError             adapters/docker/errors.py
     |   +-- DiskFullError                 adapters/docker/errors.py
     |   +-- ImageNotPresentError          adapters/docker/errors.py
+    |   +-- ImagePullError                a pull refused or backed off; ``retry_after``
     |   +-- DockerRefusedError            adapters/docker/errors.py: a 4xx, the runtime
     +-- NotFoundError                     what was asked for does not exist (any more)
     |   +-- ObjectNotFoundError           adapters/kube_api.py: a Kubernetes object
@@ -82,6 +83,16 @@ class SpecError(UserError):
 
     def __init__(self, message: str, *, reason: Reason = Reason.INVALID_SPEC) -> None:
         super().__init__(reason, message)
+
+
+class ImagePullError(UserError):
+    """A pull the registry refused (ErrImagePull, with its words), or one waiting out
+    its backoff (ImagePullBackOff): the user's to fix, looked at again after
+    ``retry_after`` seconds (the pull is retried once the backoff has passed)."""
+
+    def __init__(self, reason: Reason, message: str, retry_after: float) -> None:
+        super().__init__(reason, message)
+        self.retry_after = retry_after
 
 
 class StoreUnavailableError(TransientError):

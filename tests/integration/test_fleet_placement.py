@@ -247,7 +247,7 @@ def test_22_5_a_node_that_cannot_run_it_hands_the_binding_back(fleet: Fleet) -> 
 
 
 def test_22_the_unpinned_example_runs_with_its_volume_on_one_node(fleet: Fleet) -> None:
-    example = Path(__file__).resolve().parents[2] / "examples" / "07-unpinned-instance.yaml"
+    example = Path(__file__).resolve().parents[2] / "examples" / "08-unpinned-instance.yaml"
     fleet.stack.kubectl("apply", "-n", fleet.namespace, "-f", str(example))
     wait_for(lambda: _running(fleet, "anywhere"), 90, what="the example Running")
     volume = fleet.stack.kubectl_json("get", "svol", "scratch", "-n", fleet.namespace)

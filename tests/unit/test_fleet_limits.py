@@ -44,7 +44,8 @@ DEFAULTS = LimitDefaults(cpu_per_gpu=2000, memory_per_gpu=4 * GI, shm_per_gpu=GI
 
 
 def _spec(**raw: Any) -> GpuReplicaSetSpec:
-    return GpuReplicaSetSpec.parse({"nodeName": "n1", "image": "img", "gpuCount": 1, **raw})
+    return GpuReplicaSetSpec.parse({"nodeName": "n1", "image": "img", "gpuCount": 1,
+                                    "imagePullPolicy": "IfNotPresent", **raw})
 
 
 def _limits(cpu: str, memory: str) -> dict[str, Any]:

@@ -36,7 +36,7 @@ UNNAMED = [{"name": "A", "value": "1"}]
 
 def _spec(env: list[dict[str, str]], gpu_count: int = 0) -> GpuReplicaSetSpec:
     return GpuReplicaSetSpec.parse({"nodeName": "n1", "image": "img", "env": env,
-                                    "gpuCount": gpu_count})
+                                    "gpuCount": gpu_count, "imagePullPolicy": "IfNotPresent"})
 
 
 def _config(gpu_attach: GpuAttachment, gpus: tuple[str, ...],

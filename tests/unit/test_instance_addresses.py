@@ -26,7 +26,8 @@ SUBNET = "10.9.0.0/29"  # .1 gateway; .2-.6 for instances
 
 
 def _spec(**raw: Any) -> GpuReplicaSetSpec:
-    return GpuReplicaSetSpec.parse({"nodeName": "n1", "image": "img", **raw})
+    return GpuReplicaSetSpec.parse({"nodeName": "n1", "image": "img",
+                                    "imagePullPolicy": "IfNotPresent", **raw})
 
 
 def _obs(spec: GpuReplicaSetSpec, *containers: ObservedContainer, **kw: Any) -> Observation:

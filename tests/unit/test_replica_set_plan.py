@@ -32,7 +32,9 @@ GPUS = tuple(f"GPU-{i}" for i in range(4))
 
 
 def _spec(**raw: Any) -> GpuReplicaSetSpec:
-    return GpuReplicaSetSpec.parse({"nodeName": "n1", "image": "img", **raw})
+    # IfNotPresent: these plans are about the image on the node (a pull: test_image_pulls)
+    return GpuReplicaSetSpec.parse({"nodeName": "n1", "image": "img",
+                                    "imagePullPolicy": "IfNotPresent", **raw})
 
 
 def _obs(spec: GpuReplicaSetSpec, *containers: ObservedContainer, **kw: Any) -> Observation:
@@ -144,7 +146,7 @@ def test_a_container_the_agent_removed_itself_is_no_drift_6(recorded: dict[str, 
 
 @pytest.mark.parametrize(("spec_raw", "kw", "reason"), [
     ({"mounts": [{"hostPath": "/etc", "mountPath": "/x"}]}, {}, "HostPathNotAllowed"),
-    ({}, {"images_present": frozenset()}, "ImageNotPresent"),
+    ({"imagePullPolicy": "Never"}, {"images_present": frozenset()}, "ImageNotPresent"),
     ({"mounts": [{"volume": "data", "mountPath": "/x"}]}, {}, "VolumeNotReady"),
 ])
 def test_user_errors_give_a_condition_and_no_action(

@@ -98,7 +98,7 @@ def test_host_ports_come_from_the_node_range_and_a_port_held_outside_docker_is_s
 
 
 def test_an_image_not_on_the_node_is_the_users_to_load(node: Node) -> None:
-    node.apply("box", image="example.com/not-here:1")
+    node.apply("box", image="example.com/not-here:1", imagePullPolicy="Never")
     status = node.settle("box")
     assert (status["phase"], status["reason"]) == ("Failed", "ImageNotPresent")
     assert node.condition("box", "Degraded")["status"] == "True"

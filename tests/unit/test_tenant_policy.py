@@ -20,7 +20,8 @@ KEY = ResourceKey("team-a", "knock")
 
 
 def _obs(image: str = "img", **kw: Any) -> Observation:
-    spec = GpuReplicaSetSpec.parse({"nodeName": "n1", "image": image, **kw.pop("raw", {})})
+    spec = GpuReplicaSetSpec.parse({"nodeName": "n1", "image": image,
+                                    "imagePullPolicy": "IfNotPresent", **kw.pop("raw", {})})
     base: dict[str, Any] = dict(
         key=KEY, uid="uid-1", generation=1, spec=spec, previous_status={}, containers=(),
         inventory=(), port_range=(40000, 40010), allowed_host_paths=(),

@@ -138,6 +138,14 @@ class KubeApi:
                  "firstTimestamp": now, "lastTimestamp": now, "count": 1}
         with _translated(f"post event on {namespace}/{meta.get('name')}"):
             self._core.create_namespaced_event(namespace, cast(Any, event))
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
+        """A Secret's ``type``, ``uid`` and ``data`` (base64 values, as the API gives
+        them); ObjectNotFoundError when absent. Only ``get`` (no list or watch)."""
+        with _translated(f"get secret {namespace}/{name}"):
+            secret = self._core.read_namespaced_secret(name, namespace)
+        meta = secret.metadata
+        return {"type": str(secret.type or ""), "uid": str(meta.uid if meta else ""),
+                "data": dict(secret.data or {})}
 
     def patch_spec(self, plural: str, namespace: str, name: str,
                    spec: dict[str, Any]) -> None:

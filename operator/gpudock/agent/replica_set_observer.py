@@ -12,6 +12,7 @@ from gpudock import metrics
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.kube_api import ObjectNotFoundError
 from gpudock.agent.disk_saves import DiskSaves
+from gpudock.agent.replica_set_pulls import ImagePulls
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
 from gpudock.core.observed import HostPort, ResourceKey
@@ -27,7 +28,7 @@ class ReplicaSetObserver:
     def __init__(self, settings: Settings, docker: ContainerRuntime, kube: KubeClient,
                  store: RevisionStore, disks: DiskSaves, host_paths: HostPathPolicy,
                  clock: Callable[[], str], volumes: VolumeLookup | None,
-                 busy_ports: set[HostPort]) -> None:
+                 busy_ports: set[HostPort], pulls: ImagePulls) -> None:
         self._settings = settings
         self._docker = docker
         self._kube = kube
@@ -36,12 +37,14 @@ class ReplicaSetObserver:
         self._volumes = volumes  # None: no SizedVolume can be mounted
         self._host_paths = host_paths
         self._busy_ports = busy_ports  # held outside Docker's view (the reconciler's)
+        self._pulls = pulls
         self.disks = disks
 
     def observe(self, key: ResourceKey, uid: str, generation: int | None,
                  spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
                  inventory: tuple[str, ...], change_cause: str,
-                 adopt_uid: str, volume_names: Mapping[str, str | None]) -> Observation:
+                 adopt_uid: str, volume_names: Mapping[str, str | None],
+                 ensured: frozenset[str] = frozenset()) -> Observation:
         metrics.OBSERVATIONS.labels(gpu_replica_set.KIND).inc()
         records = tuple(self._store.list(key.namespace, key.name))
         adoptable: tuple[Revision, ...] = ()
@@ -86,6 +89,9 @@ class ReplicaSetObserver:
             instance_subnet=self._settings.instance_subnet,
             limit_defaults=self._settings.limit_defaults,
             node_capacity=self._docker.node_capacity(),
+            images_ensured=ensured,
+            images_pulled_privately=frozenset(
+                name for name, info in images.items() if self._pulls.pulled_privately(info.id)),
         )
 
     def _resolve(self, namespace: str, path: str, read_only: bool) -> str | UserError:

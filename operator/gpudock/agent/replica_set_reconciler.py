@@ -32,10 +32,11 @@ from gpudock.agent.disk_saves import DiskSaves
 from gpudock.agent.node_locks import NodeLocks
 from gpudock.agent.replica_set_observer import ReplicaSetObserver
 from gpudock.agent.replica_set_outcome import Event, Outcome
+from gpudock.agent.replica_set_pulls import ImagePulls
 from gpudock.agent.replica_set_steps import Contended, Replan, ReplicaSetSteps
 from gpudock.api import gpu_replica_set, ownership
 from gpudock.api.container_fields import Protocol
-from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy
+from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy, ImagePullProgress
 from gpudock.api.placement import bound_node
 from gpudock.api.reasons import Reason
 from gpudock.core.conditions import with_transition_times
@@ -50,7 +51,7 @@ from gpudock.core.replica_set.status import invalid_spec_status, note_drift
 from gpudock.core.revision import RevisionStore
 from gpudock.core.times import utc_now
 from gpudock.crash_points import CrashPoints
-from gpudock.errors import InternalError, SpecError, UserError
+from gpudock.errors import ImagePullError, InternalError, SpecError, UserError
 from gpudock.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -107,11 +108,12 @@ class ReplicaSetReconciler:
         self._host_paths = HostPathPolicy(settings.allowed_host_paths,
                                           settings.read_only_host_paths)
         self.disks = DiskSaves(settings, docker, store, self._crash)
+        pulls = ImagePulls(docker, kube, settings.state_dir)
         self._observer = ReplicaSetObserver(settings, docker, kube, store, self.disks,
                                             self._host_paths, clock, volumes,
-                                            self._busy_ports)
+                                            self._busy_ports, pulls)
         self._steps = ReplicaSetSteps(docker, kube, store, self.disks, self._locks,
-                                      self._crash, self._host_paths)
+                                      self._crash, self._host_paths, pulls)
 
     def now(self) -> str:
         return self._clock()
@@ -145,6 +147,7 @@ class ReplicaSetReconciler:
             announced: tuple[object, ...] = ()  # the step last shown
             inventory = tuple(g.uuid for g in self._inventory.list_gpus())  # once per call
             annotations = meta.get("annotations") or {}
+            ensured: set[str] = set()  # images pulled (or checked) by this reconcile
             observe_with = functools.partial(self._observer.observe, key, meta["uid"], generation,
                                              spec, previous, inventory,
                                              annotations.get(CHANGE_CAUSE, ""),
@@ -154,7 +157,8 @@ class ReplicaSetReconciler:
                 # before the node lock is taken: no API I/O holds it.
                 observe = functools.partial(observe_with, volume_names={
                     m.volume: self._observer.volume_name(key.namespace, m.volume)
-                    for m in spec.mounts if m.volume is not None})
+                    for m in spec.mounts if m.volume is not None},
+                    ensured=frozenset(ensured))
                 observation = observe()
                 plan = core.plan_replica_set(observation)
                 if plan.drift and not drift:
@@ -173,8 +177,11 @@ class ReplicaSetReconciler:
                 try:
                     self._preflight(key, meta["uid"], observation, plan)
                     for action in plan.actions:
-                        events += self._steps.execute(key, action)
+                        events += self._steps.execute(key, action, report=self._pull_report(
+                            plan, progress, shown))
                         released = released or isinstance(action, act.RELEASING)
+                        if isinstance(action, act.PullImage):
+                            ensured.add(action.image)
                     if any(isinstance(a, act.WriteSpec) for a in plan.actions):
                         break  # the spec changes: the next reconcile takes it from there
                     if all(isinstance(a, act.PruneRevision) for a in plan.actions):
@@ -204,6 +211,8 @@ class ReplicaSetReconciler:
                     if self._revision_refused(action, exc):
                         continue
                     plan = core.blocked_plan(observe(), exc)
+                    if isinstance(exc, ImagePullError):  # look again when it is retried
+                        plan = replace(plan, recheck_after=exc.retry_after)
                     break
         status = note_drift(plan.status, drift, previous)
         problem = next((c for c in status.conditions if c.type == "Progressing"
@@ -223,6 +232,14 @@ class ReplicaSetReconciler:
             outcome.hand_back = (f"node {self._settings.node_name} cannot run it: "
                                  f"{progressing.message}")
         return outcome
+
+    def _pull_report(self, plan: Plan, progress: Callable[[Outcome], None] | None,
+                     shown: Mapping[str, Any]) -> Callable[[ImagePullProgress], None] | None:
+        """What shows a pull's progress: the pass's status with ``status.imagePull``."""
+        if progress is None:
+            return None
+        return lambda pulled: progress(self._outcome(replace(plan.status, image_pull=pulled),
+                                                     shown, []))
 
     def _revision_refused(self, action: act.Action | None, exc: UserError) -> bool:
         """Docker refused the container of a revision that never ran: mark the
@@ -294,6 +311,7 @@ class ReplicaSetReconciler:
         events: list[Event] = []
         with self._locks.resource(key):
             self._deleted.add(meta["uid"])
+            self._steps.pulls.forget(key)
             records = tuple(self._store.list(key.namespace, key.name))
             actions = history.plan_delete(key, tuple(self._docker.list_containers()), records,
                                        self.disks.saved(key, records), policy)

@@ -18,6 +18,7 @@ from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.agent.disk_saves import DiskSaves
 from gpudock.agent.node_locks import NodeLocks
 from gpudock.agent.replica_set_outcome import Event
+from gpudock.agent.replica_set_pulls import ImagePulls, Report
 from gpudock.api import gpu_replica_set
 from gpudock.api.container_limits import LIMIT_FIELDS
 from gpudock.api.reasons import Reason
@@ -48,8 +49,9 @@ class Replan(InternalError):  # noqa: N818 - a signal to plan again, never shown
 class ReplicaSetSteps:
     def __init__(self, docker: ContainerRuntime, kube: KubeClient, store: RevisionStore,
                  disks: DiskSaves, locks: NodeLocks, crash: CrashPoints,
-                 host_paths: HostPathPolicy) -> None:
+                 host_paths: HostPathPolicy, pulls: ImagePulls) -> None:
         self._docker = docker
+        self.pulls = pulls
         self._kube = kube
         self._store = store
         self._crash = crash
@@ -57,7 +59,9 @@ class ReplicaSetSteps:
         self._host_paths = host_paths
         self.disks = disks
 
-    def execute(self, key: ResourceKey, action: act.Action) -> list[Event]:
+    def execute(self, key: ResourceKey, action: act.Action,
+                report: Report | None = None) -> list[Event]:
+        """Run one step; ``report`` is told a pull's progress (PullImage)."""
         step = type(action).__name__
         self._crash.reach(f"{step}.before")
         with metrics.timed(metrics.STEP_SECONDS, step):
@@ -70,7 +74,9 @@ class ReplicaSetSteps:
                     events = self._run_step(key, action)
             else:
                 try:
-                    events = self._run_step(key, action)
+                    events = (self.pulls.ensure(key, action, report)
+                              if isinstance(action, act.PullImage)
+                              else self._run_step(key, action))
                 except Replan:
                     self._crash.reach(f"{step}.after")  # the step is done all the same
                     raise

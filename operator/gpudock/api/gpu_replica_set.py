@@ -48,6 +48,7 @@ from gpudock.api.parsing import (
     get_int,
     get_list,
     get_node_name,
+    get_object_name,
     get_str,
 )
 from gpudock.api.quantity import format_size
@@ -68,6 +69,35 @@ class DesiredState(enum.StrEnum):
 class HistoryPolicy(enum.StrEnum):
     RETAIN = "Retain"
     PURGE = "Purge"
+
+
+class PullPolicy(enum.StrEnum):
+    """When the image is pulled, as a container is created (Kubernetes' values)."""
+
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
+def default_pull_policy(image: str) -> PullPolicy:
+    """Kubernetes' defaulting: Always for ``:latest`` or no tag (and no digest), else
+    IfNotPresent."""
+    if "@" in image:
+        return PullPolicy.IF_NOT_PRESENT
+    last = image.rsplit("/", 1)[-1]
+    tag = last.rsplit(":", 1)[1] if ":" in last else ""
+    return PullPolicy.ALWAYS if tag in ("", "latest") else PullPolicy.IF_NOT_PRESENT
+
+
+MAX_PULL_SECRETS = 16
+
+
+def _parse_pull_secrets(items: list[Any]) -> tuple[str, ...]:
+    names = []
+    for i, item in enumerate(items):
+        names.append(get_object_name(as_dict(item, f"spec.imagePullSecrets[{i}]"), "name",
+                                     f"spec.imagePullSecrets[{i}]"))
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)
@@ -94,6 +124,10 @@ class GpuReplicaSetSpec:
     resources: Resources = field(default_factory=Resources)
     shm_size: int | None = None
     pids_limit: int | None = None
+    # Pulls (docs/fleet.md, "Image pulls"): not part of the shape, so changing them
+    # never makes a new revision; they apply when a container is next created.
+    image_pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
+    image_pull_secrets: tuple[str, ...] = ()
 
     @classmethod
     def parse(cls, raw: RawDict) -> GpuReplicaSetSpec:
@@ -134,6 +168,11 @@ class GpuReplicaSetSpec:
             resources=parse_resources(raw.get("resources")),
             shm_size=parse_shm_size(raw.get("shmSize")),
             pids_limit=parse_pids_limit(raw.get("pidsLimit")),
+            image_pull_policy=PullPolicy(get_choice(
+                raw, "imagePullPolicy", where, tuple(PullPolicy),
+                default_pull_policy(get_str(raw, "image", where)))),
+            image_pull_secrets=_parse_pull_secrets(get_list(
+                raw, "imagePullSecrets", where, max_items=MAX_PULL_SECRETS)),
         )._checked_size()
 
     def _checked_size(self) -> GpuReplicaSetSpec:
@@ -277,6 +316,7 @@ class GpuReplicaSetStatus:
     history: tuple[RevisionSummary, ...] = ()
     reason: Reason | None = None  # of the condition that matters (REASON column)
     process: ProcessStatus | None = None  # of the current container, when there is one
+    image_pull: ImagePullProgress | None = None  # the pull under way, when there is one
 
     def to_dict(self) -> dict[str, Any]:
         """The status as Kubernetes stores it (camelCase; absent values are null)."""
@@ -298,7 +338,24 @@ class GpuReplicaSetStatus:
             "startedAt": process.started_at,
             "conditions": [c.to_dict() for c in self.conditions],
             "history": [h.to_dict() for h in self.history],
+            "imagePull": self.image_pull.to_dict() if self.image_pull else None,
         }
+
+
+@dataclass(frozen=True)
+class ImagePullProgress:
+    """``status.imagePull``: how far the pull of a container's image is."""
+
+    image: str
+    layers_done: int = 0
+    layers_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"image": self.image, "layersDone": self.layers_done,
+                "layersTotal": self.layers_total, "bytesDone": self.bytes_done,
+                "bytesTotal": self.bytes_total}
 
 
 @dataclass(frozen=True)

@@ -159,3 +159,9 @@ class Reason(enum.StrEnum):
     AGENT_RESTARTED = "AgentRestarted"
     EXEC_LIMIT_REACHED = "ExecLimitReached"  # Pending: the namespace's slots are taken
     REQUEST_LIMIT_REACHED = "RequestLimitReached"  # Pending: the node's slots are taken
+
+    # --- GpuReplicaSet: image pulls (#22 item 9, 10) ---------------------------------
+    ERR_IMAGE_PULL = "ErrImagePull"  # the registry refused (its words); retried
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"  # waiting out the backoff before a retry
+    PULLING = "Pulling"  # the step under way; also the event of a pull begun
+    PULLED = "Pulled"  # the event of a pull done

@@ -148,6 +148,18 @@ class ContainerRuntime(Protocol):
         """Remove untagged images a failed save of this resource left; how many."""
         ...
 
+    def pull_image(self, image: str, auth: Mapping[str, str] | None,
+                   on_message: Callable[[Mapping[str, Any]], None]) -> str:
+        """Pull ``image`` with ``auth`` (None: none), telling ``on_message`` each
+        progress message; its image ID. The registry's refusal: a UserError
+        (ErrImagePull) with its words."""
+        ...
+
+    def check_pull_access(self, image: str, auth: Mapping[str, str] | None) -> None:
+        """Whether ``auth`` may pull ``image`` as it is on the node, asked of its
+        registry (nothing is downloaded); a UserError (ErrImagePull) when not."""
+        ...
+
     # ---------------------------------------------------------------- volumes
     def remove_volumes(self, namespace: str, name: str, uid: str | None = None) -> int:
         """Remove the volumes made for a resource's image VOLUMEs; how many."""
@@ -189,6 +201,11 @@ class KubeClient(Protocol):
     def patch_status(self, plural: str, namespace: str, name: str,
                      status: dict[str, Any]) -> str:
         """A merge patch of the status; the object's resourceVersion after it."""
+        ...
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
+        """A Secret's ``type``, ``uid`` and ``data`` (base64 values, as the API gives
+        them); ObjectNotFoundError when absent. Only ``get`` (no list or watch)."""
         ...
 
 

@@ -28,7 +28,7 @@ import itertools
 import os
 import shutil
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -195,6 +195,10 @@ class InMemoryDocker:
         self.requests: list[str] = []  # every call of the port, by method name
         self._failures: list[_Failure] = []
         self._on_event: Callable[[str], None] | None = None
+        # The registries: reference -> the image there; registry host -> the one
+        # (username, password) it takes (absent: it takes anyone).
+        self.registry: dict[str, FakeImage] = {}
+        self.registry_users: dict[str, tuple[str, str]] = {}
         root.mkdir(parents=True, exist_ok=True)
 
     # ================================================================== test hooks
@@ -202,8 +206,9 @@ class InMemoryDocker:
                    env: tuple[str, ...] = (f"PATH={DEFAULT_PATH}",),
                    cmd: tuple[str, ...] | None = ("sh",),
                    volumes: tuple[str, ...] = (),
-                   image_labels: dict[str, str] | None = None) -> str:
-        """``docker load`` of an image (busybox's files by default); its ID."""
+                   image_labels: dict[str, str] | None = None, published: bool = True) -> str:
+        """``docker load`` of an image (busybox's files by default); its ID. Unless
+        ``published`` is False, its registry has it too (a pull gets the same one)."""
         with self._lock:
             image = FakeImage(id=f"sha256:{_hex(f'image {reference} {next(self._ids)}')}",
                               files=dict(BUSYBOX_FILES if files is None else files),
@@ -211,6 +216,17 @@ class InMemoryDocker:
                               labels=dict(image_labels or {}), volumes=tuple(volumes))
             self.images[image.id] = image
             self._tag(image.id, reference)
+            if published:
+                self.registry[reference] = image
+            return image.id
+
+    def publish(self, reference: str, files: dict[str, bytes] | None = None) -> str:
+        """Push an image to its registry only (not on the node); its ID."""
+        with self._lock:
+            image = FakeImage(id=f"sha256:{_hex(f'pushed {reference} {next(self._ids)}')}",
+                              files=dict(BUSYBOX_FILES if files is None else files),
+                              env=[f"PATH={DEFAULT_PATH}"], cmd=["sh"], labels={})
+            self.registry[reference] = image
             return image.id
 
     def fail_next(self, method: str, error: Exception, times: int = 1) -> None:
@@ -653,6 +669,37 @@ class InMemoryDocker:
                 raise UserError(Reason.DOCKER_REQUEST_FAILED, f"remove volume {name}: volume is "
                                 f"in use - [{', '.join(c.id for c in users)}]")
             self._drop_volume(volume)
+
+    # ============================================================ the port: pulls
+    def pull_image(self, image: str, auth: Mapping[str, str] | None,
+                   on_message: Callable[[Mapping[str, Any]], None]) -> str:
+        with self._request("pull_image"):
+            found = self._remote(image, auth, "pull")
+            on_message({"status": "Pulling fs layer", "id": "layer1"})
+            size = sum(len(data) for data in found.files.values())
+            on_message({"status": "Downloading", "id": "layer1",
+                        "progressDetail": {"current": size, "total": size}})
+            on_message({"status": "Pull complete", "id": "layer1"})
+            self.images.setdefault(found.id, replace(found, files=dict(found.files)))
+            self._tag(found.id, image)
+            return found.id
+
+    def check_pull_access(self, image: str, auth: Mapping[str, str] | None) -> None:
+        with self._request("check_pull_access"):
+            self._remote(image, auth, "inspect")
+
+    def _remote(self, image: str, auth: Mapping[str, str] | None, what: str) -> FakeImage:
+        host = image.split("/", 1)[0] if "/" in image and "." in image.split("/")[0] \
+            else "docker.io"
+        wanted = self.registry_users.get(host)
+        given = (auth["username"], auth["password"]) if auth else None
+        if wanted is not None and given != wanted:
+            raise UserError(Reason.ERR_IMAGE_PULL, f"{what} {image}: unauthorized: "
+                            "authentication required")
+        found = self.registry.get(image)
+        if found is None:
+            raise UserError(Reason.ERR_IMAGE_PULL, f"{what} {image}: manifest unknown")
+        return found
 
     # ================================================================== internals
     @contextlib.contextmanager

@@ -44,6 +44,7 @@ class InMemoryKube:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.patches: list[Patch] = []
         self.unavailable = False  # every call fails as if the API server were away
+        self.secrets: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name)
 
     # ------------------------------------------------------------- the port
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
@@ -69,6 +70,14 @@ class InMemoryKube:
                                       copy.deepcopy(status)))
             body["status"] = merge_patch(body.get("status") or {}, status)
             return self._written(body)
+
+    def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
+        with self._lock:
+            self._reachable(f"get secret {namespace}/{name}")
+            found = self.secrets.get((namespace, name))
+            if found is None:
+                raise ObjectNotFoundError(f"get secret {namespace}/{name}")
+            return copy.deepcopy(found)
 
     # ----------------------------------------------------- what kubectl does
     def apply(self, plural: str, namespace: str, name: str, spec: dict[str, Any],

@@ -64,6 +64,14 @@ class ImageNotPresentError(UserError):
         super().__init__(Reason.IMAGE_NOT_PRESENT, message)
 
 
+class PullRefusedError(UserError):
+    """The registry (through Docker) refused a pull or a look at a manifest: its
+    words, under ErrImagePull."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Reason.ERR_IMAGE_PULL, message)
+
+
 class DockerRefusedError(UserError):
     """Docker refused the request as written (an HTTP 4xx), or the runtime refused the
     container's config: the same request would be refused again. ``reason`` is the

@@ -8,15 +8,17 @@ Answers about images are remembered until an image changes on the node
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import docker.errors
+import docker.utils
 
 from gpudock.adapters.docker.connection import DockerConnection
 from gpudock.adapters.docker.errors import (
     DockerRefusedError,
     ImageNotPresentError,
+    PullRefusedError,
     _translated,
 )
 from gpudock.adapters.docker.inspect import import_changes
@@ -75,6 +77,46 @@ class ImageMixin(DockerConnection):
         attrs = self._inspect_image(image)
         return str(attrs.get("Id", "")), int(attrs.get("Size") or 0), dict(
             attrs.get("Config") or {})
+
+    # ----------------------------------------------------------------------- pulls
+    def pull_image(self, image: str, auth: Mapping[str, str] | None,
+                   on_message: Callable[[Mapping[str, Any]], None]) -> str:
+        """``docker pull`` of ``image`` with ``auth`` (username, password,
+        serveraddress; None: none); ``on_message`` is given each message of Docker's
+        progress stream. Returns the image's ID. The registry's refusal is a
+        PullRefusedError with its words; the credentials are never in a message."""
+        repository, tag = docker.utils.parse_repository_tag(image)
+
+        def pull() -> None:
+            try:
+                for message in self.client.api.pull(
+                        repository, tag or "latest", stream=True, decode=True,
+                        auth_config=dict(auth) if auth else None):
+                    if not isinstance(message, Mapping):
+                        continue
+                    if message.get("error"):
+                        raise PullRefusedError(f"pull {image}: {message['error']}")
+                    on_message(message)
+            except docker.errors.APIError as exc:
+                raise PullRefusedError(f"pull {image}: {exc.explanation or exc}") from exc
+
+        self._image_step(f"pull {image}", pull)
+        return str(self._inspect_image(image).get("Id", ""))
+
+    def check_pull_access(self, image: str, auth: Mapping[str, str] | None) -> None:
+        """Whether ``auth`` may pull ``image`` as it is on the node: its registry is
+        asked for the manifest of the node's digest of it (of its tag when it has no
+        digest), nothing is downloaded. PullRefusedError with the registry's words."""
+        repository, _ = docker.utils.parse_repository_tag(image)
+        digests = self._inspect_image(image).get("RepoDigests") or ()
+        reference = next((d for d in digests if str(d).split("@", 1)[0] == repository),
+                         image)
+        with _translated(f"inspect {reference} in its registry"):
+            try:
+                self.client.api.inspect_distribution(
+                    reference, auth_config=dict(auth) if auth else None)
+            except docker.errors.APIError as exc:
+                raise PullRefusedError(f"pull {image}: {exc.explanation or exc}") from exc
 
     # ---------------------------------------------------------------------- actions
     def commit(self, container_id: str, name: str, image: str) -> None:

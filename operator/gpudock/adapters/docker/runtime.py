@@ -37,7 +37,7 @@ class DockerRuntime(ContainerMixin, ImageMixin, VolumeMixin, ExecMixin):
     - images (images.py): ``image_exists``, ``preserved_tags``, ``image_info``,
       ``disk_use``, ``layer_count``, ``image_config``, ``commit``, ``commit_to``,
       ``flatten``, ``load_image``, ``tag_image``, ``remove_image``,
-      ``remove_dangling_images``
+      ``remove_dangling_images``, ``pull_image``, ``check_pull_access``
     - volumes (volumes.py): ``volume_exists``, ``volume_mounted``, ``volume_info``,
       ``create_volume``, ``remove_volume``, ``remove_volumes``
     - commands in a container (exec.py): ``exec``, ``command_missing``

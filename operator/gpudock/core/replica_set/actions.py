@@ -25,6 +25,18 @@ class StartRevision:
 
 
 @dataclass(frozen=True)
+class PullImage:
+    """Before a container is made from ``image``: pull it with the namespace's
+    ``secrets`` when ``pull`` (it is absent, or imagePullPolicy is Always); else,
+    when a pull with another namespace's credentials brought it, prove this
+    namespace's own credentials can pull it (asked of the registry)."""
+
+    image: str
+    pull: bool
+    secrets: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RecordRevision:
     """Write a revision record only (a change made while Stopped, an adopted container)."""
 
@@ -146,7 +158,7 @@ class PurgeHistory:
     layers: tuple[str, ...] = ()  # saved writable layers
 
 
-Action = (StartRevision | RecordRevision | PreserveDisk | StartContainer | StopContainer
+Action = (PullImage | StartRevision | RecordRevision | PreserveDisk | StartContainer | StopContainer
           | RemoveContainer | RenameContainer | UnpauseContainer | SetRestartPolicy
           | UpdateLimits | WriteSpec | PruneRevision | MoveHistory | PurgeHistory)
 

@@ -34,8 +34,9 @@ def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
     host_paths = _check_mounts(obs, spec)
     _check_image_owner(obs, spec.image)
     if spec.image not in obs.images_present:
-        raise UserError(Reason.IMAGE_NOT_PRESENT, f"image {spec.image} is not on the node; load it "
-                        "there (gpudock never pulls)")
+        raise UserError(Reason.IMAGE_NOT_PRESENT, f"image {spec.image} is not on the node and "
+                        f"imagePullPolicy is {spec.image_pull_policy}: load it there, or "
+                        "set imagePullPolicy to IfNotPresent or Always to pull it")
     _check_disk_image(obs, disk)
     _check_explicit_ports(obs, spec)
     limits = check_on_node(spec, obs.limit_defaults, obs.node_capacity)

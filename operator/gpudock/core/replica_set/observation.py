@@ -64,6 +64,13 @@ class Observation:
     # The node's per-GPU limit defaults and its CPUs and memory (None: not known).
     limit_defaults: LimitDefaults = field(default_factory=LimitDefaults)
     node_capacity: NodeCapacity | None = None
+    # The images this reconcile pulled (or proved access to) already: a container
+    # made from one of them now needs no PullImage first (docs/fleet.md, "Image pulls").
+    images_ensured: frozenset[str] = frozenset()
+    # The base images whose ID on the node a pull with some Secret's credentials
+    # brought (and none without): a container of one is made only once this
+    # namespace's own credentials are proved (agent/replica_set_pulls.py).
+    images_pulled_privately: frozenset[str] = frozenset()
 
     @property
     def own_records(self) -> tuple[Revision, ...]:

@@ -47,6 +47,7 @@ from gpudock.core.replica_set.history import (
     set_aside,
 )
 from gpudock.core.replica_set.observation import Observation, Plan, Target
+from gpudock.core.replica_set.pulls import pull_first
 from gpudock.core.replica_set.resize import resize
 from gpudock.core.replica_set.saved_disks import (
     disk_of,
@@ -62,7 +63,7 @@ from gpudock.errors import UserError
 # The phase a step under way shows (by its Progressing reason); any other: Reconciling.
 _PHASES = {Reason.ROLLING_OUT: "Updating", Reason.ROLLING_BACK: "Updating",
            Reason.STOPPING: "Stopping", Reason.RECORDING: "Updating",
-           Reason.CREATING: "Creating"}
+           Reason.CREATING: "Creating", Reason.PULLING: "Creating"}
 
 
 # --------------------------------------------------------------------------- the flow
@@ -207,6 +208,10 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
             raise UserError(Reason.REVISION_DISK_GONE, f"the saved disk of {current.name} is "
                             f"over image {record.image}, which is no longer on the node; "
                             "load it again (nothing was changed)")
+    pull = pull_first(obs, target.spec, disk)
+    if pull is not None and pull.pull:  # while the old container still serves
+        return _progress(obs, current, record, (pull,), Reason.ROLLING_OUT,
+                         f"rolling out revision {revision}: pulling image {pull.image}")
     # Everything the new revision needs is checked before the old container stops.
     config = container_for(obs, target.spec, revision, disk, current.gpus,
                            bindings_of(current), carried_volumes=current.volumes,
@@ -218,7 +223,7 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
     new = new_record(obs, target, revision, config.image, config.gpus, config.ports,
                      disk.layer if disk else None, disk.image_id if disk else None,
                      config.address)
-    steps = (*saving,
+    steps = (*((pull,) if pull else ()), *saving,
              act.StartRevision(new, config, start=obs.spec.state is DesiredState.RUNNING,
                                layer=new.layer),
              act.RemoveContainer(current.id, current.name, Reason.PREVIOUS_REVISION_REMOVED))
@@ -237,6 +242,9 @@ def _without_container(obs: Observation, record: Revision | None, target: Target
             return Plan(prune(obs, record), status.settled(_seen(obs, None, record),
                                                            "Stopped"))
         disk = disk_of(obs.saved, obs.images_present, record)
+        pull = pull_first(obs, target.spec, disk)
+        if pull is not None and pull.pull:
+            return _pulling(obs, record, pull)
         config = container_for(obs, target.spec, record.revision, disk, record.gpus,
                                record.ports, held_address=record.address)
         # The record says what the new container is made from, as for a new revision.
@@ -252,8 +260,8 @@ def _without_container(obs: Observation, record: Revision | None, target: Target
         retired = ran and record.preserved_from == record.container_id
         reason = Reason.RESUMED if retired else Reason.RECREATED if ran \
             else Reason.REVISION_STARTED
-        return _progress(obs, None, record, (act.StartRevision(
-            again, config, start=running, reason=reason, layer=again.layer),),
+        return _progress(obs, None, record, (*((pull,) if pull else ()), act.StartRevision(
+            again, config, start=running, reason=reason, layer=again.layer)),
             Reason.CREATING, f"creating container {config.name}",
             drift="container was removed" if ran and not retired else None)
     failed = failed_attempt(obs, record, target)
@@ -272,15 +280,23 @@ def _without_container(obs: Observation, record: Revision | None, target: Target
                          record.address if record else "")
         return _progress(obs, None, record, (act.RecordRevision(new),), Reason.RECORDING,
                          f"recording revision {revision} (not started: state Stopped)")
+    pull = pull_first(obs, target.spec, source)
+    if pull is not None and pull.pull:
+        return _pulling(obs, record, pull)
     config = container_for(obs, target.spec, revision, source, record.gpus if record
                            else (), record.ports if record else (),
                            held_address=record.address if record else "")
-    return _progress(obs, None, record, (act.StartRevision(
+    return _progress(obs, None, record, (*((pull,) if pull else ()), act.StartRevision(
         new_record(obs, target, revision, config.image, config.gpus, config.ports, layer,
                    source.image_id if source else None, config.address),
         config, start=running,
         reason=Reason.CREATED if record is None else Reason.REVISION_STARTED, layer=layer),),
         Reason.CREATING, f"creating container {config.name}")
+
+
+def _pulling(obs: Observation, record: Revision | None, pull: act.PullImage) -> Plan:
+    return _progress(obs, None, record, (pull,), Reason.PULLING,
+                     f"pulling image {pull.image}")
 
 
 def _keep(obs: Observation, current: ObservedContainer, record: Revision,
