@@ -42,7 +42,11 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         self.process = ManagedProcess("gpudock-agent", self.argv, self.log_path, self.env)
-        self.process.wait_until(self.healthy, 60, "liveness")
+        try:
+            self.process.wait_until(self.healthy, 60, "liveness")
+        except BaseException:
+            self.process.stop()  # an agent that never came up is not left running
+            raise
         return self
 
     def healthy(self) -> bool:
