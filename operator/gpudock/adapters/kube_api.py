@@ -44,7 +44,8 @@ def in_cluster_server(environ: Mapping[str, str]) -> str | None:
 
 
 @contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
+def translated(what: str) -> Iterator[None]:
+    """The Kubernetes client's errors as gpudock's tiers (also for kube_leases)."""
     try:
         yield
     except kubernetes.client.ApiException as exc:
@@ -52,7 +53,7 @@ def _translated(what: str) -> Iterator[None]:
             raise ObjectNotFoundError(what) from exc
         if exc.status == 409:
             raise ConflictError(f"{what}: changed meanwhile", delay=0.5) from exc
-        if exc.status in (409, 429) or (exc.status or 0) >= 500:
+        if exc.status == 429 or (exc.status or 0) >= 500:
             raise KubeUnavailableError(f"{what}: {exc.status} {exc.reason}", delay=2) from exc
         if exc.status in (401, 403):
             # The agent's RBAC is wrong (a persistent state, fixed by the admin: retry
@@ -103,7 +104,7 @@ class KubeApi:
     def patch_status(self, plural: str, namespace: str, name: str,
                      status: dict[str, Any]) -> str:
         """A merge patch of the status; the object's resourceVersion after it."""
-        with _translated(f"patch status of {plural} {namespace}/{name}"):
+        with translated(f"patch status of {plural} {namespace}/{name}"):
             patched = self._objects.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, plural, name, {"status": status})
         meta = cast(dict[str, Any], patched or {}).get("metadata") or {}
@@ -113,7 +114,7 @@ class KubeApi:
                         status: dict[str, Any], resource_version: str) -> dict[str, Any]:
         """A merge patch of the status that applies only to the object at
         ``resource_version`` (ConflictError otherwise); the object after it."""
-        with _translated(f"patch status of {plural} {namespace}/{name}"):
+        with translated(f"patch status of {plural} {namespace}/{name}"):
             patched = self._objects.patch_namespaced_custom_object_status(
                 GROUP, VERSION, namespace, plural, name,
                 {"metadata": {"resourceVersion": resource_version}, "status": status})
@@ -121,7 +122,7 @@ class KubeApi:
 
     def patch_cluster(self, plural: str, name: str, patch: dict[str, Any]) -> None:
         """A merge patch of a cluster-scoped object (a GpuNode's labels or spec)."""
-        with _translated(f"patch {plural} {name}"):
+        with translated(f"patch {plural} {name}"):
             self._objects.patch_cluster_custom_object(GROUP, VERSION, plural, name, patch)
 
     def post_event(self, involved: dict[str, Any], type_: str, reason: str, message: str,
@@ -136,12 +137,12 @@ class KubeApi:
                  "type": type_, "reason": reason, "message": message[:1024],
                  "source": {"component": component}, "reportingComponent": component,
                  "firstTimestamp": now, "lastTimestamp": now, "count": 1}
-        with _translated(f"post event on {namespace}/{meta.get('name')}"):
+        with translated(f"post event on {namespace}/{meta.get('name')}"):
             self._core.create_namespaced_event(namespace, cast(Any, event))
     def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
         """A Secret's ``type``, ``uid`` and ``data`` (base64 values, as the API gives
         them); ObjectNotFoundError when absent. Only ``get`` (no list or watch)."""
-        with _translated(f"get secret {namespace}/{name}"):
+        with translated(f"get secret {namespace}/{name}"):
             secret = self._core.read_namespaced_secret(name, namespace)
         meta = secret.metadata
         return {"type": str(secret.type or ""), "uid": str(meta.uid if meta else ""),
@@ -150,7 +151,7 @@ class KubeApi:
     def patch_spec(self, plural: str, namespace: str, name: str,
                    spec: dict[str, Any]) -> None:
         """A JSON merge patch of the spec (lists are replaced, None removes a field)."""
-        with _translated(f"patch spec of {plural} {namespace}/{name}"):
+        with translated(f"patch spec of {plural} {namespace}/{name}"):
             self._objects.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, name, {"spec": spec})
 
@@ -160,7 +161,7 @@ class KubeApi:
         if not namespaces:
             return self.list_cluster(plural)  # the same call serves a namespaced kind
         found: list[dict[str, Any]] = []
-        with _translated(f"list {plural}"):
+        with translated(f"list {plural}"):
             for namespace in namespaces:
                 reply = self._objects.list_namespaced_custom_object(
                     GROUP, VERSION, namespace, plural)
@@ -169,13 +170,13 @@ class KubeApi:
 
     def list_cluster(self, plural: str) -> list[dict[str, Any]]:
         """Every object of a cluster-scoped kind (GpuNodes)."""
-        with _translated(f"list {plural}"):
+        with translated(f"list {plural}"):
             reply = self._objects.list_cluster_custom_object(GROUP, VERSION, plural)
         return list(cast(dict[str, Any], reply).get("items") or [])
 
     def get_cluster(self, plural: str, name: str) -> dict[str, Any]:
         """A cluster-scoped object (GpuNode); ObjectNotFoundError when absent."""
-        with _translated(f"get {plural} {name}"):
+        with translated(f"get {plural} {name}"):
             body = self._objects.get_cluster_custom_object(GROUP, VERSION, plural, name)
         return cast(dict[str, Any], body)
 
@@ -193,27 +194,27 @@ class KubeApi:
             created = {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind,
                        "metadata": {"name": name, "labels": dict(labels or {})}, "spec": {}}
             # A conflict (another writer made it meanwhile) is fine.
-            with contextlib.suppress(KubeUnavailableError), _translated(f"create {name}"):
+            with contextlib.suppress(KubeUnavailableError), translated(f"create {name}"):
                 self._objects.create_cluster_custom_object(GROUP, VERSION, plural, created)
-        with _translated(f"patch status of {plural} {name}"):
+        with translated(f"patch status of {plural} {name}"):
             self._objects.patch_cluster_custom_object_status(
                 GROUP, VERSION, plural, name, {"status": status})
 
     def delete(self, plural: str, namespace: str, name: str) -> None:
         """Delete an object; already gone is fine."""
-        with contextlib.suppress(ObjectNotFoundError), _translated(
+        with contextlib.suppress(ObjectNotFoundError), translated(
                 f"delete {plural} {namespace}/{name}"):
             self._objects.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural,
                                                           name)
 
     def create(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        with _translated(f"create {plural} in {namespace}"):
+        with translated(f"create {plural} in {namespace}"):
             created = self._objects.create_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, body)
         return cast(dict[str, Any], created)
 
     def get(self, plural: str, namespace: str, name: str) -> dict[str, Any]:
-        with _translated(f"get {plural} {namespace}/{name}"):
+        with translated(f"get {plural} {namespace}/{name}"):
             body = self._objects.get_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, name)
         return cast(dict[str, Any], body)
@@ -228,7 +229,7 @@ class KubeApi:
         if finalizer not in finalizers:
             return
         finalizers.remove(finalizer)
-        with _translated(f"remove finalizer {finalizer} of {plural} {namespace}/{name}"):
+        with translated(f"remove finalizer {finalizer} of {plural} {namespace}/{name}"):
             self._objects.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, name, {"metadata": {
                     "finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}})
@@ -240,7 +241,7 @@ class KubeApi:
     def patch(self, plural: str, namespace: str, name: str,
               body: dict[str, Any]) -> dict[str, Any]:
         """A JSON merge patch of the object (metadata and spec); the object after it."""
-        with _translated(f"patch {plural} {namespace}/{name}"):
+        with translated(f"patch {plural} {namespace}/{name}"):
             patched = self._objects.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, name, body)
         return cast(dict[str, Any], patched)
@@ -249,19 +250,19 @@ class KubeApi:
         return kubernetes.client.AppsV1Api(self._objects.api_client)
 
     def create_controller_revision(self, namespace: str, body: dict[str, Any]) -> None:
-        with _translated(f"create controllerrevision in {namespace}"):
+        with translated(f"create controllerrevision in {namespace}"):
             self._apps().create_namespaced_controller_revision(namespace, body)
 
     def list_controller_revisions(self, namespace: str,
                                   selector: str) -> list[dict[str, Any]]:
-        with _translated(f"list controllerrevisions {selector} in {namespace}"):
+        with translated(f"list controllerrevisions {selector} in {namespace}"):
             reply = self._apps().list_namespaced_controller_revision(
                 namespace, label_selector=selector)
         items = self._objects.api_client.sanitize_for_serialization(reply).get("items")
         return list(items or [])
 
     def delete_controller_revisions(self, namespace: str, selector: str) -> None:
-        with _translated(f"delete controllerrevisions {selector} in {namespace}"):
+        with translated(f"delete controllerrevisions {selector} in {namespace}"):
             self._apps().delete_collection_namespaced_controller_revision(
                 namespace, label_selector=selector)
 
@@ -269,7 +270,7 @@ class KubeApi:
         """The TokenReview's status for ``token`` meant for ``audience``."""
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                 "spec": {"token": token, "audiences": [audience]}}
-        with _translated("create tokenreview"):
+        with translated("create tokenreview"):
             reply = kubernetes.client.AuthenticationV1Api(
                 self._objects.api_client).create_token_review(cast(Any, body))
         status = self._objects.api_client.sanitize_for_serialization(reply).get("status")
@@ -279,7 +280,7 @@ class KubeApi:
         """Whether the SubjectAccessReview of ``spec`` is allowed."""
         body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
                 "spec": spec}
-        with _translated("create subjectaccessreview"):
+        with translated("create subjectaccessreview"):
             reply = kubernetes.client.AuthorizationV1Api(
                 self._objects.api_client).create_subject_access_review(cast(Any, body))
         status = self._objects.api_client.sanitize_for_serialization(reply).get("status")

@@ -3,15 +3,12 @@ leader election (the scheduler's). Errors become gpudock's tiers, as in kube_api
 
 from __future__ import annotations
 
-import contextlib
 import datetime
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import kubernetes.client
-import urllib3.exceptions
 
-from gpudock.adapters.kube_api import ConflictError, KubeUnavailableError
+from gpudock.adapters.kube_api import ObjectNotFoundError, translated
 
 
 @dataclass(frozen=True)
@@ -23,18 +20,6 @@ class LeaseRecord:
     transitions: int
 
 
-@contextlib.contextmanager
-def _translated(what: str) -> Iterator[None]:
-    try:
-        yield
-    except kubernetes.client.ApiException as exc:
-        if exc.status == 409:
-            raise ConflictError(f"{what}: changed meanwhile", delay=0.5) from exc
-        raise KubeUnavailableError(f"{what}: {exc.status} {exc.reason}", delay=2) from exc
-    except (urllib3.exceptions.HTTPError, OSError) as exc:
-        raise KubeUnavailableError(f"{what}: {exc}") from exc
-
-
 class Leases:
     def __init__(self, api_client: kubernetes.client.ApiClient) -> None:
         self._api = kubernetes.client.CoordinationV1Api(api_client)
@@ -42,13 +27,10 @@ class Leases:
     def read(self, namespace: str, name: str) -> LeaseRecord | None:
         """The Lease, or None when it does not exist."""
         try:
-            with _translated(f"get lease {namespace}/{name}"):
+            with translated(f"get lease {namespace}/{name}"):
                 lease = self._api.read_namespaced_lease(name, namespace)
-        except KubeUnavailableError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, kubernetes.client.ApiException) and cause.status == 404:
-                return None
-            raise
+        except ObjectNotFoundError:
+            return None
         spec = lease.spec or kubernetes.client.V1LeaseSpec()
         meta = lease.metadata or kubernetes.client.V1ObjectMeta()
         return LeaseRecord(holder=spec.holder_identity or "",
@@ -74,7 +56,7 @@ class Leases:
                 name=name, namespace=namespace,
                 resource_version=None if before is None else before.resource_version),
             spec=spec)
-        with _translated(f"write lease {namespace}/{name}"):
+        with translated(f"write lease {namespace}/{name}"):
             if before is None:
                 self._api.create_namespaced_lease(namespace, body)
             else:

@@ -78,6 +78,7 @@ class Placement:
         models = tuple(get_list(gpu, "models", "spec.gpuSelector"))
         if not all(isinstance(m, str) and m for m in models):
             raise SpecError("spec.gpuSelector.models must be non-empty strings")
+        cpu_millis, memory_bytes = _requests(raw)
         policy = get_choice(raw, "schedulingPolicy", where, tuple(SchedulingPolicy),
                             SchedulingPolicy.BINPACK) if raw.get("schedulingPolicy") else ""
         return cls(
@@ -88,8 +89,8 @@ class Placement:
             tolerations=tuple(parse_toleration(as_dict(t, "spec.tolerations[]"))
                               for t in get_list(raw, "tolerations", where)),
             policy=SchedulingPolicy(policy) if policy else None,
-            cpu_millis=_requests(raw)[0],
-            memory_bytes=_requests(raw)[1],
+            cpu_millis=cpu_millis,
+            memory_bytes=memory_bytes,
         )
 
 

@@ -38,14 +38,15 @@ def key_of(body: Mapping[str, Any]) -> Key:
 
 
 def volumes_by_key(volumes: Iterable[Mapping[str, Any]]) -> dict[Key, Volume]:
-    found = {}
-    for body in volumes:
-        try:
-            size = parse_size(str((body.get("spec") or {}).get("size") or ""))
-        except SpecError:
-            size = 0
-        found[key_of(body)] = Volume(bound_node(body), size)
-    return found
+    return {key_of(body): Volume(bound_node(body), _size(body)) for body in volumes}
+
+
+def _size(volume: Mapping[str, Any]) -> int:
+    """A SizedVolume's spec.size in bytes (0 when unreadable: the agent reports it)."""
+    try:
+        return parse_size(str((volume.get("spec") or {}).get("size") or ""))
+    except SpecError:
+        return 0
 
 
 def holds_gpus(body: Mapping[str, Any]) -> bool:
@@ -108,7 +109,7 @@ def node_views(gpu_nodes: Sequence[Mapping[str, Any]],
         view = views.get(bound_node(body))
         if view is not None and view.volume_free_bytes is not None and \
                 not (body.get("status") or {}).get("volumeName"):
-            view.volume_free_bytes -= volumes_by_key([body])[key_of(body)].size_bytes
+            view.volume_free_bytes -= _size(body)
     for body in gpu_nodes:
         view = views[str((body.get("metadata") or {}).get("name"))]
         _count_unexplained(view, body.get("status") or {}, bound_here[view.name])

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gpudock.adapters.kube_api import KubeUnavailableError
+from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
 from gpudock.adapters.kube_leases import LeaseRecord, Leases
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ class LeaderElector:
                                    LEASE_SECONDS, datetime.datetime.now(datetime.UTC),
                                    record)
                 self._renewed_at = now
-        except KubeUnavailableError as exc:  # a conflict too: someone else wrote it
+        except (KubeUnavailableError, ObjectNotFoundError) as exc:  # a conflict too; or
+            # the namespace is not there (yet): tried again next period
             logger.debug("lease %s: %s", LEASE_NAME, exc)
         leading = self.leading
         if leading != was_leading:
