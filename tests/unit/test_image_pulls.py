@@ -147,6 +147,17 @@ def test_22_9_a_restore_over_a_saved_disk_never_pulls_a_moved_tag(node: Node) ->
     assert node.docker.container(node.only_container("box").id).files["/data.txt"] == b"mine"
 
 
+def test_22_9_an_image_named_by_its_id_is_never_pulled(node: Node) -> None:
+    """An ID has no tag, so Kubernetes' defaulting says Always; no registry serves an
+    ID, so it is used as it is on the node (the CI failure of 2026-12-05: a saved
+    disk named by its short ID was pulled instead of refused as ReservedImage)."""
+    image_id = node.docker.tags["gpudock-test/busybox:1"]
+    for name, reference in (("full", image_id), ("short", image_id[7:19])):
+        node.apply(name, image=reference)
+        assert node.settle(name)["phase"] == "Running"
+    assert "pull_image" not in node.docker.requests
+
+
 def test_22_9_never_without_the_image_is_image_not_present(node: Node) -> None:
     node.docker.publish(PRIVATE)
     node.apply("box", image=PRIVATE, imagePullPolicy="Never")

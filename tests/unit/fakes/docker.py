@@ -739,6 +739,10 @@ class InMemoryDocker:
 
     def _image(self, reference: str) -> FakeImage | None:
         image_id = self.tags.get(reference, reference)
+        if image_id not in self.images:  # Docker takes a unique prefix of an ID too
+            digits = reference.removeprefix("sha256:")
+            matches = [i for i in self.images if i.removeprefix("sha256:").startswith(digits)]
+            image_id = matches[0] if digits and len(matches) == 1 else image_id
         return self.images.get(image_id)
 
     def _inspect_image(self, reference: str, what: str | None = None) -> FakeImage:
