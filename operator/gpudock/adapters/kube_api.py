@@ -4,6 +4,7 @@ patches, reading a SizedVolume. Errors become gpudock's tiers."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
@@ -11,6 +12,7 @@ import kubernetes
 import kubernetes.client
 import kubernetes.config
 import urllib3
+import yaml
 import urllib3.exceptions
 
 from gpudock.api import GROUP, VERSION
@@ -175,3 +177,17 @@ class KubeApi:
             self._objects.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, name, {"metadata": {
                     "finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}})
+
+
+def config_problem(kubeconfig: str | None) -> str | None:
+    """Why no client can be made (a kubeconfig missing, unreadable or invalid, and
+    no in-cluster account); None when one can. Asked once at start: a process that
+    can never reach the API server says so and stops, as for a bad flag."""
+    if kubeconfig and not os.path.isfile(kubeconfig):
+        return f"--kubeconfig {kubeconfig}: no such file"
+    try:
+        KubeApi(kubeconfig)
+    except (kubernetes.config.ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
+        where = kubeconfig or "$KUBECONFIG or ~/.kube/config (and no in-cluster account)"
+        return f"no usable kubeconfig at {where}: {exc}"
+    return None

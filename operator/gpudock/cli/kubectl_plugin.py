@@ -25,11 +25,19 @@ from gpudock.errors import GpudockError
 DEADLINE_EXIT = 124  # as timeout(1) says a command ran out of time
 
 
+def _kube_flags(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """kubectl's flags; a subcommand takes them too (``exec NAME -n NS -- cmd``), its
+    default suppressed so that one given before the subcommand is kept."""
+    parser.add_argument("-n", "--namespace", default=default, help="default: the context's")
+    parser.add_argument("--context", default=default,
+                        help="kubeconfig context (default: the current)")
+    parser.add_argument("--kubeconfig", default=default,
+                        help="default: $KUBECONFIG or ~/.kube/config")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubectl gpudock", description=__doc__)
-    parser.add_argument("-n", "--namespace", help="default: the context's")
-    parser.add_argument("--context", help="kubeconfig context (default: the current)")
-    parser.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config")
+    _kube_flags(parser, None)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("exec", help="run a command in a GpuReplicaSet's container "
                               "(an ExecRequest); exits with the command's exit code")
@@ -58,18 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("nodes", help="every node's GPUs, one line each, with holders")
     ports = commands.add_parser("ports", help="a node's host ports and their holders")
     ports.add_argument("node")
+    for sub in commands.choices.values():
+        _kube_flags(sub, argparse.SUPPRESS)
     return parser
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
-         err: TextIO = sys.stderr) -> int:
-    words = list(sys.argv[1:] if argv is None else argv)
-    command: list[str] = []
-    if "--" in words:  # the command is never parsed as options of the plugin
+def parse(words: Sequence[str]) -> argparse.Namespace:
+    """The plugin's arguments; kubectl's flags before or after the subcommand, and
+    everything after ``--`` the command (never parsed as options of the plugin)."""
+    words, command = list(words), []
+    if "--" in words:
         at = words.index("--")
         words, command = words[:at], words[at + 1:]
     args = build_parser().parse_args(words)
     args.argv = [*getattr(args, "argv", []), *command]
+    return args
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
+         err: TextIO = sys.stderr) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
     if args.command in ("exec", "commit") and not is_object_name(args.name):
         print(f"error: {args.name!r} is not a GpuReplicaSet name", file=err)
         return 2
@@ -152,6 +168,10 @@ def _exec(kube: KubeApi, namespace: str, args: argparse.Namespace, out: TextIO,
         print(f"error: execrequest {name} did not finish; is the agent of its node "
               "running?", file=err)
         return 1
+    try:  # read: it is of no more use (others are kept ttlSecondsAfterFinished)
+        kube.delete(exec_request.PLURAL, namespace, name)
+    except GpudockError as exc:
+        print(f"(kubectl gpudock: execrequest {name} is kept: {exc})", file=err)
     out.write(status.get("stdout") or "")
     err.write(status.get("stderr") or "")
     for stream in ("stdout", "stderr"):
