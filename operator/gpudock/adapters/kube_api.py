@@ -12,8 +12,8 @@ import kubernetes
 import kubernetes.client
 import kubernetes.config
 import urllib3
-import yaml
 import urllib3.exceptions
+import yaml
 
 from gpudock.api import GROUP, VERSION
 from gpudock.api.reasons import Reason
