@@ -5,16 +5,18 @@ SizedVolumes it mounts, read into one core Observation (core/replica_set/observa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from gpudock import metrics
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.kube_api import ObjectNotFoundError
+from gpudock.agent.commit_holds import CommitHolds
 from gpudock.agent.disk_saves import DiskSaves
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
-from gpudock.core.observed import HostPort, ResourceKey
+from gpudock.core.observed import HostPort, ObservedContainer, ResourceKey
 from gpudock.core.ports import ContainerRuntime, KubeClient, VolumeLookup
 from gpudock.core.replica_set import saved_disks
 from gpudock.core.replica_set.observation import Observation
@@ -27,7 +29,7 @@ class ReplicaSetObserver:
     def __init__(self, settings: Settings, docker: ContainerRuntime, kube: KubeClient,
                  store: RevisionStore, disks: DiskSaves, host_paths: HostPathPolicy,
                  clock: Callable[[], str], volumes: VolumeLookup | None,
-                 busy_ports: set[HostPort]) -> None:
+                 busy_ports: set[HostPort], commit_holds: CommitHolds | None = None) -> None:
         self._settings = settings
         self._docker = docker
         self._kube = kube
@@ -37,6 +39,7 @@ class ReplicaSetObserver:
         self._host_paths = host_paths
         self._busy_ports = busy_ports  # held outside Docker's view (the reconciler's)
         self.disks = disks
+        self._commit_holds = commit_holds or CommitHolds()
 
     def observe(self, key: ResourceKey, uid: str, generation: int | None,
                  spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
@@ -58,7 +61,7 @@ class ReplicaSetObserver:
         explicit = self._settings.explicit_port_range
         return Observation(
             key=key, uid=uid, generation=generation, spec=spec, previous_status=previous,
-            containers=tuple(self._docker.list_containers()),
+            containers=tuple(self._held_as_running(self._docker.list_containers())),
             inventory=inventory,
             port_range=(self._settings.port_range.first, self._settings.port_range.last),
             # The roots of this resource's namespace: templates expanded.
@@ -85,6 +88,16 @@ class ReplicaSetObserver:
             instance_network=self._settings.instance_network,
             instance_subnet=self._settings.instance_subnet,
         )
+
+    def _held_as_running(self, containers: Iterable[ObservedContainer],
+                         ) -> Iterator[ObservedContainer]:
+        """A container paused by an ImageCommit of this agent is observed as running:
+        its pause is the commit's, never drift to repair (commit_holds.py)."""
+        for container in containers:
+            if container.status == "paused" and self._commit_holds.held(container.id):
+                yield replace(container, status="running")
+            else:
+                yield container
 
     def _resolve(self, namespace: str, path: str, read_only: bool) -> str | UserError:
         try:

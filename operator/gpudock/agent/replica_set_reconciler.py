@@ -22,13 +22,14 @@ import contextlib
 import datetime
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from gpudock.adapters import host_ports
 from gpudock.adapters.docker.errors import HostPortBusyError
 from gpudock.adapters.host_paths import HostPathPolicy
+from gpudock.agent.commit_holds import CommitHolds
 from gpudock.agent.disk_saves import DiskSaves
 from gpudock.agent.node_locks import NodeLocks
 from gpudock.agent.replica_set_observer import ReplicaSetObserver
@@ -67,11 +68,20 @@ REFUSED_REVISION = frozenset({Reason.CONTAINER_CREATE_FAILED, Reason.CONTAINER_S
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
 
 
-def _progressing_reason(status: Mapping[str, Any]) -> str | None:
-    """The Progressing reason of a status written earlier (read back: a string)."""
-    for cond in status.get("conditions") or ():
-        if isinstance(cond, Mapping) and cond.get("type") == "Progressing":
-            return str(cond.get("reason"))
+WAITING = (Reason.INSUFFICIENT_GPUS, Reason.VOLUME_NOT_READY)  # Progressing, waiting
+
+
+def problem_of(conditions: Iterable[tuple[str, bool, str, str]]) -> tuple[str, str] | None:
+    """The problem a status reports, (reason, message), from its conditions (type,
+    status, reason, message): Degraded (a crash loop, a change the user must fix), a
+    change that cannot be applied, or waiting for the node (GPUs, a volume)."""
+    found = {kind: (status, reason, message) for kind, status, reason, message in conditions}
+    degraded, progressing = found.get("Degraded"), found.get("Progressing")
+    if degraded is not None and degraded[0]:
+        return degraded[1], degraded[2]
+    if progressing is not None and (progressing[1] in WAITING if progressing[0] else
+                                    progressing[1] != Reason.RECONCILE_COMPLETE):
+        return progressing[1], progressing[2]
     return None
 
 
@@ -89,8 +99,11 @@ class ReplicaSetReconciler:
     def __init__(self, settings: Settings, docker: ContainerRuntime,
                  inventory: GpuInventory, kube: KubeClient, store: RevisionStore,
                  clock: Callable[[], str] = _utc_now,
-                 volumes: VolumeLookup | None = None) -> None:
+                 volumes: VolumeLookup | None = None,
+                 commit_holds: CommitHolds | None = None) -> None:
         self._settings = settings
+        # The containers ImageCommits hold paused (shared with image_committer.py).
+        self.commit_holds = commit_holds or CommitHolds()
         self._docker = docker
         self._inventory = inventory
         self._kube = kube
@@ -105,7 +118,7 @@ class ReplicaSetReconciler:
         self.disks = DiskSaves(settings, docker, store, self._crash)
         self._observer = ReplicaSetObserver(settings, docker, kube, store, self.disks,
                                             self._host_paths, clock, volumes,
-                                            self._busy_ports)
+                                            self._busy_ports, self.commit_holds)
         self._steps = ReplicaSetSteps(docker, kube, store, self.disks, self._locks,
                                       self._crash, self._host_paths)
 
@@ -202,10 +215,12 @@ class ReplicaSetReconciler:
                     plan = core.blocked_plan(observe(), exc)
                     break
         status = note_drift(plan.status, drift, previous)
-        problem = next((c for c in status.conditions if c.type == "Progressing"
-                        and not c.status and c.reason != Reason.RECONCILE_COMPLETE), None)
-        if problem is not None and problem.reason != _progressing_reason(previous):
-            events.append(Event("Warning", problem.reason, problem.message))
+        problem = problem_of((c.type, c.status, c.reason, c.message) for c in status.conditions)
+        before = problem_of((str(c.get("type")), c.get("status") in ("True", True),
+                             str(c.get("reason")), str(c.get("message")))
+                            for c in previous.get("conditions") or () if isinstance(c, Mapping))
+        if problem is not None and problem[0] != (before or ("",))[0]:
+            events.append(Event("Warning", Reason(problem[0]), problem[1]))  # once each
         outcome = self._outcome(status, shown, events, released)
         outcome.recheck_after = plan.recheck_after
         found = {c.type: c for c in status.conditions}

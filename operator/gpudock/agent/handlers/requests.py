@@ -181,7 +181,9 @@ async def _run(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: Log
             agent.kube.patch_status(kind.plural, meta["namespace"], meta["name"], status)
             begun.append(str(status.get("startTime") or now()))
 
-        extra = {"kube": agent.kube} if kind.reads_cluster else {}
+        extra: dict[str, Any] = {"kube": agent.kube,
+                                 "holds": agent.replica_sets.commit_holds} \
+            if kind.reads_cluster else {}
         final = await asyncio.get_running_loop().run_in_executor(
             agent.request_pool, functools.partial(
                 kind.run, dict(body), target, agent.settings, agent.docker, now, started,
