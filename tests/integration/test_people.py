@@ -38,6 +38,12 @@ def _warnings(stack: LocalStack, namespace: str, name: str, reason: str) -> list
             for _ in range(int(e.get("count") or 1))]
 
 
+def _status_of(stack: LocalStack, kind: str, namespace: str, name: str) -> dict[str, Any]:
+    found = stack.kubectl_json("get", kind, name, "-n", namespace).get("status") or {}
+    assert isinstance(found, dict)
+    return found
+
+
 def _ready(stack: LocalStack, namespace: str, name: str) -> None:
     apply(stack, namespace, gpu_replica_set(name, gpus=0, command=IDLE_COMMAND))
     wait_settled(stack, namespace, name)
@@ -72,8 +78,8 @@ def test_26_8_the_plugins_exec_requests_are_deleted_once_read(
     apply(stack, namespace, {"apiVersion": "gpudock.dev/v1alpha1", "kind": "ExecRequest",
                              "metadata": {"name": "by-hand"},
                              "spec": {"replicaSetName": "ex", "command": ["true"]}})
-    wait_for(lambda: (stack.kubectl_json("get", "execrequest", "by-hand", "-n", namespace)
-                      .get("status") or {}).get("phase") == "Completed", 60,
+    wait_for(lambda: _status_of(stack, "execrequest", namespace, "by-hand").get("phase")
+             == "Completed", 60,
              what="by-hand Completed")
 
 
@@ -106,14 +112,13 @@ def test_26_3_an_image_commit_holds_its_own_pause_and_is_not_drift(
     apply(stack, namespace, {"apiVersion": "gpudock.dev/v1alpha1", "kind": "ImageCommit",
                              "metadata": {"name": "held"},
                              "spec": {"replicaSetName": "src", "image": image}})
-    wait_for(lambda: (stack.kubectl_json("get", "imagecommit", "held", "-n", namespace)
-                      .get("status") or {}).get("phase") in ("Succeeded", "Failed"), 180,
-             what="the commit done")
-    done = stack.kubectl_json("get", "imagecommit", "held", "-n", namespace)["status"]
+    wait_for(lambda: _status_of(stack, "imagecommit", namespace, "held").get("phase")
+             in ("Succeeded", "Failed"), 180, what="the commit done")
+    done = _status_of(stack, "imagecommit", namespace, "held")
     assert done["phase"] == "Succeeded", done
     wait_settled(stack, namespace, "src")
     until = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=1)
-    actions = [a for a in _docker_actions(stack, container.id, since, until)
+    actions = [a for a in _docker_actions(stack, str(container.id), since, until)
                if a in ("pause", "unpause", "commit")]
     assert actions == ["pause", "commit", "unpause"]  # Docker's own unpause, after it
     assert "DriftDetected" not in event_reasons(stack, namespace, "src")
@@ -161,7 +166,7 @@ def small_state_dir(stack: LocalStack, namespace: str) -> Iterator[Path]:
     path.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(path)], check=True)
     yield path
-    subprocess.run(["umount", str(path)], check=True)
+    subprocess.run(["umount", "--lazy", str(path)], check=True)  # gone once unused
 
 
 def test_26_9_a_full_state_dir_says_what_is_free_and_what_is_needed(
@@ -205,3 +210,96 @@ def test_26_10_a_missing_or_invalid_kubeconfig_stops_the_agent_with_code_2(
     assert "cannot start: " in done.stdout
     assert kubeconfig in done.stdout
     assert "Traceback" not in done.stdout + done.stderr
+
+
+# ------------------------------------------------------------ 5: SizedVolumes
+def _svol(stack: LocalStack, namespace: str) -> dict[str, Any]:
+    return _status_of(stack, "svol", namespace, "data")
+
+
+def test_26_5_sized_volumes_are_labelled_show_their_reason_and_fresh_usage(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    # A long resync: what is seen below is not the periodic one.
+    start_agent(extra_args=["--resync-seconds", "600"])
+    apply(stack, namespace, {"apiVersion": "gpudock.dev/v1alpha1", "kind": "SizedVolume",
+                             "metadata": {"name": "data"},
+                             "spec": {"nodeName": NODE_NAME, "size": "128Mi"}},
+          gpu_replica_set("user", gpus=0, command=IDLE_COMMAND,
+                          mounts=[{"volume": "data", "mountPath": "/data"}]))
+    wait_settled(stack, namespace, "user")
+    wait_for(lambda: _svol(stack, namespace).get("consumers") == ["user"], 30,
+             what="the volume listing its user")
+    # The Docker volume says whose it is, as every Docker object of gpudock does.
+    uid = stack.kubectl_json("get", "svol", "data", "-n", namespace)["metadata"]
+    client = stack.docker_client()
+    try:
+        volume = client.volumes.get(_svol(stack, namespace)["volumeName"])
+        found = client.volumes.list(filters={"label": [f"gpudock.dev/namespace={namespace}",
+                                                       "gpudock.dev/name=data"]})
+    finally:
+        client.close()
+    assert isinstance(uid, dict)
+    assert volume.attrs["Labels"] == {
+        "gpudock.dev/kind": "SizedVolume", "gpudock.dev/namespace": namespace,
+        "gpudock.dev/name": "data", "gpudock.dev/uid": uid["uid"]}
+    assert [v.name for v in found] == [volume.name]
+    # USED follows a write within the refresh bound, long before the next resync.
+    sh(only_container(stack, namespace, "user"),
+       "dd if=/dev/zero of=/data/written bs=1M count=40 2>/dev/null; sync")
+    wait_for(lambda: (_svol(stack, namespace).get("usedBytes") or 0) >= 40 * 2**20, 60,
+             what="USED to show the 40 MiB written")
+    # A refused shrink shows its reason in kubectl get.
+    stack.kubectl("patch", "svol", "data", "-n", namespace, "--type=merge",
+                  "-p", '{"spec": {"size": "16Mi"}}')
+    wait_for(lambda: _svol(stack, namespace).get("reason") == "ShrinkBelowUsage", 60,
+             what="ShrinkBelowUsage")
+    header, row = stack.kubectl("get", "svol", "data", "-n", namespace).stdout.splitlines()
+    assert "REASON" in header.split()
+    assert "ShrinkBelowUsage" in row.split()
+    # A shrink that stops and starts the user says so on the user.
+    stack.kubectl("patch", "svol", "data", "-n", namespace, "--type=merge",
+                  "-p", '{"spec": {"size": "96Mi"}}')
+    wait_for(lambda: "RestartedForVolumeResize" in event_reasons(stack, namespace, "user"),
+             120, what="an Event on the consumer")
+    (message,) = [str(e["message"]) for e in _events(stack, namespace, "user")
+                  if e["reason"] == "RestartedForVolumeResize"]
+    assert "SizedVolume data" in message
+    assert "96Mi" in message
+    wait_settled(stack, namespace, "user")
+    wait_for(lambda: _svol(stack, namespace).get("revision") == 2, 60, what="revision 2")
+    done = stack.kubectl("gpudock", "history", "svol/data", "-n", namespace, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "resized to 96Mi" in done.stdout
+
+
+# ------------------------------------------------------------ 7: retained history
+def test_26_7_a_retained_history_is_listed_from_the_cluster_with_its_uid(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory, tmp_path: Path,
+) -> None:
+    start_agent()
+    apply_spec(stack, namespace, "box", "first", gpus=1)
+    wait_settled(stack, namespace, "box", revision=1)
+    old_uid = stack.kubectl_json("get", "grs", "box", "-n", namespace)["metadata"]
+    assert isinstance(old_uid, dict)
+    stack.kubectl("delete", "grs", "box", "-n", namespace, "--timeout=60s")
+    apply_spec(stack, namespace, "box", "a new one", gpus=1)
+    wait_settled(stack, namespace, "box", revision=1)
+    (apart,) = [str(e["message"]) for e in _events(stack, namespace, "box")
+                if e["reason"] == "HistoryRetainedApart"]
+    assert old_uid["uid"] in apart  # the UID the adopt-history annotation needs
+    wait_for(lambda: _status_of(stack, "grs", namespace, "box").get("retainedHistories"),
+             60, what="the retained history in the status")
+    listed = stack.kubectl("gpudock", "history", "--retained", "box", "-n", namespace,
+                           check=False)
+    assert listed.returncode == 0, listed.stderr
+    assert old_uid["uid"] in listed.stdout
+    # On a host without the agent's state dir: say so, and make no empty store.
+    elsewhere = tmp_path / "no-state"
+    done = subprocess.run(["gpudock", "history", "--retained", "box", "-n", namespace,
+                           "--kubeconfig", str(stack.kubeconfig), "--state-dir",
+                           str(elsewhere), "--docker-host", stack.docker_host],
+                          capture_output=True, text=True, env=stack.env(), timeout=60)
+    assert done.returncode == 1, done.stdout
+    assert "no revision store at" in done.stderr
+    assert not elsewhere.exists()

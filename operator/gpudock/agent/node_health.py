@@ -24,6 +24,7 @@ from gpudock.api import exec_request, gpu_replica_set, image_commit, ownership, 
 from gpudock.api.reasons import Reason
 from gpudock.core.gpu_node import gpu_node_status, node_verdict, unreachable_status
 from gpudock.core.gpus import GpuInventory
+from gpudock.core.kstatus import with_kstatus
 from gpudock.errors import GpudockError
 from gpudock.settings import Settings
 
@@ -43,7 +44,7 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
     except (OSError, GpudockError):
         free = None
     status["volumes"] = {"backend": settings.volume_backend, "freeBytes": free}
-    kube.write_cluster_status(PLURAL, KIND, settings.node_name, status)
+    kube.write_cluster_status(PLURAL, KIND, settings.node_name, with_kstatus(status))
     metrics.GPUS_TOTAL.labels(settings.node_name).set(status["gpusTotal"])
     metrics.GPUS_ALLOCATED.labels(settings.node_name).set(status["gpusAllocated"])
 
@@ -91,7 +92,8 @@ def flag_unserved(settings: Settings, now: str, kube: KubeApi,
             if status is None:
                 continue
             try:
-                kube.patch_status(plural, meta["namespace"], meta["name"], status)
+                kube.patch_status(plural, meta["namespace"], meta["name"],
+                                  with_kstatus(status))
             except ObjectNotFoundError:
                 continue
             written.append(f"{plural} {meta['namespace']}/{meta['name']}: {verdict[0]}")
@@ -112,7 +114,7 @@ def flag_unserved(settings: Settings, now: str, kube: KubeApi,
             if verdict is not None:
                 with contextlib.suppress(ObjectNotFoundError):
                     kube.patch_status(plural, meta["namespace"], meta["name"],
-                                      failed(*verdict, now, settings.node_name))
+                                      with_kstatus(failed(*verdict, now, settings.node_name)))
                 written.append(f"{plural} {meta['namespace']}/{meta['name']}: {verdict[0]}")
     return written
 

@@ -48,7 +48,7 @@ from gpudock.core.replica_set import history
 from gpudock.core.replica_set import plan as core
 from gpudock.core.replica_set.observation import Observation, Plan
 from gpudock.core.replica_set.status import invalid_spec_status, note_drift
-from gpudock.core.revision import RevisionStore
+from gpudock.core.revision import Revision, RevisionStore
 from gpudock.crash_points import CrashPoints
 from gpudock.errors import InternalError, SpecError, UserError
 from gpudock.settings import Settings
@@ -222,6 +222,7 @@ class ReplicaSetReconciler:
         if problem is not None and problem[0] != (before or ("",))[0]:
             events.append(Event("Warning", Reason(problem[0]), problem[1]))  # once each
         outcome = self._outcome(status, shown, events, released)
+        outcome.status["retainedHistories"] = self._retained(key)
         outcome.recheck_after = plan.recheck_after
         found = {c.type: c for c in status.conditions}
         progressing, degraded = found.get("Progressing"), found.get("Degraded")
@@ -229,6 +230,16 @@ class ReplicaSetReconciler:
                            and progressing.reason == Reason.RECONCILE_COMPLETE
                            and degraded is not None and not degraded.status)
         return outcome
+
+    def _retained(self, key: ResourceKey) -> list[dict[str, Any]] | None:
+        """The histories deleted resources of this name left on the node (set apart,
+        not adopted): what ``kubectl gpudock history --retained`` lists; None: none."""
+        found: dict[str, list[Revision]] = {}
+        for record in self._store.list_retained(key.namespace, key.name):
+            found.setdefault(record.uid, []).append(record)
+        return [{"uid": uid, "revisions": [r.revision for r in records],
+                 "lastChange": records[-1].created_at}
+                for uid, records in sorted(found.items())] or None
 
     def _revision_refused(self, action: act.Action | None, exc: UserError) -> bool:
         """Docker refused the container of a revision that never ran: mark the

@@ -54,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     commit.add_argument("--no-pause", action="store_true",
                         help="do not pause the container during the commit")
     commit.add_argument("--timeout", type=float, default=1800, metavar="SECONDS")
-    history = commands.add_parser("history", help="a GpuReplicaSet's revisions")
-    history.add_argument("name")
+    history = commands.add_parser("history", help="a GpuReplicaSet's revisions, or a "
+                                  "SizedVolume's sizes (svol/NAME)")
+    history.add_argument("name", help="NAME, grs/NAME or svol/NAME")
+    history.add_argument("--retained", action="store_true",
+                         help="the histories deleted resources of this name left on the "
+                         "node, with the UID to adopt one (as the live resource reports)")
     rollback = commands.add_parser("rollback", help="roll a GpuReplicaSet back (spec and "
                                    "disk) to an earlier revision")
     rollback.add_argument("name")
@@ -97,11 +101,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
                 return _exec(kube, namespace, args, out, err)
             case "commit":
                 return _commit(kube, namespace, args, out, err)
-            case "history":
-                return rollout_commands.history(kube, namespace, args.name, out)
-            case "rollback":
-                return rollout_commands.rollback(kube, namespace, args.name,
-                                                 args.to_revision, args.wait, out)
+            case "history" if args.retained:
+                return rollout_commands.retained_history(kube, namespace, args.name, out)
+            case "history" | "rollback":
+                return rollout_commands.dispatch(
+                    kube, namespace, args.command, args.name,
+                    getattr(args, "to_revision", 0), getattr(args, "wait", 0), out)
             case "nodes":
                 return _nodes(kube, out)
             case "ports":
