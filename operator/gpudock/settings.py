@@ -130,6 +130,11 @@ class Settings:
     # size caps the instances of the node (docs/security.md).
     instance_network: str = "gpudock"
     instance_subnet: str = DEFAULT_INSTANCE_SUBNET
+    # #26: `kubectl gpudock logs` streams, served over TLS at this address:port (port
+    # 0: off), each caller's token and permission checked by the API server.
+    stream_port: int = 0
+    stream_address: str = "127.0.0.1"
+    stream_idle_seconds: float = 300.0
 
     @property
     def explicit_port_range(self) -> PortRange:
@@ -225,6 +230,15 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                              "instances at its size less 3 (network, gateway, broadcast); "
                              f"more wait Pending, AddressesExhausted (default: "
                              f"{DEFAULT_INSTANCE_SUBNET}, 1021 instances)")
+    parser.add_argument("--stream-port", type=int,
+                        help="serve `kubectl gpudock logs` over TLS on this port (default: "
+                             "0, off; docs/day2.md)")
+    parser.add_argument("--stream-address",
+                        help="the node's address the plugin connects to, in the serving "
+                             "certificate and the GpuNode (default: 127.0.0.1)")
+    parser.add_argument("--stream-idle-seconds", type=float,
+                        help="close a followed stream after this long without output "
+                             "(default: 300)")
     parser.add_argument("--namespace", action="append", default=None,
                         help="watch only this namespace (repeatable; default: all)")
     parser.add_argument("--crash-at", action="append", default=None, metavar="POINT",
@@ -336,7 +350,17 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         commit_repository_template=commit_template,
         instance_network=pick("instance_network") or "gpudock",
         instance_subnet=instance_subnet(pick("instance_subnet") or DEFAULT_INSTANCE_SUBNET),
+        stream_port=_port(pick("stream_port"), "--stream-port"),
+        stream_address=pick("stream_address") or "127.0.0.1",
+        stream_idle_seconds=float(pick("stream_idle_seconds") or 300.0),
     )
+
+
+def _port(value: str | None, flag: str) -> int:
+    port = int(value or 0)
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"{flag} must be 0 (off) or a port")
+    return port
 
 
 def _flag(value: str | None, flag: str) -> bool:

@@ -86,7 +86,15 @@ class KubeApi:
             # The kubeconfig asked for it (insecure-skip-tls-verify); say so once, in
             # the log of start-up, not in a warning on every request.
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        self.client = client
         self._objects = kubernetes.client.CustomObjectsApi(client)
+
+    def bearer_token(self) -> str | None:
+        """The kubeconfig's bearer token (the caller's identity for the agent's
+        streams); None when it authenticates otherwise (a client certificate)."""
+        keys = self.client.configuration.api_key or {}
+        value = keys.get("BearerToken") or keys.get("authorization")
+        return str(value).removeprefix("Bearer ").strip() if value else None
 
     def patch_status(self, plural: str, namespace: str, name: str,
                      status: dict[str, Any]) -> str:
@@ -177,6 +185,40 @@ class KubeApi:
             self._objects.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, name, {"metadata": {
                     "finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}})
+
+
+class Reviews:
+    """Who a bearer token is (TokenReview) and what they may do (SubjectAccessReview),
+    asked of the API server with the agent's own credentials."""
+
+    def __init__(self, kubeconfig: str | None) -> None:
+        api = KubeApi(kubeconfig)
+        self._authn = kubernetes.client.AuthenticationV1Api(api.client)
+        self._authz = kubernetes.client.AuthorizationV1Api(api.client)
+
+    def user_of(self, token: str) -> tuple[str, list[str], str | None] | None:
+        """(user, groups, the token's expiry if the API server says) or None when the
+        token is not valid."""
+        with _translated("token review"):
+            review = self._authn.create_token_review(kubernetes.client.V1TokenReview(
+                spec=kubernetes.client.V1TokenReviewSpec(token=token)))
+        status = review.status
+        if status is None or not status.authenticated or status.user is None:
+            return None
+        return str(status.user.username), list(status.user.groups or ()), None
+
+    def allowed(self, user: str, groups: list[str], verb: str, resource: str,
+                subresource: str, namespace: str, name: str) -> bool:
+        with _translated("subject access review"):
+            review = self._authz.create_subject_access_review(
+                kubernetes.client.V1SubjectAccessReview(
+                    spec=kubernetes.client.V1SubjectAccessReviewSpec(
+                        user=user, groups=groups,
+                        resource_attributes=kubernetes.client.V1ResourceAttributes(
+                            group=GROUP, version=VERSION, resource=resource,
+                            subresource=subresource, verb=verb, namespace=namespace,
+                            name=name))))
+        return bool(review.status and review.status.allowed)
 
 
 def config_problem(kubeconfig: str | None) -> str | None:

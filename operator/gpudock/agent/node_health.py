@@ -33,7 +33,7 @@ PLURAL = "gpunodes"
 
 
 def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInventory,
-         kube: KubeApi) -> None:
+         kube: KubeApi, stream: Mapping[str, Any] | None = None) -> None:
     status = gpu_node_status(inventory.list_gpus(), docker.list_containers(),
                              (settings.port_range.first, settings.port_range.last),
                              __version__, now, hide_holders=settings.hide_holder_names)
@@ -44,6 +44,7 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
     except (OSError, GpudockError):
         free = None
     status["volumes"] = {"backend": settings.volume_backend, "freeBytes": free}
+    status["stream"] = dict(stream) if stream else None  # kubectl gpudock logs
     kube.write_cluster_status(PLURAL, KIND, settings.node_name, with_kstatus(status))
     metrics.GPUS_TOTAL.labels(settings.node_name).set(status["gpusTotal"])
     metrics.GPUS_ALLOCATED.labels(settings.node_name).set(status["gpusAllocated"])

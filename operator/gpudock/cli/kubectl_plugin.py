@@ -18,7 +18,7 @@ from gpudock.agent.node_health import PLURAL as GPU_NODES
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.api.parsing import is_object_name
 from gpudock.api.reasons import Reason
-from gpudock.cli import rollout_commands
+from gpudock.cli import log_command, rollout_commands
 from gpudock.cli.retained_commands import table
 from gpudock.errors import GpudockError
 
@@ -67,6 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the revision to restore (it must have run and not be "
                           "the current one)")
     rollback.add_argument("--wait", type=float, default=0, metavar="SECONDS")
+    logs = commands.add_parser("logs", help="a GpuReplicaSet's container output, streamed "
+                               "by its node's agent (TLS; your token and permission are "
+                               "checked by the API server)")
+    logs.add_argument("name", help="the GpuReplicaSet")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep streaming")
+    logs.add_argument("--tail", type=int, metavar="N", help="the last N lines only")
+    logs.add_argument("-p", "--previous", action="store_true",
+                      help="the output of the runs before the last (re)start (a crash "
+                      "loop's earlier runs)")
     commands.add_parser("nodes", help="every node's GPUs, one line each, with holders")
     ports = commands.add_parser("ports", help="a node's host ports and their holders")
     ports.add_argument("node")
@@ -90,7 +99,7 @@ def parse(words: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
          err: TextIO = sys.stderr) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    if args.command in ("exec", "commit") and not is_object_name(args.name):
+    if args.command in ("exec", "commit", "logs") and not is_object_name(args.name):
         print(f"error: {args.name!r} is not a GpuReplicaSet name", file=err)
         return 2
     try:
@@ -107,6 +116,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
                 return rollout_commands.dispatch(
                     kube, namespace, args.command, args.name,
                     getattr(args, "to_revision", 0), getattr(args, "wait", 0), out)
+            case "logs":
+                return log_command.logs(kube, namespace, args.name, args.follow, args.tail,
+                                        args.previous, out, err)
             case "nodes":
                 return _nodes(kube, out)
             case "ports":
