@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export GPUDOCK_VENV := $(VENV)
 
-.PHONY: run test test-unit venv prereqs check bench bench-quick bench-volumes bench-api bench-pulls bench-placement image chart-lint manifests helm-install helm-upgrade helm-uninstall
+.PHONY: run test test-unit venv prereqs check bench bench-quick bench-volumes bench-api bench-pulls bench-placement image chart-lint manifests helm-install helm-upgrade helm-uninstall dist
 run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foreground
 	$(PY) -m tests.stack up
 
@@ -14,7 +14,7 @@ test-unit: venv  ## the unit tests alone: no real component, no stack (prints it
 	@start=$$(date +%s%N); $(PY) -m pytest -m "not stack" tests/unit; rc=$$?; \
 	  echo "make test-unit: $$(( ($$(date +%s%N) - start) / 1000000 )) ms"; exit $$rc
 
-venv:  ## the venv alone (what test-unit needs)
+venv:  ## the venv alone (what test-unit, chart-lint, manifests and helm-* need)
 	GPUDOCK_ONLY_VENV=1 bash tests/stack/install-prereqs.sh
 
 prereqs:  ## apt packages, kube-apiserver/kubectl (cached), the venv
@@ -46,18 +46,21 @@ bench-placement: prereqs  ## instances unpinned vs pinned by hand over 3 nodes; 
 image: prereqs  ## the agent image gpudock/agent:<version> in $$DOCKER_HOST's engine (cached)
 	bash image/build.sh
 
-chart-lint: prereqs  ## helm lint of Chart/ (helm-python-sdk) and manifests/ against its render
+chart-lint: venv  ## helm lint of Chart/ (helm-python-sdk) and manifests/ against its render
 	$(PY) -m tests.stack.helm_chart lint
 	$(PY) -m tests.stack.helm_chart check-manifests
 
-manifests: prereqs  ## render manifests/ from Chart/ with default values
+manifests: venv  ## render manifests/ from Chart/ with default values
 	$(PY) -m tests.stack.helm_chart manifests
 
-helm-install: prereqs  ## install Chart/ into $$KUBECONFIG's cluster (VALUES=file for values)
+helm-install: venv  ## install Chart/ into $$KUBECONFIG's cluster (VALUES=file for values)
 	$(PY) -m tests.stack.helm_chart install $(if $(VALUES),--values $(VALUES))
 
-helm-upgrade: prereqs  ## upgrade the release (VALUES=file); apply Chart/crds/ first on a new version
+helm-upgrade: venv  ## upgrade the release (VALUES=file); apply Chart/crds/ first on a new version
 	$(PY) -m tests.stack.helm_chart upgrade $(if $(VALUES),--values $(VALUES))
 
-helm-uninstall: prereqs  ## remove the release; CRDs, resources and containers stay
+helm-uninstall: venv  ## remove the release; CRDs, resources and containers stay
 	$(PY) -m tests.stack.helm_chart uninstall
+
+dist: venv  ## the wheel for a user's workstation (kubectl-gpudock, gpudock) in dist/
+	$(PY) -m pip wheel -q --no-deps -w dist .

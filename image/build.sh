@@ -20,9 +20,9 @@ PYTHON="${GPUDOCK_VENV:-$REPO/.venv}/bin/python"
 SUITE=bookworm
 # The storage tools are what the volume backends run (docs/sized-volumes.md): mount and
 # losetup (util-linux, mount), mkfs.ext4/resize2fs/e2undo (e2fsprogs), btrfs, xfs_quota;
-# setpriv ties each tool's life to the agent's.
-PACKAGES=python3,python3-venv,e2fsprogs,btrfs-progs,xfsprogs,util-linux,mount,rsync,ca-certificates
-BASE_RECIPE=1   # bump when the base steps below change
+# setpriv ties each tool's life to the agent's; openssl makes the log streams' certificate.
+PACKAGES=python3,python3-venv,e2fsprogs,btrfs-progs,xfsprogs,util-linux,mount,rsync,ca-certificates,openssl
+BASE_RECIPE=2   # bump when the base steps below change
 log() { printf '[image] %s\n' "$*" >&2; }
 
 VERSION="$("$PYTHON" -c 'import tomllib,sys; print(tomllib.load(open(sys.argv[1],"rb"))["project"]["version"])' "$REPO/pyproject.toml")"

@@ -139,6 +139,11 @@ class Settings:
     scheduler: str = "auto"
     scheduling_policy: str = "Binpack"  # for resources that name no policy
     release_namespace: str = "default"  # where the scheduler's Lease lives
+    # #26: `kubectl gpudock logs` streams, served over TLS at this address:port (port
+    # 0: off), each caller's token and permission checked by the API server.
+    stream_port: int = 0
+    stream_address: str = "127.0.0.1"
+    stream_idle_seconds: float = 300.0
 
     def scheduler_settings(self) -> SchedulerSettings:
         return SchedulerSettings(self.node_name, self.kubeconfig, self.namespaces,
@@ -281,6 +286,9 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         scheduling_policy=_choice(pick("scheduling_policy") or "Binpack", POLICIES,
                                   "--scheduling-policy"),
         release_namespace=pick("release_namespace") or env.get("POD_NAMESPACE") or "default",
+        stream_port=_port(pick("stream_port"), "--stream-port"),
+        stream_address=pick("stream_address") or "127.0.0.1",
+        stream_idle_seconds=float(pick("stream_idle_seconds") or 300.0),
     )
 
 
@@ -304,6 +312,13 @@ def _limit_defaults(cpu: str | None, memory: str | None, shm: str | None) -> Lim
         raise SettingsError("--cpus-per-gpu must be 0 (none) or at least 10m, Docker's "
                             "minimum")
     return defaults
+
+
+def _port(value: str | None, flag: str) -> int:
+    port = int(value or 0)
+    if not 0 <= port <= 65535:
+        raise SettingsError(f"{flag} must be 0 (off) or a port")
+    return port
 
 
 def _flag(value: str | None, flag: str) -> bool:

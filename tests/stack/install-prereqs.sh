@@ -13,7 +13,8 @@ CACHE="${GPUDOCK_CACHE:-/var/cache/gpudock}"
 REPO="$(cd "$(dirname "$0")/../.." && pwd)"
 APT_PACKAGES=(docker.io etcd-server golang-go rsync jq golang-github-modern-go-reflect2-dev
               busybox-static e2fsprogs btrfs-progs xfsprogs gcc make dpkg-dev debootstrap iptables
-              docker-registry apache2-utils)
+              docker-registry apache2-utils
+              lua5.1)  # lua5.1: Argo CD's health checks (gitops/argocd/health.lua) run as Argo does
 log() { printf '[install-prereqs] %s\n' "$*" >&2; }
 
 export DEBIAN_FRONTEND=noninteractive

@@ -43,6 +43,7 @@ NODE_NAME = "gpu-node-1"  # the node the examples name; the agent's and the kube
 ADMIN_TOKEN = "gpudock-admin-token"
 AGENT_TOKEN = "gpudock-agent-token"
 AGENT_USER = "gpudock-agent"
+PEOPLE = {"alice": "gpudock-alice-token", "mallory": "gpudock-mallory-token"}  # user: token
 
 
 class LocalStack:
@@ -242,7 +243,10 @@ class LocalStack:
                        capture_output=True)
         tokens = pki / "tokens.csv"
         tokens.write_text(f'{ADMIN_TOKEN},admin,1,"system:masters"\n'
-                          f"{AGENT_TOKEN},{AGENT_USER},2\n")
+                          f"{AGENT_TOKEN},{AGENT_USER},2\n"
+                          # people with no role of their own (tests bind what they need)
+                          + "".join(f"{token},{user},{3 + i}\n"
+                                    for i, (user, token) in enumerate(PEOPLE.items())))
         self.apiserver_port = free_port()
         self._apiserver_argv = [
             str(KUBE_BIN_DIR / "kube-apiserver"),
@@ -319,6 +323,13 @@ def _http_ok(url: str, token: str | None = None) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+def person_kubeconfig(stack: LocalStack, user: str, path: Path) -> Path:
+    """A kubeconfig of one of PEOPLE (a token of the API server's token file)."""
+    server = f"https://127.0.0.1:{stack.apiserver_port}"
+    path.write_text(_kubeconfig(server, user, PEOPLE[user]))
+    return path
 
 
 def _kubeconfig(server: str, user: str, token: str) -> str:

@@ -64,7 +64,9 @@ def test_a_new_resource_runs_with_the_gpus_it_asked_for(node: Node) -> None:
     assert (status["phase"], status["revision"], status.get("reason")) == ("Running", 1, None)
     assert _conditions(status) == {"Ready": ("True", "ContainerRunning"),
                                    "Progressing": ("False", "ReconcileComplete"),
-                                   "Degraded": ("False", "AsExpected")}
+                                   "Degraded": ("False", "AsExpected"),
+                                   "Reconciling": ("False", "ReconcileComplete"),
+                                   "Stalled": ("False", "AsExpected")}
     assert len(status["gpus"]) == len(set(status["gpus"])) == 2
     assert set(status["gpus"]) <= set(node.gpu_uuids())
     # The status says what Docker says.
@@ -277,7 +279,10 @@ def test_a_resource_waits_for_gpus_and_starts_when_they_are_freed(node: Node) ->
     assert (waiting["phase"], waiting["reason"]) == ("Pending", "InsufficientGPUs")
     assert _conditions(waiting) == {"Ready": ("False", "InsufficientGPUs"),
                                     "Progressing": ("True", "InsufficientGPUs"),
-                                    "Degraded": ("False", "AsExpected")}
+                                    "Degraded": ("False", "AsExpected"),
+                                    # kstatus' (#26), derived from the two above
+                                    "Reconciling": ("True", "InsufficientGPUs"),
+                                    "Stalled": ("False", "AsExpected")}
     assert "1 of 4" in node.condition("b", "Ready")["message"]
     assert node.containers("b") == []
     node.delete("a")

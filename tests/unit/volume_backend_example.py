@@ -11,6 +11,7 @@ new volume, as the copy backend does. Each notes the calls it gets.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from gpudock.adapters.host_tools import VolumeToolError
@@ -49,7 +50,8 @@ class DirectoryBackend(ResizesInPlace):
         return BackendState(size_bytes=size, attached=attached, capacity_bytes=size,
                             used_bytes=tree_bytes(self.path(volume)) if attached else 0)
 
-    def create(self, volume: str, size_bytes: int) -> None:
+    def create(self, volume: str, size_bytes: int,
+               owner: Mapping[str, str] | None = None) -> None:
         self.calls.append(("create", volume))
         self._size_file(volume).write_text(str(size_bytes))
 

@@ -4,6 +4,7 @@ patches, reading a SizedVolume. Errors become gpudock's tiers."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
 
@@ -12,6 +13,7 @@ import kubernetes.client
 import kubernetes.config
 import urllib3
 import urllib3.exceptions
+import yaml
 
 from gpudock.api import GROUP, VERSION
 from gpudock.api.reasons import Reason
@@ -97,9 +99,17 @@ class KubeApi:
             # The kubeconfig asked for it (insecure-skip-tls-verify); say so once, in
             # the log of start-up, not in a warning on every request.
             urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        self.client = client
         self._objects = kubernetes.client.CustomObjectsApi(client)
         self._core = kubernetes.client.CoreV1Api(client)
         self.api_client = client  # for the other adapters on the same connection (leases)
+
+    def bearer_token(self) -> str | None:
+        """The kubeconfig's bearer token (the caller's identity for the agent's
+        streams); None when it authenticates otherwise (a client certificate)."""
+        keys = self.client.configuration.api_key or {}
+        value = keys.get("BearerToken") or keys.get("authorization")
+        return str(value).removeprefix("Bearer ").strip() if value else None
 
     def patch_status(self, plural: str, namespace: str, name: str,
                      status: dict[str, Any]) -> str:
@@ -266,10 +276,13 @@ class KubeApi:
             self._apps().delete_collection_namespaced_controller_revision(
                 namespace, label_selector=selector)
 
-    def review_token(self, token: str, audience: str) -> dict[str, Any]:
-        """The TokenReview's status for ``token`` meant for ``audience``."""
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
-                "spec": {"token": token, "audiences": [audience]}}
+    def review_token(self, token: str, audience: str | None = None) -> dict[str, Any]:
+        """The TokenReview's status for ``token`` meant for ``audience`` (None: the
+        API server's own)."""
+        spec: dict[str, Any] = {"token": token}
+        if audience is not None:
+            spec["audiences"] = [audience]
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": spec}
         with translated("create tokenreview"):
             reply = kubernetes.client.AuthenticationV1Api(
                 self._objects.api_client).create_token_review(cast(Any, body))
@@ -285,3 +298,42 @@ class KubeApi:
                 self._objects.api_client).create_subject_access_review(cast(Any, body))
         status = self._objects.api_client.sanitize_for_serialization(reply).get("status")
         return bool((status or {}).get("allowed"))
+
+
+class Reviews:
+    """Who a bearer token is (TokenReview) and what they may do (SubjectAccessReview),
+    asked of the API server with the agent's own credentials."""
+
+    def __init__(self, kubeconfig: str | None) -> None:
+        self._api = KubeApi(kubeconfig)
+
+    def user_of(self, token: str) -> tuple[str, list[str], str | None] | None:
+        """(user, groups, the token's expiry if the API server says) or None when the
+        token is not valid."""
+        status = self._api.review_token(token)
+        user = status.get("user") or {}
+        if not status.get("authenticated") or not user.get("username"):
+            return None
+        return str(user["username"]), list(user.get("groups") or ()), None
+
+    def allowed(self, user: str, groups: list[str], verb: str, resource: str,
+                subresource: str, namespace: str, name: str) -> bool:
+        return self._api.review_access({
+            "user": user, "groups": groups,
+            "resourceAttributes": {"group": GROUP, "version": VERSION, "resource": resource,
+                                   "subresource": subresource, "verb": verb,
+                                   "namespace": namespace, "name": name}})
+
+
+def config_problem(kubeconfig: str | None) -> str | None:
+    """Why no client can be made (a kubeconfig missing, unreadable or invalid, and
+    no in-cluster account); None when one can. Asked once at start: a process that
+    can never reach the API server says so and stops, as for a bad flag."""
+    if kubeconfig and not os.path.isfile(kubeconfig):
+        return f"--kubeconfig {kubeconfig}: no such file"
+    try:
+        KubeApi(kubeconfig)
+    except (kubernetes.config.ConfigException, OSError, ValueError, yaml.YAMLError) as exc:
+        where = kubeconfig or "$KUBECONFIG or ~/.kube/config (and no in-cluster account)"
+        return f"no usable kubeconfig at {where}: {exc}"
+    return None

@@ -101,11 +101,16 @@ class DiskSaves:
                                 f"container need about {inodes_needed} inodes in Docker's "
                                 f"root directory; {inodes} are free. Free some files on "
                                 "the node; the instance keeps running")
-        state_inodes = free_inodes(self._settings.state_dir)
-        if free_bytes(self._settings.state_dir) < STATE_MARGIN or \
-                (state_inodes is not None and state_inodes < INODE_MARGIN):
-            raise DiskFullError(f"the agent's state directory {self._settings.state_dir} "
-                                "is full; the instance keeps running")
+        state = self._settings.state_dir
+        state_bytes, state_inodes = free_bytes(state), free_inodes(state)
+        if state_bytes < STATE_MARGIN:
+            raise DiskFullError(f"the agent's state directory {state} has {_mib(state_bytes)} "
+                                f"free; the revision record needs {_mib(STATE_MARGIN)}. Free "
+                                "some space there; the instance keeps running")
+        if state_inodes is not None and state_inodes < INODE_MARGIN:
+            raise DiskFullError(f"the agent's state directory {state} has {state_inodes} "
+                                f"inodes free; the revision record needs {INODE_MARGIN}. "
+                                "Free some files there; the instance keeps running")
 
     def layer_bytes(self, container_id: str, name: str) -> int:
         """What saving the container's disk writes, in bytes (layer_usage)."""

@@ -19,6 +19,7 @@ from gpudock import metrics
 from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.image_rewrite import rewrite_image
 from gpudock.adapters.kube_api import KubeApi
+from gpudock.agent.commit_holds import CommitHolds
 from gpudock.agent.commit_room import check_room
 from gpudock.agent.exec_runner import current_container, failed
 from gpudock.api import gpu_replica_set, image_commit
@@ -48,7 +49,8 @@ def clean_config(config: dict[str, Any], base_env: list[str]) -> dict[str, Any]:
 
 def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
         docker: DockerRuntime, now: Callable[[], str],
-        started: Callable[[Status], None], kube: KubeApi | None = None) -> Status:
+        started: Callable[[Status], None], kube: KubeApi | None = None,
+        holds: CommitHolds | None = None) -> Status:
     node = settings.node_name
     status = body.get("status") or {}
     namespace = body["metadata"]["namespace"]
@@ -88,7 +90,10 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
     try:
         try:
             with metrics.timed(metrics.COMMIT_SECONDS):
-                docker.commit_to(container.id, container.name, scratch, pause=spec.pause)
+                with (holds or CommitHolds()).hold(
+                        container.id, lambda: _paused(docker, container.id)):
+                    docker.commit_to(container.id, container.name, scratch,
+                                     pause=spec.pause)
                 _, _, base = docker.image_config(container.base_image)
                 rewrite_image(docker, scratch, spec.image,
                               lambda config: clean_config(config, list(base.get("Env") or ())))
@@ -110,6 +115,13 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
             "conditions": [{"type": "Complete", "status": "True", "reason": Reason.COMMITTED,
                             "message": f"{container.name} saved as {spec.image}",
                             "lastTransitionTime": end}]}
+
+
+def _paused(docker: DockerRuntime, container_id: str) -> bool:
+    """Whether the agent's view of the container (what the observer reads) still says
+    paused."""
+    return any(c.id == container_id and c.status == "paused"
+               for c in docker.list_containers())
 
 
 def other_users(kube: KubeApi, settings: Settings, namespace: str,

@@ -10,6 +10,7 @@ import sys
 import kopf
 
 from gpudock.adapters.docker.runtime import DockerRuntime
+from gpudock.adapters.kube_api import config_problem
 from gpudock.adapters.volumes.registry import open_volume_backend
 from gpudock.agent import handlers
 from gpudock.errors import GpudockError
@@ -38,6 +39,10 @@ def run_agent(settings: Settings, *, verbose: bool = False) -> int:
         memo[scheduling.MEMO_KEY] = scheduling.Scheduler(settings.scheduler_settings())
 
     logger.info("gpudock agent for node %s starting", settings.node_name)
+    problem = config_problem(settings.kubeconfig)
+    if problem is not None:  # never retried: the flag or the mount must change
+        logger.critical("cannot start: %s", problem)
+        return 2
     try:  # a volume root the backend cannot use is refused now, not at first volume
         open_volume_backend(settings.volume_backend, settings.volumes_at,
                             DockerRuntime(settings.docker_host)).check()

@@ -31,6 +31,7 @@ from gpudock.api.placement import (
 from gpudock.api.reasons import Reason
 from gpudock.core.gpu_node import gpu_node_status, node_verdict, unreachable_status
 from gpudock.core.gpus import GpuInventory
+from gpudock.core.kstatus import with_kstatus
 from gpudock.core.limits import (
     NANO_PER_MILLI,
     NodeCapacity,
@@ -48,7 +49,8 @@ PLURAL = "gpunodes"
 
 
 def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInventory,
-         kube: KubeApi, store: RevisionStore | None = None) -> None:
+         kube: KubeApi, store: RevisionStore | None = None,
+         stream: Mapping[str, Any] | None = None) -> None:
     containers = docker.list_containers()
     status = gpu_node_status(inventory.list_gpus(), containers,
                              (settings.port_range.first, settings.port_range.last),
@@ -64,7 +66,8 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
     except (OSError, GpudockError):
         free = None
     status["volumes"] = {"backend": settings.volume_backend, "freeBytes": free}
-    kube.write_cluster_status(PLURAL, KIND, settings.node_name, status,
+    status["stream"] = dict(stream) if stream else None  # kubectl gpudock logs
+    kube.write_cluster_status(PLURAL, KIND, settings.node_name, with_kstatus(status),
                               gpu_labels(status["gpus"]))
     metrics.GPUS_TOTAL.labels(settings.node_name).set(status["gpusTotal"])
     metrics.GPUS_ALLOCATED.labels(settings.node_name).set(status["gpusAllocated"])
@@ -144,7 +147,8 @@ def flag_unserved(settings: Settings, now: str, kube: KubeApi,
             if status is None:
                 continue
             try:
-                kube.patch_status(plural, meta["namespace"], meta["name"], status)
+                kube.patch_status(plural, meta["namespace"], meta["name"],
+                                  with_kstatus(status))
             except ObjectNotFoundError:
                 continue
             written.append(f"{plural} {meta['namespace']}/{meta['name']}: {verdict[0]}")
@@ -165,7 +169,7 @@ def flag_unserved(settings: Settings, now: str, kube: KubeApi,
             if verdict is not None:
                 with contextlib.suppress(ObjectNotFoundError):
                     kube.patch_status(plural, meta["namespace"], meta["name"],
-                                      failed(*verdict, now, settings.node_name))
+                                      with_kstatus(failed(*verdict, now, settings.node_name)))
                 written.append(f"{plural} {meta['namespace']}/{meta['name']}: {verdict[0]}")
     return written
 

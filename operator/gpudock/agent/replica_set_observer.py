@@ -5,17 +5,19 @@ SizedVolumes it mounts, read into one core Observation (core/replica_set/observa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 from gpudock import metrics
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.kube_api import ObjectNotFoundError
+from gpudock.agent.commit_holds import CommitHolds
 from gpudock.agent.disk_saves import DiskSaves
 from gpudock.agent.replica_set_pulls import ImagePulls
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
-from gpudock.core.observed import HostPort, ResourceKey
+from gpudock.core.observed import HostPort, ObservedContainer, ResourceKey
 from gpudock.core.ports import ContainerRuntime, KubeClient, VolumeLookup
 from gpudock.core.replica_set import saved_disks
 from gpudock.core.replica_set.observation import Observation
@@ -28,7 +30,8 @@ class ReplicaSetObserver:
     def __init__(self, settings: Settings, docker: ContainerRuntime, kube: KubeClient,
                  store: RevisionStore, disks: DiskSaves, host_paths: HostPathPolicy,
                  clock: Callable[[], str], volumes: VolumeLookup | None,
-                 busy_ports: set[HostPort], pulls: ImagePulls) -> None:
+                 busy_ports: set[HostPort], pulls: ImagePulls,
+                 commit_holds: CommitHolds | None = None) -> None:
         self._settings = settings
         self._docker = docker
         self._kube = kube
@@ -39,6 +42,7 @@ class ReplicaSetObserver:
         self._busy_ports = busy_ports  # held outside Docker's view (the reconciler's)
         self._pulls = pulls
         self.disks = disks
+        self._commit_holds = commit_holds or CommitHolds()
 
     def observe(self, key: ResourceKey, uid: str, generation: int | None,
                  spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
@@ -61,7 +65,7 @@ class ReplicaSetObserver:
         explicit = self._settings.explicit_port_range
         return Observation(
             key=key, uid=uid, generation=generation, spec=spec, previous_status=previous,
-            containers=tuple(self._docker.list_containers()),
+            containers=tuple(self._held_as_running(self._docker.list_containers())),
             inventory=inventory,
             port_range=(self._settings.port_range.first, self._settings.port_range.last),
             # The roots of this resource's namespace: templates expanded.
@@ -93,6 +97,16 @@ class ReplicaSetObserver:
             images_pulled_privately=frozenset(
                 name for name, info in images.items() if self._pulls.pulled_privately(info.id)),
         )
+
+    def _held_as_running(self, containers: Iterable[ObservedContainer],
+                         ) -> Iterator[ObservedContainer]:
+        """A container paused by an ImageCommit of this agent is observed as running:
+        its pause is the commit's, never drift to repair (commit_holds.py)."""
+        for container in containers:
+            if container.status == "paused" and self._commit_holds.held(container.id):
+                yield replace(container, status="running")
+            else:
+                yield container
 
     def _resolve(self, namespace: str, path: str, read_only: bool) -> str | UserError:
         try:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from gpudock.adapters import host_ports
 from gpudock.adapters.docker.errors import HostPortBusyError
 from gpudock.adapters.host_paths import HostPathPolicy
+from gpudock.agent.commit_holds import CommitHolds
 from gpudock.agent.disk_saves import DiskSaves
 from gpudock.agent.node_locks import NodeLocks
 from gpudock.agent.replica_set_observer import ReplicaSetObserver
@@ -48,7 +49,7 @@ from gpudock.core.replica_set import history
 from gpudock.core.replica_set import plan as core
 from gpudock.core.replica_set.observation import Observation, Plan
 from gpudock.core.replica_set.status import invalid_spec_status, note_drift
-from gpudock.core.revision import RevisionStore
+from gpudock.core.revision import Revision, RevisionStore
 from gpudock.core.times import utc_now
 from gpudock.crash_points import CrashPoints
 from gpudock.errors import ImagePullError, InternalError, SpecError, UserError
@@ -69,11 +70,20 @@ REFUSED_REVISION = frozenset({Reason.CONTAINER_CREATE_FAILED, Reason.CONTAINER_S
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
 
 
-def _progressing_reason(status: Mapping[str, Any]) -> str | None:
-    """The Progressing reason of a status written earlier (read back: a string)."""
-    for cond in status.get("conditions") or ():
-        if isinstance(cond, Mapping) and cond.get("type") == "Progressing":
-            return str(cond.get("reason"))
+WAITING = (Reason.INSUFFICIENT_GPUS, Reason.VOLUME_NOT_READY)  # Progressing, waiting
+
+
+def problem_of(conditions: Iterable[tuple[str, bool, str, str]]) -> tuple[str, str] | None:
+    """The problem a status reports, (reason, message), from its conditions (type,
+    status, reason, message): Degraded (a crash loop, a change the user must fix), a
+    change that cannot be applied, or waiting for the node (GPUs, a volume)."""
+    found = {kind: (status, reason, message) for kind, status, reason, message in conditions}
+    degraded, progressing = found.get("Degraded"), found.get("Progressing")
+    if degraded is not None and degraded[0]:
+        return degraded[1], degraded[2]
+    if progressing is not None and (progressing[1] in WAITING if progressing[0] else
+                                    progressing[1] != Reason.RECONCILE_COMPLETE):
+        return progressing[1], progressing[2]
     return None
 
 
@@ -94,8 +104,11 @@ class ReplicaSetReconciler:
     def __init__(self, settings: Settings, docker: ContainerRuntime,
                  inventory: GpuInventory, kube: KubeClient, store: RevisionStore,
                  clock: Callable[[], str] = utc_now,
-                 volumes: VolumeLookup | None = None) -> None:
+                 volumes: VolumeLookup | None = None,
+                 commit_holds: CommitHolds | None = None) -> None:
         self._settings = settings
+        # The containers ImageCommits hold paused (shared with image_committer.py).
+        self.commit_holds = commit_holds or CommitHolds()
         self._docker = docker
         self._inventory = inventory
         self._kube = kube
@@ -111,7 +124,7 @@ class ReplicaSetReconciler:
         pulls = ImagePulls(docker, kube, settings.state_dir)
         self._observer = ReplicaSetObserver(settings, docker, kube, store, self.disks,
                                             self._host_paths, clock, volumes,
-                                            self._busy_ports, pulls)
+                                            self._busy_ports, pulls, self.commit_holds)
         self._steps = ReplicaSetSteps(docker, kube, store, self.disks, self._locks,
                                       self._crash, self._host_paths, pulls)
 
@@ -215,11 +228,14 @@ class ReplicaSetReconciler:
                         plan = replace(plan, recheck_after=exc.retry_after)
                     break
         status = note_drift(plan.status, drift, previous)
-        problem = next((c for c in status.conditions if c.type == "Progressing"
-                        and not c.status and c.reason != Reason.RECONCILE_COMPLETE), None)
-        if problem is not None and problem.reason != _progressing_reason(previous):
-            events.append(Event("Warning", problem.reason, problem.message))
+        problem = problem_of((c.type, c.status, c.reason, c.message) for c in status.conditions)
+        before = problem_of((str(c.get("type")), c.get("status") in ("True", True),
+                             str(c.get("reason")), str(c.get("message")))
+                            for c in previous.get("conditions") or () if isinstance(c, Mapping))
+        if problem is not None and problem[0] != (before or ("",))[0]:
+            events.append(Event("Warning", Reason(problem[0]), problem[1]))  # once each
         outcome = self._outcome(status, shown, events, released)
+        outcome.status["retainedHistories"] = self._retained(key)
         outcome.recheck_after = plan.recheck_after
         found = {c.type: c for c in status.conditions}
         progressing, degraded = found.get("Progressing"), found.get("Degraded")
@@ -240,6 +256,15 @@ class ReplicaSetReconciler:
             return None
         return lambda pulled: progress(self._outcome(replace(plan.status, image_pull=pulled),
                                                      shown, []))
+    def _retained(self, key: ResourceKey) -> list[dict[str, Any]] | None:
+        """The histories deleted resources of this name left on the node (set apart,
+        not adopted): what ``kubectl gpudock history --retained`` lists; None: none."""
+        found: dict[str, list[Revision]] = {}
+        for record in self._store.list_retained(key.namespace, key.name):
+            found.setdefault(record.uid, []).append(record)
+        return [{"uid": uid, "revisions": [r.revision for r in records],
+                 "lastChange": records[-1].created_at}
+                for uid, records in sorted(found.items())] or None
 
     def _revision_refused(self, action: act.Action | None, exc: UserError) -> bool:
         """Docker refused the container of a revision that never ran: mark the

@@ -14,6 +14,7 @@ from typing import Any
 
 from gpudock import metrics
 from gpudock.core.binding import with_binding
+from gpudock.core.kstatus import with_kstatus
 from gpudock.core.ports import KubeClient
 
 
@@ -42,6 +43,7 @@ class StatusWriter:
         """Patch ``status`` unless ``shown`` (the resource's status as last read or
         written) already says it; the new resourceVersion, or None when nothing was
         written. Raises the Kubernetes adapter's errors."""
+        status = with_kstatus(status)  # Reconciling, Stalled: what GitOps tools read
         if not changed(status, shown):
             return None
         version = self._kube.patch_status(self._plural, namespace, name, dict(status))

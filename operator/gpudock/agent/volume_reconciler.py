@@ -21,8 +21,10 @@ from gpudock import metrics
 from gpudock.adapters.volumes.base import VolumeBackend
 from gpudock.adapters.volumes.registry import open_volume_backend
 from gpudock.api import sized_volume
+from gpudock.api.quantity import format_size
 from gpudock.api.reasons import Reason
 from gpudock.api.sized_volume import SizedVolumeSpec
+from gpudock.core import labels
 from gpudock.core import volumes as core
 from gpudock.core.conditions import with_transition_times
 from gpudock.core.observed import ObservedContainer, ResourceKey
@@ -58,7 +60,8 @@ class VolumeReconciler:
     def reconcile(self, body: Mapping[str, Any],
                   progress: Callable[[dict[str, Any]], None],
                   event: Callable[[str, str, str], None] = lambda *_: None,
-                  ) -> dict[str, Any]:
+                  consumer_event: Callable[[ObservedContainer, str, str, str], None]
+                  = lambda *_: None) -> dict[str, Any]:
         """Converge; ``progress`` gets each status before a step is taken, ``event``
         (type, reason, message) each step done and each refusal first seen."""
         meta, previous = body["metadata"], dict(body.get("status") or {})
@@ -89,6 +92,9 @@ class VolumeReconciler:
                 for action in plan.actions:
                     warning = self._execute(obs, action)
                     event("Normal", *core.describe(action))
+                    for user, message in _restarted(obs, action):
+                        consumer_event(user, "Normal", Reason.RESTARTED_FOR_VOLUME_RESIZE,
+                                       message)
                     if warning is not None:
                         event("Warning", *warning)
             except UserError as exc:
@@ -165,11 +171,11 @@ class VolumeReconciler:
             case core.RecordVolume(record=record):
                 self._store.put_volume(record)
             case core.CreateVolume(volume_id=ident, size_bytes=size):
-                backend.create(ident, size)
+                backend.create(ident, size, _owner(obs))
             case core.AttachVolume(volume_id=ident):
                 return backend.attach(ident)
             case core.CreateDockerVolume(volume_id=ident):
-                docker.create_volume(ident, backend.docker_options(ident) or {})
+                docker.create_volume(ident, backend.docker_options(ident) or {}, _owner(obs))
             case core.ResizeVolume(volume_id=ident, size_bytes=size, online=online,
                                    consumers=users):
                 if not (online and backend.resize_online(ident, size)):
@@ -251,6 +257,27 @@ def _problem(status: Mapping[str, Any]) -> tuple[str, str] | None:
                   if isinstance(c, dict) and c.get("type") == "Degraded"
                   and c.get("status") == "True"), None)
     return (str(found.get("reason")), str(found.get("message"))) if found else None
+
+
+def _restarted(obs: core.VolumeObservation, action: core.VolumeAction,
+               ) -> list[tuple[ObservedContainer, str]]:
+    """The containers a step stopped and started again (an offline resize, a move),
+    each with what its GpuReplicaSet's Event says."""
+    match action:
+        case core.ResizeVolume(online=False, consumers=users, size_bytes=size) | \
+                core.MoveVolume(consumers=users, size_bytes=size):
+            stopped = {cid for cid, _ in users}
+            return [(c, f"container {c.name} was stopped and started again: SizedVolume "
+                     f"{obs.key.name} it mounts was resized to {format_size(size)}")
+                    for c in obs.consumers if c.id in stopped and c.owner is not None]
+    return []
+
+
+def _owner(obs: core.VolumeObservation) -> dict[str, str]:
+    """The labels of the SizedVolume's Docker volumes (with gpudock.dev/kind), as every
+    Docker object of gpudock carries (docker volume ls --filter label=...)."""
+    return {labels.NAMESPACE: obs.key.namespace, labels.NAME: obs.key.name,
+            labels.UID: obs.uid}
 
 
 def utc_now() -> str:

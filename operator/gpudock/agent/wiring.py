@@ -23,6 +23,7 @@ from gpudock.adapters.gpu_inventory import inventory_from_settings
 from gpudock.adapters.kube_api import KubeApi
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.adapters.timed_store import TimedRevisionStore
+from gpudock.agent.log_stream import LogStreams
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
 from gpudock.agent.request_slots import RequestSlots
 from gpudock.agent.status_writer import StatusWriter
@@ -77,6 +78,9 @@ class NodeAgent:
     # tasks start (kopf hands indexes to handlers only).
     watched: dict[str, kopf.Index[str, dict[str, Any]]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # `kubectl gpudock logs` (--stream-port): the server, and what the GpuNode publishes.
+    log_streams: list[LogStreams] = field(default_factory=list)
+    stream: dict[str, Any] = field(default_factory=dict)
 
     def now(self) -> str:
         return self.clock()

@@ -144,6 +144,8 @@ class Reason(enum.StrEnum):
     VOLUME_RESIZED = "VolumeResized"
     VOLUME_MOVED = "VolumeMoved"
     EARLIER_VOLUME_REMOVED = "EarlierVolumeRemoved"
+    # On the GpuReplicaSet whose container a volume's resize stopped and started (#26).
+    RESTARTED_FOR_VOLUME_RESIZE = "RestartedForVolumeResize"
 
     # --- ExecRequest and ImageCommit -------------------------------------------------
     RUNNING = "Running"

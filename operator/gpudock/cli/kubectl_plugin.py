@@ -18,18 +18,26 @@ from gpudock.agent.node_health import PLURAL as GPU_NODES
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.api.parsing import is_object_name
 from gpudock.api.reasons import Reason
-from gpudock.cli import rollout_commands
+from gpudock.cli import log_command, rollout_commands
 from gpudock.cli.retained_commands import table
 from gpudock.errors import GpudockError
 
 DEADLINE_EXIT = 124  # as timeout(1) says a command ran out of time
 
 
+def _kube_flags(parser: argparse.ArgumentParser, default: str | None) -> None:
+    """kubectl's flags; a subcommand takes them too (``exec NAME -n NS -- cmd``), its
+    default suppressed so that one given before the subcommand is kept."""
+    parser.add_argument("-n", "--namespace", default=default, help="default: the context's")
+    parser.add_argument("--context", default=default,
+                        help="kubeconfig context (default: the current)")
+    parser.add_argument("--kubeconfig", default=default,
+                        help="default: $KUBECONFIG or ~/.kube/config")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kubectl gpudock", description=__doc__)
-    parser.add_argument("-n", "--namespace", help="default: the context's")
-    parser.add_argument("--context", help="kubeconfig context (default: the current)")
-    parser.add_argument("--kubeconfig", help="default: $KUBECONFIG or ~/.kube/config")
+    _kube_flags(parser, None)
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("exec", help="run a command in a GpuReplicaSet's container "
                               "(an ExecRequest); exits with the command's exit code")
@@ -46,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     commit.add_argument("--no-pause", action="store_true",
                         help="do not pause the container during the commit")
     commit.add_argument("--timeout", type=float, default=1800, metavar="SECONDS")
-    history = commands.add_parser("history", help="a GpuReplicaSet's revisions")
-    history.add_argument("name")
+    history = commands.add_parser("history", help="a GpuReplicaSet's revisions, or a "
+                                  "SizedVolume's sizes (svol/NAME)")
+    history.add_argument("name", help="NAME, grs/NAME or svol/NAME")
+    history.add_argument("--retained", action="store_true",
+                         help="the histories deleted resources of this name left on the "
+                         "node, with the UID to adopt one (as the live resource reports)")
     rollback = commands.add_parser("rollback", help="roll a GpuReplicaSet back (spec and "
                                    "disk) to an earlier revision")
     rollback.add_argument("name")
@@ -55,22 +67,39 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the revision to restore (it must have run and not be "
                           "the current one)")
     rollback.add_argument("--wait", type=float, default=0, metavar="SECONDS")
+    logs = commands.add_parser("logs", help="a GpuReplicaSet's container output, streamed "
+                               "by its node's agent (TLS; your token and permission are "
+                               "checked by the API server)")
+    logs.add_argument("name", help="the GpuReplicaSet")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep streaming")
+    logs.add_argument("--tail", type=int, metavar="N", help="the last N lines only")
+    logs.add_argument("-p", "--previous", action="store_true",
+                      help="the output of the runs before the last (re)start (a crash "
+                      "loop's earlier runs)")
     commands.add_parser("nodes", help="every node's GPUs, one line each, with holders")
     ports = commands.add_parser("ports", help="a node's host ports and their holders")
     ports.add_argument("node")
+    for sub in commands.choices.values():
+        _kube_flags(sub, argparse.SUPPRESS)
     return parser
 
 
-def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
-         err: TextIO = sys.stderr) -> int:
-    words = list(sys.argv[1:] if argv is None else argv)
-    command: list[str] = []
-    if "--" in words:  # the command is never parsed as options of the plugin
+def parse(words: Sequence[str]) -> argparse.Namespace:
+    """The plugin's arguments; kubectl's flags before or after the subcommand, and
+    everything after ``--`` the command (never parsed as options of the plugin)."""
+    words, command = list(words), []
+    if "--" in words:
         at = words.index("--")
         words, command = words[:at], words[at + 1:]
     args = build_parser().parse_args(words)
     args.argv = [*getattr(args, "argv", []), *command]
-    if args.command in ("exec", "commit") and not is_object_name(args.name):
+    return args
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
+         err: TextIO = sys.stderr) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    if args.command in ("exec", "commit", "logs") and not is_object_name(args.name):
         print(f"error: {args.name!r} is not a GpuReplicaSet name", file=err)
         return 2
     try:
@@ -81,11 +110,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
                 return _exec(kube, namespace, args, out, err)
             case "commit":
                 return _commit(kube, namespace, args, out, err)
-            case "history":
-                return rollout_commands.history(kube, namespace, args.name, out)
-            case "rollback":
-                return rollout_commands.rollback(kube, namespace, args.name,
-                                                 args.to_revision, args.wait, out)
+            case "history" if args.retained:
+                return rollout_commands.retained_history(kube, namespace, args.name, out)
+            case "history" | "rollback":
+                return rollout_commands.dispatch(
+                    kube, namespace, args.command, args.name,
+                    getattr(args, "to_revision", 0), getattr(args, "wait", 0), out)
+            case "logs":
+                return log_command.logs(kube, namespace, args.name, args.follow, args.tail,
+                                        args.previous, out, err)
             case "nodes":
                 return _nodes(kube, out)
             case "ports":
@@ -152,6 +185,10 @@ def _exec(kube: KubeApi, namespace: str, args: argparse.Namespace, out: TextIO,
         print(f"error: execrequest {name} did not finish; is the agent of its node "
               "running?", file=err)
         return 1
+    try:  # read: it is of no more use (others are kept ttlSecondsAfterFinished)
+        kube.delete(exec_request.PLURAL, namespace, name)
+    except GpudockError as exc:
+        print(f"(kubectl gpudock: execrequest {name} is kept: {exc})", file=err)
     out.write(status.get("stdout") or "")
     err.write(status.get("stderr") or "")
     for stream in ("stdout", "stderr"):

@@ -26,7 +26,7 @@ from gpudock.api.gpu_replica_set import PLURAL
 from gpudock.core.observed import ResourceKey
 from gpudock.core.replica_set.saved_disks import retained_repository
 from gpudock.core.revision import Revision, RevisionStore, layers_named
-from gpudock.errors import GpudockError
+from gpudock.errors import GpudockError, NotFoundError
 
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,9 +50,19 @@ def add_arguments(commands: Any) -> None:
     add_node_arguments(purge)
 
 
+class NoStoreError(NotFoundError):
+    """No revision store where the command looked (it is not run on the node)."""
+
+
 def _open(args: argparse.Namespace) -> tuple[KubeApi, str, RevisionStore, DockerRuntime]:
     kube = KubeApi(args.kubeconfig, in_cluster=False)
-    store_url = args.store or f"sqlite:{Path(args.state_dir) / 'revisions.sqlite3'}"
+    sqlite = Path(args.state_dir) / "revisions.sqlite3"
+    if not args.store and not sqlite.is_file():  # never made here: it would be empty
+        raise NoStoreError(
+            f"no revision store at {sqlite}: run this on the node (or give --state-dir "
+            "or --store); from anywhere, kubectl gpudock history --retained NAME lists "
+            "what the live resource of the name reports")
+    store_url = args.store or f"sqlite:{sqlite}"
     return (kube, args.namespace or kube.default_namespace, open_revision_store(store_url),
             DockerRuntime(args.docker_host))
 
@@ -75,7 +85,11 @@ def _on_node(args: argparse.Namespace,
              work: Callable[[KubeApi, str, RevisionStore, DockerRuntime], int]) -> int:
     """Run ``work`` with the API server, the node's revision store and its Docker;
     a gpudock error is printed (exit 1); the store and Docker are closed after."""
-    kube, namespace, store, docker = _open(args)
+    try:
+        kube, namespace, store, docker = _open(args)
+    except NoStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     try:
         return work(kube, namespace, store, docker)
     except GpudockError as exc:

@@ -45,10 +45,18 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     if args.command == "history" and args.retained:
         return retained_commands.run_history(args, out)
     kube = KubeApi(args.kubeconfig, in_cluster=False)
-    namespace = args.namespace or kube.default_namespace
-    kind, _, name = args.name.rpartition("/")
+    return dispatch(kube, args.namespace or kube.default_namespace, args.command,
+                    args.name, getattr(args, "to_revision", 0), getattr(args, "wait", 0),
+                    out)
+
+
+def dispatch(kube: KubeApi, namespace: str, command: str, target: str, to_revision: int,
+             wait: float, out: TextIO) -> int:
+    """``history`` or ``rollback`` of TARGET (NAME, grs/NAME or svol/NAME): the same
+    for ``gpudock`` and ``kubectl gpudock``."""
+    kind, _, name = target.rpartition("/")
     if kind in VOLUME_KINDS:
-        if args.command != "history":
+        if command != "history":
             print("error: a SizedVolume is not rolled back: set its spec.size",
                   file=sys.stderr)
             return 2
@@ -58,12 +66,12 @@ def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             print(f"error: sizedvolume {namespace}/{name} not found", file=sys.stderr)
             return 1
     if kind not in ("", "grs", "gpureplicaset", "gpureplicasets"):
-        print(f"error: {args.name}: give a GpuReplicaSet or svol/NAME", file=sys.stderr)
+        print(f"error: {target}: give a GpuReplicaSet or svol/NAME", file=sys.stderr)
         return 2
     try:
-        if args.command == "history":
+        if command == "history":
             return history(kube, namespace, name, out)
-        return rollback(kube, namespace, name, args.to_revision, args.wait, out)
+        return rollback(kube, namespace, name, to_revision, wait, out)
     except ObjectNotFoundError:
         print(f"error: gpureplicaset {namespace}/{name} not found", file=sys.stderr)
     except GpudockError as exc:
@@ -85,6 +93,28 @@ def history(kube: KubeApi, namespace: str, name: str, out: TextIO) -> int:
         rows.append((f"{item.get('revision')}{mark}", str(item.get("createdAt", "")),
                      str(item.get("gpuCount", "")), str(item.get("image", "")), cause))
     retained_commands.table(rows, out)
+    return 0
+
+
+def retained_history(kube: KubeApi, namespace: str, name: str, out: TextIO) -> int:
+    """The retained histories the live GpuReplicaSet NAME reports (its agent mirrors
+    them from the node's store into status.retainedHistories)."""
+    try:
+        status = kube.get(PLURAL, namespace, name).get("status") or {}
+    except ObjectNotFoundError:
+        print(f"error: no gpureplicaset {namespace}/{name} to ask: run gpudock history "
+              "--retained on its node", file=sys.stderr)
+        return 1
+    rows: list[tuple[str, ...]] = [("UID", "REVISIONS", "LAST CHANGE")]
+    for item in status.get("retainedHistories") or ():
+        rows.append((str(item.get("uid")), ",".join(str(r) for r in item.get("revisions")
+                                                    or ()), str(item.get("lastChange"))))
+    retained_commands.table(rows, out)
+    if len(rows) == 1:
+        print(f"no retained history for {namespace}/{name}", file=out)
+    else:
+        print("adopt one: create the resource with the annotation "
+              "gpudock.dev/adopt-history: <UID>", file=out)
     return 0
 
 

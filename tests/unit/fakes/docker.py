@@ -621,6 +621,7 @@ class InMemoryDocker:
     def remove_volumes(self, namespace: str, name: str, uid: str | None = None) -> int:
         with self._request("remove_volumes"):
             wanted = {labels.NAMESPACE: namespace, labels.NAME: name,
+                      labels.KIND: "GpuReplicaSet",
                       **({labels.UID: uid} if uid is not None else {})}
             removed = 0
             for volume in list(self.volumes.values()):

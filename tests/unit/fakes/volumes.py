@@ -9,6 +9,7 @@ by shape, importing nothing of the real backends."""
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,8 @@ class InPlaceVolumeBackend(ResizesInPlace):
         return BackendState(size_bytes=size, attached=True, capacity_bytes=size,
                             used_bytes=used)
 
-    def create(self, volume: str, size_bytes: int) -> None:
+    def create(self, volume: str, size_bytes: int,
+               owner: Mapping[str, str] | None = None) -> None:
         self.sizes[volume] = size_bytes
         self.attached.add(volume)
 

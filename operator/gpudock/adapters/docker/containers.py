@@ -6,10 +6,11 @@ A container is removed with ``v=False``: volumes are never removed with a contai
 from __future__ import annotations
 
 import contextlib
+import datetime
 import functools
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 import docker.errors
@@ -204,6 +205,19 @@ class ContainerMixin(DockerConnection):
                                 "changed between its check and the mount (a symlink was "
                                 "swapped in?); the container was removed")
 
+    def logs(self, container_id: str, *, follow: bool, tail: int | None,
+             until: str | None = None) -> Iterator[bytes]:
+        """The container's output (stdout and stderr as Docker keeps them), as chunks;
+        ``until`` (RFC 3339): only what was written before (an earlier run's)."""
+        chunks = self._call(f"logs of {container_id[:12]}", lambda: self.client.api.logs(
+            container_id, stream=True, follow=follow, tail="all" if tail is None else tail,
+            until=_epoch(until) if until else None))
+
+        def translated() -> Iterator[bytes]:
+            with _translated(f"logs of {container_id[:12]}"):
+                yield from chunks
+        return translated()
+
     def start(self, container_id: str, name: str) -> None:
         self._containers.expect(container_id, "start")
         self._change(container_id, f"start {name}",
@@ -263,3 +277,10 @@ class ContainerMixin(DockerConnection):
         with contextlib.suppress(ContainerGoneError):
             self._change(container_id, f"remove {name}", lambda: self.client.api.remove_container(
                 container_id, force=True, v=False))
+
+
+def _epoch(when: str) -> int:
+    """Docker's RFC 3339 time (nanoseconds kept by Docker) as whole epoch seconds."""
+    whole = when.split(".", 1)[0].rstrip("Z")
+    return int(datetime.datetime.fromisoformat(whole).replace(
+        tzinfo=datetime.UTC).timestamp())

@@ -13,6 +13,7 @@ from typing import Any
 
 from gpudock.adapters.docker.connection import DockerConnection
 from gpudock.adapters.docker.errors import ContainerGoneError, DockerRefusedError
+from gpudock.api import gpu_replica_set
 from gpudock.core import labels
 
 
@@ -67,6 +68,7 @@ class VolumeMixin(DockerConnection):
         (one still in use stays)."""
         api = self.client.api
         wanted = [f"{labels.NAMESPACE}={namespace}", f"{labels.NAME}={name}",
+                  f"{labels.KIND}={gpu_replica_set.KIND}",  # never a SizedVolume's of the name
                   *([f"{labels.UID}={uid}"] if uid is not None else [])]
         found = self._call("list volumes", lambda: api.volumes(filters={"label": wanted}))
         removed = 0

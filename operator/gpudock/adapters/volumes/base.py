@@ -13,6 +13,7 @@ volume is a UserError (reported in the status, nothing changed).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -44,7 +45,11 @@ class VolumeBackend(Protocol):
     def state(self, volume: str) -> BackendState | None:
         """None when the volume does not exist."""
 
-    def create(self, volume: str, size_bytes: int) -> None: ...
+    def create(self, volume: str, size_bytes: int,
+               owner: Mapping[str, str] | None = None) -> None:
+        """Make the volume; a Docker volume the backend makes carries ``owner``'s
+        labels (the SizedVolume's namespace, name and UID: core/labels.py)."""
+        ...
 
     def attach(self, volume: str) -> tuple[Reason, str] | None:
         """Make an existing volume usable again (after an agent or host restart); a

@@ -9,6 +9,7 @@ are off; a root that is not btrfs is refused at start.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from gpudock.adapters.filesystem_info import free_bytes, mount_of
@@ -80,7 +81,8 @@ class BtrfsBackend(ResizesInPlace):
         delete cut short between removing the subvolume and its qgroup."""
         return self.root / ".gpudock-qgroups" / volume
 
-    def create(self, volume: str, size_bytes: int) -> None:
+    def create(self, volume: str, size_bytes: int,
+               owner: Mapping[str, str] | None = None) -> None:
         path = self.path(volume)
         if not path.is_dir():
             run_tool("btrfs", "subvolume", "create", str(path))

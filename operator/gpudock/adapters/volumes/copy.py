@@ -9,17 +9,20 @@ Docker volume has no hard limit of its own.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from gpudock.adapters import tree_copy
 from gpudock.adapters.host_tools import VolumeToolError
 from gpudock.adapters.user_trees import tree_bytes
 from gpudock.api.reasons import Reason
+from gpudock.core import labels
 from gpudock.core.ports import ContainerRuntime
 from gpudock.core.volumes import BackendState
 from gpudock.errors import UserError
 
 SIZE_LABEL = "gpudock.dev/size-bytes"
+OWNER = (labels.NAMESPACE, labels.NAME, labels.UID)  # carried to a resize's copy
 
 
 class CopyBackend:
@@ -59,8 +62,9 @@ class CopyBackend:
         return BackendState(size_bytes=size, attached=True, capacity_bytes=size,
                             used_bytes=used)
 
-    def create(self, volume: str, size_bytes: int) -> None:
-        self._docker.create_volume(volume, {}, {SIZE_LABEL: str(size_bytes)})
+    def create(self, volume: str, size_bytes: int,
+               owner: Mapping[str, str] | None = None) -> None:
+        self._docker.create_volume(volume, {}, {**(owner or {}), SIZE_LABEL: str(size_bytes)})
 
     def attach(self, volume: str) -> None:
         """Docker's volumes are there whenever Docker is."""
@@ -83,7 +87,8 @@ class CopyBackend:
         if source == target:
             raise VolumeToolError(f"refusing to copy volume {source} onto itself")
         self.delete(target)
-        self.create(target, size_bytes)
+        labels = (self._docker.volume_info(source) or {}).get("Labels") or {}
+        self.create(target, size_bytes, {k: v for k, v in labels.items() if k in OWNER})
         into, out_of = self.directory(target), self.directory(source)
         if into is None or out_of is None:
             raise VolumeToolError(f"Docker volume {source} or {target} has no directory")

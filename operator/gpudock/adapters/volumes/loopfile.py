@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -135,7 +135,8 @@ class LoopfileBackend(ResizesInPlace):
                                 "volumes there may still write); nothing was changed")
             _lengthen(handle, size_bytes, self.root)
 
-    def create(self, volume: str, size_bytes: int) -> None:
+    def create(self, volume: str, size_bytes: int,
+               owner: Mapping[str, str] | None = None) -> None:
         image = self._image(volume)
         image.parent.mkdir(parents=True, exist_ok=True)
         partial = image.with_suffix(".new")

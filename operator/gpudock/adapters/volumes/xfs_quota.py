@@ -14,6 +14,7 @@ line). The agent refuses at start when the root is not XFS with project quota.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 from gpudock.adapters.filesystem_info import free_bytes, mount_of
@@ -85,8 +86,9 @@ class XfsQuotaBackend(ResizesInPlace):
         return BackendState(size_bytes=limit, attached=True, capacity_bytes=limit,
                             used_bytes=used)
 
-    def create(self, volume: str, size_bytes: int) -> None:
-        self._docker.create_volume(volume, {"size": str(size_bytes)})
+    def create(self, volume: str, size_bytes: int,
+               owner: Mapping[str, str] | None = None) -> None:
+        self._docker.create_volume(volume, {"size": str(size_bytes)}, dict(owner or {}))
 
     def attach(self, volume: str) -> None:
         """Docker's volume directory is there whenever its filesystem is mounted."""

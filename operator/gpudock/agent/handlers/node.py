@@ -15,8 +15,9 @@ from typing import Any
 import kopf
 
 from gpudock import metrics
-from gpudock.adapters.kube_api import ObjectNotFoundError
+from gpudock.adapters.kube_api import ObjectNotFoundError, Reviews
 from gpudock.agent import node_health, wiring
+from gpudock.agent.log_stream import LogStreams
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
 from gpudock.errors import GpudockError
@@ -85,6 +86,13 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
     # kopf's indexes (empty until its watches have listed; kept current after).
     agent.watched.update({gpu_replica_set.PLURAL: kwargs["replica_sets_by_node"],
                           sized_volume.PLURAL: kwargs["volumes_by_node"]})
+    if agent_settings.stream_port:
+        streams = LogStreams(agent_settings, agent.docker, Reviews(agent_settings.kubeconfig))
+        try:
+            agent.stream.update(await streams.start())
+        except (GpudockError, OSError) as exc:  # openssl missing, the port taken
+            raise kopf.TemporaryError(f"--stream-port: {exc}", delay=10) from exc
+        agent.log_streams.append(streams)
     agent.tasks.append(asyncio.create_task(_sweep_orphans(agent, logger)))
     agent.tasks.append(asyncio.create_task(_heartbeat(agent, logger)))
 
@@ -111,7 +119,8 @@ async def _heartbeat(agent: NodeAgent, logger: Logger) -> None:
         agent.node_changed.clear()
         try:
             await asyncio.to_thread(node_health.beat, settings, agent.now(), agent.docker,
-                                    agent.inventory, agent.kube, agent.store)
+                                    agent.inventory, agent.kube, agent.store,
+                                    agent.stream)
             others = {plural: [entry for node, entries in index.items()
                                if node != settings.node_name for entry in entries]
                       for plural, index in agent.watched.items()}  # read in the loop
@@ -163,12 +172,14 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
 
 @kopf.on.cleanup()
-def stop_node_agent(memo: kopf.Memo, **_: Any) -> None:
+async def stop_node_agent(memo: kopf.Memo, **_: Any) -> None:
     agent = memo.get(wiring.MEMO_KEY)
     if not isinstance(agent, NodeAgent):
         return  # it never started
     for task in [*agent.tasks, *agent.requests.running.values()]:
         task.cancel()
     agent.request_pool.shutdown(wait=False, cancel_futures=True)
+    for streams in agent.log_streams:
+        await streams.stop()
     agent.docker.close()
     agent.store.close()

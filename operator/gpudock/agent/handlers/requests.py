@@ -31,6 +31,7 @@ from gpudock.agent.request_slots import Claim
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.api.reasons import Reason
+from gpudock.core.kstatus import with_kstatus
 from gpudock.errors import GpudockError, UserError
 
 
@@ -178,10 +179,13 @@ async def _run(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: Log
                 return written
 
         def started(status: dict[str, Any]) -> None:
-            agent.kube.patch_status(kind.plural, meta["namespace"], meta["name"], status)
+            agent.kube.patch_status(kind.plural, meta["namespace"], meta["name"],
+                                    _observed(body, status))
             begun.append(str(status.get("startTime") or now()))
 
-        extra = {"kube": agent.kube} if kind.reads_cluster else {}
+        extra: dict[str, Any] = {"kube": agent.kube,
+                                 "holds": agent.replica_sets.commit_holds} \
+            if kind.reads_cluster else {}
         final = await asyncio.get_running_loop().run_in_executor(
             agent.request_pool, functools.partial(
                 kind.run, dict(body), target, agent.settings, agent.docker, now, started,
@@ -201,12 +205,17 @@ async def _run(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: Log
     return True
 
 
+def _observed(body: kopf.Body, status: dict[str, Any]) -> dict[str, Any]:
+    """The status with the generation it answers and kstatus' conditions."""
+    return with_kstatus({**status, "observedGeneration": body["metadata"].get("generation")})
+
+
 async def _write(agent: NodeAgent, kind: RequestKind, body: kopf.Body,
                  status: dict[str, Any], logger: Logger) -> None:
     try:
         await asyncio.to_thread(agent.kube.patch_status, kind.plural,
                                 body["metadata"]["namespace"], body["metadata"]["name"],
-                                status)
+                                _observed(body, status))
     except ObjectNotFoundError:
         return
     except KubeUnavailableError as exc:

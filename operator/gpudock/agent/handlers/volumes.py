@@ -15,15 +15,20 @@ import kopf
 from gpudock.adapters.kube_api import KubeUnavailableError
 from gpudock.agent import wiring
 from gpudock.agent.wiring import NodeAgent
-from gpudock.api import GROUP, VERSION, ownership, sized_volume
+from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
 from gpudock.api.placement import bound_node
 from gpudock.api.reasons import Reason
+from gpudock.core.observed import ObservedContainer
 from gpudock.core.replica_set.status import waiting_on
 from gpudock.core.volumes import unusable
 from gpudock.errors import TransientError, UserError
 
 SVOL = sized_volume.PLURAL
 IN_USE_RETRY_SECONDS = 5
+# A Ready volume is looked at this often (USED after a write, the containers that
+# mount it), at most --resync-seconds; written only when it changed. The copy
+# backend, whose USED walks the whole tree, keeps the resync.
+USED_REFRESH_SECONDS = 5.0
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
@@ -45,6 +50,15 @@ def _write(agent: NodeAgent, body: kopf.Body, status: dict[str, Any],
         logger.warning("volume status not written: %s", exc)
 
 
+def _replica_set_of(container: ObservedContainer) -> kopf.Body:
+    """What kopf needs to post an Event on the GpuReplicaSet a container is of."""
+    owner = container.owner
+    assert owner is not None
+    return kopf.Body({"apiVersion": f"{GROUP}/{VERSION}", "kind": gpu_replica_set.KIND,
+                      "metadata": {"namespace": owner.namespace, "name": owner.name,
+                                   "uid": container.uid}})
+
+
 @kopf.daemon(GROUP, VERSION, SVOL, when=_on_this_node, cancellation_timeout=600)
 async def run_sized_volume(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo,
                            logger: Logger, **_: Any) -> None:
@@ -59,12 +73,15 @@ async def run_sized_volume(body: kopf.Body, stopped: kopf.DaemonStopped, memo: k
             if body["metadata"].get("deletionTimestamp"):
                 return
             before = (body.get("status") or {}).get("phase")
+            status: dict[str, Any] = {}
             try:
                 status = await asyncio.to_thread(
                     agent.volumes.reconcile, dict(body),
                     lambda now: _write(agent, body, now, logger),
                     lambda kind, reason, message: kopf.event(
-                        body, type=kind, reason=reason, message=message))
+                        body, type=kind, reason=reason, message=message),
+                    lambda user, kind, reason, message: kopf.event(
+                        _replica_set_of(user), type=kind, reason=reason, message=message))
                 await asyncio.to_thread(_write, agent, body, status, logger)
                 if status.get("phase") == "Ready" and (before != "Ready" or first):
                     agent.wakeups.wake_all()  # instances that mount it may start or move
@@ -80,6 +97,8 @@ async def run_sized_volume(body: kopf.Body, stopped: kopf.DaemonStopped, memo: k
                 await asyncio.to_thread(_write, agent, body, unusable(
                     body.get("status") or {}, exc.reason, exc.message,
                     agent.now()), logger)
+            if status.get("phase") == "Ready" and status.get("backend") != "copy":
+                delay = min(delay, USED_REFRESH_SECONDS)  # USED and users follow
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wakeup.wait(), timeout=delay)
     finally:

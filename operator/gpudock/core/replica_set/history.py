@@ -99,8 +99,14 @@ def set_aside(obs: Observation) -> act.MoveHistory:
                           image=retags.get(r.image, r.image)) for r in foreign)
     return act.MoveHistory(tuple(sorted(retags.items())), moved, tuple(foreign),
                            Reason.HISTORY_RETAINED_APART, f"{len(foreign)} revision(s) of an "
-                           "earlier resource of this name kept apart (retained history; "
-                           "adopt it with the gpudock.dev/adopt-history annotation)")
+                           f"earlier resource of this name (uid {_uids(foreign)}) kept apart "
+                           "(retained history: kubectl gpudock history --retained NAME; to "
+                           "continue it, create this resource with the annotation "
+                           "gpudock.dev/adopt-history set to that uid)")
+
+
+def _uids(records: list[Revision]) -> str:
+    return ", ".join(sorted({r.uid for r in records}))
 
 
 def adopt(obs: Observation) -> act.MoveHistory:

@@ -1,0 +1,148 @@
+"""``kubectl gpudock logs``: a GpuReplicaSet's container output, streamed by the agent
+of its node over TLS (``--stream-port``; its certificate published in the GpuNode).
+
+Nothing is open to anonymous callers: each request carries the caller's own bearer
+token, which the API server checks (TokenReview), and the caller must be allowed
+``get`` on ``gpureplicasets/log`` of that resource (SubjectAccessReview: the
+gpudock-view and gpudock-edit roles grant it, as pods/log is granted). A followed
+stream asks both again every RECHECK_SECONDS and ends when either says no (a
+withdrawn permission, an expired token), and after --stream-idle-seconds without
+output. At most MAX_STREAMS run at once, each reading Docker on a thread of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from aiohttp import web
+
+from gpudock.adapters import stream_tls
+from gpudock.adapters.docker.runtime import DockerRuntime
+from gpudock.adapters.kube_api import Reviews
+from gpudock.core.observed import ObservedContainer, ResourceKey
+from gpudock.errors import GpudockError
+from gpudock.settings import Settings
+
+logger = logging.getLogger(__name__)
+RECHECK_SECONDS = 60.0
+MAX_STREAMS = 16
+
+
+class LogStreams:
+    def __init__(self, settings: Settings, docker: DockerRuntime, reviews: Reviews) -> None:
+        self._settings = settings
+        self._docker = docker
+        self._reviews = reviews
+        self._slots = threading.BoundedSemaphore(MAX_STREAMS)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> dict[str, Any]:
+        """Serve; what the GpuNode publishes (url, caBundle)."""
+        settings = self._settings
+        cert = await asyncio.to_thread(stream_tls.make, settings.state_dir / "stream",
+                                       settings.stream_address)
+        app = web.Application()
+        app.router.add_get("/logs/{namespace}/{name}", self._logs)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, settings.stream_address, settings.stream_port,
+                          ssl_context=cert.context).start()
+        url = f"https://{settings.stream_address}:{settings.stream_port}"
+        logger.info("log streams at %s", url)
+        return {"url": url, "caBundle": cert.pem}
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _permitted(self, token: str, namespace: str, name: str) -> str | None:
+        """None when the token's user may read the logs; else why not."""
+        found = await asyncio.to_thread(self._reviews.user_of, token)
+        if found is None:
+            return "the token is not valid (TokenReview)"
+        user, groups, _ = found
+        if not await asyncio.to_thread(self._reviews.allowed, user, groups, "get",
+                                       "gpureplicasets", "log", namespace, name):
+            return (f"user {user!r} may not get gpureplicasets/log of {namespace}/{name} "
+                    "(a role such as gpudock-view grants it)")
+        return None
+
+    async def _logs(self, request: web.Request) -> web.StreamResponse:
+        namespace, name = request.match_info["namespace"], request.match_info["name"]
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not token:
+            return web.Response(status=401, text="a bearer token is required\n")
+        try:
+            refused = await self._permitted(token, namespace, name)
+        except GpudockError as exc:
+            return web.Response(status=503, text=f"cannot check the caller: {exc}\n")
+        if refused is not None:
+            return web.Response(status=401 if "token" in refused else 403,
+                                text=f"{refused}\n")
+        container = await asyncio.to_thread(self._current, ResourceKey(namespace, name))
+        if container is None:
+            return web.Response(status=404, text=f"gpureplicaset {namespace}/{name} has no "
+                                f"container on node {self._settings.node_name}\n")
+        follow = request.query.get("follow") == "1"
+        tail = int(request.query["tail"]) if request.query.get("tail") else None
+        until = container.started_at if request.query.get("previous") == "1" else None
+        if not self._slots.acquire(blocking=False):
+            return web.Response(status=429, text=f"{MAX_STREAMS} streams run already\n")
+        chunks = await asyncio.to_thread(self._docker.logs, container.id, follow=follow,
+                                         tail=tail, until=until)
+        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+        await response.prepare(request)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=self._read, args=(chunks, queue, loop), daemon=True,
+                         name="gpudock-logs").start()
+        idle = self._settings.stream_idle_seconds
+        checked = last_output = time.monotonic()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(queue.get(), timeout=min(idle, RECHECK_SECONDS))
+            except TimeoutError:
+                chunk = b""
+            if chunk is None:
+                break
+            now = time.monotonic()
+            if now - checked >= RECHECK_SECONDS:
+                checked = now
+                refused = await self._permitted(token, namespace, name)
+                if refused is not None:
+                    await response.write(f"\n(gpudock: stream ended: {refused})\n".encode())
+                    break
+            if chunk:
+                last_output = now
+                await response.write(chunk)
+            elif now - last_output >= idle:
+                await response.write(b"\n(gpudock: stream ended: idle)\n")
+                break
+        with contextlib.suppress(ConnectionError):
+            await response.write_eof()
+        return response
+
+    def _read(self, chunks: Iterator[bytes], queue: asyncio.Queue[bytes | None],
+              loop: asyncio.AbstractEventLoop) -> None:
+        """Docker's chunks into the queue, on this stream's own thread; its slot is
+        given back when Docker's stream ends (the container stops or writes again)."""
+        try:
+            for chunk in chunks:
+                asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
+        except (GpudockError, RuntimeError) as exc:
+            logger.debug("log stream ended: %s", exc)
+        finally:
+            self._slots.release()
+            with contextlib.suppress(RuntimeError):
+                asyncio.run_coroutine_threadsafe(queue.put(None), loop)
+
+    def _current(self, key: ResourceKey) -> ObservedContainer | None:
+        mine = [c for c in self._docker.list_containers()
+                if c.owner == key and c.node in ("", self._settings.node_name)]
+        return max(mine, key=lambda c: c.revision, default=None)
