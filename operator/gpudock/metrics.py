@@ -18,6 +18,9 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 _STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 GPUS_TOTAL = Gauge("gpudock_gpus_total", "GPUs of the node", ["node"], registry=REGISTRY)
+GPU_HEALTH = Gauge("gpudock_gpu_health",
+                   "1 for the health state each GPU is in (Healthy, Unhealthy), else 0 "
+                   "(docs/gpu-health.md)", ["node", "gpu", "uuid", "state"], registry=REGISTRY)
 GPUS_ALLOCATED = Gauge("gpudock_gpus_allocated",
                        "GPUs held by gpudock containers on the node (from Docker's labels)",
                        ["node"], registry=REGISTRY)

@@ -139,6 +139,10 @@ class Settings:
     scheduler: str = "auto"
     scheduling_policy: str = "Binpack"  # for resources that name no policy
     release_namespace: str = "default"  # where the scheduler's Lease lives
+    # GPU health (docs/gpu-health.md): a JSON-lines file of simulated faults (the
+    # simulated backend), and how long a transient fault keeps a GPU out of service.
+    simulated_faults: str | None = None
+    gpu_readmit_seconds: float = 600.0
 
     def scheduler_settings(self) -> SchedulerSettings:
         return SchedulerSettings(self.node_name, self.kubeconfig, self.namespaces,
@@ -281,7 +285,17 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         scheduling_policy=_choice(pick("scheduling_policy") or "Binpack", POLICIES,
                                   "--scheduling-policy"),
         release_namespace=pick("release_namespace") or env.get("POD_NAMESPACE") or "default",
+        simulated_faults=pick("simulated_faults"),
+        gpu_readmit_seconds=_positive(pick("gpu_readmit_seconds"), 600.0,
+                                      "--gpu-readmit-seconds"),
     )
+
+
+def _positive(value: str | None, default: float, flag: str) -> float:
+    number = float(value) if value else default
+    if number <= 0:
+        raise SettingsError(f"{flag} must be > 0")
+    return number
 
 
 def _choice(value: str, choices: Sequence[str], flag: str) -> str:

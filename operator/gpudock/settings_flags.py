@@ -123,6 +123,13 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="for crash tests: SIGKILL the agent the first time it reaches "
                              "POINT, e.g. PreserveDisk.committed (repeatable; default: "
                              "none; see docs/revisions.md)")
+    # GPU health (docs/gpu-health.md)
+    parser.add_argument("--simulated-faults", metavar="FILE",
+                        help="simulated backend: a file of JSON lines {\"gpu\": 2, "
+                             "\"xid\": 79}, read as it grows (default: none)")
+    parser.add_argument("--gpu-readmit-seconds", type=float,
+                        help="a GPU out of service for a transient XID comes back after "
+                             "this long without another error (default: 600)")
 
 
 def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:

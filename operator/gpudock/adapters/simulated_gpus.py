@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import threading
 import uuid
+from collections.abc import Callable
 
+from gpudock.core.gpu_health import Fault
 from gpudock.core.gpus import GpuDevice
+
+log = logging.getLogger(__name__)
 
 # A fixed namespace, so a node's simulated UUIDs are the same across agent restarts.
 _SIMULATED_NAMESPACE = uuid.UUID("6f1c3a52-7d1e-4a8e-9a43-5b3d2f0c9e11")
@@ -28,3 +36,59 @@ class SimulatedGpuInventory:
 
     def list_gpus(self) -> list[GpuDevice]:
         return list(self._devices)
+
+
+POLL_SECONDS = 0.2  # how often the fault file is looked at for new lines
+
+
+class SimulatedFaults:
+    """``--simulated-faults FILE``: one JSON object a line, read as the file grows
+    (``{"gpu": 2, "xid": 79}``; ``{"gpu": 2, "kind": "ECCUncorrectable"}`` or
+    ``"Lost"`` for the other kinds; ``gpu`` an index or a UUID). ``offset``: where
+    reading starts (what an earlier run of the agent read already is not read again)."""
+
+    def __init__(self, path: str, offset: int = 0) -> None:
+        self._path = path
+        self.offset = offset
+
+    def watch_events(self, report: Callable[[Fault], None], stop: threading.Event,
+                     tick: Callable[[], None]) -> None:
+        while not stop.is_set():
+            for fault in self.read_new():
+                report(fault)
+            tick()
+            stop.wait(POLL_SECONDS)
+
+    def read_new(self) -> list[Fault]:
+        """The faults of the complete lines added since the last read."""
+        try:
+            with open(self._path, "rb") as file:
+                if os.fstat(file.fileno()).st_size < self.offset:
+                    self.offset = 0  # truncated or replaced: from its start
+                file.seek(self.offset)
+                data = file.read()
+        except FileNotFoundError:
+            return []
+        complete = data[: data.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        faults = []
+        for line in complete.decode(errors="replace").splitlines():
+            fault = _fault(line)
+            if fault is not None:
+                faults.append(fault)
+        return faults
+
+
+def _fault(line: str) -> Fault | None:
+    if not line.strip():
+        return None
+    try:
+        raw = json.loads(line)
+        gpu = raw["gpu"]
+        xid = raw.get("xid")
+        if not isinstance(gpu, int | str) or not (xid is None or isinstance(xid, int)):
+            raise ValueError("gpu must be an index or UUID, xid a number")
+        return Fault(gpu, xid=xid, kind=str(raw.get("kind") or ""))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("simulated faults: line %r skipped: %s", line[:200], exc)
+        return None

@@ -41,7 +41,8 @@ class ReplicaSetObserver:
     def observe(self, key: ResourceKey, uid: str, generation: int | None,
                  spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
                  inventory: tuple[str, ...], change_cause: str,
-                 adopt_uid: str, volume_names: Mapping[str, str | None]) -> Observation:
+                 adopt_uid: str, volume_names: Mapping[str, str | None],
+                 unhealthy: Mapping[str, str] | None = None) -> Observation:
         metrics.OBSERVATIONS.labels(gpu_replica_set.KIND).inc()
         records = tuple(self._store.list(key.namespace, key.name))
         adoptable: tuple[Revision, ...] = ()
@@ -86,6 +87,7 @@ class ReplicaSetObserver:
             instance_subnet=self._settings.instance_subnet,
             limit_defaults=self._settings.limit_defaults,
             node_capacity=self._docker.node_capacity(),
+            unhealthy_gpus=dict(unhealthy or {}),
         )
 
     def _resolve(self, namespace: str, path: str, read_only: bool) -> str | UserError:

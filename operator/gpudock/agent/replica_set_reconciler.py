@@ -38,6 +38,7 @@ from gpudock.api.container_fields import Protocol
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy
 from gpudock.api.placement import bound_node
 from gpudock.api.reasons import Reason
+from gpudock.core import gpu_health
 from gpudock.core.conditions import with_transition_times
 from gpudock.core.gpus import GpuInventory
 from gpudock.core.observed import HostPort, ResourceKey
@@ -143,12 +144,14 @@ class ReplicaSetReconciler:
                 return None
             passes = busy_ports_found = 0
             announced: tuple[object, ...] = ()  # the step last shown
-            inventory = tuple(g.uuid for g in self._inventory.list_gpus())  # once per call
+            devices = self._inventory.list_gpus()  # once per call
+            inventory = tuple(g.uuid for g in devices)
             annotations = meta.get("annotations") or {}
             observe_with = functools.partial(self._observer.observe, key, meta["uid"], generation,
                                              spec, previous, inventory,
                                              annotations.get(CHANGE_CAUSE, ""),
-                                             annotations.get(ADOPT_HISTORY, ""))
+                                             annotations.get(ADOPT_HISTORY, ""),
+                                             unhealthy=gpu_health.unhealthy(devices))
             while True:
                 # The SizedVolumes it mounts are asked of the API server and observed
                 # before the node lock is taken: no API I/O holds it.

@@ -23,6 +23,7 @@ from gpudock.adapters.gpu_inventory import inventory_from_settings
 from gpudock.adapters.kube_api import KubeApi
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.adapters.timed_store import TimedRevisionStore
+from gpudock.agent.gpu_health import GpuHealth
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
 from gpudock.agent.request_slots import RequestSlots
 from gpudock.agent.status_writer import StatusWriter
@@ -77,6 +78,8 @@ class NodeAgent:
     # tasks start (kopf hands indexes to handlers only).
     watched: dict[str, kopf.Index[str, dict[str, Any]]] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # The GPUs' health marks (agent/gpu_health.py); also what ``inventory`` is.
+    gpu_health: GpuHealth | None = None
 
     def now(self) -> str:
         return self.clock()
@@ -88,7 +91,9 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
     docker = DockerRuntime(settings.docker_host, stop_timeout=settings.stop_timeout,
                            on_request=lambda method: metrics.DOCKER_REQUESTS.labels(
                                method).inc())
-    inventory = inventory_from_settings(settings)
+    gpu_health = GpuHealth(inventory_from_settings(settings), settings.state_dir,
+                           settings.gpu_readmit_seconds, clock, settings.node_name)
+    inventory: GpuInventory = gpu_health
     kube = KubeApi(settings.kubeconfig)
     try:
         docker.version()  # reachable now, or retry start-up
@@ -120,6 +125,7 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
             settings.max_running_requests, thread_name_prefix="gpudock-request"),
         request_slots=RequestSlots(settings.max_running_requests,
                                    settings.max_running_execs_per_namespace),
+        gpu_health=gpu_health,
     )
 
 

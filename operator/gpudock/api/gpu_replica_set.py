@@ -70,6 +70,13 @@ class HistoryPolicy(enum.StrEnum):
     PURGE = "Purge"
 
 
+class GpuFailurePolicy(enum.StrEnum):
+    """What happens to an instance whose GPU turns Unhealthy (docs/gpu-health.md)."""
+
+    KEEP = "Keep"  # it keeps running on it, Degraded GPUUnhealthy
+    REPLACE = "Replace"  # a new revision on a healthy free GPU, the disk kept
+
+
 @dataclass(frozen=True)
 class GpuReplicaSetSpec:
     node_name: str
@@ -94,6 +101,7 @@ class GpuReplicaSetSpec:
     resources: Resources = field(default_factory=Resources)
     shm_size: int | None = None
     pids_limit: int | None = None
+    gpu_failure_policy: GpuFailurePolicy = GpuFailurePolicy.KEEP  # not part of the shape
 
     @classmethod
     def parse(cls, raw: RawDict) -> GpuReplicaSetSpec:
@@ -134,6 +142,9 @@ class GpuReplicaSetSpec:
             resources=parse_resources(raw.get("resources")),
             shm_size=parse_shm_size(raw.get("shmSize")),
             pids_limit=parse_pids_limit(raw.get("pidsLimit")),
+            gpu_failure_policy=GpuFailurePolicy(get_choice(
+                raw, "gpuFailurePolicy", where, tuple(GpuFailurePolicy),
+                GpuFailurePolicy.KEEP)),
         )._checked_size()
 
     def _checked_size(self) -> GpuReplicaSetSpec:

@@ -159,3 +159,8 @@ class Reason(enum.StrEnum):
     AGENT_RESTARTED = "AgentRestarted"
     EXEC_LIMIT_REACHED = "ExecLimitReached"  # Pending: the namespace's slots are taken
     REQUEST_LIMIT_REACHED = "RequestLimitReached"  # Pending: the node's slots are taken
+
+    # --- GPU health (#24: docs/gpu-health.md) ----------------------------------------
+    GPU_UNHEALTHY = "GPUUnhealthy"  # Degraded of a holder; the GpuNode's event
+    GPU_READMITTED = "GPUReadmitted"  # the GpuNode's event: back in service
+    GPU_FAULT_IGNORED = "GPUFaultIgnored"  # the GpuNode's event: an XID of the ignored class

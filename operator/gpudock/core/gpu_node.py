@@ -38,6 +38,7 @@ def gpu_node_status(devices: Sequence[GpuDevice], containers: Sequence[ObservedC
         gpus.append({
             "index": device.index, "uuid": device.uuid, "model": device.name,
             "memoryMiB": device.memory_bytes // 2**20, "health": device.health,
+            "reason": device.health_reason or None, "since": device.since or None,
             "holder": None if holder is None or holder.owner is None else
             dict(HIDDEN_HOLDER) if hide_holders else {
                 "namespace": holder.owner.namespace, "name": holder.owner.name,

@@ -15,6 +15,10 @@ class GpuDevice:
     # What the inventory could tell at listing: Healthy (it answered), Unhealthy or
     # Lost (NVML's queries for it failed, GPU_IS_LOST for the latter).
     health: str = "Healthy"
+    # Why it is not Healthy (XID79, ECCUncorrectable, Lost) and since when
+    # (core/gpu_health.py lays the agent's marks over the listing).
+    health_reason: str = ""
+    since: str = ""
 
 
 class GpuInventory(Protocol):

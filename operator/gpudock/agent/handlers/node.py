@@ -17,10 +17,12 @@ from typing import Any
 import kopf
 
 from gpudock import metrics
+from gpudock.adapters.gpu_inventory import faults_from_settings
 from gpudock.adapters.kube_api import ObjectNotFoundError, in_cluster_server
 from gpudock.agent import node_health, wiring
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
+from gpudock.api.reasons import Reason
 from gpudock.errors import GpudockError
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -97,6 +99,57 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
                           sized_volume.PLURAL: kwargs["volumes_by_node"]})
     agent.tasks.append(asyncio.create_task(_sweep_orphans(agent, logger)))
     agent.tasks.append(asyncio.create_task(_heartbeat(agent, logger)))
+    _watch_gpu_health(agent, loop, logger)
+
+
+READMIT = f"{GROUP}/readmit"  # kubectl gpudock readmit NODE GPU sets it on the GpuNode
+
+
+def _watch_gpu_health(agent: NodeAgent, loop: asyncio.AbstractEventLoop,
+                      logger: Logger) -> None:
+    """The GPU faults of the backend, on a thread (agent/gpu_health.py): a GPU that
+    turns Unhealthy or comes back is written on the GpuNode at once, and every
+    resource looks again (a holder says Degraded, or moves under Replace)."""
+    health = agent.gpu_health
+    if health is None:
+        return
+    settings = agent.settings
+    node_body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": node_health.KIND,
+                 "metadata": {"name": settings.node_name,
+                              "namespace": settings.release_namespace}}
+
+    def announce(type_: str, reason: Reason, message: str) -> None:  # any thread
+        logger.log(logging.WARNING if type_ == "Warning" else logging.INFO, "%s: %s",
+                   reason, message)
+        try:
+            agent.kube.post_event(node_body, type_, reason, message, "gpudock-agent",
+                                  agent.now())
+        except GpudockError as exc:
+            logger.warning("event %s on GpuNode %s not posted: %s", reason,
+                           settings.node_name, exc)
+
+    def changed() -> None:  # any thread
+        loop.call_soon_threadsafe(agent.node_changed.set)
+        loop.call_soon_threadsafe(agent.wakeups.wake_all)
+
+    health.start(faults_from_settings(settings, health.backend, health.faults_offset),
+                 announce, changed)
+
+
+@kopf.on.event(GROUP, VERSION, node_health.PLURAL, annotations={READMIT: kopf.PRESENT})
+def readmit_gpus(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
+    """``gpudock.dev/readmit`` on this node's GpuNode: the GPUs it names are back in
+    service (their marks lifted); the annotation is removed."""
+    agent = memo.get(wiring.MEMO_KEY)
+    if not isinstance(agent, NodeAgent) or agent.gpu_health is None or \
+            body.get("metadata", {}).get("name") != agent.settings.node_name:
+        return
+    names = str(body.get("metadata", {}).get("annotations", {}).get(READMIT) or "")
+    for line in agent.gpu_health.readmit(names):
+        logger.info("readmit: %s", line)
+    with contextlib.suppress(ObjectNotFoundError):
+        agent.kube.patch_cluster(node_health.PLURAL, agent.settings.node_name,
+                                 {"metadata": {"annotations": {READMIT: None}}})
 
 
 @kopf.index(GROUP, VERSION, gpu_replica_set.PLURAL)
@@ -180,5 +233,7 @@ def stop_node_agent(memo: kopf.Memo, **_: Any) -> None:
     for task in [*agent.tasks, *agent.requests.running.values()]:
         task.cancel()
     agent.request_pool.shutdown(wait=False, cancel_futures=True)
+    if agent.gpu_health is not None:
+        agent.gpu_health.stop()
     agent.docker.close()
     agent.store.close()

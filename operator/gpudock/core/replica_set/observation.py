@@ -64,6 +64,9 @@ class Observation:
     # The node's per-GPU limit defaults and its CPUs and memory (None: not known).
     limit_defaults: LimitDefaults = field(default_factory=LimitDefaults)
     node_capacity: NodeCapacity | None = None
+    # The node's GPUs out of service (core/gpu_health.py): UUID -> what is wrong.
+    # Never given to a new container; a holder is Degraded GPUUnhealthy.
+    unhealthy_gpus: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def own_records(self) -> tuple[Revision, ...]:
