@@ -39,6 +39,7 @@ from gpudock.errors import InternalError
 
 log = logging.getLogger(__name__)
 STATE_FILE = "gpu-health.json"
+READMIT = "gpudock.dev/readmit"  # on the GpuNode: GPUs to take back (kubectl gpudock readmit)
 RESTART_SECONDS = 5.0  # a fault source that failed is started again after this
 Announce = Callable[[str, Reason, str], None]  # (event type, reason, message)
 

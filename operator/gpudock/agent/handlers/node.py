@@ -20,6 +20,7 @@ from gpudock import metrics
 from gpudock.adapters.gpu_inventory import faults_from_settings
 from gpudock.adapters.kube_api import ObjectNotFoundError, in_cluster_server
 from gpudock.agent import node_health, wiring
+from gpudock.agent.gpu_health import READMIT
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
 from gpudock.api.reasons import Reason
@@ -100,9 +101,6 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
     agent.tasks.append(asyncio.create_task(_sweep_orphans(agent, logger)))
     agent.tasks.append(asyncio.create_task(_heartbeat(agent, logger)))
     _watch_gpu_health(agent, loop, logger)
-
-
-READMIT = f"{GROUP}/readmit"  # kubectl gpudock readmit NODE GPU sets it on the GpuNode
 
 
 def _watch_gpu_health(agent: NodeAgent, loop: asyncio.AbstractEventLoop,
