@@ -65,13 +65,19 @@ class NvmlGpuInventory:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
         try:
-            return GpuDevice(
+            device = GpuDevice(
                 index=index, uuid=uuid, name=_text(pynvml.nvmlDeviceGetName(handle)),
                 memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total))
         except pynvml.NVMLError as exc:  # listed, but it does not answer
             lost = isinstance(exc, pynvml.NVMLError_GpuIsLost)
             return GpuDevice(index=index, uuid=uuid, health=UNHEALTHY,
                              health_reason=LOST if lost else f"NVML: {exc}")
+        problem = _ecc_problem(handle)
+        if problem:
+            return GpuDevice(index=index, uuid=uuid, name=device.name,
+                             memory_bytes=device.memory_bytes, health=UNHEALTHY,
+                             health_reason=problem)
+        return device
 
     def watch_events(self, report: Callable[[Fault], None], stop: threading.Event,
                      tick: Callable[[], None]) -> None:
@@ -129,6 +135,25 @@ class NvmlGpuInventory:
                 tick()
         finally:
             pynvml.nvmlEventSetFree(events)
+
+
+def _ecc_problem(handle: Any) -> str:
+    """The periodic check's ECC part: uncorrected errors since the last reset, or
+    retired pages waiting for a reset (ECCUncorrectable); "" where neither, or where
+    the GPU cannot tell (no ECC, an older driver)."""
+    try:
+        if pynvml.nvmlDeviceGetTotalEccErrors(handle, pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED,
+                                              pynvml.NVML_VOLATILE_ECC) > 0:
+            return ECC_UNCORRECTABLE
+    except pynvml.NVMLError:
+        pass
+    try:
+        if pynvml.nvmlDeviceGetRetiredPagesPendingStatus(handle) == \
+                pynvml.NVML_FEATURE_ENABLED:
+            return ECC_UNCORRECTABLE
+    except pynvml.NVMLError:
+        pass
+    return ""
 
 
 def _address(handle: Any) -> int:
