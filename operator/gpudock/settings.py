@@ -11,6 +11,7 @@ import argparse
 import enum
 import ipaddress
 import os
+import shlex
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,9 @@ class Settings:
     # simulated backend), and how long a transient fault keeps a GPU out of service.
     simulated_faults: str | None = None
     gpu_readmit_seconds: float = 600.0
+    # The GPU access probe (agent/gpu_access.py): its period (0: off) and command.
+    gpu_access_probe_seconds: float = 0.0
+    gpu_access_probe_command: tuple[str, ...] = ("nvidia-smi", "-L")
 
     def scheduler_settings(self) -> SchedulerSettings:
         return SchedulerSettings(self.node_name, self.kubeconfig, self.namespaces,
@@ -288,7 +292,26 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         simulated_faults=pick("simulated_faults"),
         gpu_readmit_seconds=_positive(pick("gpu_readmit_seconds"), 600.0,
                                       "--gpu-readmit-seconds"),
+        gpu_access_probe_seconds=_probe_period(pick("gpu_access_probe_seconds")),
+        gpu_access_probe_command=_probe_command(pick("gpu_access_probe_command")),
     )
+
+
+def _probe_period(value: str | None) -> float:
+    seconds = float(value or 0)
+    if seconds < 0:
+        raise SettingsError("--gpu-access-probe-seconds must be 0 (off) or > 0")
+    return seconds
+
+
+def _probe_command(value: str | None) -> tuple[str, ...]:
+    try:
+        words = tuple(shlex.split(value or "nvidia-smi -L"))
+    except ValueError as exc:
+        raise SettingsError(f"--gpu-access-probe-command: {exc}") from exc
+    if not words:
+        raise SettingsError("--gpu-access-probe-command must not be empty")
+    return words
 
 
 def _positive(value: str | None, default: float, flag: str) -> float:

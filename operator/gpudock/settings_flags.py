@@ -130,6 +130,13 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-readmit-seconds", type=float,
                         help="a GPU out of service for a transient XID comes back after "
                              "this long without another error (default: 600)")
+    parser.add_argument("--gpu-access-probe-seconds", type=float,
+                        help="run the GPU access probe in each running GPU container this "
+                             "often; one that fails is recreated, disk kept (default: 0, "
+                             "off)")
+    parser.add_argument("--gpu-access-probe-command",
+                        help="the probe, split like a shell's words (default: "
+                             "nvidia-smi -L)")
 
 
 def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ from tests.integration.revisions import (
     apply_spec,
     assert_disk_kept,
     only_container,
+    sh,
     touch_the_disk,
     wait_settled,
 )
@@ -218,3 +219,35 @@ def test_24_3_an_xid_event_of_the_fake_nvml_library_takes_the_gpu_out(
     _wait_unhealthy(stack, held, "XID79")
     _wait_degraded(stack, namespace, "held", held)
     assert status(stack, namespace, "held")["phase"] == "Running"
+
+
+def test_24_4_a_container_that_lost_its_gpus_is_recreated_once_keeping_its_files(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    # The test's probe fails once /root/gpu-gone exists: on the disk, so the new
+    # revision's probe fails too, and it is not recreated again (once per 10 min).
+    start_agent(gpus=2, extra_args=["--gpu-access-probe-seconds", "1",
+                                    "--gpu-access-probe-command",
+                                    "sh -c 'test ! -e /root/gpu-gone'"])
+    apply_spec(stack, namespace, "probed", "first", gpus=1, command=SLEEP)
+    apply_spec(stack, namespace, "cpu", "first", gpus=0, command=SLEEP)
+    wait_settled(stack, namespace, "probed", revision=1)
+    wait_settled(stack, namespace, "cpu", revision=1)
+    touch_the_disk(stack, namespace, "v1", name="probed")
+    sh(only_container(stack, namespace, "cpu"), "mkdir -p /root && touch /root/gpu-gone")
+    sh(only_container(stack, namespace, "probed"), "touch /root/gpu-gone")
+
+    moved = wait_settled(stack, namespace, "probed", revision=2)
+    assert_disk_kept(stack, namespace, "v1", name="probed")
+    assert moved["history"][-1]["changeCause"].startswith("GPUAccessLost"), moved["history"]
+
+    def messages() -> list[str]:
+        items = stack.kubectl_json("get", "events", "-n", namespace, "--field-selector",
+                                   "involvedObject.name=probed,reason=GPUAccessLost")["items"]
+        assert isinstance(items, list)
+        return [str(item["message"]) for item in items]
+
+    wait_for(lambda: any("not recreated again" in m for m in messages()), 30,
+             what="the second failure only reported")
+    assert status(stack, namespace, "probed")["revision"] == 2
+    assert status(stack, namespace, "cpu")["revision"] == 1  # 0 GPUs: never probed

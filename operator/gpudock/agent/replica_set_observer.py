@@ -42,7 +42,8 @@ class ReplicaSetObserver:
                  spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
                  inventory: tuple[str, ...], change_cause: str,
                  adopt_uid: str, volume_names: Mapping[str, str | None],
-                 unhealthy: Mapping[str, str] | None = None) -> Observation:
+                 unhealthy: Mapping[str, str] | None = None,
+                 access_lost: Mapping[str, str] | None = None) -> Observation:
         metrics.OBSERVATIONS.labels(gpu_replica_set.KIND).inc()
         records = tuple(self._store.list(key.namespace, key.name))
         adoptable: tuple[Revision, ...] = ()
@@ -88,6 +89,7 @@ class ReplicaSetObserver:
             limit_defaults=self._settings.limit_defaults,
             node_capacity=self._docker.node_capacity(),
             unhealthy_gpus=dict(unhealthy or {}),
+            access_lost=dict(access_lost or {}),
         )
 
     def _resolve(self, namespace: str, path: str, read_only: bool) -> str | UserError:

@@ -104,6 +104,8 @@ class ReplicaSetReconciler:
         self._locks = NodeLocks(settings.state_dir)
         self._deleted: set[str] = set()
         self._busy_ports: set[HostPort] = set()  # held outside Docker's view
+        # Container ID -> why it lost its GPUs: the access probe's (agent/gpu_access.py).
+        self.access_lost: dict[str, str] = {}
         self._crash = CrashPoints(settings.crash_at)
         self._host_paths = HostPathPolicy(settings.allowed_host_paths,
                                           settings.read_only_host_paths)
@@ -151,7 +153,8 @@ class ReplicaSetReconciler:
                                              spec, previous, inventory,
                                              annotations.get(CHANGE_CAUSE, ""),
                                              annotations.get(ADOPT_HISTORY, ""),
-                                             unhealthy=gpu_health.unhealthy(devices))
+                                             unhealthy=gpu_health.unhealthy(devices),
+                                             access_lost=self.access_lost)
             while True:
                 # The SizedVolumes it mounts are asked of the API server and observed
                 # before the node lock is taken: no API I/O holds it.

@@ -23,6 +23,7 @@ from gpudock.adapters.gpu_inventory import inventory_from_settings
 from gpudock.adapters.kube_api import KubeApi
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.adapters.timed_store import TimedRevisionStore
+from gpudock.agent.gpu_access import AccessProbe
 from gpudock.agent.gpu_health import GpuHealth
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
 from gpudock.agent.request_slots import RequestSlots
@@ -80,6 +81,7 @@ class NodeAgent:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # The GPUs' health marks (agent/gpu_health.py); also what ``inventory`` is.
     gpu_health: GpuHealth | None = None
+    access_probe: AccessProbe | None = None  # --gpu-access-probe-seconds; None: off
 
     def now(self) -> str:
         return self.clock()
@@ -111,11 +113,12 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
         raise
     volumes = VolumeReconciler(settings.volume_backend, settings.volumes_at, docker,
                                store, clock, CrashPoints(settings.crash_at))
+    replica_sets = ReplicaSetReconciler(settings, docker, inventory, kube, store, clock,
+                                        volumes)
     return NodeAgent(
         settings=settings, clock=clock, docker=docker, inventory=inventory, kube=kube,
         store=store,
-        replica_sets=ReplicaSetReconciler(settings, docker, inventory, kube, store, clock,
-                                          volumes),
+        replica_sets=replica_sets,
         volumes=volumes,
         replica_set_status=StatusWriter(kube, gpu_replica_set.PLURAL, gpu_replica_set.KIND,
                                         settings.node_name, clock),
@@ -126,6 +129,8 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
         request_slots=RequestSlots(settings.max_running_requests,
                                    settings.max_running_execs_per_namespace),
         gpu_health=gpu_health,
+        access_probe=AccessProbe(settings.gpu_access_probe_command, replica_sets.access_lost)
+        if settings.gpu_access_probe_seconds > 0 else None,
     )
 
 

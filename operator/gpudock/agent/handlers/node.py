@@ -24,6 +24,7 @@ from gpudock.agent.gpu_health import READMIT
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
 from gpudock.api.reasons import Reason
+from gpudock.core.observed import ObservedContainer
 from gpudock.errors import GpudockError
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -101,6 +102,8 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
     agent.tasks.append(asyncio.create_task(_sweep_orphans(agent, logger)))
     agent.tasks.append(asyncio.create_task(_heartbeat(agent, logger)))
     _watch_gpu_health(agent, loop, logger)
+    if agent.access_probe is not None:
+        agent.tasks.append(asyncio.create_task(_probe_gpu_access(agent, logger)))
 
 
 def _watch_gpu_health(agent: NodeAgent, loop: asyncio.AbstractEventLoop,
@@ -132,6 +135,37 @@ def _watch_gpu_health(agent: NodeAgent, loop: asyncio.AbstractEventLoop,
 
     health.start(faults_from_settings(settings, health.backend, health.faults_offset),
                  announce, changed)
+
+
+async def _probe_gpu_access(agent: NodeAgent, logger: Logger) -> None:
+    """Every --gpu-access-probe-seconds: the GPU access probe (agent/gpu_access.py);
+    an instance whose container lost its GPUs is woken to be recreated."""
+    probe = agent.access_probe
+    assert probe is not None
+
+    def announce(container: ObservedContainer, type_: str, reason: Reason,
+                 message: str) -> None:
+        logger.warning("%s: %s", reason, message)
+        owner = container.owner
+        assert owner is not None
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": gpu_replica_set.KIND,
+                "metadata": {"namespace": owner.namespace, "name": owner.name,
+                             "uid": container.uid}}
+        try:
+            agent.kube.post_event(body, type_, reason, message, "gpudock-agent", agent.now())
+        except GpudockError as exc:
+            logger.warning("event %s not posted: %s", reason, exc)
+
+    while True:
+        await asyncio.sleep(agent.settings.gpu_access_probe_seconds)
+        try:
+            flagged = await asyncio.to_thread(probe.probe, agent.docker, agent.docker.exec,
+                                              announce)
+        except Exception as exc:  # the probe must outlive any one failure
+            logger.warning("GPU access probe failed, will retry: %s", exc)
+            continue
+        for container in flagged:
+            agent.wakeups.wake(container.uid)
 
 
 @kopf.on.event(GROUP, VERSION, node_health.PLURAL, annotations={READMIT: kopf.PRESENT})

@@ -33,7 +33,11 @@ def _replaceable(obs: Observation, current: ObservedContainer) -> bool:
 def replacement_cause(obs: Observation, current: ObservedContainer) -> str | None:
     """Why the container moves to a new revision under gpuFailurePolicy Replace (the
     change cause it records), or None: not asked for, nothing Unhealthy, not Running,
-    or no healthy GPU free yet (it keeps running, Degraded, until one is)."""
+    or no healthy GPU free yet (it keeps running, Degraded, until one is). A container
+    that lost its GPUs (the access probe) is recreated whatever the policy."""
+    lost = obs.access_lost.get(current.id)
+    if lost is not None and obs.spec.state is DesiredState.RUNNING:
+        return f"{Reason.GPU_ACCESS_LOST}: {lost}"
     if obs.spec.gpu_failure_policy is not GpuFailurePolicy.REPLACE or \
             obs.spec.state is not DesiredState.RUNNING:
         return None
