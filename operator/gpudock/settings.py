@@ -143,6 +143,9 @@ class Settings:
     # GPU health (docs/gpu-health.md): a JSON-lines file of simulated faults (the
     # simulated backend), and how long a transient fault keeps a GPU out of service.
     simulated_faults: str | None = None
+    simulated_usage: str | None = None  # a JSON file of each GPU's usage (tests)
+    # Serve the usage metrics that name instances (docs/security.md): off by default.
+    instance_metrics: bool = False
     gpu_readmit_seconds: float = 600.0
     # The GPU access probe (agent/gpu_access.py): its period (0: off) and command.
     gpu_access_probe_seconds: float = 0.0
@@ -290,11 +293,21 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
                                   "--scheduling-policy"),
         release_namespace=pick("release_namespace") or env.get("POD_NAMESPACE") or "default",
         simulated_faults=pick("simulated_faults"),
+        simulated_usage=pick("simulated_usage"),
+        instance_metrics=_instance_metrics(pick("instance_metrics"), hide_holder_names),
         gpu_readmit_seconds=_positive(pick("gpu_readmit_seconds"), 600.0,
                                       "--gpu-readmit-seconds"),
         gpu_access_probe_seconds=_probe_period(pick("gpu_access_probe_seconds")),
         gpu_access_probe_command=_probe_command(pick("gpu_access_probe_command")),
     )
+
+
+def _instance_metrics(value: str | None, hide_holder_names: bool) -> bool:
+    named = _flag(value, "--instance-metrics")
+    if named and hide_holder_names:
+        raise SettingsError("--instance-metrics names instances in metrics, which "
+                            "--hide-holder-names hides: set one of them")
+    return named
 
 
 def _probe_period(value: str | None) -> float:

@@ -127,6 +127,14 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--simulated-faults", metavar="FILE",
                         help="simulated backend: a file of JSON lines {\"gpu\": 2, "
                              "\"xid\": 79}, read as it grows (default: none)")
+    parser.add_argument("--simulated-usage", metavar="FILE",
+                        help="simulated backend: a JSON file of each GPU's usage, "
+                             "{\"0\": {\"utilization\": 40, \"memoryUsedMiB\": 1024, "
+                             "\"processes\": 1}}, read at each listing (default: idle)")
+    parser.add_argument("--instance-metrics", action="store_true", default=None,
+                        help="also serve the usage metrics labelled with each holder's "
+                             "namespace and name, and GPU-seconds per instance (default: "
+                             "off; whoever can scrape the node reads them)")
     parser.add_argument("--gpu-readmit-seconds", type=float,
                         help="a GPU out of service for a transient XID comes back after "
                              "this long without another error (default: 600)")

@@ -7,8 +7,11 @@ gpuFailurePolicy Replace moves the instance to a healthy GPU with its disk."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import AgentFactory
 from tests.integration.revisions import (
@@ -22,7 +25,8 @@ from tests.integration.revisions import (
 from tests.stack.agent_process import NODE_NAME
 from tests.stack.fake_nvml import build_fake_nvml
 from tests.stack.localstack import LocalStack, wait_for
-from tests.stack.resources import condition, status
+from tests.stack.processes import free_port
+from tests.stack.resources import condition, event_reasons, status
 
 SLEEP = ["sleep", "infinity"]
 DETECTION_SECONDS = 5  # the issue's bound: a fault is on the GpuNode within 5 s
@@ -251,3 +255,87 @@ def test_24_4_a_container_that_lost_its_gpus_is_recreated_once_keeping_its_files
              what="the second failure only reported")
     assert status(stack, namespace, "probed")["revision"] == 2
     assert status(stack, namespace, "cpu")["revision"] == 1  # 0 GPUs: never probed
+
+
+def _scrape(port: int) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        text = reply.read().decode()
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[
+                tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def _gpu_seconds(port: int, namespace: str, name: str) -> float:
+    return _scrape(port).get("gpudock_instance_gpu_seconds_total", {}).get(
+        (("name", name), ("namespace", namespace)), 0.0)
+
+
+def test_24_5_usage_per_gpu_and_gpu_seconds_in_the_gpu_node_and_metrics(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    usage = stack.base_dir / f"usage-{namespace}.json"
+    usage.write_text("{}")
+    port = free_port()
+    faults = _faults(stack, namespace)
+    start_agent(gpus=2, extra_args=["--simulated-usage", str(usage), "--metrics-port",
+                                    str(port), "--heartbeat-seconds", "1", "--instance-metrics",
+                                    "--simulated-faults", str(faults)])
+    apply_spec(stack, namespace, "busy", "first", gpus=1, command=SLEEP)
+    wait_settled(stack, namespace, "busy", revision=1)
+    held = _held_gpu(stack, namespace, "busy")
+    index = str(_gpu(stack, held)["index"])
+    usage.write_text(json.dumps({index: {"utilization": 37, "memoryUsedMiB": 2048,
+                                         "processes": 1}}))
+
+    wait_for(lambda: _gpu(stack, held).get("utilization") == 37, 30,
+             what="utilization on the GpuNode")
+    assert _gpu(stack, held)["memoryUsedMiB"] == 2048
+    labels = (("gpu", index), ("node", NODE_NAME), ("uuid", held))
+    named = (("gpu", index), ("name", "busy"), ("namespace", namespace), ("uuid", held))
+    wait_for(lambda: _scrape(port).get("gpudock_instance_gpu_utilization_percent", {}).get(
+        named) == 37, 30, what="the utilization metric with its holder")
+    samples = _scrape(port)
+    assert samples["gpudock_gpu_utilization_percent"][labels] == 37
+    assert samples["gpudock_gpu_memory_used_bytes"][labels] == 2048 * 2**20
+    assert samples["gpudock_instance_gpu_memory_used_bytes"][named] == 2048 * 2**20
+    first = _gpu_seconds(port, namespace, "busy")
+    wait_for(lambda: _gpu_seconds(port, namespace, "busy") > max(first, 0.0), 30,
+             what="GPU-seconds counting")
+    health = _scrape(port)["gpudock_gpu_health"]
+    assert health[(("gpu", index), ("node", NODE_NAME), ("state", "Healthy"),
+                   ("uuid", held))] == 1
+    _fault(faults, gpu=held, xid=79)
+    wait_for(lambda: _scrape(port)["gpudock_gpu_health"].get(
+        (("gpu", index), ("node", NODE_NAME), ("state", "Unhealthy"), ("uuid", held)))
+        == 1, 30, what="the health metric Unhealthy")
+
+
+def test_24_5_an_idle_instance_is_stopped_after_idle_stop_seconds_keeping_its_disk(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    usage = stack.base_dir / f"usage-{namespace}.json"
+    usage.write_text(json.dumps({str(i): {"utilization": 50, "processes": 1}
+                                 for i in range(2)}))
+    start_agent(gpus=2, extra_args=["--simulated-usage", str(usage),
+                                    "--heartbeat-seconds", "1"])
+    apply_spec(stack, namespace, "idler", "first", gpus=1, command=SLEEP,
+               idleStopSeconds=2)
+    apply_spec(stack, namespace, "cpu", "first", gpus=0, command=SLEEP,
+               idleStopSeconds=1)
+    wait_settled(stack, namespace, "idler", revision=1)
+    wait_settled(stack, namespace, "cpu", revision=1)
+    touch_the_disk(stack, namespace, "v1", name="idler")
+    assert status(stack, namespace, "idler")["phase"] == "Running"  # busy: never idle
+
+    usage.write_text("{}")  # every GPU idle now
+    wait_settled(stack, namespace, "idler", phase="Stopped", timeout=60)
+    assert "IdleStopped" in event_reasons(stack, namespace, "idler")
+    assert status(stack, namespace, "idler")["gpus"] == []
+    assert status(stack, namespace, "cpu")["phase"] == "Running"  # 0 GPUs: never
+    stack.kubectl("patch", "grs", "idler", "-n", namespace, "--type=merge", "-p",
+                  json.dumps({"spec": {"state": "Running", "idleStopSeconds": 0}}))
+    wait_settled(stack, namespace, "idler", timeout=60)
+    assert_disk_kept(stack, namespace, "v1", name="idler")

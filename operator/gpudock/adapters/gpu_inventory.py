@@ -15,7 +15,8 @@ from gpudock.settings import GpuBackend, Settings
 
 def inventory_from_settings(settings: Settings) -> GpuInventory:
     if settings.gpu_backend is GpuBackend.SIMULATED:
-        return SimulatedGpuInventory(settings.node_name, settings.simulated_gpus)
+        return SimulatedGpuInventory(settings.node_name, settings.simulated_gpus,
+                                     settings.simulated_usage)
     return NvmlGpuInventory(settings.nvml_library)
 
 

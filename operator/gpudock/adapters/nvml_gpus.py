@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -65,18 +67,19 @@ class NvmlGpuInventory:
         handle = pynvml.nvmlDeviceGetHandleByIndex(index)
         uuid = _text(pynvml.nvmlDeviceGetUUID(handle))
         try:
+            memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             device = GpuDevice(
                 index=index, uuid=uuid, name=_text(pynvml.nvmlDeviceGetName(handle)),
-                memory_bytes=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total))
+                memory_bytes=int(memory.total), memory_used_bytes=int(memory.used))
         except pynvml.NVMLError as exc:  # listed, but it does not answer
             lost = isinstance(exc, pynvml.NVMLError_GpuIsLost)
             return GpuDevice(index=index, uuid=uuid, health=UNHEALTHY,
                              health_reason=LOST if lost else f"NVML: {exc}")
         problem = _ecc_problem(handle)
+        utilization, processes = _usage(handle)
+        device = dataclasses.replace(device, utilization=utilization, processes=processes)
         if problem:
-            return GpuDevice(index=index, uuid=uuid, name=device.name,
-                             memory_bytes=device.memory_bytes, health=UNHEALTHY,
-                             health_reason=problem)
+            return dataclasses.replace(device, health=UNHEALTHY, health_reason=problem)
         return device
 
     def watch_events(self, report: Callable[[Fault], None], stop: threading.Event,
@@ -135,6 +138,17 @@ class NvmlGpuInventory:
                 tick()
         finally:
             pynvml.nvmlEventSetFree(events)
+
+
+def _usage(handle: Any) -> tuple[int | None, int | None]:
+    """Utilization and processes, where the GPU tells them (None where not)."""
+    found: dict[str, int | None] = {"utilization": None, "processes": None}
+    with contextlib.suppress(pynvml.NVMLError):
+        found["utilization"] = int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+    with contextlib.suppress(pynvml.NVMLError):
+        found["processes"] = len(pynvml.nvmlDeviceGetComputeRunningProcesses(handle)) + \
+            len(pynvml.nvmlDeviceGetGraphicsRunningProcesses(handle))
+    return found["utilization"], found["processes"]
 
 
 def _ecc_problem(handle: Any) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import threading
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from gpudock.core.gpu_health import Fault
 from gpudock.core.gpus import GpuDevice
@@ -21,9 +23,10 @@ _SIMULATED_NAMESPACE = uuid.UUID("6f1c3a52-7d1e-4a8e-9a43-5b3d2f0c9e11")
 class SimulatedGpuInventory:
     """``count`` GPUs with UUIDs derived from the node name: stable and node-unique."""
 
-    def __init__(self, node_name: str, count: int) -> None:
+    def __init__(self, node_name: str, count: int, usage_file: str | None = None) -> None:
         if count < 0:
             raise ValueError("count must be >= 0")
+        self._usage_file = usage_file
         self._devices = [
             GpuDevice(
                 index=i,
@@ -35,7 +38,30 @@ class SimulatedGpuInventory:
         ]
 
     def list_gpus(self) -> list[GpuDevice]:
-        return list(self._devices)
+        """The GPUs, with the usage --simulated-usage FILE says now: a JSON object
+        by GPU index or UUID, ``{"0": {"utilization": 40, "memoryUsedMiB": 1024,
+        "processes": 1}}``; a GPU it does not name is idle (0, 0, 0)."""
+        usage = self._usage()
+        return [dataclasses.replace(
+            d, utilization=int(u.get("utilization") or 0),
+            memory_used_bytes=int(u.get("memoryUsedMiB") or 0) * 2**20,
+            processes=int(u.get("processes") or 0))
+            for d in self._devices
+            for u in [usage.get(str(d.index)) or usage.get(d.uuid) or {}]]
+
+    def _usage(self) -> dict[str, dict[str, Any]]:
+        if not self._usage_file:
+            return {}
+        try:
+            with open(self._usage_file) as file:
+                raw = json.load(file)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("simulated usage %s not read: %s", self._usage_file, exc)
+            return {}
+        return {str(k): v for k, v in raw.items() if isinstance(v, dict)} \
+            if isinstance(raw, dict) else {}
 
 
 POLL_SECONDS = 0.2  # how often the fault file is looked at for new lines

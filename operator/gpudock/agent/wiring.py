@@ -25,6 +25,7 @@ from gpudock.adapters.revision_store import open_revision_store
 from gpudock.adapters.timed_store import TimedRevisionStore
 from gpudock.agent.gpu_access import AccessProbe
 from gpudock.agent.gpu_health import GpuHealth
+from gpudock.agent.gpu_usage import UsageMeter
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
 from gpudock.agent.request_slots import RequestSlots
 from gpudock.agent.status_writer import StatusWriter
@@ -82,6 +83,7 @@ class NodeAgent:
     # The GPUs' health marks (agent/gpu_health.py); also what ``inventory`` is.
     gpu_health: GpuHealth | None = None
     access_probe: AccessProbe | None = None  # --gpu-access-probe-seconds; None: off
+    usage: UsageMeter = field(default_factory=lambda: UsageMeter("", False))
 
     def now(self) -> str:
         return self.clock()
@@ -131,6 +133,7 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
         gpu_health=gpu_health,
         access_probe=AccessProbe(settings.gpu_access_probe_command, replica_sets.access_lost)
         if settings.gpu_access_probe_seconds > 0 else None,
+        usage=UsageMeter(settings.node_name, settings.instance_metrics),
     )
 
 

@@ -165,3 +165,4 @@ class Reason(enum.StrEnum):
     GPU_READMITTED = "GPUReadmitted"  # the GpuNode's event: back in service
     GPU_FAULT_IGNORED = "GPUFaultIgnored"  # the GpuNode's event: an XID of the ignored class
     GPU_ACCESS_LOST = "GPUAccessLost"  # GRS event: its container lost its GPUs; recreated
+    IDLE_STOPPED = "IdleStopped"  # GRS event: spec.idleStopSeconds idle, set Stopped

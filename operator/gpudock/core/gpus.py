@@ -19,6 +19,11 @@ class GpuDevice:
     # (core/gpu_health.py lays the agent's marks over the listing).
     health_reason: str = ""
     since: str = ""
+    # Usage now (None: the backend cannot tell): percent of time a kernel ran, memory
+    # used, and the processes on it (docs/gpu-health.md, "Usage").
+    utilization: int | None = None
+    memory_used_bytes: int | None = None
+    processes: int | None = None
 
 
 class GpuInventory(Protocol):

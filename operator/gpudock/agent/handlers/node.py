@@ -19,7 +19,7 @@ import kopf
 from gpudock import metrics
 from gpudock.adapters.gpu_inventory import faults_from_settings
 from gpudock.adapters.kube_api import ObjectNotFoundError, in_cluster_server
-from gpudock.agent import node_health, wiring
+from gpudock.agent import gpu_usage, node_health, wiring
 from gpudock.agent.gpu_health import READMIT
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
@@ -87,6 +87,8 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
                 agent_settings.gpu_backend, ", ".join(g.uuid for g in gpus))
     memo[wiring.MEMO_KEY] = agent
     if agent_settings.metrics_port:
+        if agent_settings.instance_metrics:
+            metrics.instance_metrics()
         metrics.serve(agent_settings.metrics_port)
         logger.info("Prometheus metrics on port %d", agent_settings.metrics_port)
     # Drift is seen as it happens: an event of a container wakes its resource's daemon
@@ -205,8 +207,14 @@ async def _heartbeat(agent: NodeAgent, logger: Logger) -> None:
     while True:
         agent.node_changed.clear()
         try:
-            await asyncio.to_thread(node_health.beat, settings, agent.now(), agent.docker,
-                                    agent.inventory, agent.kube, agent.store)
+            idle = await asyncio.to_thread(node_health.beat, settings, agent.now(),
+                                           agent.docker, agent.inventory, agent.kube,
+                                           agent.store, agent.usage)
+            index = agent.watched.get(gpu_replica_set.PLURAL)
+            mine = list(index.get(settings.node_name) or ()) if idle and index else []
+            for line in await asyncio.to_thread(gpu_usage.stop_idle, agent.kube,
+                                                agent.usage, idle, mine, agent.now()):
+                logger.info("idle stop: %s", line)
             others = {plural: [entry for node, entries in index.items()
                                if node != settings.node_name for entry in entries]
                       for plural, index in agent.watched.items()}  # read in the loop
