@@ -143,9 +143,10 @@ class NvmlGpuInventory:
 def _usage(handle: Any) -> tuple[int | None, int | None]:
     """Utilization and processes, where the GPU tells them (None where not)."""
     found: dict[str, int | None] = {"utilization": None, "processes": None}
-    with contextlib.suppress(pynvml.NVMLError):
+    with contextlib.suppress(pynvml.NVMLError, pynvml.NVMLLibraryMismatchError):
         found["utilization"] = int(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
-    with contextlib.suppress(pynvml.NVMLError):
+    # Unversioned calls refuse a library of another version (NVMLLibraryMismatchError).
+    with contextlib.suppress(pynvml.NVMLError, pynvml.NVMLLibraryMismatchError):
         found["processes"] = len(pynvml.nvmlDeviceGetComputeRunningProcesses(handle)) + \
             len(pynvml.nvmlDeviceGetGraphicsRunningProcesses(handle))
     return found["utilization"], found["processes"]
