@@ -203,7 +203,7 @@ class GpuHealth:
 
     def _save(self) -> None:
         """Written whole to a new file and renamed over the old (never half a file)."""
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._path.parent.mkdir(exist_ok=True)  # never a removed tree made again
         tmp = self._path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"marks": [m.to_dict() for m in self._marks.values()],
                                    "faultsOffset": self.faults_offset}, indent=1))
