@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export GPUDOCK_VENV := $(VENV)
 
-.PHONY: run test test-unit venv prereqs check bench bench-quick bench-volumes bench-api bench-pulls bench-placement image chart-lint manifests helm-install helm-upgrade helm-uninstall dist
+.PHONY: smoke-nvml run test test-unit venv prereqs check bench bench-quick bench-volumes bench-api bench-pulls bench-placement image chart-lint manifests helm-install helm-upgrade helm-uninstall dist
 run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foreground
 	$(PY) -m tests.stack up
 
@@ -24,6 +24,10 @@ check: prereqs  ## the static checks alone
 	$(PY) -m ruff check operator tests
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
+
+smoke-nvml: venv  ## the agent against a real NVIDIA GPU, driver and toolkit (prints a report; skips without a GPU)
+	@if command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) prereqs; fi
+	$(PY) -m tests.stack.smoke_nvml
 
 bench: prereqs  ## GpuReplicaSet rollouts against docker run, the original's copy and commit (prints tables)
 	$(PY) -m tests.bench.rollouts

@@ -18,6 +18,28 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 _STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 GPUS_TOTAL = Gauge("gpudock_gpus_total", "GPUs of the node", ["node"], registry=REGISTRY)
+GPU_HEALTH = Gauge("gpudock_gpu_health",
+                   "1 for the health state each GPU is in (Healthy, Unhealthy), else 0 "
+                   "(docs/gpu-health.md)", ["node", "gpu", "uuid", "state"], registry=REGISTRY)
+GPU_UTILIZATION = Gauge("gpudock_gpu_utilization_percent",
+                        "Percent of the last sample period a kernel ran on the GPU",
+                        ["node", "gpu", "uuid"], registry=REGISTRY)
+GPU_MEMORY_USED = Gauge("gpudock_gpu_memory_used_bytes", "GPU memory used now",
+                        ["node", "gpu", "uuid"], registry=REGISTRY)
+# Metrics that name instances: served only with --instance-metrics (instance_metrics()),
+# as whoever can scrape the node reads them (docs/security.md).
+INSTANCE_GPU_UTILIZATION = Gauge("gpudock_instance_gpu_utilization_percent",
+                                 "Percent of the last sample period a kernel ran on each "
+                                 "GPU an instance holds", ["namespace", "name", "gpu", "uuid"],
+                                 registry=None)
+INSTANCE_GPU_MEMORY_USED = Gauge("gpudock_instance_gpu_memory_used_bytes",
+                                 "GPU memory used now on each GPU an instance holds",
+                                 ["namespace", "name", "gpu", "uuid"], registry=None)
+INSTANCE_GPU_SECONDS = Counter("gpudock_instance_gpu_seconds",
+                               "GPU-seconds held by each instance's running container "
+                               "(GPUs x seconds, counted at each GpuNode write)",
+                               ["namespace", "name"], registry=None)
+INSTANCE_METRICS = (INSTANCE_GPU_UTILIZATION, INSTANCE_GPU_MEMORY_USED, INSTANCE_GPU_SECONDS)
 GPUS_ALLOCATED = Gauge("gpudock_gpus_allocated",
                        "GPUs held by gpudock containers on the node (from Docker's labels)",
                        ["node"], registry=REGISTRY)
@@ -90,6 +112,13 @@ def set_phases(kind: str, phases: dict[str, str]) -> None:
 
 
 _SEEN_PHASES: set[tuple[str, str]] = set()
+
+
+def instance_metrics() -> None:
+    """Serve the metrics that name instances too (--instance-metrics)."""
+    for collector in INSTANCE_METRICS:
+        if collector not in REGISTRY._collector_to_names:
+            REGISTRY.register(collector)
 
 
 def serve(port: int) -> None:

@@ -11,6 +11,7 @@ import argparse
 import enum
 import ipaddress
 import os
+import shlex
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -144,6 +145,16 @@ class Settings:
     stream_port: int = 0
     stream_address: str = "127.0.0.1"
     stream_idle_seconds: float = 300.0
+    # GPU health (docs/gpu-health.md): a JSON-lines file of simulated faults (the
+    # simulated backend), and how long a transient fault keeps a GPU out of service.
+    simulated_faults: str | None = None
+    simulated_usage: str | None = None  # a JSON file of each GPU's usage (tests)
+    # Serve the usage metrics that name instances (docs/security.md): off by default.
+    instance_metrics: bool = False
+    gpu_readmit_seconds: float = 600.0
+    # The GPU access probe (agent/gpu_access.py): its period (0: off) and command.
+    gpu_access_probe_seconds: float = 0.0
+    gpu_access_probe_command: tuple[str, ...] = ("nvidia-smi", "-L")
 
     def scheduler_settings(self) -> SchedulerSettings:
         return SchedulerSettings(self.node_name, self.kubeconfig, self.namespaces,
@@ -289,7 +300,46 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         stream_port=_port(pick("stream_port"), "--stream-port"),
         stream_address=pick("stream_address") or "127.0.0.1",
         stream_idle_seconds=float(pick("stream_idle_seconds") or 300.0),
+        simulated_faults=pick("simulated_faults"),
+        simulated_usage=pick("simulated_usage"),
+        instance_metrics=_instance_metrics(pick("instance_metrics"), hide_holder_names),
+        gpu_readmit_seconds=_positive(pick("gpu_readmit_seconds"), 600.0,
+                                      "--gpu-readmit-seconds"),
+        gpu_access_probe_seconds=_probe_period(pick("gpu_access_probe_seconds")),
+        gpu_access_probe_command=_probe_command(pick("gpu_access_probe_command")),
     )
+
+
+def _instance_metrics(value: str | None, hide_holder_names: bool) -> bool:
+    named = _flag(value, "--instance-metrics")
+    if named and hide_holder_names:
+        raise SettingsError("--instance-metrics names instances in metrics, which "
+                            "--hide-holder-names hides: set one of them")
+    return named
+
+
+def _probe_period(value: str | None) -> float:
+    seconds = float(value or 0)
+    if seconds < 0:
+        raise SettingsError("--gpu-access-probe-seconds must be 0 (off) or > 0")
+    return seconds
+
+
+def _probe_command(value: str | None) -> tuple[str, ...]:
+    try:
+        words = tuple(shlex.split(value or "nvidia-smi -L"))
+    except ValueError as exc:
+        raise SettingsError(f"--gpu-access-probe-command: {exc}") from exc
+    if not words:
+        raise SettingsError("--gpu-access-probe-command must not be empty")
+    return words
+
+
+def _positive(value: str | None, default: float, flag: str) -> float:
+    number = float(value) if value else default
+    if number <= 0:
+        raise SettingsError(f"{flag} must be > 0")
+    return number
 
 
 def _choice(value: str, choices: Sequence[str], flag: str) -> str:

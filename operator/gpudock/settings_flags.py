@@ -132,6 +132,28 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="for crash tests: SIGKILL the agent the first time it reaches "
                              "POINT, e.g. PreserveDisk.committed (repeatable; default: "
                              "none; see docs/revisions.md)")
+    # GPU health (docs/gpu-health.md)
+    parser.add_argument("--simulated-faults", metavar="FILE",
+                        help="simulated backend: a file of JSON lines {\"gpu\": 2, "
+                             "\"xid\": 79}, read as it grows (default: none)")
+    parser.add_argument("--simulated-usage", metavar="FILE",
+                        help="simulated backend: a JSON file of each GPU's usage, "
+                             "{\"0\": {\"utilization\": 40, \"memoryUsedMiB\": 1024, "
+                             "\"processes\": 1}}, read at each listing (default: idle)")
+    parser.add_argument("--instance-metrics", action="store_true", default=None,
+                        help="also serve the usage metrics labelled with each holder's "
+                             "namespace and name, and GPU-seconds per instance (default: "
+                             "off; whoever can scrape the node reads them)")
+    parser.add_argument("--gpu-readmit-seconds", type=float,
+                        help="a GPU out of service for a transient XID comes back after "
+                             "this long without another error (default: 600)")
+    parser.add_argument("--gpu-access-probe-seconds", type=float,
+                        help="run the GPU access probe in each running GPU container this "
+                             "often; one that fails is recreated, disk kept (default: 0, "
+                             "off)")
+    parser.add_argument("--gpu-access-probe-command",
+                        help="the probe, split like a shell's words (default: "
+                             "nvidia-smi -L)")
 
 
 def add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:

@@ -68,7 +68,7 @@ def test_reasons_are_unique_camel_case_words() -> None:
     values = [str(r) for r in Reason]
     assert len(values) == len(set(values)) == len(Reason.__members__)  # no aliases
     for value in values:
-        assert re.fullmatch(r"[A-Z][a-z]+(?:[A-Z]+[a-z]*)*", value), value
+        assert re.fullmatch(r"[A-Z]+[a-z]+(?:[A-Z]+[a-z]*)*", value), value
 
 
 def test_a_reason_serialises_as_its_string() -> None:

@@ -20,6 +20,7 @@ from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.adapters.volumes.registry import open_volume_backend
 from gpudock.agent.exec_runner import failed
+from gpudock.agent.gpu_usage import UsageMeter
 from gpudock.api import exec_request, gpu_replica_set, image_commit, ownership, sized_volume
 from gpudock.api.placement import (
     LABEL_GPU_COUNT,
@@ -39,7 +40,7 @@ from gpudock.core.limits import (
     allocation,
     recorded_requests,
 )
-from gpudock.core.observed import ObservedContainer
+from gpudock.core.observed import ObservedContainer, ResourceKey
 from gpudock.core.revision import RevisionStore
 from gpudock.errors import GpudockError
 from gpudock.settings import Settings
@@ -50,9 +51,13 @@ PLURAL = "gpunodes"
 
 def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInventory,
          kube: KubeApi, store: RevisionStore | None = None,
-         stream: Mapping[str, Any] | None = None) -> None:
+         usage: UsageMeter | None = None,
+         stream: Mapping[str, Any] | None = None) -> dict[ResourceKey, float]:
+    """Write the GpuNode; returns how long each instance's GPUs have been idle (with
+    ``usage``, which also writes the usage metrics)."""
     containers = docker.list_containers()
-    status = gpu_node_status(inventory.list_gpus(), containers,
+    devices = inventory.list_gpus()
+    status = gpu_node_status(devices, containers,
                              (settings.port_range.first, settings.port_range.last),
                              __version__, now, hide_holders=settings.hide_holder_names)
     capacity = docker.node_capacity()
@@ -71,6 +76,7 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
                               gpu_labels(status["gpus"]))
     metrics.GPUS_TOTAL.labels(settings.node_name).set(status["gpusTotal"])
     metrics.GPUS_ALLOCATED.labels(settings.node_name).set(status["gpusAllocated"])
+    return usage.record(devices, containers) if usage is not None else {}
 
 
 def gpu_labels(gpus: list[dict[str, Any]]) -> dict[str, str]:
@@ -111,7 +117,8 @@ def watched(body: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     return {bound_node(body): {  # "" for those the scheduler has not placed yet
         "metadata": {"namespace": meta.get("namespace"), "name": meta.get("name"),
                      "finalizers": list(meta.get("finalizers") or ())},
-        "spec": {"nodeName": spec.get("nodeName")},
+        "spec": {"nodeName": spec.get("nodeName"), "state": spec.get("state"),
+                 "idleStopSeconds": spec.get("idleStopSeconds")},
         "status": dict(body.get("status") or {})}}
 
 

@@ -48,7 +48,9 @@ class ReplicaSetObserver:
                  spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
                  inventory: tuple[str, ...], change_cause: str,
                  adopt_uid: str, volume_names: Mapping[str, str | None],
-                 ensured: frozenset[str] = frozenset()) -> Observation:
+                 ensured: frozenset[str] = frozenset(),
+                 unhealthy: Mapping[str, str] | None = None,
+                 access_lost: Mapping[str, str] | None = None) -> Observation:
         metrics.OBSERVATIONS.labels(gpu_replica_set.KIND).inc()
         records = tuple(self._store.list(key.namespace, key.name))
         adoptable: tuple[Revision, ...] = ()
@@ -96,6 +98,8 @@ class ReplicaSetObserver:
             images_ensured=ensured,
             images_pulled_privately=frozenset(
                 name for name, info in images.items() if self._pulls.pulled_privately(info.id)),
+            unhealthy_gpus=dict(unhealthy or {}),
+            access_lost=dict(access_lost or {}),
         )
 
     def _held_as_running(self, containers: Iterable[ObservedContainer],

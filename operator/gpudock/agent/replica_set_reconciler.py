@@ -40,6 +40,7 @@ from gpudock.api.container_fields import Protocol
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, HistoryPolicy, ImagePullProgress
 from gpudock.api.placement import bound_node
 from gpudock.api.reasons import Reason
+from gpudock.core import gpu_health
 from gpudock.core.conditions import with_transition_times
 from gpudock.core.gpus import GpuInventory
 from gpudock.core.observed import HostPort, ResourceKey
@@ -117,6 +118,8 @@ class ReplicaSetReconciler:
         self._locks = NodeLocks(settings.state_dir)
         self._deleted: set[str] = set()
         self._busy_ports: set[HostPort] = set()  # held outside Docker's view
+        # Container ID -> why it lost its GPUs: the access probe's (agent/gpu_access.py).
+        self.access_lost: dict[str, str] = {}
         self._crash = CrashPoints(settings.crash_at)
         self._host_paths = HostPathPolicy(settings.allowed_host_paths,
                                           settings.read_only_host_paths)
@@ -158,13 +161,16 @@ class ReplicaSetReconciler:
                 return None
             passes = busy_ports_found = 0
             announced: tuple[object, ...] = ()  # the step last shown
-            inventory = tuple(g.uuid for g in self._inventory.list_gpus())  # once per call
+            devices = self._inventory.list_gpus()  # once per call
+            inventory = tuple(g.uuid for g in devices)
             annotations = meta.get("annotations") or {}
             ensured: set[str] = set()  # images pulled (or checked) by this reconcile
             observe_with = functools.partial(self._observer.observe, key, meta["uid"], generation,
                                              spec, previous, inventory,
                                              annotations.get(CHANGE_CAUSE, ""),
-                                             annotations.get(ADOPT_HISTORY, ""))
+                                             annotations.get(ADOPT_HISTORY, ""),
+                                             unhealthy=gpu_health.unhealthy(devices),
+                                             access_lost=self.access_lost)
             while True:
                 # The SizedVolumes it mounts are asked of the API server and observed
                 # before the node lock is taken: no API I/O holds it.

@@ -23,6 +23,9 @@ from gpudock.adapters.gpu_inventory import inventory_from_settings
 from gpudock.adapters.kube_api import KubeApi
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.adapters.timed_store import TimedRevisionStore
+from gpudock.agent.gpu_access import AccessProbe
+from gpudock.agent.gpu_health import GpuHealth
+from gpudock.agent.gpu_usage import UsageMeter
 from gpudock.agent.log_stream import LogStreams
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
 from gpudock.agent.request_slots import RequestSlots
@@ -81,6 +84,10 @@ class NodeAgent:
     # `kubectl gpudock logs` (--stream-port): the server, and what the GpuNode publishes.
     log_streams: list[LogStreams] = field(default_factory=list)
     stream: dict[str, Any] = field(default_factory=dict)
+    # The GPUs' health marks (agent/gpu_health.py); also what ``inventory`` is.
+    gpu_health: GpuHealth | None = None
+    access_probe: AccessProbe | None = None  # --gpu-access-probe-seconds; None: off
+    usage: UsageMeter = field(default_factory=lambda: UsageMeter("", False))
 
     def now(self) -> str:
         return self.clock()
@@ -92,7 +99,9 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
     docker = DockerRuntime(settings.docker_host, stop_timeout=settings.stop_timeout,
                            on_request=lambda method: metrics.DOCKER_REQUESTS.labels(
                                method).inc())
-    inventory = inventory_from_settings(settings)
+    gpu_health = GpuHealth(inventory_from_settings(settings), settings.state_dir,
+                           settings.gpu_readmit_seconds, clock, settings.node_name)
+    inventory: GpuInventory = gpu_health
     kube = KubeApi(settings.kubeconfig)
     try:
         docker.version()  # reachable now, or retry start-up
@@ -110,11 +119,12 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
         raise
     volumes = VolumeReconciler(settings.volume_backend, settings.volumes_at, docker,
                                store, clock, CrashPoints(settings.crash_at))
+    replica_sets = ReplicaSetReconciler(settings, docker, inventory, kube, store, clock,
+                                        volumes)
     return NodeAgent(
         settings=settings, clock=clock, docker=docker, inventory=inventory, kube=kube,
         store=store,
-        replica_sets=ReplicaSetReconciler(settings, docker, inventory, kube, store, clock,
-                                          volumes),
+        replica_sets=replica_sets,
         volumes=volumes,
         replica_set_status=StatusWriter(kube, gpu_replica_set.PLURAL, gpu_replica_set.KIND,
                                         settings.node_name, clock),
@@ -124,6 +134,10 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
             settings.max_running_requests, thread_name_prefix="gpudock-request"),
         request_slots=RequestSlots(settings.max_running_requests,
                                    settings.max_running_execs_per_namespace),
+        gpu_health=gpu_health,
+        access_probe=AccessProbe(settings.gpu_access_probe_command, replica_sets.access_lost)
+        if settings.gpu_access_probe_seconds > 0 else None,
+        usage=UsageMeter(settings.node_name, settings.instance_metrics),
     )
 
 

@@ -98,6 +98,11 @@ def _parse_pull_secrets(items: list[Any]) -> tuple[str, ...]:
         names.append(get_object_name(as_dict(item, f"spec.imagePullSecrets[{i}]"), "name",
                                      f"spec.imagePullSecrets[{i}]"))
     return tuple(dict.fromkeys(names))
+class GpuFailurePolicy(enum.StrEnum):
+    """What happens to an instance whose GPU turns Unhealthy (docs/gpu-health.md)."""
+
+    KEEP = "Keep"  # it keeps running on it, Degraded GPUUnhealthy
+    REPLACE = "Replace"  # a new revision on a healthy free GPU, the disk kept
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,7 @@ class GpuReplicaSetSpec:
     # never makes a new revision; they apply when a container is next created.
     image_pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
     image_pull_secrets: tuple[str, ...] = ()
+    gpu_failure_policy: GpuFailurePolicy = GpuFailurePolicy.KEEP  # not part of the shape
 
     @classmethod
     def parse(cls, raw: RawDict) -> GpuReplicaSetSpec:
@@ -173,6 +179,9 @@ class GpuReplicaSetSpec:
                 default_pull_policy(get_str(raw, "image", where)))),
             image_pull_secrets=_parse_pull_secrets(get_list(
                 raw, "imagePullSecrets", where, max_items=MAX_PULL_SECRETS)),
+            gpu_failure_policy=GpuFailurePolicy(get_choice(
+                raw, "gpuFailurePolicy", where, tuple(GpuFailurePolicy),
+                GpuFailurePolicy.KEEP)),
         )._checked_size()
 
     def _checked_size(self) -> GpuReplicaSetSpec:

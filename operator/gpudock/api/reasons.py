@@ -167,3 +167,9 @@ class Reason(enum.StrEnum):
     IMAGE_PULL_BACK_OFF = "ImagePullBackOff"  # waiting out the backoff before a retry
     PULLING = "Pulling"  # the step under way; also the event of a pull begun
     PULLED = "Pulled"  # the event of a pull done
+    # --- GPU health (#24: docs/gpu-health.md) ----------------------------------------
+    GPU_UNHEALTHY = "GPUUnhealthy"  # Degraded of a holder; the GpuNode's event
+    GPU_READMITTED = "GPUReadmitted"  # the GpuNode's event: back in service
+    GPU_FAULT_IGNORED = "GPUFaultIgnored"  # the GpuNode's event: an XID of the ignored class
+    GPU_ACCESS_LOST = "GPUAccessLost"  # GRS event: its container lost its GPUs; recreated
+    IDLE_STOPPED = "IdleStopped"  # GRS event: spec.idleStopSeconds idle, set Stopped

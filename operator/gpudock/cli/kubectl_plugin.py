@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
+from gpudock.agent.gpu_health import READMIT
 from gpudock.agent.node_health import PLURAL as GPU_NODES
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.api.parsing import is_object_name
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("nodes", help="every node's GPUs, one line each, with holders")
     ports = commands.add_parser("ports", help="a node's host ports and their holders")
     ports.add_argument("node")
+    readmit = commands.add_parser("readmit", help="take an Unhealthy GPU back into service "
+                                  "(docs/gpu-health.md)")
+    readmit.add_argument("node")
+    readmit.add_argument("gpu", help="its index or UUID")
     for sub in commands.choices.values():
         _kube_flags(sub, argparse.SUPPRESS)
     return parser
@@ -123,6 +128,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
                 return _nodes(kube, out)
             case "ports":
                 return _ports(kube, args.node, out)
+            case "readmit":
+                return _readmit(kube, args.node, args.gpu, out)
     except ObjectNotFoundError as exc:
         print(f"error: not found: {exc}", file=err)
     except GpudockError as exc:
@@ -209,6 +216,19 @@ def _nodes(kube: KubeApi, out: TextIO) -> int:
                          str(gpu.get("uuid")), str(gpu.get("model") or "-"),
                          _holder(holder, with_revision=True) if holder else "<free>"))
     table(rows, out)
+    return 0
+
+
+def _readmit(kube: KubeApi, node_name: str, gpu: str, out: TextIO) -> int:
+    """The GpuNode's gpudock.dev/readmit annotation (GPUs already named in it kept);
+    the node's agent lifts the marks and removes it."""
+    node = kube.get_cluster(GPU_NODES, node_name)
+    annotations = (node.get("metadata") or {}).get("annotations") or {}
+    named = [g for g in str(annotations.get(READMIT) or "").split(",") if g]
+    kube.patch_cluster(GPU_NODES, node_name, {"metadata": {"annotations": {
+        READMIT: ",".join(dict.fromkeys([*named, gpu]))}}})
+    print(f"gpunode/{node_name}: GPU {gpu} readmit asked (the node's agent takes it back "
+          "into service and removes the annotation)", file=out)
     return 0
 
 

@@ -38,6 +38,10 @@ def gpu_node_status(devices: Sequence[GpuDevice], containers: Sequence[ObservedC
         gpus.append({
             "index": device.index, "uuid": device.uuid, "model": device.name,
             "memoryMiB": device.memory_bytes // 2**20, "health": device.health,
+            "reason": device.health_reason or None, "since": device.since or None,
+            "utilization": device.utilization,
+            "memoryUsedMiB": None if device.memory_used_bytes is None
+            else device.memory_used_bytes // 2**20,
             "holder": None if holder is None or holder.owner is None else
             dict(HIDDEN_HOLDER) if hide_holders else {
                 "namespace": holder.owner.namespace, "name": holder.owner.name,

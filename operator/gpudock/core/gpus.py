@@ -15,6 +15,15 @@ class GpuDevice:
     # What the inventory could tell at listing: Healthy (it answered), Unhealthy or
     # Lost (NVML's queries for it failed, GPU_IS_LOST for the latter).
     health: str = "Healthy"
+    # Why it is not Healthy (XID79, ECCUncorrectable, Lost) and since when
+    # (core/gpu_health.py lays the agent's marks over the listing).
+    health_reason: str = ""
+    since: str = ""
+    # Usage now (None: the backend cannot tell): percent of time a kernel ran, memory
+    # used, and the processes on it (docs/gpu-health.md, "Usage").
+    utilization: int | None = None
+    memory_used_bytes: int | None = None
+    processes: int | None = None
 
 
 class GpuInventory(Protocol):

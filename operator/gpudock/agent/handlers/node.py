@@ -15,11 +15,15 @@ from typing import Any
 import kopf
 
 from gpudock import metrics
+from gpudock.adapters.gpu_inventory import faults_from_settings
 from gpudock.adapters.kube_api import ObjectNotFoundError, Reviews
-from gpudock.agent import node_health, wiring
+from gpudock.agent import gpu_usage, node_health, wiring
+from gpudock.agent.gpu_health import READMIT
 from gpudock.agent.log_stream import LogStreams
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
+from gpudock.api.reasons import Reason
+from gpudock.core.observed import ObservedContainer
 from gpudock.errors import GpudockError
 from gpudock.scheduler import kopf_login
 
@@ -74,6 +78,8 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
                 agent_settings.gpu_backend, ", ".join(g.uuid for g in gpus))
     memo[wiring.MEMO_KEY] = agent
     if agent_settings.metrics_port:
+        if agent_settings.instance_metrics:
+            metrics.instance_metrics()
         metrics.serve(agent_settings.metrics_port)
         logger.info("Prometheus metrics on port %d", agent_settings.metrics_port)
     # Drift is seen as it happens: an event of a container wakes its resource's daemon
@@ -95,6 +101,87 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
         agent.log_streams.append(streams)
     agent.tasks.append(asyncio.create_task(_sweep_orphans(agent, logger)))
     agent.tasks.append(asyncio.create_task(_heartbeat(agent, logger)))
+    _watch_gpu_health(agent, loop, logger)
+    if agent.access_probe is not None:
+        agent.tasks.append(asyncio.create_task(_probe_gpu_access(agent, logger)))
+
+
+def _watch_gpu_health(agent: NodeAgent, loop: asyncio.AbstractEventLoop,
+                      logger: Logger) -> None:
+    """The GPU faults of the backend, on a thread (agent/gpu_health.py): a GPU that
+    turns Unhealthy or comes back is written on the GpuNode at once, and every
+    resource looks again (a holder says Degraded, or moves under Replace)."""
+    health = agent.gpu_health
+    if health is None:
+        return
+    settings = agent.settings
+    node_body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": node_health.KIND,
+                 "metadata": {"name": settings.node_name,
+                              "namespace": settings.release_namespace}}
+
+    def announce(type_: str, reason: Reason, message: str) -> None:  # any thread
+        logger.log(logging.WARNING if type_ == "Warning" else logging.INFO, "%s: %s",
+                   reason, message)
+        try:
+            agent.kube.post_event(node_body, type_, reason, message, "gpudock-agent",
+                                  agent.now())
+        except GpudockError as exc:
+            logger.warning("event %s on GpuNode %s not posted: %s", reason,
+                           settings.node_name, exc)
+
+    def changed() -> None:  # any thread
+        loop.call_soon_threadsafe(agent.node_changed.set)
+        loop.call_soon_threadsafe(agent.wakeups.wake_all)
+
+    health.start(faults_from_settings(settings, health.backend, health.faults_offset),
+                 announce, changed)
+
+
+async def _probe_gpu_access(agent: NodeAgent, logger: Logger) -> None:
+    """Every --gpu-access-probe-seconds: the GPU access probe (agent/gpu_access.py);
+    an instance whose container lost its GPUs is woken to be recreated."""
+    probe = agent.access_probe
+    assert probe is not None
+
+    def announce(container: ObservedContainer, type_: str, reason: Reason,
+                 message: str) -> None:
+        logger.warning("%s: %s", reason, message)
+        owner = container.owner
+        assert owner is not None
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": gpu_replica_set.KIND,
+                "metadata": {"namespace": owner.namespace, "name": owner.name,
+                             "uid": container.uid}}
+        try:
+            agent.kube.post_event(body, type_, reason, message, "gpudock-agent", agent.now())
+        except GpudockError as exc:
+            logger.warning("event %s not posted: %s", reason, exc)
+
+    while True:
+        await asyncio.sleep(agent.settings.gpu_access_probe_seconds)
+        try:
+            flagged = await asyncio.to_thread(probe.probe, agent.docker, agent.docker.exec,
+                                              announce)
+        except Exception as exc:  # the probe must outlive any one failure
+            logger.warning("GPU access probe failed, will retry: %s", exc)
+            continue
+        for container in flagged:
+            agent.wakeups.wake(container.uid)
+
+
+@kopf.on.event(GROUP, VERSION, node_health.PLURAL, annotations={READMIT: kopf.PRESENT})
+def readmit_gpus(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
+    """``gpudock.dev/readmit`` on this node's GpuNode: the GPUs it names are back in
+    service (their marks lifted); the annotation is removed."""
+    agent = memo.get(wiring.MEMO_KEY)
+    if not isinstance(agent, NodeAgent) or agent.gpu_health is None or \
+            body.get("metadata", {}).get("name") != agent.settings.node_name:
+        return
+    names = str(body.get("metadata", {}).get("annotations", {}).get(READMIT) or "")
+    for line in agent.gpu_health.readmit(names):
+        logger.info("readmit: %s", line)
+    with contextlib.suppress(ObjectNotFoundError):
+        agent.kube.patch_cluster(node_health.PLURAL, agent.settings.node_name,
+                                 {"metadata": {"annotations": {READMIT: None}}})
 
 
 @kopf.index(GROUP, VERSION, gpu_replica_set.PLURAL)
@@ -118,9 +205,14 @@ async def _heartbeat(agent: NodeAgent, logger: Logger) -> None:
     while True:
         agent.node_changed.clear()
         try:
-            await asyncio.to_thread(node_health.beat, settings, agent.now(), agent.docker,
-                                    agent.inventory, agent.kube, agent.store,
-                                    agent.stream)
+            idle = await asyncio.to_thread(node_health.beat, settings, agent.now(),
+                                           agent.docker, agent.inventory, agent.kube,
+                                           agent.store, agent.usage, agent.stream)
+            index = agent.watched.get(gpu_replica_set.PLURAL)
+            mine = list(index.get(settings.node_name) or ()) if idle and index else []
+            for line in await asyncio.to_thread(gpu_usage.stop_idle, agent.kube,
+                                                agent.usage, idle, mine, agent.now()):
+                logger.info("idle stop: %s", line)
             others = {plural: [entry for node, entries in index.items()
                                if node != settings.node_name for entry in entries]
                       for plural, index in agent.watched.items()}  # read in the loop
@@ -181,5 +273,7 @@ async def stop_node_agent(memo: kopf.Memo, **_: Any) -> None:
     agent.request_pool.shutdown(wait=False, cancel_futures=True)
     for streams in agent.log_streams:
         await streams.stop()
+    if agent.gpu_health is not None:
+        agent.gpu_health.stop()
     agent.docker.close()
     agent.store.close()

@@ -46,13 +46,16 @@ def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
                         f"{obs.node_name or spec.node_name} has {_gpus(len(obs.inventory))} "
                         "in all")
     ledger = Ledger.from_containers(obs.containers)
-    taken = ledger.gpus_held_by_others(obs.key)
+    # An Unhealthy GPU is never handed out, not even to the instance that holds it.
+    taken = ledger.gpus_held_by_others(obs.key) | set(obs.unhealthy_gpus)
     gpus = allocate_gpus(spec.gpu_count, obs.inventory, taken, held_gpus)
     if gpus is None:
         free = len(obs.inventory) - len(taken & set(obs.inventory))
+        sick = len(set(obs.unhealthy_gpus) & set(obs.inventory))
         raise UserError(Reason.INSUFFICIENT_GPUS,
                         f"needs {_gpus(spec.gpu_count)}; {free} of {len(obs.inventory)} "
-                        f"on node {obs.node_name or spec.node_name} are free. Waiting for "
+                        f"on node {obs.node_name or spec.node_name} are free"
+                        f"{f' ({sick} Unhealthy)' if sick else ''}. Waiting for "
                         "GPUs to be released")
     ports = allocate_ports(spec.ports, ledger.ports_held_by_others(obs.key)
                            | obs.busy_host_ports, *obs.port_range, held=held_ports)

@@ -71,6 +71,12 @@ class Observation:
     # brought (and none without): a container of one is made only once this
     # namespace's own credentials are proved (agent/replica_set_pulls.py).
     images_pulled_privately: frozenset[str] = frozenset()
+    # The node's GPUs out of service (core/gpu_health.py): UUID -> what is wrong.
+    # Never given to a new container; a holder is Degraded GPUUnhealthy.
+    unhealthy_gpus: Mapping[str, str] = field(default_factory=dict)
+    # Containers the GPU access probe found without their GPUs (agent/gpu_access.py):
+    # container ID -> why. The instance is recreated as a new revision, disk kept.
+    access_lost: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def own_records(self) -> tuple[Revision, ...]:

@@ -34,6 +34,7 @@ from gpudock.core.observed import ObservedContainer, current_of
 from gpudock.core.replica_set import actions as act
 from gpudock.core.replica_set import status
 from gpudock.core.replica_set.admission import container_for, image_id_for
+from gpudock.core.replica_set.gpu_failure import degraded, replacement_cause
 from gpudock.core.replica_set.history import (
     adopt,
     adopted_record,
@@ -68,6 +69,11 @@ _PHASES = {Reason.ROLLING_OUT: "Updating", Reason.ROLLING_BACK: "Updating",
 
 # --------------------------------------------------------------------------- the flow
 def plan_replica_set(obs: Observation) -> Plan:
+    plan = _plan(obs)
+    return replace(plan, status=degraded(obs, current_container(obs), plan.status))
+
+
+def _plan(obs: Observation) -> Plan:
     mine = [c for c in obs.containers if c.owner == obs.key]
     stale = [c for c in mine if c.uid != obs.uid]  # an earlier resource of this name
     if stale:
@@ -180,7 +186,7 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
                                                       record, Reason.STOPPED),
                          Reason.STOPPING, f"saving the disk of {current.name} and releasing "
                          "its GPUs and ports")
-    moved = _moved_volume(obs, current)
+    moved = _moved_volume(obs, current) or replacement_cause(obs, current)
     if target.rollback_of is None and target.spec.matches(record.spec):
         if moved is None:  # cpu, memory, pids change in place (resize.py)
             resized = resize(obs, current, record, target.spec)
