@@ -12,9 +12,10 @@ import enum
 import ipaddress
 import os
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gpudock import crash_points
 from gpudock.adapters.volumes.registry import BACKENDS as VOLUME_BACKENDS
@@ -139,6 +140,13 @@ class Settings:
     scheduler: str = "auto"
     scheduling_policy: str = "Binpack"  # for resources that name no policy
     release_namespace: str = "default"  # where the scheduler's Lease lives
+    # Migration (#23, docs/migration.md): where this agent receives migrated disks
+    # ("" listens on every address and advertises the node's first address), the
+    # cap on what it sends (bytes/s, 0: none), migrations out of the node at once.
+    transfer_address: str = ""
+    transfer_port: int = 9465
+    migration_bandwidth: int = 0
+    max_outbound_migrations: int = 2
 
     def scheduler_settings(self) -> SchedulerSettings:
         return SchedulerSettings(self.node_name, self.kubeconfig, self.namespaces,
@@ -281,7 +289,23 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         scheduling_policy=_choice(pick("scheduling_policy") or "Binpack", POLICIES,
                                   "--scheduling-policy"),
         release_namespace=pick("release_namespace") or env.get("POD_NAMESPACE") or "default",
+        **_migration(pick),
     )
+
+
+def _migration(pick: Callable[[str], str | None]) -> dict[str, Any]:
+    """The migration flags (#23), checked."""
+    port = int(pick("transfer_port") or 9465)
+    if not 0 <= port <= 65535:
+        raise SettingsError("--transfer-port must be a port (0: any free one)")
+    bandwidth = int(pick("migration_bandwidth") or 0)
+    if bandwidth < 0:
+        raise SettingsError("--migration-bandwidth must be >= 0 (0: unlimited)")
+    outbound = int(pick("max_outbound_migrations") or 2)
+    if outbound < 1:
+        raise SettingsError("--max-outbound-migrations must be >= 1")
+    return {"transfer_address": pick("transfer_address") or "", "transfer_port": port,
+            "migration_bandwidth": bandwidth, "max_outbound_migrations": outbound}
 
 
 def _choice(value: str, choices: Sequence[str], flag: str) -> str:

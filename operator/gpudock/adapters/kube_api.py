@@ -219,3 +219,11 @@ class KubeApi:
             self._objects.patch_namespaced_custom_object(
                 GROUP, VERSION, namespace, plural, name, {"metadata": {
                     "finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}})
+
+    def set_finalizers(self, plural: str, namespace: str, name: str,
+                       finalizers: list[str], resource_version: str) -> None:
+        """The object's finalizers, at ``resource_version`` (ConflictError otherwise)."""
+        with _translated(f"set finalizers of {plural} {namespace}/{name}"):
+            self._objects.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, {"metadata": {
+                    "finalizers": finalizers, "resourceVersion": resource_version}})

@@ -48,7 +48,8 @@ PLURAL = "gpunodes"
 
 
 def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInventory,
-         kube: KubeApi, store: RevisionStore | None = None) -> None:
+         kube: KubeApi, store: RevisionStore | None = None,
+         transfer: Mapping[str, Any] | None = None) -> None:
     containers = docker.list_containers()
     status = gpu_node_status(inventory.list_gpus(), containers,
                              (settings.port_range.first, settings.port_range.last),
@@ -64,6 +65,8 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
     except (OSError, GpudockError):
         free = None
     status["volumes"] = {"backend": settings.volume_backend, "freeBytes": free}
+    if transfer is not None:  # the migration endpoint (docs/migration.md)
+        status["transfer"] = dict(transfer)
     kube.write_cluster_status(PLURAL, KIND, settings.node_name, status,
                               gpu_labels(status["gpus"]))
     metrics.GPUS_TOTAL.labels(settings.node_name).set(status["gpusTotal"])

@@ -101,6 +101,9 @@ class ReplicaSetReconciler:
         self._store = store
         self._clock = clock
         self._locks = NodeLocks(settings.state_dir)
+        # Resources a migration moves off this node (migration_runner.py): no pass
+        # acts on them (the binding or the disk is on its way).
+        self.migrating: set[ResourceKey] = set()
         self._deleted: set[str] = set()
         self._busy_ports: set[HostPort] = set()  # held outside Docker's view
         self._crash = CrashPoints(settings.crash_at)
@@ -126,6 +129,8 @@ class ReplicaSetReconciler:
         timeout, a commit of a big disk) is visible while it happens."""
         meta, previous = body["metadata"], dict(body.get("status") or {})
         key = ResourceKey(meta["namespace"], meta["name"])
+        if key in self.migrating or self._moved_away(body):
+            return None  # a migration moves it: its runner acts (docs/migration.md)
         generation = meta.get("generation")
         try:
             spec = GpuReplicaSetSpec.parse(body.get("spec") or {})
@@ -223,6 +228,18 @@ class ReplicaSetReconciler:
             outcome.hand_back = (f"node {self._settings.node_name} cannot run it: "
                                  f"{progressing.message}")
         return outcome
+
+    def _moved_away(self, body: Mapping[str, Any]) -> bool:
+        """A migration moved its binding to another node, and this node still holds
+        its finalizer: the runner cleans this node once the target serves it; nothing
+        here may start it again (also after an agent restart)."""
+        bound = (body.get("status") or {}).get("nodeName")
+        return not (body.get("spec") or {}).get("nodeName") and isinstance(bound, str) \
+            and bool(bound) and bound != self._settings.node_name
+
+    def lock(self, key: ResourceKey) -> contextlib.AbstractContextManager[None]:
+        """The resource's lock, which every pass holds (for the migration runner)."""
+        return self._locks.resource(key)
 
     def _revision_refused(self, action: act.Action | None, exc: UserError) -> bool:
         """Docker refused the container of a revision that never ran: mark the

@@ -23,6 +23,9 @@ from gpudock.adapters.gpu_inventory import inventory_from_settings
 from gpudock.adapters.kube_api import KubeApi
 from gpudock.adapters.revision_store import open_revision_store
 from gpudock.adapters.timed_store import TimedRevisionStore
+from gpudock.agent.migration_receiver import MigrationReceiver
+from gpudock.agent.migration_runner import MigrationRunner
+from gpudock.agent.migration_switch import MigrationContext
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
 from gpudock.agent.request_slots import RequestSlots
 from gpudock.agent.status_writer import StatusWriter
@@ -68,6 +71,8 @@ class NodeAgent:
     # request runs only with one of the slots (as many as the pool has threads).
     request_pool: concurrent.futures.ThreadPoolExecutor
     request_slots: RequestSlots
+    migrations: MigrationRunner  # GpuMigrations leaving this node (docs/migration.md)
+    receiver: MigrationReceiver  # the --transfer-port endpoint, for those coming in
     wakeups: Wakeups = field(default_factory=Wakeups)
     # Set when a GPU or port was taken or freed: the heartbeat writes the GpuNode now.
     node_changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -106,11 +111,13 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
         raise
     volumes = VolumeReconciler(settings.volume_backend, settings.volumes_at, docker,
                                store, clock, CrashPoints(settings.crash_at))
+    replica_sets = ReplicaSetReconciler(settings, docker, inventory, kube, store, clock,
+                                        volumes)
+    moving = MigrationContext(settings, kube, docker, store, inventory, replica_sets, clock)
     return NodeAgent(
         settings=settings, clock=clock, docker=docker, inventory=inventory, kube=kube,
-        store=store,
-        replica_sets=ReplicaSetReconciler(settings, docker, inventory, kube, store, clock,
-                                          volumes),
+        store=store, replica_sets=replica_sets,
+        migrations=MigrationRunner(moving), receiver=MigrationReceiver(moving),
         volumes=volumes,
         replica_set_status=StatusWriter(kube, gpu_replica_set.PLURAL, gpu_replica_set.KIND,
                                         settings.node_name, clock),

@@ -159,3 +159,13 @@ class Reason(enum.StrEnum):
     AGENT_RESTARTED = "AgentRestarted"
     EXEC_LIMIT_REACHED = "ExecLimitReached"  # Pending: the namespace's slots are taken
     REQUEST_LIMIT_REACHED = "RequestLimitReached"  # Pending: the node's slots are taken
+
+    # --- GpuMigration (#23, docs/migration.md) ---------------------------------------
+    MIGRATING = "Migrating"  # the instance is moving to another node
+    MIGRATED = "Migrated"  # it runs on the target; the source kept nothing
+    MIGRATION_FAILED = "MigrationFailed"  # failed before Switching: the source runs on
+    MIGRATION_CANCELLED = "MigrationCancelled"  # deleted before Switching
+    MIGRATION_IN_PROGRESS = "MigrationInProgress"  # another migration moves the instance
+    TARGET_UNSCHEDULABLE = "TargetUnschedulable"  # no node can take it
+    TRANSFER_FAILED = "TransferFailed"  # the copy broke or did not match the manifest
+    NOT_MIGRATABLE = "NotMigratable"  # pinned, never ran here, a SizedVolume, ...

@@ -92,6 +92,12 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
         loop.call_soon_threadsafe(agent.wakeups.wake, uid)
 
     agent.docker.follow_events(wake)
+    agent.migrations.wake = wake  # a migration that ends early wakes its instance
+    try:  # the endpoint other nodes' migrations come in by (docs/migration.md)
+        await asyncio.to_thread(agent.receiver.start)
+    except OSError as exc:
+        logger.error("no migration endpoint on port %d (nothing can migrate to this "
+                     "node): %s", agent_settings.transfer_port, exc)
     # kopf's indexes (empty until its watches have listed; kept current after).
     agent.watched.update({gpu_replica_set.PLURAL: kwargs["replica_sets_by_node"],
                           sized_volume.PLURAL: kwargs["volumes_by_node"]})
@@ -121,7 +127,9 @@ async def _heartbeat(agent: NodeAgent, logger: Logger) -> None:
         agent.node_changed.clear()
         try:
             await asyncio.to_thread(node_health.beat, settings, agent.now(), agent.docker,
-                                    agent.inventory, agent.kube, agent.store)
+                                    agent.inventory, agent.kube, agent.store,
+                                    agent.receiver.advertised() if agent.receiver.port
+                                    else None)
             others = {plural: [entry for node, entries in index.items()
                                if node != settings.node_name for entry in entries]
                       for plural, index in agent.watched.items()}  # read in the loop
@@ -180,5 +188,6 @@ def stop_node_agent(memo: kopf.Memo, **_: Any) -> None:
     for task in [*agent.tasks, *agent.requests.running.values()]:
         task.cancel()
     agent.request_pool.shutdown(wait=False, cancel_futures=True)
+    agent.receiver.stop()
     agent.docker.close()
     agent.store.close()
