@@ -18,7 +18,7 @@ from gpudock.agent.node_health import PLURAL as GPU_NODES
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.api.parsing import is_object_name
 from gpudock.api.reasons import Reason
-from gpudock.cli import rollout_commands
+from gpudock.cli import migrate_commands, rollout_commands
 from gpudock.cli.retained_commands import table
 from gpudock.errors import GpudockError
 
@@ -55,6 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the revision to restore (it must have run and not be "
                           "the current one)")
     rollback.add_argument("--wait", type=float, default=0, metavar="SECONDS")
+    migrate = commands.add_parser("migrate", help="move a GpuReplicaSet with its disk "
+                                  "to another node (a GpuMigration)")
+    migrate.add_argument("name")
+    migrate.add_argument("--to", metavar="NODE", help="the target (default: the node "
+                         "with the most free GPUs that fits)")
+    migrate.add_argument("--wait", type=float, default=0, metavar="SECONDS")
+    drain = commands.add_parser("drain", help="cordon a node and migrate every instance "
+                                "bound to it away")
+    drain.add_argument("node")
     commands.add_parser("nodes", help="every node's GPUs, one line each, with holders")
     ports = commands.add_parser("ports", help="a node's host ports and their holders")
     ports.add_argument("node")
@@ -86,6 +95,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
             case "rollback":
                 return rollout_commands.rollback(kube, namespace, args.name,
                                                  args.to_revision, args.wait, out)
+            case "migrate":
+                return migrate_commands.migrate(kube, namespace, args.name, args.to,
+                                                args.wait, out)
+            case "drain":
+                return migrate_commands.drain(kube, args.node, out)
             case "nodes":
                 return _nodes(kube, out)
             case "ports":
