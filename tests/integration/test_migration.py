@@ -167,7 +167,8 @@ def test_23_2_a_running_instance_moves_byte_identical_and_rolls_back(fleet: Flee
     assert (status["sourceNode"], status["targetNode"]) == (a, b)
     assert status["downtimeSeconds"] > 0
     assert status["bytesDone"] >= 8 << 20
-    assert "transferTokenSha256" in status and "token" not in status
+    assert "transferTokenSha256" in status
+    assert "token" not in status
     wait_for(lambda: _ready_on(fleet, "mover", b, revision=2), 60, what="mover on b")
     assert fleet.containers(a) == []  # nothing of it is left on the source
     _assert_disk(fleet, b, "mover", fingerprint)

@@ -26,7 +26,7 @@ from gpudock.adapters import host_ports, migration_wire, tree_stream
 from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
 from gpudock.adapters.migration_wire import Channel, RefusedError, WireError
 from gpudock.adapters.user_trees import remove_tree
-from gpudock.agent.migration_switch import MIGRATED_PREFIX, MigrationContext
+from gpudock.agent.migration_switch import MIGRATED_PREFIX, PRECOPY_SUFFIX, MigrationContext
 from gpudock.api import gpu_migration, gpu_replica_set
 from gpudock.api.container_fields import Protocol
 from gpudock.api.placement import bound_node
@@ -149,6 +149,7 @@ class MigrationReceiver:
         missing = [i for i in prepare.get("images") or ()
                    if not self._has_image(str(i["image"]), str(i["id"]))]
         channel.send({"op": "prepared", "needImages": missing})
+        passes: dict[str, tree_stream.Digests] = {}  # a pre pass's digests, by tree
         while True:
             message = channel.receive()
             op = message.get("op")
@@ -160,16 +161,23 @@ class MigrationReceiver:
                 if "/" in what or not what.startswith(MIGRATED_PREFIX):
                     raise _RefusalError(Reason.TRANSFER_FAILED, f"a tree named {what!r}")
                 final = home / uid / what
-                staging = final.with_name(what + ".gpudock-incoming")
-                for path in (staging, final):
+                precopy = final.with_name(what + PRECOPY_SUFFIX)
+                pre = message.get("pass") == "pre"
+                into = precopy if pre else final.with_name(what + ".gpudock-incoming")
+                for path in (into, *(() if pre else (final,))):
                     remove_tree(path, ignore_errors=True)
-                staging.mkdir(parents=True)
-                received.append(final)
+                into.mkdir(parents=True)
+                received.extend((final, precopy))
+                digests = passes.setdefault(what, tree_stream.Digests())
                 try:
-                    count = tree_stream.receive_tree(channel, message, staging)
-                    staging.rename(final)
+                    count = tree_stream.receive_tree(channel, message, into, precopy,
+                                                     digests)
+                    if not pre:
+                        into.rename(final)
                 finally:
-                    remove_tree(staging, ignore_errors=True)
+                    if not pre:
+                        remove_tree(into, ignore_errors=True)
+                        remove_tree(precopy, ignore_errors=True)
                 channel.send({"op": "treeDone", "path": str(final), "bytes": count})
             elif op == "records":
                 for text in message["records"]:

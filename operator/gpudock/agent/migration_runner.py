@@ -18,9 +18,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gpudock.adapters import migration_wire, overlay_layers, tree_stream
+from gpudock.adapters import migration_wire, overlay_layers
 from gpudock.adapters.kube_api import ObjectNotFoundError
 from gpudock.adapters.migration_wire import Channel, RefusedError, WireError
+from gpudock.adapters.tree_stream import TreeSender
 from gpudock.adapters.user_trees import tree_usage
 from gpudock.agent.migration_switch import (
     MIGRATED_PREFIX,
@@ -135,7 +136,7 @@ class MigrationRunner:
                                        "deleted before Switching", Phase.CANCELLED)
             self._undo(key, stopped, body, status)
             error.message += f"; the instance runs on node {self._node} as before"
-            self._switch.show_instance(key, {**status, "phase": error.phase}, done=True)
+            self._switch.show_instance(key, {**status, "phase": error.phase}, down=False)
             return self._end(show, status, error)
         channel.close()
         self._crash.reach("Migrate.transferred")
@@ -233,45 +234,60 @@ class MigrationRunner:
                                     and Path(live[-1].saved_layer).is_dir()):
             raise MigrationError(Reason.NOT_MIGRATABLE, "its disk is not a saved writable "
                                  "layer here (a committed disk is not migrated yet)")
-        status.update({"phase": Phase.TRANSFERRING, "message": "copying the disk"})
-        self._agent.replica_sets.migrating.add(key)
-        stopped = None
-        with self._agent.replica_sets.lock(key):  # no reconcile acts on it from here
-            if current is not None and current.running:
-                status["stoppedAt"] = self._agent.now()
-                self._agent.docker.stop(current.id, current.name)
-                stopped = current
-        show(status)
-        self._switch.show_instance(key, status)
-        self._crash.reach("Migrate.stopped")
-        for wanted in need:
-            self._send_image(channel, str(wanted["image"]), str(wanted["id"]))
-        trees: dict[str, Path] = {}  # the name on the target -> the source tree
+        upper: Path | None = None
         if current is not None:
             upper = overlay_layers.reachable(
                 self._agent.docker.writable_layer_dir(current.id))
             if upper is None:
                 raise MigrationError(Reason.NOT_MIGRATABLE, f"the writable layer of "
                                      f"{current.name} cannot be reached")
-            trees[f"{MIGRATED_PREFIX}rev-{current.revision}-{current.id[:12]}"] = upper
-        for path in sorted(layers_named(records)):
-            if Path(path).is_dir():
-                trees[f"{MIGRATED_PREFIX}{Path(path).name}"] = Path(path)
-        status["bytesTotal"] = sum(tree_usage(t)[0] for t in trees.values())
+        history = {f"{MIGRATED_PREFIX}{Path(p).name}": Path(p)
+                   for p in sorted(layers_named(records)) if Path(p).is_dir()}
+        with self._agent.replica_sets.lock(key):  # no reconcile acts on it from here
+            self._agent.replica_sets.migrating.add(key)
+        status.update({"phase": Phase.TRANSFERRING, "message": "copying the disk",
+                       "bytesTotal": sum(tree_usage(t)[0] for t in (
+                           *history.values(), *((upper,) if upper else ())))})
+        show(status)
+        self._switch.show_instance(key, status, down=False)  # it still serves
+        for wanted in need:
+            self._send_image(channel, str(wanted["image"]), str(wanted["id"]))
         moved: dict[str, str] = {}
-        for what, tree in trees.items():
-            tree_stream.send_tree(tree, channel, what)
-            done = channel.receive()
-            moved[str(tree)] = str(done["path"])
-            status["bytesDone"] = channel.sent
-            show(status)
+        layer = None if current is None or upper is None else TreeSender(
+            upper, channel, f"{MIGRATED_PREFIX}rev-{current.revision}-{current.id[:12]}")
+        if layer is not None and current is not None and current.running:
+            layer.send(final=False)  # while it runs: the stop sends what changed since
+            self._sent(channel, status, show)
+        for what, tree in history.items():  # saved disks: nothing writes them
+            TreeSender(tree, channel, what).send()
+            moved[str(tree)] = self._sent(channel, status, show)
+        stopped = None
+        with self._agent.replica_sets.lock(key):
+            if current is not None and current.running:
+                status["stoppedAt"] = self._agent.now()
+                self._agent.docker.stop(current.id, current.name)
+                stopped = current
+        status["message"] = "stopped: sending what changed since the first pass"
+        show(status)
+        self._switch.show_instance(key, status)
+        self._crash.reach("Migrate.stopped")
+        if layer is not None:
+            layer.send()
+            moved[str(upper)] = self._sent(channel, status, show)
         channel.send({"op": "records", "records": [
-            self._moved_record(r, moved, current, trees).to_json() for r in records]})
+            self._moved_record(r, moved, current, upper).to_json() for r in records]})
         channel.receive()  # stored
         return stopped
 
+    def _sent(self, channel: Channel, status: dict[str, Any], show: Show) -> str:
+        """The target's answer to a tree: where it keeps it."""
+        done = channel.receive()
+        status["bytesDone"] = channel.sent
+        show(status)
+        return str(done["path"])
+
     def _moved_record(self, record: Revision, moved: dict[str, str],
-                      current: ObservedContainer | None, trees: dict[str, Path]) -> Revision:
+                      current: ObservedContainer | None, upper: Path | None) -> Revision:
         """The record as the target keeps it: its layers where they landed there, no
         GPUs, host ports or address of this node (the target picks its own); the
         current container's layer as its saved disk, resumed there."""
@@ -279,8 +295,7 @@ class MigrationRunner:
             return moved.get(path) if path else None
         kept = replace(record, saved_layer=there(record.saved_layer), layer=there(record.layer),
                        gpus=(), ports=(), address="", paused_container=None)
-        if current is not None and record.revision == current.revision:
-            upper = next(iter(trees.values()))
+        if current is not None and upper is not None and record.revision == current.revision:
             kept = replace(kept, saved_layer=moved[str(upper)],
                            preserved_from=current.id, container_id=current.id,
                            preserved_image=None)

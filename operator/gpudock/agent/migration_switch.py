@@ -40,6 +40,7 @@ SERVE_WAIT_SECONDS = 1.0  # how often the target's status is read after the swit
 CAS_TRIES = 20
 Show = Callable[[dict[str, Any]], None]
 MIGRATED_PREFIX = "migrated-"  # the received layers' directory names on the target
+PRECOPY_SUFFIX = ".gpudock-precopy"  # a running layer's first pass, on the target
 TRANSFER_FIELD = "transfer"  # GpuNode status.transfer: {address, port}
 MIGRATION_FIELDS = ("phase", "sourceNode", "targetNode", "bytesDone", "bytesTotal",
                     "downtimeSeconds", "startTime", "completionTime")
@@ -81,13 +82,13 @@ class Switch:
         self._agent, self._crash = agent, crash
 
     def show_instance(self, key: ResourceKey, status: dict[str, Any],
-                      done: bool = False) -> None:
-        """The GpuReplicaSet's status.migration; while it moves (not ``done``) also
-        phase Migrating and Ready=False reason Migrating."""
+                      down: bool = True) -> None:
+        """The GpuReplicaSet's status.migration; while it is down for the move
+        (``down``) also phase Migrating and Ready=False reason Migrating."""
         migration = {k: status.get(k) for k in MIGRATION_FIELDS if k in status}
         patch: dict[str, Any] = {"migration": migration}
         try:
-            if not done:
+            if down:
                 body = self._agent.kube.get(GRS, key.namespace, key.name)
                 patch.update(migrating_status(body.get("status") or {}, status,
                                               self._agent.now()))
@@ -126,7 +127,7 @@ class Switch:
                        "message": f"moved from {status.get('sourceNode')} to {target}",
                        "completionTime": self._agent.now()})
         show(status)
-        self.show_instance(key, status, done=True)
+        self.show_instance(key, status, down=False)
 
     def _bind(self, key: ResourceKey, target: str,
               status: dict[str, Any]) -> dict[str, Any] | None:
