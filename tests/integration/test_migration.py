@@ -247,3 +247,36 @@ def test_23_1_deleting_a_migration_before_switching_cancels_it(
         assert _container(fleet, a, "kept").id == before
         _assert_disk(fleet, a, "kept", fingerprint)
         assert fleet.containers(b) == []
+
+
+@pytest.mark.parametrize(("point", "outcome"), [
+    ("Migrate.stopped", "Failed"), ("Migrate.transferred", "Failed"),
+    ("Migrate.switched", "Succeeded"), ("Migrate.handedOver", "Succeeded")])
+def test_23_4_a_source_killed_at_a_crash_point_converges_to_one_instance(
+        stack: LocalStack, namespace: str, point: str, outcome: str) -> None:
+    """SIGKILL of the source agent at each of its Migrate.* points, then a restart:
+    before the binding moved, the same source container runs again; after, the
+    target runs it and the source keeps nothing. Never two, never none."""
+    _image_only_on_a(stack)
+    with running_fleet(stack, namespace) as fleet:
+        a, b = fleet.nodes
+        fleet.agents[a].stop()
+        fleet.start_agent(a, extra_args=["--crash-at", point])
+        _apply(fleet, _instance("crashy"))
+        wait_for(lambda: _ready_on(fleet, "crashy", a), 90, what="crashy on a")
+        fingerprint = _user_disk(fleet, a, "crashy")
+        before = _container(fleet, a, "crashy").id
+        _migration(fleet, "crash", "crashy", b)
+        assert fleet.agents[a].wait_exit(120) is not None, f"no crash at {point}"
+        fleet.agents[a].stop()  # (dead already: only its log is closed)
+        fleet.start_agent(a)  # the same state dir: its records, its locks
+        _wait_phase(fleet, "crash", "Succeeded", "Failed", "Cancelled")
+        assert _finished(fleet, "crash") == outcome, _status(fleet, "gmig", "crash")
+        home, away = (a, b) if outcome == "Failed" else (b, a)
+        wait_for(lambda: _ready_on(fleet, "crashy", home), 90, what=f"crashy on {home}")
+        _assert_disk(fleet, home, "crashy", fingerprint)
+        assert fleet.containers(away) == []
+        if outcome == "Failed":
+            assert _container(fleet, a, "crashy").id == before
+        finalizers = _get(fleet, "grs", "crashy")["metadata"]["finalizers"]
+        assert finalizers == [f"node.gpudock.dev/{home}"]
