@@ -5,6 +5,7 @@ and its history, over the agents' authenticated transfer endpoint
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from typing import Any
 import docker.models.containers
 import pytest
 
+from gpudock.cli import kubectl_plugin
 from tests.integration.fleet import Fleet, running_fleet
 from tests.integration.revisions import sh
 from tests.stack.localstack import LocalStack, wait_for
@@ -280,3 +282,34 @@ def test_23_4_a_source_killed_at_a_crash_point_converges_to_one_instance(
             assert _container(fleet, a, "crashy").id == before
         finalizers = _get(fleet, "grs", "crashy")["metadata"]["finalizers"]
         assert finalizers == [f"node.gpudock.dev/{home}"]
+
+
+def test_23_3_drain_cordons_a_node_and_moves_its_three_instances(fleet: Fleet) -> None:
+    a, b = fleet.nodes
+    for name in ("one", "two", "three"):
+        _apply(fleet, _instance(name))
+    for name in ("one", "two", "three"):
+        wait_for(lambda name=name: _ready_on(fleet, name, a), 90, what=f"{name} on a")
+    prints = {name: _user_disk(fleet, a, name) for name in ("one", "two", "three")}
+    _apply(fleet, _instance("three", state="Stopped"))  # a stopped one moves too
+    wait_for(lambda: _ready_on(fleet, "three", a, phase="Stopped"), 90, what="stopped")
+
+    out = io.StringIO()
+    code = kubectl_plugin.main(["--kubeconfig", str(fleet.stack.kubeconfig), "drain", a],
+                               out=out)
+    assert code == 0, out.getvalue()
+    assert fleet.stack.kubectl_json("get", "gpunode", a)["spec"]["unschedulable"] is True
+    for name, phase in (("one", "Running"), ("two", "Running"), ("three", "Stopped")):
+        wait_for(lambda name=name, phase=phase: _ready_on(fleet, name, b, phase=phase),
+                 300, what=f"{name} {phase} on b")
+
+    def phases() -> list[str]:
+        listing = fleet.stack.kubectl_json("get", "gmig", "-n", fleet.namespace)["items"]
+        return sorted(str((m.get("status") or {}).get("phase")) for m in listing)
+
+    wait_for(lambda: phases() == ["Succeeded"] * 3, 120, what="three migrations done")
+    assert fleet.containers(a) == []
+    _apply(fleet, _instance("three", state="Running"))
+    for name in ("one", "two", "three"):
+        wait_for(lambda name=name: _ready_on(fleet, name, b), 90, what=f"{name} on b")
+        _assert_disk(fleet, b, name, prints[name])
