@@ -5,9 +5,12 @@ and its history, over the agents' authenticated transfer endpoint
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -289,7 +292,7 @@ def test_23_3_drain_cordons_a_node_and_moves_its_three_instances(fleet: Fleet) -
     for name in ("one", "two", "three"):
         _apply(fleet, _instance(name))
     for name in ("one", "two", "three"):
-        wait_for(lambda name=name: _ready_on(fleet, name, a), 90, what=f"{name} on a")
+        wait_for(functools.partial(_ready_on, fleet, name, a), 90, what=f"{name} on a")
     prints = {name: _user_disk(fleet, a, name) for name in ("one", "two", "three")}
     _apply(fleet, _instance("three", state="Stopped"))  # a stopped one moves too
     wait_for(lambda: _ready_on(fleet, "three", a, phase="Stopped"), 90, what="stopped")
@@ -298,18 +301,56 @@ def test_23_3_drain_cordons_a_node_and_moves_its_three_instances(fleet: Fleet) -
     code = kubectl_plugin.main(["--kubeconfig", str(fleet.stack.kubeconfig), "drain", a],
                                out=out)
     assert code == 0, out.getvalue()
-    assert fleet.stack.kubectl_json("get", "gpunode", a)["spec"]["unschedulable"] is True
+    node = fleet.stack.kubectl_json("get", "gpunode", a)
+    assert node["spec"] == {"unschedulable": True}
     for name, phase in (("one", "Running"), ("two", "Running"), ("three", "Stopped")):
-        wait_for(lambda name=name, phase=phase: _ready_on(fleet, name, b, phase=phase),
-                 300, what=f"{name} {phase} on b")
+        wait_for(functools.partial(_ready_on, fleet, name, b, phase), 300,
+                 what=f"{name} {phase} on b")
 
     def phases() -> list[str]:
         listing = fleet.stack.kubectl_json("get", "gmig", "-n", fleet.namespace)["items"]
+        assert isinstance(listing, list)
         return sorted(str((m.get("status") or {}).get("phase")) for m in listing)
 
     wait_for(lambda: phases() == ["Succeeded"] * 3, 120, what="three migrations done")
     assert fleet.containers(a) == []
     _apply(fleet, _instance("three", state="Running"))
     for name in ("one", "two", "three"):
-        wait_for(lambda name=name: _ready_on(fleet, name, b), 90, what=f"{name} on b")
+        wait_for(functools.partial(_ready_on, fleet, name, b), 90, what=f"{name} on b")
         _assert_disk(fleet, b, name, prints[name])
+
+
+def test_23_2_a_target_without_room_or_ports_is_refused_before_anything_stops(
+        fleet: Fleet) -> None:
+    a, b = fleet.nodes
+    fleet.agents[b].stop()
+    fleet.start_agent(b, gpus=1)  # the target has 1 GPU; the instance has 2
+    port = 40000 + 4321  # in node a's range; held on the target (one host here)
+    _apply(fleet, _instance("roomy", gpuCount=2))
+    _apply(fleet, _instance("ported", ports=[{"containerPort": 22, "hostPort": port}]))
+    for name in ("roomy", "ported"):
+        wait_for(functools.partial(_ready_on, fleet, name, a), 90, what=f"{name} on a")
+    before = {name: _container(fleet, a, name).id for name in ("roomy", "ported")}
+    holder = socket.socket()
+    with contextlib.suppress(OSError):  # (or Docker's proxy for node a holds it)
+        holder.bind(("0.0.0.0", port))
+        holder.listen()
+    try:
+        _migration(fleet, "too-big", "roomy", b)
+        _migration(fleet, "port-taken", "ported", b)
+        for name in ("too-big", "port-taken"):
+            _wait_phase(fleet, name, "Succeeded", "Failed", "Cancelled")
+    finally:
+        holder.close()
+    big, ported = _status(fleet, "gmig", "too-big"), _status(fleet, "gmig", "port-taken")
+    assert (big["phase"], big["reason"]) == ("Failed", "TargetUnschedulable"), big
+    assert "1 free GPUs" in big["message"]
+    assert (ported["phase"], ported["reason"]) == ("Failed", "HostPortInUse"), ported
+    assert "stoppedAt" not in big  # nothing stopped
+    assert "stoppedAt" not in ported
+    for name in ("roomy", "ported"):
+        container = _container(fleet, a, name)
+        assert container.id == before[name]
+        assert container.status == "running"
+        assert _ready_on(fleet, name, a)
+    assert fleet.containers(b) == []

@@ -114,7 +114,7 @@ class MigrationRunner:
                        "transferTokenSha256": migration_wire.token_digest(token)})
         show(status)
         key = ResourceKey(namespace, spec.replica_set_name)
-        stopped: ObservedContainer | None = None
+        halted: list[ObservedContainer] = []  # the container stopped for the move
         channel: Channel | None = None
         try:
             channel = migration_wire.connect(endpoint["address"], int(endpoint["port"]),
@@ -124,8 +124,8 @@ class MigrationRunner:
                           "migration": {"namespace": namespace, "name": meta["name"]}})
             channel.keyed(token)
             channel.receive()  # welcome
-            stopped = self._transfer(channel, key, grs, rs_spec, records, status, show)
-        except (WireError, GpudockError, OSError, MigrationError) as exc:
+            self._transfer(channel, key, grs, rs_spec, records, status, show, halted)
+        except Exception as exc:  # whatever broke before Switching: the source runs on
             if channel is not None:
                 channel.close()
             error = exc if isinstance(exc, MigrationError) else MigrationError(
@@ -134,7 +134,9 @@ class MigrationRunner:
             if cancelled():
                 error = MigrationError(Reason.MIGRATION_CANCELLED, "the GpuMigration was "
                                        "deleted before Switching", Phase.CANCELLED)
-            self._undo(key, stopped, body, status)
+            if not isinstance(exc, WireError | GpudockError | OSError):
+                logger.exception("%s: migration failed", key)
+            self._undo(key, halted[0] if halted else None, body, status)
             error.message += f"; the instance runs on node {self._node} as before"
             self._switch.show_instance(key, {**status, "phase": error.phase}, down=False)
             return self._end(show, status, error)
@@ -215,9 +217,10 @@ class MigrationRunner:
 
     def _transfer(self, channel: Channel, key: ResourceKey, grs: dict[str, Any],
                   rs_spec: GpuReplicaSetSpec, records: list[Revision],
-                  status: dict[str, Any], show: Show) -> ObservedContainer | None:
-        """Everything the target needs, sent; the container stopped for it (returned
-        when it was running, so a failure starts it again)."""
+                  status: dict[str, Any], show: Show,
+                  halted: list[ObservedContainer]) -> None:
+        """Everything the target needs, sent; the container stopped for it is put in
+        ``halted`` (so a failure starts it again)."""
         uid = grs["metadata"]["uid"]
         images = {(r.image, r.image_id) for r in records if r.image_id and not r.failed}
         channel.send({"op": "prepare", "name": key.name, "uid": uid,
@@ -261,12 +264,11 @@ class MigrationRunner:
         for what, tree in history.items():  # saved disks: nothing writes them
             TreeSender(tree, channel, what).send()
             moved[str(tree)] = self._sent(channel, status, show)
-        stopped = None
         with self._agent.replica_sets.lock(key):
             if current is not None and current.running:
                 status["stoppedAt"] = self._agent.now()
+                halted.append(current)
                 self._agent.docker.stop(current.id, current.name)
-                stopped = current
         status["message"] = "stopped: sending what changed since the first pass"
         show(status)
         self._switch.show_instance(key, status)
@@ -277,7 +279,6 @@ class MigrationRunner:
         channel.send({"op": "records", "records": [
             self._moved_record(r, moved, current, upper).to_json() for r in records]})
         channel.receive()  # stored
-        return stopped
 
     def _sent(self, channel: Channel, status: dict[str, Any], show: Show) -> str:
         """The target's answer to a tree: where it keeps it."""
