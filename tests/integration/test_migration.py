@@ -246,6 +246,10 @@ def test_23_1_deleting_a_migration_before_switching_cancels_it(
 
         _migration(fleet, "changed-my-mind", "kept", b)
         _wait_phase(fleet, "changed-my-mind", "Transferring", "Failed", timeout=120)
+        wait_for(lambda: (_status(fleet, "grs", "kept").get("migration") or {}).get(
+            "phase") == "Transferring", 30, what="status.migration on the instance")
+        # The pre-copy runs while it serves (1 MiB/s: the image and 8 MiB take long).
+        assert _status(fleet, "grs", "kept")["phase"] == "Running"
         fleet.stack.kubectl("delete", "gmig", "changed-my-mind", "-n", namespace,
                             "--timeout=120s")
         wait_for(lambda: _ready_on(fleet, "kept", a), 90, what="kept running on a again")
