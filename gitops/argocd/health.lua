@@ -35,6 +35,19 @@ if obj.kind == "GpuReplicaSet" and (phase == "Stopped" or phase == "Paused") the
   hs.message = "state " .. phase .. " (the instance holds no GPU)"
   return hs
 end
+if obj.kind == "GpuMigration" then
+  -- One-shot, its phase says it all (written by the source node's agent).
+  if phase == "Succeeded" then
+    hs.status = "Healthy"
+  elseif phase == "Failed" or phase == "Cancelled" then
+    hs.status = "Degraded"
+  else
+    hs.status = "Progressing"
+  end
+  hs.message = "phase " .. (phase or "Pending") .. ": " .. (obj.status.reason or "") ..
+    " " .. (obj.status.message or "")
+  return hs
+end
 local stalled = condition("Stalled")
 if stalled ~= nil and stalled.status == "True" then
   hs.status = "Degraded"

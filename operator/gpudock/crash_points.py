@@ -36,8 +36,16 @@ INSIDE_STEPS = (
     "MoveVolume.usersStopped",  # the copy backend: users stopped, nothing copied
     "MoveVolume.copied",  # copied and checked, the record not switched yet
 )
+# A migration's moments (docs/migration.md), on the source or the target agent.
+MIGRATE_POINTS = (
+    "Migrate.stopped",  # source: the instance is stopped for the copy, nothing sent
+    "Migrate.received",  # target: every tree checked and the records stored, not said
+    "Migrate.transferred",  # source: the target has it all, the binding not moved
+    "Migrate.switched",  # source: status.nodeName names the target, finalizers not moved
+    "Migrate.handedOver",  # source: the target's finalizer is on, the source kept all
+)
 POINTS = frozenset({f"{step}.{when}" for step in STEPS for when in ("before", "after")}
-                   | set(INSIDE_STEPS))
+                   | set(INSIDE_STEPS) | set(MIGRATE_POINTS))
 
 
 class UnknownCrashPointError(ValueError):

@@ -11,7 +11,6 @@ import argparse
 import enum
 import ipaddress
 import os
-import shlex
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from pathlib import Path
 
 from gpudock import crash_points
 from gpudock.adapters.volumes.registry import BACKENDS as VOLUME_BACKENDS
-from gpudock.api.container_limits import DOCKER_MIN_MEMORY, parse_cpu, parse_memory
 from gpudock.api.image_commit import DEFAULT_REPOSITORY_TEMPLATE, template_problem
 from gpudock.api.paths import root_problem
 from gpudock.core.gpu_attach import (
@@ -29,7 +27,20 @@ from gpudock.core.gpu_attach import (
     GpuAttachment,
 )
 from gpudock.core.limits import LimitDefaults
-from gpudock.errors import SpecError
+from gpudock.settings_values import (
+    SettingsError as SettingsError,  # raised by settings_from; its callers catch it here
+)
+from gpudock.settings_values import (
+    instance_metrics_on,
+    migration_values,
+    on_off,
+    one_of,
+    per_gpu_defaults,
+    port_or_off,
+    positive,
+    probe_command,
+    probe_period,
+)
 
 ENV_PREFIX = "GPUDOCK_"
 
@@ -37,10 +48,6 @@ ENV_PREFIX = "GPUDOCK_"
 class GpuBackend(enum.StrEnum):
     NVML = "nvml"
     SIMULATED = "simulated"
-
-
-class SettingsError(ValueError):
-    """A flag or variable has a value the agent cannot use."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +162,13 @@ class Settings:
     # The GPU access probe (agent/gpu_access.py): its period (0: off) and command.
     gpu_access_probe_seconds: float = 0.0
     gpu_access_probe_command: tuple[str, ...] = ("nvidia-smi", "-L")
+    # Migration (#23, docs/migration.md): where this agent receives migrated disks
+    # ("" listens on every address and advertises the node's first address), the
+    # cap on what it sends (bytes/s, 0: none), migrations out of the node at once.
+    transfer_address: str = ""
+    transfer_port: int = 9465
+    migration_bandwidth: int = 0
+    max_outbound_migrations: int = 2
 
     def scheduler_settings(self) -> SchedulerSettings:
         return SchedulerSettings(self.node_name, self.kubeconfig, self.namespaces,
@@ -245,7 +259,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     gpu_attach = pick("gpu_attach") or DEFAULT_GPU_ATTACH
     if gpu_attach not in GPU_ATTACHMENTS:
         raise SettingsError(f"--gpu-attach must be one of {', '.join(GPU_ATTACHMENTS)}")
-    hide_holder_names = _flag(pick("hide_holder_names"), "--hide-holder-names")
+    hide_holder_names = on_off(pick("hide_holder_names"), "--hide-holder-names")
     heartbeat = float(pick("heartbeat_seconds") or 30.0)
     if heartbeat <= 0:
         raise SettingsError("--heartbeat-seconds must be > 0")
@@ -259,7 +273,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
     problem = template_problem(commit_template)
     if problem is not None:
         raise SettingsError(f"--commit-repository-template {commit_template!r} {problem}")
-    limit_defaults = _limit_defaults(pick("cpus_per_gpu"), pick("memory_per_gpu"),
+    limit_defaults = per_gpu_defaults(pick("cpus_per_gpu"), pick("memory_per_gpu"),
                                      pick("shm_per_gpu"))
     return Settings(
         node_name=pick("node_name") or socket.gethostname(),
@@ -293,87 +307,19 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str] | None = 
         instance_network=pick("instance_network") or "gpudock",
         instance_subnet=instance_subnet(pick("instance_subnet") or DEFAULT_INSTANCE_SUBNET),
         limit_defaults=limit_defaults,
-        scheduler=_choice(pick("scheduler") or "auto", SCHEDULER_MODES, "--scheduler"),
-        scheduling_policy=_choice(pick("scheduling_policy") or "Binpack", POLICIES,
+        scheduler=one_of(pick("scheduler") or "auto", SCHEDULER_MODES, "--scheduler"),
+        scheduling_policy=one_of(pick("scheduling_policy") or "Binpack", POLICIES,
                                   "--scheduling-policy"),
         release_namespace=pick("release_namespace") or env.get("POD_NAMESPACE") or "default",
-        stream_port=_port(pick("stream_port"), "--stream-port"),
+        stream_port=port_or_off(pick("stream_port"), "--stream-port"),
         stream_address=pick("stream_address") or "127.0.0.1",
         stream_idle_seconds=float(pick("stream_idle_seconds") or 300.0),
         simulated_faults=pick("simulated_faults"),
         simulated_usage=pick("simulated_usage"),
-        instance_metrics=_instance_metrics(pick("instance_metrics"), hide_holder_names),
-        gpu_readmit_seconds=_positive(pick("gpu_readmit_seconds"), 600.0,
+        instance_metrics=instance_metrics_on(pick("instance_metrics"), hide_holder_names),
+        gpu_readmit_seconds=positive(pick("gpu_readmit_seconds"), 600.0,
                                       "--gpu-readmit-seconds"),
-        gpu_access_probe_seconds=_probe_period(pick("gpu_access_probe_seconds")),
-        gpu_access_probe_command=_probe_command(pick("gpu_access_probe_command")),
+        gpu_access_probe_seconds=probe_period(pick("gpu_access_probe_seconds")),
+        gpu_access_probe_command=probe_command(pick("gpu_access_probe_command")),
+        **migration_values(pick),
     )
-
-
-def _instance_metrics(value: str | None, hide_holder_names: bool) -> bool:
-    named = _flag(value, "--instance-metrics")
-    if named and hide_holder_names:
-        raise SettingsError("--instance-metrics names instances in metrics, which "
-                            "--hide-holder-names hides: set one of them")
-    return named
-
-
-def _probe_period(value: str | None) -> float:
-    seconds = float(value or 0)
-    if seconds < 0:
-        raise SettingsError("--gpu-access-probe-seconds must be 0 (off) or > 0")
-    return seconds
-
-
-def _probe_command(value: str | None) -> tuple[str, ...]:
-    try:
-        words = tuple(shlex.split(value or "nvidia-smi -L"))
-    except ValueError as exc:
-        raise SettingsError(f"--gpu-access-probe-command: {exc}") from exc
-    if not words:
-        raise SettingsError("--gpu-access-probe-command must not be empty")
-    return words
-
-
-def _positive(value: str | None, default: float, flag: str) -> float:
-    number = float(value) if value else default
-    if number <= 0:
-        raise SettingsError(f"{flag} must be > 0")
-    return number
-
-
-def _choice(value: str, choices: Sequence[str], flag: str) -> str:
-    if value not in choices:
-        raise SettingsError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
-
-def _limit_defaults(cpu: str | None, memory: str | None, shm: str | None) -> LimitDefaults:
-    try:
-        defaults = LimitDefaults(parse_cpu(cpu or "0", "--cpus-per-gpu"),
-                                 parse_memory(memory or "0", "--memory-per-gpu"),
-                                 parse_memory(shm or "0", "--shm-per-gpu"))
-    except SpecError as exc:
-        raise SettingsError(exc.message) from exc
-    if 0 < defaults.memory_per_gpu < DOCKER_MIN_MEMORY:
-        raise SettingsError("--memory-per-gpu must be 0 (none) or at least 6Mi, Docker's "
-                            "minimum")
-    if 0 < defaults.cpu_per_gpu < 10:
-        raise SettingsError("--cpus-per-gpu must be 0 (none) or at least 10m, Docker's "
-                            "minimum")
-    return defaults
-
-
-def _port(value: str | None, flag: str) -> int:
-    port = int(value or 0)
-    if not 0 <= port <= 65535:
-        raise SettingsError(f"{flag} must be 0 (off) or a port")
-    return port
-
-
-def _flag(value: str | None, flag: str) -> bool:
-    """An on/off setting: the flag given (``True``), or its variable's value."""
-    word = (value or "false").lower()
-    if word not in ("true", "1", "yes", "false", "0", "no"):
-        raise SettingsError(f"{flag} (its variable) must be true or false, not {value!r}")
-    return word in ("true", "1", "yes")

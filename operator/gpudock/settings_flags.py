@@ -128,6 +128,18 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: this agent is a candidate to lead the cluster "
                              "scheduler (one leads, by a Lease); off: it schedules nothing "
                              "(default: auto)")
+    parser.add_argument("--transfer-address",
+                        help="address this agent receives migrated instances on, and "
+                             "tells other agents in its GpuNode (default: every address; "
+                             "advertised: the node's first address)")
+    parser.add_argument("--transfer-port", type=int,
+                        help="TCP port of the migration endpoint (default: 9465)")
+    parser.add_argument("--migration-bandwidth", type=int,
+                        help="bytes/s a migration out of this node may send (default: 0, "
+                             "unlimited)")
+    parser.add_argument("--max-outbound-migrations", type=int,
+                        help="migrations out of this node at once; more wait Pending "
+                             "(default: 2)")
     parser.add_argument("--crash-at", action="append", default=None, metavar="POINT",
                         help="for crash tests: SIGKILL the agent the first time it reaches "
                              "POINT, e.g. PreserveDisk.committed (repeatable; default: "

@@ -39,7 +39,10 @@ class Fleet:
                 "--namespace", self.namespace, "--release-namespace", self.namespace,
                 "--docker-host", engine.host, "--instance-subnet", engine.instance_subnet,
                 "--port-range", f"{first_port}-{first_port + 4999}",
-                "--heartbeat-seconds", str(HEARTBEAT_SECONDS), *extra_args]).start()
+                "--heartbeat-seconds", str(HEARTBEAT_SECONDS),
+                # the migration endpoint (#23): loopback, a free port each
+                "--transfer-address", "127.0.0.1", "--transfer-port", "0",
+                *extra_args]).start()
         self.agents[node] = agent
         return agent
 

@@ -20,7 +20,7 @@ from gpudock.errors import (
 
 BRANCHES = (TransientError, UserError, NotFoundError, InternalError)
 # Start-up argument errors, reported by argparse: ValueErrors on purpose.
-START_UP_ERRORS = {"gpudock.settings.SettingsError",
+START_UP_ERRORS = {"gpudock.settings_values.SettingsError",
                    "gpudock.crash_points.UnknownCrashPointError"}
 
 

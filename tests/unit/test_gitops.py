@@ -4,15 +4,19 @@ tests/integration/test_gitops.py)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from gpudock.core.kstatus import with_kstatus
+from tests.stack.lua_health import health
 
 REPO = Path(__file__).resolve().parents[2]
-KINDS = ("GpuReplicaSet", "SizedVolume", "ExecRequest", "ImageCommit", "GpuNode")
+KINDS = ("GpuReplicaSet", "SizedVolume", "ExecRequest", "ImageCommit", "GpuNode",
+         "GpuMigration")
 
 
 def _found(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -73,3 +77,13 @@ def test_26_12_the_argocd_config_carries_the_health_script_for_every_kind() -> N
     gitops = (REPO / "docs" / "gitops.md").read_text()
     assert "kind: Application" in gitops
     assert "kind: Kustomization" in gitops
+
+
+@pytest.mark.skipif(shutil.which("lua5.1") is None, reason="lua5.1 not installed (make prereqs)")
+def test_23_a_gpu_migration_is_healthy_once_it_succeeded() -> None:
+    """GpuMigration writes no conditions: its phase is its health."""
+    def of(phase: str) -> str:
+        return health({"kind": "GpuMigration", "metadata": {"generation": 1},
+                       "status": {"phase": phase, "reason": "Migrating", "message": "m"}})[0]
+    assert [of(p) for p in ("Pending", "Transferring", "Succeeded", "Failed", "Cancelled")] \
+        == ["Progressing", "Progressing", "Healthy", "Degraded", "Degraded"]

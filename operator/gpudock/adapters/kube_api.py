@@ -256,6 +256,14 @@ class KubeApi:
                 GROUP, VERSION, namespace, plural, name, body)
         return cast(dict[str, Any], patched)
 
+    def set_finalizers(self, plural: str, namespace: str, name: str,
+                       finalizers: list[str], resource_version: str) -> None:
+        """The object's finalizers, at ``resource_version`` (ConflictError otherwise)."""
+        with translated(f"set finalizers of {plural} {namespace}/{name}"):
+            self._objects.patch_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name, {"metadata": {
+                    "finalizers": finalizers, "resourceVersion": resource_version}})
+
     def _apps(self) -> Any:
         return kubernetes.client.AppsV1Api(self._objects.api_client)
 

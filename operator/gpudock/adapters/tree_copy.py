@@ -81,6 +81,10 @@ def _set_metadata(fd: int | None, dir_fd: int, name: str, info: os.stat_result,
              follow_symlinks=False)
 
 
+
+set_metadata = _set_metadata  # for tree_stream, which builds a tree received
+
+
 # ---------------------------------------------------------------------------- copy
 def copy_tree(source: Path, target: Path, share_with: Path | None = None) -> None:
     """Copy what ``source`` holds into the empty directory ``target`` (and the

@@ -51,8 +51,8 @@ PLURAL = "gpunodes"
 
 def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInventory,
          kube: KubeApi, store: RevisionStore | None = None,
-         usage: UsageMeter | None = None,
-         stream: Mapping[str, Any] | None = None) -> dict[ResourceKey, float]:
+         usage: UsageMeter | None = None, stream: Mapping[str, Any] | None = None,
+         transfer: Mapping[str, Any] | None = None) -> dict[ResourceKey, float]:
     """Write the GpuNode; returns how long each instance's GPUs have been idle (with
     ``usage``, which also writes the usage metrics)."""
     containers = docker.list_containers()
@@ -72,6 +72,8 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
         free = None
     status["volumes"] = {"backend": settings.volume_backend, "freeBytes": free}
     status["stream"] = dict(stream) if stream else None  # kubectl gpudock logs
+    if transfer is not None:  # the migration endpoint (docs/migration.md)
+        status["transfer"] = dict(transfer)
     kube.write_cluster_status(PLURAL, KIND, settings.node_name, with_kstatus(status),
                               gpu_labels(status["gpus"]))
     metrics.GPUS_TOTAL.labels(settings.node_name).set(status["gpusTotal"])

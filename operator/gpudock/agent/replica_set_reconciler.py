@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -32,7 +32,7 @@ from gpudock.agent.commit_holds import CommitHolds
 from gpudock.agent.disk_saves import DiskSaves
 from gpudock.agent.node_locks import NodeLocks
 from gpudock.agent.replica_set_observer import ReplicaSetObserver
-from gpudock.agent.replica_set_outcome import Event, Outcome
+from gpudock.agent.replica_set_outcome import Event, Outcome, problem_of
 from gpudock.agent.replica_set_pulls import ImagePulls
 from gpudock.agent.replica_set_steps import Contended, Replan, ReplicaSetSteps
 from gpudock.api import gpu_replica_set, ownership
@@ -71,23 +71,6 @@ REFUSED_REVISION = frozenset({Reason.CONTAINER_CREATE_FAILED, Reason.CONTAINER_S
 MAX_BUSY_PORTS = 64  # ports found held outside Docker in one reconcile
 
 
-WAITING = (Reason.INSUFFICIENT_GPUS, Reason.VOLUME_NOT_READY)  # Progressing, waiting
-
-
-def problem_of(conditions: Iterable[tuple[str, bool, str, str]]) -> tuple[str, str] | None:
-    """The problem a status reports, (reason, message), from its conditions (type,
-    status, reason, message): Degraded (a crash loop, a change the user must fix), a
-    change that cannot be applied, or waiting for the node (GPUs, a volume)."""
-    found = {kind: (status, reason, message) for kind, status, reason, message in conditions}
-    degraded, progressing = found.get("Degraded"), found.get("Progressing")
-    if degraded is not None and degraded[0]:
-        return degraded[1], degraded[2]
-    if progressing is not None and (progressing[1] in WAITING if progressing[0] else
-                                    progressing[1] != Reason.RECONCILE_COMPLETE):
-        return progressing[1], progressing[2]
-    return None
-
-
 def _step_of(status: gpu_replica_set.GpuReplicaSetStatus) -> tuple[object, ...]:
     """What a progress write says: the phase and the conditions (no times)."""
     return (status.phase, *((c.type, c.status, c.reason, c.message)
@@ -116,6 +99,9 @@ class ReplicaSetReconciler:
         self._store = store
         self._clock = clock
         self._locks = NodeLocks(settings.state_dir)
+        # Resources a migration moves off this node (migration_runner.py): no pass
+        # acts on them (the binding or the disk is on its way).
+        self.migrating: set[ResourceKey] = set()
         self._deleted: set[str] = set()
         self._busy_ports: set[HostPort] = set()  # held outside Docker's view
         # Container ID -> why it lost its GPUs: the access probe's (agent/gpu_access.py).
@@ -144,6 +130,8 @@ class ReplicaSetReconciler:
         timeout, a commit of a big disk) is visible while it happens."""
         meta, previous = body["metadata"], dict(body.get("status") or {})
         key = ResourceKey(meta["namespace"], meta["name"])
+        if key in self.migrating or self._moved_away(body):
+            return None  # a migration moves it: its runner acts (docs/migration.md)
         generation = meta.get("generation")
         try:
             spec = GpuReplicaSetSpec.parse(body.get("spec") or {})
@@ -262,6 +250,7 @@ class ReplicaSetReconciler:
             return None
         return lambda pulled: progress(self._outcome(replace(plan.status, image_pull=pulled),
                                                      shown, []))
+
     def _retained(self, key: ResourceKey) -> list[dict[str, Any]] | None:
         """The histories deleted resources of this name left on the node (set apart,
         not adopted): what ``kubectl gpudock history --retained`` lists; None: none."""
@@ -271,6 +260,18 @@ class ReplicaSetReconciler:
         return [{"uid": uid, "revisions": [r.revision for r in records],
                  "lastChange": records[-1].created_at}
                 for uid, records in sorted(found.items())] or None
+
+    def _moved_away(self, body: Mapping[str, Any]) -> bool:
+        """A migration moved its binding to another node, and this node still holds
+        its finalizer: the runner cleans this node once the target serves it; nothing
+        here may start it again (also after an agent restart)."""
+        bound = (body.get("status") or {}).get("nodeName")
+        return not (body.get("spec") or {}).get("nodeName") and isinstance(bound, str) \
+            and bool(bound) and bound != self._settings.node_name
+
+    def lock(self, key: ResourceKey) -> contextlib.AbstractContextManager[None]:
+        """The resource's lock, which every pass holds (for the migration runner)."""
+        return self._locks.resource(key)
 
     def _revision_refused(self, action: act.Action | None, exc: UserError) -> bool:
         """Docker refused the container of a revision that never ran: mark the

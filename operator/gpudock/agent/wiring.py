@@ -27,6 +27,9 @@ from gpudock.agent.gpu_access import AccessProbe
 from gpudock.agent.gpu_health import GpuHealth
 from gpudock.agent.gpu_usage import UsageMeter
 from gpudock.agent.log_stream import LogStreams
+from gpudock.agent.migration_receiver import MigrationReceiver
+from gpudock.agent.migration_runner import MigrationRunner
+from gpudock.agent.migration_switch import MigrationContext
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
 from gpudock.agent.request_slots import RequestSlots
 from gpudock.agent.status_writer import StatusWriter
@@ -72,6 +75,8 @@ class NodeAgent:
     # request runs only with one of the slots (as many as the pool has threads).
     request_pool: concurrent.futures.ThreadPoolExecutor
     request_slots: RequestSlots
+    migrations: MigrationRunner  # GpuMigrations leaving this node (docs/migration.md)
+    receiver: MigrationReceiver  # the --transfer-port endpoint, for those coming in
     wakeups: Wakeups = field(default_factory=Wakeups)
     # Set when a GPU or port was taken or freed: the heartbeat writes the GpuNode now.
     node_changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -121,10 +126,11 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
                                store, clock, CrashPoints(settings.crash_at))
     replica_sets = ReplicaSetReconciler(settings, docker, inventory, kube, store, clock,
                                         volumes)
+    moving = MigrationContext(settings, kube, docker, store, inventory, replica_sets, clock)
     return NodeAgent(
         settings=settings, clock=clock, docker=docker, inventory=inventory, kube=kube,
-        store=store,
-        replica_sets=replica_sets,
+        store=store, replica_sets=replica_sets,
+        migrations=MigrationRunner(moving), receiver=MigrationReceiver(moving),
         volumes=volumes,
         replica_set_status=StatusWriter(kube, gpu_replica_set.PLURAL, gpu_replica_set.KIND,
                                         settings.node_name, clock),

@@ -173,3 +173,12 @@ class Reason(enum.StrEnum):
     GPU_FAULT_IGNORED = "GPUFaultIgnored"  # the GpuNode's event: an XID of the ignored class
     GPU_ACCESS_LOST = "GPUAccessLost"  # GRS event: its container lost its GPUs; recreated
     IDLE_STOPPED = "IdleStopped"  # GRS event: spec.idleStopSeconds idle, set Stopped
+    # --- GpuMigration (#23, docs/migration.md) ---------------------------------------
+    MIGRATING = "Migrating"  # the instance is moving to another node
+    MIGRATED = "Migrated"  # it runs on the target; the source kept nothing
+    MIGRATION_FAILED = "MigrationFailed"  # failed before Switching: the source runs on
+    MIGRATION_CANCELLED = "MigrationCancelled"  # deleted before Switching
+    MIGRATION_IN_PROGRESS = "MigrationInProgress"  # another migration moves the instance
+    TARGET_UNSCHEDULABLE = "TargetUnschedulable"  # no node can take it
+    TRANSFER_FAILED = "TransferFailed"  # the copy broke or did not match the manifest
+    NOT_MIGRATABLE = "NotMigratable"  # pinned, never ran here, a SizedVolume, ...

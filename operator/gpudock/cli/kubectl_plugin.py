@@ -19,7 +19,7 @@ from gpudock.agent.node_health import PLURAL as GPU_NODES
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.api.parsing import is_object_name
 from gpudock.api.reasons import Reason
-from gpudock.cli import log_command, rollout_commands
+from gpudock.cli import log_command, migrate_commands, rollout_commands
 from gpudock.cli.retained_commands import table
 from gpudock.errors import GpudockError
 
@@ -77,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("-p", "--previous", action="store_true",
                       help="the output of the runs before the last (re)start (a crash "
                       "loop's earlier runs)")
+    migrate = commands.add_parser("migrate", help="move a GpuReplicaSet with its disk "
+                                  "to another node (a GpuMigration)")
+    migrate.add_argument("name")
+    migrate.add_argument("--to", metavar="NODE", help="the target (default: the node "
+                         "with the most free GPUs that fits)")
+    migrate.add_argument("--wait", type=float, default=0, metavar="SECONDS")
+    for verb, what in (("cordon", "bind nothing new to a node (what runs there stays)"),
+                       ("uncordon", "let the scheduler bind to a node again")):
+        commands.add_parser(verb, help=what).add_argument("node")
+    drain = commands.add_parser("drain", help="cordon a node and migrate every instance "
+                                "bound to it away")
+    drain.add_argument("node")
     commands.add_parser("nodes", help="every node's GPUs, one line each, with holders")
     ports = commands.add_parser("ports", help="a node's host ports and their holders")
     ports.add_argument("node")
@@ -124,6 +136,13 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
             case "logs":
                 return log_command.logs(kube, namespace, args.name, args.follow, args.tail,
                                         args.previous, out, err)
+            case "migrate":
+                return migrate_commands.migrate(kube, namespace, args.name, args.to,
+                                                args.wait, out)
+            case "cordon" | "uncordon":
+                return migrate_commands.cordon(kube, args.node, args.command == "cordon", out)
+            case "drain":
+                return migrate_commands.drain(kube, args.node, out)
             case "nodes":
                 return _nodes(kube, out)
             case "ports":

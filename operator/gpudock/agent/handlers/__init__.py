@@ -12,4 +12,5 @@ MODULES = (
     "gpudock.agent.handlers.replica_sets",
     "gpudock.agent.handlers.volumes",
     "gpudock.agent.handlers.requests",
+    "gpudock.agent.handlers.migrations",
 )

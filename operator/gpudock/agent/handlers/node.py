@@ -89,6 +89,12 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
         loop.call_soon_threadsafe(agent.wakeups.wake, uid)
 
     agent.docker.follow_events(wake)
+    agent.migrations.wake = wake  # a migration that ends early wakes its instance
+    try:  # the endpoint other nodes' migrations come in by (docs/migration.md)
+        await asyncio.to_thread(agent.receiver.start)
+    except OSError as exc:
+        logger.error("no migration endpoint on port %d (nothing can migrate to this "
+                     "node): %s", agent_settings.transfer_port, exc)
     # kopf's indexes (empty until its watches have listed; kept current after).
     agent.watched.update({gpu_replica_set.PLURAL: kwargs["replica_sets_by_node"],
                           sized_volume.PLURAL: kwargs["volumes_by_node"]})
@@ -205,9 +211,10 @@ async def _heartbeat(agent: NodeAgent, logger: Logger) -> None:
     while True:
         agent.node_changed.clear()
         try:
+            transfer = agent.receiver.advertised() if agent.receiver.port else None
             idle = await asyncio.to_thread(node_health.beat, settings, agent.now(),
                                            agent.docker, agent.inventory, agent.kube,
-                                           agent.store, agent.usage, agent.stream)
+                                           agent.store, agent.usage, agent.stream, transfer)
             index = agent.watched.get(gpu_replica_set.PLURAL)
             mine = list(index.get(settings.node_name) or ()) if idle and index else []
             for line in await asyncio.to_thread(gpu_usage.stop_idle, agent.kube,
@@ -275,5 +282,6 @@ async def stop_node_agent(memo: kopf.Memo, **_: Any) -> None:
         await streams.stop()
     if agent.gpu_health is not None:
         agent.gpu_health.stop()
+    agent.receiver.stop()
     agent.docker.close()
     agent.store.close()

@@ -1,0 +1,174 @@
+"""The wire between two agents during a migration: framed messages over one TCP
+connection, each frame authenticated, the sender's rate capped.
+
+The source agent makes a one-time token for a migration and writes only its SHA-256
+in the GpuMigration's status (which only agents may write). It opens the connection
+to the target agent's ``--transfer-port`` and sends the token in its first frame; the
+target reads the GpuMigration, checks that it is the migration's target and that the
+token's digest is the one written there, and accepts one session per token. Every
+later frame, both ways, carries an HMAC-SHA256 keyed by the token over its sequence
+number, type and payload: a frame injected, replayed, reordered or changed on the
+network fails the session. Nothing is encrypted (docs/migration.md, "Limits").
+
+A frame: 1 byte type, 8 bytes length, the payload, 32 bytes MAC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from gpudock.api.reasons import Reason
+from gpudock.errors import TransientError
+
+JSON, DATA = 1, 2
+_HEAD = struct.Struct(">BQ")
+_MAC = 32
+MAX_JSON = 64 * 2**20
+IO_TIMEOUT = 150.0  # no byte for this long: TransferStalled
+
+
+class WireError(TransientError):
+    """The session broke, a frame did not authenticate, or the peer refused."""
+
+    reason: ClassVar[Reason] = Reason.TRANSFER_FAILED
+
+
+class RefusedError(WireError):
+    """The peer answered with a refusal: its reason and message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code  # the refusal's Reason
+
+
+def new_token() -> str:
+    return secrets.token_hex(32)
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Channel:
+    """One side of a session. ``cancelled`` is asked between frames: when it says
+    so, the session ends with WireError. ``bandwidth`` (bytes/s, 0: none) caps what
+    this side sends; ``sent`` counts the bytes of the DATA frames sent."""
+
+    def __init__(self, sock: socket.socket, bandwidth: int = 0,
+                 cancelled: Callable[[], bool] = lambda: False) -> None:
+        self._sock = sock
+        self._key: bytes | None = None
+        self._out = self._in = 0
+        self._bandwidth = bandwidth
+        self._cancelled = cancelled
+        self._started = time.monotonic()
+        self.sent = 0
+        sock.settimeout(IO_TIMEOUT)
+
+    def keyed(self, token: str) -> None:
+        """From now on every frame carries a MAC keyed by the token."""
+        self._key = token.encode()
+
+    def _mac(self, seq: int, head: bytes, payload: bytes | memoryview) -> bytes:
+        if self._key is None:
+            return bytes(_MAC)
+        mac = hmac.new(self._key, seq.to_bytes(8, "big") + head, hashlib.sha256)
+        mac.update(payload)
+        return mac.digest()
+
+    def _send(self, kind: int, payload: bytes | memoryview) -> None:
+        if self._cancelled():
+            raise WireError("the migration was cancelled")
+        head = _HEAD.pack(kind, len(payload))
+        mac = self._mac(self._out, head, payload)
+        self._out += 1
+        try:
+            self._sock.sendall(head)
+            self._sock.sendall(payload)
+            self._sock.sendall(mac)
+        except OSError as exc:
+            raise WireError(f"sending to the peer: {exc}") from exc
+        if kind == DATA:
+            self.sent += len(payload)
+            self._pace()
+
+    def _pace(self) -> None:
+        """Sleep off what was sent faster than --migration-bandwidth allows."""
+        if self._bandwidth > 0:
+            ahead = self.sent / self._bandwidth - (time.monotonic() - self._started)
+            if ahead > 0:
+                time.sleep(ahead)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._send(JSON, json.dumps(message).encode())
+
+    def send_data(self, data: bytes | memoryview) -> None:
+        self._send(DATA, data)
+
+    def _exact(self, count: int) -> bytes:
+        chunks, left = [], count
+        while left:
+            try:
+                chunk = self._sock.recv(min(left, 1 << 20))
+            except TimeoutError as exc:
+                raise WireError(f"no data from the peer for {IO_TIMEOUT:.0f} s") from exc
+            except OSError as exc:
+                raise WireError(f"receiving from the peer: {exc}") from exc
+            if not chunk:
+                raise WireError("the peer closed the connection")
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def _receive(self) -> tuple[int, bytes]:
+        head = self._exact(_HEAD.size)
+        kind, length = _HEAD.unpack(head)
+        if kind == JSON and length > MAX_JSON:
+            raise WireError(f"a message of {length} bytes is too long")
+        payload = self._exact(length)
+        mac = self._exact(_MAC)
+        if not hmac.compare_digest(mac, self._mac(self._in, head, payload)):
+            raise WireError("a frame did not authenticate: the session is dropped")
+        self._in += 1
+        return kind, payload
+
+    def receive(self) -> dict[str, Any]:
+        """The next message; a refusal the peer sent is raised as RefusedError."""
+        kind, payload = self._receive()
+        if kind != JSON:
+            raise WireError("a message was expected, data came")
+        message = json.loads(payload)
+        if not isinstance(message, dict):
+            raise WireError("a message must be an object")
+        if message.get("op") == "refused":
+            raise RefusedError(str(message.get("reason")), str(message.get("message")))
+        return message
+
+    def receive_data(self) -> bytes:
+        kind, payload = self._receive()
+        if kind != DATA:
+            raise WireError("data was expected, a message came")
+        return payload
+
+    def refuse(self, reason: str, message: str) -> None:
+        self.send({"op": "refused", "reason": reason, "message": message})
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def connect(address: str, port: int, bandwidth: int,
+            cancelled: Callable[[], bool]) -> Channel:
+    try:
+        sock = socket.create_connection((address, port), timeout=30)
+    except OSError as exc:
+        raise WireError(f"connecting to {address}:{port}: {exc}") from exc
+    return Channel(sock, bandwidth, cancelled)

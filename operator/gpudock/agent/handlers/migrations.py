@@ -1,0 +1,84 @@
+"""kopf registration of GpuMigrations: the source node's agent runs each one
+(migration_runner.py) in a thread and writes the status it shows. A migration is the
+source's when its status names this node as the source, or, before it does, when its
+GpuReplicaSet is bound to this node. Deleting it stops the daemon: before Switching
+that cancels the migration (the runner sees it between frames and steps and starts
+the source again); from Switching on it is finished first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+import kopf
+
+from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
+from gpudock.agent import wiring
+from gpudock.api import GROUP, VERSION, gpu_migration, gpu_replica_set
+from gpudock.api.gpu_migration import Phase
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
+SLOT_RETRY_SECONDS = 5.0
+
+
+def _source_here(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
+    if gpu_migration.phase_of(body) not in gpu_migration.ACTIVE:
+        return False
+    node = wiring.settings_of(memo).node_name
+    source = gpu_migration.source_of(body)
+    if source:
+        return source == node
+    agent = memo.get(wiring.MEMO_KEY)
+    if not isinstance(agent, wiring.NodeAgent):
+        return False
+    index = agent.watched.get(gpu_replica_set.PLURAL)
+    if index is None:
+        return False
+    namespace = body["metadata"]["namespace"]
+    name = (body.get("spec") or {}).get("replicaSetName")
+    return any((entry.get("metadata") or {}).get("namespace") == namespace and
+               (entry.get("metadata") or {}).get("name") == name
+               for entry in index.get(node, ()))
+
+
+@kopf.daemon(GROUP, VERSION, gpu_migration.PLURAL, when=_source_here,
+             cancellation_timeout=600)
+async def run_migration(body: kopf.Body, stopped: kopf.DaemonStopped, memo: kopf.Memo,
+                        logger: Logger, **_: Any) -> None:
+    agent = wiring.of(memo)
+    meta = body["metadata"]
+    cancel = threading.Event()
+
+    def show(status: dict[str, Any]) -> None:
+        try:
+            agent.kube.patch_status(gpu_migration.PLURAL, meta["namespace"], meta["name"],
+                                    status)
+        except (KubeUnavailableError, ObjectNotFoundError) as exc:
+            logger.warning("status not written: %s", exc)
+        reason, phase = status.get("reason"), status.get("phase")
+        if phase in (Phase.FAILED, Phase.CANCELLED):
+            kopf.warn(body, reason=str(reason), message=str(status.get("message")))
+        elif phase != Phase.PENDING:
+            kopf.info(body, reason=str(reason), message=f"{phase}: {status.get('message')}")
+
+    async def watch_stop() -> None:
+        await stopped.wait()
+        cancel.set()
+
+    watcher = asyncio.ensure_future(watch_stop())
+    try:
+        while not stopped:
+            current = await asyncio.to_thread(
+                agent.kube.get, gpu_migration.PLURAL, meta["namespace"], meta["name"])
+            done = await asyncio.to_thread(agent.migrations.run, current, cancel.is_set,
+                                           show)
+            if done:
+                return
+            await stopped.wait(SLOT_RETRY_SECONDS)
+    except ObjectNotFoundError:
+        return
+    finally:
+        watcher.cancel()

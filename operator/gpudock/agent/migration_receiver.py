@@ -1,0 +1,256 @@
+"""The target's side of a migration: the endpoint on ``--transfer-port`` that takes
+an instance's image, disks and history from the source agent (docs/migration.md).
+
+A session is authenticated by the migration's one-time token (migration_wire.py):
+the GpuMigration must name this node as its target and carry the token's digest.
+What arrives is built beside where it will live and checked against the source's
+manifest before it is kept; the revision records are stored last. Nothing here
+starts a container: the instance runs here only once the binding names this node
+and this node's finalizer is on it (the source's runner moves both), and then the
+ordinary reconcile resumes it from the received disk, as after state Stopped.
+An abort (a session of the same token saying "abort") removes what was received,
+unless the instance is bound here by then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gpudock.adapters import host_ports, migration_wire, tree_stream
+from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
+from gpudock.adapters.migration_wire import Channel, RefusedError, WireError
+from gpudock.adapters.user_trees import remove_tree
+from gpudock.agent.migration_switch import MIGRATED_PREFIX, PRECOPY_SUFFIX, MigrationContext
+from gpudock.api import gpu_migration, gpu_replica_set
+from gpudock.api.container_fields import Protocol
+from gpudock.api.placement import bound_node
+from gpudock.api.reasons import Reason
+from gpudock.core.revision import Revision
+from gpudock.crash_points import CrashPoints
+from gpudock.errors import GpudockError, UserError
+
+logger = logging.getLogger(__name__)
+
+
+class MigrationReceiver:
+    def __init__(self, agent: MigrationContext) -> None:
+        self._agent = agent
+        self._used: set[str] = set()  # token digests that had their transfer session
+        self._lock = threading.Lock()
+        self._crash = CrashPoints(agent.settings.crash_at)
+        self._server: socket.socket | None = None
+        self.port = 0
+
+    # ---------------------------------------------------------------------- serving
+    def start(self) -> None:
+        settings = self._agent.settings
+        server = socket.create_server((settings.transfer_address or "0.0.0.0",
+                                       settings.transfer_port), reuse_port=False)
+        self.port = server.getsockname()[1]
+        self._server = server
+        threading.Thread(target=self._accept, name="gpudock-migration-in",
+                         daemon=True).start()
+        logger.info("migration endpoint on %s:%d", settings.transfer_address or "*",
+                    self.port)
+
+    def advertised(self) -> dict[str, Any]:
+        """What the GpuNode says of the endpoint (status.transfer)."""
+        address = self._agent.settings.transfer_address
+        if not address or address == "0.0.0.0":
+            with contextlib.suppress(OSError):
+                address = socket.gethostbyname(socket.gethostname())
+        return {"address": address, "port": self.port}
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        while True:
+            try:
+                conn, peer = self._server.accept()
+            except OSError:
+                return  # closed: the agent stops
+            threading.Thread(target=self._session, args=(conn, peer), daemon=True,
+                             name="gpudock-migration-session").start()
+
+    def _session(self, conn: socket.socket, peer: Any) -> None:
+        channel = Channel(conn, self._agent.settings.migration_bandwidth)
+        received: list[Path] = []
+        try:
+            hello = channel.receive()
+            migration = self._authenticate(hello)
+            channel.keyed(str(hello["token"]))
+            channel.send({"op": "welcome"})
+            if hello.get("purpose") == "abort":
+                self._abort(migration)
+                channel.send({"op": "aborted"})
+                return
+            self._transfer(channel, migration, received)
+        except RefusedError as exc:
+            logger.warning("migration from %s: refused: %s", peer, exc)
+        except _RefusalError as exc:
+            logger.warning("migration from %s refused: %s", peer, exc.message)
+            with contextlib.suppress(WireError):
+                channel.refuse(exc.reason, exc.message)
+        except (WireError, GpudockError, OSError, KeyError, ValueError) as exc:
+            logger.warning("migration from %s failed: %s", peer, exc)
+            with contextlib.suppress(WireError):
+                channel.refuse(Reason.TRANSFER_FAILED, str(exc))
+        finally:
+            channel.close()
+            for path in received:  # a session that ended before its records were kept
+                remove_tree(path, ignore_errors=True)
+
+    def _authenticate(self, hello: dict[str, Any]) -> dict[str, Any]:
+        if hello.get("op") != "hello":
+            raise _RefusalError(Reason.TRANSFER_FAILED, "a session starts with hello")
+        token = str(hello.get("token") or "")
+        where = hello.get("migration") or {}
+        try:
+            migration = self._agent.kube.get(gpu_migration.PLURAL, str(where["namespace"]),
+                                             str(where["name"]))
+        except (KeyError, ObjectNotFoundError, KubeUnavailableError) as exc:
+            raise _RefusalError(Reason.TRANSFER_FAILED, f"no such migration: {exc}") from exc
+        status = migration.get("status") or {}
+        digest = migration_wire.token_digest(token)
+        if status.get("targetNode") != self._agent.settings.node_name or \
+                not token or status.get("transferTokenSha256") != digest:
+            raise _RefusalError(Reason.TRANSFER_FAILED, "not authenticated")
+        if hello.get("purpose") != "abort":
+            if gpu_migration.phase_of(migration) not in gpu_migration.UNDOABLE:
+                raise _RefusalError(Reason.TRANSFER_FAILED, "the migration is not transferring")
+            with self._lock:
+                if digest in self._used:
+                    raise _RefusalError(Reason.TRANSFER_FAILED, "the token was used already")
+                self._used.add(digest)
+        return migration
+
+    # --------------------------------------------------------------------- transfer
+    def _transfer(self, channel: Channel, migration: dict[str, Any],
+                  received: list[Path]) -> None:
+        prepare = channel.receive()
+        namespace = migration["metadata"]["namespace"]
+        name, uid = str(prepare["name"]), str(prepare["uid"])
+        if name != migration["spec"]["replicaSetName"]:
+            raise _RefusalError(Reason.TRANSFER_FAILED, "the session is for another instance")
+        home = self._agent.replica_sets.disks.layers_home()
+        if home is None:
+            raise _RefusalError(Reason.NOT_MIGRATABLE, f"node {self._agent.settings.node_name} "
+                           "cannot keep writable layers (Docker is not on overlay2 here)")
+        self._check_room(int(prepare["gpuCount"]), prepare.get("hostPorts") or [])
+        missing = [i for i in prepare.get("images") or ()
+                   if not self._has_image(str(i["image"]), str(i["id"]))]
+        channel.send({"op": "prepared", "needImages": missing})
+        passes: dict[str, tree_stream.Digests] = {}  # a pre pass's digests, by tree
+        while True:
+            message = channel.receive()
+            op = message.get("op")
+            if op == "image":
+                self._load_image(channel, str(message["image"]), str(message["id"]))
+                channel.send({"op": "imageLoaded"})
+            elif op == "tree":
+                what = str(message["what"])
+                if "/" in what or not what.startswith(MIGRATED_PREFIX):
+                    raise _RefusalError(Reason.TRANSFER_FAILED, f"a tree named {what!r}")
+                final = home / uid / what
+                precopy = final.with_name(what + PRECOPY_SUFFIX)
+                pre = message.get("pass") == "pre"
+                into = precopy if pre else final.with_name(what + ".gpudock-incoming")
+                for path in (into, *(() if pre else (final,))):
+                    remove_tree(path, ignore_errors=True)
+                into.mkdir(parents=True)
+                received.extend((final, precopy))
+                digests = passes.setdefault(what, tree_stream.Digests())
+                try:
+                    count = tree_stream.receive_tree(channel, message, into, precopy,
+                                                     digests)
+                    if not pre:
+                        into.rename(final)
+                finally:
+                    if not pre:
+                        remove_tree(into, ignore_errors=True)
+                        remove_tree(precopy, ignore_errors=True)
+                channel.send({"op": "treeDone", "path": str(final), "bytes": count})
+            elif op == "records":
+                for text in message["records"]:
+                    record = Revision.from_json(str(text))
+                    if (record.namespace, record.name, record.uid) != (namespace, name, uid):
+                        raise _RefusalError(Reason.TRANSFER_FAILED, "a record of another instance")
+                    self._agent.store.put(record)
+                received.clear()  # the records name them now: kept
+                self._crash.reach("Migrate.received")
+                channel.send({"op": "stored"})
+                return
+            else:
+                raise _RefusalError(Reason.TRANSFER_FAILED, f"unknown step {op!r}")
+
+    def _check_room(self, gpu_count: int, wanted_ports: list[Any]) -> None:
+        """The GPUs and explicit host ports the instance needs are free here now."""
+        containers = self._agent.docker.list_containers()
+        held = {g for c in containers for g in c.gpus}
+        free = [g for g in self._agent.inventory.list_gpus()
+                if g.health == "Healthy" and g.uuid not in held]
+        node = self._agent.settings.node_name
+        if len(free) < gpu_count:
+            raise _RefusalError(Reason.TARGET_UNSCHEDULABLE, f"node {node} has {len(free)} free "
+                           f"GPUs; the instance needs {gpu_count}")
+        taken = {(p.port, str(p.protocol)) for c in containers for p in c.host_ports}
+        for port, protocol in wanted_ports:
+            if (int(port), str(protocol)) in taken or \
+                    host_ports.is_busy(int(port), Protocol(str(protocol))):
+                raise _RefusalError(Reason.HOST_PORT_IN_USE, f"host port {port}/{protocol} is "
+                               f"taken on node {node}")
+
+    def _has_image(self, image: str, image_id: str) -> bool:
+        info = self._agent.docker.image_info(image)
+        return info is not None and info.id == image_id
+
+    def _load_image(self, channel: Channel, image: str, image_id: str) -> None:
+        def chunks() -> Iterator[bytes]:
+            while True:
+                data = channel.receive_data()
+                if not data:
+                    return  # an empty frame ends the image
+                yield data
+
+        self._agent.docker.load_image(chunks(), f"the migrated image {image}")
+        if not self._has_image(image, image_id):
+            raise _RefusalError(Reason.TRANSFER_FAILED, f"the image {image} loaded here is not "
+                           f"{image_id}")
+
+    # ------------------------------------------------------------------------ abort
+    def _abort(self, migration: dict[str, Any]) -> None:
+        """Remove what a session of this migration received, unless the instance is
+        bound here now (then it is this node's disk)."""
+        namespace, name = migration["metadata"]["namespace"], \
+            migration["spec"]["replicaSetName"]
+        with contextlib.suppress(ObjectNotFoundError):
+            body = self._agent.kube.get(gpu_replica_set.PLURAL, namespace, name)
+            if bound_node(body) == self._agent.settings.node_name:
+                return
+        uid = str((migration.get("status") or {}).get("replicaSetUID") or "")
+        records = [r for r in self._agent.store.list(namespace, name) if r.uid == uid]
+        containers = [c for c in self._agent.docker.list_containers()
+                      if c.uid == uid and uid]
+        if containers:
+            return  # it ran here: not what a transfer left
+        for record in records:
+            self._agent.store.delete(namespace, name, record.revision)
+        home = self._agent.replica_sets.disks.layers_home()
+        if home is not None and uid:
+            for path in sorted((home / uid).glob(MIGRATED_PREFIX + "*")):
+                remove_tree(path, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                (home / uid).rmdir()
+
+
+class _RefusalError(UserError):
+    """What the target says no to: sent to the source as its refusal."""

@@ -1,0 +1,213 @@
+"""The end of a migration, on the source: the binding moves to the target (a
+compare-and-set of status.nodeName), the target's finalizer is added, the target's
+agent resumes the instance from the disk it received, and only once it serves there
+does the source remove its container, records, saved disks and, last, its
+finalizer. Every step is done again after a crash of the source agent: each one
+looks first whether it was done (docs/migration.md, "Safety").
+"""
+
+from __future__ import annotations
+
+import calendar
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gpudock.adapters.docker.runtime import DockerRuntime
+from gpudock.adapters.kube_api import (
+    ConflictError,
+    KubeApi,
+    KubeUnavailableError,
+    ObjectNotFoundError,
+)
+from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
+from gpudock.api import gpu_replica_set, ownership
+from gpudock.api.gpu_migration import Phase
+from gpudock.api.gpu_replica_set import DesiredState, GpuReplicaSetSpec
+from gpudock.api.reasons import Reason
+from gpudock.core.gpus import GpuInventory
+from gpudock.core.observed import ResourceKey
+from gpudock.core.revision import RevisionStore, layers_named
+from gpudock.crash_points import CrashPoints
+from gpudock.errors import SpecError, UserError
+from gpudock.settings import Settings
+
+logger = logging.getLogger(__name__)
+GRS = gpu_replica_set.PLURAL
+SERVE_WAIT_SECONDS = 1.0  # how often the target's status is read after the switch
+CAS_TRIES = 20
+Show = Callable[[dict[str, Any]], None]
+MIGRATED_PREFIX = "migrated-"  # the received layers' directory names on the target
+PRECOPY_SUFFIX = ".gpudock-precopy"  # a running layer's first pass, on the target
+TRANSFER_FIELD = "transfer"  # GpuNode status.transfer: {address, port}
+MIGRATION_FIELDS = ("phase", "sourceNode", "targetNode", "bytesDone", "bytesTotal",
+                    "downtimeSeconds", "startTime", "completionTime")
+
+
+@dataclass(frozen=True)
+class MigrationContext:
+    """What a migration's two sides use of the node agent (built in wiring.py)."""
+
+    settings: Settings
+    kube: KubeApi
+    docker: DockerRuntime
+    store: RevisionStore
+    inventory: GpuInventory
+    replica_sets: ReplicaSetReconciler
+    clock: Callable[[], str]
+
+    def now(self) -> str:
+        return self.clock()
+
+
+class MigrationError(UserError):
+    """The migration ends before Switching: the source runs as before."""
+
+    def __init__(self, reason: Reason, message: str, phase: Phase = Phase.FAILED) -> None:
+        super().__init__(reason, message)
+        self.phase = phase
+
+
+def seconds(stamp: str) -> float:
+    """An RFC 3339 UTC time (as the agent writes them) in seconds since the epoch."""
+    whole = float(calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")))
+    fraction = stamp[19:].rstrip("Z").split("+")[0]
+    return whole + (float(fraction) if fraction.startswith(".") else 0.0)
+
+
+class Switch:
+    def __init__(self, agent: MigrationContext, crash: CrashPoints) -> None:
+        self._agent, self._crash = agent, crash
+
+    def show_instance(self, key: ResourceKey, status: dict[str, Any],
+                      down: bool = True) -> None:
+        """The GpuReplicaSet's status.migration; while it is down for the move
+        (``down``) also phase Migrating and Ready=False reason Migrating."""
+        migration = {k: status.get(k) for k in MIGRATION_FIELDS if k in status}
+        patch: dict[str, Any] = {"migration": migration}
+        try:
+            if down:
+                body = self._agent.kube.get(GRS, key.namespace, key.name)
+                patch.update(migrating_status(body.get("status") or {}, status,
+                                              self._agent.now()))
+            self._agent.kube.patch_status(GRS, key.namespace, key.name, patch)
+        except (KubeUnavailableError, ObjectNotFoundError) as exc:
+            logger.warning("%s: status.migration not written: %s", key, exc)
+
+    def finish(self, body: dict[str, Any], status: dict[str, Any], show: Show) -> None:
+        """Switching to Succeeded; never undone (the target may run it already)."""
+        namespace = body["metadata"]["namespace"]
+        key = ResourceKey(namespace, str(body["spec"]["replicaSetName"]))
+        target = str(status["targetNode"])
+        self._agent.replica_sets.migrating.add(key)
+        try:
+            grs = self._bind(key, target, status)
+        except ObjectNotFoundError:
+            grs = None
+        if grs is None:  # deleted meanwhile: nothing is left to move
+            self._agent.replica_sets.migrating.discard(key)
+            show({**status, "phase": Phase.FAILED, "reason": Reason.REPLICA_SET_NOT_FOUND,
+                  "message": "the GpuReplicaSet was deleted during the migration",
+                  "completionTime": self._agent.now()})
+            return
+        self._crash.reach("Migrate.switched")
+        self._add_finalizer(key, ownership.node_finalizer(target))
+        self._crash.reach("Migrate.handedOver")
+        status["message"] = f"waiting for node {target} to run it"
+        show(status)
+        served_at = self._wait_served(key, target)
+        stopped = status.get("stoppedAt")
+        status["downtimeSeconds"] = round(max(0.0, served_at - seconds(str(stopped))), 3) \
+            if stopped else 0.0
+        self._clean_source(key, str(grs["metadata"]["uid"]))
+        self._agent.replica_sets.migrating.discard(key)
+        status.update({"phase": Phase.SUCCEEDED, "reason": Reason.MIGRATED,
+                       "message": f"moved from {status.get('sourceNode')} to {target}",
+                       "completionTime": self._agent.now()})
+        show(status)
+        self.show_instance(key, status, down=False)
+
+    def _bind(self, key: ResourceKey, target: str,
+              status: dict[str, Any]) -> dict[str, Any] | None:
+        """status.nodeName := target, at the resourceVersion read (compare-and-set)."""
+        for _ in range(CAS_TRIES):
+            grs = self._agent.kube.get(GRS, key.namespace, key.name)
+            if str(grs["metadata"].get("uid")) != status.get("replicaSetUID"):
+                return None
+            current = grs.get("status") or {}
+            if current.get("nodeName") == target:
+                return grs
+            migrating = migrating_status(current, {**status, "phase": Phase.SWITCHING},
+                                         self._agent.now())
+            try:
+                self._agent.kube.patch_status_at(GRS, key.namespace, key.name, {
+                    **migrating, "nodeName": target,
+                    "migration": {k: status.get(k) for k in MIGRATION_FIELDS if k in status}
+                    | {"phase": Phase.SWITCHING}},
+                    str(grs["metadata"]["resourceVersion"]))
+                return grs
+            except ConflictError:
+                continue
+        raise KubeUnavailableError(f"{key}: the binding kept changing; tried again later")
+
+    def _add_finalizer(self, key: ResourceKey, finalizer: str) -> None:
+        for _ in range(CAS_TRIES):
+            grs = self._agent.kube.get(GRS, key.namespace, key.name)
+            held = list(grs["metadata"].get("finalizers") or ())
+            if finalizer in held:
+                return
+            try:
+                self._agent.kube.set_finalizers(GRS, key.namespace, key.name, [*held, finalizer],
+                                                str(grs["metadata"]["resourceVersion"]))
+                return
+            except ConflictError:
+                continue
+        raise KubeUnavailableError(f"{key}: its finalizers kept changing")
+
+    def _wait_served(self, key: ResourceKey, target: str) -> float:
+        """When the target's agent says the instance is in its wanted state there
+        (its status, written by that agent only: this one writes none now)."""
+        while True:
+            try:
+                grs = self._agent.kube.get(GRS, key.namespace, key.name)
+                status = grs.get("status") or {}
+                try:
+                    wanted = str(GpuReplicaSetSpec.parse(grs.get("spec") or {}).state)
+                except SpecError:
+                    wanted = DesiredState.RUNNING
+                ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                            for c in status.get("conditions") or ())
+                if status.get("nodeName") == target and status.get("phase") == wanted and \
+                        (ready or wanted != DesiredState.RUNNING):
+                    return time.time()
+            except KubeUnavailableError as exc:
+                logger.info("%s: waiting for node %s: %s", key, target, exc)
+            time.sleep(SERVE_WAIT_SECONDS)
+
+    def _clean_source(self, key: ResourceKey, uid: str) -> None:
+        """The target serves it: this node's container, records and saved disks of
+        it go, then its finalizer (the target's holds the resource)."""
+        agent = self._agent
+        for container in agent.docker.list_containers():
+            if container.owner == key and container.uid == uid:
+                agent.docker.remove(container.id, container.name)
+        records = [r for r in agent.store.list(key.namespace, key.name) if r.uid == uid]
+        for record in records:
+            agent.store.delete(key.namespace, key.name, record.revision)
+        agent.replica_sets.disks.remove_saved(layers_named(records))
+        agent.kube.remove_finalizer(GRS, key.namespace, key.name,
+                                    ownership.node_finalizer(agent.settings.node_name))
+
+
+def migrating_status(current: dict[str, Any], migration: dict[str, Any],
+                     now: str) -> dict[str, Any]:
+    """Phase Migrating, Ready=False reason Migrating (the other conditions kept)."""
+    message = (f"migrating from {migration.get('sourceNode')} to "
+               f"{migration.get('targetNode')}: {migration.get('phase')}")
+    conditions = [c for c in current.get("conditions") or () if c.get("type") != "Ready"]
+    conditions.append({"type": "Ready", "status": "False", "reason": Reason.MIGRATING,
+                       "message": message, "lastTransitionTime": now})
+    return {"phase": str(Reason.MIGRATING), "reason": Reason.MIGRATING, "message": message,
+            "conditions": conditions}
