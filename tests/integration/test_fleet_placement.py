@@ -3,6 +3,7 @@ scheduler leader-elected among the agents (docs/fleet.md)."""
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gpudock.cli import kubectl_plugin
 from tests.integration.fleet import Fleet, running_fleet
 from tests.stack.localstack import LocalStack, wait_for
 from tests.stack.processes import ManagedProcess
@@ -214,13 +216,29 @@ def test_22_7_a_cordoned_node_gets_nothing_new_and_keeps_what_runs(fleet: Fleet)
     wait_for(lambda: _running(fleet, "before"), 60, what="before Running")
     assert fleet.node_of("before") == a
     container = fleet.containers(a)[0].id
-    fleet.stack.kubectl("patch", "gpunode", a, "--type=merge", "-p",
-                        '{"spec": {"unschedulable": true}}')
+    assert _plugin(fleet, "cordon", a) == f"gpunode {a} cordoned\n"
+    assert fleet.stack.kubectl_json("get", "gpunode", a)["spec"]["unschedulable"] is True
     _apply(fleet, _unpinned("after", 1))
     wait_for(lambda: _running(fleet, "after"), 60, what="after Running")
     assert fleet.node_of("after") == b
     assert [c.id for c in fleet.containers(a)] == [container]
     assert _running(fleet, "before")
+    # Uncordoned, Binpack takes node a again (it holds one GPU: the fuller node).
+    assert _plugin(fleet, "uncordon", a) == f"gpunode {a} uncordoned\n"
+    _apply(fleet, _unpinned("again", 1))
+    wait_for(lambda: _running(fleet, "again"), 60, what="again Running")
+    assert fleet.node_of("again") == a
+    with pytest.raises(AssertionError, match="not found"):
+        _plugin(fleet, "cordon", "no-such-node")
+
+
+def _plugin(fleet: Fleet, *words: str) -> str:
+    """What `kubectl gpudock WORDS` prints; AssertionError with its error when it fails."""
+    out, err = io.StringIO(), io.StringIO()
+    code = kubectl_plugin.main(["--kubeconfig", str(fleet.stack.kubeconfig), *words],
+                               out=out, err=err)
+    assert code == 0, err.getvalue()
+    return out.getvalue()
 
 
 def test_22_5_a_node_that_cannot_run_it_hands_the_binding_back(fleet: Fleet) -> None:
