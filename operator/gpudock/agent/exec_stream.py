@@ -15,9 +15,9 @@ MAX_STREAMS; each reads Docker on a thread of its own and writes on another.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -109,14 +109,18 @@ class _Session:
         self._idle = idle
         self._recheck = recheck
         self._output: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(maxsize=64)
-        self._input: queue.Queue[tuple[FrameType, bytes] | None] = queue.Queue()
+        # Bounded both ways: a caller who sends faster than the command reads waits
+        # (the WebSocket is not read meanwhile), as does a command whose caller reads slowly.
+        self._input: asyncio.Queue[tuple[FrameType, bytes] | None] = asyncio.Queue(maxsize=64)
         self._active = time.monotonic()
+        self._closed = False
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         threading.Thread(target=self._read, args=(loop,), daemon=True,
                          name="gpudock-exec-out").start()
-        threading.Thread(target=self._write, daemon=True, name="gpudock-exec-in").start()
+        threading.Thread(target=self._write, args=(loop,), daemon=True,
+                         name="gpudock-exec-in").start()
         caller = asyncio.create_task(self._from_caller())
         try:
             ended = await self._to_caller(caller)
@@ -132,8 +136,12 @@ class _Session:
                     await self._socket.close()
         finally:
             caller.cancel()
-            self._input.put(None)
-            await asyncio.to_thread(self._docker.close)
+            self._closed = True
+            await asyncio.to_thread(self._docker.close)  # the threads' socket calls end
+            for pending in (self._input, self._output):  # a thread waiting to put goes on
+                while not pending.empty():
+                    pending.get_nowait()
+            self._input.put_nowait(None)
 
     async def _to_caller(self, caller: asyncio.Task[None]) -> str | None:
         """Output to the caller until it ends (None); else why the session was cut."""
@@ -160,7 +168,10 @@ class _Session:
                         exec_wire.encode(kind, chunk[at:at + exec_wire.MAX_PAYLOAD]))
             if now - checked >= RECHECK_SECONDS:
                 checked = now
-                problem = await self._recheck()
+                try:
+                    problem = await self._recheck()
+                except GpudockError as exc:  # never longer than what can be checked
+                    problem = f"cannot check the caller: {exc}"
                 if problem is not None:
                     return problem
             if now - self._active >= self._idle:
@@ -178,7 +189,7 @@ class _Session:
                 continue
             if frame.type in (FrameType.STDIN, FrameType.RESIZE):
                 self._active = time.monotonic()
-                self._input.put((frame.type, frame.payload))
+                await self._input.put((frame.type, frame.payload))
 
     async def _notice(self, text: str) -> None:
         if not self._socket.closed:
@@ -207,14 +218,23 @@ class _Session:
         try:
             for item in self._docker.output():
                 asyncio.run_coroutine_threadsafe(self._output.put(item), loop).result()
+                if self._closed:
+                    return
         except RuntimeError as exc:  # the loop closed
             logger.debug("exec output ended: %s", exc)
         finally:
-            with contextlib.suppress(RuntimeError):
-                asyncio.run_coroutine_threadsafe(self._output.put(None), loop)
+            if not self._closed:
+                with contextlib.suppress(RuntimeError):
+                    asyncio.run_coroutine_threadsafe(self._output.put(None), loop)
 
-    def _write(self) -> None:
-        while (item := self._input.get()) is not None:
+    def _write(self, loop: asyncio.AbstractEventLoop) -> None:
+        while not self._closed:
+            try:
+                item = asyncio.run_coroutine_threadsafe(self._input.get(), loop).result()
+            except (RuntimeError, concurrent.futures.CancelledError):  # the loop closed
+                return
+            if item is None:
+                return
             kind, payload = item
             try:
                 if kind == FrameType.RESIZE:
