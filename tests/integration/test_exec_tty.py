@@ -164,3 +164,36 @@ def test_26_1_exec_it_is_a_terminal_with_the_callers_permission(
         wait_for(lambda: not _sleeps("4343"), 30, what="the left session's command killed")
     finally:
         term.close()
+
+
+def test_26_1_an_idle_shell_ends_and_its_command_is_killed(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory, tmp_path: Path,
+) -> None:
+    start_agent(extra_args=["--stream-port", str(free_port()),
+                            "--stream-idle-seconds", "3"])
+    apply(stack, namespace, gpu_replica_set("box", gpus=0, command=["sleep", "3600"]))
+    wait_settled(stack, namespace, "box")
+    alice = person_kubeconfig(stack, "alice", tmp_path / "alice")
+    stack.kubectl("create", "rolebinding", "alice-edit", "-n", namespace,
+                  "--clusterrole=gpudock-edit", "--user=alice")
+    stack.kubectl("create", "clusterrole", f"{namespace}-nodes", "--verb=get",
+                  "--resource=gpunodes.gpudock.dev")
+    stack.kubectl("create", "clusterrolebinding", f"{namespace}-nodes",
+                  f"--clusterrole={namespace}-nodes", "--user=alice")
+    # stdin open and silent, no output: nothing passes either way.
+    session = subprocess.Popen(_plugin(alice, namespace, "-i", "sleep", "4545"),
+                               stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=stack.env())
+    try:
+        wait_for(lambda: _sleeps("4545"), 30, what="sleep 4545 runs")
+        assert session.wait(timeout=60) != 0  # killed: no exit code of its own
+        assert session.stderr is not None
+        assert "session ended: idle" in session.stderr.read()
+        wait_for(lambda: not _sleeps("4545"), 30, what="the idle session's command killed")
+    finally:
+        if session.poll() is None:
+            session.kill()
+            session.wait()
+        for pipe in (session.stdin, session.stderr):
+            if pipe is not None:
+                pipe.close()

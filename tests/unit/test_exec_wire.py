@@ -6,6 +6,7 @@ import pytest
 
 from gpudock.adapters import exec_wire
 from gpudock.adapters.exec_wire import Frame, FrameError, FrameType
+from gpudock.cli import kubectl_plugin
 
 
 @pytest.mark.parametrize("kind", [FrameType.STDIN, FrameType.STDOUT, FrameType.STDERR])
@@ -41,3 +42,15 @@ def test_bytes_that_are_no_frame_are_refused(message: bytes) -> None:
 def test_a_payload_over_the_limit_is_refused() -> None:
     with pytest.raises(FrameError):
         exec_wire.encode(FrameType.STDOUT, b"x" * (exec_wire.MAX_PAYLOAD + 1))
+
+
+@pytest.mark.parametrize(("words", "stdin", "tty", "command"), [
+    (["exec", "-it", "box", "--", "bash"], True, True, ["bash"]),
+    (["exec", "box", "-i", "-n", "ns", "--", "cat"], True, False, ["cat"]),
+    (["exec", "--tty", "box", "--", "top"], False, True, ["top"]),
+    (["exec", "box", "--", "bash", "-i"], False, False, ["bash", "-i"]),  # the command's
+])
+def test_26_1_exec_takes_kubectls_stdin_and_tty_flags(words: list[str], stdin: bool,
+                                                        tty: bool, command: list[str]) -> None:
+    args = kubectl_plugin.parse(words)
+    assert (args.stdin, args.tty, args.argv) == (stdin, tty, command)

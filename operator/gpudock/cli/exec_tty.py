@@ -105,7 +105,10 @@ async def _session(url: str, token: str, context: ssl.SSLContext, stdin_fd: int 
             url, headers={"Authorization": f"Bearer {token}"}, ssl=context,
             max_msg_size=exec_wire.MAX_PAYLOAD + 1, autoping=True) as socket:
         if tty:
-            size_fd = stdin_fd if stdin_fd is not None else out.fileno()
+            try:
+                size_fd = stdin_fd if stdin_fd is not None else out.fileno()
+            except (OSError, ValueError):  # no terminal's size to send
+                size_fd = -1
 
             def resized() -> None:
                 size = _size(size_fd)
