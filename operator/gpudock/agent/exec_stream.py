@@ -29,7 +29,7 @@ from gpudock.adapters import exec_wire
 from gpudock.adapters.container_tty import STDERR, TtySession
 from gpudock.adapters.exec_wire import FrameType
 from gpudock.core.observed import ObservedContainer, ResourceKey
-from gpudock.errors import GpudockError
+from gpudock.errors import GpudockError, TransientError
 from gpudock.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -84,8 +84,9 @@ class ExecStreams:
                 session = await asyncio.to_thread(
                     TtySession, self._settings.docker_host, container.id, command,
                     tty=tty, stdin=stdin, mark=f"tty-{uuid.uuid4()}")
-            except GpudockError as exc:
-                return _refusal(409, f"cannot start the command: {exc}")
+            except GpudockError as exc:  # the container stopped meanwhile; Docker down
+                return _refusal(503 if isinstance(exc, TransientError) else 409,
+                                f"cannot start the command: {exc}")
             socket = web.WebSocketResponse(max_msg_size=exec_wire.MAX_PAYLOAD + 1)
             await socket.prepare(request)
             logger.info("exec session in %s/%s (tty %s, stdin %s)", namespace, name, tty,
