@@ -113,14 +113,14 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                         help="/dev/shm size per GPU of an instance that sets no "
                              "spec.shmSize, e.g. 16Gi (default: 0, Docker's 64Mi)")
     parser.add_argument("--stream-port", type=int,
-                        help="serve `kubectl gpudock logs` over TLS on this port (default: "
-                             "0, off; docs/day2.md)")
+                        help="serve `kubectl gpudock logs` and `exec -i/-t` over TLS on this "
+                             "port (default: 0, off; docs/day2.md)")
     parser.add_argument("--stream-address",
                         help="the node's address the plugin connects to, in the serving "
                              "certificate and the GpuNode (default: 127.0.0.1)")
     parser.add_argument("--stream-idle-seconds", type=float,
-                        help="close a followed stream after this long without output "
-                             "(default: 300)")
+                        help="close a followed stream after this long without output, a "
+                             "shell without a byte either way (default: 300)")
     parser.add_argument("--namespace", action="append", default=None,
                         help="watch only this namespace (repeatable; default: all)")
     add_scheduler_arguments(parser)

@@ -25,6 +25,7 @@ from aiohttp import web
 from gpudock.adapters import stream_tls
 from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import Reviews
+from gpudock.agent.exec_stream import ExecStreams
 from gpudock.core.observed import ObservedContainer, ResourceKey
 from gpudock.errors import GpudockError
 from gpudock.settings import Settings
@@ -49,6 +50,9 @@ class LogStreams:
                                        settings.stream_address)
         app = web.Application()
         app.router.add_get("/logs/{namespace}/{name}", self._logs)
+        # kubectl gpudock exec -i/-t: the same endpoint, checks and slots (exec_stream.py)
+        app.router.add_get("/exec/{namespace}/{name}", ExecStreams(
+            settings, self._permitted_to, self._current, self._slots, MAX_STREAMS).handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, settings.stream_address, settings.stream_port,
@@ -63,14 +67,20 @@ class LogStreams:
 
     async def _permitted(self, token: str, namespace: str, name: str) -> str | None:
         """None when the token's user may read the logs; else why not."""
+        return await self._permitted_to(token, "get", "log", namespace, name)
+
+    async def _permitted_to(self, token: str, verb: str, subresource: str, namespace: str,
+                            name: str) -> str | None:
+        """None when the token's user may ``verb`` gpureplicasets/``subresource``."""
         found = await asyncio.to_thread(self._reviews.user_of, token)
         if found is None:
             return "the token is not valid (TokenReview)"
         user, groups, _ = found
-        if not await asyncio.to_thread(self._reviews.allowed, user, groups, "get",
-                                       "gpureplicasets", "log", namespace, name):
-            return (f"user {user!r} may not get gpureplicasets/log of {namespace}/{name} "
-                    "(a role such as gpudock-view grants it)")
+        if not await asyncio.to_thread(self._reviews.allowed, user, groups, verb,
+                                       "gpureplicasets", subresource, namespace, name):
+            role = "gpudock-view" if verb == "get" else "gpudock-edit"
+            return (f"user {user!r} may not {verb} gpureplicasets/{subresource} of "
+                    f"{namespace}/{name} (a role such as {role} grants it)")
         return None
 
     async def _logs(self, request: web.Request) -> web.StreamResponse:

@@ -19,7 +19,7 @@ from gpudock.agent.node_health import PLURAL as GPU_NODES
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.api.parsing import is_object_name
 from gpudock.api.reasons import Reason
-from gpudock.cli import log_command, migrate_commands, rollout_commands
+from gpudock.cli import exec_tty, log_command, migrate_commands, rollout_commands
 from gpudock.cli.retained_commands import table
 from gpudock.errors import GpudockError
 
@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="kill the command after this long (default 60)")
     run.add_argument("argv", nargs="*", metavar="-- COMMAND [ARG...]",
                      help="everything after -- is the command")
+    run.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the "
+                     "command (interactive: streamed by the node's agent, docs/day2.md)")
+    run.add_argument("-t", "--tty", action="store_true", help="a TTY for the command "
+                     "(with -i: your terminal in raw mode, resized as it is)")
     commit = commands.add_parser("commit", help="save a GpuReplicaSet's running "
                                  "container as an image (an ImageCommit); prints its ID")
     commit.add_argument("name", help="the GpuReplicaSet")
@@ -199,6 +203,9 @@ def _exec(kube: KubeApi, namespace: str, args: argparse.Namespace, out: TextIO,
     if not command:
         print("error: no command: kubectl gpudock exec NAME -- COMMAND [ARG...]", file=err)
         return 2
+    if args.stdin or args.tty:  # interactive: a stream from the agent, no ExecRequest
+        return exec_tty.exec_interactive(kube, namespace, args.name, command,
+                                         stdin=args.stdin, tty=args.tty, out=out, err=err)
     created = kube.create(exec_request.PLURAL, namespace, {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": exec_request.KIND,
         "metadata": {"generateName": f"{args.name[:40]}-exec-"},

@@ -10,7 +10,7 @@ import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import TextIO
+from typing import Any, TextIO
 
 from gpudock.adapters.kube_api import KubeApi
 from gpudock.api.gpu_replica_set import PLURAL
@@ -19,20 +19,31 @@ GPU_NODES = "gpunodes"
 CHUNK = 64 * 1024
 
 
-def logs(kube: KubeApi, namespace: str, name: str, follow: bool, tail: int | None,
-         previous: bool, out: TextIO, err: TextIO) -> int:
+def endpoint(kube: KubeApi, namespace: str, name: str, what: str,
+             err: TextIO) -> tuple[str, dict[str, Any], str] | None:
+    """(node, its GpuNode's status.stream, the caller's token) for a stream of the
+    GpuReplicaSet; None (said on ``err``) when there is none."""
     body = kube.get(PLURAL, namespace, name)
     node = (body.get("status") or {}).get("node") or (body.get("spec") or {}).get("nodeName")
     stream = (kube.get_cluster(GPU_NODES, str(node)).get("status") or {}).get("stream")
     if not stream:
-        print(f"error: the agent of node {node} serves no logs (its --stream-port is off)",
+        print(f"error: the agent of node {node} serves no {what} (its --stream-port is off)",
               file=err)
-        return 1
+        return None
     token = kube.bearer_token()
     if not token:
-        print("error: logs need a bearer token in the kubeconfig (the agent has the API "
+        print(f"error: {what} needs a bearer token in the kubeconfig (the agent has the API "
               "server check it)", file=err)
+        return None
+    return str(node), dict(stream), token
+
+
+def logs(kube: KubeApi, namespace: str, name: str, follow: bool, tail: int | None,
+         previous: bool, out: TextIO, err: TextIO) -> int:
+    found = endpoint(kube, namespace, name, "logs", err)
+    if found is None:
         return 1
+    node, stream, token = found
     query = urllib.parse.urlencode({k: v for k, v in (
         ("follow", "1" if follow else ""), ("tail", "" if tail is None else str(tail)),
         ("previous", "1" if previous else "")) if v})
