@@ -96,7 +96,8 @@ def test_25_4_a_rollback_keeps_the_token_and_no_redeploy_follows(node: Node) -> 
     status = node.settle("box")
     assert (status["revision"], status["history"][-1]["rollbackOf"]) == (3, 1)
     spec = node.kube.get(GRS, NAMESPACE, "box")["spec"]
-    assert "redeploy" not in spec and "rollbackTo" not in spec
+    assert "redeploy" not in spec
+    assert "rollbackTo" not in spec
     assert node.store.list(NAMESPACE, "box")[-1].spec["redeploy"] == "one"
     container = node.only_container("box")
     assert _env(container)["CONTAINER_VERSION"] == "3"
