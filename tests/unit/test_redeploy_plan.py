@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpudock.core.replica_set.redeploy import REDEPLOY_ANNOTATION
+from gpudock.api.gpu_replica_set import REDEPLOY_ANNOTATION
 from tests.unit.fakes.docker import FakeContainer
 from tests.unit.fakes.node import GRS, NAMESPACE, Node
 

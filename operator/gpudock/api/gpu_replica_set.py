@@ -264,7 +264,7 @@ SHAPE_DEFAULTS: dict[str, Any] = {
 
 
 # gpudock.dev/redeploy: its value's key in a shape (core/replica_set/redeploy.py).
-REDEPLOY_FIELD = "redeploy"
+REDEPLOY_ANNOTATION, REDEPLOY_FIELD = "gpudock.dev/redeploy", "redeploy"
 SHAPE_DEFAULTS[REDEPLOY_FIELD] = ""
 
 

@@ -21,9 +21,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
-from gpudock.api.gpu_replica_set import REDEPLOY_FIELD, GpuReplicaSetSpec
-
-REDEPLOY_ANNOTATION = "gpudock.dev/redeploy"
+from gpudock.api.gpu_replica_set import REDEPLOY_ANNOTATION, REDEPLOY_FIELD, GpuReplicaSetSpec
 
 
 def with_redeploy(spec: GpuReplicaSetSpec,
