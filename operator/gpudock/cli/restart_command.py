@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from gpudock.adapters.kube_api import KubeApi
 from gpudock.api.gpu_replica_set import PLURAL, REDEPLOY_ANNOTATION
+from gpudock.core.replica_set.redeploy import fresh_token
 
 POLL_SECONDS = 0.5
-
-
-def fresh_token() -> str:
-    """A value no earlier restart used: the time, to the microsecond (UTC)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def restart(kube: KubeApi, namespace: str, name: str, wait: float, out: TextIO,

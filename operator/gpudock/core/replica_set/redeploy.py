@@ -19,9 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from gpudock.api.gpu_replica_set import REDEPLOY_ANNOTATION, REDEPLOY_FIELD, GpuReplicaSetSpec
+
+
+def fresh_token() -> str:
+    """A value no earlier redeploy used (``kubectl gpudock restart``, the REST API's
+    /restart and PATCH): the time to the microsecond, UTC."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def with_redeploy(spec: GpuReplicaSetSpec,
