@@ -217,7 +217,8 @@ def test_22_7_a_cordoned_node_gets_nothing_new_and_keeps_what_runs(fleet: Fleet)
     assert fleet.node_of("before") == a
     container = fleet.containers(a)[0].id
     assert _plugin(fleet, "cordon", a) == f"gpunode {a} cordoned\n"
-    assert fleet.stack.kubectl_json("get", "gpunode", a)["spec"]["unschedulable"] is True
+    node: Any = fleet.stack.kubectl_json("get", "gpunode", a)
+    assert node["spec"]["unschedulable"] is True
     _apply(fleet, _unpinned("after", 1))
     wait_for(lambda: _running(fleet, "after"), 60, what="after Running")
     assert fleet.node_of("after") == b

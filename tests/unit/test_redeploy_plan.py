@@ -124,3 +124,16 @@ def test_25_4_stopped_then_running_with_a_new_value_is_a_new_revision(node: Node
     container = node.only_container("box")
     assert node.docker.read_file(container.id, MARKER) == b"v1"
     assert _env(container)["CONTAINER_VERSION"] == "2"
+
+
+def test_25_4_paused_makes_the_new_revision_without_starting_it(node: Node) -> None:
+    _running(node)
+    node.patch("box", {"state": "Paused"})
+    node.settle("box")
+    status = _redeploy(node, "one")
+    container = node.only_container("box")
+    assert (status["phase"], status["revision"]) == ("Paused", 2)
+    assert container.status != "running"
+    node.patch("box", {"state": "Running"})
+    assert node.settle("box")["revision"] == 2
+    assert node.docker.read_file(node.only_container("box").id, MARKER) == b"v1"
