@@ -43,7 +43,8 @@ def _touch_spec(stack: LocalStack, namespace: str, limit: int) -> None:
 
 def test_25_4_redeploy_makes_a_new_revision_of_the_same_spec_once(
         stack: LocalStack, namespace: str, start_agent: AgentFactory) -> None:
-    agent = start_agent(gpus=2)
+    # No resync within the test: only the annotation's change can wake the reconcile.
+    agent = start_agent(gpus=2, extra_args=["--resync-seconds", "600"])
     apply_spec(stack, namespace, "box", "first", gpus=1, ports=PORTS)
     first = wait_settled(stack, namespace, "box", revision=1)
     touch_the_disk(stack, namespace)
@@ -75,7 +76,7 @@ def test_25_4_redeploy_makes_a_new_revision_of_the_same_spec_once(
     assert third["history"][-1]["changeCause"] == f"redeploy ({ANNOTATION}={token})"
 
     agent.stop()  # the same value seen by a new agent: decided from the records
-    start_agent(gpus=2)
+    start_agent(gpus=2, extra_args=["--resync-seconds", "600"])
     _touch_spec(stack, namespace, 5)
     wait_settled(stack, namespace, "box", revision=3)
     assert only_container(stack, namespace).id == container.id
