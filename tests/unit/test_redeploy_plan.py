@@ -137,3 +137,24 @@ def test_25_4_paused_makes_the_new_revision_without_starting_it(node: Node) -> N
     node.patch("box", {"state": "Running"})
     assert node.settle("box")["revision"] == 2
     assert node.docker.read_file(node.only_container("box").id, MARKER) == b"v1"
+
+
+def test_25_4_a_new_value_changes_the_digest_kopf_wakes_the_daemon_by() -> None:
+    """kopf leaves gpudock.dev/ annotations out (its storage prefix): the digest has
+    the value, and a resource without it keeps the digest it had."""
+    import kopf
+
+    from gpudock.agent.handlers.node import DigestDiffBaseStorage
+
+    storage = DigestDiffBaseStorage(prefix="gpudock.dev", key="last-handled-configuration")
+
+    def digest(**annotations: str) -> Any:
+        return storage.build(body=kopf.Body({
+            "metadata": {"annotations": {"gpudock.dev/kopf-managed": "yes",
+                                         **annotations}},
+            "spec": {"image": "img"}}))
+
+    plain = digest()
+    assert digest(**{"gpudock.dev/other": "1"}) == plain  # what kopf does
+    assert digest(**{REDEPLOY_ANNOTATION: "one"}) not in (plain, digest(
+        **{REDEPLOY_ANNOTATION: "two"}))
