@@ -267,9 +267,9 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
         essence: dict[str, Any] = dict(super().build(body=body, extra_fields=extra_fields))
         # kopf leaves out every annotation under its storage prefix (gpudock.dev/, marked
-        # by gpudock.dev/kopf-managed), so
-        # a new gpudock.dev/redeploy value would not wake the daemon (#25 item 4); only
-        # when set, so the digest of a resource without it stays what it was.
+        # by gpudock.dev/kopf-managed), so a new gpudock.dev/redeploy value would not
+        # wake the daemon (#25 item 4); added only when set, so the digest of a
+        # resource without it stays what it was.
         token = (body.get("metadata", {}).get("annotations") or {}).get(
             gpu_replica_set.REDEPLOY_ANNOTATION)
         if token:
