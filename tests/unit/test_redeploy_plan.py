@@ -158,3 +158,10 @@ def test_25_4_a_new_value_changes_the_digest_kopf_wakes_the_daemon_by() -> None:
     assert digest(**{"gpudock.dev/other": "1"}) == plain  # what kopf does
     assert digest(**{REDEPLOY_ANNOTATION: "one"}) not in (plain, digest(
         **{REDEPLOY_ANNOTATION: "two"}))
+
+
+def test_25_4_a_committed_image_does_not_keep_the_instances_revision() -> None:
+    from gpudock.agent.image_committer import clean_config
+
+    config = {"Env": ["PATH=/bin", "CONTAINER_VERSION=3"], "Labels": None}
+    assert clean_config(config, [])["Env"] == ["PATH=/bin"]
