@@ -75,18 +75,27 @@ def test_25_1_create_update_rollback_stop_restart_keep_the_disk(
     assert ok(api.call("PATCH", "/replicaSet/foo", {})) == {"containerName": "foo-3"}
     [container] = [c for c in containers(stack, namespace) if c.status == "running"]
     assert env_of(container)["CONTAINER_VERSION"] == "3"
+    # The same spec (#25 item 4): a new gpudock.dev/redeploy value made version 3.
+    grs: Any = stack.kubectl_json("get", "grs", "foo", "-n", namespace)
+    assert [e["name"] for e in grs["spec"]["env"]] == ["A"]
+    assert grs["status"]["history"][-1]["changeCause"] == \
+        f"redeploy (gpudock.dev/redeploy={grs['metadata']['annotations']['gpudock.dev/redeploy']})"
+    assert ok(api.call("PATCH", "/replicaSet/foo", {"gpuPatch": {"gpuCount": 2}})) == \
+        {"containerName": "foo-4"}  # an unchanged gpuCount: a new version too
+    assert sh(api, "foo", "cat /root/kept.txt; echo $CONTAINER_VERSION") == "kept\n4\n"
 
     assert ok(api.call("PATCH", "/replicaSet/foo/rollback", {"version": 1})) == \
-        {"containerName": "foo-4"}
+        {"containerName": "foo-5"}
     info = ok(api.call("GET", "/replicaSet/foo"))["Info"]
     assert len(info["hostConfig"]["DeviceRequests"][0]["DeviceIDs"]) == 1
-    assert sh(api, "foo", "cat /root/kept.txt") == "kept\n"
+    assert "CONTAINER_VERSION=5" in info["config"]["Env"]  # the Go service's number
+    assert sh(api, "foo", "cat /root/kept.txt; echo $CONTAINER_VERSION") == "kept\n5\n"
 
     assert ok(api.call("PATCH", "/replicaSet/foo/stop")) is None
     assert set(ok(api.call("GET", "/resources/gpus"))["gpus"].values()) == {0}
     assert ok(api.call("GET", "/resources/ports"))["ports"]["UsedPortSet"] == {}
-    assert ok(api.call("PATCH", "/replicaSet/foo/restart")) == {"containerName": "foo-5"}
-    assert sh(api, "foo", "cat /root/kept.txt") == "kept\n"
+    assert ok(api.call("PATCH", "/replicaSet/foo/restart")) == {"containerName": "foo-6"}
+    assert sh(api, "foo", "cat /root/kept.txt; echo $CONTAINER_VERSION") == "kept\n6\n"
     assert 1 in ok(api.call("GET", "/resources/gpus"))["gpus"].values()
     ports = ok(api.call("GET", "/resources/ports"))["ports"]
     assert list(ports) == ["StartPort", "EndPort", "AvailableCount", "UsedPortSet"]
@@ -96,12 +105,12 @@ def test_25_1_create_update_rollback_stop_restart_keep_the_disk(
     assert ok(api.call("PATCH", "/replicaSet/foo/pause")) is None
     assert ok(api.call("PATCH", "/replicaSet/foo/continue")) is None
     assert sh(api, "foo", "cat /root/kept.txt") == "kept\n"
-    assert ok(api.call("GET", "/replicaSet/foo"))["Info"]["containerName"] == "foo-5"
+    assert ok(api.call("GET", "/replicaSet/foo"))["Info"]["containerName"] == "foo-6"
 
     history = ok(api.call("GET", "/replicaSet/foo/history"))["history"]
-    assert [h["version"] for h in history] == [5, 4, 3, 2, 1]
+    assert [h["version"] for h in history] == [6, 5, 4, 3, 2, 1]
     assert [h["status"]["containerName"] for h in history] == \
-        ["foo-5", "foo-4", "foo-3", "foo-2", "foo-1"]
+        ["foo-6", "foo-5", "foo-4", "foo-3", "foo-2", "foo-1"]
     assert all(TIME.match(h["createTime"]) for h in history)
     assert len(history[3]["status"]["hostConfig"]["DeviceRequests"][0]["DeviceIDs"]) == 2
 

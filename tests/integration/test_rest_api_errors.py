@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -86,6 +87,9 @@ def test_25_2_every_error_code_in_checking_order(
     info = ok(api.call("GET", f"{rs}/foo"))["Info"]  # the previous spec is back
     assert len(info["hostConfig"]["DeviceRequests"][0]["DeviceIDs"]) == 1
     assert info["containerName"] == "foo-1"
+    # ... and the new version it asked for is not made after all (#25 item 4).
+    grs: Any = stack.kubectl_json("get", "grs", "foo", "-n", namespace)
+    assert "gpudock.dev/redeploy" not in (grs["metadata"].get("annotations") or {})
 
     # rollback: 1000, 1020, 1021 (unknown name), 1022, 1021 (unknown version)
     assert refused(api, "PATCH", f"{rs}/foo/rollback", {"version": "1"})[0] == 1000

@@ -67,7 +67,8 @@ def test_each_way_builds_todays_config(way: str, gpus: tuple[str, ...],
                                        want_env: list[tuple[str, str]], runtime: str | None,
                                        device_ids: tuple[str, ...]) -> None:
     config = _config(GPU_ATTACHMENTS[way], gpus, env)
-    assert list(config.env.items()) == want_env
+    # ... and CONTAINER_VERSION, the revision, last (#25 item 4).
+    assert list(config.env.items()) == [*want_env, ("CONTAINER_VERSION", "3")]
     assert config.runtime == runtime
     assert config.gpu_device_ids == device_ids
     assert config.gpus == gpus
@@ -118,7 +119,8 @@ def test_a_new_way_is_one_table_line(monkeypatch: pytest.MonkeyPatch) -> None:
     (action,) = core.plan_replica_set(obs).actions
     assert isinstance(action, act.StartRevision)
     assert list(action.config.env.items()) == [
-        ("A", "1"), ("B", "2"), (NVD, "nvidia.com/gpu=GPU-0,nvidia.com/gpu=GPU-1")]
+        ("A", "1"), ("B", "2"), (NVD, "nvidia.com/gpu=GPU-0,nvidia.com/gpu=GPU-1"),
+        ("CONTAINER_VERSION", "1")]
     assert action.config.runtime == "nvidia"
     assert action.config.gpu_device_ids == ()
     assert action.config.gpus == TWO

@@ -26,6 +26,7 @@ from gpudock.api import gpu_replica_set, image_commit
 from gpudock.api.image_commit import ImageCommitSpec, name_problem
 from gpudock.api.reasons import Reason
 from gpudock.core import labels
+from gpudock.core.container_config import VERSION_VARIABLE
 from gpudock.core.replica_set.saved_disks import is_reserved_reference
 from gpudock.errors import GpudockError, SpecError, TransientError, UserError
 from gpudock.settings import Settings
@@ -35,11 +36,12 @@ Status = dict[str, Any]
 
 
 def clean_config(config: dict[str, Any], base_env: list[str]) -> dict[str, Any]:
-    """The committed config without the instance: gpudock's labels dropped, the GPU
-    variable as in the base image (dropped when the base has none)."""
+    """The committed config without the instance: gpudock's labels and its revision
+    (CONTAINER_VERSION) dropped, the GPU variable as in the base image (dropped when
+    the base has none)."""
     base_gpus = next((e for e in base_env if e.split("=", 1)[0] == GPU_VARIABLE), None)
     env = [e for e in config.get("Env") or () if "=" in e
-           and e.split("=", 1)[0] != GPU_VARIABLE]
+           and e.split("=", 1)[0] not in (GPU_VARIABLE, VERSION_VARIABLE)]
     if base_gpus is not None:
         env.append(base_gpus)
     kept = {k: v for k, v in (config.get("Labels") or {}).items()

@@ -49,6 +49,7 @@ from gpudock.core.replica_set import actions as act
 from gpudock.core.replica_set import history
 from gpudock.core.replica_set import plan as core
 from gpudock.core.replica_set.observation import Observation, Plan
+from gpudock.core.replica_set.redeploy import with_redeploy
 from gpudock.core.replica_set.status import invalid_spec_status, note_drift
 from gpudock.core.revision import Revision, RevisionStore
 from gpudock.core.times import utc_now
@@ -134,7 +135,8 @@ class ReplicaSetReconciler:
             return None  # a migration moves it: its runner acts (docs/migration.md)
         generation = meta.get("generation")
         try:
-            spec = GpuReplicaSetSpec.parse(body.get("spec") or {})
+            spec = with_redeploy(GpuReplicaSetSpec.parse(body.get("spec") or {}),
+                                 meta.get("annotations") or {})
         except SpecError as exc:  # nothing is changed; what serves is observed
             own = tuple(c for c in self._docker.list_containers()
                         if c.owner == key and c.uid == meta["uid"])

@@ -134,6 +134,9 @@ class GpuReplicaSetSpec:
     image_pull_policy: PullPolicy = PullPolicy.IF_NOT_PRESENT
     image_pull_secrets: tuple[str, ...] = ()
     gpu_failure_policy: GpuFailurePolicy = GpuFailurePolicy.KEEP  # not part of the shape
+    # The annotation gpudock.dev/redeploy's value (core/replica_set/redeploy.py): in
+    # the shape when set (a new value, a new revision); unset, any record's matches.
+    redeploy: str = ""
 
     @classmethod
     def parse(cls, raw: RawDict) -> GpuReplicaSetSpec:
@@ -222,13 +225,17 @@ class GpuReplicaSetSpec:
             **({"resources": self.resources.shape()} if self.resources.shape() else {}),
             **({"shmSize": format_size(self.shm_size)} if self.shm_size else {}),
             **({"pidsLimit": self.pids_limit} if self.pids_limit else {}),
+            **({REDEPLOY_FIELD: self.redeploy} if self.redeploy else {}),
         }
 
     def matches(self, recorded: Mapping[str, Any]) -> bool:
         """True when a revision recorded with shape ``recorded`` (by any version of
         the agent) is this spec's shape: fields the record lacks count as their
         default, so a field added later does not make every container differ."""
-        return _essential(recorded) == _essential(self.shape())
+        theirs = _essential(recorded)
+        if not self.redeploy:
+            theirs.pop(REDEPLOY_FIELD, None)
+        return theirs == _essential(self.shape())
 
     def revision_shape(self) -> dict[str, Any]:
         """The shape without the fields that change in place (what needs a new
@@ -254,6 +261,11 @@ SHAPE_DEFAULTS: dict[str, Any] = {
     "hostAliases": [], "dnsConfig": None, "init": True,
     "resources": {}, "shmSize": None, "pidsLimit": None,
 }
+
+
+# gpudock.dev/redeploy: its value's key in a shape (core/replica_set/redeploy.py).
+REDEPLOY_ANNOTATION, REDEPLOY_FIELD = "gpudock.dev/redeploy", "redeploy"
+SHAPE_DEFAULTS[REDEPLOY_FIELD] = ""
 
 
 def _essential(shape: Mapping[str, Any]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from gpudock.agent.node_health import PLURAL as GPU_NODES
 from gpudock.api import GROUP, VERSION, exec_request, image_commit
 from gpudock.api.parsing import is_object_name
 from gpudock.api.reasons import Reason
-from gpudock.cli import exec_tty, log_command, migrate_commands, rollout_commands
+from gpudock.cli import exec_tty, log_command, migrate_commands, restart_command, rollout_commands
 from gpudock.cli.retained_commands import table
 from gpudock.errors import GpudockError
 
@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(docs/gpu-health.md)")
     readmit.add_argument("node")
     readmit.add_argument("gpu", help="its index or UUID")
+    restart = commands.add_parser("restart", help="a new revision of a GpuReplicaSet's "
+                                  "same spec, its disk kept (gpudock.dev/redeploy)")
+    restart.add_argument("name")
+    restart.add_argument("--wait", type=float, default=0, metavar="SECONDS")
     for sub in commands.choices.values():
         _kube_flags(sub, argparse.SUPPRESS)
     return parser
@@ -153,6 +157,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout,
                 return _ports(kube, args.node, out)
             case "readmit":
                 return _readmit(kube, args.node, args.gpu, out)
+            case "restart":
+                return restart_command.restart(kube, namespace, args.name, args.wait,
+                                               out, err)
     except ObjectNotFoundError as exc:
         print(f"error: not found: {exc}", file=err)
     except GpudockError as exc:

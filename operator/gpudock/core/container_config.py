@@ -87,6 +87,10 @@ def exact_env(base_env: list[str], source_env: list[str], wanted: dict[str, str]
     return [f"{k}={v}" for k, v in result.items()] + sorted(inherited - result.keys())
 
 
+# Set in every container's environment to its revision (as gpu-docker-api did).
+VERSION_VARIABLE = "CONTAINER_VERSION"
+
+
 def spec_hash(spec: GpuReplicaSetSpec) -> str:
     """A digest of everything in the spec that shapes the container (not state, history
     or rollback; nor what changes in place, the limits): equal hashes mean the
@@ -121,6 +125,7 @@ def build_container_config(
     for name in attached.unset_env:
         env.pop(name, None)
     env.update(attached.env)
+    env[VERSION_VARIABLE] = str(revision)  # every container knows its revision
     mounts = tuple(
         BindMount(source=resolved.get(m.host_path, m.host_path), target=m.mount_path,
                   read_only=m.read_only)

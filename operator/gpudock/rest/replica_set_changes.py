@@ -8,9 +8,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gpudock.api.gpu_replica_set import KIND, PLURAL
+from gpudock.api.gpu_replica_set import KIND, PLURAL, REDEPLOY_ANNOTATION
 from gpudock.api.reasons import Reason
 from gpudock.api.sized_volume import PLURAL as VOLUMES
+from gpudock.core.replica_set.redeploy import fresh_token
 from gpudock.rest import revisions
 from gpudock.rest.auth import Caller
 from gpudock.rest.codes import Code, RefusalError
@@ -23,7 +24,6 @@ from gpudock.rest.replica_set_shapes import (
     info,
     mount,
     port_list,
-    with_version,
 )
 from gpudock.rest.waiting import DONE, gone, replica_set_settled, wait_for
 
@@ -90,7 +90,7 @@ def create(ctx: ApiContext, caller: Caller, body: dict[str, Any],
             "nodeName": ctx.node(query, failure),
             "image": committed_image(ctx, namespace, body["imageName"]),
             "gpuCount": body["gpuCount"], "command": body["cmd"],
-            "env": env_list(body["env"], 1), "ports": port_list(body["containerPorts"]),
+            "env": env_list(body["env"]), "ports": port_list(body["containerPorts"]),
             "mounts": [_mount_of(ctx, namespace, b, failure) for b in body["binds"]],
         }
     except ShapeError as exc:
@@ -113,22 +113,38 @@ def create(ctx: ApiContext, caller: Caller, body: dict[str, Any],
 
 
 def change(ctx: ApiContext, caller: Caller, name: str, failure: Code, state: str,
-           spec_patch: Any) -> Mapping[str, Any]:
+           spec_patch: Any, new_version: bool = False) -> Mapping[str, Any]:
     """Apply ``spec_patch(spec, status)`` (a merge patch of the spec) and wait until the
-    agent has, in ``state``; on a refusal put the previous spec back."""
+    agent has, in ``state``; on a refusal put the previous spec back. ``new_version``:
+    a new revision even of the same spec (a fresh gpudock.dev/redeploy value), and
+    the wait lasts until it is there."""
     namespace, obj_name = caller.namespace, object_name(name)
     current = ctx.find(PLURAL, namespace, obj_name)
     if current is None or (current.get("metadata") or {}).get("deletionTimestamp"):
         raise RefusalError(failure, "NotFound", obj_name)
     previous = dict(current.get("spec") or {})
     patch = {**spec_patch(previous, current.get("status") or {}), "state": state}
-    patched = ctx.kube.patch(PLURAL, namespace, obj_name, caller_patch(caller, patch))
+    body = caller_patch(caller, patch)
+    status = current.get("status") or {}  # the new revision comes after all of these
+    before = max([int(h.get("revision") or 0) for h in status.get("history") or ()]
+                 + [int(status.get("revision") or 0)])
+    if new_version:
+        body["metadata"]["annotations"][REDEPLOY_ANNOTATION] = fresh_token()
+    patched = ctx.kube.patch(PLURAL, namespace, obj_name, body)
     outcome, obj = wait_for(ctx.kube, PLURAL, namespace, obj_name,
-                            replica_set_settled(generation(patched), state), ctx.wait_seconds)
+                            replica_set_settled(
+                                generation(patched), state,
+                                after_revision=before if new_version else None,
+                                spec_changed=generation(patched) > generation(current)),
+                            ctx.wait_seconds)
     if outcome != DONE or obj is None:
         restore = {key: previous.get(key) for key in patch if key != "rollbackTo"}
-        restored = ctx.kube.patch(PLURAL, namespace, obj_name,
-                                  {"spec": {**restore, "rollbackTo": None}})
+        token = ((current.get("metadata") or {}).get("annotations") or {}).get(
+            REDEPLOY_ANNOTATION)  # its previous value back too: no redeploy after
+        restored = ctx.kube.patch(PLURAL, namespace, obj_name, {
+            "spec": {**restore, "rollbackTo": None},
+            **({"metadata": {"annotations": {REDEPLOY_ANNOTATION: token}}}
+               if new_version else {})})
         wait_for(ctx.kube, PLURAL, namespace, obj_name,
                  replica_set_settled(generation(restored), str(previous.get("state")
                                                               or "Running")),
@@ -138,10 +154,6 @@ def change(ctx: ApiContext, caller: Caller, name: str, failure: Code, state: str
             "revision"):
         _record(ctx, namespace, name, obj)
     return obj
-
-
-def _next_version(spec: Mapping[str, Any], status: Mapping[str, Any]) -> list[dict[str, Any]]:
-    return with_version(spec.get("env") or (), int(status.get("revision") or 0) + 1)
 
 
 def patch(ctx: ApiContext, caller: Caller, name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -156,7 +168,7 @@ def patch(ctx: ApiContext, caller: Caller, name: str, body: dict[str, Any]) -> d
     namespace = caller.namespace
 
     def spec_patch(spec: Mapping[str, Any], status: Mapping[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = {"env": _next_version(spec, status)}
+        result: dict[str, Any] = {}
         if gpu_patch is not None:
             result["gpuCount"] = gpu_patch["gpuCount"]
         if volume_patch is not None:
@@ -172,7 +184,7 @@ def patch(ctx: ApiContext, caller: Caller, name: str, body: dict[str, Any]) -> d
             result["mounts"] = mounts
         return result
 
-    obj = change(ctx, caller, name, failure, "Running", spec_patch)
+    obj = change(ctx, caller, name, failure, "Running", spec_patch, new_version=True)
     return {"containerName": versioned(name, (obj.get("status") or {}).get("revision"))}
 
 
@@ -199,9 +211,8 @@ def set_state(state: str, failure: Code, new_version: bool) -> Any:
     """/stop (Stopped), /pause (Paused), /continue (Running), /restart (Running, a new
     version)."""
     def operation(ctx: ApiContext, caller: Caller, name: str) -> dict[str, Any] | None:
-        obj = change(ctx, caller, name, failure, state,
-                     lambda spec, status: {"env": _next_version(spec, status)}
-                     if new_version else {})
+        obj = change(ctx, caller, name, failure, state, lambda spec, status: {},
+                     new_version=new_version)
         if not new_version:
             return None
         return {"containerName": versioned(name, (obj.get("status") or {}).get("revision"))}

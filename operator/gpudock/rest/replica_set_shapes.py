@@ -11,7 +11,7 @@ from typing import Any
 from gpudock.errors import SpecError
 from gpudock.rest.names import go_time, versioned
 
-VERSION_VARIABLE = "CONTAINER_VERSION"
+VERSION_VARIABLE = "CONTAINER_VERSION"  # the agent's (core/container_config.py)
 _PORT = re.compile(r"^([0-9]{1,5})(?:/(tcp|udp))?$", re.IGNORECASE)
 
 
@@ -20,22 +20,17 @@ class ShapeError(SpecError):
     call would have failed)."""
 
 
-def env_list(pairs: Sequence[str], version: int) -> list[dict[str, str]]:
-    """["K=V"] as the spec's env, CONTAINER_VERSION set to ``version``."""
+def env_list(pairs: Sequence[str]) -> list[dict[str, str]]:
+    """["K=V"] as the spec's env; CONTAINER_VERSION is left out: the agent sets it in
+    every container to its revision (as the Go service's last entry did)."""
     found: dict[str, str] = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
         if not key:
             raise ShapeError(f"env entry {pair!r} has no name")
         found[key] = value
-    found[VERSION_VARIABLE] = str(version)
+    found.pop(VERSION_VARIABLE, None)
     return [{"name": k, "value": v} for k, v in found.items()]
-
-
-def with_version(env: Sequence[Mapping[str, Any]], version: int) -> list[dict[str, Any]]:
-    """The spec's env with CONTAINER_VERSION set to ``version`` (a new revision)."""
-    kept = [dict(e) for e in env if e.get("name") != VERSION_VARIABLE]
-    return [*kept, {"name": VERSION_VARIABLE, "value": str(version)}]
 
 
 def port_list(ports: Sequence[str]) -> list[dict[str, Any]]:
@@ -87,7 +82,8 @@ def shape_info(name: str, spec: Mapping[str, Any], status: Mapping[str, Any], ve
     gpus = list(status.get("gpus") or ())
     config = {
         "Image": spec.get("image", ""),
-        "Env": [f"{e['name']}={e.get('value', '')}" for e in spec.get("env") or ()] or None,
+        "Env": [*(f"{e['name']}={e.get('value', '')}" for e in spec.get("env") or ()
+                  if e.get("name") != VERSION_VARIABLE), f"{VERSION_VARIABLE}={version}"],
         "Cmd": list(spec.get("command") or ()) or None,
         "ExposedPorts": exposed or None,
     }

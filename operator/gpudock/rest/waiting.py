@@ -32,24 +32,42 @@ def _observed(obj: Mapping[str, Any], generation: int) -> bool:
     return bool(seen >= generation and seen >= (meta.get("generation") or 0))
 
 
-def replica_set_settled(generation: int, state: str) -> Verdict:
+def replica_set_settled(generation: int, state: str, after_revision: int | None = None,
+                        spec_changed: bool = True) -> Verdict:
     """DONE once the status describes ``generation`` (or later), nothing is left to do
     and the phase is ``state`` (Running, Paused, Stopped); the reason when refused
-    (Degraded, or waiting for GPUs or addresses); PENDING otherwise."""
+    (Degraded, or waiting for GPUs or addresses); PENDING otherwise. With
+    ``after_revision`` (a new version asked for: a gpudock.dev/redeploy value), DONE
+    only once a revision after it is the current one, and its failure (a revision
+    after it that never ran) is the refusal; when the change is only that annotation
+    (``spec_changed`` False: no new generation), the conditions are judged only once
+    the new revision is there (until then they can be the previous change's)."""
     def verdict(obj: Mapping[str, Any] | None) -> str | None:
         if obj is None:
             return "NotFound"
         if not _observed(obj, generation) or (obj.get("spec") or {}).get("rollbackTo"):
             return PENDING
+        status = obj.get("status") or {}
+        behind = after_revision is not None and \
+            int(status.get("revision") or 0) <= after_revision
+        if behind:
+            failed = next((h for h in status.get("history") or ()
+                           if int(h.get("revision") or 0) > (after_revision or 0)
+                           and h.get("failed")), None)
+            if failed is not None:
+                return str(failed["failed"]).split(":", 1)[0]
+            if not spec_changed:
+                return PENDING
         found = conditions(obj)
         degraded, progressing = found.get("Degraded", {}), found.get("Progressing", {})
         if degraded.get("status") == "True" and degraded.get("reason") not in _HARMLESS:
             return str(degraded.get("reason"))
         if progressing.get("status") == "True" and progressing.get("reason") in _WAITING:
             return str(progressing.get("reason"))
-        phase = (obj.get("status") or {}).get("phase")
+        phase = status.get("phase")
         running = state == "Running" and phase in ("Running", "CrashLoop")
-        if progressing.get("status") == "False" and (running or phase == state):
+        if progressing.get("status") == "False" and (running or phase == state) \
+                and not behind:
             return DONE
         return PENDING
     return verdict

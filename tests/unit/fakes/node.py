@@ -152,6 +152,16 @@ class Node:
                                   body["metadata"].get("annotations"))
         return int(patched["metadata"]["generation"])
 
+    def annotate(self, name: str, key: str, value: str | None) -> None:
+        """`kubectl annotate [--overwrite]` (None: ``key-``); the spec is untouched."""
+        body = self.kube.get(GRS, NAMESPACE, name)
+        annotations = dict(body["metadata"].get("annotations") or {})
+        if value is None:
+            annotations.pop(key, None)
+        else:
+            annotations[key] = value
+        self.kube.apply(GRS, NAMESPACE, name, body["spec"], annotations)
+
     def reconcile(self, name: str) -> Outcome | None:
         """One pass of the resource's daemon: reconcile, post, write the status."""
         show = self._shower(name)

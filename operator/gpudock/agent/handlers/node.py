@@ -265,7 +265,15 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
     refused, and with it the removal of the finalizer on delete."""
 
     def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
-        essence = super().build(body=body, extra_fields=extra_fields)
+        essence: dict[str, Any] = dict(super().build(body=body, extra_fields=extra_fields))
+        # kopf leaves out every annotation under its storage prefix (gpudock.dev/, marked
+        # by gpudock.dev/kopf-managed), so a new gpudock.dev/redeploy value would not
+        # wake the daemon (#25 item 4); added only when set, so the digest of a
+        # resource without it stays what it was.
+        token = (body.get("metadata", {}).get("annotations") or {}).get(
+            gpu_replica_set.REDEPLOY_ANNOTATION)
+        if token:
+            essence = {**essence, gpu_replica_set.REDEPLOY_ANNOTATION: token}
         encoded = json.dumps(essence, sort_keys=True, separators=(",", ":"), default=str)
         return {"spec": {"sha256": hashlib.sha256(encoded.encode()).hexdigest()}}
 

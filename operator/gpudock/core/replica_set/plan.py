@@ -49,6 +49,7 @@ from gpudock.core.replica_set.history import (
 )
 from gpudock.core.replica_set.observation import Observation, Plan, Target
 from gpudock.core.replica_set.pulls import pull_first
+from gpudock.core.replica_set.redeploy import only_redeploy, redeploy_cause, spec_fields
 from gpudock.core.replica_set.resize import resize
 from gpudock.core.replica_set.saved_disks import (
     disk_of,
@@ -107,7 +108,7 @@ def _plan(obs: Observation) -> Plan:
             assert record is not None
             assert record.rollback_of is not None
             return _progress(obs, current, record,
-                             (act.WriteSpec(record.spec, record.rollback_of),),
+                             (act.WriteSpec(spec_fields(record.spec), record.rollback_of),),
                              Reason.ROLLING_BACK,
                              f"writing revision {record.rollback_of}'s spec back")
         if current is not None:
@@ -152,8 +153,9 @@ def _record_of(obs: Observation, current: ObservedContainer | None) -> Revision 
 def _target(obs: Observation, record: Revision | None) -> Target | None:
     """None when the rollback asked for is done (only the spec is left to write)."""
     wanted = obs.spec.rollback_to
-    if wanted is None:
-        return Target(obs.spec, obs.change_cause)
+    if wanted is None:  # a new value of gpudock.dev/redeploy alone: a redeploy
+        redeploy = record is not None and only_redeploy(obs.spec, record.spec)
+        return Target(obs.spec, redeploy_cause(obs.spec) if redeploy else obs.change_cause)
     if record is not None and record.rollback_of == wanted and \
             record.generation == obs.generation:
         return None
