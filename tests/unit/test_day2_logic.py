@@ -31,6 +31,10 @@ def test_gpu_node_status_comes_from_the_containers() -> None:
     assert (status["ports"]["used"], status["ports"]["free"]) == (2, 8)
     assert status["ports"]["bindings"] == [
         {"hostPort": 40001, "protocol": "TCP", "holder": {"namespace": "ns", "name": "a"}}]
+    # An idle Unhealthy GPU is not free (a new instance never gets it).
+    devices[0] = GpuDevice(0, "GPU-0", "A100", 80 * 2**30, health="Unhealthy")
+    status = gpu_node_status(devices, [held, other], (40000, 40009), "0.1.0", "now")
+    assert (status["gpusTotal"], status["gpusAllocated"], status["gpusFree"]) == (4, 2, 1)
 
 
 def test_node_verdicts() -> None:

@@ -114,6 +114,35 @@ def test_the_fleet_view_counts_what_is_bound_before_the_heartbeat_shows_it() -> 
     assert not views["c"].ready
 
 
+def test_a_held_unhealthy_gpu_is_taken_once_and_an_idle_one_is_not_free() -> None:
+    """Review of 2026-12-05: a held Unhealthy GPU (policy Keep) was subtracted twice
+    (out of the healthy GPUs and in what its holder takes), so a node with one idle
+    healthy GPU said Insufficient GPUs."""
+    holder = {"namespace": "ns", "name": "old", "revision": 1}
+    node = _gpu_node("a", [holder, None, None])
+    node["status"]["gpus"][0]["health"] = "Unhealthy"  # held by old, kept
+    node["status"]["gpus"][2]["health"] = "Unhealthy"  # idle: never handed out
+    view = node_views([node], [_grs("old", 1, node="a")], [], NOW, 30)[0]
+    assert view.gpus_free == 1
+    assert place(Demand(gpu_count=1), [view]) == Placed("a")
+    assert isinstance(place(Demand(gpu_count=2), [view]), Unplaceable)
+
+
+def test_an_explicit_host_port_outside_the_nodes_allowed_range_does_not_fit() -> None:
+    """The node's agent would refuse it (HostPortNotAllowed); the scheduler skips the
+    node instead (the CI failure of 2026-12-05: an instance bound where its hostPort
+    is not allowed never ran)."""
+    node = _gpu_node("a", [None])
+    node["status"]["ports"] = {"range": "45000-49999", "explicitRange": "45000-46000"}
+    view = node_views([node], [], [], NOW, 30)[0]
+    assert view.explicit_ports == (45000, 46000)
+    inside, outside = ({(port, "TCP")} for port in (45500, 47000))
+    assert place(Demand(host_ports=frozenset(inside)), [view]) == Placed("a")
+    assert place(Demand(host_ports=frozenset(outside)), [view]) == Unplaceable(
+        "0/1 nodes are available: 1 node(s) didn't have free ports for the requested "
+        "host ports.")
+
+
 class FakeKube:
     def __init__(self, objects: list[dict[str, Any]], stale: frozenset[str] = frozenset(),
                  ) -> None:

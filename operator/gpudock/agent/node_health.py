@@ -71,6 +71,7 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
     except (OSError, GpudockError):
         free = None
     status["volumes"] = {"backend": settings.volume_backend, "freeBytes": free}
+    status["ports"]["explicitRange"] = str(settings.explicit_port_range)  # for the scheduler
     status["stream"] = dict(stream) if stream else None  # kubectl gpudock logs
     if transfer is not None:  # the migration endpoint (docs/migration.md)
         status["transfer"] = dict(transfer)

@@ -119,8 +119,10 @@ def node_views(gpu_nodes: Sequence[Mapping[str, Any]],
 def _view(body: Mapping[str, Any], ready: bool) -> NodeView:
     spec, status = body.get("spec") or {}, body.get("status") or {}
     labels = (body.get("metadata") or {}).get("labels") or {}
+    # A held Unhealthy GPU (gpuFailurePolicy Keep) still counts as capacity: its
+    # holder is counted in gpus_taken, so leaving it out here would take it twice.
     gpus = tuple(GpuView(str(g.get("model") or ""), int(g.get("memoryMiB") or 0),
-                         g.get("health", "Healthy") == "Healthy")
+                         g.get("health", "Healthy") == "Healthy" or bool(g.get("holder")))
                  for g in status.get("gpus") or () if isinstance(g, Mapping))
     allocatable = status.get("allocatable") or {}
     volumes = status.get("volumes") or {}
@@ -131,7 +133,15 @@ def _view(body: Mapping[str, Any], ready: bool) -> NodeView:
         labels={str(k): str(v) for k, v in labels.items()}, gpus=gpus,
         cpu_millis=_quantity(allocatable.get("cpu"), parse_cpu),
         memory_bytes=_quantity(allocatable.get("memory"), parse_size),
-        volume_free_bytes=int(free) if isinstance(free, int) else None)
+        volume_free_bytes=int(free) if isinstance(free, int) else None,
+        explicit_ports=_range((status.get("ports") or {}).get("explicitRange")
+                              or (status.get("ports") or {}).get("range")))
+
+
+def _range(text: Any) -> tuple[int, int] | None:
+    """``first-last`` as numbers; None when absent or malformed."""
+    first, _, last = str(text or "").partition("-")
+    return (int(first), int(last)) if first.isdigit() and last.isdigit() else None
 
 
 def _quantity(value: Any, parse: Any) -> int | None:

@@ -57,7 +57,8 @@ def gpu_node_status(devices: Sequence[GpuDevice], containers: Sequence[ObservedC
     allocated = sum(1 for g in gpus if g["holder"] is not None)
     return {
         "gpus": gpus, "gpusTotal": len(gpus), "gpusAllocated": allocated,
-        "gpusFree": len(gpus) - allocated,
+        # Free: Healthy and held by no container (what a new instance can get).
+        "gpusFree": sum(1 for g in gpus if g["holder"] is None and g["health"] == "Healthy"),
         "ports": {"range": f"{first}-{last}", "used": len(used),
                   "free": last - first + 1 - len(used), "bindings": bindings},
         "agentVersion": version, "heartbeatTime": now,

@@ -53,6 +53,9 @@ class NodeView:
     cpu_taken: int = 0
     memory_taken: int = 0
     ports_taken: set[tuple[int, str]] = field(default_factory=set)
+    # Where an explicit hostPort may lie on the node (--allowed-host-ports, else its
+    # --port-range); None: not reported (no check).
+    explicit_ports: tuple[int, int] | None = None
     volume_free_bytes: int | None = None  # None: not reported (no check)
 
     @property
@@ -194,6 +197,10 @@ def _memory(demand: Demand, node: NodeView) -> str | None:
 
 
 def _ports(demand: Demand, node: NodeView) -> str | None:
+    if node.explicit_ports is not None:
+        first, last = node.explicit_ports
+        if any(not first <= port <= last for port, _ in demand.host_ports):
+            return PORTS  # the node's agent would refuse it (HostPortNotAllowed)
     return PORTS if demand.host_ports & node.ports_taken else None
 
 
