@@ -52,7 +52,7 @@ def test_examples_are_accepted_and_defaulted(stack: LocalStack, namespace: str) 
     assert table[0].split() == ["NAME", "NODE", "GPUS", "STATE", "PHASE", "REASON", "RESTARTS",
                                 "REVISION", "AGE"]
     svol_table = stack.kubectl("get", "svol", "-n", namespace).stdout.splitlines()
-    assert svol_table[0].split() == ["NAME", "NODE", "SIZE", "USED", "PHASE", "AGE"]
+    assert svol_table[0].split() == ["NAME", "NODE", "SIZE", "USED", "PHASE", "REASON", "AGE"]
 
 
 @pytest.mark.parametrize(("manifest", "message"), [
