@@ -92,3 +92,31 @@ def test_26_1_logs_of_a_crash_loop_with_the_callers_permission(
         follow.wait()
         if follow.stdout is not None:
             follow.stdout.close()
+
+
+def test_26_1_a_stream_that_ended_gives_its_slot_back(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory, tmp_path: Path,
+) -> None:
+    """Review of 2026-12-05: a followed stream of a container that went silent kept
+    its reader thread blocked on Docker and its slot taken after it ended, so after
+    MAX_STREAMS such streams every `logs` and `exec -it` of the node got 429."""
+    from gpudock.agent.log_stream import MAX_STREAMS
+
+    start_agent(extra_args=["--stream-port", str(free_port()),
+                            "--stream-idle-seconds", "1"])
+    apply(stack, namespace, gpu_replica_set("quiet", gpus=0, command=[
+        "sh", "-c", "echo ready; exec sleep 100000"]))
+    wait_settled(stack, namespace, "quiet")
+    alice = person_kubeconfig(stack, "alice", tmp_path / "alice")
+    stack.kubectl("create", "rolebinding", "alice-view", "-n", namespace,
+                  "--clusterrole=gpudock-view", "--user=alice")
+    stack.kubectl("create", "clusterrole", f"{namespace}-nodes", "--verb=get",
+                  "--resource=gpunodes.gpudock.dev")
+    stack.kubectl("create", "clusterrolebinding", f"{namespace}-nodes",
+                  f"--clusterrole={namespace}-nodes", "--user=alice")
+    for attempt in range(MAX_STREAMS + 2):
+        # Each follows the silent container until the idle timeout ends it.
+        ended = _logs(stack, alice, namespace, "quiet", "-f")
+        assert ended.returncode == 0, f"stream {attempt + 1}: {ended.stderr}"
+        assert "ready" in ended.stdout
+        assert "stream ended: idle" in ended.stdout

@@ -13,16 +13,17 @@ output. At most MAX_STREAMS run at once, each reading Docker on a thread of its 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from aiohttp import web
 
 from gpudock.adapters import stream_tls
+from gpudock.adapters.docker.containers import LogChunks
 from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import Reviews
 from gpudock.agent.exec_stream import ExecStreams
@@ -104,14 +105,32 @@ class LogStreams:
         until = container.started_at if request.query.get("previous") == "1" else None
         if not self._slots.acquire(blocking=False):
             return web.Response(status=429, text=f"{MAX_STREAMS} streams run already\n")
-        chunks = await asyncio.to_thread(self._docker.logs, container.id, follow=follow,
-                                         tail=tail, until=until)
-        response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
-        await response.prepare(request)
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
-        loop = asyncio.get_running_loop()
-        threading.Thread(target=self._read, args=(chunks, queue, loop), daemon=True,
-                         name="gpudock-logs").start()
+        stopped = threading.Event()
+        chunks: LogChunks | None = None
+        try:  # the slot and Docker's stream are given back however this ends
+            chunks = await asyncio.to_thread(self._docker.logs, container.id, follow=follow,
+                                             tail=tail, until=until)
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/plain; charset=utf-8"})
+            await response.prepare(request)
+            queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+            threading.Thread(target=self._read, daemon=True, name="gpudock-logs", args=(
+                chunks, queue, asyncio.get_running_loop(), stopped)).start()
+            await self._relay(queue, response, token, namespace, name)
+            with contextlib.suppress(ConnectionError):
+                await response.write_eof()
+            return response
+        finally:
+            stopped.set()
+            if chunks is not None:
+                chunks.close()  # ends a follow that waits on a silent container
+            self._slots.release()
+
+    async def _relay(self, queue: asyncio.Queue[bytes | None], response: web.StreamResponse,
+                     token: str, namespace: str, name: str) -> None:
+        """Docker's chunks to the caller until the stream ends, the caller's permission
+        is gone (checked again every RECHECK_SECONDS) or nothing came for the idle
+        timeout."""
         idle = self._settings.stream_idle_seconds
         checked = last_output = time.monotonic()
         while True:
@@ -120,37 +139,45 @@ class LogStreams:
             except TimeoutError:
                 chunk = b""
             if chunk is None:
-                break
+                return
             now = time.monotonic()
             if now - checked >= RECHECK_SECONDS:
                 checked = now
                 refused = await self._permitted(token, namespace, name)
                 if refused is not None:
                     await response.write(f"\n(gpudock: stream ended: {refused})\n".encode())
-                    break
+                    return
             if chunk:
                 last_output = now
                 await response.write(chunk)
             elif now - last_output >= idle:
                 await response.write(b"\n(gpudock: stream ended: idle)\n")
-                break
-        with contextlib.suppress(ConnectionError):
-            await response.write_eof()
-        return response
+                return
 
-    def _read(self, chunks: Iterator[bytes], queue: asyncio.Queue[bytes | None],
-              loop: asyncio.AbstractEventLoop) -> None:
-        """Docker's chunks into the queue, on this stream's own thread; its slot is
-        given back when Docker's stream ends (the container stops or writes again)."""
+    @staticmethod
+    def _read(chunks: LogChunks, queue: asyncio.Queue[bytes | None],
+              loop: asyncio.AbstractEventLoop, stopped: threading.Event) -> None:
+        """Docker's chunks into the queue, then None, on this stream's own thread; it
+        stops as soon as the caller's side has (nothing reads the queue then: a full
+        one is never waited on past that)."""
+
+        def offer(item: bytes | None) -> bool:
+            put = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+            while not stopped.is_set():
+                with contextlib.suppress(concurrent.futures.TimeoutError):
+                    put.result(timeout=1.0)
+                    return True
+            put.cancel()
+            return False
+
         try:
             for chunk in chunks:
-                asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
-        except (GpudockError, RuntimeError) as exc:
+                if not offer(chunk):
+                    return
+        except Exception as exc:
             logger.debug("log stream ended: %s", exc)
-        finally:
-            self._slots.release()
-            with contextlib.suppress(RuntimeError):
-                asyncio.run_coroutine_threadsafe(queue.put(None), loop)
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            offer(None)
 
     def _current(self, key: ResourceKey) -> ObservedContainer | None:
         mine = [c for c in self._docker.list_containers()

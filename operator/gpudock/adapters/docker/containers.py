@@ -206,17 +206,14 @@ class ContainerMixin(DockerConnection):
                                 "swapped in?); the container was removed")
 
     def logs(self, container_id: str, *, follow: bool, tail: int | None,
-             until: str | None = None) -> Iterator[bytes]:
+             until: str | None = None) -> LogChunks:
         """The container's output (stdout and stderr as Docker keeps them), as chunks;
         ``until`` (RFC 3339): only what was written before (an earlier run's)."""
-        chunks = self._call(f"logs of {container_id[:12]}", lambda: self.client.api.logs(
+        what = f"logs of {container_id[:12]}"
+        chunks = self._call(what, lambda: self.client.api.logs(
             container_id, stream=True, follow=follow, tail="all" if tail is None else tail,
             until=_epoch(until) if until else None))
-
-        def translated() -> Iterator[bytes]:
-            with _translated(f"logs of {container_id[:12]}"):
-                yield from chunks
-        return translated()
+        return LogChunks(chunks, what)
 
     def start(self, container_id: str, name: str) -> None:
         self._containers.expect(container_id, "start")
@@ -284,3 +281,21 @@ def _epoch(when: str) -> int:
     whole = when.split(".", 1)[0].rstrip("Z")
     return int(datetime.datetime.fromisoformat(whole).replace(
         tzinfo=datetime.UTC).timestamp())
+
+
+class LogChunks:
+    """A container's output as Docker streams it: iterate for its chunks (Docker's
+    errors translated); ``close()``, from any thread, ends the stream (a follow that
+    waits on a silent container included) and frees its connection."""
+
+    def __init__(self, stream: Any, what: str) -> None:
+        self._stream = stream
+        self._what = what
+
+    def __iter__(self) -> Iterator[bytes]:
+        with _translated(self._what):
+            yield from self._stream
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # closed already, or the socket is gone
+            self._stream.close()
