@@ -137,7 +137,8 @@ def test_a_rollout_shows_progressing_then_ready_and_an_event_per_step(
     last = written[-1]
     assert (last["phase"], last["revision"], len(last["gpus"])) == ("Running", 2, 2)
     assert {c["type"]: c["status"] for c in last["conditions"]} == {
-        "Ready": "True", "Progressing": "False", "Degraded": "False", "Scheduled": "True"}
+        "Ready": "True", "Progressing": "False", "Degraded": "False", "Scheduled": "True",
+        "Reconciling": "False", "Stalled": "False"}
     wait_for(lambda: {"Stopped", "DiskSaved", "RevisionStarted",
                       "PreviousRevisionRemoved"} <= set(event_reasons(stack, namespace, "box")),
              30, what="an event per step")
