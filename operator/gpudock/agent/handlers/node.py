@@ -76,6 +76,16 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
     logger.info("revision store: %s", agent_settings.store_url)
     logger.info("node %s: %d GPUs (%s backend): %s", agent_settings.node_name, len(gpus),
                 agent_settings.gpu_backend, ", ".join(g.uuid for g in gpus))
+    if agent_settings.stream_port:  # first: a retried start-up has nothing else to undo
+        streams = LogStreams(agent_settings, agent.docker, Reviews(agent_settings.kubeconfig))
+        try:
+            agent.stream.update(await streams.start())
+        except (GpudockError, OSError) as exc:  # openssl missing, the port taken
+            agent.request_pool.shutdown(wait=False)
+            agent.docker.close()
+            agent.store.close()
+            raise kopf.TemporaryError(f"--stream-port: {exc}", delay=10) from exc
+        agent.log_streams.append(streams)
     memo[wiring.MEMO_KEY] = agent
     if agent_settings.metrics_port:
         if agent_settings.instance_metrics:
@@ -98,13 +108,6 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
     # kopf's indexes (empty until its watches have listed; kept current after).
     agent.watched.update({gpu_replica_set.PLURAL: kwargs["replica_sets_by_node"],
                           sized_volume.PLURAL: kwargs["volumes_by_node"]})
-    if agent_settings.stream_port:
-        streams = LogStreams(agent_settings, agent.docker, Reviews(agent_settings.kubeconfig))
-        try:
-            agent.stream.update(await streams.start())
-        except (GpudockError, OSError) as exc:  # openssl missing, the port taken
-            raise kopf.TemporaryError(f"--stream-port: {exc}", delay=10) from exc
-        agent.log_streams.append(streams)
     agent.tasks.append(asyncio.create_task(_sweep_orphans(agent, logger)))
     agent.tasks.append(asyncio.create_task(_heartbeat(agent, logger)))
     _watch_gpu_health(agent, loop, logger)
