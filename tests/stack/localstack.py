@@ -23,6 +23,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import docker
 
@@ -189,10 +190,8 @@ class LocalStack:
 
     def apply_crds(self) -> None:
         self.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     *(f"crd/{plural}.gpudock.dev" for plural in (
-                         "gpureplicasets", "sizedvolumes", "gpunodes", "execrequests",
-                         "imagecommits")))
+        wait_for(self._crds_established, timeout=60, interval=0.3,
+                 what="every gpudock.dev CRD Established")
         if self.with_node:  # the chart's release brings (and owns) the RBAC
             return
         for manifest in ("rbac.yaml", "user-roles.yaml"):
@@ -201,6 +200,20 @@ class LocalStack:
         # tests prove the RBAC rules are enough.
         self.kubectl("create", "clusterrolebinding", "gpudock-agent-local",
                      "--clusterrole=gpudock-agent", f"--user={AGENT_USER}")
+
+    def _crds_established(self) -> list[str] | None:
+        """The CRDs in crds/ when all are Established, else None.
+
+        Polled rather than `kubectl wait --for=condition=Established`: that fails at
+        once ("status.conditions accessor error: <nil>") when a CRD has no status yet,
+        which a busy API server shows for a moment after the apply (#27 item 5).
+        """
+        wanted = {path.name.removeprefix("gpudock.dev_").removesuffix(".yaml")
+                  + ".gpudock.dev" for path in (REPO_ROOT / "crds").glob("*.yaml")}
+        listed = self.kubectl("get", "crd", "-o", "json", check=False)
+        if listed.returncode != 0:
+            return None
+        return sorted(wanted) if wanted <= established_crds(json.loads(listed.stdout)) else None
 
     # ------------------------------------------------------------------ components
     def _check_prerequisites(self) -> None:
@@ -341,3 +354,11 @@ def _kubeconfig(server: str, user: str, token: str) -> str:
         "contexts": [{"name": "local", "context": {
             "cluster": "local", "user": user, "namespace": "default"}}],
     }, indent=2)
+
+
+def established_crds(crd_list: dict[str, Any]) -> set[str]:
+    """The names of the Established CRDs in a `kubectl get crd -o json` list; a CRD
+    the API server has not given a status yet is simply not Established."""
+    return {item["metadata"]["name"] for item in crd_list.get("items", [])
+            if any(c.get("type") == "Established" and c.get("status") == "True"
+                   for c in (item.get("status") or {}).get("conditions") or [])}
