@@ -125,6 +125,12 @@ def _merged(container: docker.models.containers.Container, path: str) -> Path:
     return Path(f"/proc/{container.attrs['State']['Pid']}/root{path}")
 
 
+def _items(fleet: Fleet, kind: str) -> list[dict[str, Any]]:
+    items = fleet.stack.kubectl_json("get", kind, "-n", fleet.namespace)["items"]
+    assert isinstance(items, list)
+    return items
+
+
 def _finished(fleet: Fleet, name: str) -> str:
     return str(_status(fleet, "gmig", name).get("phase") or "")
 
@@ -208,6 +214,33 @@ def test_23_2_a_stopped_instance_moves_and_starts_on_the_target(fleet: Fleet) ->
     wait_for(lambda: _ready_on(fleet, "sleeper", b), 90, what="sleeper running on b")
     _assert_disk(fleet, b, "sleeper", fingerprint)
     assert fleet.containers(a) == []
+
+
+def test_23_1_changing_spec_node_name_moves_a_pinned_instance_with_its_disk(
+        fleet: Fleet) -> None:
+    a, b = fleet.nodes
+    _apply(fleet, _instance("pinned", nodeName=a))
+    wait_for(lambda: _status(fleet, "grs", "pinned").get("phase") == "Running" and
+             len(fleet.containers(a)) == 1, 90, what="pinned running on a")
+    fingerprint = _user_disk(fleet, a, "pinned")
+    fleet.stack.kubectl("patch", "grs", "pinned", "-n", fleet.namespace, "--type=merge",
+                        "-p", json.dumps({"spec": {"nodeName": b}}))
+    generation = _get(fleet, "grs", "pinned")["metadata"]["generation"]
+    move = f"pinned-to-{b}-g{generation}"  # made by node a's agent, once for the change
+    wait_for(lambda: fleet.stack.kubectl("get", "gmig", move, "-n", fleet.namespace,
+                                         check=False).returncode == 0, 60, what=move)
+    _wait_phase(fleet, move, "Succeeded", "Failed", "Cancelled")
+    status = _status(fleet, "gmig", move)
+    assert status["phase"] == "Succeeded", status
+    assert (status["sourceNode"], status["targetNode"]) == (a, b)
+    wait_for(lambda: _ready_on(fleet, "pinned", b, revision=1), 60, what="pinned on b")
+    assert fleet.containers(a) == []
+    _assert_disk(fleet, b, "pinned", fingerprint)
+    body = _get(fleet, "grs", "pinned")
+    assert body["metadata"]["finalizers"] == [f"node.gpudock.dev/{b}"]
+    reasons = {c["type"]: c.get("reason") for c in body["status"]["conditions"]}
+    assert reasons.get("Degraded") != "NodeNameChanged", body["status"]
+    assert len(_items(fleet, "gmig")) == 1  # one move for the one change
 
 
 def test_23_4_a_target_that_dies_before_switching_leaves_the_source_running(

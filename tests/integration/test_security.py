@@ -10,6 +10,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,24 +189,37 @@ def test_14_3_a_flag_widens_the_explicit_host_ports(
 
 
 # ---------------------------------------------------------------- 4: nodeName changes
-def test_14_4_changing_node_name_keeps_the_instance_and_delete_frees_it(
+def test_14_4_changing_node_name_to_a_node_that_cannot_take_it_keeps_the_instance(
     stack: LocalStack, namespace: str, start_agent: AgentFactory,
 ) -> None:
+    # A changed spec.nodeName moves the instance with its disk (#23: a GpuMigration,
+    # tests/integration/test_migration.py); here the node it names has no agent, so the
+    # move fails and nothing changes: the instance serves where it is.
     start_agent(gpus=8)
-    start_agent(gpus=8, node_name="gpu-node-2")  # the node it is moved to has an agent
     apply_spec(stack, namespace, "mover", "v1", gpus=2)
     wait_settled(stack, namespace, "mover", revision=1)
     before = only_container(stack, namespace, "mover").id
     finalizers = grs(stack, namespace, "mover")["metadata"]["finalizers"]
-    assert finalizers == ["node.gpudock.dev/gpu-node-1"]  # node 2's agent left it alone
-    apply_spec(stack, namespace, "mover", "move", gpus=2, node="gpu-node-2")
+    assert finalizers == ["node.gpudock.dev/gpu-node-1"]
+    generation = apply_spec(stack, namespace, "mover", "move", gpus=2, node="gpu-node-2")
     message = _wait_reason(stack, namespace, "mover", "NodeNameChanged")
     assert "Set spec.nodeName back to gpu-node-1" in message
-    time.sleep(3)  # node 2's agent would have made its own container by now
+    move = f"mover-to-gpu-node-2-g{generation}"
+    def move_status() -> dict[str, Any]:
+        found = stack.kubectl_json("get", "gmig", move, "-n", namespace).get("status")
+        return found if isinstance(found, dict) else {}
+
+    wait_for(lambda: move_status().get("phase") == "Failed", 60, what=f"{move} Failed")
+    failed = move_status()
+    assert failed["reason"] == "TargetUnschedulable", failed
+    assert "gpu-node-2" in failed["message"]
     (container,) = containers(stack, namespace)
     assert container.id == before
     assert container.status == "running"
     assert status(stack, namespace, "mover")["phase"] == "Running"
+    # One try per change: the failed move is not made again.
+    made = stack.kubectl("get", "gmig", "-n", namespace, "-o", "name").stdout.split()
+    assert made == [f"gpumigration.gpudock.dev/{move}"]
     uid = grs(stack, namespace, "mover")["metadata"]["uid"]
     started = time.monotonic()
     stack.kubectl("delete", "grs", "mover", "-n", namespace, "--timeout=60s")

@@ -32,7 +32,7 @@ from gpudock.agent.migration_switch import (
     Switch,
     seconds,
 )
-from gpudock.api import gpu_migration, gpu_replica_set
+from gpudock.api import gpu_migration, gpu_replica_set, ownership
 from gpudock.api.gpu_migration import GpuMigrationSpec, Phase
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
 from gpudock.api.placement import bound_node
@@ -155,11 +155,14 @@ class MigrationRunner:
             raise MigrationError(Reason.REPLICA_SET_NOT_FOUND, f"GpuReplicaSet "
                                  f"{spec.replica_set_name} does not exist") from exc
         rs_spec = GpuReplicaSetSpec.parse(grs.get("spec") or {})
-        if rs_spec.node_name:
+        if rs_spec.node_name and rs_spec.node_name != spec.target_node:
             raise MigrationError(Reason.NOT_MIGRATABLE, f"it is pinned to node "
-                                 f"{rs_spec.node_name} by spec.nodeName; unpinned "
-                                 "instances are migrated")
-        if bound_node(grs) != self._node or grs["metadata"].get("deletionTimestamp"):
+                                 f"{rs_spec.node_name} by spec.nodeName; change "
+                                 "spec.nodeName to move it there")
+        meta = grs["metadata"]
+        held = ownership.holds((grs.get("status") or {}).get("nodeName"),
+                               meta.get("finalizers") or (), self._node)
+        if not (held or bound_node(grs) == self._node) or meta.get("deletionTimestamp"):
             raise MigrationError(Reason.NOT_MIGRATABLE, "it is not bound to node "
                                  f"{self._node} (or it is being deleted)")
         if any(m.volume is not None for m in rs_spec.mounts):

@@ -268,8 +268,9 @@ class ReplicaSetReconciler:
         its finalizer: the runner cleans this node once the target serves it; nothing
         here may start it again (also after an agent restart)."""
         bound = (body.get("status") or {}).get("nodeName")
-        return not (body.get("spec") or {}).get("nodeName") and isinstance(bound, str) \
-            and bool(bound) and bound != self._settings.node_name
+        pinned = (body.get("spec") or {}).get("nodeName")
+        return isinstance(bound, str) and bool(bound) and \
+            bound != self._settings.node_name and pinned in (None, "", bound)
 
     def lock(self, key: ResourceKey) -> contextlib.AbstractContextManager[None]:
         """The resource's lock, which every pass holds (for the migration runner)."""

@@ -41,3 +41,11 @@ def bound_elsewhere(finalizers: Iterable[str], node_name: str) -> list[str]:
     """The finalizers of other nodes' agents on the resource."""
     mine = node_finalizer(node_name)
     return [f for f in finalizers if f.startswith(FINALIZER_PREFIX) and f != mine]
+
+
+def holds(status_node: object, finalizers: Iterable[str], node_name: str) -> bool:
+    """This node holds the resource's container and disk: its finalizer is on the
+    resource and no migration has moved the binding (status.nodeName) to another node.
+    After a changed spec.nodeName this is still the old node: the one a move starts
+    from (docs/migration.md)."""
+    return node_finalizer(node_name) in finalizers and status_node in (None, "", node_name)

@@ -208,6 +208,11 @@ class KubeClient(Protocol):
         them); ObjectNotFoundError when absent. Only ``get`` (no list or watch)."""
         ...
 
+    def create(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """A namespaced object of this API group made (as the API server returns it);
+        ConflictError when one of that name exists."""
+        ...
+
 
 class VolumeLookup(Protocol):
     """What a GpuReplicaSet's plan asks of the SizedVolumes it mounts (the node's

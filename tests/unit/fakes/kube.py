@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
+from gpudock.adapters.kube_api import ConflictError, KubeUnavailableError, ObjectNotFoundError
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,18 @@ class InMemoryKube:
             if found is None:
                 raise ObjectNotFoundError(f"get secret {namespace}/{name}")
             return copy.deepcopy(found)
+
+    def create(self, plural: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            name = body["metadata"]["name"]
+            self._reachable(f"create {plural} {namespace}/{name}")
+            if (plural, namespace, name) in self.objects:
+                raise ConflictError(f"create {plural} {namespace}/{name}: exists")
+            made = copy.deepcopy(body)
+            made["metadata"].update(namespace=namespace, uid=str(uuid.uuid4()), generation=1)
+            self.objects[(plural, namespace, name)] = made
+            self._written(made)
+            return copy.deepcopy(made)
 
     # ----------------------------------------------------- what kubectl does
     def apply(self, plural: str, namespace: str, name: str, spec: dict[str, Any],

@@ -1,7 +1,8 @@
 """kopf registration of GpuMigrations: the source node's agent runs each one
 (migration_runner.py) in a thread and writes the status it shows. A migration is the
-source's when its status names this node as the source, or, before it does, when its
-GpuReplicaSet is bound to this node. Deleting it stops the daemon: before Switching
+source's when its status names this node as the source, or, before it does, when this
+node holds its GpuReplicaSet (its finalizer, the binding not moved away), or it is
+bound here and held by no other node. Deleting it stops the daemon: before Switching
 that cancels the migration (the runner sees it between frames and steps and starts
 the source again); from Switching on it is finished first.
 """
@@ -17,7 +18,7 @@ import kopf
 
 from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
 from gpudock.agent import wiring
-from gpudock.api import GROUP, VERSION, gpu_migration, gpu_replica_set
+from gpudock.api import GROUP, VERSION, gpu_migration, gpu_replica_set, ownership
 from gpudock.api.gpu_migration import Phase
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -39,9 +40,19 @@ def _source_here(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
         return False
     namespace = body["metadata"]["namespace"]
     name = (body.get("spec") or {}).get("replicaSetName")
-    return any((entry.get("metadata") or {}).get("namespace") == namespace and
-               (entry.get("metadata") or {}).get("name") == name
-               for entry in index.get(node, ()))
+    for bound_to, entries in index.items():
+        for entry in entries:
+            meta = entry.get("metadata") or {}
+            if meta.get("namespace") != namespace or meta.get("name") != name:
+                continue
+            finalizers = meta.get("finalizers") or ()
+            # Held here (also when spec.nodeName names the target already), or bound
+            # here and held by no other node.
+            if ownership.holds((entry.get("status") or {}).get("nodeName"), finalizers,
+                               node) or (bound_to == node and
+                                         not ownership.bound_elsewhere(finalizers, node)):
+                return True
+    return False
 
 
 @kopf.daemon(GROUP, VERSION, gpu_migration.PLURAL, when=_source_here,

@@ -17,7 +17,7 @@ import kopf
 
 from gpudock import metrics
 from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
-from gpudock.agent import wiring
+from gpudock.agent import node_name_moves, wiring
 from gpudock.agent.replica_set_outcome import Event, Outcome
 from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership
@@ -130,6 +130,9 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: ko
             try:
                 view = await asyncio.to_thread(line.read)
                 await asyncio.to_thread(_drop_legacy_finalizer, agent, body)
+                # A changed spec.nodeName: a GpuMigration moves it (made once per change).
+                await asyncio.to_thread(node_name_moves.request_move, agent.kube, view,
+                                        agent.settings.node_name)
                 with metrics.timed(metrics.RECONCILE_SECONDS, gpu_replica_set.KIND):
                     outcome = await asyncio.to_thread(agent.replica_sets.reconcile, view,
                                                       line.show)

@@ -90,10 +90,11 @@ def _plan(obs: Observation) -> Plan:
                          "adopting the retained history of the deleted resource")
     if obs.node_name and obs.spec.node_name and obs.spec.node_name != obs.node_name:
         return blocked_plan(obs, UserError(Reason.NODE_NAME_CHANGED, (
-            f"spec.nodeName was changed to {obs.spec.node_name}, but this resource's "
-            f"container and disk are on node {obs.node_name}; moving an instance between "
-            f"nodes is not supported yet. Set spec.nodeName back to {obs.node_name} "
-            "(nothing was changed meanwhile)")))
+            f"spec.nodeName was changed to {obs.spec.node_name}; this resource's "
+            f"container and disk are on node {obs.node_name}, where it serves until a "
+            "GpuMigration has moved it with its disk (kubectl get gmig shows it and why "
+            f"it could not move). Set spec.nodeName back to {obs.node_name} to keep it "
+            "here (nothing was changed meanwhile)")))
     current = current_container(obs)
     older = [c for c in mine if current is not None and c.id != current.id]
     record = _record_of(obs, current)
