@@ -391,3 +391,53 @@ def test_23_2_a_target_without_room_or_ports_is_refused_before_anything_stops(
         assert container.status == "running"
         assert _ready_on(fleet, name, a)
     assert fleet.containers(b) == []
+
+
+def test_23_two_migrations_to_a_node_with_room_for_one_take_it_once(fleet: Fleet) -> None:
+    """The target holds the GPUs it found free from the first ask on: two moves at
+    once to a node with one free GPU give one Succeeded and one refused before
+    anything stopped; never two instances switched to a node that can run one."""
+    a, b = fleet.nodes
+    fleet.agents[b].stop()
+    fleet.start_agent(b, gpus=1)
+    fleet.agents[a].stop()  # slow sends: both transfers overlap
+    fleet.start_agent(a, extra_args=["--migration-bandwidth", str(2 << 20)])
+    on_a = {"gpudock.dev/gpu-count": "8"}  # node a's label (node b has 1 GPU)
+    names = ("first", "second")
+    for name in names:
+        _apply(fleet, _instance(name, nodeSelector=on_a))
+    for name in names:
+        wait_for(functools.partial(_ready_on, fleet, name, a), 90, what=f"{name} on a")
+        sh(_container(fleet, a, name), "head -c 4194304 /dev/urandom > /root/data")
+    before = {name: _container(fleet, a, name).id for name in names}
+    for name in names:
+        _apply(fleet, {"apiVersion": "gpudock.dev/v1alpha1", "kind": "GpuMigration",
+                       "metadata": {"name": f"{name}-to-b"},
+                       "spec": {"replicaSetName": name, "targetNode": b,
+                                "nodeSelector": {"gpudock.dev/gpu-count": "1"}}})
+    for name in names:
+        _wait_phase(fleet, f"{name}-to-b", "Succeeded", "Failed", "Cancelled", timeout=240)
+    outcomes = {name: _status(fleet, "gmig", f"{name}-to-b") for name in names}
+    phases = sorted(s["phase"] for s in outcomes.values())
+    assert phases == ["Failed", "Succeeded"], outcomes
+    (moved,) = [n for n in names if outcomes[n]["phase"] == "Succeeded"]
+    (kept,) = [n for n in names if n != moved]
+    refused = outcomes[kept]
+    assert refused["reason"] == "TargetUnschedulable", refused
+    assert "0 free GPUs" in refused["message"]
+    assert "stoppedAt" not in refused  # refused before it stopped
+    wait_for(lambda: _ready_on(fleet, moved, b), 60, what=f"{moved} on b")
+    assert _container(fleet, a, kept).id == before[kept]
+    assert _ready_on(fleet, kept, a)
+
+    def gpu_of_b() -> dict[str, Any]:
+        status = fleet.stack.kubectl_json("get", "gpunode", b)["status"]
+        assert isinstance(status, dict)
+        (gpu,) = status["gpus"]
+        assert isinstance(gpu, dict)
+        return gpu
+
+    # The instance runs on b: its container holds the GPU now, not the migration's hold.
+    wait_for(lambda: (gpu_of_b().get("holder") or {}).get("revision") is not None, 30,
+             what="the GPU of b held by the moved instance's container")
+    assert (gpu_of_b()["holder"]["name"], gpu_of_b()["holder"].get("arriving")) == (moved, None)

@@ -105,3 +105,25 @@ def test_23_5_a_frame_changed_on_the_wire_or_keyed_otherwise_is_refused(
     with pytest.raises(WireError, match="did not authenticate"):
         right.receive()
     assert migration_wire.token_digest("secret") != migration_wire.token_digest("guessed")
+
+
+def test_23_5_a_peer_that_moves_no_byte_for_the_timeout_is_a_stalled_transfer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(migration_wire, "IO_TIMEOUT", 0.2)
+    mine, theirs = socket.socketpair()
+    try:
+        channel = Channel(mine)
+        with pytest.raises(migration_wire.StalledError) as stalled:
+            channel.receive()  # the peer never sends
+        assert stalled.value.reason == "TransferStalled"
+        assert isinstance(stalled.value, WireError)  # ends the session like any break
+
+        def flood() -> None:  # the peer never reads: its buffers fill, then nothing moves
+            while True:
+                channel.send_data(bytes(1 << 20))
+
+        with pytest.raises(migration_wire.StalledError):
+            flood()
+    finally:
+        mine.close()
+        theirs.close()

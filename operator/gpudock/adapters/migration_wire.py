@@ -41,6 +41,12 @@ class WireError(TransientError):
     reason: ClassVar[Reason] = Reason.TRANSFER_FAILED
 
 
+class StalledError(WireError):
+    """No byte moved between the two sides for IO_TIMEOUT seconds."""
+
+    reason: ClassVar[Reason] = Reason.TRANSFER_STALLED
+
+
 class RefusedError(WireError):
     """The peer answered with a refusal: its reason and message."""
 
@@ -94,6 +100,8 @@ class Channel:
             self._sock.sendall(head)
             self._sock.sendall(payload)
             self._sock.sendall(mac)
+        except TimeoutError as exc:
+            raise StalledError(f"the peer took no data for {IO_TIMEOUT:.0f} s") from exc
         except OSError as exc:
             raise WireError(f"sending to the peer: {exc}") from exc
         if kind == DATA:
@@ -119,7 +127,7 @@ class Channel:
             try:
                 chunk = self._sock.recv(min(left, 1 << 20))
             except TimeoutError as exc:
-                raise WireError(f"no data from the peer for {IO_TIMEOUT:.0f} s") from exc
+                raise StalledError(f"no data from the peer for {IO_TIMEOUT:.0f} s") from exc
             except OSError as exc:
                 raise WireError(f"receiving from the peer: {exc}") from exc
             if not chunk:

@@ -19,6 +19,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,12 @@ from gpudock.adapters import host_ports, migration_wire, tree_stream
 from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
 from gpudock.adapters.migration_wire import Channel, RefusedError, WireError
 from gpudock.adapters.user_trees import remove_tree
+from gpudock.agent.migration_arrivals import Arrival
 from gpudock.agent.migration_switch import MIGRATED_PREFIX, PRECOPY_SUFFIX, MigrationContext
-from gpudock.api import gpu_migration, gpu_replica_set
+from gpudock.api import gpu_migration, gpu_replica_set, ownership
 from gpudock.api.container_fields import Protocol
-from gpudock.api.placement import bound_node
 from gpudock.api.reasons import Reason
+from gpudock.core.observed import ResourceKey
 from gpudock.core.revision import Revision
 from gpudock.crash_points import CrashPoints
 from gpudock.errors import GpudockError, UserError
@@ -145,7 +147,18 @@ class MigrationReceiver:
         if home is None:
             raise _RefusalError(Reason.NOT_MIGRATABLE, f"node {self._agent.settings.node_name} "
                            "cannot keep writable layers (Docker is not on overlay2 here)")
-        self._check_room(int(prepare["gpuCount"]), prepare.get("hostPorts") or [])
+        arrivals = self._agent.replica_sets.arrivals
+        self._hold_room(Arrival(ResourceKey(namespace, name), uid, (
+            namespace, migration["metadata"]["name"]), ()), int(prepare["gpuCount"]),
+            prepare.get("hostPorts") or [])
+        try:
+            self._receive(channel, prepare, namespace, name, uid, home, received)
+        except BaseException:
+            arrivals.drop(uid)  # the session failed: nothing comes here
+            raise
+
+    def _receive(self, channel: Channel, prepare: dict[str, Any], namespace: str,
+                 name: str, uid: str, home: Path, received: list[Path]) -> None:
         missing = [i for i in prepare.get("images") or ()
                    if not self._has_image(str(i["image"]), str(i["id"]))]
         channel.send({"op": "prepared", "needImages": missing})
@@ -192,22 +205,28 @@ class MigrationReceiver:
             else:
                 raise _RefusalError(Reason.TRANSFER_FAILED, f"unknown step {op!r}")
 
-    def _check_room(self, gpu_count: int, wanted_ports: list[Any]) -> None:
-        """The GPUs and explicit host ports the instance needs are free here now."""
-        containers = self._agent.docker.list_containers()
-        held = {g for c in containers for g in c.gpus}
-        free = [g for g in self._agent.inventory.list_gpus()
-                if g.health == "Healthy" and g.uuid not in held]
+    def _hold_room(self, arrival: Arrival, gpu_count: int, wanted_ports: list[Any]) -> None:
+        """The GPUs and explicit host ports the instance needs are free here now; the
+        GPUs are held for it from now on (migration_arrivals.py), under the node's
+        allocation lock, so another migration or instance cannot take them."""
         node = self._agent.settings.node_name
-        if len(free) < gpu_count:
-            raise _RefusalError(Reason.TARGET_UNSCHEDULABLE, f"node {node} has {len(free)} free "
-                           f"GPUs; the instance needs {gpu_count}")
-        taken = {(p.port, str(p.protocol)) for c in containers for p in c.host_ports}
-        for port, protocol in wanted_ports:
-            if (int(port), str(protocol)) in taken or \
-                    host_ports.is_busy(int(port), Protocol(str(protocol))):
-                raise _RefusalError(Reason.HOST_PORT_IN_USE, f"host port {port}/{protocol} is "
-                               f"taken on node {node}")
+        devices = self._agent.inventory.list_gpus()
+        with self._agent.replica_sets.node_lock():
+            containers = self._agent.docker.list_containers()
+            arrivals = self._agent.replica_sets.arrivals
+            held = {g for c in containers for g in c.gpus} | \
+                arrivals.gpus_for_others(arrival.key, arrival.uid)
+            free = [g.uuid for g in devices if g.health == "Healthy" and g.uuid not in held]
+            if len(free) < gpu_count:
+                raise _RefusalError(Reason.TARGET_UNSCHEDULABLE, f"node {node} has "
+                                    f"{len(free)} free GPUs; the instance needs {gpu_count}")
+            taken = {(p.port, str(p.protocol)) for c in containers for p in c.host_ports}
+            for port, protocol in wanted_ports:
+                if (int(port), str(protocol)) in taken or \
+                        host_ports.is_busy(int(port), Protocol(str(protocol))):
+                    raise _RefusalError(Reason.HOST_PORT_IN_USE, f"host port {port}/{protocol} "
+                                        f"is taken on node {node}")
+            arrivals.hold(replace(arrival, gpus=tuple(free[:gpu_count])))
 
     def _has_image(self, image: str, image_id: str) -> bool:
         info = self._agent.docker.image_info(image)
@@ -232,11 +251,17 @@ class MigrationReceiver:
         bound here now (then it is this node's disk)."""
         namespace, name = migration["metadata"]["namespace"], \
             migration["spec"]["replicaSetName"]
+        node = self._agent.settings.node_name
         with contextlib.suppress(ObjectNotFoundError):
             body = self._agent.kube.get(gpu_replica_set.PLURAL, namespace, name)
-            if bound_node(body) == self._agent.settings.node_name:
+            # Bound here by the switch (a changed spec.nodeName names this node from
+            # the start: only the binding or this node's finalizer counts).
+            if (body.get("status") or {}).get("nodeName") == node or \
+                    ownership.node_finalizer(node) in (body["metadata"].get("finalizers")
+                                                       or ()):
                 return
         uid = str((migration.get("status") or {}).get("replicaSetUID") or "")
+        self._agent.replica_sets.arrivals.drop(uid)
         records = [r for r in self._agent.store.list(namespace, name) if r.uid == uid]
         containers = [c for c in self._agent.docker.list_containers()
                       if c.uid == uid and uid]

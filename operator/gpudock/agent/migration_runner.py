@@ -130,7 +130,8 @@ class MigrationRunner:
                 channel.close()
             error = exc if isinstance(exc, MigrationError) else MigrationError(
                 Reason(exc.code) if isinstance(exc, RefusedError) and exc.code in tuple(Reason)
-                else Reason.TRANSFER_FAILED, str(exc))
+                else exc.reason if isinstance(exc, WireError) else Reason.TRANSFER_FAILED,
+                str(exc))
             if cancelled():
                 error = MigrationError(Reason.MIGRATION_CANCELLED, "the GpuMigration was "
                                        "deleted before Switching", Phase.CANCELLED)

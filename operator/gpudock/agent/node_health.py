@@ -12,16 +12,25 @@ nothing and costs nothing for the resources of this node.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from gpudock import __version__, metrics
 from gpudock.adapters.docker.runtime import DockerRuntime
-from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
+from gpudock.adapters.kube_api import KubeApi, KubeUnavailableError, ObjectNotFoundError
 from gpudock.adapters.volumes.registry import open_volume_backend
 from gpudock.agent.exec_runner import failed
 from gpudock.agent.gpu_usage import UsageMeter
-from gpudock.api import exec_request, gpu_replica_set, image_commit, ownership, sized_volume
+from gpudock.agent.migration_arrivals import Arrivals
+from gpudock.api import (
+    exec_request,
+    gpu_migration,
+    gpu_replica_set,
+    image_commit,
+    ownership,
+    sized_volume,
+)
 from gpudock.api.placement import (
     LABEL_GPU_COUNT,
     LABEL_GPU_MEMORY,
@@ -52,14 +61,19 @@ PLURAL = "gpunodes"
 def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInventory,
          kube: KubeApi, store: RevisionStore | None = None,
          usage: UsageMeter | None = None, stream: Mapping[str, Any] | None = None,
-         transfer: Mapping[str, Any] | None = None) -> dict[ResourceKey, float]:
+         transfer: Mapping[str, Any] | None = None,
+         arrivals: Arrivals | None = None) -> dict[ResourceKey, float]:
     """Write the GpuNode; returns how long each instance's GPUs have been idle (with
-    ``usage``, which also writes the usage metrics)."""
+    ``usage``, which also writes the usage metrics). ``arrivals``: the GPUs held for
+    migrations coming here, shown held (``arriving``); those that ended are dropped."""
     containers = docker.list_containers()
     devices = inventory.list_gpus()
+    if arrivals is not None:
+        arrivals.settle(containers, functools.partial(_migration_ended, kube))
     status = gpu_node_status(devices, containers,
                              (settings.port_range.first, settings.port_range.last),
-                             __version__, now, hide_holders=settings.hide_holder_names)
+                             __version__, now, hide_holders=settings.hide_holder_names,
+                             arriving=arrivals.gpus() if arrivals is not None else None)
     capacity = docker.node_capacity()
     if capacity is not None:
         status["allocatable"] = capacity.to_dict()
@@ -80,6 +94,18 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
     metrics.GPUS_TOTAL.labels(settings.node_name).set(status["gpusTotal"])
     metrics.GPUS_ALLOCATED.labels(settings.node_name).set(status["gpusAllocated"])
     return usage.record(devices, containers) if usage is not None else {}
+
+
+def _migration_ended(kube: KubeApi, where: tuple[str, str]) -> bool:
+    """The GpuMigration has finished or is gone (an API server away: not known, so
+    not ended)."""
+    try:
+        body = kube.get(gpu_migration.PLURAL, *where)
+    except ObjectNotFoundError:
+        return True
+    except KubeUnavailableError:
+        return False
+    return gpu_migration.phase_of(body) in gpu_migration.FINISHED
 
 
 def gpu_labels(gpus: list[dict[str, Any]]) -> dict[str, str]:

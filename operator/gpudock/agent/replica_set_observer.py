@@ -14,6 +14,7 @@ from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.adapters.kube_api import ObjectNotFoundError
 from gpudock.agent.commit_holds import CommitHolds
 from gpudock.agent.disk_saves import DiskSaves
+from gpudock.agent.migration_arrivals import Arrivals
 from gpudock.agent.replica_set_pulls import ImagePulls
 from gpudock.api import gpu_replica_set, sized_volume
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
@@ -31,7 +32,8 @@ class ReplicaSetObserver:
                  store: RevisionStore, disks: DiskSaves, host_paths: HostPathPolicy,
                  clock: Callable[[], str], volumes: VolumeLookup | None,
                  busy_ports: set[HostPort], pulls: ImagePulls,
-                 commit_holds: CommitHolds | None = None) -> None:
+                 commit_holds: CommitHolds | None = None,
+                 arrivals: Arrivals | None = None) -> None:
         self._settings = settings
         self._docker = docker
         self._kube = kube
@@ -43,6 +45,7 @@ class ReplicaSetObserver:
         self._pulls = pulls
         self.disks = disks
         self._commit_holds = commit_holds or CommitHolds()
+        self._arrivals = arrivals or Arrivals()
 
     def observe(self, key: ResourceKey, uid: str, generation: int | None,
                  spec: GpuReplicaSetSpec, previous: Mapping[str, Any],
@@ -100,6 +103,7 @@ class ReplicaSetObserver:
                 name for name, info in images.items() if self._pulls.pulled_privately(info.id)),
             unhealthy_gpus=dict(unhealthy or {}),
             access_lost=dict(access_lost or {}),
+            reserved_gpus=self._arrivals.gpus(),
         )
 
     def _held_as_running(self, containers: Iterable[ObservedContainer],

@@ -30,6 +30,7 @@ from gpudock.adapters.docker.errors import HostPortBusyError
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.agent.commit_holds import CommitHolds
 from gpudock.agent.disk_saves import DiskSaves
+from gpudock.agent.migration_arrivals import Arrivals
 from gpudock.agent.node_locks import NodeLocks
 from gpudock.agent.replica_set_observer import ReplicaSetObserver
 from gpudock.agent.replica_set_outcome import Event, Outcome, problem_of
@@ -100,9 +101,10 @@ class ReplicaSetReconciler:
         self._store = store
         self._clock = clock
         self._locks = NodeLocks(settings.state_dir)
-        # Resources a migration moves off this node (migration_runner.py): no pass
-        # acts on them (the binding or the disk is on its way).
+        # Migrations (migration_*.py): resources moving off this node, which no pass
+        # acts on; the GPUs held for instances moving here.
         self.migrating: set[ResourceKey] = set()
+        self.arrivals = Arrivals()
         self._deleted: set[str] = set()
         self._busy_ports: set[HostPort] = set()  # held outside Docker's view
         # Container ID -> why it lost its GPUs: the access probe's (agent/gpu_access.py).
@@ -114,9 +116,10 @@ class ReplicaSetReconciler:
         pulls = ImagePulls(docker, kube, settings.state_dir)
         self._observer = ReplicaSetObserver(settings, docker, kube, store, self.disks,
                                             self._host_paths, clock, volumes,
-                                            self._busy_ports, pulls, self.commit_holds)
+                                            self._busy_ports, pulls, self.commit_holds,
+                                            self.arrivals)
         self._steps = ReplicaSetSteps(docker, kube, store, self.disks, self._locks,
-                                      self._crash, self._host_paths, pulls)
+                                      self._crash, self._host_paths, pulls, self.arrivals)
 
     def now(self) -> str:
         return self._clock()
@@ -275,6 +278,9 @@ class ReplicaSetReconciler:
     def lock(self, key: ResourceKey) -> contextlib.AbstractContextManager[None]:
         """The resource's lock, which every pass holds (for the migration runner)."""
         return self._locks.resource(key)
+
+    def node_lock(self) -> contextlib.AbstractContextManager[None]:
+        return self._locks.node()  # allocation's (for a migration's hold on GPUs)
 
     def _revision_refused(self, action: act.Action | None, exc: UserError) -> bool:
         """Docker refused the container of a revision that never ran: mark the

@@ -16,6 +16,7 @@ from gpudock.adapters import host_paths
 from gpudock.adapters.docker.errors import StaleTaskError
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.agent.disk_saves import DiskSaves
+from gpudock.agent.migration_arrivals import Arrivals
 from gpudock.agent.node_locks import NodeLocks
 from gpudock.agent.replica_set_outcome import Event
 from gpudock.agent.replica_set_pulls import ImagePulls, Report
@@ -49,8 +50,10 @@ class Replan(InternalError):  # noqa: N818 - a signal to plan again, never shown
 class ReplicaSetSteps:
     def __init__(self, docker: ContainerRuntime, kube: KubeClient, store: RevisionStore,
                  disks: DiskSaves, locks: NodeLocks, crash: CrashPoints,
-                 host_paths: HostPathPolicy, pulls: ImagePulls) -> None:
+                 host_paths: HostPathPolicy, pulls: ImagePulls,
+                 arrivals: Arrivals | None = None) -> None:
         self._docker = docker
+        self._arrivals = arrivals or Arrivals()
         self.pulls = pulls
         self._kube = kube
         self._store = store
@@ -86,9 +89,10 @@ class ReplicaSetSteps:
     def _check_still_free(self, key: ResourceKey, config: ContainerConfig) -> None:
         """Raises Contended when another resource's container holds one of the GPUs,
         host ports or the address ``config`` takes (the rule of core/allocation.py's
-        Ledger)."""
+        Ledger), or a migration holds one of the GPUs for another instance."""
         ledger = Ledger.from_containers(self._docker.list_containers())
-        gpus = set(config.gpus) & ledger.gpus_held_by_others(key)
+        gpus = set(config.gpus) & (ledger.gpus_held_by_others(key)
+                                   | self._arrivals.gpus_for_others(key))
         ports = {HostPort(p.host_port, p.protocol) for p in config.ports} & \
             ledger.ports_held_by_others(key)
         address = config.address in ledger.addresses_held_by_others(key)

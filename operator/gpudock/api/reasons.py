@@ -181,4 +181,5 @@ class Reason(enum.StrEnum):
     MIGRATION_IN_PROGRESS = "MigrationInProgress"  # another migration moves the instance
     TARGET_UNSCHEDULABLE = "TargetUnschedulable"  # no node can take it
     TRANSFER_FAILED = "TransferFailed"  # the copy broke or did not match the manifest
+    TRANSFER_STALLED = "TransferStalled"  # no byte from the peer for 150 s
     NOT_MIGRATABLE = "NotMigratable"  # pinned, never ran here, a SizedVolume, ...

@@ -280,6 +280,9 @@ def _ports(kube: KubeApi, node_name: str, out: TextIO) -> int:
 def _holder(holder: dict[str, Any], *, with_revision: bool) -> str:
     """``namespace/name``; ``<held>`` where the agent leaves names out
     (--hide-holder-names)."""
+    if holder.get("arriving"):  # held for an instance a migration brings here
+        return ("<held>" if "name" not in holder else
+                f"{holder.get('namespace')}/{holder['name']}") + " (arriving)"
     if "name" not in holder:
         return "<held>"
     revision = f" (revision {holder.get('revision')})" if with_revision else ""

@@ -15,7 +15,7 @@ from typing import Any
 
 from gpudock.api.reasons import Reason
 from gpudock.core.gpus import GpuDevice
-from gpudock.core.observed import ObservedContainer
+from gpudock.core.observed import ObservedContainer, ResourceKey
 from gpudock.core.times import seconds_between
 
 STALE_HEARTBEATS = 3
@@ -28,13 +28,17 @@ HIDDEN_HOLDER: dict[str, Any] = {"held": True}
 
 def gpu_node_status(devices: Sequence[GpuDevice], containers: Sequence[ObservedContainer],
                     port_range: tuple[int, int], version: str, now: str,
-                    hide_holders: bool = False) -> dict[str, Any]:
+                    hide_holders: bool = False,
+                    arriving: Mapping[str, ResourceKey] | None = None) -> dict[str, Any]:
     """``hide_holders``: a holder is only ``{held: true}``, no namespace, name or
-    revision (the GpuNode is cluster-scoped: whoever may read it sees them all)."""
+    revision (the GpuNode is cluster-scoped: whoever may read it sees them all).
+    ``arriving``: GPUs held for instances a migration brings here (UUID -> the
+    instance), shown held by it with ``arriving: true`` while no container holds them."""
     holders = {gpu: c for c in containers if c.owner is not None for gpu in c.gpus}
     gpus = []
     for device in devices:
         holder = holders.get(device.uuid)
+        coming = (arriving or {}).get(device.uuid) if holder is None else None
         gpus.append({
             "index": device.index, "uuid": device.uuid, "model": device.name,
             "memoryMiB": device.memory_bytes // 2**20, "health": device.health,
@@ -42,7 +46,8 @@ def gpu_node_status(devices: Sequence[GpuDevice], containers: Sequence[ObservedC
             "utilization": device.utilization,
             "memoryUsedMiB": None if device.memory_used_bytes is None
             else device.memory_used_bytes // 2**20,
-            "holder": None if holder is None or holder.owner is None else
+            "holder": _arriving(coming, hide_holders) if coming is not None else
+            None if holder is None or holder.owner is None else
             dict(HIDDEN_HOLDER) if hide_holders else {
                 "namespace": holder.owner.namespace, "name": holder.owner.name,
                 "revision": holder.revision},
@@ -66,6 +71,11 @@ def gpu_node_status(devices: Sequence[GpuDevice], containers: Sequence[ObservedC
                         "message": f"the gpudock agent wrote this at {now}",
                         "lastTransitionTime": now}],
     }
+
+
+def _arriving(key: ResourceKey, hide_holders: bool) -> dict[str, Any]:
+    return {**HIDDEN_HOLDER, "arriving": True} if hide_holders else {
+        "namespace": key.namespace, "name": key.name, "arriving": True}
 
 
 def node_verdict(node_name: str, gpu_node: Mapping[str, Any] | None, now: str,

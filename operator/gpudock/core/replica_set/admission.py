@@ -47,8 +47,10 @@ def container_for(obs: Observation, spec: GpuReplicaSetSpec, revision: int,
                         "in all")
     ledger = Ledger.from_containers(obs.containers)
     # An Unhealthy GPU is never handed out, not even to the instance that holds it.
-    taken = ledger.gpus_held_by_others(obs.key) | set(obs.unhealthy_gpus)
-    gpus = allocate_gpus(spec.gpu_count, obs.inventory, taken, held_gpus)
+    taken = ledger.gpus_held_by_others(obs.key) | set(obs.unhealthy_gpus) | {
+        gpu for gpu, key in obs.reserved_gpus.items() if key != obs.key}
+    arriving = tuple(gpu for gpu, key in obs.reserved_gpus.items() if key == obs.key)
+    gpus = allocate_gpus(spec.gpu_count, obs.inventory, taken, held_gpus or arriving)
     if gpus is None:
         free = len(obs.inventory) - len(taken & set(obs.inventory))
         sick = len(set(obs.unhealthy_gpus) & set(obs.inventory))

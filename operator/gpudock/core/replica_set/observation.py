@@ -77,6 +77,9 @@ class Observation:
     # Containers the GPU access probe found without their GPUs (agent/gpu_access.py):
     # container ID -> why. The instance is recreated as a new revision, disk kept.
     access_lost: Mapping[str, str] = field(default_factory=dict)
+    # GPUs this node holds for instances a migration brings here (not yet running
+    # here): UUID -> the instance. Others never get them; the arriving one gets them.
+    reserved_gpus: Mapping[str, ResourceKey] = field(default_factory=dict)
 
     @property
     def own_records(self) -> tuple[Revision, ...]:
