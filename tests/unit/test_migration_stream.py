@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gpudock.adapters import migration_wire, tree_copy, tree_stream
+from gpudock.adapters import migration_wire, stream_tls, tree_copy, tree_stream
 from gpudock.adapters.migration_wire import Channel, WireError
 
 
@@ -127,3 +127,40 @@ def test_23_5_a_peer_that_moves_no_byte_for_the_timeout_is_a_stalled_transfer(
     finally:
         mine.close()
         theirs.close()
+
+
+def test_23_5_the_source_talks_tls_to_the_certificate_the_target_published_alone(
+        tmp_path: Path) -> None:
+    """The target's endpoint is TLS with the certificate its GpuNode publishes; a
+    source trusting another certificate (another agent, a man in the middle) does not
+    get a session, and what the right one sends does not cross the wire in clear."""
+    target = stream_tls.make(tmp_path / "target", "127.0.0.1", "transfer")
+    impostor = stream_tls.make(tmp_path / "impostor", "127.0.0.1", "transfer")
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    got: list[dict[str, object]] = []
+
+    def accept(count: int) -> None:
+        for _ in range(count):
+            conn, _ = server.accept()
+            try:
+                channel = Channel(migration_wire.serve(conn, target.context))
+                got.append(channel.receive())
+                channel.send({"op": "welcome"})
+                channel.close()
+            except WireError:
+                conn.close()
+
+    thread = threading.Thread(target=accept, args=(2,), daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(WireError, match="TLS"):
+            migration_wire.connect("127.0.0.1", port, 0, lambda: False, impostor.pem)
+        channel = migration_wire.connect("127.0.0.1", port, 0, lambda: False, target.pem)
+        channel.send({"op": "hello", "token": "secret-token"})
+        assert channel.receive() == {"op": "welcome"}
+        channel.close()
+        thread.join(10)
+    finally:
+        server.close()
+    assert got == [{"op": "hello", "token": "secret-token"}]

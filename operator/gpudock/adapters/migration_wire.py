@@ -1,14 +1,16 @@
-"""The wire between two agents during a migration: framed messages over one TCP
+"""The wire between two agents during a migration: framed messages over one TLS
 connection, each frame authenticated, the sender's rate capped.
 
-The source agent makes a one-time token for a migration and writes only its SHA-256
-in the GpuMigration's status (which only agents may write). It opens the connection
-to the target agent's ``--transfer-port`` and sends the token in its first frame; the
+The target proves who it is by TLS: its agent serves the transfer port with a
+certificate made at its start and published in its GpuNode
+(``status.transfer.caBundle``; only agents write GpuNode status), and the source
+trusts that certificate alone. The source proves who it is by a one-time token: it
+makes one for the migration and writes only its SHA-256 in the GpuMigration's status
+(which only agents may write), and sends the token in its first frame, inside TLS; the
 target reads the GpuMigration, checks that it is the migration's target and that the
 token's digest is the one written there, and accepts one session per token. Every
-later frame, both ways, carries an HMAC-SHA256 keyed by the token over its sequence
-number, type and payload: a frame injected, replayed, reordered or changed on the
-network fails the session. Nothing is encrypted (docs/migration.md, "Limits").
+later frame, both ways, also carries an HMAC-SHA256 keyed by the token over its
+sequence number, type and payload (docs/migration.md, "The transfer endpoint").
 
 A frame: 1 byte type, 8 bytes length, the payload, 32 bytes MAC.
 """
@@ -20,6 +22,7 @@ import hmac
 import json
 import secrets
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -97,9 +100,8 @@ class Channel:
         mac = self._mac(self._out, head, payload)
         self._out += 1
         try:
-            self._sock.sendall(head)
-            self._sock.sendall(payload)
-            self._sock.sendall(mac)
+            # One write per frame: over TLS, each write is a record of its own.
+            self._sock.sendall(b"".join((head, payload, mac)))
         except TimeoutError as exc:
             raise StalledError(f"the peer took no data for {IO_TIMEOUT:.0f} s") from exc
         except OSError as exc:
@@ -173,10 +175,32 @@ class Channel:
         self._sock.close()
 
 
-def connect(address: str, port: int, bandwidth: int,
-            cancelled: Callable[[], bool]) -> Channel:
+def connect(address: str, port: int, bandwidth: int, cancelled: Callable[[], bool],
+            ca_bundle: str) -> Channel:
+    """A session to the target's endpoint over TLS, trusting ``ca_bundle`` (the
+    certificate its GpuNode publishes) alone, for ``address``."""
+    try:
+        context = ssl.create_default_context(cadata=ca_bundle)
+    except (ssl.SSLError, ValueError) as exc:
+        raise WireError(f"the target's certificate cannot be read: {exc}") from exc
     try:
         sock = socket.create_connection((address, port), timeout=30)
     except OSError as exc:
         raise WireError(f"connecting to {address}:{port}: {exc}") from exc
-    return Channel(sock, bandwidth, cancelled)
+    try:
+        secured = context.wrap_socket(sock, server_hostname=address)
+    except OSError as exc:  # ssl.SSLError too: not the certificate published
+        sock.close()
+        raise WireError(f"TLS with {address}:{port}: {exc}") from exc
+    return Channel(secured, bandwidth, cancelled)
+
+
+def serve(conn: socket.socket, context: ssl.SSLContext) -> socket.socket:
+    """The target's side of a new connection: TLS with its certificate (the handshake
+    bounded by IO_TIMEOUT)."""
+    conn.settimeout(IO_TIMEOUT)
+    try:
+        return context.wrap_socket(conn, server_side=True)
+    except OSError as exc:
+        conn.close()
+        raise WireError(f"TLS handshake: {exc}") from exc

@@ -1,7 +1,8 @@
-"""The agent's serving certificate for its stream endpoint (``kubectl gpudock logs``):
-a self-signed one made at start with ``openssl`` for the node's address, its key
-readable by the agent alone; the certificate is published in the node's GpuNode
-(``status.stream.caBundle``), so the plugin verifies exactly this agent."""
+"""The agent's serving certificates for its stream endpoint (``kubectl gpudock logs``)
+and its migration endpoint: a self-signed one each, made at start with ``openssl`` for
+the node's address, its key readable by the agent alone; the certificate is published
+in the node's GpuNode (``status.stream.caBundle``, ``status.transfer.caBundle``), so
+a client (the plugin, another node's agent) verifies exactly this agent."""
 
 from __future__ import annotations
 
@@ -25,11 +26,11 @@ class ServingCertificate:
     context: ssl.SSLContext  # the server's
 
 
-def make(directory: Path, address: str) -> ServingCertificate:
+def make(directory: Path, address: str, stem: str = "stream") -> ServingCertificate:
     """A new key and certificate for ``address`` (an IP address or a host name), valid
     for a year; made again at every start (a restarted agent publishes the new one)."""
     directory.mkdir(parents=True, exist_ok=True)
-    key, cert = directory / "stream.key", directory / "stream.crt"
+    key, cert = directory / f"{stem}.key", directory / f"{stem}.crt"
     try:
         ipaddress.ip_address(address)
         name = f"IP:{address}"
@@ -44,7 +45,7 @@ def make(directory: Path, address: str) -> ServingCertificate:
          "-keyout", str(key), "-out", str(cert)], capture_output=True, text=True,
         check=False)
     if done.returncode != 0:
-        raise CertificateError(f"openssl could not make the stream certificate: "
+        raise CertificateError(f"openssl could not make the {stem} certificate: "
                                f"{done.stderr.strip()}")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gpudock.adapters import host_ports, migration_wire, tree_stream
+from gpudock.adapters import host_ports, migration_wire, stream_tls, tree_stream
 from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
 from gpudock.adapters.migration_wire import Channel, RefusedError, WireError
 from gpudock.adapters.user_trees import remove_tree
@@ -47,11 +47,15 @@ class MigrationReceiver:
         self._lock = threading.Lock()
         self._crash = CrashPoints(agent.settings.crash_at)
         self._server: socket.socket | None = None
+        self._tls: stream_tls.ServingCertificate | None = None
         self.port = 0
 
     # ---------------------------------------------------------------------- serving
     def start(self) -> None:
+        """Serve; raises OSError (the port taken) or CertificateError (no openssl)."""
         settings = self._agent.settings
+        self._tls = stream_tls.make(settings.state_dir / "transfer", self._address(),
+                                    "transfer")
         server = socket.create_server((settings.transfer_address or "0.0.0.0",
                                        settings.transfer_port), reuse_port=False)
         self.port = server.getsockname()[1]
@@ -62,12 +66,17 @@ class MigrationReceiver:
                     self.port)
 
     def advertised(self) -> dict[str, Any]:
-        """What the GpuNode says of the endpoint (status.transfer)."""
+        """What the GpuNode says of the endpoint (status.transfer): where, and the
+        certificate the source trusts alone."""
+        return {"address": self._address(), "port": self.port,
+                "caBundle": self._tls.pem if self._tls is not None else None}
+
+    def _address(self) -> str:
         address = self._agent.settings.transfer_address
         if not address or address == "0.0.0.0":
             with contextlib.suppress(OSError):
                 address = socket.gethostbyname(socket.gethostname())
-        return {"address": address, "port": self.port}
+        return address
 
     def stop(self) -> None:
         if self._server is not None:
@@ -84,7 +93,13 @@ class MigrationReceiver:
                              name="gpudock-migration-session").start()
 
     def _session(self, conn: socket.socket, peer: Any) -> None:
-        channel = Channel(conn, self._agent.settings.migration_bandwidth)
+        assert self._tls is not None
+        try:
+            secured = migration_wire.serve(conn, self._tls.context)
+        except WireError as exc:
+            logger.warning("migration from %s: %s", peer, exc)
+            return
+        channel = Channel(secured, self._agent.settings.migration_bandwidth)
         received: list[Path] = []
         try:
             hello = channel.receive()

@@ -119,7 +119,7 @@ class MigrationRunner:
         try:
             channel = migration_wire.connect(endpoint["address"], int(endpoint["port"]),
                                              self._agent.settings.migration_bandwidth,
-                                             cancelled)
+                                             cancelled, str(endpoint["caBundle"]))
             channel.send({"op": "hello", "token": token, "purpose": "transfer",
                           "migration": {"namespace": namespace, "name": meta["name"]}})
             channel.keyed(token)
@@ -208,8 +208,9 @@ class MigrationRunner:
                 why.append(f"{name}: does not match the node selector")
             elif int(status.get("gpusFree") or 0) < rs_spec.gpu_count:
                 why.append(f"{name}: {status.get('gpusFree')} free GPUs")
-            elif not (status.get(TRANSFER_FIELD) or {}).get("port"):
-                why.append(f"{name}: no migration endpoint")
+            elif not (status.get(TRANSFER_FIELD) or {}).get("port") or \
+                    not status[TRANSFER_FIELD].get("caBundle"):
+                why.append(f"{name}: no migration endpoint (with TLS)")
             else:
                 fits.append((-int(status.get("gpusFree") or 0), name, status[TRANSFER_FIELD]))
         if not fits:
@@ -341,10 +342,10 @@ class MigrationRunner:
             # Abort sessions are accepted with the migration's token, which only this
             # agent knows (in memory: after a restart, the target keeps what it got).
             token = self._tokens.get(body["metadata"]["uid"], "")
-            if not token or not endpoint.get("port"):
+            if not token or not endpoint.get("port") or not endpoint.get("caBundle"):
                 return
             channel = migration_wire.connect(endpoint["address"], int(endpoint["port"]),
-                                             0, lambda: False)
+                                             0, lambda: False, str(endpoint["caBundle"]))
         except (GpudockError, WireError) as exc:
             logger.warning("could not tell node %s to drop what it received: %s", target,
                            exc)

@@ -102,7 +102,7 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
     agent.migrations.wake = wake  # a migration that ends early wakes its instance
     try:  # the endpoint other nodes' migrations come in by (docs/migration.md)
         await asyncio.to_thread(agent.receiver.start)
-    except OSError as exc:
+    except (OSError, GpudockError) as exc:  # the port taken, no openssl
         logger.error("no migration endpoint on port %d (nothing can migrate to this "
                      "node): %s", agent_settings.transfer_port, exc)
     # kopf's indexes (empty until its watches have listed; kept current after).
