@@ -441,3 +441,52 @@ def test_23_two_migrations_to_a_node_with_room_for_one_take_it_once(fleet: Fleet
     wait_for(lambda: (gpu_of_b().get("holder") or {}).get("revision") is not None, 30,
              what="the GPU of b held by the moved instance's container")
     assert (gpu_of_b()["holder"]["name"], gpu_of_b()["holder"].get("arriving")) == (moved, None)
+
+
+VOLUME_IMAGE = "gpudock-test/with-volume:1"  # declares VOLUME /data; only on node a
+VOLUME_FILES = "sha256sum /data/random /data/seeded /data/sub/f; stat -c '%a %u:%g' /data"
+
+
+def _volume_image_on_a(stack: LocalStack) -> None:
+    client = stack.engines[0].client()
+    try:
+        base = client.containers.create("gpudock-test/busybox:1", [
+            "sh", "-c", "mkdir -p /data /root && echo from-image > /data/seeded"])
+        base.start()
+        base.wait()
+        base.commit("gpudock-test/with-volume", "1", changes=["VOLUME /data"])
+        base.remove()
+    finally:
+        client.close()
+
+
+def _volumes(fleet: Fleet, node: str, name: str) -> list[str]:
+    client = fleet.engines[node].client()
+    try:
+        return [v.name for v in client.volumes.list(filters={"label": [
+            f"gpudock.dev/namespace={fleet.namespace}", f"gpudock.dev/name={name}"]})]
+    finally:
+        client.close()
+
+
+def test_23_2_an_image_volume_moves_with_its_files(fleet: Fleet) -> None:
+    """The image's VOLUME (a Docker volume of the instance) is copied like the
+    writable layer (pre-copy while it runs, then what changed), made on the target
+    under the same name, and removed from the source."""
+    a, b = fleet.nodes
+    _volume_image_on_a(fleet.stack)
+    _apply(fleet, _instance("vol", image=VOLUME_IMAGE))
+    wait_for(lambda: _ready_on(fleet, "vol", a), 90, what="vol on a")
+    sh(_container(fleet, a, "vol"), "head -c 4194304 /dev/urandom > /data/random && "
+       "mkdir /data/sub && echo x > /data/sub/f && chown 1234:5678 /data")
+    files = sh(_container(fleet, a, "vol"), VOLUME_FILES)
+    assert "1234:5678" in files
+    (volume,) = _volumes(fleet, a, "vol")
+
+    _migration(fleet, "move-vol", "vol", b)
+    _wait_phase(fleet, "move-vol", "Succeeded", "Failed", "Cancelled")
+    assert _finished(fleet, "move-vol") == "Succeeded", _status(fleet, "gmig", "move-vol")
+    wait_for(lambda: _ready_on(fleet, "vol", b), 60, what="vol on b")
+    assert sh(_container(fleet, b, "vol"), VOLUME_FILES) == files
+    assert _volumes(fleet, b, "vol") == [volume]  # the same name: every revision uses it
+    assert _volumes(fleet, a, "vol") == []  # nothing of it left on the source

@@ -32,6 +32,7 @@ from gpudock.agent.migration_switch import MIGRATED_PREFIX, PRECOPY_SUFFIX, Migr
 from gpudock.api import gpu_migration, gpu_replica_set, ownership
 from gpudock.api.container_fields import Protocol
 from gpudock.api.reasons import Reason
+from gpudock.core import labels
 from gpudock.core.observed import ResourceKey
 from gpudock.core.revision import Revision
 from gpudock.crash_points import CrashPoints
@@ -170,6 +171,8 @@ class MigrationReceiver:
             self._receive(channel, prepare, namespace, name, uid, home, received)
         except BaseException:
             arrivals.drop(uid)  # the session failed: nothing comes here
+            if not any(c.uid == uid for c in self._agent.docker.list_containers()):
+                self._agent.docker.remove_volumes(namespace, name, uid)
             raise
 
     def _receive(self, channel: Channel, prepare: dict[str, Any], namespace: str,
@@ -208,6 +211,9 @@ class MigrationReceiver:
                         remove_tree(precopy, ignore_errors=True)
                 channel.send({"op": "treeDone", "path": str(final), "bytes": count})
             elif op == "records":
+                for volume in message.get("volumes") or ():
+                    self._fill_volume(namespace, name, uid, str(volume["path"]),
+                                      home / uid / str(volume["tree"]))
                 for text in message["records"]:
                     record = Revision.from_json(str(text))
                     if (record.namespace, record.name, record.uid) != (namespace, name, uid):
@@ -242,6 +248,34 @@ class MigrationReceiver:
                     raise _RefusalError(Reason.HOST_PORT_IN_USE, f"host port {port}/{protocol} "
                                         f"is taken on node {node}")
             arrivals.hold(replace(arrival, gpus=tuple(free[:gpu_count])))
+
+    def _fill_volume(self, namespace: str, name: str, uid: str, path: str,
+                     tree: Path) -> None:
+        """The Docker volume the instance's container will mount at ``path`` (named as
+        the source's: by UID and path), made here with the received tree as its
+        content (a rename: one filesystem with the received layers)."""
+        if tree.parent.name != uid or not tree.name.startswith(MIGRATED_PREFIX) or \
+                not tree.is_dir():
+            raise _RefusalError(Reason.TRANSFER_FAILED, f"no received tree for the volume "
+                                f"at {path}")
+        docker = self._agent.docker
+        volume = labels.volume_name(namespace, name, uid, path)
+        if docker.volume_info(volume) is not None:  # from an earlier stay of it here
+            if any(c.uid == uid for c in docker.list_containers()):
+                raise _RefusalError(Reason.TRANSFER_FAILED, f"the volume {volume} is in use")
+            docker.remove_volume(volume)
+        docker.create_volume(volume, {}, {
+            labels.KIND: gpu_replica_set.KIND, labels.NAMESPACE: namespace,
+            labels.NAME: name, labels.UID: uid, labels.NODE: self._agent.settings.node_name})
+        mountpoint = (docker.volume_info(volume) or {}).get("Mountpoint")
+        if not mountpoint or not Path(str(mountpoint)).is_dir():
+            raise _RefusalError(Reason.TRANSFER_FAILED, f"the volume {volume} made here "
+                                "cannot be reached from the agent")
+        try:
+            tree.rename(str(mountpoint))  # over the empty directory Docker made
+        except OSError as exc:
+            raise _RefusalError(Reason.TRANSFER_FAILED, f"the volume at {path} could not "
+                                f"be put in place: {exc}") from exc
 
     def _has_image(self, image: str, image_id: str) -> bool:
         info = self._agent.docker.image_info(image)
@@ -284,6 +318,8 @@ class MigrationReceiver:
             return  # it ran here: not what a transfer left
         for record in records:
             self._agent.store.delete(namespace, name, record.revision)
+        if uid:
+            self._agent.docker.remove_volumes(namespace, name, uid)
         home = self._agent.replica_sets.disks.layers_home()
         if home is not None and uid:
             for path in sorted((home / uid).glob(MIGRATED_PREFIX + "*")):

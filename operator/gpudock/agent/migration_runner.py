@@ -31,12 +31,14 @@ from gpudock.agent.migration_switch import (
     Show,
     Switch,
     seconds,
+    volume_tree,
 )
 from gpudock.api import gpu_migration, gpu_replica_set, ownership
 from gpudock.api.gpu_migration import GpuMigrationSpec, Phase
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
 from gpudock.api.placement import bound_node
 from gpudock.api.reasons import Reason
+from gpudock.core import labels
 from gpudock.core.observed import ObservedContainer, ResourceKey
 from gpudock.core.revision import Revision, layers_named
 from gpudock.crash_points import CrashPoints
@@ -251,11 +253,13 @@ class MigrationRunner:
                                      f"{current.name} cannot be reached")
         history = {f"{MIGRATED_PREFIX}{Path(p).name}": Path(p)
                    for p in sorted(layers_named(records)) if Path(p).is_dir()}
+        volumes = self._image_volumes(key, uid, current, live)
         with self._agent.replica_sets.lock(key):  # no reconcile acts on it from here
             self._agent.replica_sets.migrating.add(key)
         status.update({"phase": Phase.TRANSFERRING, "message": "copying the disk",
                        "bytesTotal": sum(tree_usage(t)[0] for t in (
-                           *history.values(), *((upper,) if upper else ())))})
+                           *history.values(), *volumes.values(),
+                           *((upper,) if upper else ())))})
         show(status)
         self._switch.show_instance(key, status, down=False)  # it still serves
         for wanted in need:
@@ -263,9 +267,14 @@ class MigrationRunner:
         moved: dict[str, str] = {}
         layer = None if current is None or upper is None else TreeSender(
             upper, channel, f"{MIGRATED_PREFIX}rev-{current.revision}-{current.id[:12]}")
-        if layer is not None and current is not None and current.running:
-            layer.send(final=False)  # while it runs: the stop sends what changed since
-            self._sent(channel, status, show)
+        # The image's VOLUMEs: written while it runs too, so sent like the layer.
+        senders = {path: TreeSender(tree, channel, volume_tree(path))
+                   for path, tree in volumes.items()}
+        if current is not None and current.running:
+            # While it runs: the stop sends only what changed since.
+            for sender in (*((layer,) if layer is not None else ()), *senders.values()):
+                sender.send(final=False)
+                self._sent(channel, status, show)
         for what, tree in history.items():  # saved disks: nothing writes them
             TreeSender(tree, channel, what).send()
             moved[str(tree)] = self._sent(channel, status, show)
@@ -281,9 +290,36 @@ class MigrationRunner:
         if layer is not None:
             layer.send()
             moved[str(upper)] = self._sent(channel, status, show)
+        for sender in senders.values():
+            sender.send()
+            self._sent(channel, status, show)
         channel.send({"op": "records", "records": [
-            self._moved_record(r, moved, current, upper).to_json() for r in records]})
+            self._moved_record(r, moved, current, upper).to_json() for r in records],
+            "volumes": [{"path": path, "tree": volume_tree(path)} for path in senders]})
         channel.receive()  # stored
+
+    def _image_volumes(self, key: ResourceKey, uid: str, current: ObservedContainer | None,
+                       live: list[Revision]) -> dict[str, Path]:
+        """The Docker volumes of the image's VOLUMEs that hold the instance's files
+        here, by mount path: the current container's, or, with none (Stopped), those
+        named for the last revision's image."""
+        if current is not None:
+            named = dict(current.volumes)
+        else:
+            info = self._agent.docker.image_info(live[-1].image) if live else None
+            named = {path: labels.volume_name(key.namespace, key.name, uid, path)
+                     for path in (info.volumes if info is not None else ())}
+        found: dict[str, Path] = {}
+        for path, volume in sorted(named.items()):
+            mountpoint = (self._agent.docker.volume_info(volume) or {}).get("Mountpoint")
+            if current is None and not mountpoint:
+                continue  # never made: nothing to move
+            where = overlay_layers.reachable(str(mountpoint) if mountpoint else None)
+            if where is None:
+                raise MigrationError(Reason.NOT_MIGRATABLE, f"the volume {volume} at {path} "
+                                     "cannot be reached from the agent")
+            found[path] = where
+        return found
 
     def _sent(self, channel: Channel, status: dict[str, Any], show: Show) -> str:
         """The target's answer to a tree: where it keeps it."""

@@ -9,6 +9,7 @@ looks first whether it was done (docs/migration.md, "Safety").
 from __future__ import annotations
 
 import calendar
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -68,6 +69,11 @@ class MigrationError(UserError):
     def __init__(self, reason: Reason, message: str, phase: Phase = Phase.FAILED) -> None:
         super().__init__(reason, message)
         self.phase = phase
+
+
+def volume_tree(mount_path: str) -> str:
+    """The name an image VOLUME's tree travels under (one per mount path)."""
+    return f"{MIGRATED_PREFIX}vol-{hashlib.sha256(mount_path.encode()).hexdigest()[:16]}"
 
 
 def seconds(stamp: str) -> float:
@@ -197,6 +203,7 @@ class Switch:
         for record in records:
             agent.store.delete(key.namespace, key.name, record.revision)
         agent.replica_sets.disks.remove_saved(layers_named(records))
+        agent.docker.remove_volumes(key.namespace, key.name, uid)  # its image VOLUMEs
         agent.kube.remove_finalizer(GRS, key.namespace, key.name,
                                     ownership.node_finalizer(agent.settings.node_name))
 
