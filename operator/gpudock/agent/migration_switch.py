@@ -123,7 +123,7 @@ class Switch:
         self._crash.reach("Migrate.handedOver")
         status["message"] = f"waiting for node {target} to run it"
         show(status)
-        served_at = self._wait_served(key, target)
+        served_at = self._wait_served(key, target, status, show)
         stopped = status.get("stoppedAt")
         status["downtimeSeconds"] = round(max(0.0, served_at - seconds(str(stopped))), 3) \
             if stopped else 0.0
@@ -172,9 +172,12 @@ class Switch:
                 continue
         raise KubeUnavailableError(f"{key}: its finalizers kept changing")
 
-    def _wait_served(self, key: ResourceKey, target: str) -> float:
+    def _wait_served(self, key: ResourceKey, target: str, migration: dict[str, Any],
+                     show: Show) -> float:
         """When the target's agent says the instance is in its wanted state there
-        (its status, written by that agent only: this one writes none now)."""
+        (its status, written by that agent only: this one writes none now). Until
+        then the GpuMigration's message says what the target says, when it changes."""
+        waiting = str(migration.get("message") or "")
         while True:
             try:
                 grs = self._agent.kube.get(GRS, key.namespace, key.name)
@@ -188,6 +191,11 @@ class Switch:
                 if status.get("nodeName") == target and status.get("phase") == wanted and \
                         (ready or wanted != DesiredState.RUNNING):
                     return time.time()
+                why = _not_ready(status) if status.get("nodeName") == target else ""
+                message = f"waiting for node {target} to run it" + (f": {why}" if why else "")
+                if message != waiting:
+                    waiting = message
+                    show({**migration, "message": message})
             except KubeUnavailableError as exc:
                 logger.info("%s: waiting for node %s: %s", key, target, exc)
             time.sleep(SERVE_WAIT_SECONDS)
@@ -206,6 +214,16 @@ class Switch:
         agent.docker.remove_volumes(key.namespace, key.name, uid)  # its image VOLUMEs
         agent.kube.remove_finalizer(GRS, key.namespace, key.name,
                                     ownership.node_finalizer(agent.settings.node_name))
+
+
+def _not_ready(status: dict[str, Any]) -> str:
+    """What the target's agent says keeps the instance from its wanted state (its
+    Ready condition's reason and message), "" while it has said nothing yet."""
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == "Ready" and condition.get("status") != "True" and \
+                condition.get("reason") not in (None, Reason.MIGRATING):
+            return f"{condition.get('reason')}: {condition.get('message') or ''}".strip()
+    return ""
 
 
 def migrating_status(current: dict[str, Any], migration: dict[str, Any],
