@@ -490,3 +490,47 @@ def test_23_2_an_image_volume_moves_with_its_files(fleet: Fleet) -> None:
     assert sh(_container(fleet, b, "vol"), VOLUME_FILES) == files
     assert _volumes(fleet, b, "vol") == [volume]  # the same name: every revision uses it
     assert _volumes(fleet, a, "vol") == []  # nothing of it left on the source
+
+
+def test_23_1_setting_spec_node_name_back_during_a_move_keeps_the_instance_home(
+        stack: LocalStack, namespace: str) -> None:
+    """The binding moves only while the instance still wants the target: spec.nodeName
+    set back during the transfer fails the move at the switch and the same source
+    container runs on, with its disk (review finding: it used to switch anyway and
+    leave the instance down on both nodes)."""
+    _image_only_on_a(stack)
+    with running_fleet(stack, namespace) as fleet:
+        a, b = fleet.nodes
+        fleet.agents[a].stop()  # the source sends slowly: there is time to change it back
+        fleet.start_agent(a, extra_args=["--migration-bandwidth", str(1 << 20)])
+        _apply(fleet, _instance("fickle", nodeName=a))
+        wait_for(lambda: _status(fleet, "grs", "fickle").get("phase") == "Running" and
+                 len(fleet.containers(a)) == 1, 90, what="fickle running on a")
+        fingerprint = _user_disk(fleet, a, "fickle")
+        before = _container(fleet, a, "fickle").id
+        fleet.stack.kubectl("patch", "grs", "fickle", "-n", namespace, "--type=merge",
+                            "-p", json.dumps({"spec": {"nodeName": b}}))
+        move = f"fickle-to-{b}-g{_get(fleet, 'grs', 'fickle')['metadata']['generation']}"
+        wait_for(lambda: fleet.stack.kubectl("get", "gmig", move, "-n", namespace,
+                                             check=False).returncode == 0, 60, what=move)
+        _wait_phase(fleet, move, "Transferring", "Failed", timeout=120)
+        fleet.stack.kubectl("patch", "grs", "fickle", "-n", namespace, "--type=merge",
+                            "-p", json.dumps({"spec": {"nodeName": a}}))
+        _wait_phase(fleet, move, "Succeeded", "Failed", "Cancelled")
+        status = _status(fleet, "gmig", move)
+        assert (status["phase"], status["reason"]) == ("Failed", "MigrationFailed"), status
+        assert f"spec.nodeName was changed to {a}" in status["message"]
+
+        def home() -> bool:
+            found = fleet.containers(a)
+            body = _status(fleet, "grs", "fickle")
+            ready = any(c["type"] == "Ready" and c["status"] == "True"
+                        for c in body.get("conditions") or ())
+            return len(found) == 1 and found[0].status == "running" and ready
+        wait_for(home, 90, what="fickle running on a again")
+        assert _container(fleet, a, "fickle").id == before
+        _assert_disk(fleet, a, "fickle", fingerprint)
+        assert fleet.containers(b) == []
+        body = _get(fleet, "grs", "fickle")
+        assert body["metadata"]["finalizers"] == [f"node.gpudock.dev/{a}"]
+        assert (body.get("status") or {}).get("nodeName") in (None, a)

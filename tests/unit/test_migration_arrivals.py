@@ -81,3 +81,12 @@ def test_23_the_gpu_node_shows_held_gpus_taken_and_the_scheduler_counts_them() -
                                 "status": {**shown, "heartbeatTime": now}}
         (view,) = node_views([node], [], [], now, 10)
         assert view.gpus_free == 3
+
+
+def test_23_a_late_end_of_an_earlier_migration_keeps_a_newer_ones_hold() -> None:
+    arrivals = Arrivals()
+    arrivals.hold(Arrival(KEY, "uid-a", ("team-a", "second"), ("GPU-2",)))
+    arrivals.drop("uid-a", ("team-a", "first"))  # the first one's session failed late
+    assert arrivals.gpus() == {"GPU-2": KEY}
+    arrivals.drop("uid-a", ("team-a", "second"))
+    assert arrivals.gpus() == {}

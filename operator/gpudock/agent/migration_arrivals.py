@@ -37,9 +37,13 @@ class Arrivals:
         with self._lock:
             self._held[arrival.uid] = arrival
 
-    def drop(self, uid: str) -> None:
+    def drop(self, uid: str, migration: tuple[str, str] | None = None) -> None:
+        """The hold for ``uid``'s arrival ends; with ``migration``, only when it is
+        that migration's (a late failure of an earlier one keeps a newer one's)."""
         with self._lock:
-            self._held.pop(uid, None)
+            held = self._held.get(uid)
+            if held is not None and migration in (None, held.migration):
+                del self._held[uid]
 
     def held(self) -> list[Arrival]:
         with self._lock:
@@ -61,5 +65,5 @@ class Arrivals:
         here = {c.uid for c in containers if c.uid}
         dropped = [a for a in self.held() if a.uid in here or ended(a.migration)]
         for arrival in dropped:
-            self.drop(arrival.uid)
+            self.drop(arrival.uid, arrival.migration)
         return dropped

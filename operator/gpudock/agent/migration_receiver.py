@@ -49,13 +49,15 @@ class MigrationReceiver:
         self._crash = CrashPoints(agent.settings.crash_at)
         self._server: socket.socket | None = None
         self._tls: stream_tls.ServingCertificate | None = None
+        self._address = ""
         self.port = 0
 
     # ---------------------------------------------------------------------- serving
     def start(self) -> None:
         """Serve; raises OSError (the port taken) or CertificateError (no openssl)."""
         settings = self._agent.settings
-        self._tls = stream_tls.make(settings.state_dir / "transfer", self._address(),
+        self._address = _advertised_address(settings.transfer_address)  # the cert's too
+        self._tls = stream_tls.make(settings.state_dir / "transfer", self._address,
                                     "transfer")
         server = socket.create_server((settings.transfer_address or "0.0.0.0",
                                        settings.transfer_port), reuse_port=False)
@@ -69,15 +71,8 @@ class MigrationReceiver:
     def advertised(self) -> dict[str, Any]:
         """What the GpuNode says of the endpoint (status.transfer): where, and the
         certificate the source trusts alone."""
-        return {"address": self._address(), "port": self.port,
+        return {"address": self._address, "port": self.port,
                 "caBundle": self._tls.pem if self._tls is not None else None}
-
-    def _address(self) -> str:
-        address = self._agent.settings.transfer_address
-        if not address or address == "0.0.0.0":
-            with contextlib.suppress(OSError):
-                address = socket.gethostbyname(socket.gethostname())
-        return address
 
     def stop(self) -> None:
         if self._server is not None:
@@ -121,7 +116,8 @@ class MigrationReceiver:
         except (WireError, GpudockError, OSError, KeyError, ValueError) as exc:
             logger.warning("migration from %s failed: %s", peer, exc)
             with contextlib.suppress(WireError):
-                channel.refuse(Reason.TRANSFER_FAILED, str(exc))
+                channel.refuse(exc.reason if isinstance(exc, WireError)
+                               else Reason.TRANSFER_FAILED, str(exc))
         finally:
             channel.close()
             for path in received:  # a session that ended before its records were kept
@@ -164,13 +160,13 @@ class MigrationReceiver:
             raise _RefusalError(Reason.NOT_MIGRATABLE, f"node {self._agent.settings.node_name} "
                            "cannot keep writable layers (Docker is not on overlay2 here)")
         arrivals = self._agent.replica_sets.arrivals
-        self._hold_room(Arrival(ResourceKey(namespace, name), uid, (
-            namespace, migration["metadata"]["name"]), ()), int(prepare["gpuCount"]),
-            prepare.get("hostPorts") or [])
+        this = (namespace, str(migration["metadata"]["name"]))
+        self._hold_room(Arrival(ResourceKey(namespace, name), uid, this, ()),
+                        int(prepare["gpuCount"]), prepare.get("hostPorts") or [])
         try:
             self._receive(channel, prepare, namespace, name, uid, home, received)
         except BaseException:
-            arrivals.drop(uid)  # the session failed: nothing comes here
+            arrivals.drop(uid, this)  # the session failed: nothing comes here
             if not any(c.uid == uid for c in self._agent.docker.list_containers()):
                 self._agent.docker.remove_volumes(namespace, name, uid)
             raise
@@ -212,7 +208,7 @@ class MigrationReceiver:
                 channel.send({"op": "treeDone", "path": str(final), "bytes": count})
             elif op == "records":
                 for volume in message.get("volumes") or ():
-                    self._fill_volume(namespace, name, uid, str(volume["path"]),
+                    self._fill_volume(namespace, name, uid, str(volume["name"]),
                                       home / uid / str(volume["tree"]))
                 for text in message["records"]:
                     record = Revision.from_json(str(text))
@@ -249,17 +245,17 @@ class MigrationReceiver:
                                         f"is taken on node {node}")
             arrivals.hold(replace(arrival, gpus=tuple(free[:gpu_count])))
 
-    def _fill_volume(self, namespace: str, name: str, uid: str, path: str,
+    def _fill_volume(self, namespace: str, name: str, uid: str, volume: str,
                      tree: Path) -> None:
-        """The Docker volume the instance's container will mount at ``path`` (named as
-        the source's: by UID and path), made here with the received tree as its
+        """The Docker volume of one of the image's VOLUMEs (named as on the source: by
+        the instance, its UID and the path), made here with the received tree as its
         content (a rename: one filesystem with the received layers)."""
         if tree.parent.name != uid or not tree.name.startswith(MIGRATED_PREFIX) or \
-                not tree.is_dir():
+                not tree.is_dir() or not volume.startswith(
+                    labels.base_name(namespace, name) + "-vol-") or "/" in volume:
             raise _RefusalError(Reason.TRANSFER_FAILED, f"no received tree for the volume "
-                                f"at {path}")
+                                f"{volume}, or not a volume of this instance")
         docker = self._agent.docker
-        volume = labels.volume_name(namespace, name, uid, path)
         if docker.volume_info(volume) is not None:  # from an earlier stay of it here
             if any(c.uid == uid for c in docker.list_containers()):
                 raise _RefusalError(Reason.TRANSFER_FAILED, f"the volume {volume} is in use")
@@ -274,7 +270,7 @@ class MigrationReceiver:
         try:
             tree.rename(str(mountpoint))  # over the empty directory Docker made
         except OSError as exc:
-            raise _RefusalError(Reason.TRANSFER_FAILED, f"the volume at {path} could not "
+            raise _RefusalError(Reason.TRANSFER_FAILED, f"the volume {volume} could not "
                                 f"be put in place: {exc}") from exc
 
     def _has_image(self, image: str, image_id: str) -> bool:
@@ -310,7 +306,7 @@ class MigrationReceiver:
                                                        or ()):
                 return
         uid = str((migration.get("status") or {}).get("replicaSetUID") or "")
-        self._agent.replica_sets.arrivals.drop(uid)
+        self._agent.replica_sets.arrivals.drop(uid, (namespace, migration["metadata"]["name"]))
         records = [r for r in self._agent.store.list(namespace, name) if r.uid == uid]
         containers = [c for c in self._agent.docker.list_containers()
                       if c.uid == uid and uid]
@@ -326,6 +322,15 @@ class MigrationReceiver:
                 remove_tree(path, ignore_errors=True)
             with contextlib.suppress(OSError):
                 (home / uid).rmdir()
+
+
+def _advertised_address(configured: str) -> str:
+    """--transfer-address, or for every address the host name's address."""
+    if configured and configured != "0.0.0.0":
+        return configured
+    with contextlib.suppress(OSError):
+        return socket.gethostbyname(socket.gethostname())
+    return configured
 
 
 class _RefusalError(UserError):

@@ -23,6 +23,7 @@ from gpudock.adapters.kube_api import ObjectNotFoundError
 from gpudock.adapters.migration_wire import Channel, RefusedError, WireError
 from gpudock.adapters.tree_stream import TreeSender
 from gpudock.adapters.user_trees import tree_usage
+from gpudock.agent import migration_targets
 from gpudock.agent.migration_switch import (
     MIGRATED_PREFIX,
     TRANSFER_FIELD,
@@ -30,12 +31,13 @@ from gpudock.agent.migration_switch import (
     MigrationError,
     Show,
     Switch,
-    seconds,
+    SwitchRefusedError,
     volume_tree,
 )
+from gpudock.agent.migration_targets import choose_target
 from gpudock.api import gpu_migration, gpu_replica_set, ownership
 from gpudock.api.gpu_migration import GpuMigrationSpec, Phase
-from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
+from gpudock.api.gpu_replica_set import DesiredState, GpuReplicaSetSpec
 from gpudock.api.placement import bound_node
 from gpudock.api.reasons import Reason
 from gpudock.core import labels
@@ -46,7 +48,7 @@ from gpudock.errors import GpudockError, SpecError
 
 logger = logging.getLogger(__name__)
 GRS = gpu_replica_set.PLURAL
-GPU_NODES = "gpunodes"
+GPU_NODES = migration_targets.GPU_NODES
 
 
 class MigrationRunner:
@@ -71,10 +73,14 @@ class MigrationRunner:
         status = dict(body.get("status") or {})
         phase = gpu_migration.phase_of(body)
         if phase is Phase.SWITCHING:
-            self._switch.finish(body, status, show)
+            try:
+                self._switch.finish(body, status, show)
+            except SwitchRefusedError as exc:
+                self._resume_here(body, status)
+                self._end(show, status, exc)
             return True
         if phase in (Phase.RESERVING, Phase.TRANSFERRING):  # the agent died meanwhile
-            self._abort_target(body, status)
+            self._resume_here(body, status)
             self._end(show, status, MigrationError(Reason.MIGRATION_FAILED, (
                 "the source agent restarted during the transfer; the instance runs on "
                 f"node {self._node} as before")))
@@ -102,7 +108,7 @@ class MigrationRunner:
         try:
             spec = GpuMigrationSpec.parse(body.get("spec") or {})
             grs, rs_spec, records = self._check(body, spec)
-            target, endpoint = self._choose(spec, rs_spec, grs)
+            target, endpoint = choose_target(self._agent, spec, rs_spec, grs)
         except SpecError as exc:
             return self._end(show, status, MigrationError(Reason.INVALID_SPEC, exc.message))
         except MigrationError as exc:
@@ -147,7 +153,13 @@ class MigrationRunner:
         self._crash.reach("Migrate.transferred")
         status.update({"phase": Phase.SWITCHING, "message": f"moving the binding to {target}"})
         show(status)
-        self._switch.finish(body, status, show)
+        try:
+            self._switch.finish(body, status, show)
+        except SwitchRefusedError as exc:
+            self._undo(key, halted[0] if halted else None, body, status)
+            exc.message += f"; the instance runs on node {self._node} as before"
+            self._switch.show_instance(key, {**status, "phase": exc.phase}, down=False)
+            self._end(show, status, exc)
 
     def _check(self, body: dict[str, Any], spec: GpuMigrationSpec,
                ) -> tuple[dict[str, Any], GpuReplicaSetSpec, list[Revision]]:
@@ -176,7 +188,7 @@ class MigrationRunner:
             if (other.get("spec") or {}).get("replicaSetName") == spec.replica_set_name \
                     and other["metadata"]["uid"] != body["metadata"]["uid"] and \
                     gpu_migration.phase_of(other) in gpu_migration.ACTIVE and \
-                    gpu_migration.source_of(other):
+                    (gpu_migration.source_of(other) or gpu_migration.made_before(other, body)):
                 raise MigrationError(Reason.MIGRATION_IN_PROGRESS, "GpuMigration "
                                      f"{other['metadata']['name']} moves it already")
         records = [r for r in self._agent.store.list(namespace, spec.replica_set_name)
@@ -184,43 +196,6 @@ class MigrationRunner:
         if not records:
             raise MigrationError(Reason.NOT_MIGRATABLE, f"it has not run on {self._node}")
         return grs, rs_spec, records
-
-    def _choose(self, spec: GpuMigrationSpec, rs_spec: GpuReplicaSetSpec,
-                grs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        """The target (spec.targetNode, else the ready, schedulable node matching the
-        selectors with the most free GPUs) and its transfer endpoint."""
-        selector = dict(spec.node_selector or (grs.get("spec") or {}).get("nodeSelector") or {})
-        nodes = self._agent.kube.list_cluster(GPU_NODES)
-        fits: list[tuple[int, str, dict[str, Any]]] = []
-        why: list[str] = []
-        now = seconds(self._agent.now())
-        for node in nodes:
-            name = node["metadata"]["name"]
-            status = node.get("status") or {}
-            labels = node["metadata"].get("labels") or {}
-            if name == self._node or (spec.target_node and name != spec.target_node):
-                continue
-            beat = str(status.get("heartbeatTime") or "")
-            if not beat or now - seconds(beat) > 3 * self._agent.settings.heartbeat_seconds \
-                    + 5:
-                why.append(f"{name}: not ready")
-            elif (node.get("spec") or {}).get("unschedulable"):
-                why.append(f"{name}: unschedulable")
-            elif any(labels.get(k) != v for k, v in selector.items()):
-                why.append(f"{name}: does not match the node selector")
-            elif int(status.get("gpusFree") or 0) < rs_spec.gpu_count:
-                why.append(f"{name}: {status.get('gpusFree')} free GPUs")
-            elif not (status.get(TRANSFER_FIELD) or {}).get("port") or \
-                    not status[TRANSFER_FIELD].get("caBundle"):
-                why.append(f"{name}: no migration endpoint (with TLS)")
-            else:
-                fits.append((-int(status.get("gpusFree") or 0), name, status[TRANSFER_FIELD]))
-        if not fits:
-            wanted = f"node {spec.target_node}" if spec.target_node else "no other node"
-            raise MigrationError(Reason.TARGET_UNSCHEDULABLE, f"{wanted} can take it: "
-                                 + ("; ".join(why) or "no such node"))
-        _, name, endpoint = min(fits)
-        return name, endpoint
 
     def _transfer(self, channel: Channel, key: ResourceKey, grs: dict[str, Any],
                   rs_spec: GpuReplicaSetSpec, records: list[Revision],
@@ -253,7 +228,7 @@ class MigrationRunner:
                                      f"{current.name} cannot be reached")
         history = {f"{MIGRATED_PREFIX}{Path(p).name}": Path(p)
                    for p in sorted(layers_named(records)) if Path(p).is_dir()}
-        volumes = self._image_volumes(key, uid, current, live)
+        volumes = self._image_volumes(key, uid, current)
         with self._agent.replica_sets.lock(key):  # no reconcile acts on it from here
             self._agent.replica_sets.migrating.add(key)
         status.update({"phase": Phase.TRANSFERRING, "message": "copying the disk",
@@ -268,8 +243,8 @@ class MigrationRunner:
         layer = None if current is None or upper is None else TreeSender(
             upper, channel, f"{MIGRATED_PREFIX}rev-{current.revision}-{current.id[:12]}")
         # The image's VOLUMEs: written while it runs too, so sent like the layer.
-        senders = {path: TreeSender(tree, channel, volume_tree(path))
-                   for path, tree in volumes.items()}
+        senders = {name: TreeSender(tree, channel, volume_tree(name))
+                   for name, tree in volumes.items()}
         if current is not None and current.running:
             # While it runs: the stop sends only what changed since.
             for sender in (*((layer,) if layer is not None else ()), *senders.values()):
@@ -295,30 +270,29 @@ class MigrationRunner:
             self._sent(channel, status, show)
         channel.send({"op": "records", "records": [
             self._moved_record(r, moved, current, upper).to_json() for r in records],
-            "volumes": [{"path": path, "tree": volume_tree(path)} for path in senders]})
+            "volumes": [{"name": name, "tree": volume_tree(name)} for name in senders]})
         channel.receive()  # stored
 
-    def _image_volumes(self, key: ResourceKey, uid: str, current: ObservedContainer | None,
-                       live: list[Revision]) -> dict[str, Path]:
+    def _image_volumes(self, key: ResourceKey, uid: str,
+                       current: ObservedContainer | None) -> dict[str, Path]:
         """The Docker volumes of the image's VOLUMEs that hold the instance's files
-        here, by mount path: the current container's, or, with none (Stopped), those
-        named for the last revision's image."""
-        if current is not None:
-            named = dict(current.volumes)
-        else:
-            info = self._agent.docker.image_info(live[-1].image) if live else None
-            named = {path: labels.volume_name(key.namespace, key.name, uid, path)
-                     for path in (info.volumes if info is not None else ())}
+        here, by the name they get on the target: every one made for it (every
+        revision's, by its labels), and the current container's (one it carried from
+        before gpudock named them goes by the name it would have now). Every one is
+        sent or the migration is refused: the source's are removed after the move."""
+        docker = self._agent.docker
+        named = docker.instance_volumes(key.namespace, key.name, uid)
+        for path, volume in (current.volumes if current is not None else {}).items():
+            if volume not in named:
+                named[labels.volume_name(key.namespace, key.name, uid, path)] = str(
+                    (docker.volume_info(volume) or {}).get("Mountpoint") or "")
         found: dict[str, Path] = {}
-        for path, volume in sorted(named.items()):
-            mountpoint = (self._agent.docker.volume_info(volume) or {}).get("Mountpoint")
-            if current is None and not mountpoint:
-                continue  # never made: nothing to move
-            where = overlay_layers.reachable(str(mountpoint) if mountpoint else None)
+        for volume, mountpoint in sorted(named.items()):
+            where = overlay_layers.reachable(mountpoint or None)
             if where is None:
-                raise MigrationError(Reason.NOT_MIGRATABLE, f"the volume {volume} at {path} "
-                                     "cannot be reached from the agent")
-            found[path] = where
+                raise MigrationError(Reason.NOT_MIGRATABLE, f"the volume {volume} cannot "
+                                     "be reached from the agent")
+            found[volume] = where
         return found
 
     def _sent(self, channel: Channel, status: dict[str, Any], show: Show) -> str:
@@ -367,6 +341,25 @@ class MigrationRunner:
             self._agent.replica_sets.migrating.discard(key)
             self.wake(str(status.get("replicaSetUID") or ""))
 
+    def _resume_here(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        """After an agent restart (the container stopped for the move is not known):
+        the instance's stopped container starts again when its spec wants it
+        running; what the target received goes when this agent still can say so."""
+        key = ResourceKey(body["metadata"]["namespace"], str(body["spec"]["replicaSetName"]))
+        uid = str(status.get("replicaSetUID") or "")
+        try:
+            grs = self._agent.kube.get(GRS, key.namespace, key.name)
+            running = GpuReplicaSetSpec.parse(grs.get("spec") or {}).state == \
+                DesiredState.RUNNING
+        except (ObjectNotFoundError, SpecError):
+            running = False
+        mine = [c for c in self._agent.docker.list_containers()
+                if c.owner == key and c.uid == uid and uid]
+        current = max(mine, key=lambda c: c.revision) if mine else None
+        halted = current if current is not None and running and not current.running \
+            and current.status != "paused" else None
+        self._undo(key, halted, body, status)
+
     def _abort_target(self, body: dict[str, Any], status: dict[str, Any]) -> None:
         """Best effort: the source's disk and records are untouched either way."""
         target = status.get("targetNode")
@@ -397,3 +390,4 @@ class MigrationRunner:
             logger.warning("node %s did not drop what it received: %s", target, exc)
         finally:
             channel.close()
+

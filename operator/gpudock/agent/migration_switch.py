@@ -71,9 +71,17 @@ class MigrationError(UserError):
         self.phase = phase
 
 
-def volume_tree(mount_path: str) -> str:
-    """The name an image VOLUME's tree travels under (one per mount path)."""
-    return f"{MIGRATED_PREFIX}vol-{hashlib.sha256(mount_path.encode()).hexdigest()[:16]}"
+class SwitchRefusedError(MigrationError):
+    """The binding may not move: the resource changed during the move (spec.nodeName
+    names another node, or another migration bound it). The source runs on."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Reason.MIGRATION_FAILED, message)
+
+
+def volume_tree(volume: str) -> str:
+    """The name an image VOLUME's tree travels under (one per Docker volume)."""
+    return f"{MIGRATED_PREFIX}vol-{hashlib.sha256(volume.encode()).hexdigest()[:16]}"
 
 
 def seconds(stamp: str) -> float:
@@ -103,7 +111,8 @@ class Switch:
             logger.warning("%s: status.migration not written: %s", key, exc)
 
     def finish(self, body: dict[str, Any], status: dict[str, Any], show: Show) -> None:
-        """Switching to Succeeded; never undone (the target may run it already)."""
+        """Switching to Succeeded; never undone once the binding moved (the target
+        may run it already). SwitchRefusedError, before it moved, when it may not."""
         namespace = body["metadata"]["namespace"]
         key = ResourceKey(namespace, str(body["spec"]["replicaSetName"]))
         target = str(status["targetNode"])
@@ -145,6 +154,13 @@ class Switch:
             current = grs.get("status") or {}
             if current.get("nodeName") == target:
                 return grs
+            pinned = (grs.get("spec") or {}).get("nodeName")
+            if pinned not in (None, "", target):
+                raise SwitchRefusedError(f"spec.nodeName was changed to {pinned} during the "
+                                         "move; the binding stays")
+            if current.get("nodeName") not in (None, "", status.get("sourceNode")):
+                raise SwitchRefusedError(f"it was bound to node {current.get('nodeName')} "
+                                         "meanwhile; the binding stays")
             migrating = migrating_status(current, {**status, "phase": Phase.SWITCHING},
                                          self._agent.now())
             try:

@@ -55,3 +55,12 @@ def phase_of(body: Mapping[str, Any]) -> Phase:
 
 def source_of(body: Mapping[str, Any]) -> str:
     return str((body.get("status") or {}).get("sourceNode") or "")
+
+
+def made_before(other: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    """``other`` was made first (two GpuMigrations of one instance at once: the
+    earlier one goes first, the later one fails MigrationInProgress)."""
+    def order(item: Mapping[str, Any]) -> tuple[str, str]:
+        meta = item.get("metadata") or {}
+        return str(meta.get("creationTimestamp") or ""), str(meta.get("name") or "")
+    return order(other) < order(body)

@@ -62,6 +62,16 @@ class VolumeMixin(DockerConnection):
             self._call(f"remove volume {name}",
                        functools.partial(self.client.api.remove_volume, name))
 
+    def instance_volumes(self, namespace: str, name: str, uid: str) -> dict[str, str]:
+        """The Docker volumes gpudock made for one GpuReplicaSet's image VOLUMEs (every
+        revision's): name -> mount point."""
+        api = self.client.api
+        wanted = [f"{labels.NAMESPACE}={namespace}", f"{labels.NAME}={name}",
+                  f"{labels.KIND}={gpu_replica_set.KIND}", f"{labels.UID}={uid}"]
+        found = self._call("list volumes", lambda: api.volumes(filters={"label": wanted}))
+        return {str(v["Name"]): str(v.get("Mountpoint") or "")
+                for v in (found or {}).get("Volumes") or ()}
+
     def remove_volumes(self, namespace: str, name: str, uid: str | None = None) -> int:
         """Remove the Docker volumes gpudock made for a resource's image VOLUMEs (of
         one incarnation only, when ``uid`` is given); returns how many were removed

@@ -131,8 +131,12 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: ko
                 view = await asyncio.to_thread(line.read)
                 await asyncio.to_thread(_drop_legacy_finalizer, agent, body)
                 # A changed spec.nodeName: a GpuMigration moves it (made once per change).
-                await asyncio.to_thread(node_name_moves.request_move, agent.kube, view,
-                                        agent.settings.node_name)
+                try:
+                    await asyncio.to_thread(node_name_moves.request_move, agent.kube, view,
+                                            agent.settings.node_name)
+                except TransientError as exc:  # the API away, an old ClusterRole
+                    logger.warning("the GpuMigration for the changed spec.nodeName is not "
+                                   "made yet: %s", exc)
                 with metrics.timed(metrics.RECONCILE_SECONDS, gpu_replica_set.KIND):
                     outcome = await asyncio.to_thread(agent.replica_sets.reconcile, view,
                                                       line.show)
