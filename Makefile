@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export GPUDOCK_VENV := $(VENV)
 
-.PHONY: smoke-nvml run test test-unit venv prereqs check bench bench-quick bench-volumes bench-api bench-pulls bench-placement image chart-lint manifests helm-install helm-upgrade helm-uninstall dist
+.PHONY: smoke-nvml run test test-unit venv prereqs check bench bench-quick bench-volumes bench-api bench-pulls bench-placement bench-migration image chart-lint manifests helm-install helm-upgrade helm-uninstall dist
 run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foreground
 	$(PY) -m tests.stack up
 
@@ -46,6 +46,9 @@ bench-pulls: prereqs  ## an image pull through the agent against docker pull, sa
 
 bench-placement: prereqs  ## instances unpinned vs pinned by hand over 3 nodes; bind latency (prints a table)
 	$(PY) -m tests.bench.placement
+
+bench-migration: prereqs  ## a GpuMigration of a 2 GiB writable layer vs tar|socket|tar; downtime (prints a table)
+	$(PY) -m tests.bench.migration
 
 image: prereqs  ## the agent image gpudock/agent:<version> in $$DOCKER_HOST's engine (cached)
 	bash image/build.sh
