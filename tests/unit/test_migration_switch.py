@@ -1,6 +1,7 @@
 """#23: after the switch, the GpuMigration says why the target does not run the
 instance yet (its Ready condition there), not only that it waits; the binding moves
 only while the instance still wants that node (review finding)."""
+import time
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -11,6 +12,8 @@ from gpudock.agent.migration_switch import (
     Switch,
     SwitchRefusedError,
     _not_ready,
+    precise_now,
+    seconds,
 )
 from gpudock.api.gpu_migration import made_before
 from gpudock.core.observed import ResourceKey
@@ -84,3 +87,13 @@ def test_23_of_two_migrations_of_one_instance_at_once_the_earlier_goes_first() -
     assert not made_before(second, first)
     assert made_before(first, same_second)  # the same second: by name
     assert not made_before(same_second, first)
+
+
+def test_23_the_stop_is_stamped_to_the_millisecond_for_downtime_seconds() -> None:
+    """(from the migration benchmark) stoppedAt to the whole second made
+    downtimeSeconds read up to a second high."""
+    stamp = precise_now()
+    assert len(stamp) == len("2026-12-06T02:20:39.227Z")
+    assert abs(seconds(stamp) - time.time()) < 1.0
+    assert seconds("2026-12-06T02:20:39.227Z") - seconds("2026-12-06T02:20:39Z") == \
+        pytest.approx(0.227)

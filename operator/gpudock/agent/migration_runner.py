@@ -32,6 +32,7 @@ from gpudock.agent.migration_switch import (
     Show,
     Switch,
     SwitchRefusedError,
+    precise_now,
     volume_tree,
 )
 from gpudock.agent.migration_targets import choose_target
@@ -255,7 +256,7 @@ class MigrationRunner:
             moved[str(tree)] = self._sent(channel, status, show)
         with self._agent.replica_sets.lock(key):
             if current is not None and current.running:
-                status["stoppedAt"] = self._agent.now()
+                status["stoppedAt"] = precise_now()  # downtimeSeconds counts from it
                 halted.append(current)
                 self._agent.docker.stop(current.id, current.name)
         status["message"] = "stopped: sending what changed since the first pass"

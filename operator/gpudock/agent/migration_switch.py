@@ -9,6 +9,7 @@ looks first whether it was done (docs/migration.md, "Safety").
 from __future__ import annotations
 
 import calendar
+import datetime
 import hashlib
 import logging
 import time
@@ -37,7 +38,7 @@ from gpudock.settings import Settings
 
 logger = logging.getLogger(__name__)
 GRS = gpu_replica_set.PLURAL
-SERVE_WAIT_SECONDS = 1.0  # how often the target's status is read after the switch
+SERVE_WAIT_SECONDS = 0.25  # how often the target's status is read after the switch
 CAS_TRIES = 20
 Show = Callable[[dict[str, Any]], None]
 MIGRATED_PREFIX = "migrated-"  # the received layers' directory names on the target
@@ -82,6 +83,12 @@ class SwitchRefusedError(MigrationError):
 def volume_tree(volume: str) -> str:
     """The name an image VOLUME's tree travels under (one per Docker volume)."""
     return f"{MIGRATED_PREFIX}vol-{hashlib.sha256(volume.encode()).hexdigest()[:16]}"
+
+
+def precise_now() -> str:
+    """Now in RFC 3339 UTC with milliseconds (a downtime is counted from it)."""
+    now = datetime.datetime.now(datetime.UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
 def seconds(stamp: str) -> float:
