@@ -5,6 +5,7 @@ enum, an absent required field. Each returns what it did, for the counts."""
 from __future__ import annotations
 
 import copy
+import itertools
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +23,8 @@ MISSING: Any = _Missing()  # no .spec at all
 # Strings that have broken parsers elsewhere: scripts, direction marks, combining
 # characters, a NUL, a lone surrogate, Unicode digits and case, paths and shell.
 ODD_STRINGS = [
-    "ünïcødé", "日本語のテキスト", "😀🚀", "\u202eevil", "a\u0000b", "İı", "１２３", "e\u0301",
+    "ünïcødé", "日本語のテキスト", "😀🚀", "\u202eevil", "a\u0000b", "İı", "\uff11\uff12\uff13",
+    "e\u0301",
     "\ud83d", " lead", "trail ", "tab\tnew\nline", "%00", "../../etc/passwd", "/proc/self",
     "${HOME}", "$(id)", "-", "", "a=b", "UPPER", "a" * 64 + "é",
 ]
@@ -66,7 +68,7 @@ def set_at(spec: Any, path: Path, value: Any, schema: dict[str, Any]) -> Any:
         return value
     root = spec if isinstance(spec, dict) else {}
     node: Any = root
-    for step, following in zip(path, path[1:], strict=False):
+    for step, following in itertools.pairwise(path):
         fresh: Any = [] if isinstance(following, int) else {}
         if isinstance(step, int):
             if not isinstance(node, list):
@@ -136,7 +138,7 @@ def mutate(spec: Any, schema: dict[str, Any], rng: random.Random, *,
         enums = [(p, s) for p, s in fields if s.get("enum")]
         path, sub = rng.choice(enums) if enums else rng.choice(fields)
         value = rng.choice([str(v).lower() for v in sub.get("enum") or ["x"]] +
-                           ["Unknown", " Running", "ＲＵＮＮＩＮＧ"])
+                           ["Unknown", " Running", "\uff32\uff35\uff2e"])
         return _done(op, path, value, spec, schema)
     if op == "unknown field":
         objects = [p for p, s in walk(schema) if type_of(s) == "object" and "properties" in s]
@@ -184,8 +186,8 @@ def _boundary(spec: Any, schema: dict[str, Any], fields: list[tuple[Path, dict[s
         item = _sample_item(spec, path)
         return _done(f"boundary ({limit + 1} items)", path,
                      [copy.deepcopy(item) for _ in range(limit + 1)], spec, schema)
-    limit = sub.get("maxLength")
-    lengths = [0] + ([limit, limit + 1] if limit else [1, 253, 254])
+    most = sub.get("maxLength")
+    lengths = [0] + ([int(most), int(most) + 1] if most else [1, 253, 254])
     length = rng.choice(lengths)
     return _done(f"boundary (length {length})", path, "a" * length, spec, schema)
 
