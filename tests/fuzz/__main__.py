@@ -10,6 +10,7 @@ import random
 import sys
 import time
 
+from tests.fuzz.runner import Report
 from tests.fuzz.session import KINDS, fuzz
 from tests.stack.localstack import LocalStack
 
@@ -24,11 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     began = time.monotonic()
-    with LocalStack() as stack:
-        stack.kubectl("create", "namespace", "fuzz")
-        report = fuzz(stack, "fuzz", per_kind=args.per_kind, seed=seed, rest=args.rest,
-                      batch=args.batch, kinds=[k for k in args.kinds.split(",") if k])
-    print(report.table())
+    report = Report()
+    try:
+        with LocalStack() as stack:
+            stack.kubectl("create", "namespace", "fuzz")
+            fuzz(stack, "fuzz", per_kind=args.per_kind, seed=seed, rest=args.rest,
+                 batch=args.batch, kinds=[k for k in args.kinds.split(",") if k],
+                 report=report)
+    finally:
+        print(report.table())
     print(f"fuzz: seed {seed}, {len(report.violations)} violation(s), "
           f"{time.monotonic() - began:.0f} s in all")
     for violation in report.violations:

@@ -17,7 +17,7 @@ UNDER_WAY = {"Creating", "Pulling", "Pulled", "Reconciling", "RollingOut", "Roll
              "Recording", "Adopting", "Cleaning", "Stopping", "Retrying", "Attaching",
              "Copying", "Growing", "Shrinking", "Scheduled", "Committing", "Running",
              "Migrating", "DockerUnavailable", "ApiServerUnavailable"}
-REQUEST_DONE = {"Succeeded", "Failed", "Cancelled"}
+REQUEST_DONE = {"Succeeded", "Completed", "Failed", "Cancelled"}  # Completed: an exec
 READY_KINDS = {"GpuReplicaSet", "SizedVolume"}
 REQUEST_KINDS = {"ExecRequest", "ImageCommit", "GpuMigration"}
 

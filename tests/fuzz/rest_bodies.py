@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,7 +81,9 @@ def cases(count: int, seed: int) -> list[RestCase]:
         name = TARGET if "volumes" not in route else VOLUME
         if rng.random() < 0.3:
             name = rng.choice(["nosuch", "a-b", "ÄÖ", "x" * 300, "%2F"])
-        out.append(RestCase(index, method, route.replace("{name}", name), how, raw))
+        out.append(RestCase(index, method,
+                            route.replace("{name}", urllib.parse.quote(name, safe="")), how,
+                            raw))
     return out
 
 

@@ -22,7 +22,9 @@ KINDS = ("GpuReplicaSet", "SizedVolume", "ExecRequest", "ImageCommit", "GpuMigra
 
 def fuzz(stack: LocalStack, namespace: str, *, per_kind: int, seed: int, rest: int,
          batch: int = 125, kinds: Sequence[str] = KINDS,
-         say: Callable[[str], None] = print) -> Report:
+         say: Callable[[str], None] = print, report: Report | None = None) -> Report:
+    """The counts and violations go into ``report`` (a new one when None) as they come,
+    so a caller can show them when the session fails half way."""
     say(f"fuzz: seed {seed}, {per_kind} specs per kind, {rest} REST bodies "
         f"(replay: python -m tests.fuzz --per-kind {per_kind} --seed {seed} --rest {rest})")
     all_kinds = specs.load_kinds()
@@ -30,7 +32,7 @@ def fuzz(stack: LocalStack, namespace: str, *, per_kind: int, seed: int, rest: i
         "--namespace", namespace, "--release-namespace", namespace,
         "--heartbeat-seconds", "2"]).start()
     cluster = Cluster(stack, namespace)
-    run = Fuzz(stack, agent, cluster, seed)
+    run = Fuzz(stack, agent, cluster, seed, report or Report())
     try:
         start_target(stack, cluster)
         for name in kinds:
@@ -76,8 +78,14 @@ def _rest(stack: LocalStack, namespace: str, run: Fuzz, count: int, seed: int) -
 def _delete_everything(stack: LocalStack, namespace: str, run: Fuzz) -> None:
     """Every GpuReplicaSet and SizedVolume left (the targets, what the REST API made):
     deleted through the agent, no container left."""
-    stack.kubectl("delete", "grs", "--all", "-n", namespace, "--timeout=120s", check=False)
-    stack.kubectl("delete", "svol", "--all", "-n", namespace, "--timeout=120s", check=False)
+    for plural in ("gpureplicasets", "sizedvolumes"):
+        run.cluster.delete_labelled(plural, True, selector="")
+        try:
+            wait_for(lambda p=plural: not run.cluster.listed(p, True, selector=""), 120,  # type: ignore[misc]
+                     interval=1.0, what=f"every {plural} gone")
+        except TimeoutError:
+            left = [o["metadata"]["name"] for o in run.cluster.listed(plural, True, "")]
+            run.report.violation("the end", f"{plural} not deleted after 120 s: {left}")
     try:
         wait_for(lambda: not containers(stack, namespace), 60, what="no containers")
     except TimeoutError:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gpudock.adapters import migration_wire, overlay_layers
-from gpudock.adapters.kube_api import ObjectNotFoundError
+from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.adapters.migration_wire import Channel, RefusedError, WireError
 from gpudock.adapters.tree_stream import TreeSender
 from gpudock.adapters.user_trees import tree_usage
@@ -44,6 +44,23 @@ from gpudock.errors import GpudockError, SpecError
 
 logger = logging.getLogger(__name__)
 GRS = gpu_replica_set.PLURAL
+
+
+def replica_set_missing(body: dict[str, Any], kube: KubeApi, now: str,
+                        ) -> dict[str, Any] | None:
+    """The Failed status of a GpuMigration, with no status yet, whose GpuReplicaSet
+    does not exist; None when it does (its node's agent runs the migration). No node
+    holds such a GpuReplicaSet, so no source would ever answer: any agent writes this,
+    every one the same (as an ExecRequest of a missing GpuReplicaSet is failed)."""
+    if gpu_migration.phase_of(body) is not Phase.PENDING or body.get("status"):
+        return None
+    name = (body.get("spec") or {}).get("replicaSetName")
+    try:
+        kube.get(GRS, body["metadata"]["namespace"], str(name))
+    except ObjectNotFoundError:
+        return {"phase": Phase.FAILED, "reason": Reason.REPLICA_SET_NOT_FOUND,
+                "message": f"GpuReplicaSet {name} does not exist", "completionTime": now}
+    return None
 GPU_NODES = "gpunodes"
 
 
