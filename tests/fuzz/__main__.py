@@ -6,6 +6,7 @@ by kind and outcome and every violation; exits 1 on a violation."""
 from __future__ import annotations
 
 import argparse
+import functools
 import random
 import sys
 import time
@@ -31,11 +32,13 @@ def main(argv: list[str] | None = None) -> int:
             stack.kubectl("create", "namespace", "fuzz")
             fuzz(stack, "fuzz", per_kind=args.per_kind, seed=seed, rest=args.rest,
                  batch=args.batch, kinds=[k for k in args.kinds.split(",") if k],
-                 report=report)
+                 report=report, say=functools.partial(print, flush=True))
     finally:
         print(report.table())
     print(f"fuzz: seed {seed}, {len(report.violations)} violation(s), "
           f"{time.monotonic() - began:.0f} s in all")
+    for note in report.notes:
+        print(f"note: {note}")
     for violation in report.violations:
         print(f"VIOLATION {violation}")
     return 1 if report.violations else 0

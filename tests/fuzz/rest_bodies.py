@@ -129,6 +129,9 @@ def run(api: ApiProcess, rest_cases: list[RestCase], count: Callable[[str], None
             count(f"{route}: HTTP {answer.status} (VIOLATION)")
             continue
         code = body["code"]
+        if answer.reason == "InternalError":  # the service's catch-all: a bug
+            violation(f"{case.method} {case.path[:80]} ({case.how}): InternalError "
+                      f"(code {code}); body {case.raw[:200]!r}")
         if code == 200:
             count(f"{route}: accepted (200)")
         else:

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import pytest
+
 from gpudock.adapters.kube_api import KubeApi
 from gpudock.agent import migration_runner
 from gpudock.api.reasons import Reason
+from gpudock.rest import decoding, routes
 from tests.unit.fakes.kube import InMemoryKube
 
 NOW = "2026-12-06T02:00:00Z"
@@ -44,3 +47,13 @@ def test_gpu_migration_with_a_status_is_not_failed_again() -> None:
     assert migration_runner.replica_set_missing(
         _migration("nosuch", phase="Failed", reason="NotMigratable"),
         cast(KubeApi, kube), NOW) is None
+
+
+@pytest.mark.parametrize("raw", [b"[" * 100_000 + b"]" * 100_000,
+                                 b'{"a":' * 50_000 + b"1" + b"}" * 50_000])
+def test_a_rest_body_nested_too_deep_is_refused_as_a_body_error_not_a_traceback(
+        raw: bytes) -> None:
+    """Found: a deeply nested JSON body raised RecursionError in the REST API's decoder,
+    logged with a traceback (answered as the endpoint's failure, not 1000)."""
+    with pytest.raises(decoding.BodyError, match="nests too deep"):
+        decoding.decode_body(raw, routes.ROLLBACK)
