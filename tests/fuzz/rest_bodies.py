@@ -23,7 +23,8 @@ from tests.stack.localstack import BUSYBOX_IMAGE, IDLE_COMMAND
 TARGET = "fuzzrest"  # a replicaSet made through the API, the PATCH bodies' target
 VOLUME = "fuzzvol"  # a volume made through the API, the size PATCH bodies' target
 FUZZED = (("POST", routes.RS), ("PATCH", routes.RS + "/{name}"),
-          ("PATCH", routes.RS + "/{name}/rollback"), ("POST", "/api/v1/volumes"),
+          ("PATCH", routes.RS + "/{name}/rollback"), ("POST", routes.RS + "/{name}/commit"),
+          ("POST", routes.RS + "/{name}/execute"), ("POST", "/api/v1/volumes"),
           ("PATCH", "/api/v1/volumes/{name}/size"))
 # Bodies of no use to any route: not JSON, not an object, too deep, numbers Go's
 # decoder refuses.
@@ -118,9 +119,9 @@ def run(api: ApiProcess, rest_cases: list[RestCase], count: Callable[[str], None
             violation(f"{case.method} {case.path} ({case.how}): no answer: {exc}")
             count("no answer (VIOLATION)")
             continue
+        last = case.path.rsplit("/", 1)[-1]
         route = f"{case.method} {case.path.split('/')[3]}" + (
-            " size" if case.path.endswith("/size") else
-            " rollback" if case.path.endswith("/rollback") else "")
+            f" {last}" if last in ("size", "rollback", "commit", "execute") else "")
         body = answer.body
         if answer.status != 200 or not isinstance(body, dict) \
                 or set(body) != {"code", "msg", "data"}:
