@@ -21,6 +21,7 @@ from tests.stack.localstack import BUSYBOX_IMAGE, IDLE_COMMAND, LocalStack
 from tests.stack.processes import wait_for
 from tests.stack.resources import containers
 
+OWN_NODE = "GpuNode specs on the agent's own node"
 TARGET = "fuzz-target"  # a running GpuReplicaSet the request kinds may name
 LOCAL_IMAGES = {BUSYBOX_IMAGE, "gpudock-test/busybox", "busybox"}
 # No registry may be reached: an image the node lacks is pulled from a closed port of
@@ -96,7 +97,8 @@ class Fuzz:
             "metadata": {"name": f"fz-{short}-{case.index:05d}",
                          "labels": {FUZZ_LABEL: str(self.seed)}}}
         if case.spec is not MISSING:
-            body["spec"] = adapt(kind.name, case, random.Random(f"{self.seed}:{case.index}"))
+            body["spec"] = adapt(kind.name, case, random.Random(f"{self.seed}:{case.index}"),
+                                 self.cluster.namespace)
         return body
 
     def _refused(self, kind: Kind, case: Case, answer: Answer) -> None:
@@ -178,15 +180,17 @@ class Fuzz:
                                                            "value": spec}],
                                           content_type="application/json-patch+json")
             if answer.status != 200:
-                self.report.counts[("GpuNode", f"refused on its own node ({answer.status})")] += 1
+                self.report.counts[(OWN_NODE, f"refused ({answer.status})")] += 1
             else:
-                self.report.counts[("GpuNode", "on the agent's node: heartbeat kept")] += 1
+                self.report.counts[(OWN_NODE, "put on it")] += 1
         before = self._heartbeat()
         try:
             wait_for(lambda: self._heartbeat() not in (None, before), 30,
                      what="a new heartbeat of the agent's GpuNode")
         except TimeoutError:
-            self.report.violation("GpuNode", f"no heartbeat after fuzzed specs (last {before})")
+            self.report.violation(OWN_NODE, f"no heartbeat after fuzzed specs (last {before})")
+        else:
+            self.report.counts[(OWN_NODE, "heartbeat kept after the batch")] += 1
         self.cluster.request("PATCH", path, [{"op": "add", "path": "/spec", "value": {}}],
                              content_type="application/json-patch+json")
 
@@ -237,11 +241,13 @@ def _expires(kind: str, case: Case) -> bool:
     return kind == "ExecRequest" and isinstance(ttl, int) and ttl < 120
 
 
-def adapt(kind: str, case: Case, rng: random.Random) -> Any:
+def adapt(kind: str, case: Case, rng: random.Random, namespace: str) -> Any:
     """What the fuzz changes in a case before it is sent (never the field its mutation
     is about): GpuReplicaSets mostly pinned to the agent's node, a few of them made
     runnable (the node's busybox, an idle command, at most one GPU), and no pull that
-    leaves loopback; a few requests aimed at the running target."""
+    leaves loopback; some SizedVolumes pinned to the agent's node; a few requests aimed
+    at the running target (half of those ImageCommits under the namespace's
+    repository, so they commit)."""
     spec = case.spec
     if not isinstance(spec, dict):
         return spec
@@ -262,9 +268,15 @@ def adapt(kind: str, case: Case, rng: random.Random) -> Any:
         if isinstance(image, str) and image not in LOCAL_IMAGES \
                 and spec.get("imagePullPolicy") != "Never":
             spec["image"] = CLOSED_REGISTRY + image
+    elif kind == "SizedVolume" and "nodeName" not in about and rng.random() < 0.15:
+        spec["nodeName"] = NODE_NAME  # a real volume (loop file), or a reason
     elif kind in judge.REQUEST_KINDS and "replicaSetName" not in about \
             and rng.random() < 0.1:
         spec["replicaSetName"] = TARGET
+        image = spec.get("image")
+        if kind == "ImageCommit" and isinstance(image, str) and "image" not in about \
+                and rng.random() < 0.5:  # under the namespace's repository: a commit
+            spec["image"] = f"gpudock.invalid/{namespace}/{image}"
     return spec
 
 
