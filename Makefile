@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export GPUDOCK_VENV := $(VENV)
 
-.PHONY: smoke-nvml run test test-unit venv prereqs check bench bench-quick bench-volumes bench-api bench-pulls bench-placement bench-migration image chart-lint manifests helm-install helm-upgrade helm-uninstall dist
+.PHONY: smoke-nvml run test test-unit fuzz venv prereqs check bench bench-quick bench-volumes bench-api bench-pulls bench-placement bench-migration image chart-lint manifests helm-install helm-upgrade helm-uninstall dist
 run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foreground
 	$(PY) -m tests.stack up
 
@@ -13,6 +13,9 @@ test: prereqs  ## the whole suite against the real stack
 test-unit: venv  ## the unit tests alone: no real component, no stack (prints its time)
 	@start=$$(date +%s%N); $(PY) -m pytest -m "not stack" tests/unit; rc=$$?; \
 	  echo "make test-unit: $$(( ($$(date +%s%N) - start) / 1000000 )) ms"; exit $$rc
+
+fuzz: prereqs  ## CRD-schema specs (PER_KIND, default 1000) and REST bodies, mutated, through the real API server and agent; SEED= replays
+	$(PY) -m tests.fuzz --per-kind $(or $(PER_KIND),1000) --rest $(or $(REST),1000) $(if $(SEED),--seed $(SEED))
 
 venv:  ## the venv alone (what test-unit, chart-lint, manifests and helm-* need)
 	GPUDOCK_ONLY_VENV=1 bash tests/stack/install-prereqs.sh

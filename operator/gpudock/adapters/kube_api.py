@@ -4,6 +4,7 @@ patches, reading a SizedVolume. Errors become gpudock's tiers."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any, cast
@@ -17,7 +18,7 @@ import yaml
 
 from gpudock.api import GROUP, VERSION
 from gpudock.api.reasons import Reason
-from gpudock.errors import NotFoundError, TransientError
+from gpudock.errors import NotFoundError, SpecError, TransientError
 
 
 class KubeUnavailableError(TransientError):
@@ -28,6 +29,10 @@ class KubeUnavailableError(TransientError):
 
 class ObjectNotFoundError(NotFoundError):
     """The Kubernetes object does not exist (or no longer does)."""
+
+
+class ObjectInvalidError(SpecError):
+    """The API server refused the object as written (422, its schema): its message."""
 
 
 class ConflictError(KubeUnavailableError):
@@ -55,6 +60,8 @@ def translated(what: str) -> Iterator[None]:
             raise ObjectNotFoundError(what) from exc
         if exc.status == 409:
             raise ConflictError(f"{what}: changed meanwhile", delay=0.5) from exc
+        if exc.status == 422:
+            raise ObjectInvalidError(f"{what}: {_message(exc)}") from exc
         if exc.status == 429 or (exc.status or 0) >= 500:
             raise KubeUnavailableError(f"{what}: {exc.status} {exc.reason}", delay=2) from exc
         if exc.status in (401, 403):
@@ -66,6 +73,14 @@ def translated(what: str) -> Iterator[None]:
         raise
     except (urllib3.exceptions.HTTPError, OSError) as exc:
         raise KubeUnavailableError(f"{what}: {exc}") from exc
+
+
+def _message(exc: kubernetes.client.ApiException) -> str:
+    """The API server's own words (its Status' message), else the HTTP reason."""
+    try:
+        return str(json.loads(exc.body or "")["message"])
+    except (ValueError, KeyError, TypeError):
+        return str(exc.reason)
 
 
 class KubeApi:

@@ -1,22 +1,26 @@
 """Which node a migration goes to (docs/migration.md): spec.targetNode, else the
 ready, schedulable node matching the selectors with the most free GPUs; and its
-transfer endpoint (address, port and the certificate it serves)."""
+transfer endpoint (address, port and the certificate it serves). Also the migration
+that no node can run: one of a GpuReplicaSet that does not exist."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.agent.migration_switch import (
     TRANSFER_FIELD,
     MigrationContext,
     MigrationError,
     seconds,
 )
-from gpudock.api.gpu_migration import GpuMigrationSpec
+from gpudock.api import gpu_migration, gpu_replica_set
+from gpudock.api.gpu_migration import GpuMigrationSpec, Phase
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
 from gpudock.api.reasons import Reason
 
 GPU_NODES = "gpunodes"
+GRS = gpu_replica_set.PLURAL
 
 
 def choose_target(agent: MigrationContext, spec: GpuMigrationSpec,
@@ -55,3 +59,20 @@ def choose_target(agent: MigrationContext, spec: GpuMigrationSpec,
                              + ("; ".join(why) or "no such node"))
     _, name, endpoint = min(fits)
     return name, endpoint
+
+
+def replica_set_missing(body: dict[str, Any], kube: KubeApi, now: str,
+                        ) -> dict[str, Any] | None:
+    """The Failed status of a GpuMigration, with no status yet, whose GpuReplicaSet
+    does not exist; None when it does (its node's agent runs the migration). No node
+    holds such a GpuReplicaSet, so no source would ever answer: any agent writes this,
+    every one the same (as an ExecRequest of a missing GpuReplicaSet is failed)."""
+    if gpu_migration.phase_of(body) is not Phase.PENDING or body.get("status"):
+        return None
+    name = (body.get("spec") or {}).get("replicaSetName")
+    try:
+        kube.get(GRS, body["metadata"]["namespace"], str(name))
+    except ObjectNotFoundError:
+        return {"phase": Phase.FAILED, "reason": Reason.REPLICA_SET_NOT_FOUND,
+                "message": f"GpuReplicaSet {name} does not exist", "completionTime": now}
+    return None

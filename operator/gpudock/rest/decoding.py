@@ -103,6 +103,8 @@ def decode_body(raw: bytes, kind: Kind) -> dict[str, Any]:
         value, _ = json.JSONDecoder(parse_constant=_no_constant).raw_decode(stripped)
     except json.JSONDecodeError as exc:
         raise BodyError(str(exc)) from exc
+    except RecursionError as exc:  # Go's decoder refuses past 10000 levels too
+        raise BodyError("the body nests too deep") from exc
     decoded = kind.decode(value, "body")
     assert isinstance(decoded, dict)
     return decoded

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from gpudock.adapters.kube_api import ObjectInvalidError
 from gpudock.api.gpu_replica_set import KIND, PLURAL, REDEPLOY_ANNOTATION
 from gpudock.api.reasons import Reason
 from gpudock.api.sized_volume import PLURAL as VOLUMES
@@ -130,7 +131,10 @@ def change(ctx: ApiContext, caller: Caller, name: str, failure: Code, state: str
                  + [int(status.get("revision") or 0)])
     if new_version:
         body["metadata"]["annotations"][REDEPLOY_ANNOTATION] = fresh_token()
-    patched = ctx.kube.patch(PLURAL, namespace, obj_name, body)
+    try:
+        patched = ctx.kube.patch(PLURAL, namespace, obj_name, body)
+    except ObjectInvalidError as exc:  # the schema refused it (gpuCount 5455): unchanged
+        raise RefusalError(failure, "Invalid", exc.message) from exc
     outcome, obj = wait_for(ctx.kube, PLURAL, namespace, obj_name,
                             replica_set_settled(
                                 generation(patched), state,

@@ -17,12 +17,50 @@ from typing import Any
 import kopf
 
 from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
-from gpudock.agent import wiring
+from gpudock.agent import migration_targets, wiring
 from gpudock.api import GROUP, VERSION, gpu_migration, gpu_replica_set, ownership
 from gpudock.api.gpu_migration import Phase
 
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 SLOT_RETRY_SECONDS = 5.0
+
+
+def _replica_set_unknown(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
+    """No status yet and no GpuReplicaSet of that name among those this agent follows:
+    perhaps none exists, which a live read decides (fail_without_replica_set)."""
+    agent = memo.get(wiring.MEMO_KEY)
+    if body.get("status") or not isinstance(agent, wiring.NodeAgent):
+        return False
+    index = agent.watched.get(gpu_replica_set.PLURAL)
+    if index is None:
+        return False
+    namespace = body["metadata"]["namespace"]
+    name = (body.get("spec") or {}).get("replicaSetName")
+    return not any((entry.get("metadata") or {}).get("namespace") == namespace
+                   and (entry.get("metadata") or {}).get("name") == name
+                   for entries in index.values() for entry in entries)
+
+
+@kopf.on.event(GROUP, VERSION, gpu_migration.PLURAL, when=_replica_set_unknown)
+async def fail_without_replica_set(body: kopf.Body, memo: kopf.Memo, type: str | None,
+                                   logger: Logger, **_: Any) -> None:
+    """A GpuMigration of a GpuReplicaSet that does not exist: Failed, ReplicaSetNotFound
+    (no node holds it, so no source would ever take it up; #27 item 4's fuzz)."""
+    meta = body["metadata"]
+    if type == "DELETED" or meta.get("deletionTimestamp"):
+        return
+    agent = wiring.of(memo)
+    try:
+        status = await asyncio.to_thread(migration_targets.replica_set_missing, dict(body),
+                                         agent.kube, agent.now())
+        if status is None:
+            return
+        await asyncio.to_thread(agent.kube.patch_status, gpu_migration.PLURAL,
+                                meta["namespace"], meta["name"], status)
+    except (KubeUnavailableError, ObjectNotFoundError) as exc:
+        logger.warning("GpuMigration of a missing GpuReplicaSet not failed yet: %s", exc)
+        return
+    kopf.warn(body, reason=str(status["reason"]), message=str(status["message"]))
 
 
 def _source_here(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
