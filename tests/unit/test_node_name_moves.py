@@ -60,3 +60,14 @@ def test_23_1_a_long_name_is_cut_to_a_valid_one() -> None:
     name = migration_name("x" * 250, "node-" + "y" * 60, 12)
     assert len(name) == 253
     assert name != migration_name("x" * 250, "node-" + "y" * 61, 12)
+
+
+def test_23_1_a_source_whose_binding_moved_away_leaves_the_instance_alone() -> None:
+    # Unpinned, or pinned to the node the binding names: moved away from A.
+    assert ownership.moved_away(grs(None, held_by=A, status_node=B), A)
+    assert ownership.moved_away(grs(B, held_by=A, status_node=B), A)
+    # Not moved: bound here, not bound, or the spec names another node than the
+    # binding (a switch this node refused: it still serves it).
+    assert not ownership.moved_away(grs(None, held_by=A, status_node=A), A)
+    assert not ownership.moved_away(grs(B, held_by=A), A)
+    assert not ownership.moved_away(grs(A, held_by=B, status_node=B), A)

@@ -134,7 +134,7 @@ class ReplicaSetReconciler:
         timeout, a commit of a big disk) is visible while it happens."""
         meta, previous = body["metadata"], dict(body.get("status") or {})
         key = ResourceKey(meta["namespace"], meta["name"])
-        if key in self.migrating or self._moved_away(body):
+        if key in self.migrating or ownership.moved_away(body, self._settings.node_name):
             return None  # a migration moves it: its runner acts (docs/migration.md)
         generation = meta.get("generation")
         try:
@@ -265,15 +265,6 @@ class ReplicaSetReconciler:
         return [{"uid": uid, "revisions": [r.revision for r in records],
                  "lastChange": records[-1].created_at}
                 for uid, records in sorted(found.items())] or None
-
-    def _moved_away(self, body: Mapping[str, Any]) -> bool:
-        """A migration moved its binding to another node, and this node still holds
-        its finalizer: the runner cleans this node once the target serves it; nothing
-        here may start it again (also after an agent restart)."""
-        bound = (body.get("status") or {}).get("nodeName")
-        pinned = (body.get("spec") or {}).get("nodeName")
-        return isinstance(bound, str) and bool(bound) and \
-            bound != self._settings.node_name and pinned in (None, "", bound)
 
     def lock(self, key: ResourceKey) -> contextlib.AbstractContextManager[None]:
         """The resource's lock, which every pass holds (for the migration runner)."""

@@ -13,7 +13,8 @@ node's agent has bound (docs/gpu-replica-set.md, "Moving to another node").
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 FINALIZER_PREFIX = "node.gpudock.dev/"
 LEGACY_FINALIZER = "gpudock.dev/finalizer"  # one name for every agent, before 0.2
@@ -49,3 +50,14 @@ def holds(status_node: object, finalizers: Iterable[str], node_name: str) -> boo
     After a changed spec.nodeName this is still the old node: the one a move starts
     from (docs/migration.md)."""
     return node_finalizer(node_name) in finalizers and status_node in (None, "", node_name)
+
+
+def moved_away(body: Mapping[str, Any], node_name: str) -> bool:
+    """A migration moved the binding (status.nodeName) to another node, which the
+    spec does not contradict, while this node may still hold the finalizer: the
+    migration's runner cleans this node once the target serves it; nothing here may
+    start the instance again (also after an agent restart)."""
+    bound = (body.get("status") or {}).get("nodeName")
+    pinned = (body.get("spec") or {}).get("nodeName")
+    return isinstance(bound, str) and bool(bound) and bound != node_name and \
+        pinned in (None, "", bound)
