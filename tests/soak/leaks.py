@@ -1,0 +1,69 @@
+"""What the soak may leave behind, looked at before the first operation and after the
+last delete: anything there after and not before is a leak. Per node: Docker
+containers, images and volumes, the agent's saved layers and staging directories
+(``*.gpudock-incoming``) under ``<Docker root>/gpudock``, staging directories in its
+state dir; on the machine: mounts and loop devices under the stack's directory.
+Before the deletes, no instance may keep more saved layers than its history limit
+allows."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.soak.world import World
+
+STAGING = ".gpudock-incoming"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    things: frozenset[str]   # "kind node/what"
+
+
+def snapshot(world: World) -> Snapshot:
+    things: set[str] = set()
+    for node in world.nodes:
+        with world.client(node) as client:
+            things |= {f"container {node}/{c.name}" for c in client.containers.list(all=True)}
+            things |= {f"image {node}/{i.id}" for i in client.images.list(all=True)}
+            things |= {f"volume {node}/{v.name}" for v in client.volumes.list()}
+        root = world.fleet.engines[node].root
+        things |= {f"saved {node}/{p}" for p in _tree(root / "gpudock", depth=3)}
+        state = world.fleet.agents[node].state_dir
+        things |= {f"staging {node}/{p}" for p in _tree(state, depth=8) if STAGING in p}
+    base = str(world.stack.base_dir)
+    with open("/proc/self/mounts") as mounts:
+        things |= {f"mount {line.split()[1]}" for line in mounts
+                   if line.split()[1].startswith(base)}
+    listing = subprocess.run(["losetup", "-J", "-l"], capture_output=True, text=True,
+                             check=False).stdout
+    for device in (json.loads(listing)["loopdevices"] if listing.strip() else ()):
+        if str(device.get("back-file") or "").startswith(base):
+            things.add(f"loop {device['name']} {device['back-file']}")
+    return Snapshot(frozenset(things))
+
+
+def leaked(before: Snapshot, after: Snapshot) -> list[str]:
+    return sorted(after.things - before.things)
+
+
+def saved_layers(world: World, node: str, uid: str) -> list[str]:
+    """The saved writable layers of the resource ``uid`` on ``node``."""
+    mine = world.fleet.engines[node].root / "gpudock" / "layers" / uid
+    return sorted(p.name for p in mine.iterdir()) if mine.is_dir() else []
+
+
+def _tree(top: Path, depth: int) -> list[str]:
+    found: list[str] = []
+    if not top.is_dir():
+        return found
+    for root, dirs, files in os.walk(top):
+        relative = Path(root).relative_to(top)
+        if len(relative.parts) >= depth:
+            dirs.clear()
+        found += [str(relative / name) for name in (*dirs, *files)]
+    return found
