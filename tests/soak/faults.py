@@ -10,7 +10,7 @@ import threading
 import time
 
 from tests.soak.figures import Figures
-from tests.soak.world import World, settled
+from tests.soak.world import World
 
 KINDS = ("agent_kill", "dockerd_restart", "apiserver_stop")
 CONVERGENCE_BOUND = 300.0   # seconds after a recovery; longer is a violation
@@ -64,18 +64,18 @@ class Faults:
         try:
             started = time.monotonic()
             while time.monotonic() - started < bound:
-                items = self.world.items("gpureplicasets")
-                if items is not None and all(settled(body) for body in items):
+                if self.world.unsettled() == []:
                     seconds = time.monotonic() - started
                     self.figures.converged(kind, seconds)
                     print(f"[soak] {self.figures.now():7.1f}s converged after {kind} in "
                           f"{seconds:.1f} s", flush=True)
                     return seconds
                 time.sleep(0.5)
-            items = self.world.items("gpureplicasets") or []
+            late = self.world.unsettled() or []
             self.figures.violation(f"not converged {bound:.0f} s after {kind}: " + ", ".join(
                 f"{b['metadata']['name']} {(b.get('status') or {}).get('conditions')}"
-                for b in items if not settled(b)))
+                for b in self.world.items("gpureplicasets") or []
+                if b["metadata"]["name"] in late))
             return None
         finally:
             self.hold.clear()

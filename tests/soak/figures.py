@@ -26,6 +26,7 @@ class Figures:
     nodes: int
     minutes: float
     started: float = field(default_factory=time.monotonic)
+    setup_started: float = field(default_factory=time.monotonic)
     ops: Counter[tuple[str, str]] = field(default_factory=Counter)   # (kind, outcome)
     faults: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
@@ -74,7 +75,9 @@ class Figures:
     def _lines(self) -> list[str]:
         wall = self.now()
         lines = [f"soak: seed {self.seed}, {self.nodes} nodes, {self.minutes:g} min asked, "
-                 f"{wall / 60:.1f} min wall, {os.cpu_count()} CPUs, load average "
+                 f"{wall / 60:.1f} min from the first operation to the last check "
+                 f"({(time.monotonic() - self.setup_started) / 60:.1f} min with the "
+                 f"stack's start and stop), {os.cpu_count()} CPUs, load average "
                  f"{_mean(self.load):.1f} (max {max(self.load, default=0):.1f})", "",
                  "| operation | ok | other outcomes |", "|---|---:|---|"]
         kinds = sorted({kind for kind, _ in self.ops})

@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.soak.world import World
+from tests.stack.localstack import BUSYBOX_IMAGE, CUDA_LIKE_IMAGE
 
 STAGING = ".gpudock-incoming"
+TEST_IMAGES = {BUSYBOX_IMAGE, CUDA_LIKE_IMAGE}
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,14 @@ def snapshot(world: World) -> Snapshot:
     for node in world.nodes:
         with world.client(node) as client:
             things |= {f"container {node}/{c.name}" for c in client.containers.list(all=True)}
-            things |= {f"image {node}/{i.id}" for i in client.images.list(all=True)}
+            # An image a migration streamed in under the test image's tag is what a
+            # pull would bring, not a leak; a saved disk's or an untagged one is.
+            things |= {f"image {node}/{i.id} {i.tags}" for i in client.images.list(all=True)
+                       if not set(i.tags) & TEST_IMAGES}
             things |= {f"volume {node}/{v.name}" for v in client.volumes.list()}
         root = world.fleet.engines[node].root
-        things |= {f"saved {node}/{p}" for p in _tree(root / "gpudock", depth=3)}
+        things |= {f"saved {node}/{p}" for p in _tree(root / "gpudock", depth=3)
+                   if len(Path(p).parts) > 1}   # layers/ itself is made once, kept
         state = world.fleet.agents[node].state_dir
         things |= {f"staging {node}/{p}" for p in _tree(state, depth=8) if STAGING in p}
     base = str(world.stack.base_dir)

@@ -16,7 +16,7 @@ from tests.soak.faults import Faults
 from tests.soak.figures import Figures
 from tests.soak.invariants import Sampler
 from tests.soak.operations import HISTORY_LIMIT, Operations
-from tests.soak.world import World, settled, why_not_ready
+from tests.soak.world import Body, World, settled, why_not_ready
 from tests.stack.localstack import LocalStack, wait_for
 
 NAMESPACE = "soak"
@@ -30,6 +30,7 @@ def soak(minutes: float, seed: int, nodes: int = 2, *,
     print(f"[soak] seed {seed} (replay: python -m tests.soak --seed {seed} "
           f"--minutes {minutes:g} --nodes {nodes})", flush=True)
     figures = Figures(seed, nodes, minutes)
+    figures.setup_started = time.monotonic()
     with LocalStack() as stack:
         for index in range(1, nodes):
             stack.add_engine(f"node-{index}")
@@ -53,6 +54,7 @@ def soak(minutes: float, seed: int, nodes: int = 2, *,
 def _run(world: World, figures: Figures, minutes: float, seed: int,
          outage: tuple[float, float], gap: tuple[float, float]) -> None:
     before = leaks.snapshot(world)
+    figures.started = time.monotonic()  # the soak's clock starts with its first op
     hold, stop_users, stop_sampler = threading.Event(), threading.Event(), threading.Event()
     operations = Operations(world, figures, random.Random(seed), hold)
     faults = Faults(world, figures, random.Random(f"faults-{seed}"), hold, gap=gap,
@@ -97,10 +99,12 @@ def _converge(world: World, figures: Figures) -> None:
     """Every resource Ready (or stopped as asked) with observedGeneration ==
     generation, or a Ready=False whose reason says why, within END_BOUND."""
     started = time.monotonic()
-    items: list[dict[str, object]] = []
+    items: list[Body] = []
     while time.monotonic() - started < END_BOUND:
         items = world.items("gpureplicasets") or []
-        if all(why_not_ready(body) != "?" for body in items):
+        late = world.unsettled()
+        if late is not None and all(why_not_ready(body) != "?" for body in items
+                                    if body["metadata"]["name"] in late):
             figures.converged("end", time.monotonic() - started)
             for body in items:
                 if not settled(body):
@@ -108,7 +112,7 @@ def _converge(world: World, figures: Figures) -> None:
             return
         time.sleep(1)
     for body in items:
-        if why_not_ready(body) == "?":
+        if body["metadata"]["name"] in (world.unsettled() or ()):
             figures.violation(f"not converged {END_BOUND:.0f} s after the faults stopped: "
                               f"{body.get('metadata')} {body.get('status')}")
 

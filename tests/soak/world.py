@@ -139,6 +139,23 @@ class World:
                                  frozenset(gpus), frozenset(ports)))
         return found
 
+    def unsettled(self) -> list[str] | None:
+        """The GpuReplicaSets not settled (see :func:`settled`), a Ready one counted
+        only while its container runs on its node as Docker says; None while the API
+        server does not answer."""
+        items = self.items("gpureplicasets")
+        if items is None:
+            return None
+        running: dict[str, set[str]] = {}
+        for node in self.nodes:
+            try:
+                running[node] = {c.name for c in self.running(node)}
+            except Exception:  # its dockerd does not answer: nothing there is settled
+                running[node] = set()
+        return [body["metadata"]["name"] for body in items if not settled(body) or (
+            condition(body, "Ready").get("status") == "True" and body["metadata"]["name"]
+            not in running.get(str((body.get("status") or {}).get("nodeName")), set()))]
+
     def container_of(self, node: str, name: str,
                      ) -> docker.models.containers.Container | None:
         """The running container of instance ``name`` on ``node``."""

@@ -27,7 +27,7 @@ from gpudock.core.container_config import ContainerConfig
 from gpudock.core.observed import HostPort, ResourceKey
 from gpudock.core.ports import ContainerRuntime, KubeClient
 from gpudock.core.replica_set import actions as act
-from gpudock.core.revision import RevisionStore
+from gpudock.core.revision import RevisionStore, layer_let_go
 from gpudock.crash_points import CrashPoints
 from gpudock.errors import InternalError
 
@@ -122,6 +122,7 @@ class ReplicaSetSteps:
             case act.StartRevision(record=record, config=config, start=start, reason=reason,
                                    layer=layer):
                 checked = self._checked_again(key, config)  # refused: no record is left
+                before = store.get(record.namespace, record.name, record.revision)
                 store.put(record)  # first: a crash after it leaves a record, no orphan
                 self._crash.reach("StartRevision.recorded")
                 container_id = docker.create_and_start(checked, start=start, prepare=(
@@ -129,6 +130,8 @@ class ReplicaSetSteps:
                     if layer is not None else None))
                 # Made by the agent: a later disappearance is drift, not a new start.
                 store.put(replace(record, container_id=container_id))
+                self.disks.remove_saved([layer_let_go(
+                    before, record, store.list(record.namespace, record.name))])
                 gpus = ",".join(config.gpus) or "no GPU"
                 how = "started" if start else "created (not started: Paused)"
                 return [Event("Normal", reason, f"revision {record.revision}: container "
