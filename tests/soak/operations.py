@@ -3,7 +3,8 @@ each change followed by a check that every file the user wrote (through an
 ExecRequest, its checksum recorded) is in the instance's current revision.
 
 Files are tracked per revision: a change carries the current files into the new
-revision; a rollback to revision N brings back the files N had when it ended."""
+revision, except a new image, which starts from its own filesystem; a rollback to
+revision N brings back the files N had when it ended."""
 
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ from dataclasses import dataclass, field
 
 from tests.soak.figures import Figures
 from tests.soak.world import GPUS_PER_NODE, Body, World, settled
-from tests.stack.localstack import BUSYBOX_IMAGE
+from tests.stack.localstack import BUSYBOX_IMAGE, CUDA_LIKE_IMAGE
 
 HISTORY_LIMIT = 3    # spec.revisionHistoryLimit of every soak instance
 SETTLE_SECONDS = 240.0
-KINDS = ("create", "delete", "gpu_count", "env", "ports", "stop_start", "rollback",
-         "exec_write", "migrate")
-WEIGHTS = (3, 1, 3, 2, 1, 2, 2, 4, 2)
+KINDS = ("create", "delete", "gpu_count", "env", "ports", "image", "stop_start", "rollback",
+         "exec_write", "commit", "migrate")
+WEIGHTS = (3, 1, 3, 2, 1, 1, 2, 2, 4, 1, 2)
+IMAGES = (BUSYBOX_IMAGE, CUDA_LIKE_IMAGE)   # both on every node's dockerd
 
 
 @dataclass
@@ -145,6 +147,39 @@ class Operations:
             {"containerPort": 8000 + self.rng.randrange(100)}]
         if not self.world.patch("grs", instance.name, {"spec": {"ports": ports}}):
             return "refused"
+        return self._settle_and_check(instance)
+
+    def _image(self) -> str:
+        instance = self._instance()
+        body = self.world.get("gpureplicasets", instance.name)
+        if body is None:
+            return "refused"
+        image = next(i for i in IMAGES if i != body["spec"].get("image"))
+        if not self.world.patch("grs", instance.name, {"spec": {"image": image}}):
+            return "refused"
+        instance.files = {}   # a new image starts from its own filesystem (revisions.md)
+        return self._settle_and_check(instance)
+
+    def _commit(self) -> str:
+        """An ImageCommit (deletionPolicy Delete), then its delete: the image goes."""
+        instance = self._instance()
+        instance.serial += 1
+        name = f"{instance.name}-c{instance.serial}"
+        if not self.world.apply({
+                "apiVersion": "gpudock.dev/v1alpha1", "kind": "ImageCommit",
+                "metadata": {"name": name}, "spec": {
+                    "replicaSetName": instance.name, "deletionPolicy": "Delete",
+                    "pause": self.rng.random() < 0.5,
+                    "image": f"gpudock.invalid/{self.world.namespace}/{name}:1"}}):
+            return "refused"
+        done = self._poll(lambda: _finished(self.world.get("imagecommits", name),
+                                            ("Succeeded", "Failed")), timeout=180)
+        self.world.kubectl("delete", "imagecommit", name, "--wait=false")
+        if done is None:
+            return "unsettled"
+        status = done.get("status") or {}
+        if status.get("phase") != "Succeeded":
+            return f"failed {status.get('reason')}"
         return self._settle_and_check(instance)
 
     def _stop_start(self) -> str:

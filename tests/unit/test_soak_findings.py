@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
+from gpudock.adapters.docker.errors import HostPortBusyError
 from gpudock.core.revision import Revision, layer_let_go
+from tests.unit.fakes.node import Node
 
 HOME = "/docker/gpudock/layers/u"
 
@@ -49,3 +53,55 @@ def test_a_new_revision_or_the_same_layer_lets_go_of_nothing() -> None:
     after = _record(6, layer=f"{HOME}/rev-5")
     assert layer_let_go(None, after, [after]) is None
     assert layer_let_go(after, after, [after]) is None
+
+
+# --------------------------------------------------------------------------------------
+def _port_stuck_for(node: Node, monkeypatch: pytest.MonkeyPatch, container_id: str,
+                    ) -> list[str]:
+    """Docker refuses every start of that one container: its host port is "already
+    allocated" (by Docker itself, after a start cut short by a restart of Docker)."""
+    starts: list[str] = []
+    real = node.docker.start
+
+    def start(cid: str, name: str) -> None:
+        if cid == container_id:
+            starts.append(cid)
+            raise HostPortBusyError(
+                f"start {name}: driver failed programming external connectivity on "
+                f"endpoint {name}: Bind for 0.0.0.0:40000 failed: port is already "
+                "allocated", 40000)
+        real(cid, name)
+    monkeypatch.setattr(node.docker, "start", start)
+    return starts
+
+
+def test_a_never_started_container_whose_port_docker_kept_allocated_is_made_again(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The soak: dockerd restarted in the middle of a revision's start; the new dockerd
+    # refused every later start of that container (port already allocated), the
+    # instance stayed HostPortInUse, and each retry started it 64 times in a second.
+    node.apply("box", gpus=1, state="Paused", ports=[{"containerPort": 8000}])
+    node.settle("box")
+    created = node.only_container("box")
+    assert created.status == "created"
+    starts = _port_stuck_for(node, monkeypatch, created.id)
+    node.apply("box", gpus=1, ports=[{"containerPort": 8000}])
+    status = node.settle("box")
+    assert status["phase"] == "Running", status
+    again = node.only_container("box")
+    assert (again.id != created.id, again.status) == (True, "running")
+    assert starts == [created.id]
+    assert "Recreated" in node.reasons("box")
+
+
+def test_a_container_that_ran_whose_port_is_held_is_started_once_per_reconcile(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    node.apply("box", gpus=1, ports=[{"containerPort": 8000}])
+    assert node.settle("box")["phase"] == "Running"
+    container = node.only_container("box")
+    node.docker.stop(container.id, container.name)  # behind the agent's back
+    starts = _port_stuck_for(node, monkeypatch, container.id)
+    node.reconcile("box")
+    assert len(starts) == 1   # not once per port of the range (64)
+    assert node.only_container("box").id == container.id   # its disk is the user's
+    assert node.condition("box", "Degraded")["reason"] == "HostPortInUse"

@@ -205,7 +205,11 @@ class ReplicaSetReconciler:
                     continue
                 except HostPortBusyError as exc:
                     busy_ports_found += 1
+                    # Another port helps only a container still to be made: an existing
+                    # one keeps its ports, and starting it again at once fails again
+                    # (the soak found 64 starts in a second, at every retry).
                     if busy_ports_found <= MAX_BUSY_PORTS and \
+                            not isinstance(action, act.StartContainer) and \
                             self._auto_port_busy(exc, spec):
                         events.append(Event("Normal", Reason.HOST_PORT_SKIPPED, (
                             f"host port {exc.port} is held by another process on the "

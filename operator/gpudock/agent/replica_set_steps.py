@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from gpudock import metrics
 from gpudock.adapters import host_paths
-from gpudock.adapters.docker.errors import StaleTaskError
+from gpudock.adapters.docker.errors import HostPortBusyError, StaleTaskError
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.agent.disk_saves import DiskSaves
 from gpudock.agent.node_locks import NodeLocks
@@ -98,12 +98,15 @@ class ReplicaSetSteps:
                              + (f", address {config.address}" if address else ""))
 
     def _make_anew(self, key: ResourceKey, container_id: str, name: str,
-                   exc: StaleTaskError) -> NoReturn:
+                   exc: StaleTaskError | HostPortBusyError) -> NoReturn:
         """A container Docker cannot start because containerd kept a task of it from a
-        start cut short (a restart of Docker or containerd): one that never ran holds
-        nothing of the user's (its disk is the saved one it was made from), so it is
-        removed and the next plan makes it again. One that ran is never removed for
-        this: the error stands, with its message, until containerd lets it go."""
+        start cut short (a restart of Docker or containerd), or because Docker says its
+        host port is allocated (a start cut short by a restart of Docker leaves
+        Docker's own allocation of it behind, and every later start of that container
+        fails: found by the soak): one that never ran holds nothing of the user's (its
+        disk is the saved one it was made from), so it is removed and the next plan
+        makes it again. One that ran is never removed for this: the error stands,
+        with its message, until containerd or the port lets it go."""
         found = next((c for c in self._docker.list_containers() if c.id == container_id),
                      None)
         if found is None or found.status != "created":
@@ -154,7 +157,7 @@ class ReplicaSetSteps:
                     self.disks.put_layer(layer, name, cid, unless_there=True)
                 try:
                     docker.start(cid, name)
-                except StaleTaskError as exc:
+                except (StaleTaskError, HostPortBusyError) as exc:
                     self._make_anew(key, cid, name, exc)
                 if note is not None:
                     store.put(note)
