@@ -3,8 +3,9 @@ last delete: anything there after and not before is a leak. Per node: Docker
 containers, images and volumes, the agent's saved layers and staging directories
 (``*.gpudock-incoming``) under ``<Docker root>/gpudock``, staging directories in its
 state dir; on the machine: mounts and loop devices under the stack's directory.
-Before the deletes, no instance may keep more saved layers than its history limit
-allows."""
+Before the deletes, no instance may keep more revision records than its history
+limit allows, nor a saved layer that none of its records names (read from the
+agent's SQLite store)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from gpudock.adapters.sqlite_revisions import SqliteRevisionStore
+from gpudock.core.revision import layers_named
 from tests.soak.world import World
 from tests.stack.localstack import BUSYBOX_IMAGE, CUDA_LIKE_IMAGE
 
@@ -33,7 +36,7 @@ def snapshot(world: World) -> Snapshot:
             things |= {f"container {node}/{c.name}" for c in client.containers.list(all=True)}
             # An image a migration streamed in under the test image's tag is what a
             # pull would bring, not a leak; a saved disk's or an untagged one is.
-            things |= {f"image {node}/{i.id} {i.tags}" for i in client.images.list(all=True)
+            things |= {f"image {node}/{i.id}" for i in client.images.list(all=True)
                        if not set(i.tags) & TEST_IMAGES}
             things |= {f"volume {node}/{v.name}" for v in client.volumes.list()}
         root = world.fleet.engines[node].root
@@ -57,10 +60,28 @@ def leaked(before: Snapshot, after: Snapshot) -> list[str]:
     return sorted(after.things - before.things)
 
 
-def saved_layers(world: World, node: str, uid: str) -> list[str]:
-    """The saved writable layers of the resource ``uid`` on ``node``."""
+def history_problems(world: World, node: str, name: str, uid: str,
+                     limit: int) -> list[str]:
+    """What the history of resource ``uid`` on ``node`` keeps beyond its limit: more
+    records than the limit, the current revision and one on its way allow; saved
+    layers (or staging copies) that no record names, which nothing would remove."""
+    store = SqliteRevisionStore(world.fleet.agents[node].state_dir / "revisions.sqlite3")
+    try:
+        records = [r for r in store.list(world.namespace, name) if r.uid == uid]
+    finally:
+        store.close()
+    problems = []
+    if len(records) > limit + 2:
+        problems.append(f"{len(records)} revision records (revisionHistoryLimit {limit}): "
+                        f"{[r.revision for r in records]}")
     mine = world.fleet.engines[node].root / "gpudock" / "layers" / uid
-    return sorted(p.name for p in mine.iterdir()) if mine.is_dir() else []
+    named = layers_named(records)
+    orphans = sorted(p.name for p in mine.iterdir() if str(p) not in named) \
+        if mine.is_dir() else []
+    if orphans:
+        problems.append(f"saved layers no record names: {orphans} (named: "
+                        f"{sorted(Path(p).name for p in named)})")
+    return problems
 
 
 def _tree(top: Path, depth: int) -> list[str]:

@@ -108,13 +108,14 @@ def _converge(world: World, figures: Figures) -> None:
             figures.converged("end", time.monotonic() - started)
             for body in items:
                 if not settled(body):
-                    figures.note(f"at the end {body['metadata']}: {why_not_ready(body)}")
+                    figures.note(f"at the end {body['metadata']['name']}: "
+                                 f"{why_not_ready(body)}")
             return
         time.sleep(1)
     for body in items:
         if body["metadata"]["name"] in (world.unsettled() or ()):
             figures.violation(f"not converged {END_BOUND:.0f} s after the faults stopped: "
-                              f"{body.get('metadata')} {body.get('status')}")
+                              f"{body['metadata']['name']} {body.get('status')}")
 
 
 def _history_limits(world: World, figures: Figures) -> None:
@@ -122,10 +123,10 @@ def _history_limits(world: World, figures: Figures) -> None:
         node = str((body.get("status") or {}).get("nodeName") or "")
         if node not in world.nodes:
             continue
-        layers = leaks.saved_layers(world, node, body["metadata"]["uid"])
-        if len(layers) > HISTORY_LIMIT + 1:   # and the one the container came from
-            figures.violation(f"{body['metadata']['name']} keeps {len(layers)} saved layers "
-                              f"(history limit {HISTORY_LIMIT}): {layers}")
+        name = body["metadata"]["name"]
+        for problem in leaks.history_problems(world, node, name, body["metadata"]["uid"],
+                                              HISTORY_LIMIT):
+            figures.violation(f"{name} on {node}: {problem}")
 
 
 def _delete_all(world: World, figures: Figures) -> None:
