@@ -28,7 +28,8 @@ def soak(minutes: float, seed: int, nodes: int = 2, *,
          ) -> Figures:
     """Run a soak; the figures say whether it held (``figures.violations``)."""
     print(f"[soak] seed {seed} (replay: python -m tests.soak --seed {seed} "
-          f"--minutes {minutes:g} --nodes {nodes})", flush=True)
+          f"--minutes {minutes:g} --nodes {nodes} --outage {outage[0]:g}-{outage[1]:g} "
+          f"--gap {gap[0]:g}-{gap[1]:g})", flush=True)
     figures = Figures(seed, nodes, minutes)
     figures.setup_started = time.monotonic()
     with LocalStack() as stack:

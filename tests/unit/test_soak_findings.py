@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gpudock.adapters.docker.errors import HostPortBusyError
+from gpudock.adapters.docker.errors import HostPortBusyError, StaleTaskError
 from gpudock.core.revision import Revision, layer_let_go
 from tests.unit.fakes.node import Node
 
@@ -105,3 +105,32 @@ def test_a_container_that_ran_whose_port_is_held_is_started_once_per_reconcile(
     assert len(starts) == 1   # not once per port of the range (64)
     assert node.only_container("box").id == container.id   # its disk is the user's
     assert node.condition("box", "Degraded")["reason"] == "HostPortInUse"
+
+
+def test_a_container_that_ran_and_whose_start_containerd_refuses_is_saved_and_made_again(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The soak: dockerd SIGKILLed while the agent started an instance's container;
+    # containerd kept the task of that start and refused every later one ("task ...:
+    # already exists"); the container had run, so the agent left it down for good.
+    node.apply("box", gpus=1)
+    assert node.settle("box")["phase"] == "Running"
+    container = node.only_container("box")
+    container.files["/root/installed-by-user"] = b"v1"
+    node.docker.stop(container.id, container.name)
+    starts: list[str] = []
+    real = node.docker.start
+
+    def start(cid: str, name: str) -> None:
+        if cid == container.id:
+            starts.append(cid)
+            raise StaleTaskError(f"start {name}: containerd kept a task of it from a "
+                                 f"start cut short by a restart of Docker: task {cid}: "
+                                 "already exists")
+        real(cid, name)
+    monkeypatch.setattr(node.docker, "start", start)
+    status = node.settle("box")
+    assert (status["phase"], status["revision"]) == ("Running", 1), status
+    again = node.only_container("box")
+    assert (again.id != container.id, again.status) == (True, "running")
+    assert again.files["/root/installed-by-user"] == b"v1"
+    assert starts == [container.id]

@@ -112,11 +112,12 @@ class ReplicaSetReconciler:
                                           settings.read_only_host_paths)
         self.disks = DiskSaves(settings, docker, store, self._crash)
         pulls = ImagePulls(docker, kube, settings.state_dir)
-        self._observer = ReplicaSetObserver(settings, docker, kube, store, self.disks,
-                                            self._host_paths, clock, volumes,
-                                            self._busy_ports, pulls, self.commit_holds)
         self._steps = ReplicaSetSteps(docker, kube, store, self.disks, self._locks,
                                       self._crash, self._host_paths, pulls)
+        self._observer = ReplicaSetObserver(settings, docker, kube, store, self.disks,
+                                            self._host_paths, clock, volumes,
+                                            self._busy_ports, pulls, self.commit_holds,
+                                            self._steps.stale_tasks)
 
     def now(self) -> str:
         return self._clock()

@@ -58,6 +58,9 @@ class ReplicaSetSteps:
         self._locks = locks
         self._host_paths = host_paths
         self.disks = disks
+        # Containers that ran and whose start containerd refuses (a stale task): the
+        # next plan saves and makes them again (plan.py).
+        self.stale_tasks: set[str] = set()
 
     def execute(self, key: ResourceKey, action: act.Action,
                 report: Report | None = None) -> list[Event]:
@@ -105,10 +108,18 @@ class ReplicaSetSteps:
         Docker's own allocation of it behind, and every later start of that container
         fails: found by the soak): one that never ran holds nothing of the user's (its
         disk is the saved one it was made from), so it is removed and the next plan
-        makes it again. One that ran is never removed for this: the error stands,
-        with its message, until containerd or the port lets it go."""
+        makes it again. One that ran is never removed unsaved: for a stale task the
+        next plan saves its disk, removes it and makes it again from that disk (the
+        soak found such a container down for good); for a port the error stands,
+        with its message, until the port is free."""
         found = next((c for c in self._docker.list_containers() if c.id == container_id),
                      None)
+        if found is not None and found.status != "created" and \
+                isinstance(exc, StaleTaskError) and container_id not in self.stale_tasks:
+            self.stale_tasks.add(container_id)
+            raise Replan([Event("Warning", Reason.RECREATED, (
+                f"container {name} could not be started ({exc}); its disk is saved and "
+                "it is made again from it"))])
         if found is None or found.status != "created":
             raise exc
         self._docker.remove(container_id, name)
