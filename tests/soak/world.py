@@ -188,14 +188,14 @@ def settled(body: Body) -> bool:
 
 
 def why_not_ready(body: Body) -> str:
-    """For the final convergence: "" when Ready (or stopped as asked), else the reason
-    its status gives ("?" when it gives none)."""
+    """For the final convergence: "" when Ready (or stopped as asked); the reason when
+    its status says it cannot get there by itself (kstatus Stalled=True, for the
+    latest generation); else "?" (still on its way, or silent)."""
     if settled(body):
         return ""
-    ready = condition(body, "Ready")
+    stalled = condition(body, "Stalled")
     status = body.get("status") or {}
     if status.get("observedGeneration") == body["metadata"].get("generation") and \
-            ready.get("status") == "False" and ready.get("reason") and \
-            condition(body, "Progressing").get("status") != "True":
-        return f"{ready['reason']}: {ready.get('message', '')}"
+            stalled.get("status") == "True" and stalled.get("reason"):
+        return f"{stalled['reason']}: {stalled.get('message', '')}"
     return "?"
