@@ -43,6 +43,7 @@ class Faults:
         self.figures.fault(kind)
         if kind == "agent_kill":
             self.world.fleet.agents[node].kill()
+            self.world.fleet.agents[node].stop()   # (dead already: closes its log)
             time.sleep(self.rng.uniform(0, 5))   # the moment a supervisor restarts it
             self.world.start_agent(node)
         elif kind == "dockerd_restart":

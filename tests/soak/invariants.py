@@ -6,7 +6,8 @@
 - no GpuReplicaSet shown Ready=True while no container of it runs on its node, for
   longer than READY_GRACE seconds (a status is written after Docker changed: a
   container that just stopped is seen before the agent wrote Ready=False; a node
-  whose dockerd does not answer, or an API server that does not, is not judged).
+  whose dockerd does not answer, or an API server that does not, is not judged, nor
+  a resource being deleted: its container is removed before its finalizer).
 
 Also every AGENT_EVERY seconds: each agent's RSS, thread count and CPU time."""
 
@@ -79,6 +80,8 @@ class Sampler:
         now = time.monotonic()
         seen = set()
         for body in items:
+            if body["metadata"].get("deletionTimestamp"):
+                continue   # being deleted: its container goes before its finalizer
             node = str((body.get("status") or {}).get("nodeName") or "")
             if condition(body, "Ready").get("status") != "True" or node not in running:
                 continue

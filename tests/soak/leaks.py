@@ -27,17 +27,21 @@ TEST_IMAGES = {BUSYBOX_IMAGE, CUDA_LIKE_IMAGE}
 @dataclass(frozen=True)
 class Snapshot:
     things: frozenset[str]   # "kind node/what"
+    # Images tagged as a test image: one a migration streamed in is what a pull
+    # would bring, not a leak (the nodes' test images differ by ID).
+    test_images: frozenset[str]
 
 
 def snapshot(world: World) -> Snapshot:
     things: set[str] = set()
+    test_images: set[str] = set()
     for node in world.nodes:
         with world.client(node) as client:
             things |= {f"container {node}/{c.name}" for c in client.containers.list(all=True)}
-            # An image a migration streamed in under the test image's tag is what a
-            # pull would bring, not a leak; a saved disk's or an untagged one is.
-            things |= {f"image {node}/{i.id}" for i in client.images.list(all=True)
-                       if not set(i.tags) & TEST_IMAGES}
+            for image in client.images.list(all=True):
+                things.add(f"image {node}/{image.id} {sorted(image.tags)}")
+                if set(image.tags) & TEST_IMAGES:
+                    test_images.add(f"image {node}/{image.id}")
             things |= {f"volume {node}/{v.name}" for v in client.volumes.list()}
         root = world.fleet.engines[node].root
         things |= {f"saved {node}/{p}" for p in _tree(root / "gpudock", depth=3)
@@ -53,11 +57,16 @@ def snapshot(world: World) -> Snapshot:
     for device in (json.loads(listing)["loopdevices"] if listing.strip() else ()):
         if str(device.get("back-file") or "").startswith(base):
             things.add(f"loop {device['name']} {device['back-file']}")
-    return Snapshot(frozenset(things))
+    return Snapshot(frozenset(things), frozenset(test_images))
 
 
 def leaked(before: Snapshot, after: Snapshot) -> list[str]:
-    return sorted(after.things - before.things)
+    """What is there after and was not before (an image by its ID: one that only
+    lost its tag meanwhile is no new thing)."""
+    def key(thing: str) -> str:
+        return " ".join(thing.split()[:2]) if thing.startswith("image ") else thing
+    known = {key(t) for t in before.things} | set(after.test_images)
+    return sorted(t for t in after.things if key(t) not in known)
 
 
 def history_problems(world: World, node: str, name: str, uid: str,

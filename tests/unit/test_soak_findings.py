@@ -3,12 +3,18 @@ named after the finding."""
 
 from __future__ import annotations
 
+import itertools
+import threading
+from collections.abc import Iterable, Iterator
 from typing import Any
 
+import kopf
 import pytest
 
+from gpudock.adapters import container_events
 from gpudock.adapters.docker.errors import HostPortBusyError, StaleTaskError
 from gpudock.core.revision import Revision, layer_let_go
+from gpudock.scheduler import kopf_login
 from tests.unit.fakes.node import Node
 
 HOME = "/docker/gpudock/layers/u"
@@ -134,3 +140,57 @@ def test_a_container_that_ran_and_whose_start_containerd_refuses_is_saved_and_ma
     assert (again.id != container.id, again.status) == (True, "running")
     assert again.files["/root/installed-by-user"] == b"v1"
     assert starts == [container.id]
+
+
+class _OpenUntilClosed:
+    """A stream of no event that stays open until the cache closes it."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.closed.wait()
+        return iter(())
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_every_resource_looks_again_when_dockers_event_stream_is_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The soak: after a restart of dockerd an instance stayed Ready=True with no
+    # running container for 16 s and more (settled resources are looked at up to 4
+    # resyncs apart, and the stops came while the stream was broken: no event).
+    monkeypatch.setattr(container_events, "RECONNECT_SECONDS", 0.0)
+    opened: list[int] = []
+    back = threading.Event()
+
+    def events() -> Iterable[dict[str, Any]]:
+        opened.append(len(opened))
+        if len(opened) == 1:
+            return iter(())   # the first stream ends: dockerd went away
+        return _OpenUntilClosed()   # the second one stays open
+
+    cache = container_events.ContainerCache(events)
+    cache.follow(lambda _uid: None, back.set)
+    try:
+        assert back.wait(5)
+    finally:
+        cache.close()
+
+
+def test_kopf_retries_an_api_server_away_for_longer_than_a_minute() -> None:
+    # The soak: the kube-apiserver stopped for 30-60 s, then answering 403 for a while
+    # (its RBAC not loaded yet): kopf's default retries (8, 54 s in all) ran out, the
+    # watches gave up and each agent's kopf stopped for good.
+    settings = kopf.OperatorSettings()
+    kopf_login.retry_the_api_server(settings)
+    backoffs = settings.networking.error_backoffs
+    assert not isinstance(backoffs, (int, float))
+    assert not hasattr(backoffs, "__len__")
+    first = list(itertools.islice(iter(backoffs), 50))
+    again = list(itertools.islice(iter(backoffs), 50))   # afresh for every request
+    assert first == again
+    assert first[:8] == [1, 1, 2, 3, 5, 8, 13, 21]
+    assert sum(first) > 600
+    assert max(first) <= 30

@@ -52,6 +52,7 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
     """Build the NodeAgent (retried until Docker, the GPUs and the revision store
     answer), then start the node's own tasks."""
     agent_settings = wiring.settings_of(memo)
+    kopf_login.retry_the_api_server(settings)
     settings.persistence.finalizer = ownership.node_finalizer(agent_settings.node_name)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = DigestDiffBaseStorage(
@@ -98,7 +99,10 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
     def wake(uid: str) -> None:  # called on the event stream's thread
         loop.call_soon_threadsafe(agent.wakeups.wake, uid)
 
-    agent.docker.follow_events(wake)
+    def wake_every() -> None:  # the stream is back after a break: events were missed
+        loop.call_soon_threadsafe(agent.wakeups.wake_all)
+
+    agent.docker.follow_events(wake, wake_every)
     agent.migrations.wake = wake  # a migration that ends early wakes its instance
     try:  # the endpoint other nodes' migrations come in by (docs/migration.md)
         await asyncio.to_thread(agent.receiver.start)
