@@ -4,6 +4,8 @@ named after the finding."""
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 
 from gpudock.adapters import container_events
 from gpudock.adapters.docker.errors import HostPortBusyError, StaleTaskError
+from gpudock.agent.handlers import node as node_handlers
 from gpudock.core.revision import Revision, layer_let_go
 from gpudock.scheduler import kopf_login
 from tests.unit.fakes.node import Node
@@ -194,3 +197,19 @@ def test_kopf_retries_an_api_server_away_for_longer_than_a_minute() -> None:
     assert first[:8] == [1, 1, 2, 3, 5, 8, 13, 21]
     assert sum(first) > 600
     assert max(first) <= 30
+
+
+def test_an_agent_whose_stop_hangs_exits_anyway(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The soak: kopf stopped (its watches gave up), but a blocked worker thread kept
+    # the process alive for good: no liveness endpoint, no exit for a supervisor.
+    exits: list[int] = []
+    exited = threading.Event()
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        exited.set()
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr(logging, "shutdown", lambda: None)
+    node_handlers.exit_if_stuck(0.01)
+    assert exited.wait(5)
+    assert exits == [1]
