@@ -17,7 +17,8 @@ from tests.soak.figures import Figures
 from tests.soak.invariants import Sampler
 from tests.soak.operations import HISTORY_LIMIT, Operations
 from tests.soak.world import Body, World, settled, why_not_ready
-from tests.stack.localstack import LocalStack, wait_for
+from tests.stack.docker_engine import DockerEngine
+from tests.stack.localstack import BUSYBOX_IMAGE, CUDA_LIKE_IMAGE, LocalStack, wait_for
 
 NAMESPACE = "soak"
 END_BOUND = 600.0   # seconds for every resource to converge once the faults stopped
@@ -34,7 +35,7 @@ def soak(minutes: float, seed: int, nodes: int = 2, *,
     figures.setup_started = time.monotonic()
     with LocalStack() as stack:
         for index in range(1, nodes):
-            stack.add_engine(f"node-{index}")
+            _same_test_images(stack.engine, stack.add_engine(f"node-{index}"))
         fleet = Fleet(stack, NAMESPACE, {f"soak-{chr(ord('a') + i)}": engine
                                          for i, engine in enumerate(stack.engines)})
         stack.kubectl("create", "namespace", NAMESPACE)
@@ -50,6 +51,19 @@ def soak(minutes: float, seed: int, nodes: int = 2, *,
                 agent.stop()
     print(figures.report(), flush=True)
     return figures
+
+
+def _same_test_images(first: DockerEngine, other: DockerEngine) -> None:
+    """The test images under the same IDs on every node, as a registry's image is:
+    each engine imported its own (their IDs differ), so a migration's streamed image
+    moved a tag, and a saved disk over the old ID stopped with ImageChanged."""
+    source, target = first.client(), other.client()
+    try:
+        for name in (BUSYBOX_IMAGE, CUDA_LIKE_IMAGE):
+            target.images.load(b"".join(source.images.get(name).save()))
+    finally:
+        source.close()
+        target.close()
 
 
 def _run(world: World, figures: Figures, minutes: float, seed: int,
@@ -103,9 +117,7 @@ def _converge(world: World, figures: Figures) -> None:
     items: list[Body] = []
     while time.monotonic() - started < END_BOUND:
         items = world.items("gpureplicasets") or []
-        late = world.unsettled()
-        if late is not None and all(why_not_ready(body) != "?" for body in items
-                                    if body["metadata"]["name"] in late):
+        if world.unsettled() == []:
             figures.converged("end", time.monotonic() - started)
             for body in items:
                 if not settled(body):

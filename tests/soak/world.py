@@ -140,9 +140,9 @@ class World:
         return found
 
     def unsettled(self) -> list[str] | None:
-        """The GpuReplicaSets not settled (see :func:`settled`), a Ready one counted
-        only while its container runs on its node as Docker says; None while the API
-        server does not answer."""
+        """The GpuReplicaSets not settled (see :func:`settled`) nor Stalled with a
+        reason (:func:`why_not_ready`), a Ready one counted only while its container
+        runs on its node as Docker says; None while the API server does not answer."""
         items = self.items("gpureplicasets")
         if items is None:
             return None
@@ -152,7 +152,7 @@ class World:
                 running[node] = {c.name for c in self.running(node)}
             except Exception:  # its dockerd does not answer: nothing there is settled
                 running[node] = set()
-        return [body["metadata"]["name"] for body in items if not settled(body) or (
+        return [body["metadata"]["name"] for body in items if why_not_ready(body) == "?" or (
             condition(body, "Ready").get("status") == "True" and body["metadata"]["name"]
             not in running.get(str((body.get("status") or {}).get("nodeName")), set()))]
 
