@@ -294,15 +294,14 @@ class Operations:
         if not instance.files:
             return "ok"
         try:
-            container = self.world.container_of(instance.node, instance.name)
-            if container is None:
-                return "no container"
-            code, output = container.exec_run(["sha256sum", *sorted(instance.files)])
+            done = self.world.exec_in(instance.node, instance.name,
+                                      ["sha256sum", *sorted(instance.files)])
         except Exception as error:  # its dockerd restarting under a fault
             return f"unchecked {type(error).__name__}"
-        assert isinstance(output, bytes)
-        found = {path: sha for sha, path in (line.split() for line in
-                                            output.decode().splitlines()
+        if done is None:
+            return "no container"
+        code, output = done
+        found = {path: sha for sha, path in (line.split() for line in output.splitlines()
                                             if len(line.split()) == 2)}
         wrong = {p: found.get(p, "missing") for p, sha in instance.files.items()
                  if found.get(p) != sha}

@@ -156,11 +156,18 @@ class World:
             condition(body, "Ready").get("status") == "True" and body["metadata"]["name"]
             not in running.get(str((body.get("status") or {}).get("nodeName")), set()))]
 
-    def container_of(self, node: str, name: str,
-                     ) -> docker.models.containers.Container | None:
-        """The running container of instance ``name`` on ``node``."""
-        found = [c for c in self.containers(node) if c.labels.get("gpudock.dev/name") == name]
-        return found[0] if len(found) == 1 else None
+    def exec_in(self, node: str, name: str, argv: list[str]) -> tuple[int, str] | None:
+        """Run ``argv`` in the running container of instance ``name`` on ``node`` (its
+        exit code and output); None when it has no running container there."""
+        with self.client(node) as client:
+            found = [c for c in client.containers.list(ignore_removed=True, filters={
+                "label": [GRS_LABEL, f"gpudock.dev/namespace={self.namespace}",
+                          f"gpudock.dev/name={name}"]})]
+            if len(found) != 1:
+                return None
+            code, output = found[0].exec_run(argv)
+            assert isinstance(output, bytes)
+            return (-1 if code is None else int(code)), output.decode(errors="replace")
 
 
 def condition(body: Body, type_: str) -> Body:
