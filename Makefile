@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export GPUDOCK_VENV := $(VENV)
 
-.PHONY: smoke-nvml run test test-unit fuzz venv prereqs check bench bench-quick bench-volumes bench-api bench-pulls bench-placement bench-migration image chart-lint manifests helm-install helm-upgrade helm-uninstall dist
+.PHONY: smoke-nvml soak run test test-unit fuzz venv prereqs check bench bench-quick bench-volumes bench-api bench-pulls bench-placement bench-migration image chart-lint manifests helm-install helm-upgrade helm-uninstall dist
 run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foreground
 	$(PY) -m tests.stack up
 
@@ -31,6 +31,12 @@ check: prereqs  ## the static checks alone
 smoke-nvml: venv  ## the agent against a real NVIDIA GPU, driver and toolkit (prints a report; skips without a GPU)
 	@if command -v nvidia-smi >/dev/null 2>&1; then $(MAKE) prereqs; fi
 	$(PY) -m tests.stack.smoke_nvml
+
+MINUTES ?= 30
+SEED ?=
+NODES ?= 2
+soak: prereqs  ## chaos soak: random user operations and faults, invariants checked (MINUTES=30 SEED=random NODES=2; prints figures, exits 1 on a violation)
+	$(PY) -m tests.soak --minutes $(MINUTES) --nodes $(NODES) $(if $(SEED),--seed $(SEED))
 
 bench: prereqs  ## GpuReplicaSet rollouts against docker run, the original's copy and commit (prints tables)
 	$(PY) -m tests.bench.rollouts

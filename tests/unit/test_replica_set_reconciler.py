@@ -545,15 +545,15 @@ def test_28_13_a_never_started_container_with_a_stale_task_is_made_again(
     assert "DriftDetected" not in node.reasons("box")
 
 
-def test_28_13_a_container_that_ran_is_never_removed_for_a_stale_task(node: Node) -> None:
+def test_28_13_a_container_that_ran_is_never_removed_unsaved_for_a_stale_task(
+        node: Node) -> None:
     container = _running(node)
     node.docker.stop(container.id, container.name)  # behind the agent's back
-    node.docker.fail_next("start", StaleTaskError("task 0123abcd: already exists"),
-                          times=3)
-    with pytest.raises(StaleTaskError):
-        node.reconcile("box")
-    assert node.only_container("box").id == container.id  # its disk is the user's
-    assert node.only_container("box").status == "exited"
+    node.docker.fail_next("start", StaleTaskError("task 0123abcd: already exists"))
+    status = node.settle("box")
+    assert (status["phase"], status["revision"]) == ("Running", 1)
+    assert node.only_container("box").id != container.id   # made again ...
+    _assert_disk_kept(node)                                  # ... from its saved disk
 
 
 # ---------------------------------------------------------------------- history

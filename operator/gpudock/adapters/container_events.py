@@ -62,6 +62,7 @@ class ContainerCache:
         stream is established, then yields decoded events)."""
         self._events = events
         self._on_event: Callable[[str], None] | None = None
+        self._on_reconnect: Callable[[], None] | None = None
         self._lock = threading.Lock()
         self._entries: dict[str, ObservedContainer | None] = {}
         self._generations: dict[str, int] = {}
@@ -82,10 +83,14 @@ class ContainerCache:
         # (container ID or name, action) -> when the agent's step said it would come
         self._expected: dict[tuple[str, str], list[float]] = {}
 
-    def follow(self, on_event: Callable[[str], None] | None = None) -> None:
+    def follow(self, on_event: Callable[[str], None] | None = None,
+               on_reconnect: Callable[[], None] | None = None) -> None:
         """Start following the stream (once); ``on_event`` gets the resource UID of
-        each event of a gpudock container, from the stream's thread."""
+        each event of a gpudock container, from the stream's thread; ``on_reconnect``
+        is called when the stream is back after a break (a restart of Docker): the
+        events of the break are lost, so every resource has to look again."""
         self._on_event = on_event
+        self._on_reconnect = on_reconnect
         if self._thread is None:
             self._thread = threading.Thread(target=self._follow, daemon=True,
                                             name="docker-events")
@@ -98,10 +103,17 @@ class ContainerCache:
             stream.close()
 
     def _follow(self) -> None:
+        tries = 0
         while not self._closed:
+            tries += 1
             try:
                 stream = self._events()
                 self._reset(live=True, stream=stream)
+                if tries > 1 and self._on_reconnect is not None:
+                    # What changed during the break (a restart of Docker stops and
+                    # starts containers) came as no event: the soak found instances
+                    # shown Ready for up to 4 resyncs with no container running.
+                    self._on_reconnect()
                 for event in stream:
                     self._apply(event)
                     if self._closed:

@@ -33,7 +33,8 @@ class ReplicaSetObserver:
                  clock: Callable[[], str], volumes: VolumeLookup | None,
                  busy_ports: set[HostPort], pulls: ImagePulls,
                  commit_holds: CommitHolds | None = None,
-                 arrivals: Arrivals | None = None) -> None:
+                 arrivals: Arrivals | None = None,
+                 stale_tasks: set[str] | None = None) -> None:
         self._settings = settings
         self._docker = docker
         self._kube = kube
@@ -42,6 +43,7 @@ class ReplicaSetObserver:
         self._volumes = volumes  # None: no SizedVolume can be mounted
         self._host_paths = host_paths
         self._busy_ports = busy_ports  # held outside Docker's view (the reconciler's)
+        self._stale_tasks = stale_tasks if stale_tasks is not None else set()
         self._pulls = pulls
         self.disks = disks
         self._commit_holds = commit_holds or CommitHolds()
@@ -89,6 +91,7 @@ class ReplicaSetObserver:
             volume_names=dict(volume_names),
             gpu_attach=self._settings.gpu_attach,
             busy_host_ports=frozenset(self._busy_ports),
+            stale_tasks=frozenset(self._stale_tasks),
             adoptable=adoptable,
             retained_tags=self._docker.preserved_tags(saved_disks.retained_repository(key))
             if adoptable else frozenset(),

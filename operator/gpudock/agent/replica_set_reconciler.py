@@ -114,12 +114,12 @@ class ReplicaSetReconciler:
                                           settings.read_only_host_paths)
         self.disks = DiskSaves(settings, docker, store, self._crash)
         pulls = ImagePulls(docker, kube, settings.state_dir)
+        self._steps = ReplicaSetSteps(docker, kube, store, self.disks, self._locks,
+                                      self._crash, self._host_paths, pulls, self.arrivals)
         self._observer = ReplicaSetObserver(settings, docker, kube, store, self.disks,
                                             self._host_paths, clock, volumes,
                                             self._busy_ports, pulls, self.commit_holds,
-                                            self.arrivals)
-        self._steps = ReplicaSetSteps(docker, kube, store, self.disks, self._locks,
-                                      self._crash, self._host_paths, pulls, self.arrivals)
+                                            self.arrivals, self._steps.stale_tasks)
 
     def now(self) -> str:
         return self._clock()
@@ -208,7 +208,11 @@ class ReplicaSetReconciler:
                     continue
                 except HostPortBusyError as exc:
                     busy_ports_found += 1
+                    # Another port helps only a container still to be made: an existing
+                    # one keeps its ports, and starting it again at once fails again
+                    # (the soak found 64 starts in a second, at every retry).
                     if busy_ports_found <= MAX_BUSY_PORTS and \
+                            not isinstance(action, act.StartContainer) and \
                             self._auto_port_busy(exc, spec):
                         events.append(Event("Normal", Reason.HOST_PORT_SKIPPED, (
                             f"host port {exc.port} is held by another process on the "

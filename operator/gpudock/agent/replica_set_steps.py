@@ -13,7 +13,7 @@ from typing import NoReturn
 
 from gpudock import metrics
 from gpudock.adapters import host_paths
-from gpudock.adapters.docker.errors import StaleTaskError
+from gpudock.adapters.docker.errors import HostPortBusyError, StaleTaskError
 from gpudock.adapters.host_paths import HostPathPolicy
 from gpudock.agent.disk_saves import DiskSaves
 from gpudock.agent.migration_arrivals import Arrivals
@@ -28,7 +28,7 @@ from gpudock.core.container_config import ContainerConfig
 from gpudock.core.observed import HostPort, ResourceKey
 from gpudock.core.ports import ContainerRuntime, KubeClient
 from gpudock.core.replica_set import actions as act
-from gpudock.core.revision import RevisionStore
+from gpudock.core.revision import RevisionStore, layer_let_go
 from gpudock.crash_points import CrashPoints
 from gpudock.errors import InternalError
 
@@ -61,6 +61,9 @@ class ReplicaSetSteps:
         self._locks = locks
         self._host_paths = host_paths
         self.disks = disks
+        # Containers that ran and whose start containerd refuses (a stale task): the
+        # next plan saves and makes them again (plan.py).
+        self.stale_tasks: set[str] = set()
 
     def execute(self, key: ResourceKey, action: act.Action,
                 report: Report | None = None) -> list[Event]:
@@ -102,14 +105,25 @@ class ReplicaSetSteps:
                              + (f", address {config.address}" if address else ""))
 
     def _make_anew(self, key: ResourceKey, container_id: str, name: str,
-                   exc: StaleTaskError) -> NoReturn:
+                   exc: StaleTaskError | HostPortBusyError) -> NoReturn:
         """A container Docker cannot start because containerd kept a task of it from a
-        start cut short (a restart of Docker or containerd): one that never ran holds
-        nothing of the user's (its disk is the saved one it was made from), so it is
-        removed and the next plan makes it again. One that ran is never removed for
-        this: the error stands, with its message, until containerd lets it go."""
+        start cut short (a restart of Docker or containerd), or because Docker says its
+        host port is allocated (a start cut short by a restart of Docker leaves
+        Docker's own allocation of it behind, and every later start of that container
+        fails: found by the soak): one that never ran holds nothing of the user's (its
+        disk is the saved one it was made from), so it is removed and the next plan
+        makes it again. One that ran is never removed unsaved: for a stale task the
+        next plan saves its disk, removes it and makes it again from that disk (the
+        soak found such a container down for good); for a port the error stands,
+        with its message, until the port is free."""
         found = next((c for c in self._docker.list_containers() if c.id == container_id),
                      None)
+        if found is not None and found.status != "created" and \
+                isinstance(exc, StaleTaskError) and container_id not in self.stale_tasks:
+            self.stale_tasks.add(container_id)
+            raise Replan([Event("Warning", Reason.RECREATED, (
+                f"container {name} could not be started ({exc}); its disk is saved and "
+                "it is made again from it"))])
         if found is None or found.status != "created":
             raise exc
         self._docker.remove(container_id, name)
@@ -126,6 +140,7 @@ class ReplicaSetSteps:
             case act.StartRevision(record=record, config=config, start=start, reason=reason,
                                    layer=layer):
                 checked = self._checked_again(key, config)  # refused: no record is left
+                before = store.get(record.namespace, record.name, record.revision)
                 store.put(record)  # first: a crash after it leaves a record, no orphan
                 self._crash.reach("StartRevision.recorded")
                 container_id = docker.create_and_start(checked, start=start, prepare=(
@@ -133,6 +148,8 @@ class ReplicaSetSteps:
                     if layer is not None else None))
                 # Made by the agent: a later disappearance is drift, not a new start.
                 store.put(replace(record, container_id=container_id))
+                self.disks.remove_saved([layer_let_go(
+                    before, record, store.list(record.namespace, record.name))])
                 gpus = ",".join(config.gpus) or "no GPU"
                 how = "started" if start else "created (not started: Paused)"
                 return [Event("Normal", reason, f"revision {record.revision}: container "
@@ -155,7 +172,7 @@ class ReplicaSetSteps:
                     self.disks.put_layer(layer, name, cid, unless_there=True)
                 try:
                     docker.start(cid, name)
-                except StaleTaskError as exc:
+                except (StaleTaskError, HostPortBusyError) as exc:
                     self._make_anew(key, cid, name, exc)
                 if note is not None:
                     store.put(note)

@@ -52,7 +52,8 @@ class Wakeups:
 
     def wake_all(self) -> None:
         """Wake every daemon (a SizedVolume became usable: instances that mount it may
-        have to move onto it, settled or not)."""
+        have to move onto it, settled or not; Docker's event stream is back after a
+        break, whose events were lost)."""
         for event in self._events.values():
             event.set()
 

@@ -37,9 +37,12 @@ class ContainerRuntime(Protocol):
     """The node's container engine, as the reconcilers and the volume backends use it."""
 
     # ------------------------------------------------------------------ events
-    def follow_events(self, on_event: Callable[[str], None] | None = None) -> None:
+    def follow_events(self, on_event: Callable[[str], None] | None = None,
+                      on_reconnect: Callable[[], None] | None = None) -> None:
         """From now on, tell ``on_event`` the resource UID of every change of a
-        gpudock container (from whatever thread sees it)."""
+        gpudock container, and call ``on_reconnect`` when changes are followed again
+        after a break (those of the break were missed), from whatever thread sees
+        it."""
         ...
 
     def events_followed(self) -> bool:

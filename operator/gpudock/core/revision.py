@@ -153,6 +153,21 @@ def layers_named(records: Iterable[Revision]) -> set[str]:
     return {p for r in records for p in (r.saved_layer, r.layer) if p}
 
 
+def layer_let_go(before: Revision | None, after: Revision,
+                 records: Iterable[Revision]) -> str | None:
+    """The saved layer a revision's container started from, once the revision is made
+    again from another one (resumed from its own saved disk after a stop or a
+    migration: ``layer`` becomes that disk) and no record names it any more: nothing
+    would ever remove it otherwise, neither pruning nor a Purge, which both go by the
+    records (found by the soak: layers piled up past the history limit and outlived
+    the resource). None when there is none to remove."""
+    old = before.layer if before is not None else None
+    if not old or old == after.layer:
+        return None
+    others = [r for r in records if r.revision != after.revision]
+    return None if old in layers_named([*others, after]) else old
+
+
 def revision_key(prefix: str, namespace: str, name: str, revision: int | None = None,
                  kind: str = KIND) -> str:
     """The key of one revision, or (revision None) the prefix of all of a resource's."""

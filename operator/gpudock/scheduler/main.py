@@ -16,6 +16,11 @@ from gpudock.settings import SchedulerSettings
 logger = logging.getLogger(__name__)
 
 
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    kopf_login.retry_the_api_server(settings)
+
+
 @kopf.on.login()
 def login(memo: kopf.Memo, **kwargs: Any) -> kopf.ConnectionInfo | None:
     scheduler = memo.get(handlers.MEMO_KEY)

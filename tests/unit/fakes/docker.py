@@ -363,7 +363,8 @@ class InMemoryDocker:
             }
 
     # ============================================================ the port: events
-    def follow_events(self, on_event: Callable[[str], None] | None = None) -> None:
+    def follow_events(self, on_event: Callable[[str], None] | None = None,
+                      on_reconnect: Callable[[], None] | None = None) -> None:
         with self._lock:
             self._on_event = on_event or (lambda _uid: None)
 

@@ -43,11 +43,13 @@ class DockerRuntime(ContainerMixin, ImageMixin, VolumeMixin, ExecMixin):
     - commands in a container (exec.py): ``exec``, ``command_missing``
     """
 
-    def follow_events(self, on_event: Callable[[str], None] | None = None) -> None:
+    def follow_events(self, on_event: Callable[[str], None] | None = None,
+                      on_reconnect: Callable[[], None] | None = None) -> None:
         """Keep the node's containers from Docker's event stream from now on (see
         container_events.py); ``on_event`` gets the resource UID of each event of a
-        gpudock container, from the stream's thread."""
-        self._containers.follow(on_event)
+        gpudock container, ``on_reconnect`` a call when the stream is back after a
+        break, from the stream's thread."""
+        self._containers.follow(on_event, on_reconnect)
 
     def events_followed(self) -> bool:
         """Whether Docker's event stream is followed now: every change of a container

@@ -10,6 +10,8 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import threading
 from typing import Any
 
 import kopf
@@ -52,6 +54,7 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
     """Build the NodeAgent (retried until Docker, the GPUs and the revision store
     answer), then start the node's own tasks."""
     agent_settings = wiring.settings_of(memo)
+    kopf_login.retry_the_api_server(settings)
     settings.persistence.finalizer = ownership.node_finalizer(agent_settings.node_name)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = DigestDiffBaseStorage(
@@ -98,7 +101,10 @@ async def start_node_agent(memo: kopf.Memo, settings: kopf.OperatorSettings,
     def wake(uid: str) -> None:  # called on the event stream's thread
         loop.call_soon_threadsafe(agent.wakeups.wake, uid)
 
-    agent.docker.follow_events(wake)
+    def wake_every() -> None:  # the stream is back after a break: events were missed
+        loop.call_soon_threadsafe(agent.wakeups.wake_all)
+
+    agent.docker.follow_events(wake, wake_every)
     agent.migrations.wake = wake  # a migration that ends early wakes its instance
     try:  # the endpoint other nodes' migrations come in by (docs/migration.md)
         await asyncio.to_thread(agent.receiver.start)
@@ -282,8 +288,30 @@ class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         return {"spec": {"sha256": hashlib.sha256(encoded.encode()).hexdigest()}}
 
 
+EXIT_GRACE_SECONDS = 30.0
+logger = logging.getLogger(__name__)
+
+
+def exit_if_stuck(grace: float = EXIT_GRACE_SECONDS) -> threading.Timer:
+    """Make sure the process ends once kopf stops: a worker thread still blocked
+    (asyncio waits for the default executor's threads before kopf.run returns) kept
+    an agent whose kopf had stopped alive for good, its liveness endpoint gone, so
+    nothing restarted it but a kubelet (found by the soak). Every step is safe to
+    cut at any point, as a SIGKILL would."""
+    def force() -> None:
+        logger.error("the agent has not stopped %.0f s after kopf's cleanup (a thread "
+                     "is still blocked): exiting", grace)
+        logging.shutdown()
+        os._exit(1)
+    timer = threading.Timer(grace, force)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 @kopf.on.cleanup()
 async def stop_node_agent(memo: kopf.Memo, **_: Any) -> None:
+    exit_if_stuck()
     agent = memo.get(wiring.MEMO_KEY)
     if not isinstance(agent, NodeAgent):
         return  # it never started

@@ -48,6 +48,9 @@ class Observation:
     # Host ports Docker could not bind although no container holds them (another
     # process on the node has them): never auto-allocated.
     busy_host_ports: frozenset[HostPort] = frozenset()
+    # Containers that ran and that containerd refuses to start again (it kept a task
+    # of a start cut short by a restart of Docker): saved and made again.
+    stale_tasks: frozenset[str] = frozenset()
     gpu_attach: GpuAttachment = DEFAULT_ATTACHMENT  # how its container gets its GPUs
     # A retained history this resource asked to adopt (the gpudock.dev/adopt-history
     # annotation names the deleted resource's UID), as set aside; its saved disks.

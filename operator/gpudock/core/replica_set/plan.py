@@ -328,6 +328,16 @@ def _keep(obs: Observation, current: ObservedContainer, record: Revision,
         return blocked_plan(obs, UserError(Reason.VOLUME_NOT_READY, f"SizedVolume {waiting[0]} "
                                            "is not ready (being resized?); the container "
                                            "starts when it is"))
+    if obs.spec.state is DesiredState.RUNNING and current.id in obs.stale_tasks \
+            and not current.running:
+        # containerd refuses every start of it (a task kept from a start cut short by
+        # a restart of Docker): its disk is saved and the container removed, and the
+        # next pass makes it again from that disk, as after state Stopped (found by
+        # the soak: it stayed down for good).
+        return _progress(obs, current, record, retire(obs.key, obs.saved, current, record,
+                                                      Reason.RECREATED),
+                         Reason.RECONCILING, f"saving the disk of {current.name} to make it "
+                         "again: containerd kept a task of it from a start cut short")
     if obs.spec.state is DesiredState.RUNNING:
         if current.status == "paused":
             actions.append(act.UnpauseContainer(current.id, expected))

@@ -1,0 +1,340 @@
+"""The users' side of the soak: a seeded random mix of what users do to GpuReplicaSets,
+each change followed by a check that every file the user wrote (through an
+ExecRequest, its checksum recorded) is in the instance's current revision.
+
+Files are tracked per revision: a change carries the current files into the new
+revision, except a new image, which starts from its own filesystem; a rollback to
+revision N brings back the files N had when it ended."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from tests.soak.figures import Figures
+from tests.soak.world import GPUS_PER_NODE, Body, World, settled
+from tests.stack.localstack import BUSYBOX_IMAGE, CUDA_LIKE_IMAGE
+
+HISTORY_LIMIT = 3    # spec.revisionHistoryLimit of every soak instance
+SETTLE_SECONDS = 240.0
+KINDS = ("create", "delete", "gpu_count", "env", "ports", "image", "stop_start", "rollback",
+         "exec_write", "commit", "migrate")
+WEIGHTS = (3, 1, 3, 2, 1, 1, 2, 2, 4, 1, 2)
+IMAGES = (BUSYBOX_IMAGE, CUDA_LIKE_IMAGE)   # both on every node's dockerd
+
+
+@dataclass
+class Instance:
+    name: str
+    pinned: str | None          # its spec.nodeName; None: the scheduler places it
+    gpus: int
+    node: str = ""              # where it is (status.nodeName), once seen
+    revision: int = 0
+    files: dict[str, str] = field(default_factory=dict)   # path -> sha256 now
+    by_revision: dict[int, dict[str, str]] = field(default_factory=dict)
+    serial: int = 0             # names of its files, ExecRequests, migrations
+
+
+class Operations:
+    def __init__(self, world: World, figures: Figures, rng: random.Random,
+                 hold: threading.Event, max_instances: int = 5) -> None:
+        self.world = world
+        self.figures = figures
+        self.rng = rng
+        self.hold = hold          # set by the faults while they measure convergence
+        self.max_instances = max_instances
+        self.instances: dict[str, Instance] = {}
+        self.created = 0
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            while self.hold.is_set() and not stop.is_set():
+                time.sleep(0.2)
+            if stop.is_set():
+                return
+            kind = self._pick()
+            try:
+                outcome = getattr(self, f"_{kind}")()
+            except Exception as error:  # an op that broke: say so, go on
+                outcome = f"error {type(error).__name__}"
+                print(f"[soak] {kind} raised {error!r}", flush=True)
+            self.figures.op(kind, outcome)
+            print(f"[soak] {self.figures.now():7.1f}s op {kind}: {outcome}", flush=True)
+            if outcome == "refused":  # most likely the API server is away: wait for it
+                self.world.wait_api(300)
+
+    def _pick(self) -> str:
+        if not self.instances:
+            return "create"
+        kind = self.rng.choices(KINDS, WEIGHTS)[0]
+        if kind == "create" and len(self.instances) >= self.max_instances:
+            return "delete"
+        if kind == "migrate" and len(self.world.nodes) < 2:
+            return "exec_write"
+        return kind
+
+    def _instance(self) -> Instance:
+        return self.instances[self.rng.choice(sorted(self.instances))]
+
+    # ------------------------------------------------------------------ GPU room
+    def _free(self, node: str, without: str = "") -> int:
+        used = sum(i.gpus for i in self.instances.values()
+                   if (i.node or i.pinned) == node and i.name != without)
+        return GPUS_PER_NODE - used
+
+    def _unplaced(self) -> int:
+        return sum(i.gpus for i in self.instances.values() if not (i.node or i.pinned))
+
+    # ------------------------------------------------------------------ operations
+    def _create(self) -> str:
+        self.created += 1
+        name = f"soak-{self.created}"
+        gpus = self.rng.randint(0, 4)
+        pinned = self.rng.choice([None, None, *self.world.nodes])
+        if pinned is None:
+            room = max(self._free(n) for n in self.world.nodes) - self._unplaced()
+        else:
+            room = self._free(pinned)
+        gpus = min(gpus, max(0, room))
+        spec: Body = {"image": BUSYBOX_IMAGE, "gpuCount": gpus, "historyPolicy": "Purge",
+                      "revisionHistoryLimit": HISTORY_LIMIT, "env": [{"name": "SOAK",
+                                                                       "value": "0"}]}
+        if pinned:
+            spec["nodeName"] = pinned
+        if not self.world.apply({"apiVersion": "gpudock.dev/v1alpha1",
+                                 "kind": "GpuReplicaSet", "metadata": {"name": name},
+                                 "spec": spec}):
+            return "refused"
+        self.instances[name] = Instance(name, pinned, gpus)
+        return self._settle_and_check(self.instances[name])
+
+    def _delete(self) -> str:
+        instance = self._instance()
+        if not self.world.kubectl("delete", "grs", instance.name, "--wait=false"):
+            return "refused"
+        del self.instances[instance.name]
+        gone = self._poll(lambda: _listed_without(self.world.items("gpureplicasets"),
+                                                  instance.name))
+        return "ok" if gone else "unsettled"
+
+    def _gpu_count(self) -> str:
+        instance = self._instance()
+        room = self._free(instance.node or instance.pinned or "", without=instance.name)
+        choices = [n for n in range(0, 5) if n != instance.gpus and n <= room]
+        if not choices or not (instance.node or instance.pinned):
+            return "skipped"
+        gpus = self.rng.choice(choices)
+        if not self.world.patch("grs", instance.name, {"spec": {"gpuCount": gpus}}):
+            return "refused"
+        instance.gpus = gpus
+        return self._settle_and_check(instance)
+
+    def _env(self) -> str:
+        instance = self._instance()
+        value = str(self.rng.randrange(10**6))
+        if not self.world.patch("grs", instance.name, {"spec": {"env": [
+                {"name": "SOAK", "value": value}]}}):
+            return "refused"
+        return self._settle_and_check(instance)
+
+    def _ports(self) -> str:
+        instance = self._instance()
+        ports = [] if self.rng.random() < 0.4 else [
+            {"containerPort": 8000 + self.rng.randrange(100)}]
+        if not self.world.patch("grs", instance.name, {"spec": {"ports": ports}}):
+            return "refused"
+        return self._settle_and_check(instance)
+
+    def _image(self) -> str:
+        instance = self._instance()
+        body = self.world.get("gpureplicasets", instance.name)
+        if body is None:
+            return "refused"
+        image = next(i for i in IMAGES if i != body["spec"].get("image"))
+        if not self.world.patch("grs", instance.name, {"spec": {"image": image}}):
+            return "refused"
+        instance.files = {}   # a new image starts from its own filesystem (revisions.md)
+        return self._settle_and_check(instance)
+
+    def _commit(self) -> str:
+        """An ImageCommit (deletionPolicy Delete), then its delete: the image goes."""
+        instance = self._instance()
+        instance.serial += 1
+        name = f"{instance.name}-c{instance.serial}"
+        if not self.world.apply({
+                "apiVersion": "gpudock.dev/v1alpha1", "kind": "ImageCommit",
+                "metadata": {"name": name}, "spec": {
+                    "replicaSetName": instance.name, "deletionPolicy": "Delete",
+                    "pause": self.rng.random() < 0.5,
+                    "image": f"gpudock.invalid/{self.world.namespace}/{name}:1"}}):
+            return "refused"
+        done = self._poll(lambda: _finished(self.world.get("imagecommits", name),
+                                            ("Succeeded", "Failed")), timeout=180)
+        self.world.kubectl("delete", "imagecommit", name, "--wait=false")
+        if done is None:
+            return "unsettled"
+        status = done.get("status") or {}
+        if status.get("phase") != "Succeeded":
+            return f"failed {status.get('reason')}"
+        return self._settle_and_check(instance)
+
+    def _stop_start(self) -> str:
+        instance = self._instance()
+        state = self.rng.choice(["Stopped", "Paused"])
+        if not self.world.patch("grs", instance.name, {"spec": {"state": state}}):
+            return "refused"
+        outcome = self._settle_and_check(instance)
+        if not self.world.patch("grs", instance.name, {"spec": {"state": "Running"}}):
+            return "refused"
+        after = self._settle_and_check(instance)
+        return outcome if outcome != "ok" else after
+
+    def _rollback(self) -> str:
+        instance = self._instance()
+        body = self.world.get("gpureplicasets", instance.name)
+        if body is None:
+            return "refused"
+        room = self._free(instance.node or instance.pinned or "", without=instance.name)
+        current = (body.get("status") or {}).get("revision")
+        targets = [int(entry["revision"]) for entry in
+                   (body.get("status") or {}).get("history") or ()
+                   if entry.get("revision") != current and not entry.get("failed")
+                   and int(entry.get("gpuCount") or 0) <= room
+                   and int(entry["revision"]) in instance.by_revision]
+        if not targets or not (instance.node or instance.pinned):
+            return "skipped"
+        target = self.rng.choice(sorted(targets))
+        if not self.world.patch("grs", instance.name, {"spec": {"rollbackTo": {
+                "revision": target}}}):
+            return "refused"
+        instance.files = dict(instance.by_revision[target])
+        return self._settle_and_check(instance, read_gpus=True)
+
+    def _exec_write(self) -> str:
+        instance = self._instance()
+        body = self.world.get("gpureplicasets", instance.name)
+        if body is None or not settled(body) or \
+                (body.get("status") or {}).get("phase") != "Running":
+            return "skipped"
+        instance.serial += 1
+        path = f"/root/soak/f{instance.serial}"
+        size = self.rng.randrange(1, 2**20)
+        request = f"{instance.name}-w{instance.serial}"
+        if not self.world.apply({
+                "apiVersion": "gpudock.dev/v1alpha1", "kind": "ExecRequest",
+                "metadata": {"name": request}, "spec": {
+                    "replicaSetName": instance.name, "ttlSecondsAfterFinished": 60,
+                    "command": ["sh", "-c", f"mkdir -p /root/soak && head -c {size} "
+                                f"/dev/urandom > {path} && sha256sum {path}"]}}):
+            return "refused"
+        done = self._poll(lambda: _finished(self.world.get("execrequests", request)),
+                          timeout=120)
+        if done is None:
+            return "unsettled"
+        status = done.get("status") or {}
+        if status.get("phase") != "Completed" or status.get("exitCode") != 0:
+            return f"failed {status.get('reason') or status.get('exitCode')}"
+        instance.files[path] = str(status.get("stdout") or "").split()[0]
+        instance.by_revision[instance.revision] = dict(instance.files)
+        return "ok"
+
+    def _migrate(self) -> str:
+        movable = [i for i in self.instances.values() if i.pinned is None and i.node]
+        if not movable:
+            return "skipped"
+        instance = self.rng.choice(sorted(movable, key=lambda i: i.name))
+        targets = [n for n in self.world.nodes
+                   if n != instance.node and self._free(n) >= instance.gpus]
+        if not targets:
+            return "skipped"
+        target = self.rng.choice(targets)
+        instance.serial += 1
+        name = f"{instance.name}-m{instance.serial}"
+        if not self.world.apply({"apiVersion": "gpudock.dev/v1alpha1",
+                                 "kind": "GpuMigration", "metadata": {"name": name},
+                                 "spec": {"replicaSetName": instance.name,
+                                          "targetNode": target}}):
+            return "refused"
+        done = self._poll(lambda: _finished(self.world.get("gpumigrations", name),
+                                            ("Succeeded", "Failed", "Cancelled")))
+        if done is None:
+            return "unsettled"
+        phase = (done.get("status") or {}).get("phase")
+        outcome = self._settle_and_check(instance)
+        if phase != "Succeeded":
+            return f"migration {phase} {(done.get('status') or {}).get('reason')}"
+        return outcome
+
+    # ------------------------------------------------------------------ checks
+    def _settle_and_check(self, instance: Instance, read_gpus: bool = False) -> str:
+        """Wait until the instance settled, then check its files are all there."""
+        body = self._poll(lambda: _if_settled(
+            self.world.get("gpureplicasets", instance.name)))
+        if body is None:
+            return "unsettled"
+        status = body.get("status") or {}
+        instance.node = str(status.get("nodeName") or instance.node)
+        instance.revision = int(status.get("revision") or 0)
+        if read_gpus:  # a rollback wrote its revision's shape back into the spec
+            instance.gpus = int(body["spec"].get("gpuCount") or 0)
+        instance.by_revision[instance.revision] = dict(instance.files)
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                    for c in status.get("conditions") or ())
+        if not ready:
+            return "ok" if status.get("phase") in ("Stopped", "Paused") else \
+                f"not ready {status.get('phase')}"
+        return self.check_files(instance)
+
+    def check_files(self, instance: Instance) -> str:
+        """Every recorded file of the instance, with its checksum, in its container."""
+        if not instance.files:
+            return "ok"
+        try:
+            done = self.world.exec_in(instance.node, instance.name,
+                                      ["sha256sum", *sorted(instance.files)])
+        except Exception as error:  # its dockerd restarting under a fault
+            return f"unchecked {type(error).__name__}"
+        if done is None:
+            return "no container"
+        code, output = done
+        found = {path: sha for sha, path in (line.split() for line in output.splitlines()
+                                            if len(line.split()) == 2)}
+        wrong = {p: found.get(p, "missing") for p, sha in instance.files.items()
+                 if found.get(p) != sha}
+        if wrong:
+            self.figures.violation(
+                f"files of {instance.name} at revision {instance.revision} on "
+                f"{instance.node}: {sorted(wrong.items())} (exit {code})")
+            instance.files = {p: s for p, s in instance.files.items() if p not in wrong}
+            return "files lost"
+        return "ok"
+
+    def _poll(self, probe: Callable[[], Body | None],
+              timeout: float = SETTLE_SECONDS) -> Body | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = probe()
+            if found is not None:
+                return found
+            time.sleep(1)
+        return None
+
+
+def _if_settled(body: Body | None) -> Body | None:
+    return body if body is not None and settled(body) else None
+
+
+def _finished(body: Body | None, phases: tuple[str, ...] = ("Completed", "Failed"),
+              ) -> Body | None:
+    return body if body is not None and (body.get("status") or {}).get("phase") in phases \
+        else None
+
+
+def _listed_without(items: list[Body] | None, name: str) -> Body | None:
+    if items is None or any(i["metadata"]["name"] == name for i in items):
+        return None
+    return {"gone": name}

@@ -1,0 +1,215 @@
+"""Regression tests for what the chaos soak found (docs/reliability.md#soak), each
+named after the finding."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import kopf
+import pytest
+
+from gpudock.adapters import container_events
+from gpudock.adapters.docker.errors import HostPortBusyError, StaleTaskError
+from gpudock.agent.handlers import node as node_handlers
+from gpudock.core.revision import Revision, layer_let_go
+from gpudock.scheduler import kopf_login
+from tests.unit.fakes.node import Node
+
+HOME = "/docker/gpudock/layers/u"
+
+
+def _record(revision: int, **kw: Any) -> Revision:
+    base: dict[str, Any] = dict(
+        namespace="soak", name="box", revision=revision, uid="u", spec={"image": "img"},
+        image="img", container_name=f"soak_box-{revision}", gpus=(), ports=(),
+        created_at="t")
+    return Revision(**{**base, **kw})
+
+
+def test_a_revision_resumed_twice_lets_go_of_the_layer_its_first_container_came_from(
+        ) -> None:
+    # Stopped and started twice (or migrated there and back): the record's `layer`
+    # moves from the first saved disk to the second one; the first was named by no
+    # record any more and stayed on disk past the history limit and after a Purge.
+    before = _record(4, layer=f"{HOME}/rev-4-first", saved_layer=f"{HOME}/rev-4-second")
+    after = _record(4, layer=f"{HOME}/rev-4-second", saved_layer=f"{HOME}/rev-4-second")
+    assert layer_let_go(before, after, [_record(3, saved_layer=f"{HOME}/rev-3"), after]) \
+        == f"{HOME}/rev-4-first"
+
+
+def test_a_migrated_revision_lets_go_of_the_copy_of_its_starting_layer() -> None:
+    before = _record(4, layer=f"{HOME}/migrated-migrated-rev-4-a",
+                     saved_layer=f"{HOME}/migrated-rev-4-b")
+    after = _record(4, layer=f"{HOME}/migrated-rev-4-b", saved_layer=f"{HOME}/migrated-rev-4-b")
+    assert layer_let_go(before, after, [after]) == f"{HOME}/migrated-migrated-rev-4-a"
+
+
+def test_a_layer_another_record_still_names_is_kept() -> None:
+    # Revision 5 was a rollback to 2: it started from revision 2's saved disk, which
+    # stays revision 2's.
+    before = _record(5, layer=f"{HOME}/rev-2", saved_layer=f"{HOME}/rev-5")
+    after = _record(5, layer=f"{HOME}/rev-5", saved_layer=f"{HOME}/rev-5")
+    assert layer_let_go(before, after, [_record(2, saved_layer=f"{HOME}/rev-2"), after]) \
+        is None
+
+
+def test_a_new_revision_or_the_same_layer_lets_go_of_nothing() -> None:
+    after = _record(6, layer=f"{HOME}/rev-5")
+    assert layer_let_go(None, after, [after]) is None
+    assert layer_let_go(after, after, [after]) is None
+
+
+# --------------------------------------------------------------------------------------
+def _port_stuck_for(node: Node, monkeypatch: pytest.MonkeyPatch, container_id: str,
+                    ) -> list[str]:
+    """Docker refuses every start of that one container: its host port is "already
+    allocated" (by Docker itself, after a start cut short by a restart of Docker)."""
+    starts: list[str] = []
+    real = node.docker.start
+
+    def start(cid: str, name: str) -> None:
+        if cid == container_id:
+            starts.append(cid)
+            raise HostPortBusyError(
+                f"start {name}: driver failed programming external connectivity on "
+                f"endpoint {name}: Bind for 0.0.0.0:40000 failed: port is already "
+                "allocated", 40000)
+        real(cid, name)
+    monkeypatch.setattr(node.docker, "start", start)
+    return starts
+
+
+def test_a_never_started_container_whose_port_docker_kept_allocated_is_made_again(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The soak: dockerd restarted in the middle of a revision's start; the new dockerd
+    # refused every later start of that container (port already allocated), the
+    # instance stayed HostPortInUse, and each retry started it 64 times in a second.
+    node.apply("box", gpus=1, state="Paused", ports=[{"containerPort": 8000}])
+    node.settle("box")
+    created = node.only_container("box")
+    assert created.status == "created"
+    starts = _port_stuck_for(node, monkeypatch, created.id)
+    node.apply("box", gpus=1, ports=[{"containerPort": 8000}])
+    status = node.settle("box")
+    assert status["phase"] == "Running", status
+    again = node.only_container("box")
+    assert (again.id != created.id, again.status) == (True, "running")
+    assert starts == [created.id]
+    assert "Recreated" in node.reasons("box")
+
+
+def test_a_container_that_ran_whose_port_is_held_is_started_once_per_reconcile(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    node.apply("box", gpus=1, ports=[{"containerPort": 8000}])
+    assert node.settle("box")["phase"] == "Running"
+    container = node.only_container("box")
+    node.docker.stop(container.id, container.name)  # behind the agent's back
+    starts = _port_stuck_for(node, monkeypatch, container.id)
+    node.reconcile("box")
+    assert len(starts) == 1   # not once per port of the range (64)
+    assert node.only_container("box").id == container.id   # its disk is the user's
+    assert node.condition("box", "Degraded")["reason"] == "HostPortInUse"
+
+
+def test_a_container_that_ran_and_whose_start_containerd_refuses_is_saved_and_made_again(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The soak: dockerd SIGKILLed while the agent started an instance's container;
+    # containerd kept the task of that start and refused every later one ("task ...:
+    # already exists"); the container had run, so the agent left it down for good.
+    node.apply("box", gpus=1)
+    assert node.settle("box")["phase"] == "Running"
+    container = node.only_container("box")
+    container.files["/root/installed-by-user"] = b"v1"
+    node.docker.stop(container.id, container.name)
+    starts: list[str] = []
+    real = node.docker.start
+
+    def start(cid: str, name: str) -> None:
+        if cid == container.id:
+            starts.append(cid)
+            raise StaleTaskError(f"start {name}: containerd kept a task of it from a "
+                                 f"start cut short by a restart of Docker: task {cid}: "
+                                 "already exists")
+        real(cid, name)
+    monkeypatch.setattr(node.docker, "start", start)
+    status = node.settle("box")
+    assert (status["phase"], status["revision"]) == ("Running", 1), status
+    again = node.only_container("box")
+    assert (again.id != container.id, again.status) == (True, "running")
+    assert again.files["/root/installed-by-user"] == b"v1"
+    assert starts == [container.id]
+
+
+class _OpenUntilClosed:
+    """A stream of no event that stays open until the cache closes it."""
+
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        self.closed.wait()
+        return iter(())
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def test_every_resource_looks_again_when_dockers_event_stream_is_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The soak: after a restart of dockerd an instance stayed Ready=True with no
+    # running container for 16 s and more (settled resources are looked at up to 4
+    # resyncs apart, and the stops came while the stream was broken: no event).
+    monkeypatch.setattr(container_events, "RECONNECT_SECONDS", 0.0)
+    opened: list[int] = []
+    back = threading.Event()
+
+    def events() -> Iterable[dict[str, Any]]:
+        opened.append(len(opened))
+        if len(opened) == 1:
+            return iter(())   # the first stream ends: dockerd went away
+        return _OpenUntilClosed()   # the second one stays open
+
+    cache = container_events.ContainerCache(events)
+    cache.follow(lambda _uid: None, back.set)
+    try:
+        assert back.wait(5)
+    finally:
+        cache.close()
+
+
+def test_kopf_retries_an_api_server_away_for_longer_than_a_minute() -> None:
+    # The soak: the kube-apiserver stopped for 30-60 s, then answering 403 for a while
+    # (its RBAC not loaded yet): kopf's default retries (8, 54 s in all) ran out, the
+    # watches gave up and each agent's kopf stopped for good.
+    settings = kopf.OperatorSettings()
+    kopf_login.retry_the_api_server(settings)
+    backoffs = settings.networking.error_backoffs
+    assert not isinstance(backoffs, (int, float))
+    assert not hasattr(backoffs, "__len__")
+    first = list(itertools.islice(iter(backoffs), 50))
+    again = list(itertools.islice(iter(backoffs), 50))   # afresh for every request
+    assert first == again
+    assert first[:8] == [1, 1, 2, 3, 5, 8, 13, 21]
+    assert sum(first) > 600
+    assert max(first) <= 30
+
+
+def test_an_agent_whose_stop_hangs_exits_anyway(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The soak: kopf stopped (its watches gave up), but a blocked worker thread kept
+    # the process alive for good: no liveness endpoint, no exit for a supervisor.
+    exits: list[int] = []
+    exited = threading.Event()
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        exited.set()
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr(logging, "shutdown", lambda: None)
+    node_handlers.exit_if_stuck(0.01)
+    assert exited.wait(5)
+    assert exits == [1]
