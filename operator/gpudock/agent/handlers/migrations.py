@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -28,17 +29,27 @@ SLOT_RETRY_SECONDS = 5.0
 def _replica_set_unknown(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
     """No status yet and no GpuReplicaSet of that name among those this agent follows:
     perhaps none exists, which a live read decides (fail_without_replica_set)."""
-    agent = memo.get(wiring.MEMO_KEY)
-    if body.get("status") or not isinstance(agent, wiring.NodeAgent):
+    if body.get("status"):
         return False
+    found = _its_replica_set(body, memo)
+    return found is not None and not found
+
+
+def _its_replica_set(body: kopf.Body, memo: kopf.Memo,
+                     ) -> list[tuple[str, Mapping[str, Any]]] | None:
+    """The watched index entries (the node each is under, the entry) of the
+    GpuMigration's GpuReplicaSet; None before the agent and its index are there."""
+    agent = memo.get(wiring.MEMO_KEY)
+    if not isinstance(agent, wiring.NodeAgent):
+        return None
     index = agent.watched.get(gpu_replica_set.PLURAL)
     if index is None:
-        return False
+        return None
     namespace = body["metadata"]["namespace"]
     name = (body.get("spec") or {}).get("replicaSetName")
-    return not any((entry.get("metadata") or {}).get("namespace") == namespace
-                   and (entry.get("metadata") or {}).get("name") == name
-                   for entries in index.values() for entry in entries)
+    return [(bound_to, entry) for bound_to, entries in index.items() for entry in entries
+            if (entry.get("metadata") or {}).get("namespace") == namespace
+            and (entry.get("metadata") or {}).get("name") == name]
 
 
 @kopf.on.event(GROUP, VERSION, gpu_migration.PLURAL, when=_replica_set_unknown)
@@ -70,26 +81,14 @@ def _source_here(body: kopf.Body, memo: kopf.Memo, **_: Any) -> bool:
     source = gpu_migration.source_of(body)
     if source:
         return source == node
-    agent = memo.get(wiring.MEMO_KEY)
-    if not isinstance(agent, wiring.NodeAgent):
-        return False
-    index = agent.watched.get(gpu_replica_set.PLURAL)
-    if index is None:
-        return False
-    namespace = body["metadata"]["namespace"]
-    name = (body.get("spec") or {}).get("replicaSetName")
-    for bound_to, entries in index.items():
-        for entry in entries:
-            meta = entry.get("metadata") or {}
-            if meta.get("namespace") != namespace or meta.get("name") != name:
-                continue
-            finalizers = meta.get("finalizers") or ()
-            # Held here (also when spec.nodeName names the target already), or bound
-            # here and held by no other node.
-            if ownership.holds((entry.get("status") or {}).get("nodeName"), finalizers,
-                               node) or (bound_to == node and
-                                         not ownership.bound_elsewhere(finalizers, node)):
-                return True
+    for bound_to, entry in _its_replica_set(body, memo) or ():
+        finalizers = (entry.get("metadata") or {}).get("finalizers") or ()
+        # Held here (also when spec.nodeName names the target already), or bound
+        # here and held by no other node.
+        if ownership.holds((entry.get("status") or {}).get("nodeName"), finalizers,
+                           node) or (bound_to == node and
+                                     not ownership.bound_elsewhere(finalizers, node)):
+            return True
     return False
 
 
