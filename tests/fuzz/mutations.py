@@ -94,34 +94,34 @@ def set_at(spec: Any, path: Path, value: Any, schema: dict[str, Any]) -> Any:
     return root
 
 
-def delete_at(spec: Any, path: Path) -> Any:
+_NO_PARENT = object()
+
+
+def _parent(spec: Any, path: Path) -> Any:
+    """The node that holds the last step of ``path`` (a list's first item stands for
+    its items); _NO_PARENT when the spec has no such node."""
     node = spec
     for step in path[:-1]:
         if isinstance(step, int):
             if not isinstance(node, list) or not node:
-                return spec
+                return _NO_PARENT
             node = node[0]
-        else:
-            if not isinstance(node, dict) or step not in node:
-                return spec
+        elif isinstance(node, dict) and step in node:
             node = node[step]
+        else:
+            return _NO_PARENT
+    return node
+
+
+def delete_at(spec: Any, path: Path) -> Any:
+    node = _parent(spec, path)
     if isinstance(node, dict):
         node.pop(path[-1], None)
     return spec
 
 
 def has_parent(spec: Any, path: Path) -> bool:
-    node = spec
-    for step in path[:-1]:
-        if isinstance(step, int):
-            if not isinstance(node, list) or not node:
-                return False
-            node = node[0]
-        elif isinstance(node, dict) and step in node:
-            node = node[step]
-        else:
-            return False
-    return True
+    return _parent(spec, path) is not _NO_PARENT
 
 
 def mutate(spec: Any, schema: dict[str, Any], rng: random.Random, *,
