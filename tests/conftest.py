@@ -10,7 +10,8 @@ import pytest
 
 from tests.stack.localstack import LocalStack
 
-UNIT = Path(__file__).resolve().parent / "unit"
+TESTS = Path(__file__).resolve().parent
+UNIT = TESTS / "unit"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -20,6 +21,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if UNIT not in item.path.parents:
             item.add_marker(pytest.mark.stack)
+    # The longest first, so that make test's two workers finish together rather than
+    # one waiting on the soak at the end (the sort keeps the order within each rank).
+    items.sort(key=_rank)
+
+
+LONGEST_FIRST = ("integration/test_soak.py", "cluster/", "integration/test_fuzz.py",
+                 "integration/test_migration.py")
+
+
+def _rank(item: pytest.Item) -> int:
+    where = item.path.relative_to(TESTS).as_posix()
+    return next((i for i, prefix in enumerate(LONGEST_FIRST) if where.startswith(prefix)),
+                len(LONGEST_FIRST))
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ from tests.stack.node import KUBELET_HOST_DIRS, KUBELET_SYSCTLS
 from tests.stack.processes import proc_stat
 from tests.stack.reclaim import processes_of, reclaim_dead_stacks
 
-pytestmark = [pytest.mark.stack, pytest.mark.node]
+# One kubelet at a time on the machine: both files run on the same worker.
+pytestmark = [pytest.mark.stack, pytest.mark.node, pytest.mark.xdist_group("kubelet")]
 
 
 def sysctls() -> dict[str, str]:

@@ -3,6 +3,7 @@ command in an instance (ExecRequest, `kubectl gpudock exec`), and metrics."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import urllib.request
@@ -29,7 +30,6 @@ def _gpu_node(stack: LocalStack, name: str) -> dict[str, Any]:
     found = stack.kubectl("get", "gpunode", name, "-o", "json", check=False)
     if found.returncode != 0:
         return {}
-    import json
     body: dict[str, Any] = json.loads(found.stdout)
     return dict(body.get("status") or {})
 
@@ -293,3 +293,43 @@ def test_12_a_request_for_an_instance_on_a_node_without_agent_fails_clearly(
     volumes = _gpu_node(stack, "gpu-node-1")["volumes"]
     assert volumes["backend"] == "loopfile"  # the node's default, where new volumes go
     assert volumes["freeBytes"] > 0
+
+
+def test_27_an_image_commit_deleted_while_its_agent_is_down_still_takes_its_image(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    """The 30-minute soak (seed 4242) left a deleted ImageCommit's image on its node:
+    the image was removed only on the watch's DELETED event, which an agent that is
+    down (or whose watch is away) never sees. The agent that runs a commit now holds
+    it with its node's commit finalizer until the image is gone."""
+    agent = start_agent()
+    apply(stack, namespace, gpu_replica_set("src", gpus=0))
+    wait_settled(stack, namespace, "src")
+    image = f"gpudock.invalid/{namespace}/kept:v1"
+    stack.kubectl("apply", "-n", namespace, "-f", "-", input=(
+        "apiVersion: gpudock.dev/v1alpha1\nkind: ImageCommit\nmetadata:\n  name: saved\n"
+        f"spec:\n  replicaSetName: src\n  image: {image}\n  deletionPolicy: Delete\n"))
+
+    def commit() -> dict[str, Any]:
+        found = stack.kubectl("get", "imagecommit", "saved", "-n", namespace, "-o", "json",
+                              check=False)
+        if found.returncode != 0:
+            return {}
+        body: dict[str, Any] = json.loads(found.stdout)
+        return body
+
+    wait_for(lambda: (commit().get("status") or {}).get("phase") == "Succeeded", 60,
+             what="the commit")
+    agent.kill()
+    stack.kubectl("delete", "imagecommit", "saved", "-n", namespace, "--wait=false")
+    # The delete waits for the node's agent: the image is still there and so is the
+    # object, marked for deletion.
+    assert (commit().get("metadata") or {}).get("deletionTimestamp")
+    client = stack.docker_client()
+    try:
+        assert client.images.list(name=image.rsplit(":", 1)[0])
+        start_agent()
+        wait_for(lambda: not commit(), 60, what="the ImageCommit gone")
+        assert not client.images.list(name=image.rsplit(":", 1)[0])
+    finally:
+        client.close()

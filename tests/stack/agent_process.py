@@ -34,7 +34,11 @@ class AgentProcess:
             "--state-dir", str(self.state_dir), "--liveness-endpoint", self.liveness,
             "--stop-timeout", "5",
             *(() if "--instance-subnet" in extra_args
-              else ("--instance-subnet", stack.instance_subnet)), *extra_args,
+              else ("--instance-subnet", stack.instance_subnet)),
+            # A port of its own: agents of two stacks (make test's workers) run side by
+            # side on this machine.
+            *(() if "--transfer-port" in extra_args else ("--transfer-port", "0")),
+            *extra_args,
         ]
         self.log_path = stack.base_dir / "logs" / f"{name}.log"
         self.process: ManagedProcess | None = None

@@ -22,7 +22,7 @@ from gpudock.adapters.kube_api import KubeApi
 from gpudock.agent.commit_holds import CommitHolds
 from gpudock.agent.commit_room import check_room
 from gpudock.agent.exec_runner import current_container, failed
-from gpudock.api import gpu_replica_set, image_commit
+from gpudock.api import gpu_replica_set, image_commit, ownership
 from gpudock.api.image_commit import ImageCommitSpec, name_problem
 from gpudock.api.reasons import Reason
 from gpudock.core import labels
@@ -81,6 +81,8 @@ def run(body: Mapping[str, Any], target: Mapping[str, Any], settings: Settings,
         check_room(docker, container)
     except UserError as exc:
         return failed(exc.reason, exc.message, now(), node)
+    if kube is not None:
+        hold_for_delete(body, node, kube)
     begun = now()
     started({"phase": "Running", "node": node, "startTime": begun,
              "revision": container.revision,
@@ -154,6 +156,37 @@ def forget_scratch(body: Mapping[str, Any], settings: Settings,
     """A commit cut short by an agent restart may have left its scratch image."""
     del settings
     docker.remove_image(scratch_tag(body))
+
+
+def hold_for_delete(body: Mapping[str, Any], node: str, kube: KubeApi) -> None:
+    """Put this node's commit finalizer on the ImageCommit before the commit writes anything,
+    so its delete waits for this agent (``release``) even when the agent is down or
+    misses the delete: no image is left behind for a watch event it never saw."""
+    meta = body["metadata"]
+    fresh = kube.get(image_commit.PLURAL, meta["namespace"], meta["name"])
+    fresh_meta = fresh.get("metadata") or {}
+    finalizers = list(fresh_meta.get("finalizers") or ())
+    mine = ownership.commit_finalizer(node)
+    if mine not in finalizers:
+        kube.set_finalizers(image_commit.PLURAL, meta["namespace"], meta["name"],
+                            [*finalizers, mine], str(fresh_meta.get("resourceVersion")))
+
+
+def holds_for_delete(body: Mapping[str, Any], node: str) -> bool:
+    return ownership.commit_finalizer(node) in \
+        ((body.get("metadata") or {}).get("finalizers") or ())
+
+
+def release(body: Mapping[str, Any], settings: Settings, docker: DockerRuntime,
+            kube: KubeApi) -> None:
+    """A deleted ImageCommit this node ran: a scratch image a cut-short run left goes,
+    its image goes when its deletionPolicy says Delete, then this node's commit
+    finalizer."""
+    forget_scratch(body, settings, docker)
+    remove_on_delete(body, docker)
+    meta = body["metadata"]
+    kube.remove_finalizer(image_commit.PLURAL, meta["namespace"], meta["name"],
+                          ownership.commit_finalizer(settings.node_name))
 
 
 def remove_on_delete(body: Mapping[str, Any], docker: DockerRuntime) -> bool:

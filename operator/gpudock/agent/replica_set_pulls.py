@@ -113,7 +113,7 @@ class ImagePulls:
             self._record(image_id, record_key)
             return [Event("Normal", Reason.PULLED, (
                 f"Successfully pulled image {action.image} ({_short(image_id)}) in "
-                f"{self._monotonic() - started:.1f}s"))]
+                f"{self._monotonic() - started:.3f}s"))]
         assert refusal is not None
         raise UserError(Reason.ERR_IMAGE_PULL, refusal.message + _noted(problems))
 
@@ -206,8 +206,9 @@ class _Progress:
     """Docker's pull messages, tallied; ``report`` is told the progress once the
     first byte count is known, then at most every PROGRESS_EVERY seconds. The reports
     (status writes) run on a thread of their own, so the pull's stream is never held
-    up by the API server (only the latest waiting one is written); ``close`` waits for
-    it, so none lands after the status that follows the pull."""
+    up by the API server (only the latest waiting one is written). ``close`` drops a
+    report not yet begun (the status that follows the pull supersedes it) and waits
+    for one being written, so none lands after that status."""
 
     def __init__(self, image: str, report: Report | None,
                  monotonic: Callable[[], float]) -> None:
@@ -251,7 +252,8 @@ class _Progress:
 
     def close(self) -> None:
         with self._changed:
-            self._closed = True  # a report still pending is written before it ends
+            self._closed = True
+            self._pending = None
             self._changed.notify()
         if self._writer is not None:
             self._writer.join()

@@ -21,11 +21,25 @@ LEGACY_FINALIZER = "gpudock.dev/finalizer"  # one name for every agent, before 0
 _MAX_NAME = 63  # the part after "/" of a qualified name
 
 
+# On an ImageCommit, while the image it made is on that node (deletionPolicy Delete
+# removes it first). Not the node finalizer: kopf, whose finalizer that is, takes it
+# off objects of a kind it has no delete handler for.
+COMMIT_FINALIZER_PREFIX = "commit.gpudock.dev/"
+
+
 def node_finalizer(node_name: str) -> str:
+    return _qualified(FINALIZER_PREFIX, node_name)
+
+
+def commit_finalizer(node_name: str) -> str:
+    return _qualified(COMMIT_FINALIZER_PREFIX, node_name)
+
+
+def _qualified(prefix: str, node_name: str) -> str:
     if len(node_name) <= _MAX_NAME:
-        return FINALIZER_PREFIX + node_name
+        return prefix + node_name
     digest = hashlib.sha256(node_name.encode()).hexdigest()[:10]
-    return f"{FINALIZER_PREFIX}{node_name[:_MAX_NAME - 11].rstrip('-.')}-{digest}"
+    return f"{prefix}{node_name[:_MAX_NAME - 11].rstrip('-.')}-{digest}"
 
 
 def handled_here(spec_node: object, finalizers: Iterable[str], node_name: str) -> bool:

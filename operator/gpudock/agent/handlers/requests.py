@@ -4,10 +4,12 @@ events to exec_runner.py and image_committer.py. No decisions are made here.
 Requests are followed with kopf's event handler, not its create handler: every
 agent sees every request, and kopf's record of what it handled is one annotation
 shared by all agents, so the first agent to look would mark a request handled for
-the one that holds its GpuReplicaSet. The event handler keeps no record (and adds no
-finalizer); which requests this agent runs or is running is kept in memory, and a
+the one that holds its GpuReplicaSet. The event handler keeps no record; which
+requests this agent runs or is running is kept in memory, and a
 request it was running when it restarted is failed as such, after what it started is
-killed (an ExecRequest's processes, an ImageCommit's scratch image).
+killed (an ExecRequest's processes, an ImageCommit's scratch image). An ImageCommit's
+run puts this node's commit finalizer on it, so its delete waits for this agent to remove
+what it made (deletionPolicy Delete), even across an agent restart.
 
 A request runs in a task of its own, on the request pool, once it has a slot
 (request_slots.py): until then it is Pending with the reason, holding no thread, and
@@ -46,12 +48,16 @@ class RequestKind:
     tidy: Callable[..., None]
     capped: bool  # counted by --max-running-execs-per-namespace
     reads_cluster: bool = False  # run is given the API server (kube=)
+    # Its run puts this node's commit finalizer on it; a delete lets go of what it made
+    # (image_committer.release), then of the finalizer.
+    releases: bool = False
 
 
 EXEC = RequestKind(exec_request.PLURAL, exec_runner.FINISHED, exec_runner.run, True,
                    exec_runner.kill_leftovers, True)
 COMMIT = RequestKind(image_commit.PLURAL, ("Succeeded", "Failed"), image_committer.run, False,
-                     image_committer.forget_scratch, False, reads_cluster=True)
+                     image_committer.forget_scratch, False, reads_cluster=True,
+                     releases=True)
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
@@ -85,6 +91,8 @@ async def _seen(kind: RequestKind, body: kopf.Body, agent: NodeAgent, type: str 
             agent.requests.running[uid].cancel()
         return
     if meta.get("deletionTimestamp"):
+        if kind.releases and uid not in agent.requests.running:
+            await _release(agent, dict(body), logger)
         return
     # Before the check of what runs: the event of this agent's own final status write
     # can come while the task that wrote it is still finishing.
@@ -126,6 +134,31 @@ async def _handle(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: 
     finally:
         agent.requests.running.pop(uid, None)
         agent.requests.waiting.discard(uid)
+    if kind.releases:  # a delete that came while it ran waited for it to end
+        try:
+            fresh = await asyncio.to_thread(agent.kube.get, kind.plural,
+                                            body["metadata"]["namespace"],
+                                            body["metadata"]["name"])
+        except ObjectNotFoundError:
+            return
+        except GpudockError as exc:
+            logger.warning("%s not looked at after its run: %s", kind.plural, exc)
+            return
+        if (fresh.get("metadata") or {}).get("deletionTimestamp"):
+            await _release(agent, fresh, logger)
+
+
+async def _release(agent: NodeAgent, body: dict[str, Any], logger: Logger) -> None:
+    """A deleted ImageCommit holding this node's finalizer (image_committer.release)."""
+    if not image_committer.holds_for_delete(body, agent.settings.node_name):
+        return
+    try:
+        await asyncio.to_thread(image_committer.release, body, agent.settings,
+                                agent.docker, agent.kube)
+    except ObjectNotFoundError:
+        return
+    except GpudockError as exc:  # tried again on its next event
+        logger.warning("deleted ImageCommit not let go of: %s", exc)
 
 
 async def _target(agent: NodeAgent, kind: RequestKind, body: kopf.Body, logger: Logger,
