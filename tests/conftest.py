@@ -21,12 +21,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if UNIT not in item.path.parents:
             item.add_marker(pytest.mark.stack)
-    # The longest first, so that make test's two workers finish together rather than
-    # one waiting on the soak at the end (the sort keeps the order within each rank).
+    # The longest first, so that make test's two workers (pytest-xdist, a file at a
+    # time each, two files given to each at the start) finish together rather than one
+    # waiting on the soak at the end; the two files with a kubelet (one at a time on a
+    # machine, tests/stack/node.py) go to the same worker, one after the other. The
+    # sort keeps the order within each rank.
     items.sort(key=_rank)
 
 
-LONGEST_FIRST = ("integration/test_soak.py", "cluster/", "integration/test_fuzz.py",
+LONGEST_FIRST = ("integration/test_soak.py", "cluster/test_helm_chart.py",
+                 "integration/test_fuzz.py", "cluster/test_node_side_effects.py",
                  "integration/test_migration.py")
 
 

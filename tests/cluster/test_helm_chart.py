@@ -28,8 +28,7 @@ from tests.stack.helm_chart import (
 from tests.stack.localstack import REPO_ROOT, LocalStack, wait_for
 from tests.stack.resources import apply, grs, status
 
-# One kubelet at a time on the machine: both files run on the same worker.
-pytestmark = [pytest.mark.stack, pytest.mark.node, pytest.mark.xdist_group("kubelet")]
+pytestmark = [pytest.mark.stack, pytest.mark.node]
 READY_BOUND_S = 120  # a fresh agent pod: image present, so start + kopf login + first pass
 EXAMPLE = REPO_ROOT / "examples" / "01-gpu-container.yaml"
 TENANT = "tenant-a"

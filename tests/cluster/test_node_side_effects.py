@@ -20,8 +20,7 @@ from tests.stack.node import KUBELET_HOST_DIRS, KUBELET_SYSCTLS
 from tests.stack.processes import proc_stat
 from tests.stack.reclaim import processes_of, reclaim_dead_stacks
 
-# One kubelet at a time on the machine: both files run on the same worker.
-pytestmark = [pytest.mark.stack, pytest.mark.node, pytest.mark.xdist_group("kubelet")]
+pytestmark = [pytest.mark.stack, pytest.mark.node]
 
 
 def sysctls() -> dict[str, str]:

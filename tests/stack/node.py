@@ -15,15 +15,21 @@ or by the next stack's start when the process running this one was killed outrig
   - a cgroup per v1 hierarchy (the kubelet's --cgroup-root), removed bottom-up.
   - /var/lib/kubelet/device-plugins, /var/log/pods and /var/log/containers, which the
     kubelet makes whatever its --root-dir: removed if this node made them. So only one
-    node runs on a machine at a time.
+    node runs on a machine at a time: a node holds an exclusive flock(2) on the cached
+    Kubernetes binaries' directory from its start until its changes are undone (a
+    second node, e.g. on make test's other worker, waits for it; the kernel lets go of
+    the lock of a killed process).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import subprocess
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,6 +45,7 @@ KUBELET_SYSCTLS = ("vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops
 KUBELET_HOST_DIRS = (Path("/var/lib/kubelet"), Path("/var/log/pods"),
                      Path("/var/log/containers"))
 NODE_LABEL = "gpudock.dev/gpu-node=true"
+NODE_WAIT = 1800  # seconds a node waits for another on the machine to stop
 JOURNAL = "machine-changes.json"  # under the node's directory
 
 
@@ -57,10 +64,12 @@ class KubeNode:
         self.kubelet_port = 0
         self.bin_dir = stack.kubectl_path.parent  # the cached Kubernetes binaries
         self.changes = MachineChanges(journal_of(stack.base_dir))
+        self._machine_lock: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> KubeNode:
         try:
+            self._take_the_machine()
             self.base.mkdir()
             self._drop_traffic_leaving_the_machine()
             self._save_sysctls()
@@ -84,8 +93,30 @@ class KubeNode:
                 process.stop()
 
     def undo_machine_changes(self) -> None:
-        """Once no container of the node is left: cgroups, sysctls, rules, host dirs."""
-        self.changes.undo()
+        """Once no container of the node is left: cgroups, sysctls, rules, host dirs;
+        then another node may start on the machine."""
+        try:
+            self.changes.undo()
+        finally:
+            if self._machine_lock is not None:
+                os.close(self._machine_lock)  # closing the descriptor lets go of the lock
+                self._machine_lock = None
+
+    def _take_the_machine(self) -> None:
+        """Wait (at most NODE_WAIT seconds) until no other node runs on this machine."""
+        descriptor = os.open(self.bin_dir, os.O_RDONLY)
+        deadline = time.monotonic() + NODE_WAIT
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(descriptor)
+                    raise RuntimeError(f"another node held this machine for {NODE_WAIT}s "
+                                       f"(flock on {self.bin_dir})") from None
+                time.sleep(0.5)
+        self._machine_lock = descriptor
 
     # ------------------------------------------------------------------ steps
     def _drop_traffic_leaving_the_machine(self) -> None:
