@@ -8,7 +8,7 @@ run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foregro
 	$(PY) -m tests.stack up
 
 test: prereqs  ## the whole suite against the real stack, on WORKERS (default 2) workers
-	$(PY) -m pytest -n $(or $(WORKERS),2) --dist loadfile
+	$(PY) -m pytest -n $(or $(WORKERS),2) --dist loadfile --no-loadscope-reorder
 
 test-unit: venv  ## the unit tests alone: no real component, no stack (prints its time)
 	@start=$$(date +%s%N); $(PY) -m pytest -m "not stack" tests/unit; rc=$$?; \

@@ -22,7 +22,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if UNIT not in item.path.parents:
             item.add_marker(pytest.mark.stack)
     # The longest first, so that make test's two workers (pytest-xdist, a file at a
-    # time each, two files given to each at the start) finish together rather than one
+    # time each in this order with --no-loadscope-reorder, two files given to each at
+    # the start) finish together rather than one
     # waiting on the soak at the end; the two files with a kubelet (one at a time on a
     # machine, tests/stack/node.py) go to the same worker, one after the other. The
     # sort keeps the order within each rank.
