@@ -37,7 +37,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RevisionSt
     else:
         stack: LocalStack = request.getfixturevalue("stack")
         url = f"etcd://127.0.0.1:{stack.etcd_port}/gpudock-test-{uuid.uuid4().hex[:8]}"
-    opened = open_revision_store(url)
+    opened = open_revision_store(url, "gpu-node-1")
     yield opened
     opened.close()
 
@@ -96,6 +96,49 @@ def test_history_survives_etcd_compaction(stack: LocalStack) -> None:
         assert store.get("team-a", "box", 6) == record(6)
     finally:
         store.close()
+
+
+def test_27_nodes_sharing_one_etcd_prefix_keep_their_own_records(stack: LocalStack) -> None:
+    """The soak found one etcd prefix given to two nodes (as the chart's one
+    agent.store URL does) losing an instance's history on migration: the target put
+    the received records under the source's keys, then the source's clean-up deleted
+    every record of the instance. Each node now has its own keys under the prefix."""
+    url = f"etcd://127.0.0.1:{stack.etcd_port}/gpudock-test-{uuid.uuid4().hex[:8]}"
+    source, target = open_revision_store(url, "node-a"), open_revision_store(url, "node-b")
+    try:
+        for revision in (1, 2):
+            source.put(record(revision))
+            target.put(replace(record(revision), saved_layer=f"/b/layers/rev-{revision}"))
+        source.delete_all("team-a", "box")  # the source's clean-up after the switch
+        assert source.list("team-a", "box") == []
+        assert [r.saved_layer for r in target.list("team-a", "box")] == [
+            "/b/layers/rev-1", "/b/layers/rev-2"]
+    finally:
+        source.close()
+        target.close()
+
+
+def test_27_records_written_before_the_node_layout_are_read_and_deleted(
+        stack: LocalStack) -> None:
+    """An agent upgraded from the shared layout still sees its history: the records
+    under the bare prefix are read beneath the node's own, and deleted with them."""
+    url = f"etcd://127.0.0.1:{stack.etcd_port}/gpudock-test-{uuid.uuid4().hex[:8]}"
+    before, node = open_revision_store(url), open_revision_store(url, "node-a")
+    try:
+        for revision in (1, 2, 3):
+            before.put(record(revision))
+        node.put(replace(record(3), change_cause="written after the upgrade"))
+        records = node.list("team-a", "box")
+        assert [r.revision for r in records] == [1, 2, 3]
+        assert records[-1].change_cause == "written after the upgrade"
+        assert node.get("team-a", "box", 1) == record(1)
+        node.delete("team-a", "box", 1)  # a prune
+        assert [r.revision for r in node.list("team-a", "box")] == [2, 3]
+        node.delete_all("team-a", "box")
+        assert node.list("team-a", "box") == [] and before.list("team-a", "box") == []
+    finally:
+        before.close()
+        node.close()
 
 
 def test_unreachable_etcd_is_a_transient_error(tmp_path: Path) -> None:

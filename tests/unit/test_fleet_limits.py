@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -31,8 +31,8 @@ from gpudock.core.observed import ObservedContainer, ResourceKey
 from gpudock.core.replica_set import actions as act
 from gpudock.core.replica_set.observation import Observation
 from gpudock.core.replica_set.plan import plan_replica_set
-from gpudock.core.revision import Revision
-from gpudock.errors import SpecError
+from gpudock.core.revision import Revision, RevisionStore
+from gpudock.errors import SpecError, StoreUnavailableError
 from gpudock.settings import Settings, SettingsError, settings_from
 from tests.unit.fakes.node import Node
 
@@ -235,6 +235,33 @@ def test_22_8_allocated_sums_the_recorded_requests_of_each_instance(tmp_path: Pa
     assert found == [Requests(1500, 3 * GI), Requests(500, GI)]
     assert allocation(found) == {"cpu": "2", "memory": "4Gi"}
     store.close()
+
+
+class _StoreAway:
+    """A revision store whose etcd is stopped: every read fails after its timeout."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def get(self, namespace: str, name: str, revision: int) -> Revision | None:
+        self.asked += 1
+        raise StoreUnavailableError("etcd 127.0.0.1:2379: get: ConnectionFailedError")
+
+
+def test_27_a_heartbeat_goes_on_while_the_revision_store_is_away() -> None:
+    """The soak's etcd_stop: the heartbeat read each instance's record from the store,
+    failed while etcd was stopped, and the node went NodeNotReady with its instances
+    Degraded though their containers ran. Now every container counts its Docker
+    limits then, and the store is asked once per heartbeat, not once per container."""
+    spec = _spec()
+    mine = _running(spec, ContainerLimits(nano_cpus=2 * 10**9, memory=2 * GI))
+    other = replace(mine, id="c9", owner=ResourceKey("team-b", "x"),
+                    limits=ContainerLimits(nano_cpus=5 * 10**8, memory=GI))
+    store = _StoreAway()
+    found = held_requests([mine, other], cast(RevisionStore, store),
+                          Settings(node_name="n1", limit_defaults=DEFAULTS), NODE)
+    assert found == [Requests(2000, 2 * GI), Requests(500, GI)]
+    assert store.asked == 1
 
 
 # ------------------------------------------------------- the real reconciler, fakes

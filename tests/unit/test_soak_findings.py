@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import kopf
@@ -15,6 +16,7 @@ import pytest
 
 from gpudock.adapters import container_events
 from gpudock.adapters.docker.errors import HostPortBusyError, StaleTaskError
+from gpudock.agent import migration_receiver
 from gpudock.agent.handlers import node as node_handlers
 from gpudock.core.revision import Revision, layer_let_go
 from gpudock.scheduler import kopf_login
@@ -213,3 +215,21 @@ def test_an_agent_whose_stop_hangs_exits_anyway(monkeypatch: pytest.MonkeyPatch)
     node_handlers.exit_if_stuck(0.01)
     assert exited.wait(5)
     assert exits == [1]
+
+
+def test_a_migration_whose_records_the_target_could_not_keep_leaves_no_empty_layers_dir(
+        tmp_path: Path) -> None:
+    """The soak (etcd_stop, seed 2027): the target received the trees, its store.put
+    failed, and the session removed the trees but left ``layers/<uid>/``, empty."""
+    home = tmp_path / "layers"
+    received = [home / "uid-1" / "migrated-rev-1-x", home / "uid-1" / "migrated-rev-1-x.pre"]
+    for tree in received:
+        (tree / "root").mkdir(parents=True)
+        (tree / "root" / "file").write_text("bytes")
+    kept = home / "uid-2" / "migrated-rev-3-y"
+    (kept / "etc").mkdir(parents=True)
+    own = home / "uid-2" / "rev-2"  # this node's own saved layer of another instance
+    own.mkdir()
+    migration_receiver.drop_received([*received, kept])
+    assert not (home / "uid-1").exists()
+    assert [p.name for p in (home / "uid-2").iterdir()] == ["rev-2"]

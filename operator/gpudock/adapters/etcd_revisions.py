@@ -4,6 +4,14 @@ The rest of the agent is synchronous (reconciles run in worker threads), so the
 store runs aetcd on its own event loop in a daemon thread and waits for each call.
 One key per revision: reading one is a get, listing is one prefix range read; neither
 asks etcd for an old MVCC revision, so compaction never breaks them.
+
+Each node's agent keeps its records under ``<prefix>/nodes/<node>/``: records name
+that node's saved layers and containers, and several nodes are often given one URL
+(the Helm chart's one ``agent.store``). Under one shared prefix a migration lost the
+instance's history (the soak found it): the target put the received records under the
+source's keys, and the source's clean-up deleted them. Records an agent before the
+node layout wrote directly under ``<prefix>/`` are still read, below the node's own
+(a node's record of the same revision wins), and deleted with them.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import aetcd
 import aetcd.exceptions
 
 from gpudock.core import volume_revision
+from gpudock.core.revision import KIND as REVISION_KIND
 from gpudock.core.revision import Revision, revision_key
 from gpudock.core.volume_revision import VolumeRevision
 from gpudock.errors import StoreUnavailableError
@@ -30,9 +39,12 @@ DEFAULT_PREFIX = "/gpudock/revisions"
 
 class EtcdRevisionStore:
     def __init__(self, host: str, port: int, prefix: str = DEFAULT_PREFIX,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, node: str = "") -> None:
+        """``node``: the node whose records these are ("": the whole prefix, as
+        before the node layout)."""
         self.endpoint = f"{host}:{port}"
-        self.prefix = prefix
+        self.prefix = f"{prefix.rstrip('/')}/nodes/{node}" if node else prefix
+        self._legacy = prefix if node else None
         self._timeout = timeout
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
@@ -55,51 +67,64 @@ class EtcdRevisionStore:
             raise StoreUnavailableError(
                 f"etcd {self.endpoint}: {what}: {type(exc).__name__}: {exc}", delay=5) from exc
 
-    def _key(self, namespace: str, name: str, revision: int | None = None) -> bytes:
-        return revision_key(self.prefix, namespace, name, revision).encode()
+    def _keys(self, namespace: str, name: str, revision: int | None = None,
+              kind: str = REVISION_KIND) -> list[bytes]:
+        """This node's key (or prefix), then the one before the node layout."""
+        return [revision_key(p, namespace, name, revision, kind=kind).encode()
+                for p in (self.prefix, self._legacy) if p is not None]
+
+    def _read(self, what: str, prefixes: list[bytes]) -> list[bytes]:
+        """The values under each prefix, the first's over the later ones' of the same
+        key suffix (a node's record over the legacy one of the same revision)."""
+        found: dict[bytes, bytes] = {}
+        for prefix in prefixes:
+            for kv in self._run(what, self._client.get_prefix(prefix)):
+                found.setdefault(bytes(kv.key)[len(prefix):], bytes(kv.value))
+        return list(found.values())
 
     def put(self, record: Revision) -> None:
-        key = self._key(record.namespace, record.name, record.revision)
+        key = self._keys(record.namespace, record.name, record.revision)[0]
         self._run("put", self._client.put(key, record.to_json().encode()))
 
     def get(self, namespace: str, name: str, revision: int) -> Revision | None:
-        found = self._run("get", self._client.get(self._key(namespace, name, revision)))
-        return None if found is None else Revision.from_json(found.value)
+        for key in self._keys(namespace, name, revision):
+            found = self._run("get", self._client.get(key))
+            if found is not None:
+                return Revision.from_json(found.value)
+        return None
 
     def list_retained(self, namespace: str, name: str) -> list[Revision]:
-        prefix = self._key(namespace, name)[:-1] + b"@"  # every "<name>@<uid>/"
-        found = self._run("list retained", self._client.get_prefix(prefix))
-        records = [Revision.from_json(kv.value) for kv in found]
+        prefixes = [k[:-1] + b"@" for k in self._keys(namespace, name)]  # "<name>@<uid>/"
+        records = [Revision.from_json(v) for v in self._read("list retained", prefixes)]
         return sorted(records, key=lambda r: (r.name, r.revision))
 
     def list(self, namespace: str, name: str) -> list[Revision]:
-        found = self._run("list", self._client.get_prefix(self._key(namespace, name)))
-        records = [Revision.from_json(kv.value) for kv in found]
+        records = [Revision.from_json(v) for v in self._read("list",
+                                                             self._keys(namespace, name))]
         return sorted(records, key=lambda r: r.revision)
 
     def delete(self, namespace: str, name: str, revision: int) -> None:
-        self._run("delete", self._client.delete(self._key(namespace, name, revision)))
+        for key in self._keys(namespace, name, revision):
+            self._run("delete", self._client.delete(key))
 
     def delete_all(self, namespace: str, name: str) -> None:
-        self._run("delete all", self._client.delete_prefix(self._key(namespace, name)))
-
-    def _volume_key(self, namespace: str, name: str, revision: int | None = None) -> bytes:
-        return revision_key(self.prefix, namespace, name, revision,
-                            kind=volume_revision.KIND).encode()
+        for prefix in self._keys(namespace, name):
+            self._run("delete all", self._client.delete_prefix(prefix))
 
     def put_volume(self, record: VolumeRevision) -> None:
-        key = self._volume_key(record.namespace, record.name, record.revision)
+        key = self._keys(record.namespace, record.name, record.revision,
+                         kind=volume_revision.KIND)[0]
         self._run("put volume", self._client.put(key, record.to_json().encode()))
 
     def list_volume(self, namespace: str, name: str) -> builtins.list[VolumeRevision]:
-        found = self._run("list volume",
-                          self._client.get_prefix(self._volume_key(namespace, name)))
-        return sorted((VolumeRevision.from_json(kv.value) for kv in found),
+        found = self._read("list volume", self._keys(namespace, name,
+                                                     kind=volume_revision.KIND))
+        return sorted((VolumeRevision.from_json(v) for v in found),
                       key=lambda r: r.revision)
 
     def delete_volume_all(self, namespace: str, name: str) -> None:
-        self._run("delete volume",
-                  self._client.delete_prefix(self._volume_key(namespace, name)))
+        for prefix in self._keys(namespace, name, kind=volume_revision.KIND):
+            self._run("delete volume", self._client.delete_prefix(prefix))
 
     def close(self) -> None:
         if self._loop.is_closed():

@@ -9,7 +9,9 @@ from pathlib import Path
 from gpudock.core.revision import RevisionStore
 
 
-def open_revision_store(url: str) -> RevisionStore:
+def open_revision_store(url: str, node: str = "") -> RevisionStore:
+    """``node``: the node whose records an etcd store holds (etcd_revisions.py: each
+    node under ``<prefix>/nodes/<node>/``); SQLite is the node's own file."""
     if url.startswith("sqlite:"):
         from gpudock.adapters.sqlite_revisions import SqliteRevisionStore
 
@@ -20,4 +22,4 @@ def open_revision_store(url: str) -> RevisionStore:
     from gpudock.adapters.etcd_revisions import DEFAULT_PREFIX, EtcdRevisionStore
 
     return EtcdRevisionStore(parsed.hostname, parsed.port or 2379,
-                             prefix=parsed.path.rstrip("/") or DEFAULT_PREFIX)
+                             prefix=parsed.path.rstrip("/") or DEFAULT_PREFIX, node=node)

@@ -120,8 +120,7 @@ class MigrationReceiver:
                                else Reason.TRANSFER_FAILED, str(exc))
         finally:
             channel.close()
-            for path in received:  # a session that ended before its records were kept
-                remove_tree(path, ignore_errors=True)
+            drop_received(received)  # a session that ended before its records were kept
 
     def _authenticate(self, hello: dict[str, Any]) -> dict[str, Any]:
         if hello.get("op") != "hello":
@@ -322,6 +321,17 @@ class MigrationReceiver:
                 remove_tree(path, ignore_errors=True)
             with contextlib.suppress(OSError):
                 (home / uid).rmdir()
+
+
+def drop_received(received: list[Path]) -> None:
+    """Remove the trees a session received, then the instance's directory of saved
+    layers each was in once nothing else is in it (the soak found an empty
+    ``layers/<uid>`` left after a migration whose records the target's store, stopped,
+    could not keep)."""
+    for path in received:
+        remove_tree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # only when empty: this node's own saved layers stay
 
 
 def _advertised_address(configured: str) -> str:

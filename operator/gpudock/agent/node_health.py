@@ -51,7 +51,7 @@ from gpudock.core.limits import (
 )
 from gpudock.core.observed import ObservedContainer, ResourceKey
 from gpudock.core.revision import RevisionStore
-from gpudock.errors import GpudockError
+from gpudock.errors import GpudockError, StoreUnavailableError
 from gpudock.settings import Settings
 
 KIND = "GpuNode"
@@ -121,7 +121,10 @@ def held_requests(containers: Sequence[ObservedContainer], store: RevisionStore 
                   settings: Settings, capacity: NodeCapacity | None) -> list[Requests]:
     """The requests of each instance holding a container on the node (its newest
     one), from its revision's record, which in-place changes keep current; a
-    container without one counts what Docker limits it to."""
+    container without one counts what Docker limits it to, and so do all once the
+    store is found unavailable: the heartbeat goes on while it is away (the soak's
+    etcd_stop found the node shown NodeNotReady, its instances Degraded, while their
+    containers ran)."""
     newest: dict[tuple[str, str], ObservedContainer] = {}
     for c in containers:
         if c.owner is not None:
@@ -130,7 +133,12 @@ def held_requests(containers: Sequence[ObservedContainer], store: RevisionStore 
                 newest[key] = c
     found = []
     for (namespace, name), c in sorted(newest.items()):
-        record = store.get(namespace, name, c.revision) if store is not None else None
+        record = None
+        if store is not None:
+            try:
+                record = store.get(namespace, name, c.revision)
+            except StoreUnavailableError:
+                store = None  # not asked again in this heartbeat (each try waits)
         if record is not None and record.uid == c.uid:
             found.append(recorded_requests(record.spec, settings.limit_defaults, capacity))
         else:

@@ -112,7 +112,7 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
         docker.version()  # reachable now, or retry start-up
         docker.ensure_network(settings.instance_network, settings.instance_subnet)
         inventory.list_gpus()
-        store = TimedRevisionStore(open_revision_store(settings.store_url))
+        store = TimedRevisionStore(open_revision_store(settings.store_url, settings.node_name))
     except BaseException:
         docker.close()
         raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -33,6 +34,10 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=os.environ.get("GPUDOCK_STORE", ""),
                         help="the agent's revision store (default: its SQLite file "
                         "under --state-dir)")
+    parser.add_argument("--node-name", default=os.environ.get("GPUDOCK_NODE_NAME")
+                        or socket.gethostname(),
+                        help="the node whose records an etcd --store holds (default: "
+                        "$GPUDOCK_NODE_NAME or the host name, as the agent's)")
     parser.add_argument("--state-dir", default=os.environ.get("GPUDOCK_STATE_DIR",
                                                               "/var/lib/gpudock"),
                         help="the agent's state directory (default /var/lib/gpudock)")
@@ -63,7 +68,8 @@ def _open(args: argparse.Namespace) -> tuple[KubeApi, str, RevisionStore, Docker
             "or --store); from anywhere, kubectl gpudock history --retained NAME lists "
             "what the live resource of the name reports")
     store_url = args.store or f"sqlite:{sqlite}"
-    return (kube, args.namespace or kube.default_namespace, open_revision_store(store_url),
+    return (kube, args.namespace or kube.default_namespace,
+            open_revision_store(store_url, args.node_name),
             DockerRuntime(args.docker_host))
 
 
