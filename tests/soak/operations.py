@@ -15,10 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tests.soak import requests, volumes
 from tests.soak.figures import Figures
-from tests.soak.world import GPUS_PER_NODE, Body, World, settled
+from tests.soak.world import GPUS_PER_NODE, Body, World, settled, why_not_ready
 from tests.stack.localstack import BUSYBOX_IMAGE, CUDA_LIKE_IMAGE
 
 HISTORY_LIMIT = 3    # spec.revisionHistoryLimit of every soak instance
@@ -27,6 +28,7 @@ KINDS = ("create", "delete", "gpu_count", "env", "ports", "image", "stop_start",
          "exec_write", "commit", "migrate", "volume_create", "volume_resize", "volume_delete")
 WEIGHTS = (3, 1, 3, 2, 1, 1, 2, 2, 4, 1, 2, 1, 3, 1)
 IMAGES = (BUSYBOX_IMAGE, CUDA_LIKE_IMAGE)   # both on every node's dockerd
+T = TypeVar("T")
 
 
 @dataclass
@@ -54,6 +56,7 @@ class Operations:
         self.volumes: dict[str, volumes.Volume] = {}
         self.created = 0
         self.names: set[str] = set()   # of every instance and volume made (leak checks)
+        self.touched: list[str] = []   # what the operation under way acts on (its log line)
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> None:
@@ -63,6 +66,7 @@ class Operations:
             if stop.is_set():
                 return
             kind = self._pick()
+            self.touched = []
             try:
                 outcome = ELSEWHERE[kind](self) if kind in ELSEWHERE else \
                     getattr(self, f"_{kind}")()
@@ -70,7 +74,8 @@ class Operations:
                 outcome = f"error {type(error).__name__}"
                 print(f"[soak] {kind} raised {error!r}", flush=True)
             self.figures.op(kind, outcome)
-            print(f"[soak] {self.figures.now():7.1f}s op {kind}: {outcome}", flush=True)
+            print(f"[soak] {self.figures.now():7.1f}s op {kind} {','.join(self.touched)}: "
+                  f"{outcome}", flush=True)
             if outcome == "refused":  # most likely the API server is away: wait for it
                 self.world.wait_api(300)
 
@@ -87,7 +92,12 @@ class Operations:
         return kind
 
     def instance(self) -> Instance:
-        return self.instances[self.rng.choice(sorted(self.instances))]
+        return self.touch(self.instances[self.rng.choice(sorted(self.instances))])
+
+    def touch(self, thing: T) -> T:
+        """Name ``thing`` (an Instance or a volume) in the operation's log line."""
+        self.touched.append(str(getattr(thing, "name", thing)))
+        return thing
 
     # ------------------------------------------------------------------ GPU room
     def free(self, node: str, without: str = "") -> int:
@@ -128,7 +138,7 @@ class Operations:
                                  "kind": "GpuReplicaSet", "metadata": {"name": name},
                                  "spec": spec}):
             return None, "refused"
-        self.instances[name] = Instance(name, pinned, gpus, volume=volume)
+        self.instances[name] = self.touch(Instance(name, pinned, gpus, volume=volume))
         return self.instances[name], "ok"
 
     def _delete(self) -> str:
@@ -264,6 +274,8 @@ class Operations:
             self.world.get("gpureplicasets", instance.name)))
         if body is None:
             return "unsettled"
+        if not settled(body):   # Stalled: it says why it cannot get there by itself
+            return f"stalled {why_not_ready(body).split(':')[0]}"
         status = body.get("status") or {}
         instance.node = str(status.get("nodeName") or instance.node)
         instance.revision = int(status.get("revision") or 0)
@@ -323,7 +335,8 @@ class Operations:
 
 
 def _if_settled(body: Body | None) -> Body | None:
-    return body if body is not None and settled(body) else None
+    """The body once settled, or Stalled with a reason (which waiting cannot change)."""
+    return body if body is not None and why_not_ready(body) != "?" else None
 
 
 def _listed_without(items: list[Body] | None, name: str) -> Body | None:

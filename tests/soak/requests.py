@@ -45,7 +45,7 @@ def migrate(ops: Operations) -> str:
     movable = [i for i in ops.instances.values() if i.pinned is None and i.node]
     if not movable:
         return "skipped"
-    instance = ops.rng.choice(sorted(movable, key=lambda i: i.name))
+    instance = ops.touch(ops.rng.choice(sorted(movable, key=lambda i: i.name)))
     targets = [n for n in ops.world.nodes
                if n != instance.node and ops.free(n) >= instance.gpus]
     if not targets:

@@ -63,11 +63,17 @@ def soak(minutes: float, seed: int, nodes: int = 2, *,
 def _same_test_images(first: DockerEngine, other: DockerEngine) -> None:
     """The test images under the same IDs on every node, as a registry's image is:
     each engine imported its own (their IDs differ), so a migration's streamed image
-    moved a tag, and a saved disk over the old ID stopped with ImageChanged."""
+    moved a tag, and a saved disk over the old ID stopped with ImageChanged. Saved by
+    tag (docker-py saves by ID, untagged, unless ``named``: the load then left the
+    other node's tag on its own import), and checked."""
     source, target = first.client(), other.client()
     try:
         for name in (BUSYBOX_IMAGE, CUDA_LIKE_IMAGE):
-            target.images.load(b"".join(source.images.get(name).save()))
+            image = source.images.get(name)
+            target.images.load(b"".join(image.save(named=name)))
+            if target.images.get(name).id != image.id:
+                raise RuntimeError(f"{name} on {other.home.name} is "
+                                   f"{target.images.get(name).id}, not {image.id}")
     finally:
         source.close()
         target.close()

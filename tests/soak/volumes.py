@@ -61,11 +61,11 @@ def pick(ops: Operations, kind: str) -> str:
 def create(ops: Operations) -> str:
     orphans = sorted(n for n, v in ops.volumes.items() if v.user is None)
     if orphans and (len(ops.volumes) >= MAX_VOLUMES or ops.rng.random() < 0.5):
-        volume = ops.volumes[ops.rng.choice(orphans)]
+        volume = ops.touch(ops.volumes[ops.rng.choice(orphans)])
         return _new_user(ops, volume)
     node = ops.rng.choice(ops.world.nodes)
     ops.created += 1
-    volume = Volume(f"soakv-{ops.created}", node, ops.rng.choice(SIZES_MIB))
+    volume = ops.touch(Volume(f"soakv-{ops.created}", node, ops.rng.choice(SIZES_MIB)))
     ops.names.add(volume.name)
     if not ops.world.apply({"apiVersion": "gpudock.dev/v1alpha1", "kind": "SizedVolume",
                             "metadata": {"name": volume.name},
@@ -99,7 +99,7 @@ def write(ops: Operations, instance: Instance, size: int) -> str:
 
 
 def resize(ops: Operations) -> str:
-    volume = ops.volumes[ops.rng.choice(sorted(ops.volumes))]
+    volume = ops.touch(ops.volumes[ops.rng.choice(sorted(ops.volumes))])
     roll = ops.rng.random()
     if roll < 0.25 and volume.written >= BALLAST_MIB * MiB:
         return _shrink_below(ops, volume)
@@ -152,7 +152,7 @@ def _check_user(ops: Operations, volume: Volume, outcome: str) -> str:
 
 
 def delete(ops: Operations) -> str:
-    volume = ops.volumes[ops.rng.choice(sorted(ops.volumes))]
+    volume = ops.touch(ops.volumes[ops.rng.choice(sorted(ops.volumes))])
     if not ops.world.kubectl("delete", "svol", volume.name, "--wait=false"):
         return "refused"
     del ops.volumes[volume.name]
