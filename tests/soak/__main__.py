@@ -25,9 +25,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds the kube-apiserver stays stopped (LOW-HIGH)")
     parser.add_argument("--gap", type=_span, default=(20.0, 60.0),
                         help="seconds between one fault's convergence and the next (LOW-HIGH)")
+    parser.add_argument("--down", type=_span, default=(20.0, 40.0),
+                        help="seconds the revision store's etcd stays stopped, and a state "
+                             "directory full (LOW-HIGH)")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
-    figures = soak(args.minutes, seed, args.nodes, outage=args.outage, gap=args.gap)
+    figures = soak(args.minutes, seed, args.nodes, outage=args.outage, gap=args.gap,
+                   down=args.down)
     return 1 if figures.violations else 0
 
 

@@ -1,4 +1,8 @@
-"""What a soak counts, and the table it prints at the end (docs/reliability.md#soak)."""
+"""What a soak counts, and the table it prints at the end (docs/reliability.md#soak).
+
+Each agent process's RSS and threads are judged by :func:`levels_off`: the largest
+value of the last third of its life against the largest of the middle third (the
+first third is its start-up)."""
 
 from __future__ import annotations
 
@@ -18,6 +22,36 @@ class AgentSample:
     rss_mib: float
     threads: int
     cpu_seconds: float  # user + system of that process so far
+
+
+# An agent process is judged once it lived LEVEL_SECONDS (and was sampled 9 times):
+# it levels off when the last third's peak RSS is within max(8 MiB, 10%) of the middle
+# third's and its threads within 2; it is clearly a leak (a violation) only beyond
+# max(64 MiB, 50%) or 20 threads more.
+LEVEL_SECONDS = 120.0
+LEVEL_MIB, LEVEL_SHARE, LEVEL_THREADS = 8.0, 0.10, 2
+LEAK_MIB, LEAK_SHARE, LEAK_THREADS = 64.0, 0.50, 20
+
+
+def levels_off(samples: list[AgentSample]) -> tuple[str, bool]:
+    """One process's samples (in time order): what the last third's peaks say
+    against the middle third's, and whether that is clearly a leak."""
+    if len(samples) < 9 or samples[-1].at - samples[0].at < LEVEL_SECONDS:
+        return "too short to judge", False
+    first, lived = samples[0].at, samples[-1].at - samples[0].at
+    middle = [s for s in samples if lived / 3 <= s.at - first < 2 * lived / 3]
+    last = [s for s in samples if s.at - first >= 2 * lived / 3]
+    if not middle or not last:
+        return "too short to judge", False
+    rss = (max(s.rss_mib for s in middle), max(s.rss_mib for s in last))
+    threads = (max(s.threads for s in middle), max(s.threads for s in last))
+    grew, more = rss[1] - rss[0], threads[1] - threads[0]
+    text = f"RSS {rss[0]:.0f} -> {rss[1]:.0f} MiB, threads {threads[0]} -> {threads[1]}"
+    if grew > max(LEAK_MIB, LEAK_SHARE * rss[0]) or more > LEAK_THREADS:
+        return f"{text}: grows (a leak)", True
+    if grew > max(LEVEL_MIB, LEVEL_SHARE * rss[0]) or more > LEVEL_THREADS:
+        return f"{text}: still grows", False
+    return f"{text}: levels off", False
 
 
 @dataclass
@@ -100,14 +134,28 @@ class Figures:
             lines += ["", "notes:", *(f"  {n}" for n in self.notes)]
         return lines
 
-    def _agent_lines(self) -> list[str]:
-        """RSS and threads per agent process at a few points of its life, and its CPU."""
-        lines = ["| agent (node, pid) | lived | RSS MiB at 1/4, 1/2, 3/4, end | threads at the "
-                 "same | CPU % of a core |", "|---|---:|---|---|---:|"]
-        by_process: defaultdict[tuple[str, int], list[AgentSample]] = defaultdict(list)
+    def by_process(self) -> list[tuple[tuple[str, int], list[AgentSample]]]:
+        """Each agent process's samples, the earliest process first."""
+        found: defaultdict[tuple[str, int], list[AgentSample]] = defaultdict(list)
         for sample in self.agents:
-            by_process[(sample.node, sample.pid)].append(sample)
-        for (node, pid), samples in sorted(by_process.items(), key=lambda i: i[1][0].at):
+            found[(sample.node, sample.pid)].append(sample)
+        return sorted(found.items(), key=lambda i: i[1][0].at)
+
+    def levelling(self) -> None:
+        """A violation for each agent process whose RSS or threads clearly leak."""
+        with self._lock:
+            judged = [(key, levels_off(samples)) for key, samples in self.by_process()]
+        for (node, pid), (text, leak) in judged:
+            if leak:
+                self.violation(f"agent {node} {pid}: {text}")
+
+    def _agent_lines(self) -> list[str]:
+        """RSS and threads per agent process at a few points of its life, its CPU,
+        and whether they level off (:func:`levels_off`)."""
+        lines = ["| agent (node, pid) | lived | RSS MiB at 1/4, 1/2, 3/4, end | threads at the "
+                 "same | CPU % of a core | peaks, middle third -> last third |",
+                 "|---|---:|---|---|---:|---|"]
+        for (node, pid), samples in self.by_process():
             lived = samples[-1].at - samples[0].at
             points = [samples[min(len(samples) - 1, len(samples) * q // 4)] for q in (1, 2, 3)]
             points.append(samples[-1])
@@ -115,7 +163,8 @@ class Figures:
                 if lived > 0 else 0.0
             lines.append(f"| {node} {pid} | {lived:.0f} s | "
                          f"{', '.join(f'{p.rss_mib:.0f}' for p in points)} | "
-                         f"{', '.join(str(p.threads) for p in points)} | {cpu:.1f} |")
+                         f"{', '.join(str(p.threads) for p in points)} | {cpu:.1f} | "
+                         f"{levels_off(samples)[0]} |")
         return lines
 
 

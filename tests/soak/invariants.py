@@ -9,7 +9,10 @@
   whose dockerd does not answer, or an API server that does not, is not judged, nor
   a resource being deleted: its container is removed before its finalizer).
 
-Also every AGENT_EVERY seconds: each agent's RSS, thread count and CPU time."""
+Also every AGENT_EVERY seconds: each agent's RSS, thread count and CPU time, and the
+image ID each test image's tag names on each node: a tag that moves is noted with the
+moment (not judged; an instance whose saved disk is over the old ID stops with
+ImageChanged, a reason its status gives)."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from pathlib import Path
 
 from tests.soak.figures import AgentSample, Figures
 from tests.soak.world import RESYNC_SECONDS, Running, World, condition
+from tests.stack.localstack import BUSYBOX_IMAGE, CUDA_LIKE_IMAGE
 
 READY_GRACE = RESYNC_SECONDS + 5.0
 AGENT_EVERY = 5.0
@@ -34,6 +38,7 @@ class Sampler:
         self._ready_without: dict[str, float] = {}   # "name/uid" -> first seen
         self._reported: set[str] = set()             # one violation per episode
         self._last_agents = 0.0
+        self._tags: dict[tuple[str, str], str] = {}   # (node, test image) -> image ID
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(1.0):
@@ -55,6 +60,7 @@ class Sampler:
         if time.monotonic() - self._last_agents >= AGENT_EVERY:
             self._last_agents = time.monotonic()
             self._sample_agents()
+            self._watch_tags()
 
     def _check_holders(self, running: dict[str, list[Running]]) -> None:
         gpus: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
@@ -106,6 +112,21 @@ class Sampler:
             self.figures.violation(text)
         elif not bad:
             self._reported.discard(key)
+
+    def _watch_tags(self) -> None:
+        for node in self.world.nodes:
+            for image in (BUSYBOX_IMAGE, CUDA_LIKE_IMAGE):
+                try:
+                    with self.world.client(node) as client:
+                        now = str(client.images.get(image).id)
+                except Exception:  # its dockerd is restarting, or the tag is gone
+                    now = "none"
+                before = self._tags.setdefault((node, image), now)
+                if now != before and "none" not in (now, before):
+                    self.figures.note(f"at {self.figures.now():.0f} s the tag {image} on "
+                                      f"{node} moved from {before[7:19]} to {now[7:19]}")
+                if now != "none":
+                    self._tags[(node, image)] = now
 
     def _sample_agents(self) -> None:
         for node, agent in list(self.world.fleet.agents.items()):

@@ -2,10 +2,14 @@
 last delete: anything there after and not before is a leak. Per node: Docker
 containers, images and volumes, the agent's saved layers and staging directories
 (``*.gpudock-incoming``) under ``<Docker root>/gpudock``, staging directories in its
-state dir; on the machine: mounts and loop devices under the stack's directory.
+state dir, what its volume backend keeps under its volume root (loopfile: image,
+undo and size files, mount points; btrfs: subvolumes, their qgroups and the files
+noting their IDs); on the machine: mounts and loop devices under the stack's
+directory. After the deletes, no revision record (of an instance or a volume) of any
+name the soak used may be left in any node's store (every instance is ``Purge``).
 Before the deletes, no instance may keep more revision records than its history
 limit allows, nor a saved layer that none of its records names (read from the
-agent's SQLite store)."""
+node's store: SQLite in its state dir, or etcd)."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from gpudock.adapters.sqlite_revisions import SqliteRevisionStore
+from gpudock.adapters.revision_store import open_revision_store
 from gpudock.core.revision import layers_named
 from tests.soak.world import World
 from tests.stack.localstack import BUSYBOX_IMAGE, CUDA_LIKE_IMAGE
@@ -48,6 +52,7 @@ def snapshot(world: World) -> Snapshot:
                    if len(Path(p).parts) > 1}   # layers/ itself is made once, kept
         state = world.fleet.agents[node].state_dir
         things |= {f"staging {node}/{p}" for p in _tree(state, depth=8) if STAGING in p}
+        things |= _volume_things(world, node)
     base = str(world.stack.base_dir)
     with open("/proc/self/mounts") as mounts:
         things |= {f"mount {line.split()[1]}" for line in mounts
@@ -58,6 +63,44 @@ def snapshot(world: World) -> Snapshot:
         if str(device.get("back-file") or "").startswith(base):
             things.add(f"loop {device['name']} {device['back-file']}")
     return Snapshot(frozenset(things), frozenset(test_images))
+
+
+def _volume_things(world: World, node: str) -> set[str]:
+    setup = world.setups[node]
+    root = setup.volume_root
+    # loopfile: images/<id>.ext4, mounts/<id>, ... (not images/, mounts/ themselves);
+    # btrfs: the subvolumes' directories, .gpudock-qgroups/<id> (not that directory)
+    things = {f"volume-file {node}/{p}" for p in _tree(root, depth=2)
+              if len(Path(p).parts) > 1 or (setup.backend == "btrfs" and
+                                            p != ".gpudock-qgroups")}
+    if setup.backend == "btrfs":
+        listing = subprocess.run(["btrfs", "subvolume", "list", str(root)],
+                                 capture_output=True, text=True, check=False).stdout
+        things |= {f"subvolume {node}/{line.split()[-1]}" for line in listing.splitlines()
+                   if line.strip()}
+        qgroups = subprocess.run(["btrfs", "qgroup", "show", "--raw", str(root)],
+                                 capture_output=True, text=True, check=False).stdout
+        things |= {f"qgroup {node}/{line.split()[0]}" for line in qgroups.splitlines()
+                   if line.split() and line.split()[0].startswith("0/")
+                   and line.split()[0] != "0/5"}
+    return things
+
+
+def records_left(world: World, names: set[str]) -> list[str]:
+    """The revision records of ``names`` (instances and volumes, all deleted by
+    now) still in some node's store."""
+    left = []
+    for url in sorted({setup.store for setup in world.setups.values()}):
+        store = open_revision_store(url)
+        try:
+            for name in sorted(names):
+                records = [r.revision for r in store.list(world.namespace, name)]
+                volumes = [r.revision for r in store.list_volume(world.namespace, name)]
+                if records or volumes:
+                    left.append(f"revision records of {name} in {url}: {records or volumes}")
+        finally:
+            store.close()
+    return left
 
 
 def leaked(before: Snapshot, after: Snapshot) -> list[str]:
@@ -74,7 +117,7 @@ def history_problems(world: World, node: str, name: str, uid: str,
     """What the history of resource ``uid`` on ``node`` keeps beyond its limit: more
     records than the limit, the current revision and one on its way allow; saved
     layers (or staging copies) that no record names, which nothing would remove."""
-    store = SqliteRevisionStore(world.fleet.agents[node].state_dir / "revisions.sqlite3")
+    store = open_revision_store(world.setups[node].store)
     try:
         records = [r for r in store.list(world.namespace, name) if r.uid == uid]
     finally:

@@ -15,8 +15,9 @@ from tests.soak import leaks
 from tests.soak.faults import Faults
 from tests.soak.figures import Figures
 from tests.soak.invariants import Sampler
+from tests.soak.nodes import StoreEtcd, node_setups
 from tests.soak.operations import HISTORY_LIMIT, Operations
-from tests.soak.world import Body, World, settled, why_not_ready
+from tests.soak.world import GROUP, Body, World, settled, volume_settled, why_not_ready
 from tests.stack.docker_engine import DockerEngine
 from tests.stack.localstack import BUSYBOX_IMAGE, CUDA_LIKE_IMAGE, LocalStack, wait_for
 
@@ -26,11 +27,11 @@ END_BOUND = 600.0   # seconds for every resource to converge once the faults sto
 
 def soak(minutes: float, seed: int, nodes: int = 2, *,
          outage: tuple[float, float] = (30, 60), gap: tuple[float, float] = (20, 60),
-         ) -> Figures:
+         down: tuple[float, float] = (20, 40)) -> Figures:
     """Run a soak; the figures say whether it held (``figures.violations``)."""
     print(f"[soak] seed {seed} (replay: python -m tests.soak --seed {seed} "
           f"--minutes {minutes:g} --nodes {nodes} --outage {outage[0]:g}-{outage[1]:g} "
-          f"--gap {gap[0]:g}-{gap[1]:g})", flush=True)
+          f"--gap {gap[0]:g}-{gap[1]:g} --down {down[0]:g}-{down[1]:g})", flush=True)
     figures = Figures(seed, nodes, minutes)
     figures.setup_started = time.monotonic()
     with LocalStack() as stack:
@@ -39,16 +40,22 @@ def soak(minutes: float, seed: int, nodes: int = 2, *,
         fleet = Fleet(stack, NAMESPACE, {f"soak-{chr(ord('a') + i)}": engine
                                          for i, engine in enumerate(stack.engines)})
         stack.kubectl("create", "namespace", NAMESPACE)
-        world = World(stack, fleet)
-        try:
-            for node in fleet.nodes:
-                world.start_agent(node)
-            wait_for(lambda: len((world.api_get("/apis/gpudock.dev/v1alpha1/gpunodes")
-                                  or {}).get("items") or ()) == nodes, 60, what="every GpuNode")
-            _run(world, figures, minutes, seed, outage, gap)
-        finally:
-            for agent in fleet.agents.values():
-                agent.stop()
+        store_etcd = StoreEtcd(stack).start()
+        print(f"[soak] stack {stack.base_dir}", flush=True)
+        with node_setups(stack, fleet.nodes, store_etcd) as setups:
+            world = World(stack, fleet, setups, store_etcd)
+            for setup in setups.values():
+                print(f"[soak] {setup.node}: store {setup.store}, {setup.backend} volumes "
+                      f"under {setup.volume_root}", flush=True)
+            try:
+                for node in fleet.nodes:
+                    world.start_agent(node)
+                wait_for(lambda: len((world.api_get(f"{GROUP}/gpunodes") or {}).get("items")
+                                     or ()) == nodes, 60, what="every GpuNode")
+                _run(world, figures, minutes, seed, outage, gap, down)
+            finally:
+                for agent in fleet.agents.values():
+                    agent.stop()
     print(figures.report(), flush=True)
     return figures
 
@@ -56,24 +63,31 @@ def soak(minutes: float, seed: int, nodes: int = 2, *,
 def _same_test_images(first: DockerEngine, other: DockerEngine) -> None:
     """The test images under the same IDs on every node, as a registry's image is:
     each engine imported its own (their IDs differ), so a migration's streamed image
-    moved a tag, and a saved disk over the old ID stopped with ImageChanged."""
+    moved a tag, and a saved disk over the old ID stopped with ImageChanged. Saved by
+    tag (docker-py saves by ID, untagged, unless ``named``: the load then left the
+    other node's tag on its own import), and checked."""
     source, target = first.client(), other.client()
     try:
         for name in (BUSYBOX_IMAGE, CUDA_LIKE_IMAGE):
-            target.images.load(b"".join(source.images.get(name).save()))
+            image = source.images.get(name)
+            target.images.load(b"".join(image.save(named=name)))
+            if target.images.get(name).id != image.id:
+                raise RuntimeError(f"{name} on {other.home.name} is "
+                                   f"{target.images.get(name).id}, not {image.id}")
     finally:
         source.close()
         target.close()
 
 
 def _run(world: World, figures: Figures, minutes: float, seed: int,
-         outage: tuple[float, float], gap: tuple[float, float]) -> None:
+         outage: tuple[float, float], gap: tuple[float, float],
+         down: tuple[float, float]) -> None:
     before = leaks.snapshot(world)
     figures.started = time.monotonic()  # the soak's clock starts with its first op
     hold, stop_users, stop_sampler = threading.Event(), threading.Event(), threading.Event()
     operations = Operations(world, figures, random.Random(seed), hold)
     faults = Faults(world, figures, random.Random(f"faults-{seed}"), hold, gap=gap,
-                    outage=outage)
+                    outage=outage, down=down)
     sampler = Sampler(world, figures)
     threads = [_thread("sampler", sampler.run, stop_sampler, figures),
                _thread("operations", operations.run, stop_users, figures),
@@ -96,6 +110,9 @@ def _run(world: World, figures: Figures, minutes: float, seed: int,
     figures.note(f"the sampler looked {sampler.samples} times")
     for thing in leaks.leaked(before, leaks.snapshot(world)):
         figures.violation(f"leaked: {thing}")
+    for left in leaks.records_left(world, operations.names):
+        figures.violation(f"leaked: {left}")
+    figures.levelling()
 
 
 def _thread(name: str, target: Callable[[threading.Event], None], stop: threading.Event,
@@ -129,6 +146,10 @@ def _converge(world: World, figures: Figures) -> None:
         if body["metadata"]["name"] in (world.unsettled() or ()):
             figures.violation(f"not converged {END_BOUND:.0f} s after the faults stopped: "
                               f"{body['metadata']['name']} {body.get('status')}")
+    for body in world.items("sizedvolumes") or []:
+        if not volume_settled(body):
+            figures.violation(f"not converged {END_BOUND:.0f} s after the faults stopped: "
+                              f"svol/{body['metadata']['name']} {body.get('status')}")
 
 
 def _history_limits(world: World, figures: Figures) -> None:
@@ -143,10 +164,11 @@ def _history_limits(world: World, figures: Figures) -> None:
 
 
 def _delete_all(world: World, figures: Figures) -> None:
-    for kind in ("grs", "execrequests", "gpumigrations"):
+    for kind in ("grs", "svol", "execrequests", "gpumigrations"):
         world.kubectl("delete", kind, "--all", "--wait=false")
     try:
-        wait_for(lambda: world.items("gpureplicasets") == [], 300, 1,
-                 what="every GpuReplicaSet deleted")
+        wait_for(lambda: world.items("gpureplicasets") == [] and
+                 world.items("sizedvolumes") == [], 300, 1,
+                 what="every GpuReplicaSet and SizedVolume deleted")
     except TimeoutError as error:
         figures.violation(str(error))

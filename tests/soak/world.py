@@ -1,6 +1,7 @@
 """What the soak acts on and looks at: the stack, a fleet of K nodes (each an agent
-with simulated GPUs and a dockerd of its own), cheap reads of the API server, and
-each node's running gpudock containers."""
+with simulated GPUs, a dockerd, a state filesystem, a revision store and a volume
+backend: tests/soak/nodes.py), cheap reads of the API server, and each node's
+running gpudock containers."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import docker.models.containers
 
 from tests.integration.fleet import Fleet
+from tests.soak.nodes import NodeSetup, StoreEtcd
 from tests.stack.localstack import ADMIN_TOKEN, LocalStack, wait_for
 from tests.stack.resources import GRS_LABEL
 
@@ -38,9 +40,12 @@ class Running:
 
 
 class World:
-    def __init__(self, stack: LocalStack, fleet: Fleet) -> None:
+    def __init__(self, stack: LocalStack, fleet: Fleet, setups: dict[str, NodeSetup],
+                 store_etcd: StoreEtcd) -> None:
         self.stack = stack
         self.fleet = fleet
+        self.setups = setups
+        self.store_etcd = store_etcd
         self.namespace = fleet.namespace
         self._context = ssl.create_default_context()
         self._context.check_hostname = False
@@ -55,8 +60,8 @@ class World:
 
     def start_agent(self, node: str) -> None:
         """The node's agent (again, after a kill: the same state dir and store)."""
-        self.fleet.start_agent(node, GPUS_PER_NODE,
-                               extra_args=["--resync-seconds", str(RESYNC_SECONDS)])
+        self.fleet.start_agent(node, GPUS_PER_NODE, extra_args=[
+            "--resync-seconds", str(RESYNC_SECONDS), *self.setups[node].agent_args()])
 
     # ------------------------------------------------------------------ API reads
     def api_get(self, path: str) -> Body | None:
@@ -142,9 +147,12 @@ class World:
     def unsettled(self) -> list[str] | None:
         """The GpuReplicaSets not settled (see :func:`settled`) nor Stalled with a
         reason (:func:`why_not_ready`), a Ready one counted only while its container
-        runs on its node as Docker says; None while the API server does not answer."""
+        runs on its node as Docker says, and the SizedVolumes not settled
+        (:func:`volume_settled`, as ``svol/NAME``); None while the API server does
+        not answer."""
         items = self.items("gpureplicasets")
-        if items is None:
+        volumes = self.items("sizedvolumes")
+        if items is None or volumes is None:
             return None
         running: dict[str, set[str]] = {}
         for node in self.nodes:
@@ -154,7 +162,16 @@ class World:
                 running[node] = set()
         return [body["metadata"]["name"] for body in items if why_not_ready(body) == "?" or (
             condition(body, "Ready").get("status") == "True" and body["metadata"]["name"]
-            not in running.get(str((body.get("status") or {}).get("nodeName")), set()))]
+            not in running.get(str((body.get("status") or {}).get("nodeName")), set()))] + [
+            f"svol/{body['metadata']['name']}" for body in volumes
+            if not volume_settled(body)]
+
+    def describe(self, names: list[str]) -> str:
+        """The status conditions of the resources :meth:`unsettled` named."""
+        bodies = [(b["metadata"]["name"], b) for b in self.items("gpureplicasets") or []] + \
+            [(f"svol/{b['metadata']['name']}", b) for b in self.items("sizedvolumes") or []]
+        return ", ".join(f"{name} {(body.get('status') or {}).get('conditions')}"
+                         for name, body in bodies if name in names)
 
     def exec_in(self, node: str, name: str, argv: list[str]) -> tuple[int, str] | None:
         """Run ``argv`` in the running container of instance ``name`` on ``node`` (its
@@ -192,6 +209,18 @@ def settled(body: Body) -> bool:
         return True
     return bool(ready.get("reason")) and status.get("phase") in ("Stopped", "Paused") \
         and (body.get("spec") or {}).get("state") in ("Stopped", "Paused")
+
+
+def volume_settled(body: Body) -> bool:
+    """A SizedVolume the agent is done with: its latest generation handled, Ready and
+    not Progressing (a refused resize is Ready, Degraded with its reason: settled); one
+    being deleted is left to the deletes' own wait."""
+    if body["metadata"].get("deletionTimestamp"):
+        return True
+    status = body.get("status") or {}
+    return status.get("observedGeneration") == body["metadata"].get("generation") and \
+        condition(body, "Ready").get("status") == "True" and \
+        condition(body, "Progressing").get("status") != "True"
 
 
 def why_not_ready(body: Body) -> str:

@@ -1,0 +1,97 @@
+"""The chaos soak's own judgements (tests/soak, docs/reliability.md#soak), without a
+stack: whether an agent's RSS and threads level off, when a SizedVolume counts as
+settled, which volume operation is done instead of one that cannot be."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+from typing import Any, cast
+
+from tests.soak import volumes
+from tests.soak.figures import AgentSample, Figures, levels_off
+from tests.soak.operations import Operations
+from tests.soak.world import volume_settled
+
+
+def _life(rss: list[float], threads: list[int] | None = None,
+          every: float = 5.0) -> list[AgentSample]:
+    counts = threads or [10] * len(rss)
+    return [AgentSample(i * every, "a", 1, value, counts[i], float(i))
+            for i, value in enumerate(rss)]
+
+
+def test_an_agent_whose_peaks_stay_put_levels_off() -> None:
+    # Start-up in the first third, then flat with noise.
+    rss = [80, 95, 100, 104, 105, 106, 104, 106, 105, 107, 106, 105, 106, 107, 106,
+           105, 106, 107, 106, 105, 107, 106, 105, 106, 107.0]
+    text, leak = levels_off(_life(rss))
+    assert text.endswith("levels off"), text
+    assert not leak
+
+
+def test_an_agent_that_keeps_growing_is_said_to_grow_and_only_a_big_growth_is_a_leak() -> None:
+    growing = [100 + 2.0 * i for i in range(30)]        # +2 MiB per 5 s: +20 a third
+    assert levels_off(_life(growing))[1:] == (False,)
+    assert "still grows" in levels_off(_life(growing))[0]
+    leaking = [100.0] * 20 + [180.0] * 10               # +80 MiB in the last third
+    assert levels_off(_life(leaking)) == (
+        "RSS 100 -> 180 MiB, threads 10 -> 10: grows (a leak)", True)
+    threads = [10 + 3 * i for i in range(30)]           # 3 threads more every 5 s
+    assert levels_off(_life([100.0] * 30, threads)) == (
+        "RSS 100 -> 100 MiB, threads 67 -> 97: grows (a leak)", True)
+
+
+def test_a_short_life_is_not_judged() -> None:
+    assert levels_off(_life([100.0] * 8)) == ("too short to judge", False)
+    assert levels_off(_life([100.0 + 50 * i for i in range(20)], every=5.0))[1] is False
+
+
+def test_only_a_clear_leak_is_a_violation() -> None:
+    figures = Figures(1, 2, 5)
+    for i in range(30):
+        figures.agents.append(AgentSample(i * 5.0, "a", 1, 100.0 if i < 20 else 180.0, 10,
+                                          0.0))
+        figures.agents.append(AgentSample(i * 5.0, "b", 2, 100.0, 10, 0.0))
+    figures.levelling()
+    assert len(figures.violations) == 1
+    assert "agent a 1" in figures.violations[0]
+    assert "levels off" in figures.report()
+
+
+def _volume(generation: int, observed: int, ready: str, progressing: str = "False",
+            degraded: str = "False", deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": "v", "generation": generation}
+    if deleting:
+        meta["deletionTimestamp"] = "now"
+    return {"metadata": meta, "status": {"observedGeneration": observed, "conditions": [
+        {"type": "Ready", "status": ready}, {"type": "Progressing", "status": progressing},
+        {"type": "Degraded", "status": degraded, "reason": "ShrinkBelowUsage"}]}}
+
+
+def test_a_volume_is_settled_when_ready_for_its_latest_generation() -> None:
+    assert volume_settled(_volume(2, 2, "True"))
+    assert volume_settled(_volume(3, 3, "True", degraded="True"))  # a refused shrink
+    assert not volume_settled(_volume(3, 2, "True"))                # not seen yet
+    assert not volume_settled(_volume(3, 3, "False", progressing="True"))  # resizing
+    assert not volume_settled(_volume(3, 3, "False"))               # Failed
+    assert volume_settled(_volume(3, 3, "False", deleting=True))    # the deletes wait
+
+
+def _ops(instances: int, volume_users: list[str | None]) -> Operations:
+    found = {f"soakv-{i}": volumes.Volume(f"soakv-{i}", "a", 64, user)
+             for i, user in enumerate(volume_users)}
+    return cast(Operations, SimpleNamespace(
+        instances={f"soak-{i}": object() for i in range(instances)}, max_instances=5,
+        volumes=found, rng=random.Random(1)))
+
+
+def test_a_volume_operation_that_cannot_be_done_gives_way() -> None:
+    assert volumes.pick(_ops(1, []), "volume_resize") == "volume_create"
+    assert volumes.pick(_ops(5, []), "volume_delete") == "exec_write"
+    assert volumes.pick(_ops(5, []), "volume_create") == "delete"
+    assert volumes.pick(_ops(5, ["soak-1"]), "volume_create") == "volume_resize"
+    assert volumes.pick(_ops(3, ["soak-1", "soak-2"]), "volume_create") == "volume_resize"
+    # Another user for a volume that lost its own is always welcome while there is room.
+    assert volumes.pick(_ops(3, ["soak-1", None]), "volume_create") == "volume_create"
+    assert volumes.pick(_ops(3, ["soak-1"]), "volume_delete") == "volume_delete"
