@@ -135,7 +135,8 @@ def test_27_records_written_before_the_node_layout_are_read_and_deleted(
         node.delete("team-a", "box", 1)  # a prune
         assert [r.revision for r in node.list("team-a", "box")] == [2, 3]
         node.delete_all("team-a", "box")
-        assert node.list("team-a", "box") == [] and before.list("team-a", "box") == []
+        assert node.list("team-a", "box") == []
+        assert before.list("team-a", "box") == []
     finally:
         before.close()
         node.close()

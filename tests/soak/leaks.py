@@ -90,14 +90,16 @@ def records_left(world: World, names: set[str]) -> list[str]:
     """The revision records of ``names`` (instances and volumes, all deleted by
     now) still in some node's store."""
     left = []
-    for url in sorted({setup.store for setup in world.setups.values()}):
-        store = open_revision_store(url)
+    for node, setup in sorted(world.setups.items()):
+        url = setup.store
+        store = open_revision_store(url, node)  # an etcd store: that node's records
         try:
             for name in sorted(names):
                 records = [r.revision for r in store.list(world.namespace, name)]
                 volumes = [r.revision for r in store.list_volume(world.namespace, name)]
                 if records or volumes:
-                    left.append(f"revision records of {name} in {url}: {records or volumes}")
+                    left.append(f"revision records of {name} in {url} ({node}): "
+                                f"{records or volumes}")
         finally:
             store.close()
     return left
@@ -117,7 +119,7 @@ def history_problems(world: World, node: str, name: str, uid: str,
     """What the history of resource ``uid`` on ``node`` keeps beyond its limit: more
     records than the limit, the current revision and one on its way allow; saved
     layers (or staging copies) that no record names, which nothing would remove."""
-    store = open_revision_store(world.setups[node].store)
+    store = open_revision_store(world.setups[node].store, node)
     try:
         records = [r for r in store.list(world.namespace, name) if r.uid == uid]
     finally:

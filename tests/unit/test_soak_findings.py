@@ -18,6 +18,7 @@ from gpudock.adapters import container_events
 from gpudock.adapters.docker.errors import HostPortBusyError, StaleTaskError
 from gpudock.agent import migration_receiver
 from gpudock.agent.handlers import node as node_handlers
+from gpudock.core.observed import ImageInfo
 from gpudock.core.revision import Revision, layer_let_go
 from gpudock.scheduler import kopf_login
 from tests.unit.fakes.node import Node
@@ -233,3 +234,17 @@ def test_a_migration_whose_records_the_target_could_not_keep_leaves_no_empty_lay
     migration_receiver.drop_received([*received, kept])
     assert not (home / "uid-1").exists()
     assert [p.name for p in (home / "uid-2").iterdir()] == ["rev-2"]
+
+
+def test_a_migration_never_moves_a_tag_that_names_another_image_on_its_target() -> None:
+    """The soak (seed 2027, 06:10): within 4 s of a migration into node a, its test
+    tags named node b's image IDs, and an instance of node a whose saved disk was over
+    the old image stopped with ImageChanged. The target now refuses such a load
+    before the source stops."""
+    here = {"img:1": ImageInfo(id="sha256:" + "a" * 64),
+            "other:2": ImageInfo(id="sha256:" + "c" * 64)}
+    wanted = [{"image": "img:1", "id": "sha256:" + "b" * 64},      # the tag names a here
+              {"image": "other:2", "id": "sha256:" + "c" * 64},    # the same image
+              {"image": "new:3", "id": "sha256:" + "d" * 64}]      # not here: loaded
+    moved = migration_receiver.tags_it_would_move(wanted, here.get)
+    assert moved == [f"img:1 names sha256:{'a' * 12}, not sha256:{'b' * 12}"]

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from gpudock.api import gpu_migration, gpu_replica_set, ownership
 from gpudock.api.container_fields import Protocol
 from gpudock.api.reasons import Reason
 from gpudock.core import labels
-from gpudock.core.observed import ResourceKey
+from gpudock.core.observed import ImageInfo, ResourceKey
 from gpudock.core.revision import Revision
 from gpudock.crash_points import CrashPoints
 from gpudock.errors import GpudockError, UserError
@@ -174,6 +174,12 @@ class MigrationReceiver:
                  name: str, uid: str, home: Path, received: list[Path]) -> None:
         missing = [i for i in prepare.get("images") or ()
                    if not self._has_image(str(i["image"]), str(i["id"]))]
+        moved = tags_it_would_move(missing, self._agent.docker.image_info)
+        if moved:
+            raise _RefusalError(Reason.NOT_MIGRATABLE, (
+                f"on node {self._agent.settings.node_name} {'; '.join(moved)}: loading the "
+                "instance's image would move the tag from under what runs here (nothing "
+                "was changed; make the tag name the same image on both nodes)"))
         channel.send({"op": "prepared", "needImages": missing})
         passes: dict[str, tree_stream.Digests] = {}  # a pre pass's digests, by tree
         while True:
@@ -321,6 +327,20 @@ class MigrationReceiver:
                 remove_tree(path, ignore_errors=True)
             with contextlib.suppress(OSError):
                 (home / uid).rmdir()
+
+
+def tags_it_would_move(images: list[Any],
+                       lookup: Callable[[str], ImageInfo | None]) -> list[str]:
+    """Of the images a migration would load here (``image``, ``id``), those whose tag
+    names another image on this node: a load would move the tag, and every instance
+    here whose saved disk is over the old image would stop with ImageChanged (the
+    soak found it with the nodes' test images imported apart)."""
+    moved = []
+    for wanted in images:
+        here = lookup(str(wanted["image"]))
+        if here is not None and here.id != str(wanted["id"]):
+            moved.append(f"{wanted['image']} names {here.id[:19]}, not {str(wanted['id'])[:19]}")
+    return moved
 
 
 def drop_received(received: list[Path]) -> None:
