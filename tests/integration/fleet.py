@@ -87,10 +87,11 @@ def running_fleet(stack: LocalStack, namespace: str, gpus: int = 8) -> Iterator[
         for agent in fleet.agents.values():
             agent.stop()
         for node in fleet.nodes:
-            for container in fleet.containers(node):
-                container.remove(force=True)
             client = fleet.engines[node].client()
             try:
+                for container in client.containers.list(all=True, ignore_removed=True, filters={
+                        "label": [GRS_LABEL, f"gpudock.dev/namespace={fleet.namespace}"]}):
+                    container.remove(force=True)  # (on an open client: no stray socket)
                 client.networks.prune()  # an instance network a test made
             finally:
                 client.close()

@@ -18,8 +18,7 @@ from tests.soak.invariants import Sampler
 from tests.soak.nodes import StoreEtcd, node_setups
 from tests.soak.operations import HISTORY_LIMIT, Operations
 from tests.soak.world import GROUP, Body, World, settled, volume_settled, why_not_ready
-from tests.stack.docker_engine import DockerEngine
-from tests.stack.localstack import BUSYBOX_IMAGE, CUDA_LIKE_IMAGE, LocalStack, wait_for
+from tests.stack.localstack import LocalStack, wait_for
 
 NAMESPACE = "soak"
 END_BOUND = 600.0   # seconds for every resource to converge once the faults stopped
@@ -36,7 +35,7 @@ def soak(minutes: float, seed: int, nodes: int = 2, *,
     figures.setup_started = time.monotonic()
     with LocalStack() as stack:
         for index in range(1, nodes):
-            _same_test_images(stack.engine, stack.add_engine(f"node-{index}"))
+            stack.add_engine(f"node-{index}")  # with the first's test images
         fleet = Fleet(stack, NAMESPACE, {f"soak-{chr(ord('a') + i)}": engine
                                          for i, engine in enumerate(stack.engines)})
         stack.kubectl("create", "namespace", NAMESPACE)
@@ -58,25 +57,6 @@ def soak(minutes: float, seed: int, nodes: int = 2, *,
                     agent.stop()
     print(figures.report(), flush=True)
     return figures
-
-
-def _same_test_images(first: DockerEngine, other: DockerEngine) -> None:
-    """The test images under the same IDs on every node, as a registry's image is:
-    each engine imported its own (their IDs differ), so a migration's streamed image
-    moved a tag, and a saved disk over the old ID stopped with ImageChanged. Saved by
-    tag (docker-py saves by ID, untagged, unless ``named``: the load then left the
-    other node's tag on its own import), and checked."""
-    source, target = first.client(), other.client()
-    try:
-        for name in (BUSYBOX_IMAGE, CUDA_LIKE_IMAGE):
-            image = source.images.get(name)
-            target.images.load(b"".join(image.save(named=name)))
-            if target.images.get(name).id != image.id:
-                raise RuntimeError(f"{name} on {other.home.name} is "
-                                   f"{target.images.get(name).id}, not {image.id}")
-    finally:
-        source.close()
-        target.close()
 
 
 def _run(world: World, figures: Figures, minutes: float, seed: int,

@@ -124,10 +124,12 @@ class DockerEngine:
         if self.process is not None and self.process.alive():
             with contextlib.suppress(Exception):
                 client = self.client()
-                for container in client.containers.list(all=True):
-                    container.remove(force=True)
-                client.networks.prune()  # their bridges would outlive dockerd
-                client.close()
+                try:
+                    for container in client.containers.list(all=True):
+                        container.remove(force=True)
+                    client.networks.prune()  # their bridges would outlive dockerd
+                finally:
+                    client.close()
         if self.process is not None:
             self.process.stop()
         if self._bridge_created:
@@ -187,6 +189,21 @@ class DockerEngine:
                        check=True, capture_output=True)
         if self._kubelet_runtime:  # the agent's pod mounts it with HostToContainer
             subprocess.run(["mount", "--make-shared", str(self.root)], check=True)
+
+    def take_test_images_from(self, other: DockerEngine) -> None:
+        """The test images of ``other`` loaded here under their tags (saved by tag:
+        docker-py saves by ID, untagged, unless ``named``), checked."""
+        source, target = other.client(), self.client()
+        try:
+            for name in (BUSYBOX_IMAGE, CUDA_LIKE_IMAGE):
+                image = source.images.get(name)
+                target.images.load(b"".join(image.save(named=name)))
+                if target.images.get(name).id != image.id:
+                    raise RuntimeError(f"{name} on {self.home.name} is "
+                                       f"{target.images.get(name).id}, not {image.id}")
+        finally:
+            source.close()
+            target.close()
 
     def _import_test_images(self) -> None:
         tarball = self.home / "busybox-rootfs.tar"

@@ -104,7 +104,12 @@ class LocalStack:
                               self.spawn, self._subnets, process_name=f"dockerd-{name}",
                               root_fs=self.engine.root_fs)
         self.engines.append(engine)
-        return engine.start()
+        engine.start()
+        # The test images under the first engine's IDs, as a registry's image would be
+        # on every node (each engine's own import has IDs of its own; a migration
+        # refuses to move a tag that names another image on its target).
+        engine.take_test_images_from(self.engine)
+        return engine
 
     @property
     def etcd_url(self) -> str:
