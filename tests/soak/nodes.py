@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -103,8 +101,10 @@ def node_setups(stack: LocalStack, nodes: list[str], etcd: StoreEtcd,
         setups = {}
         for index, node in enumerate(nodes):
             state = stack.base_dir / f"agent-{node}-state"   # AgentProcess's state dir
-            mounted.enter_context(small_ext4(stack.base_dir / f"state-{node}.img", state,
-                                             STATE_FS_MIB))
+            # -m 0: root, which the agent is, gets no more room than anyone
+            mounted.enter_context(filesystems.loop_mounted_at(
+                stack.base_dir / f"state-{node}.img", state,
+                ["mkfs.ext4", "-q", "-m", "0"], f"{STATE_FS_MIB}M"))
             if index % 2 == 0:
                 root = stack.base_dir / f"volumes-{node}"
                 setups[node] = NodeSetup(node, etcd.store_url(), "loopfile", root, state)
@@ -113,32 +113,6 @@ def node_setups(stack: LocalStack, nodes: list[str], etcd: StoreEtcd,
                 setups[node] = NodeSetup(node, f"sqlite:{state / 'revisions.sqlite3'}",
                                          "btrfs", root, state)
         yield setups
-
-
-@contextlib.contextmanager
-def small_ext4(image: Path, mount: Path, mib: int) -> Iterator[Path]:
-    """An ext4 of ``mib`` MiB (``-m 0``: root, which the agent is, gets no more room
-    than anyone) on a sparse image file, loop-mounted at ``mount``."""
-    subprocess.run(["truncate", "-s", f"{mib}M", str(image)], check=True)
-    try:
-        subprocess.run(["mkfs.ext4", "-q", "-m", "0", str(image)], check=True,
-                       capture_output=True)
-        mount.mkdir(exist_ok=True)
-        subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
-        try:
-            yield mount
-        finally:
-            _unmount(mount)
-    finally:
-        image.unlink(missing_ok=True)
-
-
-def _unmount(mount: Path) -> None:
-    for _ in range(20):
-        if subprocess.run(["umount", str(mount)], capture_output=True).returncode == 0:
-            return
-        time.sleep(0.5)
-    subprocess.run(["umount", "--lazy", str(mount)], check=False, capture_output=True)
 
 
 def fill(directory: Path, keep: int) -> int:

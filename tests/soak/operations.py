@@ -247,7 +247,13 @@ class Operations:
         body = self.world.get("gpureplicasets", instance.name)
         if body is None or not settled(body) or \
                 (body.get("status") or {}).get("phase") != "Running":
-            return "skipped", None
+            return "skipped", None   # (a change waiting for room is not settled)
+        if int(body["status"].get("revision") or 0) != instance.revision:
+            # A revision the soak has not seen settle (a change refused for a while,
+            # applied since): its files are checked, and recorded, before a write.
+            checked = self.settle_and_check(instance)
+            if checked != "ok":
+                return checked, None
         instance.serial += 1
         path = f"{directory}/f{instance.serial}"
         request = f"{instance.name}-w{instance.serial}"

@@ -196,11 +196,15 @@ def condition(body: Body, type_: str) -> Body:
 
 def settled(body: Body) -> bool:
     """The agent has handled the latest generation and is done with it: Running and
-    Ready, or Stopped/Paused as asked, or Ready=False with a reason that says why."""
+    Ready, or Stopped/Paused as asked, or Ready=False with a reason that says why. A
+    change the agent refused for now (Stalled, e.g. DiskFull while the old revision
+    serves on, Ready) is not done: it is applied later, when there is room."""
     status = body.get("status") or {}
     if status.get("observedGeneration") != body["metadata"].get("generation"):
         return False
     if condition(body, "Progressing").get("status") == "True":
+        return False
+    if condition(body, "Stalled").get("status") == "True":
         return False
     if (body.get("spec") or {}).get("rollbackTo"):
         return False

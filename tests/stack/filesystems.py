@@ -13,14 +13,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-@contextlib.contextmanager
-def loop_mounted(base_dir: Path, mkfs: list[str], size: str = "1G") -> Iterator[Path]:
+def loop_mounted(base_dir: Path, mkfs: list[str], size: str = "1G",
+                 ) -> contextlib.AbstractContextManager[Path]:
+    """A new filesystem (``mkfs`` and its options) of ``size`` on an image file and a
+    mount point of their own under ``base_dir``."""
     name = f"fs-{uuid.uuid4().hex[:8]}"
-    image, mount = base_dir / f"{name}.img", base_dir / name
+    return loop_mounted_at(base_dir / f"{name}.img", base_dir / name, mkfs, size)
+
+
+@contextlib.contextmanager
+def loop_mounted_at(image: Path, mount: Path, mkfs: list[str], size: str,
+                    ) -> Iterator[Path]:
+    """``mkfs`` on a sparse ``image`` of ``size``, loop-mounted at ``mount`` (made if
+    missing, removed after if it was made here); unmounted and the image removed when
+    the context ends, also after a failure."""
+    made = not mount.exists()
     subprocess.run(["truncate", "-s", size, str(image)], check=True)
     try:
         subprocess.run([*mkfs, str(image)], check=True, capture_output=True)
-        mount.mkdir()
+        mount.mkdir(exist_ok=True)
         subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
         try:
             yield mount
@@ -28,8 +39,9 @@ def loop_mounted(base_dir: Path, mkfs: list[str], size: str = "1G") -> Iterator[
             _unmount(mount)
     finally:
         image.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            mount.rmdir()
+        if made:
+            with contextlib.suppress(OSError):
+                mount.rmdir()
 
 
 def _unmount(mount: Path) -> None:

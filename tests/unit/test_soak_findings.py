@@ -3,13 +3,15 @@ named after the finding."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import os
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import kopf
 import pytest
@@ -20,7 +22,9 @@ from gpudock.agent import migration_receiver
 from gpudock.agent.handlers import node as node_handlers
 from gpudock.core.observed import ImageInfo
 from gpudock.core.revision import Revision, layer_let_go
+from gpudock.scheduler import handlers as scheduler_handlers
 from gpudock.scheduler import kopf_login
+from gpudock.settings import SchedulerSettings
 from tests.unit.fakes.node import Node
 
 HOME = "/docker/gpudock/layers/u"
@@ -248,3 +252,43 @@ def test_a_migration_never_moves_a_tag_that_names_another_image_on_its_target() 
               {"image": "new:3", "id": "sha256:" + "d" * 64}]      # not here: loaded
     moved = migration_receiver.tags_it_would_move(wanted, here.get)
     assert moved == [f"img:1 names sha256:{'a' * 12}, not sha256:{'b' * 12}"]
+
+
+class _Follower:
+    """A LeaderElector that never gets the Lease; counts what the loop asks of it."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+        self.asked = 0
+
+    def step(self) -> bool:
+        self.steps += 1
+        return False
+
+    @property
+    def leading(self) -> bool:
+        self.asked += 1
+        return False
+
+
+def test_an_agent_that_does_not_lead_the_scheduler_does_not_spin_on_the_fleets_changes(
+        ) -> None:
+    # The soak's SQLite node (the follower) used 70-90% of a core: every watch event
+    # sets the cache's wake, which only a leader's pass clears, and the follower
+    # waited on it: at once, again and again (thousands of turns a second).
+    scheduler = scheduler_handlers.Scheduler(SchedulerSettings("soak-b"))
+    scheduler.cache.wake.set()
+    follower = _Follower()
+
+    async def never(_: Any) -> None:
+        raise AssertionError("a follower never schedules")
+
+    async def for_a_while() -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(scheduler_handlers._elect_and_schedule(
+                scheduler, cast(Any, follower), never), timeout=1.0)
+
+    asyncio.run(for_a_while())
+    assert follower.steps == 1       # one try of the Lease (every RETRY_SECONDS)
+    assert follower.asked <= 4, follower.asked
+    assert scheduler.cache.wake.is_set()   # kept for when it leads

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from tests.soak import volumes
 from tests.soak.figures import AgentSample, Figures, levels_off
-from tests.soak.operations import Operations
+from tests.soak.operations import Instance, Operations
 from tests.soak.world import volume_settled
 
 
@@ -95,3 +95,65 @@ def test_a_volume_operation_that_cannot_be_done_gives_way() -> None:
     # Another user for a volume that lost its own is always welcome while there is room.
     assert volumes.pick(_ops(3, ["soak-1", None]), "volume_create") == "volume_create"
     assert volumes.pick(_ops(3, ["soak-1"]), "volume_delete") == "volume_delete"
+
+
+class _World:
+    """The API server and a container as the soak's operations see them: one
+    GpuReplicaSet body, ExecRequests done at once, and ``sha256sum`` answered from
+    the files the container holds."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.files: dict[str, str] = {}          # what the container holds
+        self.requests: dict[str, str] = {}
+
+    def get(self, plural: str, name: str) -> dict[str, Any] | None:
+        if plural == "execrequests":
+            return {"status": {"phase": "Completed", "exitCode": 0,
+                               "stdout": f"{self.requests[name]}  /x"}}
+        return self.body
+
+    def apply(self, body: dict[str, Any]) -> bool:
+        name = body["metadata"]["name"]
+        path = body["spec"]["command"][2].split("> ")[1].split(" ")[0]
+        self.requests[name] = f"sha-{name}"
+        self.files[path] = f"sha-{name}"
+        return True
+
+    def exec_in(self, node: str, name: str, argv: list[str]) -> tuple[int, str]:
+        return 0, "".join(f"{self.files[p]}  {p}\n" for p in argv[1:] if p in self.files)
+
+
+def _replica_set(revision: int, *, stalled: bool) -> dict[str, Any]:
+    return {"metadata": {"name": "soak-9", "generation": 3}, "spec": {"image": "b"},
+            "status": {"observedGeneration": 3, "revision": revision, "phase": "Running",
+                       "nodeName": "soak-b", "conditions": [
+                           {"type": "Ready", "status": "True"},
+                           {"type": "Progressing", "status": "False"},
+                           {"type": "Stalled", "status": "True" if stalled else "False",
+                            "reason": "DiskFull" if stalled else "AsExpected"}]}}
+
+
+def test_a_file_written_while_an_image_change_waits_for_room_is_not_expected_after_it() -> None:
+    """Seed 2027 (5 minutes, 2 nodes) found "files of soak-9 at revision 3: f1
+    missing": an image change refused for a while (DiskFull in a full state dir, the
+    old revision Ready and serving) was taken as done; f1 was written into the old
+    revision and then expected in the new image's revision, which the agent made once
+    there was room. A change waiting for room is not settled: no write goes in, and a
+    revision the soak has not seen settle is checked and recorded before the next."""
+    world = _World(_replica_set(2, stalled=True))
+    ops = Operations(cast(Any, world), Figures(1, 2, 5), random.Random(1),
+                     cast(Any, None))
+    instance = Instance("soak-9", None, 1, node="soak-b", revision=2)
+    world.files = {"/root/soak/f0": "old"}
+    instance.by_revision[2] = {"/root/soak/f0": "old"}
+    instance.files = {}                        # the image patch: a new filesystem
+    assert ops.settle_and_check(instance) == "stalled DiskFull"
+    assert instance.by_revision[2] == {"/root/soak/f0": "old"}   # unchanged
+    assert ops.write(instance, "/root/soak", 10) == ("skipped", None)
+    # Room again: the agent makes revision 3 on the new image (no f0).
+    world.body, world.files = _replica_set(3, stalled=False), {}
+    outcome, sha = ops.write(instance, "/root/soak", 10)
+    assert (outcome, instance.revision, instance.by_revision[3]) == ("ok", 3, {})
+    assert sha == "sha-soak-9-w1"
+    assert ops.figures.violations == []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,8 +105,19 @@ async def _run(scheduler: Scheduler) -> None:
     kube = await asyncio.to_thread(KubeApi, settings.kubeconfig)
     elector = LeaderElector(Leases(kube.api_client), settings.lease_namespace,
                             f"{settings.identity}_{uuid.uuid4().hex[:8]}")
-    pass_settings = PassSettings(SchedulingPolicy(settings.policy),
-                                 settings.heartbeat_seconds)
+    await _elect_and_schedule(scheduler, elector, lambda fleet: asyncio.to_thread(
+        _one_pass, kube, PassSettings(SchedulingPolicy(settings.policy),
+                                      settings.heartbeat_seconds), scheduler.cache, fleet))
+
+
+async def _elect_and_schedule(scheduler: Scheduler, elector: LeaderElector,
+                              one_pass: Callable[[FleetSnapshot], Awaitable[None]],
+                              ) -> None:
+    """Try the Lease every RETRY_SECONDS; while leading, a pass whenever the fleet
+    changed and at least every RESCHEDULE_SECONDS. A follower only waits for its
+    next try of the Lease: the fleet's changes (the cache's wake, which only a pass
+    clears) are the leader's, and waiting on them would wake it at once, again and
+    again (a follower spun a core so, found by the soak)."""
     cache = scheduler.cache
     loop = asyncio.get_running_loop()
     last_pass = last_try = -RESCHEDULE_SECONDS
@@ -118,13 +130,14 @@ async def _run(scheduler: Scheduler) -> None:
             if elector.leading and (cache.wake.is_set() or due):
                 cache.wake.clear()
                 last_pass = loop.time()
-                fleet = cache.snapshot(scheduler.watched())
-                await asyncio.to_thread(_one_pass, kube, pass_settings, cache, fleet)
+                await one_pass(cache.snapshot(scheduler.watched()))
         except Exception as exc:  # the scheduler must outlive any one failure
             logger.warning("scheduling pass failed, will retry: %s", exc)
-        # Until the fleet changes, or the next try of the Lease.
         wait = max(0.05, RETRY_SECONDS - (loop.time() - last_try))
-        await asyncio.to_thread(cache.wake.wait, wait)
+        if elector.leading:  # until the fleet changes, or the next try of the Lease
+            await asyncio.to_thread(cache.wake.wait, wait)
+        else:
+            await asyncio.sleep(wait)
 
 
 def _one_pass(kube: KubeApi, settings: PassSettings, cache: FleetCache,
