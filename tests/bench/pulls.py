@@ -55,6 +55,18 @@ def _docker_pull(stack: LocalStack, reference: str, config: Path) -> float:
     return time.perf_counter() - start
 
 
+def _library_pull(client: docker.DockerClient, reference: str, auth: dict[str, str],
+                  ) -> float:
+    """The agent's own Docker call (docker-py's streamed pull, each progress message
+    decoded, then an inspect) from this process: what the library costs, no agent."""
+    repository, tag = reference.rsplit(":", 1)
+    start = time.perf_counter()
+    for _ in client.api.pull(repository, tag, stream=True, decode=True, auth_config=auth):
+        pass
+    client.images.get(reference)
+    return time.perf_counter() - start
+
+
 def _ready(stack: LocalStack, name: str) -> bool:
     body = json.loads(stack.kubectl("get", "grs", name, "-n", NAMESPACE, "-o",
                                     "json").stdout)
@@ -103,12 +115,16 @@ def main() -> None:
                        input=password, text=True, check=True, capture_output=True,
                        env={**stack.env(), "DOCKER_CONFIG": str(config)})
         plain: list[float] = []
+        library: list[float] = []
+        auth = {"username": "bench", "password": password, "serveraddress": registry.host}
         through_agent: list[float] = []
         present: list[float] = []  # the same apply -> Ready with the image on the node
         try:
             for round_ in range(args.rounds):
                 _drop(client, reference)
                 plain.append(_docker_pull(stack, reference, config))
+                _drop(client, reference)
+                library.append(_library_pull(client, reference, auth))
                 _drop(client, reference)
                 through_agent.append(_agent_pull(stack, reference, f"pull-{round_}"))
                 _gone(client)
@@ -126,6 +142,8 @@ def main() -> None:
         rows = [("what", "median s", "runs s"),
                 ("docker pull", f"{statistics.median(plain):.2f}",
                  " ".join(f"{t:.2f}" for t in plain)),
+                ("docker-py pull + inspect (the agent's call, no agent)",
+                 f"{statistics.median(library):.2f}", " ".join(f"{t:.2f}" for t in library)),
                 ("agent apply -> Ready", f"{statistics.median(through_agent):.2f}",
                  " ".join(f"{t:.2f}" for t in through_agent)),
                 ("the agent's pull step (Pulled event)",

@@ -284,3 +284,25 @@ def test_a_create_is_expected_by_name_before_its_id_is_known() -> None:
     _settle(node)
     assert node.woken == ["uid-c"]
     cache.close()
+
+
+def test_a_removed_container_leaves_nothing_behind_in_the_cache() -> None:
+    # Found reading the code for the soak's slow RSS growth: the step that removed a
+    # container marked it changed after its destroy event, and its ID stayed for good.
+    node, cache = _following({"a": "running"})
+    for n in range(50):
+        name = f"c{n}"
+        node.containers[name] = "created"
+        cache.created()
+        node.event(name, "create")
+        assert name in _states(cache.observe(node.list_ids, node.inspect))
+        del node.containers[name]
+        node.event(name, "destroy")
+        _settle(node)
+        cache.changed(name)          # the removing step's own mark, after the event
+    node.containers["gone-unseen"] = "created"   # listed, gone before its inspect
+    cache.created()
+    cache.observe(node.list_ids, lambda _id: None)
+    assert sorted(cache._generations) == []      # the leak itself
+    assert _states(cache.observe(node.list_ids, node.inspect)) == {"a": "running"}
+    cache.close()

@@ -12,6 +12,7 @@ import pytest
 
 from gpudock import metrics
 from gpudock.adapters.docker.errors import DockerUnavailableError, StaleTaskError
+from gpudock.agent import replica_set_reconciler
 from gpudock.api.container_fields import Protocol
 from gpudock.core import labels
 from gpudock.core.observed import HostPort
@@ -610,3 +611,17 @@ def test_a_container_whose_resource_is_gone_is_saved_and_removed(node: Node) -> 
     assert node.containers("box") == []
     assert node.docker.gpus_in_use() == []
     assert f"gpudock-preserved/{NAMESPACE}_box:rev-1" in node.docker.tags
+
+
+def test_the_deleted_uids_kept_against_a_late_reconcile_are_bounded(
+        node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Found reading the code for the soak's slow RSS growth: every deleted UID was
+    # kept for the agent's life.
+    monkeypatch.setattr(replica_set_reconciler, "DELETED_KEPT", 2)
+    for n in range(4):
+        node.apply(f"box-{n}", gpus=0)
+        node.settle(f"box-{n}")
+        late = node.kube.get(GRS, NAMESPACE, f"box-{n}")
+        node.delete(f"box-{n}")
+    assert len(node.replica_sets._deleted) == 2
+    assert node.replica_sets.reconcile(late) is None   # the latest still refused

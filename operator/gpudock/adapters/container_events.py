@@ -134,6 +134,7 @@ class ContainerCache:
         with self._lock:
             self._epoch += 1
             self._entries.clear()
+            self._generations.clear()
             self._image_answers.clear()
             self._exit_codes.clear()
             self._listed = False
@@ -186,8 +187,11 @@ class ContainerCache:
         return False
 
     def _bump(self, container_id: str) -> None:
-        self._generations[container_id] = self._generations.get(container_id, 0) + 1
+        """An entry to inspect again; the generation tells an inspect under way that
+        it is out of date. Kept for entries only (a removed container's ID, bumped by
+        the step that removed it after its destroy event, would stay for good)."""
         if container_id in self._entries:
+            self._generations[container_id] = self._generations.get(container_id, 0) + 1
             self._entries[container_id] = None
 
     # ---------------------------------------------------------------- the agent's side
@@ -251,6 +255,7 @@ class ContainerCache:
                         return None
                     for gone in set(self._entries) - ids:
                         del self._entries[gone]
+                        self._generations.pop(gone, None)
                     for container_id in ids:
                         self._entries.setdefault(container_id, None)
                     # The entries are the node's containers now, unless a create
@@ -269,6 +274,7 @@ class ContainerCache:
                 if self._epoch == epoch and container_id in self._entries:
                     if found is None:
                         del self._entries[container_id]
+                        self._generations.pop(container_id, None)
                     elif self._generations.get(container_id, 0) == generations[container_id]:
                         self._entries[container_id] = found
                     # else an event overtook the inspect: used now, inspected next time

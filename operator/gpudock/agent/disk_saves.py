@@ -54,7 +54,8 @@ class DiskSaves:
         self._crash = crash
         self._clock = clock
         self._home: tuple[Path | None] | None = None  # asked of Docker once
-        self._failed: dict[str, tuple[float, UserError]] = {}  # by container ID
+        # By container ID: when its save failed, and the refusal's message.
+        self._failed: dict[str, tuple[float, str]] = {}
 
     # ------------------------------------------------------------------ what is saved
     def layers_home(self) -> Path | None:
@@ -84,9 +85,12 @@ class DiskSaves:
         Docker's root (layer_usage: bytes, and an inode per entry), the next
         container a few inodes more, the record a little room in the state dir.
         Raises UserError (DiskSaveFailed, DiskFull) while the container still runs."""
-        failed = self._failed.get(container_id)
-        if failed is not None and self._clock() - failed[0] < FAILED_SAVE_RETRY:
-            raise failed[1]
+        now = self._clock()
+        for stale in [c for c, (at, _) in self._failed.items() if now - at >= FAILED_SAVE_RETRY]:
+            del self._failed[stale]
+        if container_id in self._failed:  # a new error: one raised again keeps every
+            # traceback it was raised through (the soak's RSS growth, read in the code)
+            raise UserError(Reason.DISK_SAVE_FAILED, self._failed[container_id][1])
         layer_bytes, layer_inodes = self.layer_usage(container_id, name)
         needed = int(layer_bytes * 1.05) + SAVE_MARGIN
         free = self._docker.free_bytes()
@@ -213,7 +217,7 @@ class DiskSaves:
             f"the disk of {name} could not be saved whole: {why}. Nothing was committed "
             "instead (docker commit drops xattrs and holes); the instance runs on, and "
             f"the save is tried again in {FAILED_SAVE_RETRY / 60:.0f} minutes"))
-        self._failed[container_id] = (self._clock(), error)
+        self._failed[container_id] = (self._clock(), error.message)
         return error
 
     # ----------------------------------------------------------------------- restore

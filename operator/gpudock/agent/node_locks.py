@@ -27,7 +27,9 @@ class NodeLocks:
         self._state_dir = state_dir
         self._node = threading.Lock()
         self._guard = threading.Lock()  # over the dict of per-resource locks
-        self._resources: dict[ResourceKey, threading.Lock] = {}
+        # Per resource: its lock and how many threads hold or wait for it; the entry
+        # goes when the last one leaves (names come and go: a soak makes thousands).
+        self._resources: dict[ResourceKey, tuple[threading.Lock, int]] = {}
 
     @contextlib.contextmanager
     def node(self) -> Iterator[None]:
@@ -39,11 +41,25 @@ class NodeLocks:
     def resource(self, key: ResourceKey) -> Iterator[None]:
         """Held for every step on one resource's containers, disks and records."""
         with self._guard:
-            lock = self._resources.setdefault(key, threading.Lock())
-        # One small file per resource name, kept (removing it could let a second
-        # process lock a new file while the first still holds the old one).
-        with lock, _flocked(self._state_dir / "locks" / _lock_file_name(key)):
-            yield
+            lock, users = self._resources.get(key, (threading.Lock(), 0))
+            self._resources[key] = (lock, users + 1)
+        try:
+            # One small file per resource name, kept (removing it could let a second
+            # process lock a new file while the first still holds the old one).
+            with lock, _flocked(self._state_dir / "locks" / _lock_file_name(key)):
+                yield
+        finally:
+            with self._guard:
+                users = self._resources[key][1] - 1
+                if users:
+                    self._resources[key] = (lock, users)
+                else:
+                    del self._resources[key]
+
+    def held(self) -> int:
+        """How many resources' locks are held or waited for now."""
+        with self._guard:
+            return len(self._resources)
 
 
 def _lock_file_name(key: ResourceKey) -> str:

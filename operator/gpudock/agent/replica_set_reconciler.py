@@ -62,6 +62,9 @@ logger = logging.getLogger(__name__)
 # A rollout takes 4 (save the disk; show the start, then start the new under the node
 # lock; remove the old); more means the plan does not converge.
 MAX_PASSES = 16
+# Deleted UIDs kept, so a reconcile that comes after the delete (an older body) acts
+# on nothing: enough for any such race; fewer than one entry per name ever deleted.
+DELETED_KEPT = 1024
 CHANGE_CAUSE = "kubernetes.io/change-cause"
 ADOPT_HISTORY = "gpudock.dev/adopt-history"  # annotation: the deleted resource's UID
 # Docker's refusals of a new revision's container: it never ran; the revision is
@@ -105,7 +108,7 @@ class ReplicaSetReconciler:
         # acts on; the GPUs held for instances moving here.
         self.migrating: set[ResourceKey] = set()
         self.arrivals = Arrivals()
-        self._deleted: set[str] = set()
+        self._deleted: dict[str, None] = {}  # UIDs, the last DELETED_KEPT, oldest first
         self._busy_ports: set[HostPort] = set()  # held outside Docker's view
         # Container ID -> why it lost its GPUs: the access probe's (agent/gpu_access.py).
         self.access_lost: dict[str, str] = {}
@@ -346,7 +349,9 @@ class ReplicaSetReconciler:
             policy = GpuReplicaSetSpec.parse(body.get("spec") or {}).history_policy
         events: list[Event] = []
         with self._locks.resource(key):
-            self._deleted.add(meta["uid"])
+            self._deleted[meta["uid"]] = None
+            for uid in list(self._deleted)[:-DELETED_KEPT]:
+                del self._deleted[uid]
             self._steps.pulls.forget(key)
             records = tuple(self._store.list(key.namespace, key.name))
             actions = history.plan_delete(key, tuple(self._docker.list_containers()), records,
