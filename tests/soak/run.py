@@ -109,7 +109,8 @@ def _thread(name: str, target: Callable[[threading.Event], None], stop: threadin
 
 def _converge(world: World, figures: Figures) -> None:
     """Every resource Ready (or stopped as asked) with observedGeneration ==
-    generation, or Stalled=True with a reason that says why, within END_BOUND."""
+    generation, or Stalled=True with a reason no agent clears by itself (world.converged),
+    within END_BOUND."""
     started = time.monotonic()
     items: list[Body] = []
     while time.monotonic() - started < END_BOUND:

@@ -25,6 +25,10 @@ from tests.stack.resources import GRS_LABEL
 GROUP = "/apis/gpudock.dev/v1alpha1"
 GPUS_PER_NODE = 8
 RESYNC_SECONDS = 10  # the agents' --resync-seconds in the soak
+# Stalled reasons the soak's own faults cause and the agents clear by themselves once
+# the fault is gone (a heartbeat written again, room in the state directory again):
+# a resource that shows one after a fault has not converged yet.
+CLEARED_BY_AGENTS = ("NodeNotReady", "DiskFull")
 
 Body = dict[str, Any]
 
@@ -145,8 +149,8 @@ class World:
         return found
 
     def unsettled(self) -> list[str] | None:
-        """The GpuReplicaSets not settled (see :func:`settled`) nor Stalled with a
-        reason (:func:`why_not_ready`), a Ready one counted only while its container
+        """The GpuReplicaSets not converged (see :func:`converged`), a Ready one
+        counted only while its container
         runs on its node as Docker says, and the SizedVolumes not settled
         (:func:`volume_settled`, as ``svol/NAME``); None while the API server does
         not answer."""
@@ -160,7 +164,7 @@ class World:
                 running[node] = {c.name for c in self.running(node)}
             except Exception:  # its dockerd does not answer: nothing there is settled
                 running[node] = set()
-        return [body["metadata"]["name"] for body in items if why_not_ready(body) == "?" or (
+        return [body["metadata"]["name"] for body in items if not converged(body) or (
             condition(body, "Ready").get("status") == "True" and body["metadata"]["name"]
             not in running.get(str((body.get("status") or {}).get("nodeName")), set()))] + [
             f"svol/{body['metadata']['name']}" for body in volumes
@@ -239,3 +243,10 @@ def why_not_ready(body: Body) -> str:
             stalled.get("status") == "True" and stalled.get("reason"):
         return f"{stalled['reason']}: {stalled.get('message', '')}"
     return "?"
+
+
+def converged(body: Body) -> bool:
+    """For the convergence after a fault and at the end: settled, or Stalled with a
+    reason that says why and that no agent clears by itself (a refused change)."""
+    why = why_not_ready(body)
+    return why != "?" and why.split(":", 1)[0] not in CLEARED_BY_AGENTS

@@ -11,7 +11,7 @@ from typing import Any, cast
 from tests.soak import volumes
 from tests.soak.figures import AgentSample, Figures, levels_off
 from tests.soak.operations import Instance, Operations
-from tests.soak.world import volume_settled
+from tests.soak.world import converged, volume_settled
 
 
 def _life(rss: list[float], threads: list[int] | None = None,
@@ -157,3 +157,20 @@ def test_a_file_written_while_an_image_change_waits_for_room_is_not_expected_aft
     assert (outcome, instance.revision, instance.by_revision[3]) == ("ok", 3, {})
     assert sha == "sha-soak-9-w1"
     assert ops.figures.violations == []
+
+
+def test_a_stall_the_soaks_own_fault_caused_is_not_convergence() -> None:
+    # The 30-minute run (seed 4242, 20:15): the API server came back from its last
+    # outage, node a's heartbeat was still the one from before, and the end counted
+    # four instances Stalled NodeNotReady as converged "in 0.1 s".
+    def stalled(reason: str) -> dict[str, Any]:
+        body = _replica_set(3, stalled=True)
+        body["status"]["conditions"] = [
+            {"type": "Ready", "status": "Unknown", "reason": reason},
+            {"type": "Stalled", "status": "True", "reason": reason, "message": "m"}]
+        return body
+
+    assert not converged(stalled("NodeNotReady"))
+    assert not converged(stalled("DiskFull"))
+    assert converged(stalled("ImageChanged"))           # needs the user: said why
+    assert converged(_replica_set(3, stalled=False))    # Ready
