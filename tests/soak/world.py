@@ -150,10 +150,9 @@ class World:
 
     def unsettled(self) -> list[str] | None:
         """The GpuReplicaSets not converged (see :func:`converged`), a Ready one
-        counted only while its container
-        runs on its node as Docker says, and the SizedVolumes not settled
-        (:func:`volume_settled`, as ``svol/NAME``); None while the API server does
-        not answer."""
+        counted only while its container runs on its node as Docker says, and the
+        SizedVolumes not settled (:func:`volume_settled`, as ``svol/NAME``); None
+        while the API server does not answer."""
         items = self.items("gpureplicasets")
         volumes = self.items("sizedvolumes")
         if items is None or volumes is None:
