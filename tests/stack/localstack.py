@@ -179,6 +179,13 @@ class LocalStack:
         if self.node is not None:
             self.node.undo_machine_changes()
             self.node = None
+        # What no dockerd knows of any more (the soak's dockerd_restart SIGKILLs one
+        # while it starts a container: the container ran on under its shim, holding
+        # its engine's root mounted, and that root's loop device, after the stop).
+        try:
+            reclaim.kill_processes(self.base_dir)
+        except RuntimeError as exc:  # the mounts still go, lazily
+            print(f"stack stop: {exc}", file=sys.stderr)
         release_mounts_and_loops(self.base_dir)
         keep = os.environ.get("GPUDOCK_KEEP_LOGS")  # a folder to keep the logs in
         if keep and (self.base_dir / "logs").is_dir():

@@ -74,7 +74,7 @@ def reclaim_dead_stacks(home: Path | None = None) -> list[Path]:
 
 def reclaim(base_dir: Path, bridge: str) -> None:
     """Take back everything of the stack in ``base_dir`` (its owner is gone)."""
-    _kill(base_dir)
+    kill_processes(base_dir)
     changes = MachineChanges.load(journal_of(base_dir))
     if changes is not None:
         changes.undo()
@@ -130,9 +130,11 @@ def _root_mounted_under(process: Path, marker: str) -> bool:
         return any(marker in line for line in mountinfo if line.split()[4] == "/")
 
 
-def _kill(base_dir: Path) -> None:
+def kill_processes(base_dir: Path) -> None:
     """SIGKILL the stack's processes until none is left (the kubelet and dockerd
-    first match too, so nothing starts a container again while they go)."""
+    first match too, so nothing starts a container again while they go). Also what
+    a stack's own stop left: a container whose start a SIGKILLed dockerd never
+    recorded runs on under its shim, unknown to the dockerd started again."""
     deadline = time.monotonic() + KILL_WAIT_SECONDS
     while (left := processes_of(base_dir)) and time.monotonic() < deadline:
         for pid in left:
