@@ -105,9 +105,10 @@ async def _run(scheduler: Scheduler) -> None:
     kube = await asyncio.to_thread(KubeApi, settings.kubeconfig)
     elector = LeaderElector(Leases(kube.api_client), settings.lease_namespace,
                             f"{settings.identity}_{uuid.uuid4().hex[:8]}")
+    pass_settings = PassSettings(SchedulingPolicy(settings.policy),
+                                 settings.heartbeat_seconds)
     await _elect_and_schedule(scheduler, elector, lambda fleet: asyncio.to_thread(
-        _one_pass, kube, PassSettings(SchedulingPolicy(settings.policy),
-                                      settings.heartbeat_seconds), scheduler.cache, fleet))
+        _one_pass, kube, pass_settings, scheduler.cache, fleet))
 
 
 async def _elect_and_schedule(scheduler: Scheduler, elector: LeaderElector,
