@@ -25,11 +25,14 @@ logger = logging.getLogger(__name__)
 STEPS = tuple(step.__name__ for step in (*typing.get_args(act.Action),
                                          *typing.get_args(volumes.VolumeAction)))
 INSIDE_STEPS = (
+    "StopContainer.preCopied",  # the layer is copied while it runs, not stopped yet
     "PreserveDisk.committed",  # the commit is done, the record not yet updated
     "PreserveDisk.flattened",  # the export + import is done, the record not yet updated
     "PreserveDisk.layerSaved",  # the writable layer is copied, the record not yet updated
     "StartRevision.recorded",  # the new revision is recorded, its container not created
     "StartRevision.created",  # its container is created, the saved layer not copied in
+    "StartRevision.layerHandedOver",  # the old container's layer is in the new one,
+    # the old container (without a layer) not removed yet
     "StartRevision.layerCopied",  # the saved layer is in, the container not started
     "PruneRevision.diskRemoved",  # the saved disk is removed, the record not yet
     "ResizeVolume.usersStopped",  # a volume's users stopped, not resized yet

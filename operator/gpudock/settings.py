@@ -91,7 +91,10 @@ def instance_subnet(text: str) -> str:
 
 # How a stopped container's disk is saved: "layer" copies its overlay2 writable layer
 # (docker commit where that cannot be done), "commit" always commits.
-DISK_SAVES = ("layer", "commit")
+# layer: copied while the container runs, the rest after the stop, its own layer moved
+# into the next container; layer-stopped: both copies after the stop (the way before
+# #23 item 6, kept to compare); commit: docker commit.
+DISK_SAVES = ("layer", "layer-stopped", "commit")
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,9 @@ class Settings:
     transfer_port: int = 9465
     migration_bandwidth: int = 0
     max_outbound_migrations: int = 2
+    # How long a migration waits for a node with room (none can take it, or the one
+    # chosen refuses for room) before it fails TargetUnschedulable.
+    migration_target_wait: float = 300.0
 
     def scheduler_settings(self) -> SchedulerSettings:
         return SchedulerSettings(self.node_name, self.kubeconfig, self.namespaces,

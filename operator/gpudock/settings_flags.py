@@ -78,8 +78,11 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--disk-saves", choices=list(DISK_SAVES),
                         help="how a stopped container's disk is saved for the next "
                              "revision, a rollback or a restart: layer (copy its overlay2 "
-                             "writable layer; docker commit where that cannot be done; "
-                             "default) or commit (always docker commit)")
+                             "writable layer, mostly while it still runs, and move the "
+                             "layer itself into the next container; docker commit where "
+                             "that cannot be done; default), layer-stopped (the same "
+                             "copy, all of it after the stop, and a second copy into the "
+                             "next container) or commit (always docker commit)")
     parser.add_argument("--max-running-requests", type=int,
                         help="ExecRequests and ImageCommits that run at once on this node, "
                              "each on a thread of their own pool, apart from the "
@@ -140,6 +143,9 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-outbound-migrations", type=int,
                         help="migrations out of this node at once; more wait Pending "
                              "(default: 2)")
+    parser.add_argument("--migration-target-wait", type=float,
+                        help="seconds a migration waits Pending for a node with room "
+                             "before it fails TargetUnschedulable (default: 300)")
     parser.add_argument("--crash-at", action="append", default=None, metavar="POINT",
                         help="for crash tests: SIGKILL the agent the first time it reaches "
                              "POINT, e.g. PreserveDisk.committed (repeatable; default: "

@@ -59,8 +59,12 @@ def migration_values(pick: Callable[[str], str | None]) -> dict[str, Any]:
     outbound = int(pick("max_outbound_migrations") or 2)
     if outbound < 1:
         raise SettingsError("--max-outbound-migrations must be >= 1")
+    wait = float(pick("migration_target_wait") or 300.0)
+    if wait < 0:
+        raise SettingsError("--migration-target-wait must be >= 0 (0: fail at once)")
     return {"transfer_address": pick("transfer_address") or "", "transfer_port": port,
-            "migration_bandwidth": bandwidth, "max_outbound_migrations": outbound}
+            "migration_bandwidth": bandwidth, "max_outbound_migrations": outbound,
+            "migration_target_wait": wait}
 
 
 def one_of(value: str, choices: Sequence[str], flag: str) -> str:

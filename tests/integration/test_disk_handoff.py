@@ -9,7 +9,9 @@ and the file's holes, which docker commit's archive does not keep: docs/revision
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
 
 import docker.models.containers
@@ -146,3 +148,39 @@ def _used_bytes(path: Path) -> int:
     os.sync()
     info = os.statvfs(path)
     return (info.f_blocks - info.f_bfree) * info.f_frsize
+
+
+@pytest.mark.timeout(300)
+def test_an_update_copies_the_disk_once_while_it_runs_and_moves_the_layer_itself(
+    stack: LocalStack, namespace: str, start_agent: AgentFactory,
+) -> None:
+    """#23 item 6: the save is made while the instance serves (files unchanged since
+    are not copied again after the stop), and the new container gets the old one's
+    own writable layer by rename: the same directory inode, the saved copy apart."""
+    start_agent(gpus=2)
+    apply_spec(stack, namespace, "box", "first", gpus=1)
+    wait_settled(stack, namespace, "box", revision=1)
+    old = only_container(stack, namespace, "box")
+    sh(old, "mkdir -p /root && head -c 33554432 /dev/urandom > /root/data && "
+            "echo kept > /root/note && md5sum /root/data > /root/data.md5")
+    upper = Path(old.attrs["GraphDriver"]["Data"]["UpperDir"])
+    layer_inode = upper.stat().st_ino
+    wait_for(lambda: all(time.time_ns() - os.stat(p).st_ctime_ns > 1_200_000_000
+                         for p in (upper / "root" / "data", upper / "root" / "note")),
+             10, interval=0.1, what="the files' ctime older than the second a pre-copy "
+             "does not trust")
+    apply_spec(stack, namespace, "box", "more GPUs", gpus=2)
+    wait_settled(stack, namespace, "box", revision=2)
+    new = only_container(stack, namespace, "box")
+    assert new.id != old.id
+    new_upper = Path(new.attrs["GraphDriver"]["Data"]["UpperDir"])
+    assert new_upper.stat().st_ino == layer_inode  # moved, not copied
+    assert sh(new, "cat /root/note").strip() == "kept"
+    sh(new, "md5sum -c /root/data.md5")
+    (saved,) = saved_layers(stack, grs(stack, namespace, "box")["metadata"]["uid"])
+    assert (saved / "root" / "data").stat().st_ino != (new_upper / "root" / "data").stat().st_ino
+    assert (saved / "root" / "data").read_bytes() == (new_upper / "root" / "data").read_bytes()
+    events = json.loads(stack.kubectl("get", "events", "-n", namespace, "-o",
+                                      "json").stdout)["items"]
+    saves = [e["message"] for e in events if e.get("reason") == "DiskSaved"]
+    assert any("copied while it ran, unchanged since" in m for m in saves), saves

@@ -78,6 +78,9 @@ def _image_only_on_a(stack: LocalStack) -> None:
             other.close()
 
 
+ROOM_WAIT = 8  # --migration-target-wait where a test waits it out (default 300 s)
+
+
 def _apply(fleet: Fleet, body: dict[str, Any]) -> None:
     fleet.stack.kubectl("apply", "-n", fleet.namespace, "-f", "-", input=json.dumps(body))
 
@@ -362,6 +365,8 @@ def test_23_2_a_target_without_room_or_ports_is_refused_before_anything_stops(
     a, b = fleet.nodes
     fleet.agents[b].stop()
     fleet.start_agent(b, gpus=1)  # the target has 1 GPU; the instance has 2
+    fleet.agents[a].stop()
+    fleet.start_agent(a, extra_args=["--migration-target-wait", str(ROOM_WAIT)])
     port = 40000 + 4321  # in node a's range; held on the target (one host here)
     _apply(fleet, _instance("roomy", gpuCount=2))
     _apply(fleet, _instance("ported", ports=[{"containerPort": 22, "hostPort": port}]))
@@ -375,13 +380,22 @@ def test_23_2_a_target_without_room_or_ports_is_refused_before_anything_stops(
     try:
         _migration(fleet, "too-big", "roomy", b)
         _migration(fleet, "port-taken", "ported", b)
+        # No room: it waits Pending for a node with room, the source untouched, ...
+        wait_for(lambda: (_status(fleet, "gmig", "too-big").get("reason") ==
+                          "TargetUnschedulable"), 60, what="too-big waiting for room")
+        waiting = _status(fleet, "gmig", "too-big")
+        assert waiting["phase"] == "Pending", waiting
+        assert "waiting for a node with room" in waiting["message"]
+        assert _container(fleet, a, "roomy").id == before["roomy"]
         for name in ("too-big", "port-taken"):
             _wait_phase(fleet, name, "Succeeded", "Failed", "Cancelled")
     finally:
         holder.close()
     big, ported = _status(fleet, "gmig", "too-big"), _status(fleet, "gmig", "port-taken")
+    # ... then fails once --migration-target-wait is over (a port taken is no wait).
     assert (big["phase"], big["reason"]) == ("Failed", "TargetUnschedulable"), big
     assert "1 free GPUs" in big["message"]
+    assert f"no node had room for {ROOM_WAIT} s" in big["message"]
     assert (ported["phase"], ported["reason"]) == ("Failed", "HostPortInUse"), ported
     assert "stoppedAt" not in big  # nothing stopped
     assert "stoppedAt" not in ported
@@ -393,6 +407,37 @@ def test_23_2_a_target_without_room_or_ports_is_refused_before_anything_stops(
     assert fleet.containers(b) == []
 
 
+def test_23_5_a_migration_waits_for_room_and_moves_once_there_is(fleet: Fleet) -> None:
+    """The target is full when the move is asked: it waits Pending (TargetUnschedulable)
+    with the source serving, and moves once an instance there is deleted."""
+    a, b = fleet.nodes
+    fleet.agents[b].stop()
+    fleet.start_agent(b, gpus=1)
+    _apply(fleet, _instance("blocker", image="gpudock-test/busybox:1",  # (on b too)
+                            nodeSelector={"gpudock.dev/gpu-count": "1"}))
+    _apply(fleet, _instance("mover", nodeSelector={"gpudock.dev/gpu-count": "8"}))
+    wait_for(functools.partial(_ready_on, fleet, "blocker", b), 90, what="blocker on b")
+    wait_for(functools.partial(_ready_on, fleet, "mover", a), 90, what="mover on a")
+    sh(_container(fleet, a, "mover"), "echo moved > /root/note")
+    before = _container(fleet, a, "mover").id
+    _apply(fleet, {"apiVersion": "gpudock.dev/v1alpha1", "kind": "GpuMigration",
+                   "metadata": {"name": "mover-to-b"},
+                   "spec": {"replicaSetName": "mover", "targetNode": b,
+                            "nodeSelector": {"gpudock.dev/gpu-count": "1"}}})
+    wait_for(lambda: _status(fleet, "gmig", "mover-to-b").get("reason") ==
+             "TargetUnschedulable", 60, what="mover-to-b waiting for room")
+    assert _status(fleet, "gmig", "mover-to-b")["phase"] == "Pending"
+    assert _container(fleet, a, "mover").id == before
+    assert _ready_on(fleet, "mover", a)
+    fleet.stack.kubectl("delete", "grs", "blocker", "-n", fleet.namespace, "--wait=true",
+                        "--timeout=60s")
+    _wait_phase(fleet, "mover-to-b", "Succeeded", "Failed", "Cancelled")
+    assert _status(fleet, "gmig", "mover-to-b")["phase"] == "Succeeded"
+    wait_for(functools.partial(_ready_on, fleet, "mover", b), 60, what="mover on b")
+    assert sh(_container(fleet, b, "mover"), "cat /root/note").strip() == "moved"
+    assert fleet.containers(a) == []
+
+
 def test_23_two_migrations_to_a_node_with_room_for_one_take_it_once(fleet: Fleet) -> None:
     """The target holds the GPUs it found free from the first ask on: two moves at
     once to a node with one free GPU give one Succeeded and one refused before
@@ -400,8 +445,9 @@ def test_23_two_migrations_to_a_node_with_room_for_one_take_it_once(fleet: Fleet
     a, b = fleet.nodes
     fleet.agents[b].stop()
     fleet.start_agent(b, gpus=1)
-    fleet.agents[a].stop()  # slow sends: both transfers overlap
-    fleet.start_agent(a, extra_args=["--migration-bandwidth", str(2 << 20)])
+    fleet.agents[a].stop()  # slow sends: both transfers overlap; no wait for room
+    fleet.start_agent(a, extra_args=["--migration-bandwidth", str(2 << 20),
+                                     "--migration-target-wait", "0"])
     on_a = {"gpudock.dev/gpu-count": "8"}  # node a's label (node b has 1 GPU)
     names = ("first", "second")
     for name in names:

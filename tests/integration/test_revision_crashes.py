@@ -41,15 +41,18 @@ def _assert_no_gpu_held_twice(stack: LocalStack, namespace: str) -> None:
     assert len(held) == len(set(held)), held
 
 
-# Each crash point with the change that passes through it. An update is: stop the old
-# container, save its disk (copy its writable layer, or commit and flatten past the
-# layer threshold; note it), record the new revision, create its container, copy the
-# saved layer in, start it, remove the old container; a rollback adds writing the
-# revision's spec back; Stopped saves and removes; Running again re-creates. The
-# commit points are reached by an agent with --disk-saves commit, so the history mixes
-# committed disks and saved layers, as on a node whose setting was changed.
+# Each crash point with the change that passes through it. An update is: copy the old
+# container's writable layer while it runs, stop it, save its disk (copy what changed
+# since, or commit and flatten past the layer threshold; note it), record the new
+# revision, create its container, move the old one's layer into it (and remove the
+# old one; a rollback copies the saved layer in), start it, remove the old container;
+# a rollback adds writing the revision's spec back; Stopped saves and removes; Running
+# again re-creates. The commit points are reached by an agent with --disk-saves
+# commit, so the history mixes committed disks and saved layers, as on a node whose
+# setting was changed.
 CRASH_POINTS = (
     ("StopContainer.before", "update"),  # the old container still runs
+    ("StopContainer.preCopied", "update"),  # its layer copied while it runs, not stopped
     ("StopContainer.after", "update"),
     ("PreserveDisk.layerSaved", "update"),  # the layer is copied, the record not noted
     ("PreserveDisk.committed", "update"),
@@ -57,6 +60,8 @@ CRASH_POINTS = (
     ("PreserveDisk.after", "update"),
     ("StartRevision.recorded", "update"),
     ("StartRevision.created", "update"),  # the new container is empty, never started
+    ("StartRevision.layerHandedOver", "update"),  # the old one's layer moved into the
+    # new one, the old container (left without a layer) not removed yet
     ("StartRevision.layerCopied", "update"),  # filled, never started
     ("StartRevision.after", "update"),  # two containers: the old (saved) and the new
     ("RemoveContainer.after", "update"),

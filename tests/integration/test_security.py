@@ -195,7 +195,7 @@ def test_14_4_changing_node_name_to_a_node_that_cannot_take_it_keeps_the_instanc
     # A changed spec.nodeName moves the instance with its disk (#23: a GpuMigration,
     # tests/integration/test_migration.py); here the node it names has no agent, so the
     # move fails and nothing changes: the instance serves where it is.
-    start_agent(gpus=8)
+    start_agent(gpus=8, extra_args=["--migration-target-wait", "0"])
     apply_spec(stack, namespace, "mover", "v1", gpus=2)
     wait_settled(stack, namespace, "mover", revision=1)
     before = only_container(stack, namespace, "mover").id

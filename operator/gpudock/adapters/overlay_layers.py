@@ -16,6 +16,15 @@ A copy lands in the new container's upper dir all at once: it is made beside it,
 checked entry by entry (without reading the files' bytes again), and renamed over the
 empty directory Docker created, so a crash leaves the new container either untouched
 (and the copy is made again) or complete. The source is never changed.
+
+An update carries the disk forward with one copy, most of it made while the instance
+still serves: ``pre_copy_layer`` copies the running container's upper dir beside
+where its save goes; once it is stopped, ``save_layer`` copies only what changed
+since (a file whose inode, size, mtime and ctime are those the pre-copy read is
+linked from there); then ``hand_over`` gives the stopped container's upper dir itself
+to the new container by rename (one filesystem), and the copy stays as the saved
+revision. The saved copy never becomes a running container's layer: its files may
+be shared with earlier saved copies.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from gpudock.adapters.host_tools import VolumeToolError
 from gpudock.adapters.user_trees import remove_tree
 
 STAGING_SUFFIX = ".gpudock-incoming"
+PRE_COPY_SUFFIX = ".gpudock-pre-copy"
 
 
 class LayerCopyError(VolumeToolError):
@@ -79,7 +89,43 @@ def copy_layer(source: Path, target: Path) -> None:
     _staged_copy(source, target, "copying the writable layer")
 
 
-def save_layer(source: Path, saved: Path, previous: Path | None = None) -> None:
+def hand_over(source: Path, saved: Path, target: Path) -> None:
+    """Give the never-started container whose upper dir is ``target`` (empty) the
+    upper dir ``source`` of a stopped container, by rename, once it is checked to hold
+    what ``saved`` (the copy saved from it) holds, entry by entry (no file's bytes
+    are read). The stopped container is left without a writable layer: it must be
+    removed, never started again. LayerCopyError (nothing moved) when the two differ,
+    or live on two filesystems."""
+    if filled(target):
+        raise LayerCopyError(f"{target} is not empty: its container has run; nothing "
+                             "was moved")
+    try:
+        tree_copy.verify_copy(saved, source, content=False)
+        source.rename(target)
+    except (OSError, VolumeToolError) as exc:
+        raise LayerCopyError(f"handing {source} over to {target}: {exc}") from exc
+
+
+def pre_copy_layer(source: Path, saved: Path,
+                   previous: Path | None = None) -> tree_copy.PreCopy:
+    """While its container runs: copy an upper dir beside ``saved`` (where its save
+    goes), noting the state of each file read whole and unchanged, for save_layer.
+    LayerCopyError (nothing left) when it cannot be made."""
+    staging = saved.with_name(saved.name + PRE_COPY_SUFFIX)
+    remove_tree(staging, ignore_errors=True)  # one a crash left
+    made = tree_copy.PreCopy(staging)
+    try:
+        staging.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        tree_copy.copy_tree(source, staging, previous, noting=made)
+    except (OSError, VolumeToolError) as exc:
+        remove_tree(staging, ignore_errors=True)
+        raise LayerCopyError(f"copying {source} while it is in use: {exc}") from exc
+    return made
+
+
+def save_layer(source: Path, saved: Path, previous: Path | None = None,
+               pre_copy: tree_copy.PreCopy | None = None) -> None:
     """Keep a copy of a stopped container's upper dir at ``saved`` (which must not
     exist yet), for a later rollback or start; it appears only once complete.
 
@@ -88,22 +134,30 @@ def save_layer(source: Path, saved: Path, previous: Path | None = None) -> None:
     ``share_with``: same bytes, mode, owner and xattrs), so history costs what changed
     between revisions, as image layers do. Saved copies are never written again,
     which is what makes sharing their files safe; a running container never gets a
-    linked file (copy_layer copies)."""
-    if saved.exists():
-        raise LayerCopyError(f"{saved} exists already; nothing was copied")
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    _staged_copy(source, saved, "saving the writable layer", share_with=previous)
+    linked file (copy_layer copies, hand_over moves the container's own layer).
+
+    With ``pre_copy`` (pre_copy_layer's, of this source) a file unchanged since it was
+    read there is linked from it, not copied; the pre-copy is removed after."""
+    try:
+        if saved.exists():
+            raise LayerCopyError(f"{saved} exists already; nothing was copied")
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        _staged_copy(source, saved, "saving the writable layer", share_with=previous,
+                     pre_copy=pre_copy)
+    finally:
+        remove_tree(saved.with_name(saved.name + PRE_COPY_SUFFIX), ignore_errors=True)
 
 
 def _staged_copy(source: Path, destination: Path, what: str,
-                 share_with: Path | None = None) -> None:
+                 share_with: Path | None = None,
+                 pre_copy: tree_copy.PreCopy | None = None) -> None:
     """Copy beside ``destination``, check, then rename onto it (rename(2) replaces
     an empty directory atomically, or creates the name)."""
     staging = destination.with_name(destination.name + STAGING_SUFFIX)
     remove_tree(staging, ignore_errors=True)  # an attempt a crash cut short
     staging.mkdir()
     try:
-        tree_copy.copy_tree(source, staging, share_with)
+        tree_copy.copy_tree(source, staging, share_with, pre_copy)
         tree_copy.verify_copy(source, staging, content=False)
         staging.rename(destination)
     except (OSError, VolumeToolError) as exc:
@@ -122,11 +176,19 @@ def remove_saved(saved: Path, home: Path) -> bool:
     saved = Path(os.path.normpath(saved))
     if not saved.is_relative_to(home) or saved == home:
         return False
-    for path in (saved, saved.with_name(saved.name + STAGING_SUFFIX)):
+    for path in (saved, saved.with_name(saved.name + STAGING_SUFFIX),
+                 saved.with_name(saved.name + PRE_COPY_SUFFIX)):
         remove_tree(path, ignore_errors=True)
     with contextlib.suppress(OSError):
         saved.parent.rmdir()  # only when empty
     return True
+
+
+def remove_pre_copies(home: Path) -> None:
+    """Every pre-copy under ``home`` (what a file's state was when read lives in the
+    memory of the agent that made it: after a restart they are of no use)."""
+    for staging in home.glob(f"*/*{PRE_COPY_SUFFIX}"):
+        remove_tree(staging, ignore_errors=True)
 
 
 def filled(directory: Path) -> bool:

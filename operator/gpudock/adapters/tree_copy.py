@@ -22,7 +22,9 @@ import errno
 import itertools
 import os
 import stat
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gpudock.adapters.file_data import content_digest, copy_data, shares_blocks
@@ -42,6 +44,34 @@ from gpudock.adapters.user_trees import (
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _O_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 Key = tuple[int, int]
+State = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
+RACY_NS = 1_000_000_000  # a ctime this close to a read may hide a write in the same tick
+
+
+def file_state(info: os.stat_result) -> State:
+    """What changes whenever a file's bytes or metadata do: a user can set mtime back,
+    never ctime (the kernel sets it at every change, also at that of mtime)."""
+    return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def unchanged_while_read(before: os.stat_result, after: os.stat_result) -> bool:
+    """The file was not changed while it was read (the same state before and after),
+    nor within RACY_NS before (a write in the same clock tick leaves the times)."""
+    return file_state(before) == file_state(after) and \
+        time.time_ns() - after.st_ctime_ns > RACY_NS
+
+
+@dataclass
+class PreCopy:
+    """A copy of a tree made while the tree was in use (a running container's writable
+    layer), and each file's state as it was read whole and unchanged: a later copy of
+    the tree at rest takes a file whose state is still that one from here (a hard
+    link, on the same filesystem) instead of copying its bytes again (``reused``
+    counts them)."""
+
+    root: Path
+    states: dict[str, State] = field(default_factory=dict)
+    reused: int = 0
 
 
 # ------------------------------------------------------------------------ metadata
@@ -86,7 +116,8 @@ set_metadata = _set_metadata  # for tree_stream, which builds a tree received
 
 
 # ---------------------------------------------------------------------------- copy
-def copy_tree(source: Path, target: Path, share_with: Path | None = None) -> None:
+def copy_tree(source: Path, target: Path, share_with: Path | None = None,
+              pre_copy: PreCopy | None = None, noting: PreCopy | None = None) -> None:
     """Copy what ``source`` holds into the empty directory ``target`` (and the
     source directory's own owner, mode, xattrs and times onto it). Raises
     VolumeToolError (its text has the system's words: "No space left on device").
@@ -96,11 +127,18 @@ def copy_tree(source: Path, target: Path, share_with: Path | None = None) -> Non
     owner, time and xattrs is hard-linked from there instead of copied (as rsync's
     ``--link-dest --checksum``: a file rewritten with its old size and time is not
     taken for unchanged). Where reflinks work every block is shared anyway, changed
-    or not, without reading the files, so ``share_with`` is not used."""
+    or not, without reading the files, so ``share_with`` is not used.
+
+    ``noting``: this copy is a pre-copy (``target`` is its root): the state of each
+    file read whole and unchanged is noted in it. ``pre_copy``: such an earlier copy
+    of ``source``, on the filesystem of ``target``; a file whose state is still the
+    one noted there is linked from it, not read."""
     if share_with is not None and (not share_with.is_dir() or shares_blocks(target.parent)):
         share_with = None
+    if pre_copy is not None and not pre_copy.root.is_dir():
+        pre_copy = None
     try:
-        _Copy(source, target, share_with).run()
+        _Copy(source, target, share_with, pre_copy, noting).run()
     except OSError as exc:
         raise VolumeToolError(f"copying {source} to {target}: {exc}") from exc
 
@@ -132,9 +170,11 @@ class _Shadow:
 
 
 class _Copy:
-    def __init__(self, source: Path, target: Path, share_with: Path | None) -> None:
+    def __init__(self, source: Path, target: Path, share_with: Path | None,
+                 pre_copy: PreCopy | None, noting: PreCopy | None) -> None:
         self.source, self.target = source, target
         self.share_with = share_with
+        self.pre_copy, self.noting = pre_copy, noting
         self.first: dict[Key, tuple[Dir, str]] = {}  # an inode's first copy
 
     def run(self) -> None:
@@ -143,13 +183,16 @@ class _Copy:
             stack.callback(os.close, self.root_fd)
             self.into = stack.enter_context(Cursor(self.target))
             self.shadow = _Shadow(self.share_with) if self.share_with else None
-            if self.shadow is not None:
-                stack.callback(self.shadow.cursor.close)
+            self.earlier = _Shadow(self.pre_copy.root) if self.pre_copy else None
+            for shadow in (self.shadow, self.earlier):
+                if shadow is not None:
+                    stack.callback(shadow.cursor.close)
             for step in walk(self.source):
                 if isinstance(step, Leave):
                     self.into.up()
-                    if self.shadow is not None:
-                        self.shadow.up()
+                    for shadow in (self.shadow, self.earlier):
+                        if shadow is not None:
+                            shadow.up()
                     os.utime(step.name, ns=(step.info.st_atime_ns, step.info.st_mtime_ns),
                              dir_fd=self.into.fd, follow_symlinks=False)
                 else:
@@ -171,8 +214,9 @@ class _Copy:
                 os.close(fd)
                 raise
             self.into.enter(fd)
-            if self.shadow is not None:
-                self.shadow.down(name)
+            for shadow in (self.shadow, self.earlier):
+                if shadow is not None:
+                    shadow.down(name)
             return
         if info.st_nlink > 1 and self._link_first(entry):
             return
@@ -206,16 +250,38 @@ class _Copy:
         try:
             if identity(os.fstat(source)) != identity(entry.info):
                 raise OSError(errno.ESTALE, f"{entry.name!r} was replaced during the copy")
-            if self._link_shared(entry, source, attrs):
+            path = "/".join([*entry.parent.parts(), entry.name]) \
+                if self.pre_copy or self.noting else ""
+            if self._link_earlier(entry, path):
                 return
-            target = os.open(entry.name, _O_NEW, 0o600, dir_fd=self.into.fd)
-            try:
-                copy_data(source, target, entry.info.st_size)
-                _set_metadata(target, self.into.fd, entry.name, entry.info, attrs)
-            finally:
-                os.close(target)
+            if not self._link_shared(entry, source, attrs):
+                target = os.open(entry.name, _O_NEW, 0o600, dir_fd=self.into.fd)
+                try:
+                    copy_data(source, target, entry.info.st_size)
+                    _set_metadata(target, self.into.fd, entry.name, entry.info, attrs)
+                finally:
+                    os.close(target)
+            if self.noting is not None and unchanged_while_read(entry.info,
+                                                                os.fstat(source)):
+                self.noting.states[path] = file_state(entry.info)
         finally:
             os.close(source)
+
+    def _link_earlier(self, entry: Entry, path: str) -> bool:
+        """A file unchanged since the pre-copy read it: linked from there."""
+        earlier = self.earlier.fd() if self.earlier is not None else None
+        if earlier is None or self.pre_copy is None or \
+                self.pre_copy.states.get(path) != file_state(entry.info):
+            return False
+        try:
+            os.link(entry.name, entry.name, src_dir_fd=earlier, dst_dir_fd=self.into.fd,
+                    follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EMLINK):
+                return False
+            raise
+        self.pre_copy.reused += 1
+        return True
 
     def _link_shared(self, entry: Entry, source: int,
                      attrs: tuple[tuple[str, bytes], ...]) -> bool:

@@ -30,7 +30,6 @@ import base64
 import hashlib
 import os
 import stat
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +42,6 @@ from gpudock.adapters.user_trees import O_DIR, Cursor, Entry, Leave, identity, o
 
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _O_NEW = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-RACY_NS = 1_000_000_000  # a ctime this close to the read may hide a later write
-State = tuple[int, int, int, int]  # inode, size, mtime_ns, ctime_ns
 
 
 @dataclass
@@ -60,8 +57,7 @@ class Digests:
         return found[1] if found is not None and found[0] == state else None
 
 
-def _state(info: os.stat_result) -> State:
-    return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+_state = tree_copy.file_state
 
 
 def manifest_digest(root: Path, digests: Digests | None = None,
@@ -201,7 +197,7 @@ class TreeSender:
             after = os.fstat(fd)
         finally:
             os.close(fd)
-        if _state(after) == _state(info) and time.time_ns() - after.st_ctime_ns > RACY_NS:
+        if tree_copy.unchanged_while_read(info, after):
             seen.by_path[here] = (_state(info), digest)
 
 

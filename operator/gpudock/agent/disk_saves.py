@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from gpudock import metrics
-from gpudock.adapters import overlay_layers
+from gpudock.adapters import overlay_layers, tree_copy
 from gpudock.adapters.docker.errors import DiskFullError
 from gpudock.adapters.filesystem_info import free_bytes, free_inodes
 from gpudock.adapters.user_trees import remove_tree, tree_usage
@@ -39,6 +39,7 @@ INODE_MARGIN = 1000
 # A container whose writable layer could not be saved whole is not stopped for
 # another try before this many seconds (each try stops the instance).
 FAILED_SAVE_RETRY = 600.0
+MAX_PRE_COPIES = 8  # pre-copies kept for saves still to come (one per stopping container)
 
 
 def _mib(count: int) -> str:
@@ -56,6 +57,10 @@ class DiskSaves:
         self._home: tuple[Path | None] | None = None  # asked of Docker once
         # By container ID: when its save failed, and the refusal's message.
         self._failed: dict[str, tuple[float, str]] = {}
+        # By container ID: the copy of its layer made while it ran, and where its
+        # save goes (taken by the save after the stop; lost with the agent, when the
+        # save copies everything).
+        self._pre_copies: dict[str, tuple[str, tree_copy.PreCopy]] = {}
 
     # ------------------------------------------------------------------ what is saved
     def layers_home(self) -> Path | None:
@@ -63,11 +68,13 @@ class DiskSaves:
         overlay2, or the agent cannot reach its root); asked of Docker once."""
         if self._home is None:
             self._home = (overlay_layers.layer_home(*self._docker.storage()),)
+            if self._home[0] is not None:  # what the pre-copies noted died with the
+                overlay_layers.remove_pre_copies(self._home[0])  # agent that made them
         return self._home[0]
 
     def layer_root(self) -> str | None:
         """Where new saves copy a writable layer to; None: they commit."""
-        home = self.layers_home() if self._settings.disk_saves == "layer" else None
+        home = self.layers_home() if self._settings.disk_saves != "commit" else None
         return str(home) if home is not None else None
 
     def saved(self, key: ResourceKey, records: tuple[Revision, ...]) -> SavedDisks:
@@ -140,6 +147,35 @@ class DiskSaves:
         return (self._docker.writable_layer_bytes(container_id),
                 self._docker.writable_layer_entries(container_id))
 
+    def pre_copy(self, container_id: str, name: str, layer: str,
+                 previous: str | None) -> None:
+        """While the container still runs, before the stop of a save to ``layer``:
+        copy its writable layer beside there, so that the save after the stop copies
+        only what changed since. One that cannot be made is dropped (the save then
+        copies everything), never a reason not to save."""
+        self._drop_pre_copy(container_id)
+        if self._settings.disk_saves != "layer":
+            return
+        upper = overlay_layers.reachable(self._docker.writable_layer_dir(container_id))
+        if upper is None:
+            return
+        try:
+            with metrics.timed(metrics.DISK_SECONDS, "layer-pre-copy"):
+                made = overlay_layers.pre_copy_layer(upper, Path(layer),
+                                                     Path(previous) if previous else None)
+        except overlay_layers.LayerCopyError as exc:
+            logger.info("%s: no copy made while it runs (its save copies all): %s",
+                        name, exc)
+            return
+        while len(self._pre_copies) >= MAX_PRE_COPIES:  # of stops that never came
+            self._drop_pre_copy(next(iter(self._pre_copies)))
+        self._pre_copies[container_id] = (layer, made)
+
+    def _drop_pre_copy(self, container_id: str) -> None:
+        found = self._pre_copies.pop(container_id, None)
+        if found is not None:
+            remove_tree(found[1].root, ignore_errors=True)
+
     def save(self, key: ResourceKey, container_id: str, name: str, image: str,
              record: Revision | None, layer: str | None,
              previous: str | None) -> list[tuple[Reason, str]]:
@@ -196,18 +232,25 @@ class DiskSaves:
             # notes of a container that ran again since: made again (the container,
             # not removed before its save is noted, still has every file).
             remove_tree(saved)
+        found = self._pre_copies.pop(container_id, None)
+        pre_copy = found[1] if found is not None and found[0] == layer else None
         try:
             with metrics.timed(metrics.DISK_SECONDS, "layer-save"):
                 overlay_layers.save_layer(upper, saved,
-                                          Path(previous) if previous else None)
+                                          Path(previous) if previous else None, pre_copy)
         except overlay_layers.LayerSpaceError as exc:
             raise DiskFullError(f"saving the disk of {name}: {exc}") from exc
         except overlay_layers.LayerCopyError as exc:
             raise self._refused(container_id, name, str(exc)) from exc
+        finally:
+            if found is not None:
+                remove_tree(found[1].root, ignore_errors=True)
         self._failed.pop(container_id, None)
         self._crash.reach("PreserveDisk.layerSaved")
         self._store.put(replace(record, saved_layer=layer, preserved_from=container_id))
-        return [(Reason.DISK_SAVED, f"writable layer of {name} saved to {layer}")]
+        taken = (f" ({pre_copy.reused} of its files copied while it ran, unchanged "
+                 "since)") if pre_copy is not None and pre_copy.reused else ""
+        return [(Reason.DISK_SAVED, f"writable layer of {name} saved to {layer}{taken}")]
 
     def _refused(self, container_id: str, name: str, why: str) -> UserError:
         """The refusal of a layer save, remembered so that the container is not
@@ -222,10 +265,13 @@ class DiskSaves:
 
     # ----------------------------------------------------------------------- restore
     def put_layer(self, layer: str, name: str, container_id: str,
-                  unless_there: bool = False) -> None:
+                  unless_there: bool = False, saved_from: str | None = None) -> None:
         """Copy a saved writable layer into a never-started container; with
         ``unless_there``, nothing when the container's layer already has files (a copy
-        lands all at once, so those are the copy). Raises UserError DiskRestoreFailed."""
+        lands all at once, so those are the copy). With ``saved_from``, the stopped
+        container the layer was saved from: its own writable layer is moved into the
+        new container instead (hand_over, when it still holds what was saved), and
+        it is removed. Raises UserError DiskRestoreFailed."""
         if not unless_there:
             self._crash.reach("StartRevision.created")
         named = self._docker.writable_layer_dir(container_id)
@@ -236,13 +282,37 @@ class DiskSaves:
                     f"the writable layer of {name} ({named}) cannot be reached")
             if unless_there and overlay_layers.filled(upper):
                 return
-            with metrics.timed(metrics.DISK_SECONDS, "layer-restore"):
-                overlay_layers.copy_layer(Path(layer), upper)
+            if saved_from is None or self._settings.disk_saves != "layer" or \
+                    not self._hand_over(saved_from, layer, upper):
+                with metrics.timed(metrics.DISK_SECONDS, "layer-restore"):
+                    overlay_layers.copy_layer(Path(layer), upper)
         except (OSError, overlay_layers.LayerCopyError) as exc:
             raise UserError(Reason.DISK_RESTORE_FAILED, f"the saved disk {layer} could not "
                             f"be put into {name}: {exc}") from exc
         if not unless_there:
             self._crash.reach("StartRevision.layerCopied")
+
+    def _hand_over(self, old_id: str, layer: str, upper: Path) -> bool:
+        """Move the stopped container ``old_id``'s writable layer into ``upper`` and
+        remove that container (started again without it, it would show an empty
+        disk; its disk is the saved layer). False, nothing done, when it is gone,
+        runs, or no longer holds what was saved (the caller copies the saved layer)."""
+        old = next((c for c in self._docker.list_containers() if c.id == old_id), None)
+        if old is None or old.running or old.status not in ("exited", "created"):
+            return False
+        source = overlay_layers.reachable(self._docker.writable_layer_dir(old_id))
+        if source is None:
+            return False
+        try:
+            with metrics.timed(metrics.DISK_SECONDS, "layer-hand-over"):
+                overlay_layers.hand_over(source, Path(layer), upper)
+        except overlay_layers.LayerCopyError as exc:
+            logger.warning("%s: writable layer not handed over, the saved one is copied: "
+                           "%s", old.name, exc)
+            return False
+        self._crash.reach("StartRevision.layerHandedOver")
+        self._docker.remove(old_id, old.name)
+        return True
 
     # ------------------------------------------------------------------------ remove
     def remove_layers(self, record: Revision) -> None:

@@ -26,7 +26,6 @@ from gpudock.adapters.user_trees import tree_usage
 from gpudock.agent import migration_targets
 from gpudock.agent.migration_switch import (
     MIGRATED_PREFIX,
-    TRANSFER_FIELD,
     MigrationContext,
     MigrationError,
     Show,
@@ -92,10 +91,9 @@ class MigrationRunner:
                   f"migrations are leaving node {self._node} already"})
             return False
         try:
-            self._migrate(body, status, cancelled, show)
+            return self._migrate(body, status, cancelled, show)
         finally:
             self.slots.release()
-        return True
 
     def _end(self, show: Show, status: dict[str, Any], error: MigrationError) -> None:
         show({**status, "phase": error.phase, "reason": error.reason,
@@ -103,7 +101,8 @@ class MigrationRunner:
 
     # ---------------------------------------------------------------- before switching
     def _migrate(self, body: dict[str, Any], status: dict[str, Any],
-                 cancelled: Callable[[], bool], show: Show) -> None:
+                 cancelled: Callable[[], bool], show: Show) -> bool:
+        """Drive it to its end (True), or to a wait for room (False)."""
         meta = body["metadata"]
         namespace = meta["namespace"]
         try:
@@ -111,9 +110,13 @@ class MigrationRunner:
             grs, rs_spec, records = self._check(body, spec)
             target, endpoint = choose_target(self._agent, spec, rs_spec, grs)
         except SpecError as exc:
-            return self._end(show, status, MigrationError(Reason.INVALID_SPEC, exc.message))
+            self._end(show, status, MigrationError(Reason.INVALID_SPEC, exc.message))
+            return True
         except MigrationError as exc:
-            return self._end(show, status, exc)
+            if migration_targets.waits_for_room(self._agent, body, status, exc, show):
+                return False
+            self._end(show, status, exc)
+            return True
         token = migration_wire.new_token()
         self._tokens[meta["uid"]] = token
         status.update({"phase": Phase.RESERVING, "reason": Reason.MIGRATING,
@@ -147,9 +150,14 @@ class MigrationRunner:
             if not isinstance(exc, WireError | GpudockError | OSError):
                 logger.exception("%s: migration failed", key)
             self._undo(key, halted[0] if halted else None, body, status)
+            if not halted and not cancelled() and migration_targets.waits_for_room(
+                    self._agent, body, status, error, show):
+                self._switch.show_instance(key, status, down=False)
+                return False  # the target refused for room before anything stopped
             error.message += f"; the instance runs on node {self._node} as before"
             self._switch.show_instance(key, {**status, "phase": error.phase}, down=False)
-            return self._end(show, status, error)
+            self._end(show, status, error)
+            return True
         channel.close()
         self._crash.reach("Migrate.transferred")
         status.update({"phase": Phase.SWITCHING, "message": f"moving the binding to {target}"})
@@ -161,6 +169,7 @@ class MigrationRunner:
             exc.message += f"; the instance runs on node {self._node} as before"
             self._switch.show_instance(key, {**status, "phase": exc.phase}, down=False)
             self._end(show, status, exc)
+        return True
 
     def _check(self, body: dict[str, Any], spec: GpuMigrationSpec,
                ) -> tuple[dict[str, Any], GpuReplicaSetSpec, list[Revision]]:
@@ -334,7 +343,8 @@ class MigrationRunner:
               body: dict[str, Any], status: dict[str, Any]) -> None:
         """Before Switching: what the target received goes, the source runs again
         (the same container, the same disk)."""
-        self._abort_target(body, status)
+        migration_targets.abort_target(self._agent, body, status,
+                                       self._tokens.get(body["metadata"]["uid"], ""))
         try:
             if stopped is not None:
                 self._agent.docker.start(stopped.id, stopped.name)
@@ -360,35 +370,3 @@ class MigrationRunner:
         halted = current if current is not None and running and not current.running \
             and current.status != "paused" else None
         self._undo(key, halted, body, status)
-
-    def _abort_target(self, body: dict[str, Any], status: dict[str, Any]) -> None:
-        """Best effort: the source's disk and records are untouched either way."""
-        target = status.get("targetNode")
-        if not target:
-            return
-        try:
-            node = self._agent.kube.get_cluster(GPU_NODES, str(target))
-            endpoint = (node.get("status") or {}).get(TRANSFER_FIELD) or {}
-            # Abort sessions are accepted with the migration's token, which only this
-            # agent knows (in memory: after a restart, the target keeps what it got).
-            token = self._tokens.get(body["metadata"]["uid"], "")
-            if not token or not endpoint.get("port") or not endpoint.get("caBundle"):
-                return
-            channel = migration_wire.connect(endpoint["address"], int(endpoint["port"]),
-                                             0, lambda: False, str(endpoint["caBundle"]))
-        except (GpudockError, WireError) as exc:
-            logger.warning("could not tell node %s to drop what it received: %s", target,
-                           exc)
-            return
-        try:
-            channel.send({"op": "hello", "token": token, "purpose": "abort",
-                          "migration": {"namespace": body["metadata"]["namespace"],
-                                        "name": body["metadata"]["name"]}})
-            channel.keyed(token)
-            channel.receive()
-            channel.receive()
-        except WireError as exc:
-            logger.warning("node %s did not drop what it received: %s", target, exc)
-        finally:
-            channel.close()
-

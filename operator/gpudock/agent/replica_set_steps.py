@@ -138,13 +138,14 @@ class ReplicaSetSteps:
         docker, store = self._docker, self._store
         match action:
             case act.StartRevision(record=record, config=config, start=start, reason=reason,
-                                   layer=layer):
+                                   layer=layer, saved_from=saved_from):
                 checked = self._checked_again(key, config)  # refused: no record is left
                 before = store.get(record.namespace, record.name, record.revision)
                 store.put(record)  # first: a crash after it leaves a record, no orphan
                 self._crash.reach("StartRevision.recorded")
                 container_id = docker.create_and_start(checked, start=start, prepare=(
-                    functools.partial(self.disks.put_layer, layer, config.name)
+                    functools.partial(self.disks.put_layer, layer, config.name,
+                                      saved_from=saved_from)
                     if layer is not None else None))
                 # Made by the agent: a later disappearance is drift, not a new start.
                 store.put(replace(record, container_id=container_id))
@@ -178,9 +179,12 @@ class ReplicaSetSteps:
                     store.put(note)
                 return [Event("Normal", reason, f"container {name} started")]
             case act.StopContainer(container_id=cid, name=name, reason=reason, saving=saving,
-                                   note=note):
+                                   note=note, layer=layer, previous=previous):
                 if saving:
                     self.disks.check_room(cid, name)
+                    if layer is not None:  # while it serves: the save copies what changes
+                        self.disks.pre_copy(cid, name, layer, previous)
+                        self._crash.reach("StopContainer.preCopied")
                 if note is not None:  # first: a stop the record does not know is drift
                     store.put(note)
                 docker.stop(cid, name)

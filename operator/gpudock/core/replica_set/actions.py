@@ -15,13 +15,17 @@ from gpudock.core.revision import Revision
 @dataclass(frozen=True)
 class StartRevision:
     """Record the revision, then create its container, copy the saved writable layer
-    ``layer`` into it when there is one, and start it unless Paused."""
+    ``layer`` into it when there is one, and start it unless Paused. With
+    ``saved_from`` (the stopped container ``layer`` was saved from, removed by this
+    plan anyway) that container's own writable layer is moved into the new one
+    instead, when it still holds what was saved, and that container is removed."""
 
     record: Revision
     config: ContainerConfig
     start: bool = True
     reason: Reason = Reason.REVISION_STARTED
     layer: str | None = None
+    saved_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,10 @@ class StopContainer:
     reason: Reason = Reason.STOPPED
     saving: bool = False  # its disk is saved next: check there is room before stopping
     note: Revision | None = None  # the record as it is once the container is stopped
+    # Its writable layer is saved there next (``previous``: the saved layer it shares
+    # files with): a first copy is made while it still runs (a pre-copy).
+    layer: str | None = None
+    previous: str | None = None
 
 
 @dataclass(frozen=True)

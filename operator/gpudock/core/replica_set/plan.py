@@ -234,7 +234,8 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
                      config.address)
     steps = (*((pull,) if pull else ()), *saving,
              act.StartRevision(new, config, start=obs.spec.state is DesiredState.RUNNING,
-                               layer=new.layer),
+                               layer=new.layer, saved_from=current.id if carries and
+                               new.layer else None),
              act.RemoveContainer(current.id, current.name, Reason.PREVIOUS_REVISION_REMOVED))
     what = f"saving the disk of {current.name}, then " if saving else ""
     plan = _progress(obs, current, record, steps, Reason.ROLLING_OUT,

@@ -86,13 +86,14 @@ def retained_name(name: str, uid: str) -> str:
 # ------------------------------------------------------------------------------ saves
 def save(key: ResourceKey, saved: SavedDisks, container: ObservedContainer,
          record: Revision | None) -> tuple[act.Action, ...]:
-    stop = (act.StopContainer(container.id, container.name, saving=True),) if (
-        container.running or container.status == "paused") else ()
     previous = record.layer if record is not None and record.layer in saved.layers else None
+    layer = save_target(key, saved, container, record).layer
+    stop = (act.StopContainer(container.id, container.name, saving=True, layer=layer,
+                              previous=previous),) if (
+        container.running or container.status == "paused") else ()
     return (*stop, act.PreserveDisk(container.id, container.name,
                                     preserved_image(key, container.revision), record,
-                                    layer=save_target(key, saved, container, record).layer,
-                                    previous=previous))
+                                    layer=layer, previous=previous))
 
 
 def save_target(key: ResourceKey, saved: SavedDisks, container: ObservedContainer,
