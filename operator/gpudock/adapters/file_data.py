@@ -5,6 +5,8 @@ shares its blocks where the filesystem can. Used by tree_copy on open files."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import hashlib
@@ -102,3 +104,20 @@ def shares_blocks(directory: Path) -> bool:
                 except OSError:
                     _SHARING[device] = False
     return _SHARING[device]
+
+
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def sync_filesystem(directory: Path) -> None:
+    """Write the dirty data of the filesystem holding ``directory`` to its disk
+    (syncfs(2): that filesystem only, not the machine's others). OSError if it
+    cannot."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _LIBC.syncfs(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, f"syncfs {directory}: {os.strerror(code)}")
+    finally:
+        os.close(fd)
+

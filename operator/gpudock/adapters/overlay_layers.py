@@ -34,7 +34,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from gpudock.adapters import tree_copy
+from gpudock.adapters import file_data, tree_copy
 from gpudock.adapters.docker.inspect import upper_dir_of
 from gpudock.adapters.host_tools import VolumeToolError
 from gpudock.adapters.user_trees import remove_tree
@@ -93,9 +93,9 @@ def hand_over(source: Path, saved: Path, target: Path) -> None:
     """Give the never-started container whose upper dir is ``target`` (empty) the
     upper dir ``source`` of a stopped container, by rename, once it is checked to hold
     what ``saved`` (the copy saved from it) holds, entry by entry (no file's bytes
-    are read). The stopped container is left without a writable layer: it must be
-    removed, never started again. LayerCopyError (nothing moved) when the two differ,
-    or live on two filesystems."""
+    are read). The stopped container is left without a writable layer (Docker
+    refuses to start it) until the layer is moved back or it is removed.
+    LayerCopyError (nothing moved) when the two differ, or live on two filesystems."""
     if filled(target):
         raise LayerCopyError(f"{target} is not empty: its container has run; nothing "
                              "was moved")
@@ -118,6 +118,10 @@ def pre_copy_layer(source: Path, saved: Path,
         staging.parent.mkdir(parents=True, exist_ok=True)
         staging.mkdir()
         tree_copy.copy_tree(source, staging, previous, noting=made)
+        # Its data on disk now, while the container still serves: else the writeback
+        # of the whole copy falls in the downtime (Docker's create and start of the
+        # next container wait for it on this filesystem).
+        file_data.sync_filesystem(staging)
     except (OSError, VolumeToolError) as exc:
         remove_tree(staging, ignore_errors=True)
         raise LayerCopyError(f"copying {source} while it is in use: {exc}") from exc

@@ -265,25 +265,30 @@ class DiskSaves:
 
     # ----------------------------------------------------------------------- restore
     def put_layer(self, layer: str, name: str, container_id: str,
-                  unless_there: bool = False, saved_from: str | None = None) -> None:
+                  unless_there: bool = False,
+                  saved_from: str | None = None) -> Callable[[], None] | None:
         """Copy a saved writable layer into a never-started container; with
         ``unless_there``, nothing when the container's layer already has files (a copy
         lands all at once, so those are the copy). With ``saved_from``, the stopped
         container the layer was saved from: its own writable layer is moved into the
-        new container instead (hand_over, when it still holds what was saved), and
-        it is removed. Raises UserError DiskRestoreFailed."""
+        new container instead (hand_over, when it still holds what was saved); what
+        moves it back is returned, for a new container Docker then refuses to start
+        (the same old container starts again, with its own layer). Raises UserError
+        DiskRestoreFailed."""
         if not unless_there:
             self._crash.reach("StartRevision.created")
         named = self._docker.writable_layer_dir(container_id)
+        undo: Callable[[], None] | None = None
         try:
             upper = overlay_layers.reachable(named)
             if upper is None:
                 raise overlay_layers.LayerCopyError(
                     f"the writable layer of {name} ({named}) cannot be reached")
             if unless_there and overlay_layers.filled(upper):
-                return
-            if saved_from is None or self._settings.disk_saves != "layer" or \
-                    not self._hand_over(saved_from, layer, upper):
+                return None
+            if saved_from is not None and self._settings.disk_saves == "layer":
+                undo = self._hand_over(saved_from, layer, upper)
+            if undo is None:
                 with metrics.timed(metrics.DISK_SECONDS, "layer-restore"):
                     overlay_layers.copy_layer(Path(layer), upper)
         except (OSError, overlay_layers.LayerCopyError) as exc:
@@ -291,28 +296,35 @@ class DiskSaves:
                             f"be put into {name}: {exc}") from exc
         if not unless_there:
             self._crash.reach("StartRevision.layerCopied")
+        return undo
 
-    def _hand_over(self, old_id: str, layer: str, upper: Path) -> bool:
-        """Move the stopped container ``old_id``'s writable layer into ``upper`` and
-        remove that container (started again without it, it would show an empty
-        disk; its disk is the saved layer). False, nothing done, when it is gone,
-        runs, or no longer holds what was saved (the caller copies the saved layer)."""
+    def _hand_over(self, old_id: str, layer: str,
+                   upper: Path) -> Callable[[], None] | None:
+        """Move the stopped container ``old_id``'s writable layer into ``upper``; it
+        stays without one (it cannot start) until the plan removes it, once the new
+        container runs. Returns what moves the layer back; None, nothing done, when
+        that container is gone, runs, or no longer holds what was saved (the caller
+        copies the saved layer)."""
         old = next((c for c in self._docker.list_containers() if c.id == old_id), None)
         if old is None or old.running or old.status not in ("exited", "created"):
-            return False
+            return None
         source = overlay_layers.reachable(self._docker.writable_layer_dir(old_id))
         if source is None:
-            return False
+            return None
         try:
             with metrics.timed(metrics.DISK_SECONDS, "layer-hand-over"):
                 overlay_layers.hand_over(source, Path(layer), upper)
         except overlay_layers.LayerCopyError as exc:
             logger.warning("%s: writable layer not handed over, the saved one is copied: "
                            "%s", old.name, exc)
-            return False
+            return None
         self._crash.reach("StartRevision.layerHandedOver")
-        self._docker.remove(old_id, old.name)
-        return True
+
+        def hand_back() -> None:
+            upper.rename(source)
+            logger.info("%s: writable layer moved back (its next container did not start)",
+                        old.name)
+        return hand_back
 
     # ------------------------------------------------------------------------ remove
     def remove_layers(self, record: Revision) -> None:

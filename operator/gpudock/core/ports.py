@@ -99,10 +99,12 @@ class ContainerRuntime(Protocol):
 
     # ------------------------------------------------------------- containers
     def create_and_start(self, config: ContainerConfig, *, start: bool = True,
-                         prepare: Callable[[str], None] | None = None) -> str:
+                         prepare: Callable[[str], Callable[[], None] | None] | None = None,
+                         ) -> str:
         """Create the container, run ``prepare`` on its ID before it ever starts,
         start it unless ``start`` is False; a container that fails any of it is
-        removed. Returns its ID."""
+        removed, after what ``prepare`` returned (if anything) undid its work; when
+        that undo fails the container is kept. Returns its ID."""
         ...
 
     def start(self, container_id: str, name: str) -> None: ...

@@ -446,7 +446,8 @@ class InMemoryDocker:
 
     # ======================================================== the port: containers
     def create_and_start(self, config: ContainerConfig, *, start: bool = True,
-                         prepare: Callable[[str], None] | None = None) -> str:
+                         prepare: Callable[[str], Callable[[], None] | None] | None = None,
+                         ) -> str:
         with self._request("create_and_start"):
             self._fail("create")
             env: list[str] = [f"{k}={v}" for k, v in config.env.items()]
@@ -483,15 +484,18 @@ class InMemoryDocker:
                 init=config.init, limits=config.limits)
             self.containers[container.id] = container
             self._event("create", container)
+        undo: Callable[[], None] | None = None
         try:
             if prepare is not None:
-                prepare(container.id)
+                undo = prepare(container.id)
             if not start:
                 return container.id
             with self._request("create_and_start"):
                 self._start(container)
         except Exception:
             # Never leave a created-but-unstartable container holding GPUs and ports.
+            if undo is not None:
+                undo()
             with contextlib.suppress(GpudockError):
                 self.remove(container.id, config.name)
             raise

@@ -71,7 +71,8 @@ class ContainerMixin(DockerConnection):
 
     # ---------------------------------------------------------------------- actions
     def create_and_start(self, config: ContainerConfig, *, start: bool = True,
-                         prepare: Callable[[str], None] | None = None) -> str:
+                         prepare: Callable[[str], Callable[[], None] | None] | None = None,
+                         ) -> str:
         """Create the container, run ``prepare`` on it (its ID) before it ever starts,
         then start it unless ``start`` is False. A container that fails any of it is
         removed (it never ran, so it holds nothing of the user's)."""
@@ -130,9 +131,10 @@ class ContainerMixin(DockerConnection):
             host_config=host_config, networking_config=networking,
         ), Step.CREATE)
         container_id = str(created["Id"])
+        undo: Callable[[], None] | None = None
         try:
             if prepare is not None:
-                prepare(container_id)
+                undo = prepare(container_id)
             if not start:
                 return container_id
             if config.init and config.command:
@@ -143,7 +145,10 @@ class ContainerMixin(DockerConnection):
             self._verify_bind_mounts(container_id, config)
         except Exception:
             # Never leave a created-but-unstartable container holding GPUs and ports;
-            # it has no user data yet (it never ran).
+            # it never ran, and what prepare put in goes back first (a disk it was
+            # handed). One whose undo failed is kept: it may hold the user's files.
+            if undo is not None:
+                undo()
             with contextlib.suppress(GpudockError):
                 self.remove(container_id, config.name)
             raise

@@ -17,8 +17,9 @@ class StartRevision:
     """Record the revision, then create its container, copy the saved writable layer
     ``layer`` into it when there is one, and start it unless Paused. With
     ``saved_from`` (the stopped container ``layer`` was saved from, removed by this
-    plan anyway) that container's own writable layer is moved into the new one
-    instead, when it still holds what was saved, and that container is removed."""
+    plan once the new one runs) that container's own writable layer is moved into
+    the new one instead, when it still holds what was saved; moved back if Docker
+    refuses to start the new one."""
 
     record: Revision
     config: ContainerConfig
