@@ -3,7 +3,7 @@ VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export GPUDOCK_VENV := $(VENV)
 
-.PHONY: smoke-nvml soak run test test-unit fuzz venv prereqs check bench bench-quick bench-volumes bench-api bench-pulls bench-placement bench-migration image chart-lint manifests helm-install helm-upgrade helm-uninstall dist
+.PHONY: smoke-nvml soak run test test-unit fuzz venv prereqs check bench bench-quick bench-volumes bench-api bench-pulls bench-updates bench-placement bench-migration image chart-lint manifests helm-install helm-upgrade helm-uninstall dist
 run: prereqs  ## local stack + agent (simulated GPUs) + examples, in the foreground
 	$(PY) -m tests.stack up
 
@@ -52,6 +52,9 @@ bench-volumes: prereqs  ## SizedVolume grow/shrink time per backend, copy vs cp 
 
 bench-pulls: prereqs  ## an image pull through the agent against docker pull, same registry (prints a table)
 	$(PY) -m tests.bench.pulls
+
+bench-updates: prereqs  ## an update after 10 MB-1 GiB of changes: pre-copy vs both copies after the stop vs the original's copy (+sync); downtime apart
+	$(PY) -m tests.bench.update_downtime
 
 bench-placement: prereqs  ## instances unpinned vs pinned by hand over 3 nodes; bind latency (prints a table)
 	$(PY) -m tests.bench.placement
