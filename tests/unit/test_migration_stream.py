@@ -107,6 +107,34 @@ def test_23_5_a_frame_changed_on_the_wire_or_keyed_otherwise_is_refused(
     assert migration_wire.token_digest("secret") != migration_wire.token_digest("guessed")
 
 
+def test_23_4_a_data_byte_changed_on_its_way_fails_the_manifest_check(
+        tmp_path: Path, pair: tuple[Channel, Channel],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A DATA frame's bytes are TLS's to authenticate on the wire, not the frame MAC's;
+    one that still arrives changed (here: changed after the frame was read) is caught
+    by the manifest: nothing is kept."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    source.mkdir()
+    target.mkdir()
+    _user_tree(source)
+    left, right = pair
+    real = Channel.receive_data
+    flipped: list[bool] = []
+
+    def altered(channel: Channel) -> bytes:
+        data = real(channel)
+        if not flipped:
+            flipped.append(True)
+            return bytes([data[0] ^ 1]) + data[1:]
+        return data
+
+    monkeypatch.setattr(Channel, "receive_data", altered)
+    sender = tree_stream.TreeSender(source, left, "migrated-x")
+    with pytest.raises(WireError, match="does not match the source's manifest"):
+        _over(sender.send, lambda: tree_stream.receive_tree(right, right.receive(), target))
+    assert flipped
+
+
 def test_23_5_a_peer_that_moves_no_byte_for_the_timeout_is_a_stalled_transfer(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(migration_wire, "IO_TIMEOUT", 0.2)
