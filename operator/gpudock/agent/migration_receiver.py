@@ -23,7 +23,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gpudock.adapters import host_ports, migration_wire, stream_tls, tree_stream
+from gpudock.adapters import (
+    file_data,
+    host_ports,
+    migration_wire,
+    stream_tls,
+    tree_stream,
+)
 from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
 from gpudock.adapters.migration_wire import Channel, RefusedError, WireError
 from gpudock.adapters.user_trees import remove_tree
@@ -204,7 +210,10 @@ class MigrationReceiver:
                 try:
                     count = tree_stream.receive_tree(channel, message, into, precopy,
                                                      digests)
-                    if not pre:
+                    if pre:  # on disk while the source still serves: else its
+                        # writeback falls in the downtime (Docker's start waits for it)
+                        file_data.sync_filesystem(into)
+                    else:
                         into.rename(final)
                 finally:
                     if not pre:
