@@ -11,6 +11,7 @@ next plan. docs/revisions.md has the steps of a rollout and what each keeps.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -61,6 +62,7 @@ class DiskSaves:
         # save goes (taken by the save after the stop; lost with the agent, when the
         # save copies everything).
         self._pre_copies: dict[str, tuple[str, tree_copy.PreCopy]] = {}
+        self._pre_copies_lock = threading.Lock()  # reconciles of several resources
 
     # ------------------------------------------------------------------ what is saved
     def layers_home(self) -> Path | None:
@@ -167,12 +169,20 @@ class DiskSaves:
             logger.info("%s: no copy made while it runs (its save copies all): %s",
                         name, exc)
             return
-        while len(self._pre_copies) >= MAX_PRE_COPIES:  # of stops that never came
-            self._drop_pre_copy(next(iter(self._pre_copies)))
-        self._pre_copies[container_id] = (layer, made)
+        with self._pre_copies_lock:
+            dropped = []  # of stops that never came
+            while len(self._pre_copies) >= MAX_PRE_COPIES:
+                dropped.append(self._pre_copies.pop(next(iter(self._pre_copies))))
+            self._pre_copies[container_id] = (layer, made)
+        for _, stale in dropped:
+            remove_tree(stale.root, ignore_errors=True)
+
+    def _take_pre_copy(self, container_id: str) -> tuple[str, tree_copy.PreCopy] | None:
+        with self._pre_copies_lock:
+            return self._pre_copies.pop(container_id, None)
 
     def _drop_pre_copy(self, container_id: str) -> None:
-        found = self._pre_copies.pop(container_id, None)
+        found = self._take_pre_copy(container_id)
         if found is not None:
             remove_tree(found[1].root, ignore_errors=True)
 
@@ -232,7 +242,7 @@ class DiskSaves:
             # notes of a container that ran again since: made again (the container,
             # not removed before its save is noted, still has every file).
             remove_tree(saved)
-        found = self._pre_copies.pop(container_id, None)
+        found = self._take_pre_copy(container_id)
         pre_copy = found[1] if found is not None and found[0] == layer else None
         try:
             with metrics.timed(metrics.DISK_SECONDS, "layer-save"):
