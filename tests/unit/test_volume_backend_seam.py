@@ -18,6 +18,7 @@ import pytest
 from gpudock.adapters.sqlite_revisions import SqliteRevisionStore
 from gpudock.adapters.volumes import registry
 from gpudock.adapters.volumes.registry import open_volume_backend
+from gpudock.agent.node_locks import NodeLocks
 from gpudock.agent.volume_reconciler import VolumeReconciler
 from gpudock.core.observed import ObservedContainer
 from gpudock.core.ports import ContainerRuntime
@@ -51,8 +52,8 @@ class FakeDocker:
         self.volumes.pop(name, None)
 
 
-def _body(size: str, generation: int) -> dict[str, Any]:
-    return {"metadata": {"namespace": "ns", "name": "data", "uid": "0123456789abcdef",
+def _body(size: str, generation: int, uid: str = "0123456789abcdef") -> dict[str, Any]:
+    return {"metadata": {"namespace": "ns", "name": "data", "uid": uid,
                          "generation": generation},
             "spec": {"nodeName": "n1", "size": size}}
 
@@ -65,7 +66,8 @@ def docker() -> FakeDocker:
 def _reconciler(name: str, tmp_path: Path, docker: FakeDocker) -> VolumeReconciler:
     return VolumeReconciler(name, tmp_path / "volumes", cast(ContainerRuntime, docker),
                             SqliteRevisionStore(tmp_path / "revisions.sqlite3"),
-                            lambda: "2024-01-01T00:00:00Z")
+                            lambda: "2024-01-01T00:00:00Z",
+                            locks=NodeLocks(tmp_path / "volume-locks"))
 
 
 def _ready(reconciler: VolumeReconciler, size: str, generation: int) -> dict[str, Any]:
@@ -100,7 +102,9 @@ def test_a_backend_added_in_one_line_serves_a_volume_through_its_life(
     assert backend.calls[-1] == ("delete", ident)
     assert docker.volumes == {}
     assert not backend.path(ident).exists()
-    assert reconciler.reconcile(_body("32Mi", 4), lambda _s: None)["revision"] == 1
+    # A new volume of the same name (a new UID) starts again at revision 1.
+    again = reconciler.reconcile(_body("32Mi", 1, uid="fedcba9876543210"), lambda _s: None)
+    assert again["revision"] == 1
 
 
 def test_a_backend_that_moves_on_resize_gets_copy_from_the_protocol(

@@ -20,6 +20,7 @@ from typing import Any
 from gpudock import metrics
 from gpudock.adapters.volumes.base import VolumeBackend
 from gpudock.adapters.volumes.registry import open_volume_backend
+from gpudock.agent.node_locks import NodeLocks
 from gpudock.api import sized_volume
 from gpudock.api.quantity import format_size
 from gpudock.api.reasons import Reason
@@ -36,18 +37,24 @@ from gpudock.errors import InternalError, SpecError, UserError
 
 logger = logging.getLogger(__name__)
 MAX_PASSES = 12
+DELETED_KEPT = 1024  # deleted volumes' UIDs remembered against a late reconcile
 
 
 class VolumeReconciler:
     def __init__(self, backend: str, root: Path, docker: ContainerRuntime,
                  store: RevisionStore, clock: Callable[[], str],
-                 crash: CrashPoints | None = None) -> None:
+                 crash: CrashPoints | None = None, *, locks: NodeLocks) -> None:
         self._default = (backend, str(root))
         self._docker = docker
         self._store = store
         self._clock = clock
         self._crash = crash or CrashPoints()
         self._backends: dict[tuple[str, str], VolumeBackend] = {}
+        # A reconcile and the delete of one volume never run at once (a reconcile
+        # begun before the delete would make again what the delete removed: found by
+        # the soak), and one of a volume deleted since does nothing.
+        self._locks = locks
+        self._deleted: dict[str, None] = {}  # UIDs, the last DELETED_KEPT, oldest first
 
     def backend(self, name: str, root: str) -> VolumeBackend:
         """The backend a volume's record names (opened and checked once)."""
@@ -72,6 +79,16 @@ class VolumeReconciler:
             return self._timed({"phase": "Failed", "reason": exc.reason, "conditions": [
                 {"type": "Degraded", "status": "True", "reason": exc.reason,
                  "message": exc.message}]}, previous, meta.get("generation"))
+        with self._locks.resource(key):
+            if meta["uid"] in self._deleted:
+                return previous
+            return self._converge(key, meta, spec, previous, progress, event, consumer_event)
+
+    def _converge(self, key: ResourceKey, meta: Mapping[str, Any], spec: SizedVolumeSpec,
+                  previous: dict[str, Any], progress: Callable[[dict[str, Any]], None],
+                  event: Callable[[str, str, str], None],
+                  consumer_event: Callable[[ObservedContainer, str, str, str], None],
+                  ) -> dict[str, Any]:
         minimum = False
         for _ in range(MAX_PASSES):
             obs = self._observe(key, meta, spec, minimum)
@@ -225,8 +242,17 @@ class VolumeReconciler:
         containers that still use one (then nothing is removed; try again later)."""
         meta = body["metadata"]
         key = ResourceKey(meta["namespace"], meta["name"])
-        records = self._records(key, meta["uid"])
-        default = core.volume_id(key, meta["uid"], self._default[0])
+        with self._locks.resource(key):
+            users = self._delete(key, meta["uid"])
+            if not users:
+                self._deleted[meta["uid"]] = None
+                for uid in list(self._deleted)[:-DELETED_KEPT]:
+                    del self._deleted[uid]
+            return users
+
+    def _delete(self, key: ResourceKey, uid: str) -> list[str]:
+        records = self._records(key, uid)
+        default = core.volume_id(key, uid, self._default[0])
         volumes = list(dict.fromkeys([*(r.volume_id for r in records), default]))
         containers = tuple(self._docker.list_containers())
         users: list[ObservedContainer] = [

@@ -30,6 +30,7 @@ from gpudock.agent.log_stream import LogStreams
 from gpudock.agent.migration_receiver import MigrationReceiver
 from gpudock.agent.migration_runner import MigrationRunner
 from gpudock.agent.migration_switch import MigrationContext
+from gpudock.agent.node_locks import NodeLocks
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
 from gpudock.agent.request_slots import RequestSlots
 from gpudock.agent.status_writer import StatusWriter
@@ -123,7 +124,8 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
         docker.close()
         raise
     volumes = VolumeReconciler(settings.volume_backend, settings.volumes_at, docker,
-                               store, clock, CrashPoints(settings.crash_at))
+                               store, clock, CrashPoints(settings.crash_at),
+                               locks=NodeLocks(settings.state_dir / "volume-locks"))
     replica_sets = ReplicaSetReconciler(settings, docker, inventory, kube, store, clock,
                                         volumes)
     moving = MigrationContext(settings, kube, docker, store, inventory, replica_sets, clock)

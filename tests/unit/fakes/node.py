@@ -23,6 +23,7 @@ from gpudock.adapters.sqlite_revisions import SqliteRevisionStore
 from gpudock.adapters.volumes import registry as volume_registry
 from gpudock.adapters.volumes.base import VolumeBackend
 from gpudock.agent import volume_reconciler
+from gpudock.agent.node_locks import NodeLocks
 from gpudock.agent.replica_set_outcome import Event, Outcome
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
 from gpudock.agent.status_writer import StatusWriter
@@ -103,7 +104,9 @@ class Node:
                                                self.settings.simulated_gpus)
         self.volumes = VolumeReconciler(self.settings.volume_backend,
                                         self.settings.volumes_at, self.docker, self.store,
-                                        self.clock.now, CrashPoints(self.settings.crash_at))
+                                        self.clock.now, CrashPoints(self.settings.crash_at),
+                                        locks=NodeLocks(self.settings.state_dir /
+                                                        "volume-locks"))
         self.replica_sets = ReplicaSetReconciler(self.settings, self.docker, self.inventory,
                                                  self.kube, self.store, clock=self.clock.now,
                                                  volumes=self.volumes)
