@@ -28,6 +28,7 @@ def test_a_reconcile_of_a_deleted_volume_makes_nothing_again(
     reconciler = _reconciler("example", tmp_path, docker)
     ident = _ready(reconciler, "64Mi", 1)["volumeName"]
     backend = reconciler.backend("example", str(tmp_path / "volumes"))
+    assert isinstance(backend, DirectoryBackend)
     assert reconciler.delete(_body("64Mi", 1)) == []
     # A late reconcile of the same volume (the body read before its deletion).
     reconciler.reconcile(_body("64Mi", 1), lambda _status: None)
@@ -60,6 +61,7 @@ def test_a_delete_waits_for_a_reconcile_under_way_then_removes_what_it_made(
     deleting.join(10)
     assert deleted == [[]]
     backend = reconciler.backend("example", str(tmp_path / "volumes"))
+    assert isinstance(backend, DirectoryBackend)
     assert [c for c, _ in backend.calls][-1] == "delete"
     assert docker.volumes == {}
     assert list(reconciler._store.list_volume("ns", "data")) == []
