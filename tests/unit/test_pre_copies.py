@@ -10,15 +10,7 @@ from pathlib import Path
 import pytest
 
 from gpudock.adapters import overlay_layers, tree_copy
-
-
-def _layer(root: Path, files: dict[str, bytes]) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    for name, body in files.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(body)
-    return root
+from tests.unit.test_layer_saves import _layer
 
 
 @pytest.fixture
