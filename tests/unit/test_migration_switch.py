@@ -7,14 +7,13 @@ from typing import Any, cast
 
 import pytest
 
-from gpudock.agent.migration_switch import (
+from gpudock.agent.migration_context import (
     MigrationContext,
-    Switch,
     SwitchRefusedError,
-    _not_ready,
     precise_now,
     seconds,
 )
+from gpudock.agent.migration_switch import Switch, _not_ready
 from gpudock.api.gpu_migration import made_before
 from gpudock.core.observed import ResourceKey
 from gpudock.crash_points import CrashPoints

@@ -62,6 +62,9 @@ class DirectoryBackend(ResizesInPlace):
     def docker_options(self, volume: str) -> dict[str, str] | None:
         return bind_options(self.path(volume))
 
+    def data_dir(self, volume: str) -> Path | None:
+        return self.path(volume) if self.path(volume).is_dir() else None
+
     def resize_online(self, volume: str, size_bytes: int) -> bool:
         self.calls.append(("resize_online", volume))
         self._size_file(volume).write_text(str(size_bytes))

@@ -33,8 +33,9 @@ from gpudock.adapters import (
 from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
 from gpudock.adapters.migration_wire import Channel, RefusedError, WireError
 from gpudock.adapters.user_trees import remove_tree
+from gpudock.agent import migration_volumes
 from gpudock.agent.migration_arrivals import Arrival
-from gpudock.agent.migration_switch import MIGRATED_PREFIX, PRECOPY_SUFFIX, MigrationContext
+from gpudock.agent.migration_context import MIGRATED_PREFIX, PRECOPY_SUFFIX, MigrationContext
 from gpudock.api import gpu_migration, gpu_replica_set, ownership
 from gpudock.api.container_fields import Protocol
 from gpudock.api.reasons import Reason
@@ -174,6 +175,8 @@ class MigrationReceiver:
             arrivals.drop(uid, this)  # the session failed: nothing comes here
             if not any(c.uid == uid for c in self._agent.docker.list_containers()):
                 self._agent.docker.remove_volumes(namespace, name, uid)
+                migration_volumes.discard_here(self._agent, namespace,
+                                               migration_volumes.listed(prepare))
             raise
 
     def _receive(self, channel: Channel, prepare: dict[str, Any], namespace: str,
@@ -186,6 +189,11 @@ class MigrationReceiver:
                 f"on node {self._agent.settings.node_name} {'; '.join(moved)}: loading the "
                 "instance's image would move the tag from under what runs here (nothing "
                 "was changed; make the tag name the same image on both nodes)"))
+        try:  # the SizedVolumes that move with it, made here (their room checked)
+            volumes = migration_volumes.make_here(
+                self._agent, namespace, migration_volumes.listed(prepare))
+        except UserError as exc:
+            raise _RefusalError(exc.reason, exc.message) from exc
         channel.send({"op": "prepared", "needImages": missing})
         passes: dict[str, tree_stream.Digests] = {}  # a pre pass's digests, by tree
         while True:
@@ -198,14 +206,17 @@ class MigrationReceiver:
                 what = str(message["what"])
                 if "/" in what or not what.startswith(MIGRATED_PREFIX):
                     raise _RefusalError(Reason.TRANSFER_FAILED, f"a tree named {what!r}")
-                final = home / uid / what
-                precopy = final.with_name(what + PRECOPY_SUFFIX)
+                volume = volumes.get(what)  # a SizedVolume's files: built inside it
+                final = volume or home / uid / what
+                precopy, incoming = (migration_volumes.staging(volume) if volume else (
+                    final.with_name(what + PRECOPY_SUFFIX),
+                    final.with_name(what + ".gpudock-incoming")))
                 pre = message.get("pass") == "pre"
-                into = precopy if pre else final.with_name(what + ".gpudock-incoming")
-                for path in (into, *(() if pre else (final,))):
+                into = precopy if pre else incoming
+                for path in (into, *(() if pre or volume else (final,))):
                     remove_tree(path, ignore_errors=True)
                 into.mkdir(parents=True)
-                received.extend((final, precopy))
+                received.extend(() if volume else (final, precopy))
                 digests = passes.setdefault(what, tree_stream.Digests())
                 try:
                     count = tree_stream.receive_tree(channel, message, into, precopy,
@@ -213,6 +224,8 @@ class MigrationReceiver:
                     if pre:  # on disk while the source still serves: else its
                         # writeback falls in the downtime (Docker's start waits for it)
                         file_data.sync_filesystem(into)
+                    elif volume:
+                        migration_volumes.place(volume)
                     else:
                         into.rename(final)
                 finally:
@@ -330,6 +343,8 @@ class MigrationReceiver:
             self._agent.store.delete(namespace, name, record.revision)
         if uid:
             self._agent.docker.remove_volumes(namespace, name, uid)
+        migration_volumes.discard_here(self._agent, namespace, migration_volumes.listed(
+            migration.get("status") or {}))
         home = self._agent.replica_sets.disks.layers_home()
         if home is not None and uid:
             for path in sorted((home / uid).glob(MIGRATED_PREFIX + "*")):

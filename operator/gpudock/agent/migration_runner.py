@@ -23,17 +23,17 @@ from gpudock.adapters.kube_api import ObjectNotFoundError
 from gpudock.adapters.migration_wire import Channel, RefusedError, WireError
 from gpudock.adapters.tree_stream import TreeSender
 from gpudock.adapters.user_trees import tree_usage
-from gpudock.agent import migration_targets
-from gpudock.agent.migration_switch import (
+from gpudock.agent import migration_targets, migration_volumes
+from gpudock.agent.migration_context import (
     MIGRATED_PREFIX,
     MigrationContext,
     MigrationError,
     Show,
-    Switch,
     SwitchRefusedError,
     precise_now,
     volume_tree,
 )
+from gpudock.agent.migration_switch import Switch
 from gpudock.agent.migration_targets import choose_target
 from gpudock.api import gpu_migration, gpu_replica_set, ownership
 from gpudock.api.gpu_migration import GpuMigrationSpec, Phase
@@ -108,7 +108,10 @@ class MigrationRunner:
         try:
             spec = GpuMigrationSpec.parse(body.get("spec") or {})
             grs, rs_spec, records = self._check(body, spec)
+            volumes = migration_volumes.exclusive(self._agent, namespace,
+                                                  spec.replica_set_name, rs_spec)
             target, endpoint = choose_target(self._agent, spec, rs_spec, grs)
+            migration_volumes.check_pins(volumes, target)
         except SpecError as exc:
             self._end(show, status, MigrationError(Reason.INVALID_SPEC, exc.message))
             return True
@@ -123,7 +126,8 @@ class MigrationRunner:
                        "message": f"asking node {target}", "sourceNode": self._node,
                        "targetNode": target, "replicaSetUID": grs["metadata"]["uid"],
                        "startTime": self._agent.now(), "bytesDone": 0, "bytesTotal": 0,
-                       "transferTokenSha256": migration_wire.token_digest(token)})
+                       "transferTokenSha256": migration_wire.token_digest(token),
+                       migration_volumes.STATUS_FIELD: [v.to_json() for v in volumes]})
         show(status)
         key = ResourceKey(namespace, spec.replica_set_name)
         halted: list[ObservedContainer] = []  # the container stopped for the move
@@ -190,9 +194,6 @@ class MigrationRunner:
         if not (held or bound_node(grs) == self._node) or meta.get("deletionTimestamp"):
             raise MigrationError(Reason.NOT_MIGRATABLE, "it is not bound to node "
                                  f"{self._node} (or it is being deleted)")
-        if any(m.volume is not None for m in rs_spec.mounts):
-            raise MigrationError(Reason.NOT_MIGRATABLE, "it mounts a SizedVolume; volumes "
-                                 "are not migrated yet")
         uid = grs["metadata"]["uid"]
         for other in self._agent.kube.list_objects(gpu_migration.PLURAL, (namespace,)):
             if (other.get("spec") or {}).get("replicaSetName") == spec.replica_set_name \
@@ -219,7 +220,8 @@ class MigrationRunner:
                       "gpuCount": rs_spec.gpu_count,
                       "hostPorts": [[p.host_port, str(p.protocol)] for p in rs_spec.ports
                                     if p.host_port],
-                      "images": [{"image": i, "id": d} for i, d in sorted(images)]})
+                      "images": [{"image": i, "id": d} for i, d in sorted(images)],
+                      migration_volumes.STATUS_FIELD: status[migration_volumes.STATUS_FIELD]})
         need = channel.receive()["needImages"]
         mine = [c for c in self._agent.docker.list_containers()
                 if c.owner == key and c.uid == uid]
@@ -238,12 +240,18 @@ class MigrationRunner:
                                      f"{current.name} cannot be reached")
         history = {f"{MIGRATED_PREFIX}{Path(p).name}": Path(p)
                    for p in sorted(layers_named(records)) if Path(p).is_dir()}
-        volumes = self._image_volumes(key, uid, current)
+        volumes = self._image_volumes(key, uid, current, {
+            m.mount_path for m in rs_spec.mounts if m.volume is not None})
         with self._agent.replica_sets.lock(key):  # no reconcile acts on it from here
             self._agent.replica_sets.migrating.add(key)
+        sized = migration_volumes.listed(status)
+        for moving in sized:  # nor on its SizedVolumes
+            self._agent.volumes.start_moving(ResourceKey(key.namespace, moving.name))
+        trees = {volume_tree(name): tree for name, tree in volumes.items()} | \
+            migration_volumes.source_trees(self._agent, key.namespace, sized)
         status.update({"phase": Phase.TRANSFERRING, "message": "copying the disk",
                        "bytesTotal": sum(tree_usage(t)[0] for t in (
-                           *history.values(), *volumes.values(),
+                           *history.values(), *trees.values(),
                            *((upper,) if upper else ())))})
         show(status)
         self._switch.show_instance(key, status, down=False)  # it still serves
@@ -253,11 +261,10 @@ class MigrationRunner:
         layer = None if current is None or upper is None else TreeSender(
             upper, channel, f"{MIGRATED_PREFIX}rev-{current.revision}-{current.id[:12]}")
         # The image's VOLUMEs: written while it runs too, so sent like the layer.
-        senders = {name: TreeSender(tree, channel, volume_tree(name))
-                   for name, tree in volumes.items()}
+        senders = [TreeSender(tree, channel, what) for what, tree in trees.items()]
         if current is not None and current.running:
             # While it runs: the stop sends only what changed since.
-            for sender in (*((layer,) if layer is not None else ()), *senders.values()):
+            for sender in (*((layer,) if layer is not None else ()), *senders):
                 sender.send(final=False)
                 self._sent(channel, status, show)
         for what, tree in history.items():  # saved disks: nothing writes them
@@ -275,25 +282,26 @@ class MigrationRunner:
         if layer is not None:
             layer.send()
             moved[str(upper)] = self._sent(channel, status, show)
-        for sender in senders.values():
+        for sender in senders:
             sender.send()
             self._sent(channel, status, show)
         channel.send({"op": "records", "records": [
             self._moved_record(r, moved, current, upper).to_json() for r in records],
-            "volumes": [{"name": name, "tree": volume_tree(name)} for name in senders]})
+            "volumes": [{"name": name, "tree": volume_tree(name)} for name in volumes]})
         channel.receive()  # stored
 
-    def _image_volumes(self, key: ResourceKey, uid: str,
-                       current: ObservedContainer | None) -> dict[str, Path]:
+    def _image_volumes(self, key: ResourceKey, uid: str, current: ObservedContainer | None,
+                       sized: set[str]) -> dict[str, Path]:
         """The Docker volumes of the image's VOLUMEs that hold the instance's files
         here, by the name they get on the target: every one made for it (every
         revision's, by its labels), and the current container's (one it carried from
-        before gpudock named them goes by the name it would have now). Every one is
-        sent or the migration is refused: the source's are removed after the move."""
+        before gpudock named them goes by the name it would have now; not the
+        SizedVolumes it mounts at the paths ``sized``: they move as such). Every one
+        is sent or the migration is refused: the source's are removed after the move."""
         docker = self._agent.docker
         named = docker.instance_volumes(key.namespace, key.name, uid)
         for path, volume in (current.volumes if current is not None else {}).items():
-            if volume not in named:
+            if volume not in named and path not in sized:  # not a SizedVolume's
                 named[labels.volume_name(key.namespace, key.name, uid, path)] = str(
                     (docker.volume_info(volume) or {}).get("Mountpoint") or "")
         found: dict[str, Path] = {}
@@ -350,6 +358,8 @@ class MigrationRunner:
                 self._agent.docker.start(stopped.id, stopped.name)
         finally:
             self._agent.replica_sets.migrating.discard(key)
+            migration_volumes.release(self._agent, key.namespace,
+                                      migration_volumes.listed(status))
             self.wake(str(status.get("replicaSetUID") or ""))
 
     def _resume_here(self, body: dict[str, Any], status: dict[str, Any]) -> None:

@@ -8,95 +8,36 @@ looks first whether it was done (docs/migration.md, "Safety").
 
 from __future__ import annotations
 
-import calendar
-import datetime
-import hashlib
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from gpudock.adapters.docker.runtime import DockerRuntime
 from gpudock.adapters.kube_api import (
     ConflictError,
-    KubeApi,
     KubeUnavailableError,
     ObjectNotFoundError,
 )
-from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
+from gpudock.agent import migration_volumes
+from gpudock.agent.migration_context import (
+    MIGRATION_FIELDS,
+    MigrationContext,
+    Show,
+    SwitchRefusedError,
+    seconds,
+)
 from gpudock.api import gpu_replica_set, ownership
 from gpudock.api.gpu_migration import Phase
 from gpudock.api.gpu_replica_set import DesiredState, GpuReplicaSetSpec
 from gpudock.api.reasons import Reason
-from gpudock.core.gpus import GpuInventory
 from gpudock.core.observed import ResourceKey
-from gpudock.core.revision import RevisionStore, layers_named
+from gpudock.core.revision import layers_named
 from gpudock.crash_points import CrashPoints
-from gpudock.errors import SpecError, UserError
-from gpudock.settings import Settings
+from gpudock.errors import SpecError
 
 logger = logging.getLogger(__name__)
 GRS = gpu_replica_set.PLURAL
 SERVE_WAIT_SECONDS = 0.25  # how often the target's status is read after the switch
 CAS_TRIES = 20
-Show = Callable[[dict[str, Any]], None]
-MIGRATED_PREFIX = "migrated-"  # the received layers' directory names on the target
-PRECOPY_SUFFIX = ".gpudock-precopy"  # a running layer's first pass, on the target
-TRANSFER_FIELD = "transfer"  # GpuNode status.transfer: {address, port}
-MIGRATION_FIELDS = ("phase", "sourceNode", "targetNode", "bytesDone", "bytesTotal",
-                    "downtimeSeconds", "startTime", "completionTime")
-
-
-@dataclass(frozen=True)
-class MigrationContext:
-    """What a migration's two sides use of the node agent (built in wiring.py)."""
-
-    settings: Settings
-    kube: KubeApi
-    docker: DockerRuntime
-    store: RevisionStore
-    inventory: GpuInventory
-    replica_sets: ReplicaSetReconciler
-    clock: Callable[[], str]
-
-    def now(self) -> str:
-        return self.clock()
-
-
-class MigrationError(UserError):
-    """The migration ends before Switching: the source runs as before."""
-
-    def __init__(self, reason: Reason, message: str, phase: Phase = Phase.FAILED) -> None:
-        super().__init__(reason, message)
-        self.phase = phase
-
-
-class SwitchRefusedError(MigrationError):
-    """The binding may not move: the resource changed during the move (spec.nodeName
-    names another node, or another migration bound it). The source runs on."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(Reason.MIGRATION_FAILED, message)
-
-
-def volume_tree(volume: str) -> str:
-    """The name an image VOLUME's tree travels under (one per Docker volume)."""
-    return f"{MIGRATED_PREFIX}vol-{hashlib.sha256(volume.encode()).hexdigest()[:16]}"
-
-
-def precise_now() -> str:
-    """Now in RFC 3339 UTC with milliseconds (a downtime is counted from it)."""
-    now = datetime.datetime.now(datetime.UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-
-
-def seconds(stamp: str) -> float:
-    """An RFC 3339 UTC time (as the agent writes them) in seconds since the epoch."""
-    whole = float(calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")))
-    fraction = stamp[19:].rstrip("Z").split("+")[0]
-    return whole + (float(fraction) if fraction.startswith(".") else 0.0)
-
 
 class Switch:
     def __init__(self, agent: MigrationContext, crash: CrashPoints) -> None:
@@ -136,6 +77,8 @@ class Switch:
             return
         self._crash.reach("Migrate.switched")
         self._add_finalizer(key, ownership.node_finalizer(target))
+        moving = migration_volumes.listed(status)
+        migration_volumes.bind(self._agent, namespace, moving, target)
         self._crash.reach("Migrate.handedOver")
         status["message"] = f"waiting for node {target} to run it"
         show(status)
@@ -143,7 +86,7 @@ class Switch:
         stopped = status.get("stoppedAt")
         status["downtimeSeconds"] = round(max(0.0, served_at - seconds(str(stopped))), 3) \
             if stopped else 0.0
-        self._clean_source(key, str(grs["metadata"]["uid"]))
+        self._clean_source(key, str(grs["metadata"]["uid"]), moving)
         self._agent.replica_sets.migrating.discard(key)
         status.update({"phase": Phase.SUCCEEDED, "reason": Reason.MIGRATED,
                        "message": f"moved from {status.get('sourceNode')} to {target}",
@@ -223,9 +166,10 @@ class Switch:
                 logger.info("%s: waiting for node %s: %s", key, target, exc)
             time.sleep(SERVE_WAIT_SECONDS)
 
-    def _clean_source(self, key: ResourceKey, uid: str) -> None:
-        """The target serves it: this node's container, records and saved disks of
-        it go, then its finalizer (the target's holds the resource)."""
+    def _clean_source(self, key: ResourceKey, uid: str,
+                      moving: list[migration_volumes.MovingVolume]) -> None:
+        """The target serves it: this node's container, records, saved disks and
+        SizedVolumes of it go, then its finalizer (the target's holds the resource)."""
         agent = self._agent
         for container in agent.docker.list_containers():
             if container.owner == key and container.uid == uid:
@@ -235,6 +179,7 @@ class Switch:
             agent.store.delete(key.namespace, key.name, record.revision)
         agent.replica_sets.disks.remove_saved(layers_named(records))
         agent.docker.remove_volumes(key.namespace, key.name, uid)  # its image VOLUMEs
+        migration_volumes.hand_over(agent, key.namespace, moving)
         agent.kube.remove_finalizer(GRS, key.namespace, key.name,
                                     ownership.node_finalizer(agent.settings.node_name))
 

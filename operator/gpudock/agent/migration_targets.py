@@ -12,7 +12,7 @@ from typing import Any
 from gpudock.adapters import migration_wire
 from gpudock.adapters.kube_api import KubeApi, ObjectNotFoundError
 from gpudock.adapters.migration_wire import WireError
-from gpudock.agent.migration_switch import (
+from gpudock.agent.migration_context import (
     TRANSFER_FIELD,
     MigrationContext,
     MigrationError,

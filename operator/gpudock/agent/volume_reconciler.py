@@ -55,6 +55,9 @@ class VolumeReconciler:
         # the soak), and one of a volume deleted since does nothing.
         self._locks = locks
         self._deleted: dict[str, None] = {}  # UIDs, the last DELETED_KEPT, oldest first
+        # Volumes a migration moves away from this node: not reconciled here, no
+        # status written (migration_volumes.py).
+        self._moving: set[ResourceKey] = set()
 
     def backend(self, name: str, root: str) -> VolumeBackend:
         """The backend a volume's record names (opened and checked once)."""
@@ -80,7 +83,7 @@ class VolumeReconciler:
                 {"type": "Degraded", "status": "True", "reason": exc.reason,
                  "message": exc.message}]}, previous, meta.get("generation"))
         with self._locks.resource(key):
-            if meta["uid"] in self._deleted:
+            if meta["uid"] in self._deleted or key in self._moving:
                 return previous
             return self._converge(key, meta, spec, previous, progress, event, consumer_event)
 
@@ -245,6 +248,7 @@ class VolumeReconciler:
         with self._locks.resource(key):
             users = self._delete(key, meta["uid"])
             if not users:
+                self._moving.discard(key)
                 self._deleted[meta["uid"]] = None
                 for uid in list(self._deleted)[:-DELETED_KEPT]:
                     del self._deleted[uid]
@@ -266,6 +270,66 @@ class VolumeReconciler:
             self.backend(name, root).delete(ident)
         self._store.delete_volume_all(key.namespace, key.name)
         return []
+
+    # ------------------------------------------------------------------ migration
+    def served_here(self, key: ResourceKey, uid: str) -> bool:
+        """This agent reconciles the volume and writes its status (not while a
+        migration moves it away, nor once it was deleted or handed over)."""
+        return key not in self._moving and uid not in self._deleted
+
+    def while_served(self, key: ResourceKey, uid: str, act: Callable[[], None]) -> None:
+        """``act`` (a status write) unless a migration took the volume meanwhile."""
+        with self._locks.resource(key):
+            if self.served_here(key, uid):
+                act()
+
+    def start_moving(self, key: ResourceKey) -> None:
+        with self._locks.resource(key):  # a reconcile under way ends first
+            self._moving.add(key)
+
+    def stop_moving(self, key: ResourceKey) -> None:
+        self._moving.discard(key)
+
+    def files(self, namespace: str, name: str, uid: str) -> Path | None:
+        """The directory that holds the volume's files here, when it is there."""
+        latest = core.current_record(self._records(ResourceKey(namespace, name), uid))
+        if latest is None or not latest.made:
+            return None
+        return self.backend(latest.backend, latest.root).data_dir(latest.volume_id)
+
+    def make_arriving(self, body: Mapping[str, Any]) -> Path:
+        """On a migration's target: a fresh volume for ``body`` on this node's
+        backend at its spec's size (what an earlier move left goes first); the
+        directory of its files. UserError when it cannot be made."""
+        meta = body["metadata"]
+        key, uid = ResourceKey(meta["namespace"], meta["name"]), str(meta["uid"])
+        spec = SizedVolumeSpec.parse(body.get("spec") or {})
+        with self._locks.resource(key):
+            self._deleted.pop(uid, None)
+            self._moving.discard(key)
+            users = self._delete(key, uid)
+            if users:
+                raise UserError(Reason.TRANSFER_FAILED, f"SizedVolume {key.name} is in use "
+                                f"here by {', '.join(users)}")
+            status = self._converge(key, meta, spec, {}, lambda _: None,
+                                    lambda *_: None, lambda *_: None)
+        files = self.files(key.namespace, key.name, uid)
+        if status.get("phase") != "Ready" or files is None:
+            problem = _problem(status) or (Reason.TARGET_UNSCHEDULABLE, "not made")
+            raise UserError(Reason.TARGET_UNSCHEDULABLE, f"SizedVolume {key.name} cannot "
+                            f"be made on this node: {problem[0]}: {problem[1]}")
+        return files
+
+    def hand_over(self, namespace: str, name: str, uid: str) -> list[str]:
+        """On a migration's source, once the target serves it: this node's copy goes
+        (as a delete; the containers that mount it, when any: nothing removed)."""
+        return self.delete({"metadata": {"namespace": namespace, "name": name, "uid": uid}})
+
+    def discard_arrival(self, namespace: str, name: str, uid: str) -> list[str]:
+        """On a migration's target, after it failed: what it made here goes."""
+        key = ResourceKey(namespace, name)
+        with self._locks.resource(key):
+            return self._delete(key, uid)
 
     def _timed(self, status: dict[str, Any], previous: Mapping[str, Any],
                generation: int | None) -> dict[str, Any]:

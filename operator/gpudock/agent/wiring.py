@@ -27,9 +27,9 @@ from gpudock.agent.gpu_access import AccessProbe
 from gpudock.agent.gpu_health import GpuHealth
 from gpudock.agent.gpu_usage import UsageMeter
 from gpudock.agent.log_stream import LogStreams
+from gpudock.agent.migration_context import MigrationContext
 from gpudock.agent.migration_receiver import MigrationReceiver
 from gpudock.agent.migration_runner import MigrationRunner
-from gpudock.agent.migration_switch import MigrationContext
 from gpudock.agent.node_locks import NodeLocks
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
 from gpudock.agent.request_slots import RequestSlots
@@ -128,7 +128,8 @@ def build(settings: Settings, clock: Callable[[], str] = utc_now) -> NodeAgent:
                                locks=NodeLocks(settings.state_dir / "volume-locks"))
     replica_sets = ReplicaSetReconciler(settings, docker, inventory, kube, store, clock,
                                         volumes)
-    moving = MigrationContext(settings, kube, docker, store, inventory, replica_sets, clock)
+    moving = MigrationContext(settings, kube, docker, store, inventory, replica_sets,
+                              volumes, clock)
     return NodeAgent(
         settings=settings, clock=clock, docker=docker, inventory=inventory, kube=kube,
         store=store, replica_sets=replica_sets,

@@ -77,6 +77,10 @@ class InPlaceVolumeBackend(ResizesInPlace):
     def docker_options(self, volume: str) -> dict[str, str] | None:
         return None  # its Docker volume holds the data
 
+    def data_dir(self, volume: str) -> Path | None:
+        info = self._docker.volume_info(volume) if volume in self.attached else None
+        return Path(str(info["Mountpoint"])) if info else None
+
     def resize_online(self, volume: str, size_bytes: int) -> bool:
         self._resize(volume, size_bytes, online=True)
         return True

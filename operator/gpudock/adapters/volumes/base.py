@@ -59,6 +59,10 @@ class VolumeBackend(Protocol):
         """The local driver's options for the Docker volume that serves it; None when
         the backend's volume is a Docker volume already."""
 
+    def data_dir(self, volume: str) -> Path | None:
+        """The directory that holds the volume's files, as this process sees it (a
+        migration reads and fills it); None when it is not there or not reachable."""
+
     def resize_online(self, volume: str, size_bytes: int) -> bool:
         """Resize with its users running; False when it has to be done offline."""
 

@@ -47,6 +47,9 @@ class BtrfsBackend(ResizesInPlace):
     def docker_options(self, volume: str) -> dict[str, str] | None:
         return bind_options(self.path(volume))
 
+    def data_dir(self, volume: str) -> Path | None:
+        return self.path(volume) if self.path(volume).is_dir() else None
+
     def free_bytes(self) -> int:
         return free_bytes(self.root)
 

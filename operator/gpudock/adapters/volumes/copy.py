@@ -44,6 +44,10 @@ class CopyBackend:
         info = self._docker.volume_info(volume)
         return Path(info["Mountpoint"]) if info and info.get("Mountpoint") else None
 
+    def data_dir(self, volume: str) -> Path | None:
+        directory = self.directory(volume)
+        return directory if directory is not None and directory.is_dir() else None
+
     def free_bytes(self) -> int:
         free = self._docker.free_bytes()
         return free if free is not None else 2**62  # unseen: Docker will say when full

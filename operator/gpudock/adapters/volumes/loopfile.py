@@ -70,6 +70,9 @@ class LoopfileBackend(ResizesInPlace):
         """Where the volume's filesystem is mounted (what the Docker volume binds)."""
         return self.root / "mounts" / volume
 
+    def data_dir(self, volume: str) -> Path | None:
+        return self.path(volume) if self._mount(volume) is not None else None
+
     def _mount(self, volume: str) -> Mount | None:
         """The volume's mount (the last one on its mount point), None when not mounted."""
         target = str(self.path(volume))

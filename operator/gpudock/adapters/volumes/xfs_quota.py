@@ -61,6 +61,10 @@ class XfsQuotaBackend(ResizesInPlace):
         info = self._docker.volume_info(volume)
         return str(info["Mountpoint"]) if info and info.get("Mountpoint") else None
 
+    def data_dir(self, volume: str) -> Path | None:
+        directory = self._directory(volume)
+        return Path(directory) if directory and Path(directory).is_dir() else None
+
     def _project(self, directory: str) -> int:
         out = run_tool("xfs_io", "-c", "lsproj", directory)
         found = re.search(r"projid\s*=\s*(\d+)", out)

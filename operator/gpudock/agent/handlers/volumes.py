@@ -18,7 +18,7 @@ from gpudock.agent.wiring import NodeAgent
 from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership, sized_volume
 from gpudock.api.placement import bound_node
 from gpudock.api.reasons import Reason
-from gpudock.core.observed import ObservedContainer
+from gpudock.core.observed import ObservedContainer, ResourceKey
 from gpudock.core.replica_set.status import waiting_on
 from gpudock.core.volumes import unusable
 from gpudock.errors import TransientError, UserError
@@ -41,13 +41,38 @@ def _on_this_node(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -
 def _write(agent: NodeAgent, body: kopf.Body, status: dict[str, Any],
            logger: Logger) -> None:
     """Patch the volume's status; a status equal to the one the body shows is not
-    written again (the body may lag by a write: then it is written once more)."""
+    written again (the body may lag by a write: then it is written once more). Not
+    while a migration moves it away (the target's agent writes it then)."""
+    meta = body["metadata"]
+    key = ResourceKey(meta["namespace"], meta["name"])
+    if not _served_here(agent, body):
+        return
+    agent.volumes.while_served(key, meta["uid"], lambda: _patch(agent, body, status, logger))
+
+
+def _served_here(agent: NodeAgent, body: kopf.Body) -> bool:
+    """Not moved away by a migration (the binding names another node: after an agent
+    restart too), nor being moved now."""
+    meta = body["metadata"]
+    return not ownership.moved_away(body, agent.settings.node_name) and \
+        agent.volumes.served_here(ResourceKey(meta["namespace"], meta["name"]), meta["uid"])
+
+
+def _patch(agent: NodeAgent, body: kopf.Body, status: dict[str, Any],
+           logger: Logger) -> None:
     try:
         agent.volume_status.write(body["metadata"]["namespace"], body["metadata"]["name"],
                                   agent.volume_status.bound(status, body.get("status") or {}),
                                   {})
     except KubeUnavailableError as exc:
         logger.warning("volume status not written: %s", exc)
+
+
+def _progress(agent: NodeAgent, body: kopf.Body, status: dict[str, Any],
+               logger: Logger) -> None:
+    """A status written during a reconcile (which holds the volume's lock already)."""
+    if _served_here(agent, body):
+        _patch(agent, body, status, logger)
 
 
 def _replica_set_of(container: ObservedContainer) -> kopf.Body:
@@ -74,10 +99,14 @@ async def run_sized_volume(body: kopf.Body, stopped: kopf.DaemonStopped, memo: k
                 return
             before = (body.get("status") or {}).get("phase")
             status: dict[str, Any] = {}
+            if not _served_here(agent, body):  # a migration moves it: wait
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wakeup.wait(), timeout=delay)
+                continue
             try:
                 status = await asyncio.to_thread(
                     agent.volumes.reconcile, dict(body),
-                    lambda now: _write(agent, body, now, logger),
+                    lambda now: _progress(agent, body, now, logger),
                     lambda kind, reason, message: kopf.event(
                         body, type=kind, reason=reason, message=message),
                     lambda user, kind, reason, message: kopf.event(
