@@ -1,17 +1,20 @@
 """Migration benchmark (#23): a GpuMigration of an instance whose writable layer holds
-``--gib`` GiB of random (incompressible) data, against `tar -cf - | tar -xf -` of the
-same directory through a loopback TCP socket, in the same run on the same machine.
+``--gib`` GiB of random (incompressible) data and whose SizedVolume holds
+``--volume-gib`` GiB more, against `tar -cf - | tar -xf -` of the same two
+directories through a loopback TCP socket, in the same run on the same machine.
 
-    python -m tests.bench.migration [--gib 2] [--rounds 3]      (make bench-migration)
+    python -m tests.bench.migration [--gib 1] [--volume-gib 1] [--rounds 3]
+                                                               (make bench-migration)
 
 The fleet of tests/integration/fleet.py: nodes ``bench-mig-a`` (the stack's dockerd)
 and ``bench-mig-b`` (a second dockerd), each Docker root a loop-mounted ext4 image.
 Each round:
 
-- (b) the baseline: ``tar -cf - -C UPPER .`` writing into a connected loopback TCP
-  socket whose other end is ``tar -xf - -C SCRATCH``'s stdin; UPPER is the
-  instance's upper dir on node a (its GraphDriver UpperDir, read from the host),
-  SCRATCH a new directory on node b's Docker root filesystem;
+- (b) the baseline: ``tar -cf - -C UPPER . -C VOLUME .`` writing into a connected
+  loopback TCP socket whose other end is ``tar -xf - -C SCRATCH``'s stdin; UPPER is
+  the instance's upper dir on node a (its GraphDriver UpperDir, read from the host),
+  VOLUME the directory its SizedVolume (loopfile, on node a) binds, SCRATCH a new
+  directory on node b's Docker root filesystem;
 - (a) a GpuMigration of that instance from a to b: the time from its creation to
   phase Succeeded, its phases as a watch of the GpuMigration saw them, node b's time
   copying the received layer into the new container (its agent's metrics), and its
@@ -22,9 +25,9 @@ Each round:
   (its first pass, while it runs): its downtimeSeconds.
 
 Between rounds the instances and GpuMigrations are deleted and their containers and
-disks leave both nodes. SizedVolumes are not migrated yet (docs/migration.md), so the
-issue's "1 GiB layer + 1 GiB volume" is measured as one layer of ``--gib`` GiB.
-Prints tables; asserts nothing about speed.
+disks and volumes leave both nodes. The defaults are the issue's "1 GiB layer +
+1 GiB volume"; ``--volume-gib 0`` measures the layer alone. Prints tables; asserts
+nothing about speed.
 """
 
 from __future__ import annotations
@@ -129,11 +132,20 @@ def _phase(phase: str) -> Callable[[dict[str, Any]], bool]:
 
 
 # ------------------------------------------------------------------------ the instance
-def _instance(fleet: Fleet, name: str) -> docker.models.containers.Container:
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "GpuReplicaSet",
-            "metadata": {"name": name},
-            "spec": {"image": BUSYBOX_IMAGE, "gpuCount": 1, "command": ["sleep", "100000"],
-                     "historyPolicy": "Purge"}}  # its delete leaves nothing on the node
+def _instance(fleet: Fleet, name: str, volume_bytes: int) -> docker.models.containers.Container:
+    """On node a; with a SizedVolume at /vol that holds ``volume_bytes`` (room for
+    them and the filesystem's own), when not 0."""
+    body: dict[str, Any] = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "GpuReplicaSet",
+        "metadata": {"name": name},
+        "spec": {"image": BUSYBOX_IMAGE, "gpuCount": 1, "command": ["sleep", "100000"],
+                 "historyPolicy": "Purge"}}  # its delete leaves nothing on the node
+    if volume_bytes:
+        volume = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SizedVolume",
+                  "metadata": {"name": f"{name}-vol"},
+                  "spec": {"size": f"{volume_bytes * 23 // 20 // 2**20 + 64}Mi"}}
+        fleet.stack.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(volume))
+        body["spec"]["mounts"] = [{"volume": f"{name}-vol", "mountPath": "/vol"}]
     node, other = fleet.nodes
     _cordon(fleet, other, True)  # the scheduler puts it on node a (pinned, it could not move)
     try:
@@ -171,18 +183,31 @@ def _write_random(directory: Path, files: int, size: int, prefix: str) -> None:
                 left -= handle.write(os.urandom(min(BLOCK, left)))
 
 
-def _fill(container: docker.models.containers.Container, total: int) -> None:
+def _fill(container: docker.models.containers.Container, total: int, volume: int) -> None:
     _write_random(_inside(container, "/data"), FILES, total // FILES, "random")
+    if volume:
+        _write_random(_inside(container, "/vol"), FILES, volume // FILES, "random")
     os.sync()  # its writeback does not run into what is timed next
 
 
-def _upper(container: docker.models.containers.Container) -> Path:
-    return Path(container.attrs["GraphDriver"]["Data"]["UpperDir"])
+def _sources(fleet: Fleet, container: docker.models.containers.Container) -> list[Path]:
+    """The instance's upper dir, and the directory its SizedVolume binds (from the
+    Docker volume's options on node a), as the host sees them."""
+    found = [Path(container.attrs["GraphDriver"]["Data"]["UpperDir"])]
+    for mount in container.attrs.get("Mounts") or ():
+        if mount.get("Destination") == "/vol":
+            client = fleet.engines[fleet.nodes[0]].client()
+            try:
+                found.append(Path(client.volumes.get(mount["Name"]).attrs["Options"]["device"]))
+            finally:
+                client.close()
+    return found
 
 
 # ------------------------------------------------------------------------ the baseline
-def tar_through_socket(source: Path, target: Path) -> float:
-    """`tar -cf - -C source . | <loopback TCP> | tar -xf - -C target`: seconds."""
+def tar_through_socket(sources: list[Path], target: Path) -> float:
+    """`tar -cf - -C source . [-C source2 .] | <loopback TCP> | tar -xf - -C target`:
+    seconds."""
     target.mkdir()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         started = time.perf_counter()
@@ -190,8 +215,9 @@ def tar_through_socket(source: Path, target: Path) -> float:
         receiving, _ = listener.accept()
         untar = subprocess.Popen(["tar", "-xf", "-", "-C", str(target)],
                                  stdin=receiving.fileno())
-        tar = subprocess.Popen(["tar", "-cf", "-", "-C", str(source), "."],
-                               stdout=sending.fileno())
+        tar = subprocess.Popen(["tar", "-cf", "-", *(
+            arg for source in sources for arg in ("-C", str(source), "."))],
+            stdout=sending.fileno())
         sending.close()  # the children hold the ends now: tar's exit is the EOF
         receiving.close()
         codes = (tar.wait(), untar.wait())
@@ -266,6 +292,7 @@ def _clean(fleet: Fleet) -> None:
     nodes."""
     fleet.stack.kubectl("delete", "grs", "--all", "-n", NAMESPACE, "--timeout=300s")
     fleet.stack.kubectl("delete", "gmig", "--all", "-n", NAMESPACE, "--timeout=120s")
+    fleet.stack.kubectl("delete", "svol", "--all", "-n", NAMESPACE, "--timeout=300s")
     wait_for(lambda: not any(fleet.containers(n) for n in fleet.nodes), 120,
              what="no containers on either node")
     deadline = time.monotonic() + 60
@@ -286,19 +313,19 @@ def _saved_layers(fleet: Fleet, node: str) -> list[str]:
 
 # ------------------------------------------------------------------------------ round
 def _round(fleet: Fleet, watches: tuple[Watch, Watch], number: int, size: int,
-           scratch: Path) -> dict[str, float]:
+           volume: int, scratch: Path) -> dict[str, float]:
     a, b = fleet.nodes
     before = {n: _used(fleet, n) for n in fleet.nodes}
-    plain = _instance(fleet, f"plain-{number}")
-    _fill(plain, size)
+    plain = _instance(fleet, f"plain-{number}", volume)
+    _fill(plain, size, volume)
     copy = scratch / f"tar-{number}"
-    baseline = tar_through_socket(_upper(plain), copy)
+    baseline = tar_through_socket(_sources(fleet, plain), copy)
     shutil.rmtree(copy)
     os.sync()
     moved = _migrate(fleet, watches, plain, f"plain-{number}-to-b")
 
-    busy = _instance(fleet, f"busy-{number}")
-    _fill(busy, size)
+    busy = _instance(fleet, f"busy-{number}", volume)
+    _fill(busy, size, volume)
     changing = _inside(busy, "/data")
     busy_run = _migrate(fleet, watches, busy, f"busy-{number}-to-b", during=(
         lambda: _write_random(changing, CHANGED_FILES, CHANGED_BYTES, "changed")))
@@ -311,11 +338,15 @@ def _round(fleet: Fleet, watches: tuple[Watch, Watch], number: int, size: int,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.migration",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--gib", type=float, default=2.0,
-                        help="the writable layer's size in GiB (2: the issue's 2 GiB)")
+    parser.add_argument("--gib", type=float, default=1.0,
+                        help="the data in the writable layer, GiB (the issue's 1 GiB)")
+    parser.add_argument("--volume-gib", type=float, default=1.0,
+                        help="the data in a SizedVolume it mounts, GiB (the issue's 1 GiB; "
+                        "0: none)")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     size = int(args.gib * 2**30) // FILES * FILES
+    volume = int(args.volume_gib * 2**30) // FILES * FILES
     print(f"load average at the start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
           flush=True)
     with LocalStack() as stack:
@@ -331,14 +362,14 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             try:
                 for number in range(1, args.rounds + 1):
-                    runs.append(_round(fleet, watches, number, size, scratch))
+                    runs.append(_round(fleet, watches, number, size, volume, scratch))
                     print(f"round {number}: {runs[-1]}", flush=True)
             finally:
                 for watch in watches:
                     watch.stop()
                 shutil.rmtree(scratch, ignore_errors=True)
                 _clean(fleet)
-            report(runs, size / 2**30, stack.docker_root_fs, sys.stdout)
+            report(runs, size / 2**30, volume / 2**30, stack.docker_root_fs, sys.stdout)
     return 0
 
 

@@ -49,9 +49,11 @@ RATIOS: dict[str, tuple[Callable[[Run], float], str]] = {
         (lambda r: (r["switching"] - r["transferring"]) / r["tar"], "")}
 
 
-def report(runs: list[Run], gib: float, root_fs: str, out: TextIO) -> None:
+def report(runs: list[Run], gib: float, volume_gib: float, root_fs: str,
+           out: TextIO) -> None:
     """Per round, every measure in seconds; then medians with min-max and ratios."""
-    print(f"writable layer: {gib:g} GiB of random data in {FILES} files; "
+    print(f"writable layer: {gib:g} GiB of random data in {FILES} files; SizedVolume "
+          f"(loopfile): {volume_gib:g} GiB in {FILES} files; "
           f"{len(runs)} rounds; {os.cpu_count()} CPUs; Docker roots: loop-mounted {root_fs}; "
           f"(c): {CHANGED_FILES} x {CHANGED_BYTES >> 20} MiB written from Transferring",
           file=out)

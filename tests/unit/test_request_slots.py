@@ -164,6 +164,10 @@ def test_exec_requests_wait_pending_and_run_on_their_own_pool(
             await seen("team-a", name)
         await _until(lambda: len(runs.threads) == 2, "two of team-a run")
         waiting = sorted({"a1", "a2", "a3", "a4"} - set(runs.threads))
+        # The two that run can start before the others have found their slots taken
+        # and written so (on the one thread above): wait for a status, then check it.
+        await _until(lambda: all(_phase(kube, "team-a", name) != (None, None)
+                                 for name in waiting), "the waiting ones' status written")
         for name in waiting:
             assert _phase(kube, "team-a", name) == ("Pending", Reason.EXEC_LIMIT_REACHED)
         create("team-b", "b1")
@@ -177,6 +181,9 @@ def test_exec_requests_wait_pending_and_run_on_their_own_pool(
         await seen("team-a", waiting[1], "DELETED")  # dropped while it waits
         runs.gate(sorted(runs.threads)[0]).set()
         await _until(lambda: waiting[0] in runs.threads, "a waiting one started")
+        # run records its thread before its started() writes Running: wait for that.
+        await _until(lambda: _phase(kube, "team-a", waiting[0])[0] != "Pending",
+                     "the started one's status written")
         assert _phase(kube, "team-a", waiting[0])[0] == "Running"
         for name in ("a1", "a2", "a3", "a4", "b1"):
             runs.gate(name).set()

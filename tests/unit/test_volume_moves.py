@@ -82,7 +82,7 @@ def test_a_received_tree_becomes_the_volumes_content_with_its_roots_owner_and_mo
         tmp_path: Path) -> None:
     files = tmp_path / "volume"
     (files / "lost+found").mkdir(parents=True)  # what mkfs made there
-    incoming, precopy = staging(files)
+    incoming, precopy = staging(files).incoming, staging(files).precopy
     (incoming / "lost+found").mkdir(parents=True)
     (incoming / "sub").mkdir()
     (incoming / "sub" / "f").write_text("data")
@@ -90,7 +90,7 @@ def test_a_received_tree_becomes_the_volumes_content_with_its_roots_owner_and_mo
     os.chown(incoming, 1234, 5678)
     os.chmod(incoming, 0o751)
     os.utime(incoming, ns=(1_000_000_000, 2_000_000_000))
-    place(files)
+    place(files, incoming)
     assert sorted(os.listdir(files)) == ["lost+found", "sub"]
     assert (files / "sub" / "f").read_text() == "data"
     info = os.stat(files)
@@ -102,9 +102,21 @@ def test_a_name_the_new_volume_has_already_is_never_overwritten(tmp_path: Path) 
     files = tmp_path / "volume"
     files.mkdir()
     (files / "kept").write_text("here before")
-    incoming, _ = staging(files)
+    incoming = staging(files).incoming
     incoming.mkdir()
     (incoming / "kept").write_text("received")
     with pytest.raises(OSError, match="exists in a volume made for the move"):
-        place(files)
+        place(files, incoming)
     assert (files / "kept").read_text() == "here before"
+
+
+def test_only_the_checked_tree_is_ever_put_in_place(tmp_path: Path) -> None:
+    """The first pass's tree is never the volume's content (a mix-up of the two
+    lost the files the final pass had reused from it: found by the fleet test)."""
+    files = tmp_path / "volume"
+    precopy = staging(files).precopy
+    precopy.mkdir(parents=True)
+    (precopy / "partial").write_text("first pass")
+    with pytest.raises(OSError, match="is not the checked tree"):
+        place(files, precopy)
+    assert (precopy / "partial").exists()

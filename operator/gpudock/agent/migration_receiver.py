@@ -208,9 +208,10 @@ class MigrationReceiver:
                     raise _RefusalError(Reason.TRANSFER_FAILED, f"a tree named {what!r}")
                 volume = volumes.get(what)  # a SizedVolume's files: built inside it
                 final = volume or home / uid / what
-                precopy, incoming = (migration_volumes.staging(volume) if volume else (
-                    final.with_name(what + PRECOPY_SUFFIX),
-                    final.with_name(what + ".gpudock-incoming")))
+                inside = migration_volumes.staging(volume) if volume else None
+                precopy = inside.precopy if inside else final.with_name(what + PRECOPY_SUFFIX)
+                incoming = inside.incoming if inside else final.with_name(
+                    what + ".gpudock-incoming")
                 pre = message.get("pass") == "pre"
                 into = precopy if pre else incoming
                 for path in (into, *(() if pre or volume else (final,))):
@@ -225,7 +226,7 @@ class MigrationReceiver:
                         # writeback falls in the downtime (Docker's start waits for it)
                         file_data.sync_filesystem(into)
                     elif volume:
-                        migration_volumes.place(volume)
+                        migration_volumes.place(volume, into)
                     else:
                         into.rename(final)
                 finally:

@@ -207,18 +207,27 @@ def make_here(agent: MigrationContext, namespace: str,
     return made
 
 
-def staging(files: Path) -> tuple[Path, Path]:
-    """Inside a target volume: where its tree is built, and its first pass."""
-    return files / INCOMING, files / PRECOPY
+@dataclass(frozen=True)
+class Staging:
+    """Inside a target volume (its own filesystem, so a move is a rename): where the
+    first pass is built, and where the checked final tree is."""
+
+    precopy: Path
+    incoming: Path
 
 
-def place(files: Path) -> None:
-    """The checked tree becomes the volume's content: each top entry moved into the
-    volume's root (one filesystem), what a fresh filesystem made there (an empty
-    lost+found) replaced; the root gets the source root's owner, mode, xattrs and
-    times."""
-    incoming, precopy = staging(files)
-    remove_tree(precopy, ignore_errors=True)
+def staging(files: Path) -> Staging:
+    return Staging(precopy=files / PRECOPY, incoming=files / INCOMING)
+
+
+def place(files: Path, checked: Path) -> None:
+    """The ``checked`` tree (the final pass, its manifest matched) becomes the
+    volume's content: each top entry moved into the volume's root, what a fresh
+    filesystem made there (an empty lost+found) replaced; the root gets the source
+    root's owner, mode, xattrs and times. The first pass's leftovers go after."""
+    if checked.parent != files or checked.name != INCOMING:
+        raise OSError(f"{checked} is not the checked tree of the volume at {files}")
+    incoming = checked
     info = os.stat(incoming)  # before its entries leave it (that changes its times)
     attrs = tree_copy.xattrs(str(incoming))
     for name in sorted(os.listdir(incoming)):
@@ -234,6 +243,7 @@ def place(files: Path) -> None:
     finally:
         os.close(fd)
     os.rmdir(incoming)
+    remove_tree(staging(files).precopy, ignore_errors=True)
     os.utime(files, ns=(info.st_atime_ns, info.st_mtime_ns))
 
 
