@@ -221,11 +221,20 @@ def test_23_2_a_stopped_instance_moves_and_starts_on_the_target(fleet: Fleet) ->
 
 def test_23_1_changing_spec_node_name_moves_a_pinned_instance_with_its_disk(
         fleet: Fleet) -> None:
+    """With an exclusive SizedVolume (bound with it, unpinned), which moves too."""
     a, b = fleet.nodes
-    _apply(fleet, _instance("pinned", nodeName=a))
+    _apply(fleet, {"apiVersion": "gpudock.dev/v1alpha1", "kind": "SizedVolume",
+                   "metadata": {"name": "pinned-data"}, "spec": {"size": "64Mi"}})
+    _apply(fleet, _instance("pinned", nodeName=a,
+                            mounts=[{"volume": "pinned-data", "mountPath": "/data"}]))
     wait_for(lambda: _status(fleet, "grs", "pinned").get("phase") == "Running" and
              len(fleet.containers(a)) == 1, 90, what="pinned running on a")
     fingerprint = _user_disk(fleet, a, "pinned")
+    sh(_container(fleet, a, "pinned"), "head -c 4194304 /dev/urandom > /data/kept && "
+       "ln /data/kept /data/kept-too")
+    os.setxattr(_merged(_container(fleet, a, "pinned"), "/data/kept"), *XATTR)
+    volume_files = sh(_container(fleet, a, "pinned"), "sha256sum /data/kept; "
+                      "stat -c '%n %h' /data/kept-too")
     fleet.stack.kubectl("patch", "grs", "pinned", "-n", fleet.namespace, "--type=merge",
                         "-p", json.dumps({"spec": {"nodeName": b}}))
     generation = _get(fleet, "grs", "pinned")["metadata"]["generation"]
@@ -239,6 +248,13 @@ def test_23_1_changing_spec_node_name_moves_a_pinned_instance_with_its_disk(
     wait_for(lambda: _ready_on(fleet, "pinned", b, revision=1), 60, what="pinned on b")
     assert fleet.containers(a) == []
     _assert_disk(fleet, b, "pinned", fingerprint)
+    moved = _container(fleet, b, "pinned")
+    assert sh(moved, "sha256sum /data/kept; stat -c '%n %h' /data/kept-too") == volume_files
+    assert os.getxattr(_merged(moved, "/data/kept"), XATTR[0]) == XATTR[1]
+    wait_for(lambda: _status(fleet, "svol", "pinned-data").get("nodeName") == b, 30,
+             what="the volume bound to b")
+    assert _get(fleet, "svol", "pinned-data")["metadata"]["finalizers"] == [
+        f"node.gpudock.dev/{b}"]
     body = _get(fleet, "grs", "pinned")
     assert body["metadata"]["finalizers"] == [f"node.gpudock.dev/{b}"]
     reasons = {c["type"]: c.get("reason") for c in body["status"]["conditions"]}
