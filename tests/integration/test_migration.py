@@ -317,15 +317,21 @@ def test_23_4_a_source_killed_at_a_crash_point_converges_to_one_instance(
         stack: LocalStack, namespace: str, point: str, outcome: str) -> None:
     """SIGKILL of the source agent at each of its Migrate.* points, then a restart:
     before the binding moved, the same source container runs again; after, the
-    target runs it and the source keeps nothing. Never two, never none."""
+    target runs it and the source keeps nothing. Never two, never none. Its
+    SizedVolume ends on the same node as it, with its files, held there alone."""
     _image_only_on_a(stack)
     with running_fleet(stack, namespace) as fleet:
         a, b = fleet.nodes
         fleet.agents[a].stop()
         fleet.start_agent(a, extra_args=["--crash-at", point])
-        _apply(fleet, _instance("crashy"))
+        _apply(fleet, {"apiVersion": "gpudock.dev/v1alpha1", "kind": "SizedVolume",
+                       "metadata": {"name": "crashy-data"}, "spec": {"size": "64Mi"}})
+        _apply(fleet, _instance("crashy", mounts=[{"volume": "crashy-data",
+                                                   "mountPath": "/data"}]))
         wait_for(lambda: _ready_on(fleet, "crashy", a), 90, what="crashy on a")
         fingerprint = _user_disk(fleet, a, "crashy")
+        volume_files = sh(_container(fleet, a, "crashy"),
+                          "head -c 2097152 /dev/urandom > /data/f && sha256sum /data/f")
         before = _container(fleet, a, "crashy").id
         _migration(fleet, "crash", "crashy", b)
         assert fleet.agents[a].wait_exit(120) is not None, f"no crash at {point}"
@@ -341,6 +347,14 @@ def test_23_4_a_source_killed_at_a_crash_point_converges_to_one_instance(
             assert _container(fleet, a, "crashy").id == before
         finalizers = _get(fleet, "grs", "crashy")["metadata"]["finalizers"]
         assert finalizers == [f"node.gpudock.dev/{home}"]
+        assert sh(_container(fleet, home, "crashy"), "sha256sum /data/f") == volume_files
+        wait_for(lambda: _get(fleet, "svol", "crashy-data")["metadata"]["finalizers"] == [
+            f"node.gpudock.dev/{home}"], 30, what=f"the volume held by {home} alone")
+        assert _status(fleet, "svol", "crashy-data")["nodeName"] == home
+        # What the target made for it goes (after a source restart, once the target
+        # sees the migration ended: the source could not send the abort).
+        wait_for(lambda: _volumes(fleet, away, "crashy-data") == [], 30,
+                 what=f"no Docker volume of it left on {away}")
 
 
 def test_23_3_drain_cordons_a_node_and_moves_its_three_instances(fleet: Fleet) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from gpudock.adapters import container_events
 from gpudock.adapters.docker.errors import HostPortBusyError, StaleTaskError
-from gpudock.agent import migration_receiver
+from gpudock.agent import migration_leftovers, migration_receiver
 from gpudock.agent.handlers import node as node_handlers
 from gpudock.core.observed import ImageInfo
 from gpudock.core.revision import Revision, layer_let_go
@@ -239,7 +239,7 @@ def test_a_migration_whose_records_the_target_could_not_keep_leaves_no_empty_lay
     (kept / "etc").mkdir(parents=True)
     own = home / "uid-2" / "rev-2"  # this node's own saved layer of another instance
     own.mkdir()
-    migration_receiver.drop_received([*received, kept])
+    migration_leftovers.drop_received([*received, kept])
     assert not (home / "uid-1").exists()
     assert [p.name for p in (home / "uid-2").iterdir()] == ["rev-2"]
 

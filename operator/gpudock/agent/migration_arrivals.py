@@ -26,6 +26,8 @@ class Arrival:
     uid: str  # the GpuReplicaSet's
     migration: tuple[str, str]  # the GpuMigration's namespace and name
     gpus: tuple[str, ...]
+    # The SizedVolumes it brings, as the GpuMigration's status.sizedVolumes lists them.
+    volumes: tuple[dict[str, str], ...] = ()
 
 
 class Arrivals:

@@ -33,10 +33,10 @@ from gpudock.adapters import (
 from gpudock.adapters.kube_api import KubeUnavailableError, ObjectNotFoundError
 from gpudock.adapters.migration_wire import Channel, RefusedError, WireError
 from gpudock.adapters.user_trees import remove_tree
-from gpudock.agent import migration_volumes
+from gpudock.agent import migration_leftovers, migration_volumes
 from gpudock.agent.migration_arrivals import Arrival
 from gpudock.agent.migration_context import MIGRATED_PREFIX, PRECOPY_SUFFIX, MigrationContext
-from gpudock.api import gpu_migration, gpu_replica_set, ownership
+from gpudock.api import gpu_migration, gpu_replica_set
 from gpudock.api.container_fields import Protocol
 from gpudock.api.reasons import Reason
 from gpudock.core import labels
@@ -53,6 +53,7 @@ class MigrationReceiver:
         self._agent = agent
         self._used: set[str] = set()  # token digests that had their transfer session
         self._lock = threading.Lock()
+        self._arrivals_lock = threading.Lock()  # a hold made, or an ended one cleared
         self._crash = CrashPoints(agent.settings.crash_at)
         self._server: socket.socket | None = None
         self._tls: stream_tls.ServingCertificate | None = None
@@ -110,7 +111,7 @@ class MigrationReceiver:
             channel.keyed(str(hello["token"]))
             channel.send({"op": "welcome"})
             if hello.get("purpose") == "abort":
-                self._abort(migration)
+                migration_leftovers.remove(self._agent, migration)
                 channel.send({"op": "aborted"})
                 return
             self._transfer(channel, migration, received)
@@ -127,7 +128,8 @@ class MigrationReceiver:
                                else Reason.TRANSFER_FAILED, str(exc))
         finally:
             channel.close()
-            drop_received(received)  # a session that ended before its records were kept
+            # A session that ended before its records were kept:
+            migration_leftovers.drop_received(received)
 
     def _authenticate(self, hello: dict[str, Any]) -> dict[str, Any]:
         if hello.get("op") != "hello":
@@ -167,8 +169,10 @@ class MigrationReceiver:
                            "cannot keep writable layers (Docker is not on overlay2 here)")
         arrivals = self._agent.replica_sets.arrivals
         this = (namespace, str(migration["metadata"]["name"]))
-        self._hold_room(Arrival(ResourceKey(namespace, name), uid, this, ()),
-                        int(prepare["gpuCount"]), prepare.get("hostPorts") or [])
+        with self._arrivals_lock:
+            self._hold_room(Arrival(ResourceKey(namespace, name), uid, this, (), tuple(
+                v.to_json() for v in migration_volumes.listed(prepare))),
+                int(prepare["gpuCount"]), prepare.get("hostPorts") or [])
         try:
             self._receive(channel, prepare, namespace, name, uid, home, received)
         except BaseException:
@@ -319,39 +323,22 @@ class MigrationReceiver:
                            f"{image_id}")
 
     # ------------------------------------------------------------------------ abort
-    def _abort(self, migration: dict[str, Any]) -> None:
-        """Remove what a session of this migration received, unless the instance is
-        bound here now (then it is this node's disk)."""
-        namespace, name = migration["metadata"]["namespace"], \
-            migration["spec"]["replicaSetName"]
-        node = self._agent.settings.node_name
-        with contextlib.suppress(ObjectNotFoundError):
-            body = self._agent.kube.get(gpu_replica_set.PLURAL, namespace, name)
-            # Bound here by the switch (a changed spec.nodeName names this node from
-            # the start: only the binding or this node's finalizer counts).
-            if (body.get("status") or {}).get("nodeName") == node or \
-                    ownership.node_finalizer(node) in (body["metadata"].get("finalizers")
-                                                       or ()):
-                return
-        uid = str((migration.get("status") or {}).get("replicaSetUID") or "")
-        self._agent.replica_sets.arrivals.drop(uid, (namespace, migration["metadata"]["name"]))
-        records = [r for r in self._agent.store.list(namespace, name) if r.uid == uid]
-        containers = [c for c in self._agent.docker.list_containers()
-                      if c.uid == uid and uid]
-        if containers:
-            return  # it ran here: not what a transfer left
-        for record in records:
-            self._agent.store.delete(namespace, name, record.revision)
-        if uid:
-            self._agent.docker.remove_volumes(namespace, name, uid)
-        migration_volumes.discard_here(self._agent, namespace, migration_volumes.listed(
-            migration.get("status") or {}))
-        home = self._agent.replica_sets.disks.layers_home()
-        if home is not None and uid:
-            for path in sorted((home / uid).glob(MIGRATED_PREFIX + "*")):
-                remove_tree(path, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                (home / uid).rmdir()
+    def clear_ended(self, ended: list[Arrival]) -> None:
+        """Holds whose migration ended (the heartbeat settles them): what a migration
+        that did not bring the instance here received goes, as its abort would have
+        done (a source agent restarted mid-transfer cannot send the abort: its token
+        was in its memory). Not while a newer session holds room for the instance:
+        holds are made under the same lock."""
+        for arrival in ended:
+            with self._arrivals_lock:
+                if any(a.uid == arrival.uid for a in self._agent.replica_sets.arrivals.held()):
+                    continue  # a newer migration brings it here: its files stay
+                namespace, name = arrival.migration
+                migration_leftovers.remove(self._agent, {
+                    "metadata": {"namespace": namespace, "name": name},
+                    "spec": {"replicaSetName": arrival.key.name},
+                    "status": {"replicaSetUID": arrival.uid,
+                               migration_volumes.STATUS_FIELD: list(arrival.volumes)}})
 
 
 def tags_it_would_move(images: list[Any],
@@ -366,17 +353,6 @@ def tags_it_would_move(images: list[Any],
         if here is not None and here.id != str(wanted["id"]):
             moved.append(f"{wanted['image']} names {here.id[:19]}, not {str(wanted['id'])[:19]}")
     return moved
-
-
-def drop_received(received: list[Path]) -> None:
-    """Remove the trees a session received, then the instance's directory of saved
-    layers each was in once nothing else is in it (the soak found an empty
-    ``layers/<uid>`` left after a migration whose records the target's store, stopped,
-    could not keep)."""
-    for path in received:
-        remove_tree(path, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()  # only when empty: this node's own saved layers stay
 
 
 def _advertised_address(configured: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from gpudock import __version__, metrics
@@ -22,7 +22,7 @@ from gpudock.adapters.kube_api import KubeApi, KubeUnavailableError, ObjectNotFo
 from gpudock.adapters.volumes.registry import open_volume_backend
 from gpudock.agent.exec_runner import failed
 from gpudock.agent.gpu_usage import UsageMeter
-from gpudock.agent.migration_arrivals import Arrivals
+from gpudock.agent.migration_arrivals import Arrival, Arrivals
 from gpudock.api import (
     exec_request,
     gpu_migration,
@@ -62,14 +62,18 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
          kube: KubeApi, store: RevisionStore | None = None,
          usage: UsageMeter | None = None, stream: Mapping[str, Any] | None = None,
          transfer: Mapping[str, Any] | None = None,
-         arrivals: Arrivals | None = None) -> dict[ResourceKey, float]:
+         arrivals: Arrivals | None = None,
+         ended: Callable[[list[Arrival]], None] | None = None) -> dict[ResourceKey, float]:
     """Write the GpuNode; returns how long each instance's GPUs have been idle (with
     ``usage``, which also writes the usage metrics). ``arrivals``: the GPUs held for
-    migrations coming here, shown held (``arriving``); those that ended are dropped."""
+    migrations coming here, shown held (``arriving``); those that ended are dropped,
+    and given to ``ended``."""
     containers = docker.list_containers()
     devices = inventory.list_gpus()
     if arrivals is not None:
-        arrivals.settle(containers, functools.partial(_migration_ended, kube))
+        dropped = arrivals.settle(containers, functools.partial(_migration_ended, kube))
+        if dropped and ended is not None:
+            ended(dropped)
     status = gpu_node_status(devices, containers,
                              (settings.port_range.first, settings.port_range.last),
                              __version__, now, hide_holders=settings.hide_holder_names,

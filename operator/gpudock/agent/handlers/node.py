@@ -224,7 +224,8 @@ async def _heartbeat(agent: NodeAgent, logger: Logger) -> None:
             idle = await asyncio.to_thread(node_health.beat, settings, agent.now(),
                                            agent.docker, agent.inventory, agent.kube,
                                            agent.store, agent.usage, agent.stream, transfer,
-                                           agent.replica_sets.arrivals)
+                                           agent.replica_sets.arrivals,
+                                           agent.receiver.clear_ended)
             index = agent.watched.get(gpu_replica_set.PLURAL)
             mine = list(index.get(settings.node_name) or ()) if idle and index else []
             for line in await asyncio.to_thread(gpu_usage.stop_idle, agent.kube,
