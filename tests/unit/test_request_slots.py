@@ -165,7 +165,7 @@ def test_exec_requests_wait_pending_and_run_on_their_own_pool(
         await _until(lambda: len(runs.threads) == 2, "two of team-a run")
         waiting = sorted({"a1", "a2", "a3", "a4"} - set(runs.threads))
         # The two that run can start before the others have found their slots taken
-        # and written so (on the one thread above): wait for a status, then check it.
+        # and written so (on the one reconciles thread): wait for a status, then check it.
         await _until(lambda: all(_phase(kube, "team-a", name) != (None, None)
                                  for name in waiting), "the waiting ones' status written")
         for name in waiting:
