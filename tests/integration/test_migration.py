@@ -183,20 +183,30 @@ def test_23_2_a_running_instance_moves_byte_identical_and_rolls_back(fleet: Flee
     assert status["bytesDone"] >= 8 << 20
     assert "transferTokenSha256" in status
     assert "token" not in status
-    wait_for(lambda: _ready_on(fleet, "mover", b, revision=2), 60, what="mover on b")
+    # The target starts it as a new revision, from the disk revision 2 ended with.
+    wait_for(lambda: _ready_on(fleet, "mover", b, revision=3), 60, what="mover on b")
     assert fleet.containers(a) == []  # nothing of it is left on the source
     _assert_disk(fleet, b, "mover", fingerprint)
     body = _get(fleet, "grs", "mover")
     assert body["metadata"]["finalizers"] == [f"node.gpudock.dev/{b}"]
     assert body["status"]["migration"]["phase"] == "Succeeded"
+    causes = {e["revision"]: e.get("changeCause") for e in body["status"]["history"]}
+    assert causes[3] == f"migrated from {a} to {b}", causes
+    assert sorted(causes) == [1, 2, 3]
 
     # Rollback to revision 1 on the target: its disk came along.
     fleet.stack.kubectl("patch", "grs", "mover", "-n", fleet.namespace, "--type=merge",
                         "-p", '{"spec": {"rollbackTo": {"revision": 1}}}')
-    wait_for(lambda: _ready_on(fleet, "mover", b, revision=3), 90, what="rolled back")
+    wait_for(lambda: _ready_on(fleet, "mover", b, revision=4), 90, what="rolled back")
     rolled = _container(fleet, b, "mover")
     assert sh(rolled, "cat /root/rev1-only").strip() == "one"
     assert sh(rolled, "test -e /root/random && echo yes || echo no").strip() == "no"
+    # And to revision 2, the one that ran on node a until the move: its disk as it
+    # ended there.
+    fleet.stack.kubectl("patch", "grs", "mover", "-n", fleet.namespace, "--type=merge",
+                        "-p", '{"spec": {"rollbackTo": {"revision": 2}}}')
+    wait_for(lambda: _ready_on(fleet, "mover", b, revision=5), 90, what="rolled back to 2")
+    _assert_disk(fleet, b, "mover", fingerprint)
 
 
 def test_23_2_a_stopped_instance_moves_and_starts_on_the_target(fleet: Fleet) -> None:
@@ -245,7 +255,7 @@ def test_23_1_changing_spec_node_name_moves_a_pinned_instance_with_its_disk(
     status = _status(fleet, "gmig", move)
     assert status["phase"] == "Succeeded", status
     assert (status["sourceNode"], status["targetNode"]) == (a, b)
-    wait_for(lambda: _ready_on(fleet, "pinned", b, revision=1), 60, what="pinned on b")
+    wait_for(lambda: _ready_on(fleet, "pinned", b, revision=2), 60, what="pinned on b")
     assert fleet.containers(a) == []
     _assert_disk(fleet, b, "pinned", fingerprint)
     moved = _container(fleet, b, "pinned")

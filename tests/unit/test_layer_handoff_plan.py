@@ -190,3 +190,39 @@ def test_28_8_a_saved_layer_goes_back_only_over_the_image_id_it_was_made_over() 
     (start,) = plan.actions
     assert isinstance(start, act.StartRevision)
     assert start.record.image_id == "sha256:old"
+
+
+def test_a_migrated_instance_starts_on_its_target_as_a_new_revision_from_its_disk() -> None:
+    """#23: the record a migration brought (``migrated_from``) is started as the next
+    revision, "migrated from A to B", from the disk it ended with on the source; that
+    record keeps its saved layer (a rollback to it works). A stopped one records the
+    new revision, to start when it runs."""
+    spec = _spec(gpuCount=1)
+    first = _saved(_record(spec))
+    moved = replace(_saved(_record(spec, 2), "c2"), layer=first.saved_layer,
+                    container_id="c2", migrated_from="node-a")
+    layers = frozenset({first.saved_layer or "", moved.saved_layer or ""})
+    plan = plan_replica_set(_obs(spec, records=(first, moved), layer_root=ROOT,
+                                 saved_layers=layers, node_name="n1"))
+    (start,) = plan.actions
+    assert isinstance(start, act.StartRevision)
+    assert (start.record.revision, start.record.change_cause) == (
+        3, "migrated from node-a to n1")
+    assert start.layer == moved.saved_layer == start.record.layer
+    assert start.record.migrated_from is None
+    # Once it ran here, the new revision is the current one: resumed as any other.
+    third = replace(start.record, container_id="c3", saved_layer=f"{ROOT}/uid-1/rev-3-c3",
+                    preserved_from="c3")
+    plan = plan_replica_set(_obs(spec, records=(first, moved, third), layer_root=ROOT,
+                                 saved_layers=layers | {third.saved_layer or ""},
+                                 node_name="n1"))
+    (start,) = plan.actions
+    assert isinstance(start, act.StartRevision)
+    assert (start.reason, start.record.revision) == ("Resumed", 3)
+    # Stopped when it moved: the new revision is recorded, not started.
+    stopped = _spec(gpuCount=1, state="Stopped")
+    plan = plan_replica_set(_obs(stopped, records=(first, moved), layer_root=ROOT,
+                                 saved_layers=layers, node_name="n1"))
+    (record,) = plan.actions
+    assert isinstance(record, act.RecordRevision)
+    assert (record.record.revision, record.record.layer) == (3, moved.saved_layer)

@@ -285,8 +285,10 @@ class MigrationRunner:
         for sender in senders:
             sender.send()
             self._sent(channel, status, show)
+        latest = current.revision if current is not None else live[-1].revision
         channel.send({"op": "records", "records": [
-            self._moved_record(r, moved, current, upper).to_json() for r in records],
+            self._moved_record(r, moved, current, upper, r.revision == latest).to_json()
+            for r in records],
             "volumes": [{"name": name, "tree": volume_tree(name)} for name in volumes]})
         channel.receive()  # stored
 
@@ -321,14 +323,17 @@ class MigrationRunner:
         return str(done["path"])
 
     def _moved_record(self, record: Revision, moved: dict[str, str],
-                      current: ObservedContainer | None, upper: Path | None) -> Revision:
+                      current: ObservedContainer | None, upper: Path | None,
+                      latest: bool) -> Revision:
         """The record as the target keeps it: its layers where they landed there, no
         GPUs, host ports or address of this node (the target picks its own); the
-        current container's layer as its saved disk, resumed there."""
+        current container's layer as its saved disk. The ``latest`` one notes where
+        it came from: the target starts a new revision from it, "migrated from"."""
         def there(path: str | None) -> str | None:
             return moved.get(path) if path else None
         kept = replace(record, saved_layer=there(record.saved_layer), layer=there(record.layer),
-                       gpus=(), ports=(), address="", paused_container=None)
+                       gpus=(), ports=(), address="", paused_container=None,
+                       migrated_from=self._node if latest else None)
         if current is not None and upper is not None and record.revision == current.revision:
             kept = replace(kept, saved_layer=moved[str(upper)],
                            preserved_from=current.id, container_id=current.id,

@@ -75,6 +75,10 @@ class Revision:
     # Its container's address on the instance network ("": none): a container made
     # again for the revision (after state Stopped) asks for it first.
     address: str = ""
+    # The node a migration brought it from, on the record of the revision that was
+    # current there: the target starts the instance as a new revision "migrated from
+    # A to B" from its disk (docs/migration.md); None on every other record.
+    migrated_from: str | None = None
 
     @property
     def failed(self) -> bool:

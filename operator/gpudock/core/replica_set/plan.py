@@ -246,7 +246,11 @@ def _with_container(obs: Observation, current: ObservedContainer, record: Revisi
 
 def _without_container(obs: Observation, record: Revision | None, target: Target) -> Plan:
     running = obs.spec.state is DesiredState.RUNNING
-    if record is not None and target.spec.matches(record.spec) and \
+    if record is not None and record.migrated_from and target.rollback_of is None and \
+            target.spec.matches(record.spec):  # brought here: a new revision says so
+        target = replace(target, cause=f"migrated from {record.migrated_from} to "
+                         f"{obs.node_name}")
+    elif record is not None and target.spec.matches(record.spec) and \
             target.rollback_of is None:
         if obs.spec.state is DesiredState.STOPPED:
             return Plan(prune(obs, record), status.settled(_seen(obs, None, record),
