@@ -39,7 +39,7 @@ tail -c 5 /root/sparse
 """
 USER_CHANGES = """
 mkdir -p /root/dir
-head -c 8388608 /dev/urandom > /root/random
+head -c 67108864 /dev/urandom > /root/random
 ln /root/random /root/twin
 dd if=/dev/zero of=/root/sparse bs=1 count=0 seek=1073741824 2>/dev/null
 printf tail! >> /root/sparse
@@ -153,6 +153,13 @@ def _user_disk(fleet: Fleet, node: str, name: str) -> str:
     return sh(container, FINGERPRINT)
 
 
+def _gpus_allocated(fleet: Fleet, node: str) -> int:
+    """What the node's GpuNode says its agent holds (written at each heartbeat)."""
+    status = fleet.stack.kubectl_json("get", "gpunode", node).get("status") or {}
+    assert isinstance(status, dict)
+    return int(status.get("gpusAllocated") or 0)
+
+
 def _assert_disk(fleet: Fleet, node: str, name: str, fingerprint: str) -> None:
     container = _container(fleet, node, name)
     assert sh(container, FINGERPRINT) == fingerprint
@@ -180,12 +187,14 @@ def test_23_2_a_running_instance_moves_byte_identical_and_rolls_back(fleet: Flee
     assert status["phase"] == "Succeeded", status
     assert (status["sourceNode"], status["targetNode"]) == (a, b)
     assert status["downtimeSeconds"] > 0
-    assert status["bytesDone"] >= 8 << 20
+    assert status["bytesDone"] >= 64 << 20
     assert "transferTokenSha256" in status
     assert "token" not in status
     # The target starts it as a new revision, from the disk revision 2 ended with.
     wait_for(lambda: _ready_on(fleet, "mover", b, revision=3), 60, what="mover on b")
     assert fleet.containers(a) == []  # nothing of it is left on the source
+    wait_for(lambda: _gpus_allocated(fleet, a) == 0, 30, what=f"no GPU held on {a}")
+    assert _gpus_allocated(fleet, b) == 1
     _assert_disk(fleet, b, "mover", fingerprint)
     body = _get(fleet, "grs", "mover")
     assert body["metadata"]["finalizers"] == [f"node.gpudock.dev/{b}"]
