@@ -330,15 +330,19 @@ class MigrationReceiver:
         was in its memory). Not while a newer session holds room for the instance:
         holds are made under the same lock."""
         for arrival in ended:
+            namespace, name = arrival.migration
             with self._arrivals_lock:
                 if any(a.uid == arrival.uid for a in self._agent.replica_sets.arrivals.held()):
                     continue  # a newer migration brings it here: its files stay
-                namespace, name = arrival.migration
-                migration_leftovers.remove(self._agent, {
-                    "metadata": {"namespace": namespace, "name": name},
-                    "spec": {"replicaSetName": arrival.key.name},
-                    "status": {"replicaSetUID": arrival.uid,
-                               migration_volumes.STATUS_FIELD: list(arrival.volumes)}})
+                try:
+                    migration_leftovers.remove(self._agent, {
+                        "metadata": {"namespace": namespace, "name": name},
+                        "spec": {"replicaSetName": arrival.key.name},
+                        "status": {"replicaSetUID": arrival.uid,
+                                   migration_volumes.STATUS_FIELD: list(arrival.volumes)}})
+                except (GpudockError, OSError) as exc:  # best effort, as an abort
+                    logger.warning("what migration %s/%s brought here was not all "
+                                   "removed: %s", namespace, name, exc)
 
 
 def tags_it_would_move(images: list[Any],

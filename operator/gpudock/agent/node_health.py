@@ -67,13 +67,13 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
     """Write the GpuNode; returns how long each instance's GPUs have been idle (with
     ``usage``, which also writes the usage metrics). ``arrivals``: the GPUs held for
     migrations coming here, shown held (``arriving``); those that ended are dropped,
-    and given to ``ended``."""
+    and given to ``ended`` once the GpuNode is written (what it removes, and how
+    long that takes, never holds the heartbeat up)."""
     containers = docker.list_containers()
     devices = inventory.list_gpus()
+    dropped: list[Arrival] = []
     if arrivals is not None:
         dropped = arrivals.settle(containers, functools.partial(_migration_ended, kube))
-        if dropped and ended is not None:
-            ended(dropped)
     status = gpu_node_status(devices, containers,
                              (settings.port_range.first, settings.port_range.last),
                              __version__, now, hide_holders=settings.hide_holder_names,
@@ -97,6 +97,8 @@ def beat(settings: Settings, now: str, docker: DockerRuntime, inventory: GpuInve
                               gpu_labels(status["gpus"]))
     metrics.GPUS_TOTAL.labels(settings.node_name).set(status["gpusTotal"])
     metrics.GPUS_ALLOCATED.labels(settings.node_name).set(status["gpusAllocated"])
+    if dropped and ended is not None:
+        ended(dropped)
     return usage.record(devices, containers) if usage is not None else {}
 
 
