@@ -26,6 +26,7 @@ from tests.integration.test_migration import (
     _migration,
     _ready_on,
     _status,
+    _volumes,
     _wait_phase,
 )
 from tests.stack.localstack import LocalStack, wait_for
@@ -64,15 +65,6 @@ def _mounting(name: str, volume: str) -> dict[str, Any]:
     return _instance(name, mounts=[{"volume": volume, "mountPath": "/data"}])
 
 
-def _docker_volumes(fleet: Fleet, node: str, name: str) -> list[str]:
-    client = fleet.engines[node].client()
-    try:
-        return [v.name for v in client.volumes.list(filters={"label": [
-            f"gpudock.dev/namespace={fleet.namespace}", f"gpudock.dev/name={name}"]})]
-    finally:
-        client.close()
-
-
 def test_23_2_an_exclusive_sized_volume_moves_with_its_data(fleet: Fleet) -> None:
     a, b = fleet.nodes
     _apply(fleet, _volume("data"))
@@ -83,7 +75,7 @@ def test_23_2_an_exclusive_sized_volume_moves_with_its_data(fleet: Fleet) -> Non
     os.setxattr(_merged(_container(fleet, a, "user"), "/data/random"), *XATTR)
     files = sh(_container(fleet, a, "user"), FILES)
     assert "random and twin are one file" in files
-    assert _docker_volumes(fleet, a, "data")
+    assert _volumes(fleet, a, "data")
 
     _migration(fleet, "move-data", "user", b)
     _wait_phase(fleet, "move-data", "Succeeded", "Failed", "Cancelled")
@@ -105,8 +97,8 @@ def test_23_2_an_exclusive_sized_volume_moves_with_its_data(fleet: Fleet) -> Non
     body = _get(fleet, "svol", "data")
     assert body["metadata"]["finalizers"] == [f"node.gpudock.dev/{b}"]
     assert body["status"]["capacityBytes"] >= 200 << 20  # the same size there
-    assert _docker_volumes(fleet, a, "data") == []  # nothing of it left on the source
-    assert _docker_volumes(fleet, b, "data")
+    assert _volumes(fleet, a, "data") == []  # nothing of it left on the source
+    assert _volumes(fleet, b, "data")
     sh(moved, "echo after > /data/after")  # writable there
     assert sh(moved, "cat /data/after").strip() == "after"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpudock.adapters.docker.runtime import DockerRuntime
-from gpudock.adapters.kube_api import KubeApi
+from gpudock.adapters.kube_api import ConflictError, KubeApi, KubeUnavailableError
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
 from gpudock.agent.volume_reconciler import VolumeReconciler
 from gpudock.api.gpu_migration import Phase
@@ -26,6 +26,7 @@ Show = Callable[[dict[str, Any]], None]
 MIGRATED_PREFIX = "migrated-"  # the received layers' directory names on the target
 PRECOPY_SUFFIX = ".gpudock-precopy"  # a running layer's first pass, on the target
 TRANSFER_FIELD = "transfer"  # GpuNode status.transfer: {address, port}
+CAS_TRIES = 20  # compare-and-set writes tried again on a conflict
 MIGRATION_FIELDS = ("phase", "sourceNode", "targetNode", "bytesDone", "bytesTotal",
                     "downtimeSeconds", "startTime", "completionTime")
 
@@ -79,3 +80,23 @@ def seconds(stamp: str) -> float:
     whole = float(calendar.timegm(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")))
     fraction = stamp[19:].rstrip("Z").split("+")[0]
     return whole + (float(fraction) if fraction.startswith(".") else 0.0)
+
+
+def add_finalizer(kube: KubeApi, plural: str, namespace: str, name: str, finalizer: str,
+                  uid: str | None = None) -> None:
+    """Put ``finalizer`` on the object (compare-and-set, tried again on a conflict):
+    done when it is there already, or when the object is another incarnation than
+    ``uid``. ObjectNotFoundError when it is gone."""
+    for _ in range(CAS_TRIES):
+        body = kube.get(plural, namespace, name)
+        meta = body["metadata"]
+        held = list(meta.get("finalizers") or ())
+        if finalizer in held or (uid is not None and str(meta.get("uid")) != uid):
+            return
+        try:
+            kube.set_finalizers(plural, namespace, name, [*held, finalizer],
+                                str(meta["resourceVersion"]))
+            return
+        except ConflictError:
+            continue
+    raise KubeUnavailableError(f"{plural} {namespace}/{name}: its finalizers kept changing")

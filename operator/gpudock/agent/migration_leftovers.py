@@ -24,13 +24,9 @@ def remove(agent: MigrationContext, migration: dict[str, Any]) -> None:
         migration["spec"]["replicaSetName"]
     node = agent.settings.node_name
     with contextlib.suppress(ObjectNotFoundError):
-        body = agent.kube.get(gpu_replica_set.PLURAL, namespace, name)
-        # Bound here by the switch (a changed spec.nodeName names this node from
-        # the start: only the binding or this node's finalizer counts).
-        if (body.get("status") or {}).get("nodeName") == node or \
-                ownership.node_finalizer(node) in (body["metadata"].get("finalizers")
-                                                   or ()):
-            return
+        if ownership.held_here(agent.kube.get(gpu_replica_set.PLURAL, namespace, name),
+                               node):
+            return  # bound here by the switch: this node's disk now
     uid = str((migration.get("status") or {}).get("replicaSetUID") or "")
     agent.replica_sets.arrivals.drop(uid, (namespace, migration["metadata"]["name"]))
     records = [r for r in agent.store.list(namespace, name) if r.uid == uid]

@@ -19,10 +19,12 @@ from gpudock.adapters.kube_api import (
 )
 from gpudock.agent import migration_volumes
 from gpudock.agent.migration_context import (
+    CAS_TRIES,
     MIGRATION_FIELDS,
     MigrationContext,
     Show,
     SwitchRefusedError,
+    add_finalizer,
     seconds,
 )
 from gpudock.api import gpu_replica_set, ownership
@@ -37,7 +39,6 @@ from gpudock.errors import SpecError
 logger = logging.getLogger(__name__)
 GRS = gpu_replica_set.PLURAL
 SERVE_WAIT_SECONDS = 0.25  # how often the target's status is read after the switch
-CAS_TRIES = 20
 
 class Switch:
     def __init__(self, agent: MigrationContext, crash: CrashPoints) -> None:
@@ -76,7 +77,8 @@ class Switch:
                   "completionTime": self._agent.now()})
             return
         self._crash.reach("Migrate.switched")
-        self._add_finalizer(key, ownership.node_finalizer(target))
+        add_finalizer(self._agent.kube, GRS, key.namespace, key.name,
+                      ownership.node_finalizer(target))
         moving = migration_volumes.listed(status)
         migration_volumes.bind(self._agent, namespace, moving, target)
         self._crash.reach("Migrate.handedOver")
@@ -123,20 +125,6 @@ class Switch:
             except ConflictError:
                 continue
         raise KubeUnavailableError(f"{key}: the binding kept changing; tried again later")
-
-    def _add_finalizer(self, key: ResourceKey, finalizer: str) -> None:
-        for _ in range(CAS_TRIES):
-            grs = self._agent.kube.get(GRS, key.namespace, key.name)
-            held = list(grs["metadata"].get("finalizers") or ())
-            if finalizer in held:
-                return
-            try:
-                self._agent.kube.set_finalizers(GRS, key.namespace, key.name, [*held, finalizer],
-                                                str(grs["metadata"]["resourceVersion"]))
-                return
-            except ConflictError:
-                continue
-        raise KubeUnavailableError(f"{key}: its finalizers kept changing")
 
     def _wait_served(self, key: ResourceKey, target: str, migration: dict[str, Any],
                      show: Show) -> float:

@@ -25,7 +25,13 @@ from typing import Any
 from gpudock.adapters import tree_copy
 from gpudock.adapters.kube_api import ConflictError, KubeUnavailableError, ObjectNotFoundError
 from gpudock.adapters.user_trees import remove_tree
-from gpudock.agent.migration_context import MIGRATED_PREFIX, MigrationContext, MigrationError
+from gpudock.agent.migration_context import (
+    CAS_TRIES,
+    MIGRATED_PREFIX,
+    MigrationContext,
+    MigrationError,
+    add_finalizer,
+)
 from gpudock.api import gpu_replica_set, ownership, sized_volume
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
 from gpudock.api.reasons import Reason
@@ -36,7 +42,6 @@ SVOL = sized_volume.PLURAL
 STATUS_FIELD = "sizedVolumes"  # on the GpuMigration: [{name, uid}] that move with it
 INCOMING = ".gpudock-incoming"  # inside the target volume: the tree being built
 PRECOPY = ".gpudock-precopy"  # inside the target volume: the first pass
-CAS_TRIES = 20
 
 
 @dataclass(frozen=True)
@@ -137,21 +142,15 @@ def bind(agent: MigrationContext, namespace: str, volumes: list[MovingVolume],
         for _ in range(CAS_TRIES):
             body = _get(agent, namespace, volume)
             if body is None:
+                break  # gone, or another incarnation: nothing of it moves
+            if (body.get("status") or {}).get("nodeName") == target:
+                with contextlib.suppress(ObjectNotFoundError):
+                    add_finalizer(agent.kube, SVOL, namespace, volume.name,
+                                  ownership.node_finalizer(target), volume.uid)
                 break
-            held = list(body["metadata"].get("finalizers") or ())
-            mine = ownership.node_finalizer(target)
-            try:
-                if (body.get("status") or {}).get("nodeName") != target:
-                    agent.kube.patch_status_at(SVOL, namespace, volume.name,
-                                               {"nodeName": target},
-                                               str(body["metadata"]["resourceVersion"]))
-                elif mine not in held:
-                    agent.kube.set_finalizers(SVOL, namespace, volume.name, [*held, mine],
-                                              str(body["metadata"]["resourceVersion"]))
-                else:
-                    break
-            except ConflictError:
-                continue
+            with contextlib.suppress(ConflictError):
+                agent.kube.patch_status_at(SVOL, namespace, volume.name, {"nodeName": target},
+                                           str(body["metadata"]["resourceVersion"]))
         else:
             raise KubeUnavailableError(f"SizedVolume {volume.name}: it kept changing")
 
@@ -200,7 +199,7 @@ def make_here(agent: MigrationContext, namespace: str,
         if body is None:
             raise MigrationError(Reason.TRANSFER_FAILED, f"SizedVolume {volume.name} "
                                  "is gone")
-        if _held_here(body, node):
+        if ownership.held_here(body, node):
             raise MigrationError(Reason.TRANSFER_FAILED, f"SizedVolume {volume.name} is "
                                  f"held by node {node} already")
         made[volume.tree] = agent.volumes.make_arriving(body)
@@ -254,13 +253,6 @@ def discard_here(agent: MigrationContext, namespace: str,
     node = agent.settings.node_name
     for volume in volumes:
         body = _get(agent, namespace, volume)
-        if body is not None and _held_here(body, node):
+        if body is not None and ownership.held_here(body, node):
             continue
         agent.volumes.discard_arrival(namespace, volume.name, volume.uid)
-
-
-def _held_here(body: dict[str, Any], node: str) -> bool:
-    """Bound to ``node`` or carrying its finalizer: that node's volume, never
-    replaced by a move's."""
-    return (body.get("status") or {}).get("nodeName") == node or \
-        ownership.node_finalizer(node) in (body["metadata"].get("finalizers") or ())

@@ -58,6 +58,14 @@ def bound_elsewhere(finalizers: Iterable[str], node_name: str) -> list[str]:
     return [f for f in finalizers if f.startswith(FINALIZER_PREFIX) and f != mine]
 
 
+def held_here(body: Mapping[str, Any], node_name: str) -> bool:
+    """Bound to the node (status.nodeName) or carrying its finalizer: that node's,
+    whatever its spec says (a changed spec.nodeName names a move's target from the
+    start)."""
+    return (body.get("status") or {}).get("nodeName") == node_name or \
+        node_finalizer(node_name) in ((body.get("metadata") or {}).get("finalizers") or ())
+
+
 def holds(status_node: object, finalizers: Iterable[str], node_name: str) -> bool:
     """This node holds the resource's container and disk: its finalizer is on the
     resource and no migration has moved the binding (status.nodeName) to another node.

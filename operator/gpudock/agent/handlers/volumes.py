@@ -44,10 +44,10 @@ def _write(agent: NodeAgent, body: kopf.Body, status: dict[str, Any],
     written again (the body may lag by a write: then it is written once more). Not
     while a migration moves it away (the target's agent writes it then)."""
     meta = body["metadata"]
-    key = ResourceKey(meta["namespace"], meta["name"])
-    if not _served_here(agent, body):
+    if ownership.moved_away(body, agent.settings.node_name):
         return
-    agent.volumes.while_served(key, meta["uid"], lambda: _patch(agent, body, status, logger))
+    agent.volumes.while_served(ResourceKey(meta["namespace"], meta["name"]), meta["uid"],
+                               lambda: _patch(agent, body, status, logger))
 
 
 def _served_here(agent: NodeAgent, body: kopf.Body) -> bool:
