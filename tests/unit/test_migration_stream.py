@@ -121,7 +121,7 @@ def test_23_4_a_data_byte_changed_on_its_way_fails_the_manifest_check(
     real = Channel.receive_data
     flipped: list[bool] = []
 
-    def altered(channel: Channel) -> bytes:
+    def altered(channel: Channel) -> bytes | bytearray:
         data = real(channel)
         if not flipped:
             flipped.append(True)

@@ -64,6 +64,69 @@ def content_digest(fd: int, size: int) -> str:
     return digest.hexdigest()
 
 
+class BlockDigest:
+    """content_digest of bytes seen as they pass (sent or received) instead of read
+    back: fed a file's data pieces as (offset, bytes), offsets increasing, holes
+    between them zeros. The same digest as content_digest of the same bytes; a
+    piece may cross a CHUNK boundary (a sender that cuts its frames at CHUNK
+    boundaries never makes one copy here)."""
+
+    def __init__(self, size: int) -> None:
+        self._digest = hashlib.sha256()
+        self._size = size
+        self._block = -1  # the block in ``_partial`` (or last hashed whole)
+        self._partial: bytearray | None = None
+        self._next = 0  # no piece may start before this
+
+    def _add(self, block: int, data: bytes | bytearray | memoryview) -> None:
+        # _ZEROS.startswith: a memcmp (memoryview == bytes compares item by item)
+        if not _ZEROS.startswith(data):
+            self._digest.update(block.to_bytes(8, "big"))
+            self._digest.update(data)
+
+    def _flush(self) -> None:
+        if self._partial is not None:
+            self._add(self._block, self._partial)
+            self._partial = None
+
+    def update(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        if offset < self._next or offset + len(data) > self._size:
+            raise ValueError(f"a piece at {offset} is out of order or past the end")
+        self._next = offset + len(data)
+        view = memoryview(data)
+        while view:
+            block = offset // CHUNK
+            begin = block * CHUNK
+            length = min(CHUNK, self._size - begin)
+            count = min(len(view), begin + length - offset)
+            piece = view[:count]
+            if block != self._block:
+                self._flush()
+                self._block = block
+                if offset == begin and count == length:  # a whole block: no copy
+                    self._add(block, piece)
+                    view, offset = view[count:], offset + count
+                    continue
+                self._partial = bytearray(length)
+            if self._partial is None:  # that block was hashed whole already
+                raise ValueError(f"a piece at {offset} overlaps what was hashed")
+            self._partial[offset - begin:offset - begin + count] = piece
+            view, offset = view[count:], offset + count
+
+    def hexdigest(self) -> str:
+        self._flush()
+        return self._digest.hexdigest()
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing an open file's dirty pages to disk, without waiting
+    (sync_file_range SYNC_FILE_RANGE_WRITE): a later syncfs finds them written or
+    in flight. Best effort: nothing where the call is not there."""
+    with contextlib.suppress(AttributeError):  # its result is not needed either
+        _LIBC.sync_file_range(fd, ctypes.c_longlong(0), ctypes.c_longlong(0),
+                              _SYNC_FILE_RANGE_WRITE)
+
+
 def copy_data(source: int, target: int, size: int) -> None:
     """Give the empty file ``target`` the bytes of ``source``: its blocks shared
     where the filesystem can, else its data ranges copied and its holes left."""
@@ -107,6 +170,7 @@ def shares_blocks(directory: Path) -> bool:
 
 
 _LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_SYNC_FILE_RANGE_WRITE = 2
 
 
 def sync_filesystem(directory: Path) -> None:

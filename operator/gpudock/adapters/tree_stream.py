@@ -36,7 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from gpudock.adapters import tree_copy
-from gpudock.adapters.file_data import CHUNK, content_digest, segments
+from gpudock.adapters.file_data import (
+    CHUNK,
+    BlockDigest,
+    content_digest,
+    segments,
+    start_writeback,
+)
 from gpudock.adapters.migration_wire import Channel, WireError
 from gpudock.adapters.user_trees import O_DIR, Cursor, Entry, Leave, identity, open_dir, walk
 
@@ -146,8 +152,11 @@ class TreeSender:
                 continue
             self._entry(step, first, path, seen, reusing)
         if final:
-            self.channel.send({"op": "end", "digest": manifest_digest(
-                self.root, self.digests)})
+            # The files this pass just sent were hashed as they went (``seen``): the
+            # manifest does not read and hash them once more (a history tree's every
+            # file; in the stopped pass, every changed one, during the downtime).
+            known = Digests({**self.digests.by_path, **seen.by_path})
+            self.channel.send({"op": "end", "digest": manifest_digest(self.root, known)})
         else:
             self.channel.send({"op": "end", "digest": None})
             self.digests = seen
@@ -184,21 +193,26 @@ class TreeSender:
                 raise WireError(f"{name!r} was replaced while it was sent")
             ranges = list(segments(fd, info.st_size))
             channel.send({"op": "f", "name": name, "meta": meta, "ranges": ranges})
+            # The digest of the bytes as they are sent: no second read of the file
+            # (kept only when the file did not change meanwhile, as before).
+            digest = BlockDigest(info.st_size)
             for start, end in ranges:
                 offset = start
                 while offset < end:
-                    data = os.pread(fd, min(CHUNK, end - offset), offset)
+                    # Frames end at CHUNK boundaries: the receiver's digest then
+                    # hashes each frame as it is, never copied into a block.
+                    data = channel.send_file_data(
+                        fd, min(CHUNK - offset % CHUNK, end - offset), offset)
                     if not data:
                         raise WireError(f"{name!r} became shorter while it was sent")
-                    channel.send_data(data)
+                    digest.update(offset, data)
                     offset += len(data)
                     self.sent += len(data)
-            digest = content_digest(fd, info.st_size)
             after = os.fstat(fd)
         finally:
             os.close(fd)
         if tree_copy.unchanged_while_read(info, after):
-            seen.by_path[here] = (_state(info), digest)
+            seen.by_path[here] = (_state(info), digest.hexdigest())
 
 
 # --------------------------------------------------------------------------- receive
@@ -240,7 +254,7 @@ def receive_tree(channel: Channel, header: dict[str, Any], target: Path,
                 parents = names[:-1] if op == "d" else names
                 here = "/".join([*parents, name])
                 received += _receive_entry(channel, message, into, root_fd, base_fd, here,
-                                           written)
+                                           written, not final)
         info, attrs = _stat_of(header["root"])
         tree_copy.set_metadata(root_fd, -1, "", info, attrs)
         os.utime(root_fd, ns=(info.st_atime_ns, info.st_mtime_ns))
@@ -266,7 +280,8 @@ def _parts(message: dict[str, Any], key: str) -> list[str]:
 
 
 def _receive_entry(channel: Channel, message: dict[str, Any], into: Cursor, root_fd: int,
-                   base_fd: int | None, here: str, written: Digests) -> int:
+                   base_fd: int | None, here: str, written: Digests,
+                   pre: bool = False) -> int:
     op, name, at = message.get("op"), str(message.get("name")), into.fd
     if op == "h":
         parts = _parts(message, "to")
@@ -310,14 +325,15 @@ def _receive_entry(channel: Channel, message: dict[str, Any], into: Cursor, root
         finally:
             os.close(fd)
         return 0
-    return _receive_file(channel, message, at, name, info, attrs, here, written)
+    return _receive_file(channel, message, at, name, info, attrs, here, written, pre)
 
 
 def _receive_file(channel: Channel, message: dict[str, Any], at: int, name: str,
                   info: os.stat_result, attrs: tuple[tuple[str, bytes], ...], here: str,
-                  written: Digests) -> int:
+                  written: Digests, pre: bool = False) -> int:
     received = 0
     size = int(message["meta"]["size"])
+    digest = BlockDigest(size)  # of the bytes written, as they are: no read back
     fd = os.open(name, _O_NEW, 0o600, dir_fd=at)
     try:
         for start, end in message["ranges"]:
@@ -326,13 +342,20 @@ def _receive_file(channel: Channel, message: dict[str, Any], at: int, name: str,
                 data = channel.receive_data()
                 if offset + len(data) > int(end):
                     raise WireError(f"{name!r}: more data than its range")
-                os.pwrite(fd, data, offset)
+                if os.pwrite(fd, data, offset) != len(data):
+                    raise WireError(f"{name!r}: a short write at {offset}")
+                try:
+                    digest.update(offset, data)
+                except ValueError as exc:  # ranges out of order: not a sender of ours
+                    raise WireError(f"{name!r}: {exc}") from exc
                 offset += len(data)
                 received += len(data)
         os.ftruncate(fd, size)
         tree_copy.set_metadata(fd, at, name, info, attrs)
         mine = os.fstat(fd)
-        written.by_path[here] = (_state(mine)[:3], content_digest(fd, size))
+        written.by_path[here] = (_state(mine)[:3], digest.hexdigest())
+        if pre:  # the syncfs after the pass (migration_receiver) then waits for less
+            start_writeback(fd)
     finally:
         os.close(fd)
     return received

@@ -315,7 +315,7 @@ class MigrationReceiver:
                 data = channel.receive_data()
                 if not data:
                     return  # an empty frame ends the image
-                yield data
+                yield bytes(data)  # the channel's frames are bytearrays
 
         self._agent.docker.load_image(chunks(), f"the migrated image {image}")
         if not self._has_image(image, image_id):
