@@ -158,12 +158,10 @@ class Registry:
             return reference
         raise RuntimeError(f"{made[-1]} is still on the node after its removal")
 
-    def dockerconfigjson(self, user: str, password: str | None = None,
-                         host: str | None = None) -> dict[str, Any]:
-        """The ``data`` of a kubernetes.io/dockerconfigjson Secret for a user (of the
-        registry reached at ``host``: its own unless another is given)."""
+    def dockerconfigjson(self, user: str, password: str | None = None) -> dict[str, Any]:
+        """The ``data`` of a kubernetes.io/dockerconfigjson Secret for a user."""
         secret = password or self.users[user]
-        config = {"auths": {host or self.host: {
+        config = {"auths": {self.host: {
             "username": user, "password": secret,
             "auth": base64.b64encode(f"{user}:{secret}".encode()).decode()}}}
         return {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()}

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 
 import pytest
 
-from gpudock.agent.replica_set_pulls import ImagePulls, _Progress
+from gpudock.agent.replica_set_pulls import ImagePulls
 from gpudock.api.gpu_replica_set import GpuReplicaSetSpec, PullPolicy, default_pull_policy
 from gpudock.api.reasons import Reason
 from gpudock.core import image_pulls
@@ -103,29 +102,6 @@ def test_22_9_progress_counts_layers_and_bytes() -> None:
     tally.add({"status": "Download complete", "id": "c"})
     progress = tally.progress()
     assert (progress.layers_done, progress.bytes_done) == (2, 40)
-
-
-def test_22_9_progress_is_reported_once_the_pull_ran_a_second_then_every_two() -> None:
-    clock = [100.0]
-    reported: list[tuple[float, int]] = []
-    progress = _Progress("x", lambda p: reported.append((clock[0], p.bytes_done)),
-                         lambda: clock[0])
-
-    def message(at: float, current: int) -> None:
-        clock[0] = 100.0 + at
-        progress({"status": "Downloading", "id": "a",
-                  "progressDetail": {"current": current, "total": 100}})
-
-    progress({"status": "Pulling fs layer", "id": "a"})  # no byte count yet
-    for at, current, reports in ((0.2, 10, 0), (0.9, 20, 0), (1.1, 30, 1), (2.0, 40, 1),
-                                 (3.2, 50, 2), (4.0, 60, 2)):
-        message(at, current)
-        # The writer thread makes the reports; a later one supersedes one not yet made.
-        deadline = time.monotonic() + 10
-        while len(reported) < reports and time.monotonic() < deadline:
-            time.sleep(0.01)
-    progress.close()
-    assert [(round(at - 100.0, 1), done) for at, done in reported] == [(1.1, 30), (3.2, 50)]
 
 
 # ------------------------------------------------------------------- on the fakes

@@ -204,8 +204,7 @@ class ImagePulls:
 
 class _Progress:
     """Docker's pull messages, tallied; ``report`` is told the progress once the
-    pull has run PROGRESS_FIRST seconds with a byte count known, then at most every
-    PROGRESS_EVERY seconds. The reports
+    first byte count is known, then at most every PROGRESS_EVERY seconds. The reports
     (status writes) run on a thread of their own, so the pull's stream is never held
     up by the API server (only the latest waiting one is written). ``close`` drops a
     report not yet begun (the status that follows the pull supersedes it) and waits
@@ -216,7 +215,6 @@ class _Progress:
         self._tally = image_pulls.PullTally(image)
         self._report = report
         self._monotonic = monotonic
-        self._started = monotonic()
         self._last: float | None = None
         self._pending: ImagePullProgress | None = None
         self._changed = threading.Condition()
@@ -228,8 +226,8 @@ class _Progress:
         if self._report is None:
             return
         progress, now = self._tally.progress(), self._monotonic()
-        due = (progress.bytes_total > 0 and now - self._started >= image_pulls.PROGRESS_FIRST
-               if self._last is None else now - self._last >= image_pulls.PROGRESS_EVERY)
+        due = (progress.bytes_total > 0 if self._last is None
+               else now - self._last >= image_pulls.PROGRESS_EVERY)
         if not due:
             return
         self._last = now

@@ -24,9 +24,6 @@ SECRET_KEY = ".dockerconfigjson"
 BACKOFF_FIRST = 10.0
 BACKOFF_MAX = 300.0
 PROGRESS_EVERY = 2.0  # status.imagePull is written at most this often
-# ... and first once the pull has run this long: a pull over sooner shows none (each
-# write costs the API server and etcd CPU beside dockerd's unpacking: docs/fleet.md)
-PROGRESS_FIRST = 1.0
 
 
 def registry_of(image: str) -> str:
