@@ -107,6 +107,19 @@ def test_23_5_a_frame_changed_on_the_wire_or_keyed_otherwise_is_refused(
     assert migration_wire.token_digest("secret") != migration_wire.token_digest("guessed")
 
 
+def test_23_5_a_frame_longer_than_any_sender_makes_is_refused_before_it_is_read() -> None:
+    a, b = socket.socketpair()
+    receiving = Channel(b)
+    try:
+        # A header announcing a 1 TiB data frame: refused, nothing allocated for it.
+        a.sendall(migration_wire._HEAD.pack(migration_wire.DATA, 1 << 40))
+        with pytest.raises(WireError, match="too long"):
+            receiving.receive_data()
+    finally:
+        a.close()
+        receiving.close()
+
+
 def test_23_4_a_data_byte_changed_on_its_way_fails_the_manifest_check(
         tmp_path: Path, pair: tuple[Channel, Channel],
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,6 +40,7 @@ JSON, DATA = 1, 2
 _HEAD = struct.Struct(">BQ")
 _MAC = 32
 MAX_JSON = 64 * 2**20
+MAX_DATA = 64 * 2**20  # senders cut data into frames of 1 MiB; a frame is read whole
 IO_TIMEOUT = 150.0  # no byte for this long: TransferStalled
 
 
@@ -179,6 +180,8 @@ class Channel:
         kind, length = _HEAD.unpack(head)
         if kind == JSON and length > MAX_JSON:
             raise WireError(f"a message of {length} bytes is too long")
+        if length > MAX_DATA:  # (its buffer is made before any of it arrives)
+            raise WireError(f"a frame of {length} bytes is too long")
         payload = self._exact(length)
         mac = self._exact(_MAC)
         if not hmac.compare_digest(mac, self._mac(self._in, head, payload)):
