@@ -33,7 +33,6 @@ nothing about speed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -41,7 +40,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -49,66 +47,21 @@ from pathlib import Path
 from typing import Any
 
 import docker.models.containers
-import kubernetes.client
-import kubernetes.config
-import kubernetes.watch
-import urllib3
-import urllib3.exceptions
 
 from tests.bench.migration_report import CHANGED_BYTES, CHANGED_FILES, FILES, report
+from tests.bench.watches import GROUP, VERSION, Watch, ready
 from tests.integration.fleet import Fleet, running_fleet
 from tests.stack.localstack import BUSYBOX_IMAGE, LocalStack, wait_for
 from tests.stack.processes import free_port
 
 NAMESPACE = "bench-mig"
-GROUP, VERSION = "gpudock.dev", "v1alpha1"
 BLOCK = 4 << 20
 END_PHASES = ("Succeeded", "Failed", "Cancelled")
 METRICS_PORT = [0]  # node b's agent's metrics port, once it is started with one
 
 
-class Watch:
-    """A watch of the namespace's objects of one kind: every status seen, with when
-    (wall-clock seconds, comparable with Docker's event times on this machine)."""
-
-    def __init__(self, stack: LocalStack, plural: str) -> None:
-        self.events: list[tuple[float, str, dict[str, Any]]] = []  # time, name, status
-        # The stack's API server has a self-signed certificate, on loopback.
-        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-        client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(stack.kubeconfig))
-        self.api = kubernetes.client.CustomObjectsApi(client)
-        self._plural = plural
-        self._watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        stream = self._watch.stream(  # type: ignore[no-untyped-call]
-            self.api.list_namespaced_custom_object, GROUP, VERSION, NAMESPACE,
-            self._plural, timeout_seconds=3600)
-        with contextlib.suppress(urllib3.exceptions.HTTPError):  # stop() ends it
-            for event in stream:
-                body = event["object"]
-                self.events.append((time.time(), body["metadata"]["name"],
-                                    dict(body.get("status") or {})))
-
-    def first(self, name: str, test: Callable[[dict[str, Any]], bool],
-              after: float = 0.0) -> float | None:
-        return next((t for t, n, s in list(self.events)
-                     if n == name and t >= after and test(s)), None)
-
-    def last(self, name: str) -> dict[str, Any]:
-        return next((s for _, n, s in reversed(list(self.events)) if n == name), {})
-
-    def stop(self) -> None:
-        self._watch.stop()  # type: ignore[no-untyped-call]
-
-
 def _ready_on(node: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda status: status.get("nodeName") == node and any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or ())
+    return lambda status: status.get("nodeName") == node and ready(status)
 
 
 def _stop_events(fleet: Fleet, container_id: str, since: float) -> dict[str, float]:
@@ -356,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             fleet.agents[fleet.nodes[1]].stop()
             fleet.start_agent(fleet.nodes[1], extra_args=["--metrics-port",
                                                           str(METRICS_PORT[0])])
-            watches = (Watch(stack, "gpumigrations"), Watch(stack, "gpureplicasets"))
+            watches = (Watch(stack, NAMESPACE, "gpumigrations"),
+                       Watch(stack, NAMESPACE, "gpureplicasets"))
             scratch = fleet.engines[fleet.nodes[1]].root / "bench-scratch"
             scratch.mkdir()
             runs = []
