@@ -14,21 +14,15 @@ nothing about speed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import kubernetes.client
-import kubernetes.config
-import kubernetes.watch
-import urllib3.exceptions
-
 from gpudock.cli.retained_commands import table
+from tests.bench.watches import Watch
 from tests.integration.fleet import Fleet
 from tests.stack.localstack import LocalStack, wait_for
 
@@ -53,62 +47,25 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
 
 
-class BindWatch:
-    """A watch of the namespace's GpuReplicaSets: when each was first seen bound."""
-
-    def __init__(self, stack: LocalStack) -> None:
-        self.bound: dict[str, float] = {}
-        self.seen: dict[str, float] = {}
-        client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
-            config_file=str(stack.kubeconfig))
-        self._api = kubernetes.client.CustomObjectsApi(client)
-        self._watch = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        stream = self._watch.stream(  # type: ignore[no-untyped-call]
-            self._api.list_namespaced_custom_object, "gpudock.dev", "v1alpha1", NAMESPACE,
-            "gpureplicasets", timeout_seconds=600)
-        with contextlib.suppress(urllib3.exceptions.HTTPError):  # stop() ends it
-            self._follow(stream)
-
-    def _follow(self, stream: Any) -> None:
-        for event in stream:
-            body = event["object"]
-            name = body["metadata"]["name"]
-            self.seen.setdefault(name, time.monotonic())  # created (its first event)
-            if (body.get("status") or {}).get("nodeName") and name not in self.bound:
-                self.bound[name] = time.monotonic()
-
-    def latencies(self) -> list[float]:
-        """Created to bound, per instance the watch saw both of."""
-        return sorted(t - self.seen[n] for n, t in self.bound.items() if n in self.seen)
-
-    def stop(self) -> None:
-        self._watch.stop()  # type: ignore[no-untyped-call]
-
-
-def _round(fleet: Fleet, count: int, pinned: bool) -> dict[str, float]:
+def _round(fleet: Fleet, watch: Watch, count: int, pinned: bool) -> dict[str, float]:
     stack = fleet.stack
     leader = _leader_pid(fleet)
     cpu_before = _cpu_seconds(leader)
-    watch = BindWatch(stack)
-    items = {"apiVersion": "v1", "kind": "List",
-             "items": _instances(count, fleet.nodes if pinned else None)}
-    started = time.monotonic()
+    bodies = _instances(count, fleet.nodes if pinned else None)
+    items = {"apiVersion": "v1", "kind": "List", "items": bodies}
+    started = time.time()
     stack.kubectl("apply", "-n", NAMESPACE, "-f", "-", input=json.dumps(items))
-
-    def all_running() -> bool:
-        listed = stack.kubectl_json("get", "grs", "-n", NAMESPACE)["items"]
-        assert isinstance(listed, list)
-        return len(listed) == count and all(
-            (i.get("status") or {}).get("phase") == "Running" for i in listed)
-
-    wait_for(all_running, 600, interval=0.2, what="every instance Running")
-    ready = time.monotonic() - started
-    watch.stop()
-    binds = watch.latencies()
+    names = [str(body["metadata"]["name"]) for body in bodies]
+    running = [watch.wait(name, lambda s: s.get("phase") == "Running", started, 600)
+               for name in names]
+    ready = max(running) - started
+    # Bind latency: from each one's first watch event (its creation) to the first
+    # that shows status.nodeName.
+    binds = sorted(
+        bound - seen for name in names
+        if (seen := watch.first(name, lambda _: True, started)) is not None
+        and (bound := watch.first(name, lambda s: bool(s.get("nodeName")), started))
+        is not None)
     result = {"ready": ready, "cpu": _cpu_seconds(leader) - cpu_before,
               "p50": statistics.median(binds) if binds else 0.0,
               "p95": binds[int(0.95 * (len(binds) - 1))] if binds else 0.0}
@@ -144,9 +101,10 @@ def main() -> int:
                 "round", "pinned", "unpinned", "ratio", "bind p50", "bind p95",
                 "leader CPU pinned", "leader CPU unpinned")]
             ratios, p95s = [], []
+            watch = Watch(stack, NAMESPACE, "gpureplicasets")
             for number in range(1, args.rounds + 1):
-                pinned = _round(fleet, args.instances, pinned=True)
-                unpinned = _round(fleet, args.instances, pinned=False)
+                pinned = _round(fleet, watch, args.instances, pinned=True)
+                unpinned = _round(fleet, watch, args.instances, pinned=False)
                 ratio = unpinned["ready"] / pinned["ready"]
                 ratios.append(ratio)
                 p95s.append(unpinned["p95"])
@@ -156,6 +114,7 @@ def main() -> int:
                              f"{pinned['cpu']:.2f}s", f"{unpinned['cpu']:.2f}s"))
             print(f"{args.instances} instances (1 and 2 GPUs) over 3 nodes of 16 GPUs; "
                   "apply to all Running")
+            watch.stop()
             table(rows, sys.stdout)
             print(f"median ratio {statistics.median(ratios):.2f}x (target <= 1.2x); "
                   f"worst bind p95 {max(p95s):.2f}s (target <= 3s)")
