@@ -415,12 +415,17 @@ def test_23_2_a_target_without_room_or_ports_is_refused_before_anything_stops(
         fleet: Fleet) -> None:
     a, b = fleet.nodes
     fleet.agents[b].stop()
-    fleet.start_agent(b, gpus=1)  # the target has 1 GPU; the instance has 2
+    # The target has 1 GPU (the instance has 2), and takes explicit hostPorts in node
+    # a's range too: a port outside its range is no node for the scheduler's filters
+    # (TargetUnschedulable, tests/unit/test_migration_targets.py); this one passes
+    # them and is found taken on the host when the target is asked.
+    fleet.start_agent(b, gpus=1, extra_args=["--allowed-host-ports", "40000-49999"])
     fleet.agents[a].stop()
     fleet.start_agent(a, extra_args=["--migration-target-wait", str(ROOM_WAIT)])
     port = 40000 + 4321  # in node a's range; held on the target (one host here)
     _apply(fleet, _instance("roomy", gpuCount=2))
-    _apply(fleet, _instance("ported", ports=[{"containerPort": 22, "hostPort": port}]))
+    _apply(fleet, _instance("ported", ports=[{"containerPort": 22, "hostPort": port}],
+                            nodeSelector={"gpudock.dev/gpu-count": "8"}))  # on a
     for name in ("roomy", "ported"):
         wait_for(functools.partial(_ready_on, fleet, name, a), 90, what=f"{name} on a")
     before = {name: _container(fleet, a, name).id for name in ("roomy", "ported")}
@@ -430,7 +435,10 @@ def test_23_2_a_target_without_room_or_ports_is_refused_before_anything_stops(
         holder.listen()
     try:
         _migration(fleet, "too-big", "roomy", b)
-        _migration(fleet, "port-taken", "ported", b)
+        _apply(fleet, {"apiVersion": "gpudock.dev/v1alpha1", "kind": "GpuMigration",
+                       "metadata": {"name": "port-taken"},
+                       "spec": {"replicaSetName": "ported", "targetNode": b,
+                                "nodeSelector": {"gpudock.dev/gpu-count": "1"}}})
         # No room: it waits Pending for a node with room, the source untouched, ...
         wait_for(lambda: (_status(fleet, "gmig", "too-big").get("reason") ==
                           "TargetUnschedulable"), 60, what="too-big waiting for room")
@@ -445,7 +453,7 @@ def test_23_2_a_target_without_room_or_ports_is_refused_before_anything_stops(
     big, ported = _status(fleet, "gmig", "too-big"), _status(fleet, "gmig", "port-taken")
     # ... then fails once --migration-target-wait is over (a port taken is no wait).
     assert (big["phase"], big["reason"]) == ("Failed", "TargetUnschedulable"), big
-    assert "1 free GPUs" in big["message"]
+    assert "1 Insufficient GPUs" in big["message"]
     assert f"no node had room for {ROOM_WAIT} s" in big["message"]
     assert (ported["phase"], ported["reason"]) == ("Failed", "HostPortInUse"), ported
     assert "stoppedAt" not in big  # nothing stopped
@@ -489,6 +497,38 @@ def test_23_5_a_migration_waits_for_room_and_moves_once_there_is(fleet: Fleet) -
     assert fleet.containers(a) == []
 
 
+def test_23_1_without_a_target_the_schedulers_filters_choose_it(fleet: Fleet) -> None:
+    """No targetNode: the target is placed as the scheduler places (core/placement.py,
+    from the GpuNodes the agents write): a cordoned or tainted node is not chosen and
+    the message is kube-scheduler's; once the node may take it again, it moves there."""
+    a, b = fleet.nodes
+    _apply(fleet, _instance("chooser"))  # (a: equal nodes, ties broken by name)
+    wait_for(functools.partial(_ready_on, fleet, "chooser", a), 90, what="chooser on a")
+    before = _container(fleet, a, "chooser").id
+    taint = {"spec": {"taints": [{"key": "maintenance", "value": "now",
+                                  "effect": "NoSchedule"}]}}
+    fleet.stack.kubectl("patch", "gpunode", b, "--type=merge", "-p", json.dumps(taint))
+    try:
+        _apply(fleet, {"apiVersion": "gpudock.dev/v1alpha1", "kind": "GpuMigration",
+                       "metadata": {"name": "chooser-away"},
+                       "spec": {"replicaSetName": "chooser"}})
+        wait_for(lambda: _status(fleet, "gmig", "chooser-away").get("reason") ==
+                 "TargetUnschedulable", 60, what="chooser-away waiting for a node")
+        waiting = _status(fleet, "gmig", "chooser-away")
+        assert waiting["phase"] == "Pending", waiting
+        assert waiting["message"].startswith(
+            "no other node can take it: 0/1 nodes are available: 1 node(s) had "
+            "untolerated taint {maintenance: now}."), waiting
+        assert _container(fleet, a, "chooser").id == before
+    finally:
+        fleet.stack.kubectl("patch", "gpunode", b, "--type=merge", "-p",
+                            json.dumps({"spec": {"taints": None}}))
+    _wait_phase(fleet, "chooser-away", "Succeeded", "Failed", "Cancelled")
+    done = _status(fleet, "gmig", "chooser-away")
+    assert (done["phase"], done["targetNode"]) == ("Succeeded", b), done
+    wait_for(functools.partial(_ready_on, fleet, "chooser", b), 60, what="chooser on b")
+
+
 def test_23_two_migrations_to_a_node_with_room_for_one_take_it_once(fleet: Fleet) -> None:
     """The target holds the GPUs it found free from the first ask on: two moves at
     once to a node with one free GPU give one Succeeded and one refused before
@@ -521,7 +561,9 @@ def test_23_two_migrations_to_a_node_with_room_for_one_take_it_once(fleet: Fleet
     (kept,) = [n for n in names if n != moved]
     refused = outcomes[kept]
     assert refused["reason"] == "TargetUnschedulable", refused
-    assert "0 free GPUs" in refused["message"]
+    # Refused by the choice (the other's hold already in b's GpuNode) or by b itself.
+    assert "1 Insufficient GPUs" in refused["message"] or \
+        "has 0 free GPUs" in refused["message"], refused
     assert "stoppedAt" not in refused  # refused before it stopped
     wait_for(lambda: _ready_on(fleet, moved, b), 60, what=f"{moved} on b")
     assert _container(fleet, a, kept).id == before[kept]

@@ -1,5 +1,5 @@
 """Which node a migration goes to (docs/migration.md): spec.targetNode, else the
-ready, schedulable node matching the selectors with the most free GPUs; and its
+node the scheduler's filters and policy pick (core/placement.py); and its
 transfer endpoint (address, port and the certificate it serves). Also the wait for a
 node with room, the migration that no node can run (one of a GpuReplicaSet that does
 not exist), and telling a target to drop what it received."""
@@ -19,11 +19,13 @@ from gpudock.agent.migration_context import (
     Show,
     seconds,
 )
-from gpudock.api import gpu_migration, gpu_replica_set
+from gpudock.api import gpu_migration, gpu_replica_set, sized_volume
 from gpudock.api.gpu_migration import GpuMigrationSpec, Phase
-from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
+from gpudock.api.placement import SchedulingPolicy
 from gpudock.api.reasons import Reason
-from gpudock.errors import GpudockError
+from gpudock.core.fleet_view import move_demand, node_views, volumes_by_key
+from gpudock.core.placement import NO_ENDPOINT, NodeView, Unplaceable, place
+from gpudock.errors import GpudockError, SpecError
 
 logger = logging.getLogger(__name__)
 GPU_NODES = "gpunodes"
@@ -52,42 +54,46 @@ def waits_for_room(agent: MigrationContext, body: dict[str, Any], status: dict[s
     return True
 
 
-def choose_target(agent: MigrationContext, spec: GpuMigrationSpec,
-                  rs_spec: GpuReplicaSetSpec,
-                  grs: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The target node's name and endpoint; MigrationError TargetUnschedulable, with
-    why each node cannot take it, when none can."""
-    selector = dict(spec.node_selector or (grs.get("spec") or {}).get("nodeSelector") or {})
-    fits: list[tuple[int, str, dict[str, Any]]] = []
-    why: list[str] = []
-    now = seconds(agent.now())
-    for node in agent.kube.list_cluster(GPU_NODES):
-        name = node["metadata"]["name"]
-        status = node.get("status") or {}
-        labels = node["metadata"].get("labels") or {}
-        if name == agent.settings.node_name or (spec.target_node and
-                                                name != spec.target_node):
-            continue
-        beat = str(status.get("heartbeatTime") or "")
-        endpoint = status.get(TRANSFER_FIELD) or {}
-        if not beat or now - seconds(beat) > 3 * agent.settings.heartbeat_seconds + 5:
-            why.append(f"{name}: not ready")
-        elif (node.get("spec") or {}).get("unschedulable"):
-            why.append(f"{name}: unschedulable")
-        elif any(labels.get(k) != v for k, v in selector.items()):
-            why.append(f"{name}: does not match the node selector")
-        elif int(status.get("gpusFree") or 0) < rs_spec.gpu_count:
-            why.append(f"{name}: {status.get('gpusFree')} free GPUs")
-        elif not endpoint.get("port") or not endpoint.get("caBundle"):
-            why.append(f"{name}: no migration endpoint (with TLS)")
+def choose_target(agent: MigrationContext, spec: GpuMigrationSpec, grs: dict[str, Any],
+                  moving: list[str]) -> tuple[str, dict[str, Any]]:
+    """The target node's name and endpoint: spec.targetNode, or the node the
+    scheduler would place the instance on (core/placement.py: its filters, with what
+    is bound to each node counted, and its policy), among the other nodes that serve
+    migrations (a transfer endpoint with TLS). ``moving``: the SizedVolumes that move
+    with it. MigrationError TargetUnschedulable with kube-scheduler's message when no
+    node can take it."""
+    settings = agent.settings
+    gpu_nodes = agent.kube.list_cluster(GPU_NODES)
+    sized = agent.kube.list_objects(sized_volume.PLURAL, settings.namespaces)
+    views = [view for view in node_views(
+        gpu_nodes, agent.kube.list_objects(GRS, settings.namespaces), sized, agent.now(),
+        settings.heartbeat_seconds)
+        if view.name != settings.node_name
+        and (not spec.target_node or view.name == spec.target_node)]
+    endpoints = {str(node["metadata"]["name"]): (node.get("status") or {}).get(
+        TRANSFER_FIELD) or {} for node in gpu_nodes}
+    try:
+        demand = move_demand(grs, volumes_by_key(sized), moving, spec.node_selector or {})
+    except SpecError as exc:
+        raise MigrationError(Reason.INVALID_SPEC, exc.message) from exc
+
+    def serves_migrations(view: NodeView) -> str | None:
+        endpoint = endpoints.get(view.name) or {}
+        return None if endpoint.get("port") and endpoint.get("caBundle") else NO_ENDPOINT
+
+    placed = place(demand, views, SchedulingPolicy(settings.scheduling_policy),
+                   also=serves_migrations)
+    if isinstance(placed, Unplaceable):
+        if spec.target_node:
+            why = placed.message if views else "it is bound there now" \
+                if spec.target_node == settings.node_name else \
+                f"no GpuNode {spec.target_node} serves GPUs"
+            message = f"node {spec.target_node} cannot take it: {why}"
         else:
-            fits.append((-int(status.get("gpusFree") or 0), name, endpoint))
-    if not fits:
-        wanted = f"node {spec.target_node}" if spec.target_node else "no other node"
-        raise MigrationError(Reason.TARGET_UNSCHEDULABLE, f"{wanted} can take it: "
-                             + ("; ".join(why) or "no such node"))
-    _, name, endpoint = min(fits)
-    return name, endpoint
+            why = placed.message if views else "no other GpuNode serves GPUs"
+            message = f"no other node can take it: {why}"
+        raise MigrationError(Reason.TARGET_UNSCHEDULABLE, message)
+    return placed.node, endpoints[placed.node]
 
 
 def replica_set_missing(body: dict[str, Any], kube: KubeApi, now: str,

@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "to another node (a GpuMigration)")
     migrate.add_argument("name")
     migrate.add_argument("--to", metavar="NODE", help="the target (default: the node "
-                         "with the most free GPUs that fits)")
+                         "the scheduler's filters and policy pick)")
     migrate.add_argument("--wait", type=float, default=0, metavar="SECONDS")
     for verb, what in (("cordon", "bind nothing new to a node (what runs there stays)"),
                        ("uncordon", "let the scheduler bind to a node again")):

@@ -11,6 +11,7 @@ watch) count too.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,21 @@ def demand_of(body: Mapping[str, Any], volumes: Mapping[Key, Volume],
         volume_node=(next(iter(volume_nodes)) if len(volume_nodes) == 1
                      else NO_NODE_MATCHES if volume_nodes else ""),
         volume_bytes=unbound_bytes, avoid=avoid)
+
+
+def move_demand(body: Mapping[str, Any], volumes: Mapping[Key, Volume],
+                moving: Iterable[str], node_selector: Mapping[str, str]) -> Demand:
+    """What a GpuReplicaSet a migration moves asks of its target: what it asks of any
+    node, except that the SizedVolumes it mounts (``moving``, by name: they move with
+    it) tie it to no node and are made there at their size; ``node_selector`` (the
+    GpuMigration's) stands for its own when given. SpecError as demand_of."""
+    demand = demand_of(body, {})  # no volume: none ties it to the node it leaves
+    namespace = key_of(body)[0]
+    size = sum(volumes[(namespace, name)].size_bytes for name in moving
+               if (namespace, name) in volumes)
+    placement = dataclasses.replace(demand.placement, node_selector=dict(node_selector)) \
+        if node_selector else demand.placement
+    return dataclasses.replace(demand, placement=placement, volume_bytes=size)
 
 
 def node_views(gpu_nodes: Sequence[Mapping[str, Any]],

@@ -27,6 +27,7 @@ INSUFFICIENT_CPU = "Insufficient cpu"
 INSUFFICIENT_MEMORY = "Insufficient memory"
 PORTS = "node(s) didn't have free ports for the requested host ports"
 STORAGE = "node(s) did not have enough free storage"
+NO_ENDPOINT = "node(s) had no migration endpoint (with TLS)"
 
 
 @dataclass(frozen=True)
@@ -98,13 +99,15 @@ class Unplaceable:
 
 
 def place(demand: Demand, nodes: Sequence[NodeView],
-          default_policy: SchedulingPolicy = SchedulingPolicy.BINPACK) -> Placed | Unplaceable:
+          default_policy: SchedulingPolicy = SchedulingPolicy.BINPACK,
+          also: Callable[[NodeView], str | None] = lambda node: None) -> Placed | Unplaceable:
     """The node for ``demand`` (Binpack: the one left with the fewest free GPUs;
-    Spread: the most; ties by name), or why none fits."""
+    Spread: the most; ties by name), or why none fits. ``also`` is one more filter
+    after the others (a migration's target must have a transfer endpoint)."""
     fitting: list[NodeView] = []
     reasons: Counter[str] = Counter()
     for node in nodes:
-        reason = first_misfit(demand, node)
+        reason = first_misfit(demand, node) or also(node)
         if reason is None:
             fitting.append(node)
         else:
