@@ -175,6 +175,9 @@ class Settings:
     # How long a migration waits for a node with room (none can take it, or the one
     # chosen refuses for room) before it fails TargetUnschedulable.
     migration_target_wait: float = 300.0
+    # How long the target must have served a moved instance, Ready, before the source
+    # lets go of its stopped container, GPUs, ports and disk (docs/migration.md).
+    migration_hold_seconds: float = 10.0
 
     def scheduler_settings(self) -> SchedulerSettings:
         return SchedulerSettings(self.node_name, self.kubeconfig, self.namespaces,

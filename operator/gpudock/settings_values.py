@@ -62,9 +62,12 @@ def migration_values(pick: Callable[[str], str | None]) -> dict[str, Any]:
     wait = float(pick("migration_target_wait") or 300.0)
     if wait < 0:
         raise SettingsError("--migration-target-wait must be >= 0 (0: fail at once)")
+    hold = float(pick("migration_hold_seconds") or 10.0)
+    if hold < 0:
+        raise SettingsError("--migration-hold-seconds must be >= 0")
     return {"transfer_address": pick("transfer_address") or "", "transfer_port": port,
             "migration_bandwidth": bandwidth, "max_outbound_migrations": outbound,
-            "migration_target_wait": wait}
+            "migration_target_wait": wait, "migration_hold_seconds": hold}
 
 
 def one_of(value: str, choices: Sequence[str], flag: str) -> str:

@@ -19,7 +19,8 @@ Each round:
   target syncs what it receives before the source lets go; tar never syncs), timed
   apart and shown as (b');
 - (a) a GpuMigration of that instance from a to b: the time from its creation to
-  phase Succeeded, its phases as a watch of the GpuMigration saw them, node b's time
+  Ready on b (the ratios use it) and to phase Succeeded (after the source's hold,
+  --migration-hold-seconds), its phases as a watch of the GpuMigration saw them, node b's time
   copying the received layer into the new container (its agent's metrics), and its
   ``status.downtimeSeconds`` beside the downtime measured here (Docker's kill event
   on node a -> Ready on b, as a watch of the GpuReplicaSet saw it);

@@ -24,7 +24,8 @@ def _spread(values: list[float], unit: str, digits: int = 2) -> tuple[str, str]:
 COLUMNS: dict[str, Callable[[Run], float]] = {
     "(b) tar|socket|tar": lambda r: r["tar"],
     "(b') the same, then sync -f of the copy": lambda r: r["tar"] + r["tar sync"],
-    "(a) created -> Succeeded": lambda r: r["total"],
+    "(a) created -> Ready on b": lambda r: r["ready"],
+    "(a) created -> Succeeded (after the source's hold)": lambda r: r["total"],
     "(a) Pending+Reserving": lambda r: r["transferring"],
     "(a) pre-copy: Transferring -> kill": lambda r: r["kill"] - r["transferring"],
     "(a) docker stop: kill -> stop": lambda r: r["stopped"] - r["kill"],
@@ -32,10 +33,11 @@ COLUMNS: dict[str, Callable[[Run], float]] = {
     "(a) Switching -> Ready on b": lambda r: r["ready"] - r["switching"],
     "(a)   of it: b copies the received layer into the container":
         lambda r: r["layer copy"],
-    "(a) Ready on b -> Succeeded": lambda r: r["succeeded"] - r["ready"],
+    "(a) Ready on b -> Succeeded: the hold, then the source cleaned":
+        lambda r: r["succeeded"] - r["ready"],
     "(a) status.downtimeSeconds": lambda r: r["downtime"],
     "(a) downtime measured: kill -> Ready on b": lambda r: r["measured downtime"],
-    "(c) created -> Succeeded": lambda r: r["busy total"],
+    "(c) created -> Ready on b": lambda r: r["busy ready"],
     "(c) status.downtimeSeconds": lambda r: r["busy downtime"],
     "(c) downtime measured: kill -> Ready on b": lambda r: r["busy measured downtime"],
     "(c) stopped pass: stop -> Switching": lambda r: r["busy switching"] - r["busy stopped"],
@@ -45,8 +47,10 @@ TARGETS = {"(c) status.downtimeSeconds": f"<= {DOWNTIME_TARGET:g}s",
            "(c) downtime measured: kill -> Ready on b": f"<= {DOWNTIME_TARGET:g}s"}
 
 RATIOS: dict[str, tuple[Callable[[Run], float], str]] = {
-    "ratio (a)/(b)": (lambda r: r["total"] / r["tar"], f"<= {RATIO_TARGET:g}x"),
-    "ratio (a)/(b') (tar made durable)": (lambda r: r["total"] / (r["tar"] + r["tar sync"]),
+    # The migration's time: until it serves on b (what follows is the source's hold
+    # of --migration-hold-seconds, a wait, then its clean-up).
+    "ratio (a)/(b)": (lambda r: r["ready"] / r["tar"], f"<= {RATIO_TARGET:g}x"),
+    "ratio (a)/(b') (tar made durable)": (lambda r: r["ready"] / (r["tar"] + r["tar sync"]),
                                           ""),
     "ratio (a) Transferring -> Switching / (b)":
         (lambda r: (r["switching"] - r["transferring"]) / r["tar"], "")}

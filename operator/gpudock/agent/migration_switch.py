@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from gpudock.adapters.kube_api import (
@@ -128,10 +129,14 @@ class Switch:
 
     def _wait_served(self, key: ResourceKey, target: str, migration: dict[str, Any],
                      show: Show) -> float:
-        """When the target's agent says the instance is in its wanted state there
-        (its status, written by that agent only: this one writes none now). Until
-        then the GpuMigration's message says what the target says, when it changes."""
+        """When the target's agent first said the instance is in its wanted state
+        there (its status, written by that agent only: this one writes none now);
+        returns once it has kept saying so, Ready, for --migration-hold-seconds
+        (docs/migration.md, "Safety"): until then this node keeps its stopped
+        container, GPUs, ports and disk. The GpuMigration's message says what the
+        target says, when it changes."""
         waiting = str(migration.get("message") or "")
+        watch: ServeWatch | None = None
         while True:
             try:
                 grs = self._agent.kube.get(GRS, key.namespace, key.name)
@@ -140,13 +145,22 @@ class Switch:
                     wanted = str(GpuReplicaSetSpec.parse(grs.get("spec") or {}).state)
                 except SpecError:
                     wanted = DesiredState.RUNNING
-                ready = any(c.get("type") == "Ready" and c.get("status") == "True"
-                            for c in status.get("conditions") or ())
-                if status.get("nodeName") == target and status.get("phase") == wanted and \
-                        (ready or wanted != DesiredState.RUNNING):
-                    return time.time()
+                ready = _ready(status)
+                if watch is None:  # a Stopped instance has no container to watch run
+                    watch = ServeWatch(self._agent.settings.migration_hold_seconds
+                                       if wanted == DesiredState.RUNNING else 0.0)
+                serving = status.get("nodeName") == target and \
+                    status.get("phase") == wanted and \
+                    (ready is not None or wanted != DesiredState.RUNNING)
+                if watch.see(serving, str((ready or {}).get("lastTransitionTime")),
+                             time.time(), time.monotonic()):
+                    assert watch.first_served is not None
+                    return watch.first_served
                 why = _not_ready(status) if status.get("nodeName") == target else ""
                 message = f"waiting for node {target} to run it" + (f": {why}" if why else "")
+                if serving:
+                    message = (f"node {target} runs it; node {self._agent.settings.node_name} "
+                               f"keeps its stopped copy until it has run {watch.hold:g} s")
                 if message != waiting:
                     waiting = message
                     show({**migration, "message": message})
@@ -170,6 +184,35 @@ class Switch:
         migration_volumes.hand_over(agent, key.namespace, moving)
         agent.kube.remove_finalizer(GRS, key.namespace, key.name,
                                     ownership.node_finalizer(agent.settings.node_name))
+
+
+@dataclass
+class ServeWatch:
+    """Whether the target has served long enough for the source to let go of its
+    copy: the instance in its wanted state there, Ready, continuously for ``hold``
+    seconds of this agent's clock. Not serving, or a new Ready transition (its
+    container restarted there), starts the count again."""
+
+    hold: float
+    first_served: float | None = None  # wall-clock: the end of the downtime
+    since: float | None = None         # monotonic: when this run of serving was seen
+    transition: str | None = None      # the Ready condition's lastTransitionTime then
+
+    def see(self, serving: bool, transition: str, wall: float, monotonic: float) -> bool:
+        if not serving:
+            self.since = self.transition = None
+            return False
+        if self.first_served is None:
+            self.first_served = wall
+        if self.since is None or transition != self.transition:
+            self.since, self.transition = monotonic, transition
+        return monotonic - self.since >= self.hold
+
+
+def _ready(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The Ready condition when it is True, else None."""
+    return next((c for c in status.get("conditions") or ()
+                 if c.get("type") == "Ready" and c.get("status") == "True"), None)
 
 
 def _not_ready(status: dict[str, Any]) -> str:
