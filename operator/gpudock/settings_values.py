@@ -3,6 +3,7 @@ the settings hold, or a SettingsError that names the flag (settings.py reads the
 
 from __future__ import annotations
 
+import math
 import shlex
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -63,7 +64,7 @@ def migration_values(pick: Callable[[str], str | None]) -> dict[str, Any]:
     if wait < 0:
         raise SettingsError("--migration-target-wait must be >= 0 (0: fail at once)")
     hold = float(pick("migration_hold_seconds") or 10.0)
-    if hold < 0:
+    if not 0 <= hold < math.inf:  # (nan too)
         raise SettingsError("--migration-hold-seconds must be >= 0")
     return {"transfer_address": pick("transfer_address") or "", "transfer_port": port,
             "migration_bandwidth": bandwidth, "max_outbound_migrations": outbound,

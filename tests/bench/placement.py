@@ -69,7 +69,10 @@ def _round(fleet: Fleet, watch: Watch, count: int, pinned: bool) -> dict[str, fl
     result = {"ready": ready, "cpu": _cpu_seconds(leader) - cpu_before,
               "p50": statistics.median(binds) if binds else 0.0,
               "p95": binds[int(0.95 * (len(binds) - 1))] if binds else 0.0}
+    deleting = time.time()
     stack.kubectl("delete", "grs", "--all", "-n", NAMESPACE, "--timeout=300s")
+    for name in names:  # so no event of this round is taken for the next one's
+        watch.wait_deleted(name, deleting, 300)
     return result
 
 

@@ -8,7 +8,6 @@ second) takes CPU from what it measures.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +31,8 @@ class Watch:
 
     def __init__(self, stack: LocalStack, namespace: str, plural: str) -> None:
         self.events: list[tuple[float, str, Status]] = []  # time, name, status
+        self.deleted: list[tuple[float, str]] = []           # time, name
+        self._error: BaseException | None = None             # what ended the reader
         # The stack's API server has a self-signed certificate, on loopback.
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         client = kubernetes.config.new_client_from_config(  # type: ignore[no-untyped-call]
@@ -48,13 +49,22 @@ class Watch:
         stream = self._watch.stream(  # type: ignore[no-untyped-call]
             self.api.list_namespaced_custom_object, GROUP, VERSION, self.namespace,
             self._plural, timeout_seconds=3600)
-        with contextlib.suppress(urllib3.exceptions.HTTPError):  # stop() ends it
+        try:
             for event in stream:
                 body = event["object"]
                 with self._seen:
-                    self.events.append((time.time(), body["metadata"]["name"],
-                                        dict(body.get("status") or {})))
+                    if event["type"] == "DELETED":  # (its last status, not a new one)
+                        self.deleted.append((time.time(), body["metadata"]["name"]))
+                    else:
+                        self.events.append((time.time(), body["metadata"]["name"],
+                                            dict(body.get("status") or {})))
                     self._seen.notify_all()
+        except urllib3.exceptions.HTTPError:
+            pass  # stop() ends it
+        except BaseException as error:  # an ERROR event, a broken stream: wait() says
+            with self._seen:
+                self._error = error
+                self._seen.notify_all()
 
     def first(self, name: str, test: Callable[[Status], bool],
               after: float = 0.0) -> float | None:
@@ -67,13 +77,24 @@ class Watch:
              timeout: float) -> float:
         """Blocks (no polling) until a status of ``name`` that passes ``test`` is seen
         after ``after``; returns when it was seen. TimeoutError after ``timeout``."""
+        return self._wait(lambda: self.first(name, test, after), timeout,
+                          f"{self._plural}/{name}: no such status in {timeout:.0f}s")
+
+    def wait_deleted(self, name: str, after: float, timeout: float) -> float:
+        """Blocks until ``name`` is seen deleted after ``after``; returns when."""
+        return self._wait(lambda: next((t for t, n in list(self.deleted)
+                                        if n == name and t >= after), None), timeout,
+                          f"{self._plural}/{name}: not deleted in {timeout:.0f}s")
+
+    def _wait(self, found: Callable[[], float | None], timeout: float, what: str) -> float:
         deadline = time.monotonic() + timeout
         with self._seen:
-            while (seen := self.first(name, test, after)) is None:
+            while (seen := found()) is None:
+                if self._error is not None:
+                    raise RuntimeError(f"the watch of {self._plural} broke") from self._error
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"{self._plural}/{name}: no such status in "
-                                       f"{timeout:.0f}s; last {self.last(name)}")
+                    raise TimeoutError(what)
                 self._seen.wait(left)
         return seen
 

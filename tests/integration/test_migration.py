@@ -153,17 +153,19 @@ def _user_disk(fleet: Fleet, node: str, name: str) -> str:
     return sh(container, FINGERPRINT)
 
 
-def _destroyed_at(fleet: Fleet, node: str, container_id: str, since: float) -> float:
-    """When the node's dockerd removed the container (its destroy event)."""
+def _event_at(fleet: Fleet, node: str, container_id: str, event: str,
+              since: float) -> float:
+    """When the node's dockerd gave the container's first ``event`` (start, destroy)
+    after ``since``."""
     client = fleet.engines[node].client()
     try:
-        for event in client.events(since=int(since) - 1, until=int(time.time()) + 1,
-                                   filters={"container": container_id,
-                                            "event": "destroy"}, decode=True):
-            return int(event["timeNano"]) / 1e9
+        for seen in client.events(since=int(since) - 1, until=int(time.time()) + 1,
+                                  filters={"container": container_id, "event": event},
+                                  decode=True):
+            return int(seen["timeNano"]) / 1e9
     finally:
         client.close()
-    raise AssertionError(f"{container_id[:12]} was not removed on {node}")
+    raise AssertionError(f"no {event} of {container_id[:12]} on {node}")
 
 
 def _gpus_allocated(fleet: Fleet, node: str) -> int:
@@ -207,13 +209,15 @@ def test_23_2_a_running_instance_moves_byte_identical_and_rolls_back(fleet: Flee
     # The target starts it as a new revision, from the disk revision 2 ended with.
     wait_for(lambda: _ready_on(fleet, "mover", b, revision=3), 60, what="mover on b")
     assert fleet.containers(a) == []  # nothing of it is left on the source
-    # ... but only once b had run it, Ready, for --migration-hold-seconds (10 s): the
-    # Ready condition's time is b's first Ready (whole seconds, so at most that late).
+    # ... but only once b had run it, Ready, for --migration-hold-seconds (10 s): b
+    # was Ready no sooner than its container started there (Docker's time, to the
+    # nanosecond) nor than its Ready condition says (whole seconds, so at most that).
     ready = next(c for c in _status(fleet, "grs", "mover")["conditions"]
                  if c["type"] == "Ready")
-    ready_since = datetime.datetime.fromisoformat(
-        ready["lastTransitionTime"].replace("Z", "+00:00")).timestamp()
-    removed = _destroyed_at(fleet, a, source_id, asked)
+    ready_since = max(datetime.datetime.fromisoformat(
+        ready["lastTransitionTime"].replace("Z", "+00:00")).timestamp(),
+        _event_at(fleet, b, str(_container(fleet, b, "mover").id), "start", asked))
+    removed = _event_at(fleet, a, source_id, "destroy", asked)
     assert removed >= ready_since + 10, (removed - ready_since, ready)
     # Each GpuNode is written at its agent's heartbeat: b's may not have run since the
     # container started there (CI saw 0 once, a moment after a wrote its 0).

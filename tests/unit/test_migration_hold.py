@@ -31,3 +31,15 @@ def test_no_hold_lets_go_at_the_first_sight_of_serving() -> None:
     watch = ServeWatch(0.0)  # a Stopped instance: Stopped there is enough
     assert not watch.see(False, "None", 1.0, 1.0)
     assert watch.see(True, "None", 2.0, 2.0)
+
+
+def test_the_downtime_ends_at_the_first_sight_or_at_the_targets_ready_time() -> None:
+    """After a restart of the source's agent, its first sight of the instance served
+    is late: the end of the downtime is then the target's Ready transition (written
+    in whole seconds, so at most 1 s late)."""
+    watch = ServeWatch(10.0)
+    watch.see(True, "2026-12-07T10:00:00Z", 1796637600.4, 0.0)
+    assert watch.served_at() == 1796637600.4              # seen within that second
+    restarted = ServeWatch(10.0)
+    restarted.see(True, "2026-12-07T10:00:00Z", 1796637630.0, 0.0)
+    assert restarted.served_at() == 1796637601.0          # not the restart's 30 s later

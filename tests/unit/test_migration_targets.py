@@ -12,6 +12,7 @@ import pytest
 
 from gpudock.agent.migration_context import MigrationContext, MigrationError
 from gpudock.agent.migration_targets import choose_target
+from gpudock.agent.migration_volumes import MovingVolume
 from gpudock.api.gpu_migration import GpuMigrationSpec
 from gpudock.api.reasons import Reason
 
@@ -75,7 +76,7 @@ class _Agent:
 
 
 def _choose(nodes: list[dict[str, Any]], grs: dict[str, Any], spec: dict[str, Any] | None = None,
-            volumes: tuple[dict[str, Any], ...] = (), moving: tuple[str, ...] = (),
+            volumes: tuple[dict[str, Any], ...] = (), moving: tuple[MovingVolume, ...] = (),
             policy: str = "Binpack") -> str:
     agent = _Agent(_Kube([_gpu_node("src", 8), *nodes],
                          {"gpureplicasets": [grs], "sizedvolumes": list(volumes)}),
@@ -126,6 +127,22 @@ def test_kube_schedulers_message_when_none_can_take_it() -> None:
     with pytest.raises(MigrationError) as missing:
         _choose(nodes, _grs(1), spec={"targetNode": "gone"})
     assert missing.value.message == "node gone cannot take it: no GpuNode gone serves GPUs"
+    with pytest.raises(MigrationError) as home:  # not a wait for room: it never will be
+        _choose(nodes, _grs(1), spec={"targetNode": "src"})
+    assert home.value.reason == Reason.NOT_MIGRATABLE
+
+
+def test_a_move_asked_by_spec_node_name_skips_cordon_taints_and_selectors() -> None:
+    """As a pod's nodeName skips the scheduler: only readiness and room count."""
+    nodes = [_gpu_node("b", 8, unschedulable=True,
+                       taints=[{"key": "k", "value": "v", "effect": "NoSchedule"}])]
+    pinned = _grs(1, nodeName="b", nodeSelector={"pool": "elsewhere"})
+    assert _choose(nodes, pinned, spec={"targetNode": "b"}) == "b"
+    with pytest.raises(MigrationError) as caught:  # a GpuMigration naming b: filtered
+        _choose(nodes, _grs(1), spec={"targetNode": "b"})
+    assert "1 node(s) were unschedulable" in caught.value.message
+    with pytest.raises(MigrationError):           # room still counts
+        _choose([_gpu_node("b", 8, held=8)], pinned, spec={"targetNode": "b"})
 
 
 def test_its_own_sized_volumes_move_with_it_and_need_room_there() -> None:
@@ -133,10 +150,16 @@ def test_its_own_sized_volumes_move_with_it_and_need_room_there() -> None:
     the ones a migration moves tie it nowhere, but are made on the target."""
     grs = _grs(1, mounts=("data",))
     volumes = (_volume("data", "4Gi"),)
-    assert _choose([_gpu_node("b", 8)], grs, volumes=volumes, moving=("data",)) == "b"
+    data = MovingVolume("data", "uid-data")
+    assert _choose([_gpu_node("b", 8)], grs, volumes=volumes, moving=(data,)) == "b"
     small = _gpu_node("b", 8)
     small["status"]["volumes"] = {"freeBytes": 1 << 30}
     with pytest.raises(MigrationError) as caught:
-        _choose([small], grs, volumes=volumes, moving=("data",))
+        _choose([small], grs, volumes=volumes, moving=(data,))
     assert caught.value.message == ("no other node can take it: 0/1 nodes are available: "
                                     "1 node(s) did not have enough free storage.")
+    # A volume pinned to another node by its spec.nodeName takes the instance there.
+    nodes = [_gpu_node("b", 8), _gpu_node("c", 8)]
+    assert _choose(nodes, grs, volumes=volumes, moving=(data,)) == "b"  # (ties: by name)
+    to_c = MovingVolume("data", "uid-data", pinned="c")
+    assert _choose(nodes, grs, volumes=volumes, moving=(to_c,)) == "c"

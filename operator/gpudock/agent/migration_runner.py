@@ -110,8 +110,7 @@ class MigrationRunner:
             grs, rs_spec, records = self._check(body, spec)
             volumes = migration_volumes.exclusive(self._agent, namespace,
                                                   spec.replica_set_name, rs_spec)
-            target, endpoint = choose_target(self._agent, spec, grs,
-                                             [v.name for v in volumes])
+            target, endpoint = choose_target(self._agent, spec, grs, volumes)
             migration_volumes.check_pins(volumes, target)
         except SpecError as exc:
             self._end(show, status, MigrationError(Reason.INVALID_SPEC, exc.message))

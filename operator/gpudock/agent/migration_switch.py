@@ -40,6 +40,7 @@ from gpudock.errors import SpecError
 logger = logging.getLogger(__name__)
 GRS = gpu_replica_set.PLURAL
 SERVE_WAIT_SECONDS = 0.25  # how often the target's status is read after the switch
+VOLUMES_WAIT = 60.0  # for a deleted instance's container here to let its volumes go
 
 class Switch:
     def __init__(self, agent: MigrationContext, crash: CrashPoints) -> None:
@@ -67,25 +68,32 @@ class Switch:
         key = ResourceKey(namespace, str(body["spec"]["replicaSetName"]))
         target = str(status["targetNode"])
         self._agent.replica_sets.migrating.add(key)
+        served_at: float | None = None
+        moving: list[migration_volumes.MovingVolume] = []
         try:
             grs = self._bind(key, target, status)
+            if grs is not None:
+                self._crash.reach("Migrate.switched")
+                add_finalizer(self._agent.kube, GRS, key.namespace, key.name,
+                              ownership.node_finalizer(target))
+                moving = migration_volumes.listed(status)
+                migration_volumes.bind(self._agent, namespace, moving, target)
+                self._crash.reach("Migrate.handedOver")
+                status["message"] = f"waiting for node {target} to run it"
+                show(status)
+                served_at = self._wait_served(key, target, status, show)
         except ObjectNotFoundError:
             grs = None
-        if grs is None:  # deleted meanwhile: nothing is left to move
+        if grs is None or served_at is None:
+            # Deleted meanwhile: nothing is left to move, and each node's delete handler
+            # removes what it holds of it (this node's stopped copy too); the
+            # SizedVolumes bound to the target already keep their data there.
+            self._let_volumes_go(namespace, moving)
             self._agent.replica_sets.migrating.discard(key)
             show({**status, "phase": Phase.FAILED, "reason": Reason.REPLICA_SET_NOT_FOUND,
                   "message": "the GpuReplicaSet was deleted during the migration",
                   "completionTime": self._agent.now()})
             return
-        self._crash.reach("Migrate.switched")
-        add_finalizer(self._agent.kube, GRS, key.namespace, key.name,
-                      ownership.node_finalizer(target))
-        moving = migration_volumes.listed(status)
-        migration_volumes.bind(self._agent, namespace, moving, target)
-        self._crash.reach("Migrate.handedOver")
-        status["message"] = f"waiting for node {target} to run it"
-        show(status)
-        served_at = self._wait_served(key, target, status, show)
         stopped = status.get("stoppedAt")
         status["downtimeSeconds"] = round(max(0.0, served_at - seconds(str(stopped))), 3) \
             if stopped else 0.0
@@ -128,37 +136,38 @@ class Switch:
         raise KubeUnavailableError(f"{key}: the binding kept changing; tried again later")
 
     def _wait_served(self, key: ResourceKey, target: str, migration: dict[str, Any],
-                     show: Show) -> float:
+                     show: Show) -> float | None:
         """When the target's agent first said the instance is in its wanted state
         there (its status, written by that agent only: this one writes none now);
         returns once it has kept saying so, Ready, for --migration-hold-seconds
         (docs/migration.md, "Safety"): until then this node keeps its stopped
-        container, GPUs, ports and disk. The GpuMigration's message says what the
-        target says, when it changes."""
+        container, GPUs, ports and disk. None when the resource is being deleted or
+        gone. The GpuMigration's message says what the target says, when it changes."""
         waiting = str(migration.get("message") or "")
-        watch: ServeWatch | None = None
+        watch = ServeWatch(self._agent.settings.migration_hold_seconds)
         while True:
             try:
                 grs = self._agent.kube.get(GRS, key.namespace, key.name)
+                if grs["metadata"].get("deletionTimestamp") or \
+                        grs["metadata"].get("uid") != migration.get("replicaSetUID"):
+                    return None
                 status = grs.get("status") or {}
                 try:
                     wanted = str(GpuReplicaSetSpec.parse(grs.get("spec") or {}).state)
                 except SpecError:
                     wanted = DesiredState.RUNNING
                 ready = _ready(status)
-                if watch is None:  # a Stopped instance has no container to watch run
-                    watch = ServeWatch(self._agent.settings.migration_hold_seconds
-                                       if wanted == DesiredState.RUNNING else 0.0)
+                running = wanted == DesiredState.RUNNING
+                # A Stopped instance has no container to watch run there.
+                watch.hold = self._agent.settings.migration_hold_seconds if running else 0.0
                 serving = status.get("nodeName") == target and \
-                    status.get("phase") == wanted and \
-                    (ready is not None or wanted != DesiredState.RUNNING)
-                if watch.see(serving, str((ready or {}).get("lastTransitionTime")),
-                             time.time(), time.monotonic()):
-                    assert watch.first_served is not None
-                    return watch.first_served
+                    status.get("phase") == wanted and (ready is not None or not running)
+                since = str((ready or {}).get("lastTransitionTime") or "")
+                if watch.see(serving, since, time.time(), time.monotonic()):
+                    return watch.served_at()
                 why = _not_ready(status) if status.get("nodeName") == target else ""
                 message = f"waiting for node {target} to run it" + (f": {why}" if why else "")
-                if serving:
+                if serving and watch.hold:
                     message = (f"node {target} runs it; node {self._agent.settings.node_name} "
                                f"keeps its stopped copy until it has run {watch.hold:g} s")
                 if message != waiting:
@@ -167,6 +176,23 @@ class Switch:
             except KubeUnavailableError as exc:
                 logger.info("%s: waiting for node %s: %s", key, target, exc)
             time.sleep(SERVE_WAIT_SECONDS)
+
+    def _let_volumes_go(self, namespace: str,
+                        moving: list[migration_volumes.MovingVolume]) -> None:
+        """This node's copies of SizedVolumes the target holds now go, once the
+        instance's container here (removed by its delete handler) no longer mounts
+        them; at most VOLUMES_WAIT seconds are waited for that."""
+        deadline = time.monotonic() + VOLUMES_WAIT
+        while moving:
+            try:
+                migration_volumes.hand_over(self._agent, namespace, moving)
+                return
+            except KubeUnavailableError as exc:
+                if time.monotonic() > deadline:
+                    logger.warning("%s: this node's copy of its volumes is kept: %s",
+                                   namespace, exc)
+                    return
+            time.sleep(1.0)
 
     def _clean_source(self, key: ResourceKey, uid: str,
                       moving: list[migration_volumes.MovingVolume]) -> None:
@@ -194,7 +220,8 @@ class ServeWatch:
     container restarted there), starts the count again."""
 
     hold: float
-    first_served: float | None = None  # wall-clock: the end of the downtime
+    first_served: float | None = None  # wall-clock, when this agent first saw it
+    first_since: str = ""              # the Ready lastTransitionTime then
     since: float | None = None         # monotonic: when this run of serving was seen
     transition: str | None = None      # the Ready condition's lastTransitionTime then
 
@@ -203,10 +230,21 @@ class ServeWatch:
             self.since = self.transition = None
             return False
         if self.first_served is None:
-            self.first_served = wall
+            self.first_served, self.first_since = wall, transition
         if self.since is None or transition != self.transition:
             self.since, self.transition = monotonic, transition
         return monotonic - self.since >= self.hold
+
+    def served_at(self) -> float:
+        """The end of the downtime: when this agent first saw it served, or, when that
+        was more than a second after the target's Ready transition (this agent
+        restarted meanwhile), that transition (whole seconds: at most 1 s late)."""
+        assert self.first_served is not None
+        try:
+            ready = seconds(self.first_since) + 1.0
+        except ValueError:
+            return self.first_served
+        return min(self.first_served, ready)
 
 
 def _ready(status: dict[str, Any]) -> dict[str, Any] | None:

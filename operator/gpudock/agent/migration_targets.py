@@ -7,6 +7,7 @@ not exist), and telling a target to drop what it received."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from gpudock.adapters import migration_wire
@@ -19,6 +20,7 @@ from gpudock.agent.migration_context import (
     Show,
     seconds,
 )
+from gpudock.agent.migration_volumes import MovingVolume
 from gpudock.api import gpu_migration, gpu_replica_set, sized_volume
 from gpudock.api.gpu_migration import GpuMigrationSpec, Phase
 from gpudock.api.placement import SchedulingPolicy
@@ -55,27 +57,40 @@ def waits_for_room(agent: MigrationContext, body: dict[str, Any], status: dict[s
 
 
 def choose_target(agent: MigrationContext, spec: GpuMigrationSpec, grs: dict[str, Any],
-                  moving: list[str]) -> tuple[str, dict[str, Any]]:
+                  moving: list[MovingVolume]) -> tuple[str, dict[str, Any]]:
     """The target node's name and endpoint: spec.targetNode, or the node the
     scheduler would place the instance on (core/placement.py: its filters, with what
     is bound to each node counted, and its policy), among the other nodes that serve
     migrations (a transfer endpoint with TLS). ``moving``: the SizedVolumes that move
-    with it. MigrationError TargetUnschedulable with kube-scheduler's message when no
-    node can take it."""
+    with it (one pinned by its spec.nodeName ties it to that node). A move asked by a
+    changed spec.nodeName, like a pod's nodeName, skips the cordon, taints and
+    selectors: only readiness and room count. MigrationError TargetUnschedulable with
+    kube-scheduler's message when no node can take it."""
     settings = agent.settings
+    if spec.target_node == settings.node_name:
+        raise MigrationError(Reason.NOT_MIGRATABLE, f"it is on node {spec.target_node} "
+                             "already: the target must be another node")
     gpu_nodes = agent.kube.list_cluster(GPU_NODES)
     sized = agent.kube.list_objects(sized_volume.PLURAL, settings.namespaces)
-    views = [view for view in node_views(
-        gpu_nodes, agent.kube.list_objects(GRS, settings.namespaces), sized, agent.now(),
-        settings.heartbeat_seconds)
-        if view.name != settings.node_name
-        and (not spec.target_node or view.name == spec.target_node)]
+    pinned_move = bool(spec.target_node) and \
+        (grs.get("spec") or {}).get("nodeName") == spec.target_node
+    views = [replace(view, unschedulable=False, taints=()) if pinned_move else view
+             for view in node_views(gpu_nodes, agent.kube.list_objects(
+                 GRS, settings.namespaces), sized, agent.now(), settings.heartbeat_seconds)
+             if view.name != settings.node_name
+             and (not spec.target_node or view.name == spec.target_node)]
     endpoints = {str(node["metadata"]["name"]): (node.get("status") or {}).get(
         TRANSFER_FIELD) or {} for node in gpu_nodes}
     try:
-        demand = move_demand(grs, volumes_by_key(sized), moving, spec.node_selector or {})
+        demand = move_demand(grs, volumes_by_key(sized), [v.name for v in moving],
+                             spec.node_selector or {},
+                             # (one pinned here fails the move after: check_pins)
+                             {v.pinned for v in moving if v.pinned not in ("", settings.node_name)})
     except SpecError as exc:
         raise MigrationError(Reason.INVALID_SPEC, exc.message) from exc
+    if pinned_move:
+        demand = replace(demand, placement=replace(
+            demand.placement, node_selector={}, gpu_models=(), gpu_min_memory_mib=0))
 
     def serves_migrations(view: NodeView) -> str | None:
         endpoint = endpoints.get(view.name) or {}
@@ -85,9 +100,7 @@ def choose_target(agent: MigrationContext, spec: GpuMigrationSpec, grs: dict[str
                    also=serves_migrations)
     if isinstance(placed, Unplaceable):
         if spec.target_node:
-            why = placed.message if views else "it is bound there now" \
-                if spec.target_node == settings.node_name else \
-                f"no GpuNode {spec.target_node} serves GPUs"
+            why = placed.message if views else f"no GpuNode {spec.target_node} serves GPUs"
             message = f"node {spec.target_node} cannot take it: {why}"
         else:
             why = placed.message if views else "no other GpuNode serves GPUs"

@@ -88,12 +88,18 @@ def demand_of(body: Mapping[str, Any], volumes: Mapping[Key, Volume],
 
 
 def move_demand(body: Mapping[str, Any], volumes: Mapping[Key, Volume],
-                moving: Iterable[str], node_selector: Mapping[str, str]) -> Demand:
+                moving: Iterable[str], node_selector: Mapping[str, str],
+                pinned: Iterable[str] = ()) -> Demand:
     """What a GpuReplicaSet a migration moves asks of its target: what it asks of any
     node, except that the SizedVolumes it mounts (``moving``, by name: they move with
-    it) tie it to no node and are made there at their size; ``node_selector`` (the
-    GpuMigration's) stands for its own when given. SpecError as demand_of."""
+    it) tie it to no node but the one ``pinned`` names (their spec.nodeName), and are
+    made there at their size; ``node_selector`` (the GpuMigration's) stands for its
+    own when given. SpecError as demand_of."""
+    pins = set(pinned)
     demand = demand_of(body, {})  # no volume: none ties it to the node it leaves
+    if pins:
+        demand = dataclasses.replace(demand, volume_node=next(iter(pins)) if len(pins) == 1
+                                     else NO_NODE_MATCHES)
     namespace = key_of(body)[0]
     size = sum(volumes[(namespace, name)].size_bytes for name in moving
                if (namespace, name) in volumes)
