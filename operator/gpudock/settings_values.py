@@ -65,7 +65,7 @@ def migration_values(pick: Callable[[str], str | None]) -> dict[str, Any]:
         raise SettingsError("--migration-target-wait must be >= 0 (0: fail at once)")
     hold = float(pick("migration_hold_seconds") or 10.0)
     if not 0 <= hold < math.inf:  # (nan too)
-        raise SettingsError("--migration-hold-seconds must be >= 0")
+        raise SettingsError("--migration-hold-seconds must be a finite number >= 0")
     return {"transfer_address": pick("transfer_address") or "", "transfer_port": port,
             "migration_bandwidth": bandwidth, "max_outbound_migrations": outbound,
             "migration_target_wait": wait, "migration_hold_seconds": hold}

@@ -203,13 +203,11 @@ def _migrate(fleet: Fleet, watches: tuple[Watch, Watch],
                                                    "gpumigrations", body)
     result: dict[str, float] = {}
     if during is not None:
-        wait_for(lambda: migrations.first(name, lambda s: s.get("phase") in (
-            "Transferring", *END_PHASES)) is not None, 300, interval=0.02,
-            what=f"{name} Transferring")
+        migrations.wait(name, lambda s: s.get("phase") in ("Transferring", *END_PHASES),
+                        started, 300)
         during()
         result["during end"] = time.time() - started
-    wait_for(lambda: migrations.last(name).get("phase") in END_PHASES, 1800, interval=0.05,
-             what=f"{name} finished")
+    migrations.wait(name, lambda s: s.get("phase") in END_PHASES, started, 1800)
     status = migrations.last(name)
     if status.get("phase") != "Succeeded":
         raise RuntimeError(f"{name}: {status}")
