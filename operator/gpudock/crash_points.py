@@ -46,6 +46,8 @@ MIGRATE_POINTS = (
     "Migrate.transferred",  # source: the target has it all, the binding not moved
     "Migrate.switched",  # source: status.nodeName names the target, finalizers not moved
     "Migrate.handedOver",  # source: the target's finalizer is on, the source kept all
+    "Migrate.fallingBack",  # source: the target failed; status.fallback written, not asked
+    "Migrate.givenBack",  # target: its container removed, the binding still names it
 )
 POINTS = frozenset({f"{step}.{when}" for step in STEPS for when in ("before", "after")}
                    | set(INSIDE_STEPS) | set(MIGRATE_POINTS))

@@ -176,7 +176,8 @@ class Settings:
     # chosen refuses for room) before it fails TargetUnschedulable.
     migration_target_wait: float = 300.0
     # How long the target must have served a moved instance, Ready, before the source
-    # lets go of its stopped container, GPUs, ports and disk (docs/migration.md).
+    # lets go of its stopped container, GPUs, ports and disk; and how long the target
+    # may say it cannot run it before it gives it back (docs/migration.md).
     migration_hold_seconds: float = 10.0
 
     def scheduler_settings(self) -> SchedulerSettings:

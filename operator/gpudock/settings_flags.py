@@ -148,7 +148,9 @@ def add_agent_arguments(parser: argparse.ArgumentParser) -> None:
                              "before it fails TargetUnschedulable (default: 300)")
     parser.add_argument("--migration-hold-seconds", type=float,
                         help="seconds the target must have run a moved instance, Ready, "
-                             "before the source removes its stopped copy (default: 10)")
+                             "before the source removes its stopped copy; also how long "
+                             "the target may fail to run it (at least 20) before it goes "
+                             "back to the source (default: 10)")
     parser.add_argument("--crash-at", action="append", default=None, metavar="POINT",
                         help="for crash tests: SIGKILL the agent the first time it reaches "
                              "POINT, e.g. PreserveDisk.committed (repeatable; default: "

@@ -51,7 +51,7 @@ class _Kube:
 def _switch(body: dict[str, Any]) -> tuple[Switch, _Kube]:
     kube = _Kube(body)
     agent = cast(MigrationContext, SimpleNamespace(kube=kube, now=lambda: "now"))
-    return Switch(agent, CrashPoints(())), kube
+    return Switch(agent, CrashPoints(()), lambda uid: None), kube
 
 
 def _grs(spec_node: str | None, bound: str | None) -> dict[str, Any]:

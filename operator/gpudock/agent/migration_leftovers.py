@@ -17,15 +17,17 @@ from gpudock.agent.migration_context import MIGRATED_PREFIX, MigrationContext
 from gpudock.api import gpu_replica_set, ownership
 
 
-def remove(agent: MigrationContext, migration: dict[str, Any]) -> None:
+def remove(agent: MigrationContext, migration: dict[str, Any],
+           giving_back: bool = False) -> None:
     """Remove what sessions of this migration received, unless the instance is bound
-    here now (then it is this node's disk) or has a container here."""
+    here now (then it is this node's disk; ``giving_back``: it goes back to the
+    source, migration_fallback.py) or has a container here."""
     namespace, name = migration["metadata"]["namespace"], \
         migration["spec"]["replicaSetName"]
     node = agent.settings.node_name
     with contextlib.suppress(ObjectNotFoundError):
-        if ownership.held_here(agent.kube.get(gpu_replica_set.PLURAL, namespace, name),
-                               node):
+        if not giving_back and ownership.held_here(
+                agent.kube.get(gpu_replica_set.PLURAL, namespace, name), node):
             return  # bound here by the switch: this node's disk now
     uid = str((migration.get("status") or {}).get("replicaSetUID") or "")
     agent.replica_sets.arrivals.drop(uid, (namespace, migration["metadata"]["name"]))

@@ -58,7 +58,9 @@ class MigrationRunner:
         self.wake: Callable[[str], None] = lambda uid: None
         self._tokens: dict[str, str] = {}  # by GpuMigration UID: for an abort
         self._crash = CrashPoints(agent.settings.crash_at)
-        self._switch = Switch(agent, self._crash)
+        self._switch = Switch(agent, self._crash, lambda uid: self.wake(uid))
+        # On a target: give back an instance whose source asks for it (a fallback).
+        self.give_back = self._switch.fallback.give_back
         self.slots = threading.BoundedSemaphore(agent.settings.max_outbound_migrations)
 
     @property

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +29,15 @@ from gpudock.agent.migration_context import (
     add_finalizer,
     seconds,
 )
+from gpudock.agent.migration_fallback import (
+    FailingWatch,
+    FallBack,
+    TargetFailedError,
+    failing,
+    fallback_after,
+)
 from gpudock.api import gpu_replica_set, ownership
-from gpudock.api.gpu_migration import Phase
+from gpudock.api.gpu_migration import FALLBACK_FIELD, Phase
 from gpudock.api.gpu_replica_set import DesiredState, GpuReplicaSetSpec
 from gpudock.api.reasons import Reason
 from gpudock.core.observed import ResourceKey
@@ -43,8 +51,10 @@ SERVE_WAIT_SECONDS = 0.25  # how often the target's status is read after the swi
 VOLUMES_WAIT = 60.0  # for a deleted instance's container here to let its volumes go
 
 class Switch:
-    def __init__(self, agent: MigrationContext, crash: CrashPoints) -> None:
+    def __init__(self, agent: MigrationContext, crash: CrashPoints,
+                 wake: Callable[[str], None]) -> None:
         self._agent, self._crash = agent, crash
+        self.fallback = FallBack(agent, crash, wake)
 
     def show_instance(self, key: ResourceKey, status: dict[str, Any],
                       down: bool = True) -> None:
@@ -70,6 +80,9 @@ class Switch:
         self._agent.replica_sets.migrating.add(key)
         served_at: float | None = None
         moving: list[migration_volumes.MovingVolume] = []
+        if status.get(FALLBACK_FIELD):  # decided before this agent restarted
+            self._fall_back(body, key, status, None, show)
+            return
         try:
             grs = self._bind(key, target, status)
             if grs is not None:
@@ -84,15 +97,11 @@ class Switch:
                 served_at = self._wait_served(key, target, status, show)
         except ObjectNotFoundError:
             grs = None
+        except TargetFailedError as failed:  # docs/migration.md, "Falling back"
+            self._fall_back(body, key, status, failed, show)
+            return
         if grs is None or served_at is None:
-            # Deleted meanwhile: nothing is left to move, and each node's delete handler
-            # removes what it holds of it (this node's stopped copy too); the
-            # SizedVolumes bound to the target already keep their data there.
-            self._let_volumes_go(namespace, moving)
-            self._agent.replica_sets.migrating.discard(key)
-            show({**status, "phase": Phase.FAILED, "reason": Reason.REPLICA_SET_NOT_FOUND,
-                  "message": "the GpuReplicaSet was deleted during the migration",
-                  "completionTime": self._agent.now()})
+            self._deleted(key, moving, status, show)
             return
         stopped = status.get("stoppedAt")
         status["downtimeSeconds"] = round(max(0.0, served_at - seconds(str(stopped))), 3) \
@@ -104,6 +113,25 @@ class Switch:
                        "completionTime": self._agent.now()})
         show(status)
         self.show_instance(key, status, down=False)
+
+    def _fall_back(self, body: dict[str, Any], key: ResourceKey, status: dict[str, Any],
+                   failed: TargetFailedError | None, show: Show) -> None:
+        held_there = self.fallback.take_back(body, status, failed, show)
+        if held_there is None:
+            self.show_instance(key, status, down=False)
+        else:  # deleted meanwhile
+            self._deleted(key, held_there, status, show)
+
+    def _deleted(self, key: ResourceKey, moving: list[migration_volumes.MovingVolume],
+                 status: dict[str, Any], show: Show) -> None:
+        """Deleted meanwhile: nothing is left to move, and each node's delete handler
+        removes what it holds of it (this node's stopped copy too); the SizedVolumes
+        bound to the target already keep their data there."""
+        self._let_volumes_go(key.namespace, moving)
+        self._agent.replica_sets.migrating.discard(key)
+        show({**status, "phase": Phase.FAILED, "reason": Reason.REPLICA_SET_NOT_FOUND,
+              "message": "the GpuReplicaSet was deleted during the migration",
+              "completionTime": self._agent.now()})
 
     def _bind(self, key: ResourceKey, target: str,
               status: dict[str, Any]) -> dict[str, Any] | None:
@@ -145,6 +173,7 @@ class Switch:
         gone. The GpuMigration's message says what the target says, when it changes."""
         waiting = str(migration.get("message") or "")
         watch = ServeWatch(self._agent.settings.migration_hold_seconds)
+        failed = FailingWatch()  # raises TargetFailedError: the source takes it back
         while True:
             try:
                 grs = self._agent.kube.get(GRS, key.namespace, key.name)
@@ -162,6 +191,9 @@ class Switch:
                 watch.hold = self._agent.settings.migration_hold_seconds if running else 0.0
                 serving = status.get("nodeName") == target and \
                     status.get("phase") == wanted and (ready is not None or not running)
+                failed.see(failing(status) if status.get("nodeName") == target else None,
+                           time.monotonic(),
+                           fallback_after(self._agent.settings.migration_hold_seconds))
                 since = str((ready or {}).get("lastTransitionTime") or "")
                 if watch.see(serving, since, time.time(), time.monotonic()):
                     return watch.served_at()

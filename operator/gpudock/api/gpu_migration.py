@@ -13,6 +13,12 @@ from gpudock.errors import SpecError
 
 KIND = "GpuMigration"
 PLURAL = "gpumigrations"
+# After the switch, a target that cannot run the instance gives it back to the source
+# (docs/migration.md, "Falling back"): the source records why in the GpuMigration's
+# status.fallback, then asks the target by this annotation on the GpuReplicaSet (its
+# value: the GpuMigration's name).
+FALLBACK_FIELD = "fallback"
+FALLBACK_ANNOTATION = "gpudock.dev/migration-fallback"
 
 
 class Phase(enum.StrEnum):

@@ -182,4 +182,5 @@ class Reason(enum.StrEnum):
     TARGET_UNSCHEDULABLE = "TargetUnschedulable"  # no node can take it
     TRANSFER_FAILED = "TransferFailed"  # the copy broke or did not match the manifest
     TRANSFER_STALLED = "TransferStalled"  # no byte from the peer for 150 s
+    TARGET_FAILED = "TargetFailed"  # the target could not run it: back on the source
     NOT_MIGRATABLE = "NotMigratable"  # pinned, never ran here, a SizedVolume, ...

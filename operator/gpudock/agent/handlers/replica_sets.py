@@ -24,7 +24,8 @@ from gpudock.api import GROUP, VERSION, gpu_replica_set, ownership
 from gpudock.api.conditions import ConditionType
 from gpudock.api.placement import bound_node
 from gpudock.api.reasons import Reason
-from gpudock.core.replica_set.status import waiting_on
+from gpudock.core.observed import ObservedContainer, ResourceKey
+from gpudock.core.replica_set.status import serving_while_waiting, waiting_on
 from gpudock.errors import TransientError
 
 GRS = gpu_replica_set.PLURAL
@@ -43,6 +44,12 @@ def _on_this_node(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -
     finalizer, and new ones pinned (spec.nodeName) or bound (status.nodeName) to it."""
     return ownership.handled_here(bound_node(body), meta.get("finalizers") or (),
                                   wiring.settings_of(memo).node_name)
+
+
+def _still_here(agent: NodeAgent, view: dict[str, Any]) -> bool:
+    """What kopf's filter of the daemon says of the resource as read now."""
+    return ownership.handled_here(bound_node(view), view["metadata"].get("finalizers") or (),
+                                  agent.settings.node_name)
 
 
 def _drop_legacy_finalizer(agent: NodeAgent, body: kopf.Body) -> None:
@@ -129,6 +136,13 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: ko
             calm = False
             try:
                 view = await asyncio.to_thread(line.read)
+                if not _still_here(agent, view) or \
+                        await asyncio.to_thread(agent.migrations.give_back, view):
+                    # Handed back, or given back to a migration's source (docs/migration.md,
+                    # "Falling back"): kopf stops this daemon. It must not return by
+                    # itself: kopf would never start it again for this resource, here.
+                    await _sleep(wakeup, stopped, HAND_BACK_RETRY_SECONDS)
+                    continue
                 await asyncio.to_thread(_drop_legacy_finalizer, agent, body)
                 # A changed spec.nodeName: a GpuMigration moves it (made once per change).
                 try:
@@ -141,11 +155,9 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: ko
                     outcome = await asyncio.to_thread(agent.replica_sets.reconcile, view,
                                                       line.show)
                 if outcome is not None and outcome.hand_back is not None:
-                    if await asyncio.to_thread(_hand_back, agent, body, outcome.hand_back,
-                                               logger):
-                        return  # the scheduler's again: kopf stops this daemon
+                    await asyncio.to_thread(_hand_back, agent, body, outcome.hand_back, logger)
                     await _sleep(wakeup, stopped, HAND_BACK_RETRY_SECONDS)
-                    continue
+                    continue  # the scheduler's again (if it was handed back): see above
                 if outcome is not None:
                     before = line.known_version
                     await asyncio.to_thread(line.show, outcome)
@@ -241,10 +253,18 @@ async def _sleep(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, delay: floa
 
 def _show_waiting(agent: NodeAgent, body: kopf.Body, exc: TransientError) -> None:
     """Docker or the revision store does not answer: say so in the status (when the
-    API server does), keeping the rest of what it says."""
-    previous = body.get("status") or {}
-    status = agent.replica_set_status.bound(
-        waiting_on(previous, exc.reason, str(exc), agent.now()), previous)
+    API server does), keeping the rest of what it says but Ready, which is observed
+    (a step may have stopped the container just before the store failed)."""
+    meta, previous = body["metadata"], body.get("status") or {}
+    try:
+        own: list[ObservedContainer] | None = [
+            c for c in agent.docker.list_containers()
+            if c.owner == ResourceKey(meta["namespace"], meta["name"]) and c.uid == meta["uid"]]
+    except TransientError:
+        own = None  # Docker does not answer: whether it serves is not known
+    now = agent.now()
+    status = agent.replica_set_status.bound(serving_while_waiting(
+        waiting_on(previous, exc.reason, str(exc), now), previous, own, now), previous)
     with contextlib.suppress(KubeUnavailableError, ObjectNotFoundError):
         agent.replica_set_status.write(body["metadata"]["namespace"],
                                        body["metadata"]["name"], status, {})

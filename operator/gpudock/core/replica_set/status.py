@@ -217,9 +217,7 @@ def invalid_spec_status(generation: int | None, previous_status: Mapping[str, An
     ``containers`` are the resource's containers on the node now; the one the status
     named (else the newest revision's) is the one that serves, and only while it
     runs. The rest of the status (history, GPUs, ports) is kept as it was."""
-    named = str(previous_status.get("containerID") or "")
-    serving = next((c for c in containers if named and c.id == named), None) or max(
-        containers, key=lambda c: c.revision, default=None)
+    serving = _serving_of(previous_status, containers)
     running = serving is not None and serving.status == "running"
     if running:
         assert serving is not None
@@ -249,6 +247,15 @@ def invalid_spec_status(generation: int | None, previous_status: Mapping[str, An
         reason=error.reason)
 
 
+def _serving_of(previous_status: Mapping[str, Any],
+                containers: Sequence[ObservedContainer]) -> ObservedContainer | None:
+    """Of the resource's containers on the node, the one that serves: the one the
+    status last named, else the newest revision's."""
+    named = str(previous_status.get("containerID") or "")
+    return next((c for c in containers if named and c.id == named), None) or max(
+        containers, key=lambda c: c.revision, default=None)
+
+
 def _raw_ports(items: Sequence[Any]) -> tuple[PortBinding, ...]:
     held = []
     for item in items:
@@ -271,8 +278,8 @@ def _raw_history(items: Sequence[Any]) -> list[RevisionSummary]:
 
 def waiting_on(previous_status: Mapping[str, Any], reason: Reason, message: str,
                now: str) -> dict[str, Any]:
-    """A dependency (Docker, the revision store) does not answer: nothing could be
-    observed, so the status last written stays, and Progressing says what is awaited."""
+    """A dependency (Docker, the revision store) does not answer: the status last
+    written stays, and Progressing says what is awaited."""
     kept = [dict(c) for c in previous_status.get("conditions") or ()
             if isinstance(c, Mapping) and c.get("type") != ConditionType.PROGRESSING]
     waiting = condition(ConditionType.PROGRESSING, False, reason, message)
@@ -280,6 +287,41 @@ def waiting_on(previous_status: Mapping[str, Any], reason: Reason, message: str,
                                    "observedGeneration": previous_status.get(
                                        "observedGeneration")}],
             "reason": reason}
+
+
+def serving_while_waiting(status: Mapping[str, Any], previous_status: Mapping[str, Any],
+                          containers: Sequence[ObservedContainer] | None,
+                          now: str) -> dict[str, Any]:
+    """``status`` (from :func:`waiting_on`) with Ready observed, never carried from
+    the status last written: a step may have stopped the container just before the
+    dependency failed. ``containers`` are the resource's containers on the node, None
+    when Docker does not answer: then whether it serves is not known (Ready=Unknown,
+    as Kubernetes says of a silent node's pods). Ready=True stays only while the
+    container that serves runs."""
+    conditions = [dict(c) for c in status.get("conditions") or ()]
+    ready = next((c for c in conditions if c.get("type") == ConditionType.READY), None)
+    if ready is None or ready.get("status") != "True":
+        return dict(status)  # not claimed: nothing to take back
+    message = _waited(conditions)
+    serving = None if containers is None else _serving_of(previous_status, containers)
+    if containers is None:
+        ready.update(status="Unknown", reason=Reason.DOCKER_UNAVAILABLE, lastTransitionTime=now,
+                     message=f"whether its container runs is not known: {message}")
+        return {**status, "conditions": conditions}
+    if serving is not None and serving.status == "running":
+        return dict(status)
+    ready.update(status="False", reason=Reason.CONTAINER_NOT_RUNNING, lastTransitionTime=now,
+                 message=(f"container {serving.name} is {serving.status}" if serving
+                          else "no container") + f"; waiting: {message}")
+    shown = {**status, "conditions": conditions}
+    if previous_status.get("phase") == "Running":
+        shown["phase"] = "Reconciling"  # it will be put right once the store answers
+    return shown
+
+
+def _waited(conditions: Sequence[Mapping[str, Any]]) -> str:
+    return next((str(c.get("message")) for c in conditions
+                 if c.get("type") == ConditionType.PROGRESSING), "")
 
 
 def note_drift(status: GpuReplicaSetStatus, drift: str | None,
