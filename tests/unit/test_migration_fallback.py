@@ -94,3 +94,10 @@ def test_one_restart_that_recovers_is_not_long_enough() -> None:
     assert fallback_after(10.0) == 20.0
     assert fallback_after(60.0) == 60.0
     assert fallback_after(0.0) == 20.0
+
+
+def test_a_silent_target_agent_is_not_a_failure_of_the_target() -> None:
+    """Other agents write NodeNotReady for it: it could not give the instance back
+    before it answers, and it may well serve it once it does."""
+    status = _status(("Ready", "Unknown", "NodeNotReady"), ("Degraded", "True", "NodeNotReady"))
+    assert failing(status) is None

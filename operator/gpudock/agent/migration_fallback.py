@@ -46,6 +46,9 @@ RECORD_RETRY_SECONDS = 1.0  # status.fallback is written before anything is aske
 # The target's dependencies not answering: not the target failing to run it.
 UNAVAILABLE = (Reason.DOCKER_UNAVAILABLE, Reason.REVISION_STORE_UNAVAILABLE,
                Reason.API_SERVER_UNAVAILABLE)
+# Written by other agents of a silent one: whether it runs the instance is not known,
+# and it could not give it back before it answers again.
+SILENT = (Reason.NODE_NOT_READY, Reason.NODE_NOT_FOUND)
 
 
 class TargetFailedError(UserError):
@@ -62,12 +65,12 @@ def failing(status: Mapping[str, Any]) -> tuple[str, str] | None:
     it wrote its own Ready (not the source's Migrating), which is not True, and its
     conditions report a problem: Degraded, a change it cannot apply, a wait for GPUs,
     a volume or an address. None otherwise, also while the target's own Docker, store
-    or API server does not answer (its agent could not give the instance back then
-    anyway: it must remove its container first)."""
+    or API server does not answer, or its agent is silent (it could not give the
+    instance back then anyway: it must remove its container first)."""
     conditions = [c for c in status.get("conditions") or () if isinstance(c, Mapping)]
     ready = next((c for c in conditions if c.get("type") == "Ready"), None)
     if ready is None or ready.get("status") == "True" or \
-            ready.get("reason") in (None, Reason.MIGRATING):
+            ready.get("reason") in (None, Reason.MIGRATING, *SILENT):
         return None
     found = [(str(c.get("type")), c.get("status") in ("True", True), str(c.get("reason")),
               str(c.get("message") or "")) for c in conditions]
@@ -116,12 +119,10 @@ class FallBack:
 
     # ------------------------------------------------------------------ the source
     def take_back(self, migration: Mapping[str, Any], status: dict[str, Any],
-                  why: TargetFailedError | None, show: Show,
-                  ) -> list[migration_volumes.MovingVolume] | None:
+                  why: TargetFailedError | None, show: Show) -> bool:
         """Ask the target to give the instance back (``why``: newly decided; None:
         decided before, this agent restarted since), wait for the binding, run the
-        same container here again: None. When the GpuReplicaSet went meanwhile, the
-        SizedVolumes the target still holds (to be let go as after a switch)."""
+        same container here again. False when the GpuReplicaSet went meanwhile."""
         meta = migration["metadata"]
         namespace, name = meta["namespace"], str(meta["name"])
         key = ResourceKey(namespace, str(migration["spec"]["replicaSetName"]))
@@ -132,15 +133,18 @@ class FallBack:
         fallback = status[FALLBACK_FIELD]
         status["message"] = (f"node {target} cannot run it ({fallback['reason']}: "
                              f"{fallback['message']}); it gives it back to node {self._node}")
-        self._record(namespace, name, status)  # never switched again, even after a crash
+        self._record(namespace, name, status, (FALLBACK_FIELD, "message"))  # never switched
+        # again, even by an agent restarted after this
         show(status)
         self._crash.reach("Migrate.fallingBack")
         self._agent.replica_sets.migrating.add(key)
         moving = migration_volumes.listed(status)
         if not self._given_back(key, uid, name):
-            mine = [v for v in moving if self._bound_here(namespace, v)]
-            migration_volumes.release(self._agent, namespace, mine)  # served here again
-            return [v for v in moving if v not in mine]
+            # Deleted meanwhile, perhaps while the target still gives its volumes
+            # back: no copy of them is removed here (each node's delete handler of
+            # the SizedVolume removes its own, once it is deleted).
+            migration_volumes.release(self._agent, namespace, moving)
+            return False
         for volume in moving:
             _drop_finalizer(self._agent, migration_volumes.SVOL, namespace, volume.name,
                             ownership.node_finalizer(target))
@@ -160,27 +164,25 @@ class FallBack:
                                    f"{fallback['message']}); it runs on node {self._node} "
                                    "again, the same container with the same disk"),
                        "completionTime": self._agent.now()})
-        show(status)
-        return None
+        self._record(namespace, name, status, ("phase", "reason", "message", "completionTime"))
+        show(status)  # (and its event)
+        return True
 
-    def _record(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """status.fallback written (tried until the API server takes it): a source
-        restarted after this takes the instance back instead of switching again."""
+    def _record(self, namespace: str, name: str, status: dict[str, Any],
+                fields: tuple[str, ...]) -> None:
+        """``fields`` of the GpuMigration's status written, tried until the API
+        server takes them (the status the runner shows is written once, and a lost
+        write is logged only): status.fallback, so a source restarted after it takes
+        the instance back instead of switching again; the end, so the migration
+        does not stay Switching."""
         while True:
             try:
-                self._agent.kube.patch_status(gpu_migration.PLURAL, namespace, name, {
-                    FALLBACK_FIELD: status[FALLBACK_FIELD], "message": status["message"]})
+                self._agent.kube.patch_status(gpu_migration.PLURAL, namespace, name,
+                                              {k: status[k] for k in fields})
                 return
             except KubeUnavailableError as exc:
-                logger.info("%s/%s: status.fallback not written yet: %s", namespace, name, exc)
+                logger.info("%s/%s: status not written yet: %s", namespace, name, exc)
             time.sleep(RECORD_RETRY_SECONDS)
-
-    def _bound_here(self, namespace: str, volume: migration_volumes.MovingVolume) -> bool:
-        try:
-            body = self._agent.kube.get(migration_volumes.SVOL, namespace, volume.name)
-        except ObjectNotFoundError:
-            return False
-        return (body.get("status") or {}).get("nodeName") == self._node
 
     def _given_back(self, key: ResourceKey, uid: str, migration: str) -> bool:
         """Ask (the annotation) until the binding names this node again; False when
@@ -225,7 +227,9 @@ class FallBack:
         finalizers and what the transfer brought. True when it was given back."""
         meta = body["metadata"]
         asked = (meta.get("annotations") or {}).get(FALLBACK_ANNOTATION)
-        if not asked or (body.get("status") or {}).get("nodeName") != self._node:
+        bound = (body.get("status") or {}).get("nodeName")
+        mine = ownership.node_finalizer(self._node)
+        if not asked or (bound != self._node and mine not in (meta.get("finalizers") or ())):
             return False
         namespace, name, uid = meta["namespace"], meta["name"], str(meta["uid"])
         try:
@@ -238,6 +242,11 @@ class FallBack:
                 status.get("replicaSetUID") != uid:
             return False
         source, key = str(status["sourceNode"]), ResourceKey(namespace, name)
+        if bound == source:  # given back already; this node's finalizer was left on
+            _drop_finalizer(self._agent, GRS, namespace, name, mine)
+            return True  # (a changed spec.nodeName naming this node: never reconciled here)
+        if bound != self._node:
+            return False
         moving = migration_volumes.listed(status)
         with self._agent.replica_sets.lock(key):  # no reconcile here acts on it now
             self._agent.replica_sets.migrating.add(key)

@@ -116,11 +116,10 @@ class Switch:
 
     def _fall_back(self, body: dict[str, Any], key: ResourceKey, status: dict[str, Any],
                    failed: TargetFailedError | None, show: Show) -> None:
-        held_there = self.fallback.take_back(body, status, failed, show)
-        if held_there is None:
+        if self.fallback.take_back(body, status, failed, show):
             self.show_instance(key, status, down=False)
-        else:  # deleted meanwhile
-            self._deleted(key, held_there, status, show)
+        else:  # deleted meanwhile: every copy of its volumes is kept (take_back)
+            self._deleted(key, [], status, show)
 
     def _deleted(self, key: ResourceKey, moving: list[migration_volumes.MovingVolume],
                  status: dict[str, Any], show: Show) -> None:

@@ -51,6 +51,17 @@ class StatusWriter:
         return version
 
 
+    def write_at(self, namespace: str, name: str, status: Mapping[str, Any],
+                 shown: Mapping[str, Any], resource_version: str) -> None:
+        """As :meth:`write`, at ``resource_version`` (ConflictError when the resource
+        changed since it was read: the caller decides again)."""
+        status = with_kstatus(status)
+        if changed(status, shown):
+            self._kube.patch_status_at(self._plural, namespace, name, dict(status),
+                                       resource_version)
+            metrics.STATUS_WRITES.labels(self._kind).inc()
+
+
 def changed(status: Mapping[str, Any], shown: Mapping[str, Any]) -> bool:
     """True when writing ``status`` over ``shown`` would change what is stored (fields
     ``status`` does not name are left as they are by a merge patch)."""

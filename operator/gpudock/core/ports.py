@@ -208,6 +208,12 @@ class KubeClient(Protocol):
         """A merge patch of the status; the object's resourceVersion after it."""
         ...
 
+    def patch_status_at(self, plural: str, namespace: str, name: str,
+                        status: dict[str, Any], resource_version: str) -> dict[str, Any]:
+        """As :meth:`patch_status`, only while the object is at ``resource_version``
+        (the adapter's ConflictError otherwise); the object after it."""
+        ...
+
     def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
         """A Secret's ``type``, ``uid`` and ``data`` (base64 values, as the API gives
         them); ObjectNotFoundError when absent. Only ``get`` (no list or watch)."""

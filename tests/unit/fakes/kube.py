@@ -71,6 +71,15 @@ class InMemoryKube:
             body["status"] = merge_patch(body.get("status") or {}, status)
             return self._written(body)
 
+    def patch_status_at(self, plural: str, namespace: str, name: str,
+                        status: dict[str, Any], resource_version: str) -> dict[str, Any]:
+        with self._lock:
+            body = self._object(plural, namespace, name)
+            if str(body["metadata"].get("resourceVersion")) != resource_version:
+                raise ConflictError(f"patch status of {plural} {namespace}/{name}: changed")
+        self.patch_status(plural, namespace, name, status)
+        return copy.deepcopy(self._object(plural, namespace, name))
+
     def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
         with self._lock:
             self._reachable(f"get secret {namespace}/{name}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -46,9 +47,9 @@ def _on_this_node(body: kopf.Body, meta: kopf.Meta, memo: kopf.Memo, **_: Any) -
                                   wiring.settings_of(memo).node_name)
 
 
-def _still_here(agent: NodeAgent, view: dict[str, Any]) -> bool:
-    """What kopf's filter of the daemon says of the resource as read now."""
-    return ownership.handled_here(bound_node(view), view["metadata"].get("finalizers") or (),
+def _still_here(agent: NodeAgent, body: Mapping[str, Any]) -> bool:
+    """What kopf's filter of the daemon says of the resource as watched (or read)."""
+    return ownership.handled_here(bound_node(body), body["metadata"].get("finalizers") or (),
                                   agent.settings.node_name)
 
 
@@ -136,8 +137,8 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: ko
             calm = False
             try:
                 view = await asyncio.to_thread(line.read)
-                if not _still_here(agent, view) or \
-                        await asyncio.to_thread(agent.migrations.give_back, view):
+                if not _still_here(agent, body) or \
+                        await asyncio.to_thread(agent.migrations.give_back, body):
                     # Handed back, or given back to a migration's source (docs/migration.md,
                     # "Falling back"): kopf stops this daemon. It must not return by
                     # itself: kopf would never start it again for this resource, here.
@@ -251,11 +252,22 @@ async def _sleep(wakeup: asyncio.Event, stopped: kopf.DaemonStopped, delay: floa
         ending.cancel()
 
 
-def _show_waiting(agent: NodeAgent, body: kopf.Body, exc: TransientError) -> None:
+def _show_waiting(agent: NodeAgent, body: Mapping[str, Any], exc: TransientError) -> None:
     """Docker or the revision store does not answer: say so in the status (when the
     API server does), keeping the rest of what it says but Ready, which is observed
-    (a step may have stopped the container just before the store failed)."""
-    meta, previous = body["metadata"], body.get("status") or {}
+    (a step may have stopped the container just before the store failed). Written
+    only while the resource is this node's, as read now, and at that version: a
+    migration may have moved the binding (or given it back) meanwhile."""
+    meta, node = body["metadata"], agent.settings.node_name
+    try:
+        current = agent.kube.get(GRS, meta["namespace"], meta["name"])
+    except (KubeUnavailableError, ObjectNotFoundError):
+        return
+    previous = current.get("status") or {}
+    if current["metadata"].get("uid") != meta["uid"] or not _still_here(agent, current) or \
+            ownership.moved_away(current, node) or previous.get("nodeName") not in (
+                None, "", node):
+        return
     try:
         own: list[ObservedContainer] | None = [
             c for c in agent.docker.list_containers()
@@ -265,9 +277,9 @@ def _show_waiting(agent: NodeAgent, body: kopf.Body, exc: TransientError) -> Non
     now = agent.now()
     status = agent.replica_set_status.bound(serving_while_waiting(
         waiting_on(previous, exc.reason, str(exc), now), previous, own, now), previous)
-    with contextlib.suppress(KubeUnavailableError, ObjectNotFoundError):
-        agent.replica_set_status.write(body["metadata"]["namespace"],
-                                       body["metadata"]["name"], status, {})
+    with contextlib.suppress(KubeUnavailableError, ObjectNotFoundError):  # (a conflict too)
+        agent.replica_set_status.write_at(meta["namespace"], meta["name"], status, previous,
+                                          str(current["metadata"]["resourceVersion"]))
 
 
 @kopf.on.update(GROUP, VERSION, GRS, when=_on_this_node)
