@@ -15,10 +15,11 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port that nothing holds right now, for a server started after this call:
+    below the kernel's ephemeral range (free_port_range), so that none of the stack's
+    many outgoing connections can take it meanwhile (CI saw an agent restarted by a
+    crash test fail to bind the liveness port the kernel had just handed out so)."""
+    return free_port_range(1)
 
 
 def free_port_range(count: int) -> int:
