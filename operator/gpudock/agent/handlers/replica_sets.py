@@ -82,6 +82,7 @@ class StatusLine:
         self.known_version: str | None = None
         self.carried: dict[str, Any] = {}
         self.unsent: list[Event] = []
+        self.base: dict[str, Any] = {}  # what the last read found (no carried status)
 
     def read(self) -> dict[str, Any]:
         """The resource as the pass must see it: the watched body when it is at the
@@ -94,8 +95,13 @@ class StatusLine:
             view = self._agent.kube.get(GRS, body["metadata"]["namespace"],
                                         body["metadata"]["name"])
         self.known_version = view["metadata"].get("resourceVersion")
-        self.shown = view.get("status") or {}
+        self.shown, self.base = view.get("status") or {}, view
         return {**view, "status": self.carried} if self.carried else view
+
+    def read_afresh(self) -> None:
+        """The next read asks the API server (this pass changed the binding: the
+        watched body may not show it yet)."""
+        self.known_version = ""
 
     def show(self, outcome: Outcome) -> None:
         """Post the events, write the status unless the resource already has it. The
@@ -137,11 +143,12 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: ko
             calm = False
             try:
                 view = await asyncio.to_thread(line.read)
-                if not _still_here(agent, body) or \
-                        await asyncio.to_thread(agent.migrations.give_back, body):
+                if not _still_here(agent, line.base) or \
+                        await asyncio.to_thread(agent.migrations.give_back, line.base):
                     # Handed back, or given back to a migration's source (docs/migration.md,
                     # "Falling back"): kopf stops this daemon. It must not return by
                     # itself: kopf would never start it again for this resource, here.
+                    line.read_afresh()
                     await _sleep(wakeup, stopped, HAND_BACK_RETRY_SECONDS)
                     continue
                 await asyncio.to_thread(_drop_legacy_finalizer, agent, body)
@@ -157,6 +164,7 @@ async def run_replica_set(body: kopf.Body, stopped: kopf.DaemonStopped, memo: ko
                                                       line.show)
                 if outcome is not None and outcome.hand_back is not None:
                     await asyncio.to_thread(_hand_back, agent, body, outcome.hand_back, logger)
+                    line.read_afresh()
                     await _sleep(wakeup, stopped, HAND_BACK_RETRY_SECONDS)
                     continue  # the scheduler's again (if it was handed back): see above
                 if outcome is not None:
