@@ -4,7 +4,7 @@ to the source, which starts its same stopped container again with the same disk
 
 The source decides, from the target's status: while it holds its copy (the hold of
 migration_switch.py), the target reports a problem (Degraded, a change it cannot
-apply, a wait for GPUs) and is not Ready, for --migration-hold-seconds in a row. The
+apply, a wait for GPUs) and is not Ready, for 20 s in a row (fallback_after). The
 source then records why in the GpuMigration's ``status.fallback`` (so a restarted
 source never switches again) and asks the target by an annotation on the
 GpuReplicaSet. The target's agent, which holds the binding, is the one that may end

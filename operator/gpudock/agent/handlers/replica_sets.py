@@ -273,8 +273,7 @@ def _show_waiting(agent: NodeAgent, body: Mapping[str, Any], exc: TransientError
         return
     previous = current.get("status") or {}
     if current["metadata"].get("uid") != meta["uid"] or not _still_here(agent, current) or \
-            ownership.moved_away(current, node) or previous.get("nodeName") not in (
-                None, "", node):
+            previous.get("nodeName") not in (None, "", node):  # (also: moved away)
         return
     try:
         own: list[ObservedContainer] | None = [

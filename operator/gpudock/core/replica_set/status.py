@@ -303,11 +303,11 @@ def serving_while_waiting(status: Mapping[str, Any], previous_status: Mapping[st
     if ready is None or ready.get("status") != "True":
         return dict(status)  # not claimed: nothing to take back
     message = _waited(conditions)
-    serving = None if containers is None else _serving_of(previous_status, containers)
     if containers is None:
         ready.update(status="Unknown", reason=Reason.DOCKER_UNAVAILABLE, lastTransitionTime=now,
                      message=f"whether its container runs is not known: {message}")
         return {**status, "conditions": conditions}
+    serving = _serving_of(previous_status, containers)
     if serving is not None and serving.status == "running":
         return dict(status)
     ready.update(status="False", reason=Reason.CONTAINER_NOT_RUNNING, lastTransitionTime=now,
