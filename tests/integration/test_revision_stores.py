@@ -59,7 +59,9 @@ def test_put_replaces_and_delete_removes(store: RevisionStore) -> None:
     store.put(preserved)
     assert store.get("team-a", "box", 1) == preserved
     store.put(record(2))
+    store.put(record(3))
     store.delete("team-a", "box", 1)
+    store.delete_own("team-a", "box", 3)
     assert [r.revision for r in store.list("team-a", "box")] == [2]
     store.put(record(1, name="other"))
     store.delete_all("team-a", "box")
@@ -140,6 +142,30 @@ def test_27_records_written_before_the_node_layout_are_read_and_deleted(
     finally:
         before.close()
         node.close()
+
+
+def test_a_migration_target_deleting_what_it_received_keeps_the_sources_older_records(
+        stack: LocalStack) -> None:
+    """Under a shared prefix, records from before the node layout are read by every
+    node. A target that removes the records a failed migration brought (delete_own)
+    must leave those: they are the source's history, read beneath its own keys."""
+    url = f"etcd://127.0.0.1:{stack.etcd_port}/gpudock-test-{uuid.uuid4().hex[:8]}"
+    before = open_revision_store(url)
+    source, target = open_revision_store(url, "node-a"), open_revision_store(url, "node-b")
+    try:
+        for revision in (1, 2):
+            before.put(record(revision))  # node-a's, written before its upgrade
+        source.put(record(3))
+        for revision in (1, 2, 3):  # what the transfer brought to node-b
+            target.put(replace(record(revision), saved_layer=f"/b/layers/rev-{revision}"))
+        for received in target.list("team-a", "box"):  # the failed migration's leftovers
+            target.delete_own("team-a", "box", received.revision)
+        assert [r.revision for r in source.list("team-a", "box")] == [1, 2, 3]
+        assert [r.saved_layer for r in target.list("team-a", "box")] == [None, None]
+        assert [r.revision for r in before.list("team-a", "box")] == [1, 2]
+    finally:
+        for store in (before, source, target):
+            store.close()
 
 
 def test_unreachable_etcd_is_a_transient_error(tmp_path: Path) -> None:

@@ -11,7 +11,9 @@ that node's saved layers and containers, and several nodes are often given one U
 instance's history (the soak found it): the target put the received records under the
 source's keys, and the source's clean-up deleted them. Records an agent before the
 node layout wrote directly under ``<prefix>/`` are still read, below the node's own
-(a node's record of the same revision wins), and deleted with them.
+(a node's record of the same revision wins), and deleted with them, except by
+``delete_own``: a migration's target removing what it received must not delete the
+source's records from before the layout.
 """
 
 from __future__ import annotations
@@ -106,6 +108,9 @@ class EtcdRevisionStore:
     def delete(self, namespace: str, name: str, revision: int) -> None:
         for key in self._keys(namespace, name, revision):
             self._run("delete", self._client.delete(key))
+
+    def delete_own(self, namespace: str, name: str, revision: int) -> None:
+        self._run("delete", self._client.delete(self._keys(namespace, name, revision)[0]))
 
     def delete_all(self, namespace: str, name: str) -> None:
         for prefix in self._keys(namespace, name):

@@ -83,6 +83,9 @@ class SqliteRevisionStore:
                 "DELETE FROM revisions WHERE kind=? AND namespace=? AND name=? AND revision=?",
                 (KIND, namespace, name, revision))
 
+    def delete_own(self, namespace: str, name: str, revision: int) -> None:
+        self.delete(namespace, name, revision)  # a node's own file: every record is its own
+
     def delete_all(self, namespace: str, name: str) -> None:
         with self._lock, self._translated("delete all"):
             self._db.execute("DELETE FROM revisions WHERE kind=? AND namespace=? AND name=?",

@@ -31,6 +31,10 @@ class TimedRevisionStore:
         timed_call(STORE_SECONDS, "delete",
                    lambda: self._store.delete(namespace, name, revision))
 
+    def delete_own(self, namespace: str, name: str, revision: int) -> None:
+        timed_call(STORE_SECONDS, "delete",
+                   lambda: self._store.delete_own(namespace, name, revision))
+
     def delete_all(self, namespace: str, name: str) -> None:
         timed_call(STORE_SECONDS, "delete_all",
                    lambda: self._store.delete_all(namespace, name))

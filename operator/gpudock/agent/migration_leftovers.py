@@ -36,8 +36,8 @@ def remove(agent: MigrationContext, migration: dict[str, Any],
                   if c.uid == uid and uid]
     if containers:
         return  # it ran here: not what a transfer left
-    for record in records:
-        agent.store.delete(namespace, name, record.revision)
+    for record in records:  # (not a record from before the node layout: the source's)
+        agent.store.delete_own(namespace, name, record.revision)
     if uid:
         agent.docker.remove_volumes(namespace, name, uid)
     migration_volumes.discard_here(agent, namespace, migration_volumes.listed(

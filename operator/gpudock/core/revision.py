@@ -197,6 +197,13 @@ class RevisionStore(Protocol):
 
     def delete(self, namespace: str, name: str, revision: int) -> None: ...
 
+    def delete_own(self, namespace: str, name: str, revision: int) -> None:
+        """Delete this node's own record of the revision only: what a migration's
+        transfer put here. ``delete`` also deletes a record of the same revision an
+        agent before the node layout wrote under an etcd prefix that nodes share,
+        which may be another node's (the source's, during a migration)."""
+        ...
+
     def delete_all(self, namespace: str, name: str) -> None: ...
 
     def put_volume(self, record: VolumeRevision) -> None: ...
