@@ -12,14 +12,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from gpudock.adapters.docker.runtime import DockerRuntime
-from gpudock.adapters.kube_api import ConflictError, KubeApi, KubeUnavailableError
+from gpudock.adapters.kube_api import (
+    ConflictError,
+    KubeApi,
+    KubeUnavailableError,
+    ObjectNotFoundError,
+)
 from gpudock.agent.replica_set_reconciler import ReplicaSetReconciler
 from gpudock.agent.volume_reconciler import VolumeReconciler
 from gpudock.api.gpu_migration import Phase
+from gpudock.api.gpu_replica_set import PLURAL as GRS
+from gpudock.api.gpu_replica_set import DesiredState, GpuReplicaSetSpec
 from gpudock.api.reasons import Reason
 from gpudock.core.gpus import GpuInventory
+from gpudock.core.observed import ObservedContainer, ResourceKey
 from gpudock.core.revision import RevisionStore
-from gpudock.errors import UserError
+from gpudock.errors import SpecError, UserError
 from gpudock.settings import Settings
 
 Show = Callable[[dict[str, Any]], None]
@@ -100,3 +108,53 @@ def add_finalizer(kube: KubeApi, plural: str, namespace: str, name: str, finaliz
         except ConflictError:
             continue
     raise KubeUnavailableError(f"{plural} {namespace}/{name}: its finalizers kept changing")
+
+
+def drop_finalizer(kube: KubeApi, plural: str, namespace: str, name: str,
+                   finalizer: str) -> None:
+    """Remove ``finalizer`` (gone already, or the object gone: done); a concurrent
+    change of the list is tried again."""
+    for _ in range(CAS_TRIES):
+        try:
+            kube.remove_finalizer(plural, namespace, name, finalizer)
+            return
+        except ObjectNotFoundError:
+            return
+        except ConflictError:
+            continue
+    raise KubeUnavailableError(f"{plural} {namespace}/{name}: its finalizers kept changing")
+
+
+def migrating_status(current: dict[str, Any], message: str, now: str) -> dict[str, Any]:
+    """Phase Migrating, Ready=False reason Migrating with ``message`` (the other
+    conditions kept): the instance's status while neither node serves it."""
+    conditions = [c for c in current.get("conditions") or () if c.get("type") != "Ready"]
+    conditions.append({"type": "Ready", "status": "False", "reason": Reason.MIGRATING,
+                       "message": message, "lastTransitionTime": now})
+    return {"phase": str(Reason.MIGRATING), "reason": Reason.MIGRATING, "message": message,
+            "conditions": conditions}
+
+
+def moving_message(migration: dict[str, Any]) -> str:
+    """What the instance's Ready says while a migration moves it."""
+    return (f"migrating from {migration.get('sourceNode')} to "
+            f"{migration.get('targetNode')}: {migration.get('phase')}")
+
+
+def stopped_for_the_move(agent: MigrationContext, key: ResourceKey,
+                         uid: str) -> ObservedContainer | None:
+    """The source's newest container of this incarnation when its spec wants it
+    running and it is stopped (created or exited): the one the move stopped, to start
+    again. None otherwise (a Stopped or paused instance stays as it is)."""
+    try:
+        spec = GpuReplicaSetSpec.parse(agent.kube.get(GRS, key.namespace, key.name)
+                                       .get("spec") or {})
+    except (ObjectNotFoundError, SpecError):
+        return None
+    mine = [c for c in agent.docker.list_containers()
+            if c.owner == key and c.uid == uid and uid]
+    current = max(mine, key=lambda c: c.revision) if mine else None
+    if current is None or spec.state != DesiredState.RUNNING or \
+            current.status not in ("created", "exited"):
+        return None
+    return current

@@ -27,17 +27,23 @@ from typing import Any
 
 from gpudock.adapters.kube_api import ConflictError, KubeUnavailableError, ObjectNotFoundError
 from gpudock.agent import migration_leftovers, migration_volumes
-from gpudock.agent.migration_context import CAS_TRIES, MigrationContext, Show
+from gpudock.agent.migration_context import (
+    CAS_TRIES,
+    MigrationContext,
+    Show,
+    drop_finalizer,
+    migrating_status,
+    stopped_for_the_move,
+)
 from gpudock.agent.replica_set_outcome import problem_of
 from gpudock.api import gpu_migration, gpu_replica_set, ownership
 from gpudock.api.gpu_migration import FALLBACK_ANNOTATION, FALLBACK_FIELD, Phase
-from gpudock.api.gpu_replica_set import DesiredState, GpuReplicaSetSpec
 from gpudock.api.reasons import Reason
 from gpudock.core.observed import ResourceKey
 from gpudock.core.replica_set.status import STABLE_SECONDS, WAITING_REASONS
 from gpudock.core.revision import layers_named
 from gpudock.crash_points import CrashPoints
-from gpudock.errors import SpecError, UserError
+from gpudock.errors import UserError
 
 logger = logging.getLogger(__name__)
 GRS = gpu_replica_set.PLURAL
@@ -146,10 +152,10 @@ class FallBack:
             migration_volumes.release(self._agent, namespace, moving)
             return False
         for volume in moving:
-            _drop_finalizer(self._agent, migration_volumes.SVOL, namespace, volume.name,
-                            ownership.node_finalizer(target))
-        _drop_finalizer(self._agent, GRS, key.namespace, key.name,
-                        ownership.node_finalizer(target))
+            drop_finalizer(self._agent.kube, migration_volumes.SVOL, namespace, volume.name,
+                           ownership.node_finalizer(target))
+        drop_finalizer(self._agent.kube, GRS, key.namespace, key.name,
+                       ownership.node_finalizer(target))
         try:
             self._start_here(key, uid)
         finally:
@@ -207,17 +213,9 @@ class FallBack:
     def _start_here(self, key: ResourceKey, uid: str) -> None:
         """The container stopped for the move starts again when the spec wants it
         running (a Stopped instance stays stopped)."""
-        try:
-            spec = GpuReplicaSetSpec.parse(self._agent.kube.get(
-                GRS, key.namespace, key.name).get("spec") or {})
-        except (ObjectNotFoundError, SpecError):
-            return
-        mine = [c for c in self._agent.docker.list_containers()
-                if c.owner == key and c.uid == uid and uid]
-        current = max(mine, key=lambda c: c.revision) if mine else None
-        if current is not None and spec.state == DesiredState.RUNNING and \
-                current.status in ("created", "exited"):
-            self._agent.docker.start(current.id, current.name)
+        stopped = stopped_for_the_move(self._agent, key, uid)
+        if stopped is not None:
+            self._agent.docker.start(stopped.id, stopped.name)
 
     # ------------------------------------------------------------------ the target
     def give_back(self, body: Mapping[str, Any]) -> bool:
@@ -243,7 +241,7 @@ class FallBack:
             return False
         source, key = str(status["sourceNode"]), ResourceKey(namespace, name)
         if bound == source:  # given back already; this node's finalizer was left on
-            _drop_finalizer(self._agent, GRS, namespace, name, mine)
+            drop_finalizer(self._agent.kube, GRS, namespace, name, mine)
             return True  # (a changed spec.nodeName naming this node: never reconciled here)
         if bound != self._node:
             return False
@@ -257,8 +255,8 @@ class FallBack:
             self._crash.reach("Migrate.givenBack")
             migration_volumes.bind(self._agent, namespace, moving, source)
             for volume in moving:
-                _drop_finalizer(self._agent, migration_volumes.SVOL, namespace, volume.name,
-                                ownership.node_finalizer(self._node))
+                drop_finalizer(self._agent.kube, migration_volumes.SVOL, namespace, volume.name,
+                               ownership.node_finalizer(self._node))
             # What the transfer brought and what the resume made of it go while the
             # binding is still here: after it leaves, nothing of this node looks again.
             records = [r for r in self._agent.store.list(namespace, name) if r.uid == uid]
@@ -271,8 +269,8 @@ class FallBack:
             self._agent.replica_sets.migrating.discard(key)
             migration_volumes.release(self._agent, namespace, moving)
         with contextlib.suppress(KubeUnavailableError):  # the source drops it too
-            _drop_finalizer(self._agent, GRS, namespace, name,
-                            ownership.node_finalizer(self._node))
+            drop_finalizer(self._agent.kube, GRS, namespace, name,
+                           ownership.node_finalizer(self._node))
         logger.info("%s: given back to node %s", key, source)
         return True
 
@@ -289,32 +287,12 @@ class FallBack:
             if (grs.get("status") or {}).get("nodeName") != self._node:
                 return True
             message = f"node {self._node} gives it back to node {source}: {why}"
-            conditions = [c for c in (grs.get("status") or {}).get("conditions") or ()
-                          if c.get("type") != "Ready"]
-            conditions.append({"type": "Ready", "status": "False",
-                               "reason": Reason.MIGRATING, "message": message,
-                               "lastTransitionTime": self._agent.now()})
+            migrating = migrating_status(grs.get("status") or {}, message, self._agent.now())
             with contextlib.suppress(ConflictError):
                 self._agent.kube.patch_status_at(GRS, key.namespace, key.name, {
-                    "nodeName": source, "phase": str(Reason.MIGRATING),
-                    "reason": Reason.MIGRATING, "message": message,
-                    "conditions": conditions, "containerID": None, "containerName": None,
-                    "gpus": [], "ports": []},
+                    **migrating, "nodeName": source, "containerID": None,
+                    "containerName": None, "gpus": [], "ports": []},
                     str(grs["metadata"]["resourceVersion"]))
                 return True
         raise KubeUnavailableError(f"{key}: the binding kept changing; tried again later")
 
-
-def _drop_finalizer(agent: MigrationContext, plural: str, namespace: str, name: str,
-                    finalizer: str) -> None:
-    """Remove ``finalizer`` (gone already, or the object gone: done); a concurrent
-    change of the list is tried again."""
-    for _ in range(CAS_TRIES):
-        try:
-            agent.kube.remove_finalizer(plural, namespace, name, finalizer)
-            return
-        except ObjectNotFoundError:
-            return
-        except ConflictError:
-            continue
-    raise KubeUnavailableError(f"{plural} {namespace}/{name}: its finalizers kept changing")

@@ -31,13 +31,14 @@ from gpudock.agent.migration_context import (
     Show,
     SwitchRefusedError,
     precise_now,
+    stopped_for_the_move,
     volume_tree,
 )
 from gpudock.agent.migration_switch import Switch
 from gpudock.agent.migration_targets import choose_target
 from gpudock.api import gpu_migration, gpu_replica_set, ownership
 from gpudock.api.gpu_migration import GpuMigrationSpec, Phase
-from gpudock.api.gpu_replica_set import DesiredState, GpuReplicaSetSpec
+from gpudock.api.gpu_replica_set import GpuReplicaSetSpec
 from gpudock.api.placement import bound_node
 from gpudock.api.reasons import Reason
 from gpudock.core import labels
@@ -375,15 +376,5 @@ class MigrationRunner:
         running; what the target received goes when this agent still can say so."""
         key = ResourceKey(body["metadata"]["namespace"], str(body["spec"]["replicaSetName"]))
         uid = str(status.get("replicaSetUID") or "")
-        try:
-            grs = self._agent.kube.get(GRS, key.namespace, key.name)
-            running = GpuReplicaSetSpec.parse(grs.get("spec") or {}).state == \
-                DesiredState.RUNNING
-        except (ObjectNotFoundError, SpecError):
-            running = False
-        mine = [c for c in self._agent.docker.list_containers()
-                if c.owner == key and c.uid == uid and uid]
-        current = max(mine, key=lambda c: c.revision) if mine else None
-        halted = current if current is not None and running and not current.running \
-            and current.status != "paused" else None
+        halted = stopped_for_the_move(self._agent, key, uid)
         self._undo(key, halted, body, status)

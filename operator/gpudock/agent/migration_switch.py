@@ -27,6 +27,8 @@ from gpudock.agent.migration_context import (
     Show,
     SwitchRefusedError,
     add_finalizer,
+    migrating_status,
+    moving_message,
     seconds,
 )
 from gpudock.agent.migration_fallback import (
@@ -65,8 +67,8 @@ class Switch:
         try:
             if down:
                 body = self._agent.kube.get(GRS, key.namespace, key.name)
-                patch.update(migrating_status(body.get("status") or {}, status,
-                                              self._agent.now()))
+                patch.update(migrating_status(body.get("status") or {},
+                                              moving_message(status), self._agent.now()))
             self._agent.kube.patch_status(GRS, key.namespace, key.name, patch)
         except (KubeUnavailableError, ObjectNotFoundError) as exc:
             logger.warning("%s: status.migration not written: %s", key, exc)
@@ -149,8 +151,8 @@ class Switch:
             if current.get("nodeName") not in (None, "", status.get("sourceNode")):
                 raise SwitchRefusedError(f"it was bound to node {current.get('nodeName')} "
                                          "meanwhile; the binding stays")
-            migrating = migrating_status(current, {**status, "phase": Phase.SWITCHING},
-                                         self._agent.now())
+            migrating = migrating_status(current, moving_message(
+                {**status, "phase": Phase.SWITCHING}), self._agent.now())
             try:
                 self._agent.kube.patch_status_at(GRS, key.namespace, key.name, {
                     **migrating, "nodeName": target,
@@ -292,15 +294,3 @@ def _not_ready(status: dict[str, Any]) -> str:
                 condition.get("reason") not in (None, Reason.MIGRATING):
             return f"{condition.get('reason')}: {condition.get('message') or ''}".strip()
     return ""
-
-
-def migrating_status(current: dict[str, Any], migration: dict[str, Any],
-                     now: str) -> dict[str, Any]:
-    """Phase Migrating, Ready=False reason Migrating (the other conditions kept)."""
-    message = (f"migrating from {migration.get('sourceNode')} to "
-               f"{migration.get('targetNode')}: {migration.get('phase')}")
-    conditions = [c for c in current.get("conditions") or () if c.get("type") != "Ready"]
-    conditions.append({"type": "Ready", "status": "False", "reason": Reason.MIGRATING,
-                       "message": message, "lastTransitionTime": now})
-    return {"phase": str(Reason.MIGRATING), "reason": Reason.MIGRATING, "message": message,
-            "conditions": conditions}
