@@ -139,8 +139,8 @@ class FallBack:
         fallback = status[FALLBACK_FIELD]
         status["message"] = (f"node {target} cannot run it ({fallback['reason']}: "
                              f"{fallback['message']}); it gives it back to node {self._node}")
-        self._record(namespace, name, status, (FALLBACK_FIELD, "message"))  # never switched
-        # again, even by an agent restarted after this
+        # Recorded first: never switched again, even by an agent restarted after this.
+        self._record(namespace, name, status, (FALLBACK_FIELD, "message"))
         show(status)
         self._crash.reach("Migrate.fallingBack")
         self._agent.replica_sets.migrating.add(key)
@@ -256,7 +256,7 @@ class FallBack:
             migration_volumes.bind(self._agent, namespace, moving, source)
             for volume in moving:
                 drop_finalizer(self._agent.kube, migration_volumes.SVOL, namespace, volume.name,
-                               ownership.node_finalizer(self._node))
+                               mine)
             # What the transfer brought and what the resume made of it go while the
             # binding is still here: after it leaves, nothing of this node looks again.
             records = [r for r in self._agent.store.list(namespace, name) if r.uid == uid]
@@ -269,8 +269,7 @@ class FallBack:
             self._agent.replica_sets.migrating.discard(key)
             migration_volumes.release(self._agent, namespace, moving)
         with contextlib.suppress(KubeUnavailableError):  # the source drops it too
-            drop_finalizer(self._agent.kube, GRS, namespace, name,
-                           ownership.node_finalizer(self._node))
+            drop_finalizer(self._agent.kube, GRS, namespace, name, mine)
         logger.info("%s: given back to node %s", key, source)
         return True
 

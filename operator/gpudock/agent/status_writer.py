@@ -39,27 +39,23 @@ class StatusWriter:
         return with_binding(status, previous, self._node, self._clock())
 
     def write(self, namespace: str, name: str, status: Mapping[str, Any],
-              shown: Mapping[str, Any]) -> str | None:
+              shown: Mapping[str, Any], resource_version: str | None = None) -> str | None:
         """Patch ``status`` unless ``shown`` (the resource's status as last read or
         written) already says it; the new resourceVersion, or None when nothing was
-        written. Raises the Kubernetes adapter's errors."""
+        written. With ``resource_version`` only while the resource is still at it
+        (ConflictError otherwise: the caller decides again). Raises the Kubernetes
+        adapter's errors."""
         status = with_kstatus(status)  # Reconciling, Stalled: what GitOps tools read
         if not changed(status, shown):
             return None
-        version = self._kube.patch_status(self._plural, namespace, name, dict(status))
+        if resource_version is None:
+            version = self._kube.patch_status(self._plural, namespace, name, dict(status))
+        else:
+            version = str(self._kube.patch_status_at(
+                self._plural, namespace, name, dict(status), resource_version)
+                ["metadata"]["resourceVersion"])
         metrics.STATUS_WRITES.labels(self._kind).inc()
         return version
-
-
-    def write_at(self, namespace: str, name: str, status: Mapping[str, Any],
-                 shown: Mapping[str, Any], resource_version: str) -> None:
-        """As :meth:`write`, at ``resource_version`` (ConflictError when the resource
-        changed since it was read: the caller decides again)."""
-        status = with_kstatus(status)
-        if changed(status, shown):
-            self._kube.patch_status_at(self._plural, namespace, name, dict(status),
-                                       resource_version)
-            metrics.STATUS_WRITES.labels(self._kind).inc()
 
 
 def changed(status: Mapping[str, Any], shown: Mapping[str, Any]) -> bool:

@@ -64,21 +64,27 @@ class InMemoryKube:
     def patch_status(self, plural: str, namespace: str, name: str,
                      status: dict[str, Any]) -> str:
         with self._lock:
-            self._reachable(f"patch status of {plural} {namespace}/{name}")
-            body = self._object(plural, namespace, name)
-            self.patches.append(Patch("patch_status", plural, namespace, name,
-                                      copy.deepcopy(status)))
-            body["status"] = merge_patch(body.get("status") or {}, status)
-            return self._written(body)
+            return self._patch_status(plural, namespace, name, status)
 
     def patch_status_at(self, plural: str, namespace: str, name: str,
                         status: dict[str, Any], resource_version: str) -> dict[str, Any]:
-        with self._lock:
-            body = self._object(plural, namespace, name)
-            if str(body["metadata"].get("resourceVersion")) != resource_version:
-                raise ConflictError(f"patch status of {plural} {namespace}/{name}: changed")
-        self.patch_status(plural, namespace, name, status)
-        return copy.deepcopy(self._object(plural, namespace, name))
+        with self._lock:  # the check and the write at once, as the API server does
+            self._patch_status(plural, namespace, name, status, resource_version)
+            return copy.deepcopy(self._object(plural, namespace, name))
+
+    def _patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any],
+                      resource_version: str | None = None) -> str:
+        """(Under the lock.) ConflictError when ``resource_version`` is not the
+        object's."""
+        self._reachable(f"patch status of {plural} {namespace}/{name}")
+        body = self._object(plural, namespace, name)
+        if resource_version is not None and \
+                str(body["metadata"].get("resourceVersion")) != resource_version:
+            raise ConflictError(f"patch status of {plural} {namespace}/{name}: changed")
+        self.patches.append(Patch("patch_status", plural, namespace, name,
+                                  copy.deepcopy(status)))
+        body["status"] = merge_patch(body.get("status") or {}, status)
+        return self._written(body)
 
     def get_secret(self, namespace: str, name: str) -> dict[str, Any]:
         with self._lock:

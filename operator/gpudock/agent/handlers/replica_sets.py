@@ -285,8 +285,8 @@ def _show_waiting(agent: NodeAgent, body: Mapping[str, Any], exc: TransientError
     status = agent.replica_set_status.bound(serving_while_waiting(
         waiting_on(previous, exc.reason, str(exc), now), previous, own, now), previous)
     with contextlib.suppress(KubeUnavailableError, ObjectNotFoundError):  # (a conflict too)
-        agent.replica_set_status.write_at(meta["namespace"], meta["name"], status, previous,
-                                          str(current["metadata"]["resourceVersion"]))
+        agent.replica_set_status.write(meta["namespace"], meta["name"], status, previous,
+                                       str(current["metadata"]["resourceVersion"]))
 
 
 @kopf.on.update(GROUP, VERSION, GRS, when=_on_this_node)
